@@ -1,0 +1,11 @@
+//! Lambda: an ECR push rolls out to the stage ECS service of every app fed by that repository.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let conveyor = conveyor::Conveyor::from_env().await;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| conveyor::stage::handle(&conveyor, event.payload))).await
+}

@@ -1,0 +1,450 @@
+//! App configuration: one JSON `String` parameter per app at `{prefix}/apps/{app}`.
+//!
+//! Validation is strict (unknown keys are errors, so a typo never silently disables a feature)
+//! and per app: one invalid app is reported and skipped, the others keep deploying.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use crate::aws::{AwsError, Ssm};
+use crate::types::{AppName, Environment, ImageTag};
+
+/// How long a loaded configuration serves warm invocations before it is read again.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Default `rollout_timeout_seconds`.
+pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// One invalid app configuration: which parameter, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid app config in parameter {parameter}, key `{key}`: {problem}")]
+pub struct ConfigError {
+    pub parameter: String,
+    pub key: String,
+    pub problem: String,
+}
+
+/// Where an app runs in one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub cluster: String,
+    pub service: String,
+    pub health_url: Option<String>,
+}
+
+/// Which pushed tags an app deploys.
+#[derive(Debug, Clone)]
+pub enum TagPolicy {
+    /// Every tag except `latest` (the contract's default).
+    AllButLatest,
+    Matching(Regex),
+}
+
+impl TagPolicy {
+    pub fn admits(&self, tag: &ImageTag) -> bool {
+        match self {
+            TagPolicy::AllButLatest => tag.as_str() != "latest",
+            TagPolicy::Matching(pattern) => pattern.is_match(tag.as_str()),
+        }
+    }
+}
+
+/// A validated app configuration.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: AppName,
+    /// The SSM parameter it was read from, for error messages.
+    pub parameter: String,
+    pub repository: String,
+    pub container: String,
+    pub tags: TagPolicy,
+    pub stage: ServiceTarget,
+    pub prod: ServiceTarget,
+    pub slack_webhook_parameter: Option<String>,
+    pub rollout_timeout: Duration,
+}
+
+impl AppConfig {
+    pub fn target(&self, env: Environment) -> &ServiceTarget {
+        match env {
+            Environment::Stage => &self.stage,
+            Environment::Prod => &self.prod,
+        }
+    }
+
+    /// Parses and validates one app's parameter.
+    pub fn parse(parameter: &str, app: &str, json: &str) -> Result<Self, ConfigError> {
+        let problem = |key: &str, problem: String| ConfigError {
+            parameter: parameter.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let name = AppName::parse(app).map_err(|e| problem("(parameter name)", e.to_string()))?;
+        let root: Value = serde_json::from_str(json)
+            .map_err(|e| problem("(document)", format!("not valid JSON: {e}")))?;
+        let mut fields = Fields::new(&root, "", &problem)?;
+        fields.only(&[
+            "repository",
+            "container",
+            "tags",
+            "environments",
+            "slack_webhook_parameter",
+            "rollout_timeout_seconds",
+        ])?;
+
+        let repository = fields.string("repository", true, &REPOSITORY, "an ECR repository name")?;
+        let container = fields.string("container", true, &NAME, "a container name")?;
+        let tags = match fields.optional_str("tags")? {
+            None => TagPolicy::AllButLatest,
+            Some(pattern) => TagPolicy::Matching(
+                regex::RegexBuilder::new(pattern)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| problem("tags", format!("not a valid regular expression: {e}")))?,
+            ),
+        };
+        let slack_webhook_parameter =
+            fields.string("slack_webhook_parameter", false, &PARAMETER, "an SSM parameter name")?;
+        let rollout_timeout = match fields.get("rollout_timeout_seconds") {
+            None => DEFAULT_ROLLOUT_TIMEOUT,
+            Some(value) => match value.as_u64() {
+                Some(seconds @ 1..=86_400) => Duration::from_secs(seconds),
+                _ => {
+                    return Err(problem(
+                        "rollout_timeout_seconds",
+                        format!("must be a whole number of seconds from 1 to 86400, got {value}"),
+                    ))
+                }
+            },
+        };
+
+        let environments = fields.required("environments")?;
+        let mut environments = Fields::new(environments, "environments.", &problem)?;
+        environments.only(&["stage", "prod"])?;
+        let stage = ServiceTarget::parse(environments.required("stage")?, "environments.stage.", &problem)?;
+        let prod = ServiceTarget::parse(environments.required("prod")?, "environments.prod.", &problem)?;
+        if stage.cluster == prod.cluster && stage.service == prod.service {
+            return Err(problem(
+                "environments",
+                "stage and prod name the same service: prod would receive every push".into(),
+            ));
+        }
+
+        Ok(AppConfig {
+            name,
+            parameter: parameter.to_owned(),
+            repository: repository.unwrap_or_default(),
+            container: container.unwrap_or_default(),
+            tags,
+            stage,
+            prod,
+            slack_webhook_parameter,
+            rollout_timeout,
+        })
+    }
+}
+
+impl ServiceTarget {
+    fn parse<P>(value: &Value, path: &str, problem: &P) -> Result<Self, ConfigError>
+    where
+        P: Fn(&str, String) -> ConfigError,
+    {
+        let mut fields = Fields::new(value, path, problem)?;
+        fields.only(&["cluster", "service", "health_url"])?;
+        let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)")?;
+        let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)")?;
+        let health_url = fields.string("health_url", false, &HTTP_URL, "an http:// or https:// URL")?;
+        Ok(ServiceTarget {
+            cluster: cluster.unwrap_or_default(),
+            service: service.unwrap_or_default(),
+            health_url,
+        })
+    }
+}
+
+#[allow(clippy::unwrap_used)] // literal patterns, covered by tests
+static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$").unwrap()
+});
+#[allow(clippy::unwrap_used)]
+static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{1,255}$").unwrap());
+#[allow(clippy::unwrap_used)]
+static PARAMETER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^/?[A-Za-z0-9_.\-/]{1,1011}$").unwrap());
+#[allow(clippy::unwrap_used)]
+static HTTP_URL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^https?://[^\s/?#]+[^\s]*$").unwrap());
+
+/// A JSON object being validated, key by key, with the key path in every error.
+struct Fields<'a, P> {
+    map: &'a Map<String, Value>,
+    path: &'a str,
+    problem: &'a P,
+}
+
+impl<'a, P> Fields<'a, P>
+where
+    P: Fn(&str, String) -> ConfigError,
+{
+    fn new(value: &'a Value, path: &'a str, problem: &'a P) -> Result<Self, ConfigError> {
+        match value {
+            Value::Object(map) => Ok(Fields { map, path, problem }),
+            other => Err(problem(
+                match path.trim_end_matches('.') {
+                    "" => "(document)",
+                    key => key,
+                },
+                format!("must be a JSON object, got {}", kind(other)),
+            )),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.path)
+    }
+
+    fn only(&mut self, allowed: &[&str]) -> Result<(), ConfigError> {
+        match self.map.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(unknown) => Err((self.problem)(
+                &self.key(unknown),
+                format!("unknown key (allowed: {})", allowed.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|value| !value.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, ConfigError> {
+        self.get(key)
+            .ok_or_else(|| (self.problem)(&self.key(key), "missing required key".into()))
+    }
+
+    fn optional_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err((self.problem)(
+                &self.key(key),
+                format!("must be a string, got {}", kind(other)),
+            )),
+        }
+    }
+
+    fn string(
+        &self,
+        key: &str,
+        required: bool,
+        pattern: &Regex,
+        what: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let text = match (self.optional_str(key)?, required) {
+            (Some(text), _) => text,
+            (None, true) => return Err((self.problem)(&self.key(key), "missing required key".into())),
+            (None, false) => return Ok(None),
+        };
+        if pattern.is_match(text) {
+            Ok(Some(text.to_owned()))
+        } else {
+            Err((self.problem)(&self.key(key), format!("{text:?} is not {what}")))
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Every app read from SSM: the valid ones, and what was wrong with the others.
+#[derive(Debug, Default)]
+pub struct ConfigSet {
+    pub apps: Vec<AppConfig>,
+    pub invalid: Vec<ConfigError>,
+}
+
+impl ConfigSet {
+    /// Builds the set from `(parameter name, value)` pairs under `{prefix}/apps/`.
+    pub fn from_parameters<'a>(
+        apps_path: &str,
+        parameters: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let mut set = ConfigSet::default();
+        for (parameter, value) in parameters {
+            let app = parameter.strip_prefix(apps_path).unwrap_or(parameter);
+            match AppConfig::parse(parameter, app, value) {
+                Ok(config) => set.apps.push(config),
+                Err(error) => set.invalid.push(error),
+            }
+        }
+        set.apps.sort_by(|a, b| a.name.cmp(&b.name));
+        set
+    }
+
+    pub fn app(&self, name: &AppName) -> Option<&AppConfig> {
+        self.apps.iter().find(|app| &app.name == name)
+    }
+
+    pub fn fed_by<'a>(&'a self, repository: &'a str) -> impl Iterator<Item = &'a AppConfig> + 'a {
+        self.apps.iter().filter(move |app| app.repository == repository)
+    }
+
+    /// The app and environment that own an ECS service, if any.
+    pub fn owner_of(&self, cluster: &str, service: &str) -> Option<(&AppConfig, Environment)> {
+        self.apps.iter().find_map(|app| {
+            Environment::ALL.into_iter().find_map(|env| {
+                let target = app.target(env);
+                (target.cluster == cluster && target.service == service).then_some((app, env))
+            })
+        })
+    }
+}
+
+/// Loads `{prefix}/apps/` and keeps it for [`CACHE_TTL`] across warm invocations.
+pub struct ConfigCache {
+    prefix: String,
+    ttl: Duration,
+    cached: Mutex<Option<(Instant, Arc<ConfigSet>)>>,
+}
+
+impl ConfigCache {
+    pub fn new(prefix: impl Into<String>, ttl: Duration) -> Self {
+        ConfigCache { prefix: prefix.into(), ttl, cached: Mutex::new(None) }
+    }
+
+    pub async fn get(&self, ssm: &Ssm) -> Result<Arc<ConfigSet>, AwsError> {
+        let mut cached = self.cached.lock().await;
+        if let Some((loaded, set)) = cached.as_ref() {
+            if loaded.elapsed() < self.ttl {
+                return Ok(set.clone());
+            }
+        }
+        let apps_path = format!("{}/apps/", self.prefix);
+        let parameters = ssm.parameters_by_path(&apps_path, false).await?;
+        let set = Arc::new(ConfigSet::from_parameters(
+            &apps_path,
+            parameters.iter().map(|p| (p.name.as_str(), p.value.as_str())),
+        ));
+        for error in &set.invalid {
+            tracing::error!(parameter = %error.parameter, key = %error.key, problem = %error.problem,
+                "invalid app config skipped");
+        }
+        *cached = Some((Instant::now(), set.clone()));
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "repository": "shop-api",
+      "container": "api",
+      "tags": "^(v[0-9]+\\.[0-9]+\\.[0-9]+|[0-9a-f]{7,40})$",
+      "environments": {
+        "stage": { "cluster": "stage-cluster", "service": "shop-api",
+                   "health_url": "http://stage.internal/health" },
+        "prod":  { "cluster": "prod-cluster",  "service": "shop-api" }
+      },
+      "slack_webhook_parameter": "/conveyor/secrets/slack-webhook"
+    }"#;
+
+    fn parse(json: &str) -> Result<AppConfig, ConfigError> {
+        AppConfig::parse("/conveyor/apps/shop-api", "shop-api", json)
+    }
+
+    fn edit(f: impl FnOnce(&mut Value)) -> String {
+        let mut value: Value = serde_json::from_str(EXAMPLE).unwrap();
+        f(&mut value);
+        value.to_string()
+    }
+
+    fn tag(t: &str) -> ImageTag {
+        ImageTag::parse(t).unwrap()
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let app = parse(EXAMPLE).unwrap();
+        assert_eq!(app.name.as_str(), "shop-api");
+        assert_eq!(app.repository, "shop-api");
+        assert_eq!(app.stage.health_url.as_deref(), Some("http://stage.internal/health"));
+        assert_eq!(app.prod.health_url, None);
+        assert_eq!(app.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT);
+        assert!(app.tags.admits(&tag("v1.2.3")));
+        assert!(app.tags.admits(&tag("0a1b2c3")));
+        assert!(!app.tags.admits(&tag("latest")));
+        assert!(!app.tags.admits(&tag("feature-x")));
+    }
+
+    #[test]
+    fn default_tag_policy_admits_all_but_latest() {
+        let app = parse(&edit(|v| {
+            v.as_object_mut().unwrap().remove("tags");
+        }))
+        .unwrap();
+        assert!(app.tags.admits(&tag("feature-x")));
+        assert!(!app.tags.admits(&tag("latest")));
+    }
+
+    #[track_caller]
+    fn assert_rejected(json: &str, key: &str, needle: &str) {
+        let error = parse(json).unwrap_err();
+        assert_eq!(error.parameter, "/conveyor/apps/shop-api");
+        assert_eq!(error.key, key, "{error}");
+        assert!(error.problem.contains(needle), "{error}");
+        assert!(error.to_string().contains("/conveyor/apps/shop-api"));
+    }
+
+    #[test]
+    fn errors_name_the_parameter_and_the_key() {
+        assert_rejected(&edit(|v| v["colour"] = "red".into()), "colour", "unknown key");
+        assert_rejected(&edit(|v| v["environments"]["stage"]["port"] = 80.into()), "environments.stage.port", "unknown key");
+        assert_rejected(&edit(|v| v["environments"]["qa"] = v["environments"]["stage"].clone()), "environments.qa", "unknown key");
+        assert_rejected(&edit(|v| v["tags"] = "(unclosed".into()), "tags", "regular expression");
+        assert_rejected(&edit(|v| v["tags"] = 5.into()), "tags", "must be a string");
+        assert_rejected(&edit(|v| { v.as_object_mut().unwrap().remove("repository"); }), "repository", "missing");
+        assert_rejected(&edit(|v| { v.as_object_mut().unwrap().remove("environments"); }), "environments", "missing");
+        assert_rejected(&edit(|v| { v["environments"].as_object_mut().unwrap().remove("prod"); }), "environments.prod", "missing");
+        assert_rejected(&edit(|v| { v["environments"]["prod"].as_object_mut().unwrap().remove("cluster"); }), "environments.prod.cluster", "missing");
+        assert_rejected(&edit(|v| v["environments"]["prod"]["service"] = "arn:aws:ecs:x".into()), "environments.prod.service", "not an ARN");
+        assert_rejected(&edit(|v| v["environments"]["stage"]["health_url"] = "stage.internal".into()), "environments.stage.health_url", "URL");
+        assert_rejected(&edit(|v| v["repository"] = "Shop API".into()), "repository", "ECR repository");
+        assert_rejected(&edit(|v| v["rollout_timeout_seconds"] = 0.into()), "rollout_timeout_seconds", "whole number");
+        assert_rejected(&edit(|v| v["environments"]["prod"] = v["environments"]["stage"].clone()), "environments", "same service");
+        assert_rejected("[1]", "(document)", "JSON object");
+        assert_rejected("{", "(document)", "not valid JSON");
+    }
+
+    #[test]
+    fn bad_app_name_is_reported() {
+        let error = AppConfig::parse("/conveyor/apps/Shop", "Shop", EXAMPLE).unwrap_err();
+        assert_eq!(error.key, "(parameter name)");
+    }
+
+    #[test]
+    fn one_invalid_app_does_not_hide_the_others() {
+        let set = ConfigSet::from_parameters(
+            "/c/apps/",
+            [("/c/apps/shop-api", EXAMPLE), ("/c/apps/broken", "{}"), ("/c/apps/shop-web", EXAMPLE)],
+        );
+        assert_eq!(set.apps.len(), 2);
+        assert_eq!(set.invalid.len(), 1);
+        assert_eq!(set.invalid[0].parameter, "/c/apps/broken");
+        assert_eq!(set.fed_by("shop-api").count(), 2);
+        assert_eq!(set.fed_by("other").count(), 0);
+        let (app, env) = set.owner_of("prod-cluster", "shop-api").unwrap();
+        assert_eq!((app.name.as_str(), env), ("shop-api", Environment::Prod));
+        assert!(set.owner_of("prod-cluster", "nope").is_none());
+    }
+}

@@ -1,0 +1,155 @@
+//! stage-deploy: an ECR push rolls out to the stage service of every app fed by that repository.
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{error, info, instrument};
+
+use crate::config::AppConfig;
+use crate::error::{DeployError, Error};
+use crate::events::{self, Push, Skip};
+use crate::notify::{Notification, Outcome, Severity};
+use crate::releases::Arrival;
+use crate::rollout::{self, Candidate, ImageSource, Started};
+use crate::types::Environment;
+use crate::Conveyor;
+
+/// What one invocation did, app by app (the Lambda response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageReport {
+    /// Set when the whole event was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    pub apps: Vec<AppReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppReport {
+    pub app: String,
+    /// `deploying`, `skipped` or `failed`.
+    pub status: &'static str,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_definition_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+}
+
+impl StageReport {
+    fn skipped(reason: String) -> Self {
+        StageReport { skipped: Some(reason), apps: Vec::new() }
+    }
+}
+
+/// Handles one EventBridge event. Fails (so Lambda retries) if any matching app failed; the retry
+/// skips the apps that already run the image.
+pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<StageReport, Error> {
+    let push = match events::push(payload) {
+        Ok(Ok(push)) => push,
+        Ok(Err(Skip(reason))) => {
+            info!(reason = %reason, "event skipped");
+            return Ok(StageReport::skipped(reason));
+        }
+        Err(invalid) => {
+            error!(error = %invalid, "invalid event");
+            return Err(invalid.into());
+        }
+    };
+    deploy_push(conveyor, &push).await
+}
+
+#[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]
+async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Error> {
+    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+    let fed: Vec<&AppConfig> = config.fed_by(&push.repository).collect();
+    if fed.is_empty() {
+        let reason = format!("no app is fed by repository {}", push.repository);
+        info!(reason = %reason, "event skipped");
+        return Ok(StageReport::skipped(reason));
+    }
+
+    let mut report = StageReport { skipped: None, apps: Vec::new() };
+    let mut failures = Vec::new();
+    for app in fed {
+        let outcome = deploy_app(conveyor, app, push).await;
+        match outcome {
+            Ok(app_report) => report.apps.push(app_report),
+            Err(error) => {
+                error!(app = %app.name, environment = "stage", error = %error, retryable = is_retryable(&error), "stage deploy failed");
+                report.apps.push(AppReport {
+                    app: app.name.to_string(),
+                    status: "failed",
+                    detail: error.to_string(),
+                    task_definition_arn: None,
+                    deployment_id: None,
+                });
+                failures.push((app.name.clone(), error));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(report)
+    } else {
+        Err(Error::Deploy(failures))
+    }
+}
+
+fn is_retryable(error: &DeployError) -> bool {
+    match error {
+        DeployError::Aws(aws) => aws.retryable,
+        DeployError::Release(crate::releases::ReleaseError::Aws(aws)) => aws.retryable,
+        _ => false,
+    }
+}
+
+async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
+    let env = Environment::Stage;
+    let skip = |detail: String| {
+        info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
+        Ok(AppReport { app: app.name.to_string(), status: "skipped", detail, task_definition_arn: None, deployment_id: None })
+    };
+    if !app.tags.admits(&push.tag) {
+        return skip(format!("tag {} does not match the app's tag pattern", push.tag));
+    }
+    let record = conveyor.releases.env_record(&app.name, env).await?;
+    match record.as_ref().map(|r| r.arrival(push.time, &push.digest)) {
+        Some(Arrival::Late) => {
+            return skip(format!("push at {} is older than the newest one already deployed", push.time.to_rfc3339()));
+        }
+        Some(Arrival::Repeated) => return skip("this push was already deployed (repeated delivery)".into()),
+        Some(Arrival::Newer) | None => {}
+    }
+
+    let candidate = Candidate {
+        tag: &push.tag,
+        digest: &push.digest,
+        source: ImageSource::Pushed { account: push.account.as_deref(), region: push.region.as_deref(), repository: &push.repository },
+        event_time: push.time,
+    };
+    let rollout = match rollout::start(conveyor, app, env, record, &candidate).await? {
+        Started::AlreadyRunning { task_definition_arn } => {
+            return skip(format!("stage already runs {} ({task_definition_arn})", push.digest));
+        }
+        Started::Rolling(rollout) | Started::Recovered(rollout) => rollout,
+    };
+    info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
+        task_definition_arn = %rollout.task_definition_arn, deployment_id = rollout.deployment_id.as_deref(), "rollout started");
+
+    let target = app.target(env);
+    let mut notification = Notification::new(&app.name, env, Outcome::Deploying, Severity::Info);
+    notification.tag = Some(rollout.tag.clone());
+    notification.digest = Some(rollout.digest.clone());
+    notification.cluster = Some(target.cluster.clone());
+    notification.service = Some(target.service.clone());
+    notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
+    notification.deployment_id = rollout.deployment_id.clone();
+    if let Err(error) = conveyor.notifier.send(&notification).await {
+        error!(app = %app.name, environment = %env, error = %error, "notification failed");
+    }
+    Ok(AppReport {
+        app: app.name.to_string(),
+        status: "deploying",
+        detail: format!("{} => {}", rollout.previous_task_definition_arn, rollout.task_definition_arn),
+        task_definition_arn: Some(rollout.task_definition_arn),
+        deployment_id: rollout.deployment_id,
+    })
+}

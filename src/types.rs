@@ -1,0 +1,167 @@
+//! Newtypes for the values Conveyor passes around. `parse` is the only way in, so code past the
+//! boundary never re-checks them.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is invalid: {rule}")]
+pub struct InvalidValue {
+    pub what: &'static str,
+    pub value: String,
+    pub rule: &'static str,
+}
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $pattern:literal, $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
+                static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+                    #[allow(clippy::unwrap_used)] // a literal pattern, covered by tests
+                    Regex::new($pattern).unwrap()
+                });
+                let value = value.into();
+                if PATTERN.is_match(&value) {
+                    Ok(Self(value))
+                } else {
+                    Err(InvalidValue { what: $what, value, rule: $rule })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(value: String) -> Result<Self, InvalidValue> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// An app's name: the last segment of its `{prefix}/apps/{app}` parameter.
+    AppName,
+    "app name",
+    r"^[a-z0-9][a-z0-9-]{0,62}$",
+    "must match ^[a-z0-9][a-z0-9-]{0,62}$"
+);
+
+string_newtype!(
+    /// A content digest (`sha256:...`), the only way Conveyor ever refers to an image.
+    ImageDigest,
+    "image digest",
+    r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$",
+    "must be an OCI digest such as sha256:<hex>"
+);
+
+string_newtype!(
+    /// An ECR image tag (ECR allows at most 300 of these characters).
+    ImageTag,
+    "image tag",
+    r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,299}$",
+    "must be 1-300 letters, digits, '_', '.', '-', not starting with '.' or '-'"
+);
+
+impl ImageDigest {
+    /// The hex part, safe to use in an SSM parameter name.
+    pub fn encoded(&self) -> &str {
+        self.0.split_once(':').map_or(self.0.as_str(), |(_, hex)| hex)
+    }
+
+    /// A short form for humans (`sha256:0123456789ab`).
+    pub fn short(&self) -> &str {
+        let end = self.0.find(':').map_or(0, |i| i + 13).min(self.0.len());
+        &self.0[..end]
+    }
+}
+
+/// The two environments every app has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Stage,
+    Prod,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 2] = [Environment::Stage, Environment::Prod];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Stage => "stage",
+            Environment::Prod => "prod",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_follow_the_contract() {
+        assert!(AppName::parse("shop-api").is_ok());
+        assert!(AppName::parse("a").is_ok());
+        assert!(AppName::parse("a".repeat(63)).is_ok());
+        for bad in ["", "-api", "Shop", "shop_api", "shop/api", &"a".repeat(64)] {
+            assert!(AppName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn digests_are_oci_digests() {
+        let digest = ImageDigest::parse(format!("sha256:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(digest.encoded(), "ab".repeat(32));
+        assert_eq!(digest.short(), format!("sha256:{}", "ab".repeat(6)));
+        for bad in ["", "sha256:", "latest", "sha256:xyz", "sha256:abc/def"] {
+            assert!(ImageDigest::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn tags_follow_ecr_rules() {
+        for good in ["v1.0.0", "latest", "0a1b2c3", "release_2024-01"] {
+            assert!(ImageTag::parse(good).is_ok(), "{good:?} refused");
+        }
+        for bad in ["", ".hidden", "-x", "a b", "a/b"] {
+            assert!(ImageTag::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn newtypes_deserialize_through_parse() {
+        assert!(serde_json::from_str::<AppName>("\"Bad\"").is_err());
+        assert_eq!(serde_json::from_str::<Environment>("\"prod\"").unwrap(), Environment::Prod);
+    }
+}

@@ -1,0 +1,268 @@
+"""Local AWS for Conveyor: moto server, in-process, with a realistic ECS deployment lifecycle.
+
+moto's ECS never creates a deployment on UpdateService and never advances one. Conveyor's whole job
+is deployments, so this launcher patches moto's ECS backend to behave like ECS does:
+
+* ``CreateService`` starts with one COMPLETED PRIMARY deployment whose tasks all run.
+* ``UpdateService`` with a different task definition creates a new PRIMARY deployment
+  (IN_PROGRESS, new ``ecs-svc/...`` id, full task-definition ARN); the previous ones turn ACTIVE.
+* ``POST /_conveyor/ecs/settle`` completes or fails a deployment (optionally as an ECS
+  circuit-breaker rollback) and answers with the "ECS Deployment State Change" events real ECS
+  would emit, in order.
+* ``POST /_conveyor/faults`` makes the next N calls of an AWS operation fail with a given error
+  (fault injection through the real HTTP API).
+
+Usage: ``python moto_launcher.py [--port N] [--port-file PATH]``; prints ``READY <url>`` when up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import threading
+import uuid
+
+from moto.core.utils import utcnow
+from moto.ecs import models as ecs_models
+from moto.moto_api._internal import mock_random
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+ACCOUNT_ID = "123456789012"
+LOCK = threading.RLock()
+
+
+# --------------------------------------------------------------------------------------------
+# ECS deployment lifecycle
+# --------------------------------------------------------------------------------------------
+
+
+def _new_deployment(service, task_definition_arn: str, state: str, running: int) -> dict:
+    now = utcnow()
+    deployment_id = f"ecs-svc/{mock_random.randint(10**17, 10**18)}"
+    return {
+        "createdAt": now,
+        "updatedAt": now,
+        "desiredCount": service.desired_count,
+        "failedTasks": 0,
+        "id": deployment_id,
+        "launchType": service.launch_type,
+        "pendingCount": service.desired_count - running,
+        "rolloutState": state,
+        "rolloutStateReason": f"ECS deployment {deployment_id} "
+        + ("completed." if state == "COMPLETED" else "in progress."),
+        "runningCount": running,
+        "platformFamily": "EC2" if service.launch_type == "EC2" else "FARGATE",
+        "status": "PRIMARY",
+        "taskDefinition": task_definition_arn,
+    }
+
+
+_original_create_service = ecs_models.EC2ContainerServiceBackend.create_service
+_original_update_service = ecs_models.EC2ContainerServiceBackend.update_service
+
+
+def create_service(self, *args, **kwargs):
+    with LOCK:
+        service = _original_create_service(self, *args, **kwargs)
+        service.running_count = service.desired_count
+        service.pending_count = 0
+        if service.task_definition:
+            service.deployments = [
+                _new_deployment(service, service.task_definition, "COMPLETED", service.desired_count)
+            ]
+        return service
+
+
+def update_service(self, service_properties):
+    with LOCK:
+        cluster = service_properties.get("cluster", "default")
+        name = service_properties["service"].split("/")[-1]
+        requested = service_properties.get("task_definition")
+        service = self._get_service(cluster, name)
+        previous = service.task_definition
+        service = _original_update_service(self, service_properties)
+        if requested:
+            # Real ECS stores and returns the full ARN, whatever form the caller used.
+            arn = self.describe_task_definition(requested).arn
+            service.task_definition = arn
+            if arn != previous:
+                for deployment in service.deployments:
+                    deployment["status"] = "ACTIVE"
+                service.deployments.insert(0, _new_deployment(service, arn, "IN_PROGRESS", 0))
+        return service
+
+
+ecs_models.EC2ContainerServiceBackend.create_service = create_service
+ecs_models.EC2ContainerServiceBackend.update_service = update_service
+
+
+def _ecs_backend(region: str):
+    return ecs_models.ecs_backends[ACCOUNT_ID][region]
+
+
+def _event(service, region: str, event_type: str, name: str, deployment_id: str, reason: str) -> dict:
+    now = utcnow().replace(tzinfo=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "ECS Deployment State Change",
+        "source": "aws.ecs",
+        "account": ACCOUNT_ID,
+        "time": now,
+        "region": region,
+        "resources": [service.arn],
+        "detail": {
+            "eventType": event_type,
+            "eventName": name,
+            "deploymentId": deployment_id,
+            "updatedAt": now,
+            "reason": reason,
+        },
+    }
+
+
+def settle(body: dict) -> list[dict]:
+    """Completes or fails a deployment; returns the events ECS would emit, oldest first."""
+    region = body.get("region", "us-east-1")
+    outcome = body.get("outcome", "COMPLETED")
+    with LOCK:
+        backend = _ecs_backend(region)
+        service = backend._get_service(body["cluster"], body["service"])
+        wanted = body.get("deploymentId")
+        deployment = next(
+            (d for d in service.deployments if (d["id"] == wanted if wanted else d["status"] == "PRIMARY")),
+            None,
+        )
+        if deployment is None:
+            raise KeyError(f"no deployment {wanted or 'PRIMARY'} on {service.name}")
+        now = utcnow()
+        deployment["updatedAt"] = now
+        if outcome == "COMPLETED":
+            deployment.update(
+                rolloutState="COMPLETED",
+                rolloutStateReason=f"ECS deployment {deployment['id']} completed.",
+                runningCount=service.desired_count,
+                pendingCount=0,
+            )
+            if deployment["status"] == "PRIMARY":
+                service.deployments = [deployment]
+                service.running_count = service.desired_count
+            return [_event(service, region, "INFO", "SERVICE_DEPLOYMENT_COMPLETED", deployment["id"],
+                           f"ECS deployment {deployment['id']} completed.")]
+
+        reason = body.get("reason", "ECS deployment circuit breaker: task failed to start.")
+        deployment.update(
+            rolloutState="FAILED",
+            rolloutStateReason=reason,
+            runningCount=0,
+            pendingCount=0,
+            failedTasks=deployment.get("failedTasks", 0) + max(service.desired_count, 1),
+        )
+        events = [_event(service, region, "ERROR", "SERVICE_DEPLOYMENT_FAILED", deployment["id"], reason)]
+        if body.get("circuitBreakerRollback"):
+            stable = next((d for d in service.deployments if d["rolloutState"] == "COMPLETED"), None)
+            if stable is not None:
+                deployment["status"] = "ACTIVE"
+                rollback = _new_deployment(service, stable["taskDefinition"], "IN_PROGRESS", 0)
+                service.deployments = [rollback] + [d for d in service.deployments if d is not rollback]
+                service.task_definition = stable["taskDefinition"]
+                events.append(_event(service, region, "INFO", "SERVICE_DEPLOYMENT_IN_PROGRESS", rollback["id"],
+                                     f"ECS deployment circuit breaker: rolling back to deploymentId {stable['id']}."))
+        return events
+
+
+# --------------------------------------------------------------------------------------------
+# Fault injection and the control API
+# --------------------------------------------------------------------------------------------
+
+FAULTS: dict[str, list[dict]] = {}
+
+
+def _operation(request: Request) -> str | None:
+    target = request.headers.get("X-Amz-Target")
+    if target:
+        return target.split(".")[-1]
+    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        return request.form.get("Action")
+    return None
+
+
+def _take_fault(operation: str | None) -> dict | None:
+    if not operation:
+        return None
+    with LOCK:
+        queue = FAULTS.get(operation)
+        if not queue:
+            return None
+        fault = queue[0]
+        fault["count"] -= 1
+        if fault["count"] <= 0:
+            queue.pop(0)
+        return fault
+
+
+def _json(status: int, payload) -> Response:
+    return Response(json.dumps(payload, default=str), status=status, mimetype="application/json")
+
+
+class Control:
+    """WSGI middleware: the /_conveyor control API in front of moto, plus fault injection."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        if request.path.startswith("/_conveyor/"):
+            return self.control(request)(environ, start_response)
+        fault = _take_fault(_operation(request))
+        if fault is not None:
+            body = {"__type": fault["code"], "message": fault.get("message", "injected fault")}
+            return _json(fault.get("status", 500), body)(environ, start_response)
+        return self.inner(environ, start_response)
+
+    def control(self, request: Request) -> Response:
+        try:
+            body = request.get_json(force=True, silent=True) or {}
+            if request.path == "/_conveyor/ecs/settle":
+                return _json(200, {"events": settle(body)})
+            if request.path == "/_conveyor/faults":
+                with LOCK:
+                    FAULTS.setdefault(body["operation"], []).append(dict(body, count=body.get("count", 1)))
+                return _json(200, {"ok": True})
+            if request.path == "/_conveyor/health":
+                return _json(200, {"ok": True})
+            return _json(404, {"error": f"unknown control path {request.path}"})
+        except Exception as error:  # the control API answers every mistake with a readable 400
+            return _json(400, {"error": f"{type(error).__name__}: {error}"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port-file", help="write the chosen port here once listening")
+    args = parser.parse_args()
+
+    app = Control(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    port = server.server_address[1]
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as handle:
+            handle.write(str(port))
+        os.replace(args.port_file + ".tmp", args.port_file)
+    print(f"READY http://{args.host}:{port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
