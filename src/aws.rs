@@ -39,7 +39,10 @@ impl AwsError {
                 let retryable = code.contains("Throttl")
                     || code.contains("TooManyRequests")
                     || code.contains("RequestLimitExceeded")
-                    || matches!(code.as_str(), "ServerException" | "InternalServerError" | "InternalFailure" | "ServiceUnavailable");
+                    || matches!(
+                        code.as_str(),
+                        "ServerException" | "InternalServerError" | "InternalFailure" | "ServiceUnavailable"
+                    );
                 (code, inner.message().unwrap_or_default().to_owned(), retryable)
             }
             SdkError::TimeoutError(_) => ("Timeout".into(), format!("{error:?}"), true),
@@ -77,10 +80,7 @@ impl Clients {
         let retry = aws_config::retry::RetryConfig::adaptive()
             .with_max_attempts(6)
             .with_initial_backoff(std::time::Duration::from_millis(200));
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(retry)
-            .load()
-            .await;
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(retry).load().await;
         Clients::from_config(&config)
     }
 
@@ -147,6 +147,34 @@ impl Ssm {
             Ok(output) => Ok(output.parameter.and_then(Parameter::from_sdk)),
             Err(SdkError::ServiceError(e)) if e.err().is_parameter_not_found() => Ok(None),
             Err(e) => Err(AwsError::from_sdk("GetParameter", e)),
+        }
+    }
+
+    /// Creates a `String` parameter; `false` if it already exists (SSM's only atomic check).
+    pub async fn create(&self, name: &str, value: &str, description: &str) -> Result<bool, AwsError> {
+        let result = self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .description(description)
+            .r#type(ParameterType::String)
+            .overwrite(false)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_parameter_already_exists() => Ok(false),
+            Err(e) => Err(AwsError::from_sdk("PutParameter", e)),
+        }
+    }
+
+    /// Deletes a parameter; a parameter that is already gone is fine.
+    pub async fn delete(&self, name: &str) -> Result<(), AwsError> {
+        match self.client.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_parameter_not_found() => Ok(()),
+            Err(e) => Err(AwsError::from_sdk("DeleteParameter", e)),
         }
     }
 
@@ -281,7 +309,12 @@ impl Ecs {
     }
 
     /// Registers `definition` with `swap` applied; returns the new revision's ARN.
-    pub async fn register(&self, definition: &TaskDefinition, tags: &[Tag], swap: &ImageSwap<'_>) -> Result<String, AwsError> {
+    pub async fn register(
+        &self,
+        definition: &TaskDefinition,
+        tags: &[Tag],
+        swap: &ImageSwap<'_>,
+    ) -> Result<String, AwsError> {
         let request = taskdef::registration(self.client.register_task_definition(), definition, tags, swap);
         let output = request.send().await.map_err(|e| AwsError::from_sdk("RegisterTaskDefinition", e))?;
         output
@@ -302,7 +335,12 @@ impl Ecs {
     }
 
     /// Points the service at `task_definition`; returns the service as ECS now reports it.
-    pub async fn update_service(&self, cluster: &str, service: &str, task_definition: &str) -> Result<ServiceState, AwsError> {
+    pub async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<ServiceState, AwsError> {
         let output = self
             .client
             .update_service()

@@ -77,14 +77,11 @@ impl AppConfig {
 
     /// Parses and validates one app's parameter.
     pub fn parse(parameter: &str, app: &str, json: &str) -> Result<Self, ConfigError> {
-        let problem = |key: &str, problem: String| ConfigError {
-            parameter: parameter.to_owned(),
-            key: key.to_owned(),
-            problem,
-        };
+        let problem =
+            |key: &str, problem: String| ConfigError { parameter: parameter.to_owned(), key: key.to_owned(), problem };
         let name = AppName::parse(app).map_err(|e| problem("(parameter name)", e.to_string()))?;
-        let root: Value = serde_json::from_str(json)
-            .map_err(|e| problem("(document)", format!("not valid JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_str(json).map_err(|e| problem("(document)", format!("not valid JSON: {e}")))?;
         let mut fields = Fields::new(&root, "", &problem)?;
         fields.only(&[
             "repository",
@@ -157,18 +154,13 @@ impl ServiceTarget {
         let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)")?;
         let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)")?;
         let health_url = fields.string("health_url", false, &HTTP_URL, "an http:// or https:// URL")?;
-        Ok(ServiceTarget {
-            cluster: cluster.unwrap_or_default(),
-            service: service.unwrap_or_default(),
-            health_url,
-        })
+        Ok(ServiceTarget { cluster: cluster.unwrap_or_default(), service: service.unwrap_or_default(), health_url })
     }
 }
 
 #[allow(clippy::unwrap_used)] // literal patterns, covered by tests
-static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$").unwrap()
-});
+static REPOSITORY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$").unwrap());
 #[allow(clippy::unwrap_used)]
 static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{1,255}$").unwrap());
 #[allow(clippy::unwrap_used)]
@@ -206,10 +198,9 @@ where
 
     fn only(&mut self, allowed: &[&str]) -> Result<(), ConfigError> {
         match self.map.keys().find(|key| !allowed.contains(&key.as_str())) {
-            Some(unknown) => Err((self.problem)(
-                &self.key(unknown),
-                format!("unknown key (allowed: {})", allowed.join(", ")),
-            )),
+            Some(unknown) => {
+                Err((self.problem)(&self.key(unknown), format!("unknown key (allowed: {})", allowed.join(", "))))
+            }
             None => Ok(()),
         }
     }
@@ -219,28 +210,18 @@ where
     }
 
     fn required(&self, key: &str) -> Result<&'a Value, ConfigError> {
-        self.get(key)
-            .ok_or_else(|| (self.problem)(&self.key(key), "missing required key".into()))
+        self.get(key).ok_or_else(|| (self.problem)(&self.key(key), "missing required key".into()))
     }
 
     fn optional_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err((self.problem)(
-                &self.key(key),
-                format!("must be a string, got {}", kind(other)),
-            )),
+            Some(other) => Err((self.problem)(&self.key(key), format!("must be a string, got {}", kind(other)))),
         }
     }
 
-    fn string(
-        &self,
-        key: &str,
-        required: bool,
-        pattern: &Regex,
-        what: &str,
-    ) -> Result<Option<String>, ConfigError> {
+    fn string(&self, key: &str, required: bool, pattern: &Regex, what: &str) -> Result<Option<String>, ConfigError> {
         let text = match (self.optional_str(key)?, required) {
             (Some(text), _) => text,
             (None, true) => return Err((self.problem)(&self.key(key), "missing required key".into())),
@@ -274,10 +255,7 @@ pub struct ConfigSet {
 
 impl ConfigSet {
     /// Builds the set from `(parameter name, value)` pairs under `{prefix}/apps/`.
-    pub fn from_parameters<'a>(
-        apps_path: &str,
-        parameters: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Self {
+    pub fn from_parameters<'a>(apps_path: &str, parameters: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut set = ConfigSet::default();
         for (parameter, value) in parameters {
             let app = parameter.strip_prefix(apps_path).unwrap_or(parameter);
@@ -409,19 +387,63 @@ mod tests {
     #[test]
     fn errors_name_the_parameter_and_the_key() {
         assert_rejected(&edit(|v| v["colour"] = "red".into()), "colour", "unknown key");
-        assert_rejected(&edit(|v| v["environments"]["stage"]["port"] = 80.into()), "environments.stage.port", "unknown key");
-        assert_rejected(&edit(|v| v["environments"]["qa"] = v["environments"]["stage"].clone()), "environments.qa", "unknown key");
+        assert_rejected(
+            &edit(|v| v["environments"]["stage"]["port"] = 80.into()),
+            "environments.stage.port",
+            "unknown key",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["qa"] = v["environments"]["stage"].clone()),
+            "environments.qa",
+            "unknown key",
+        );
         assert_rejected(&edit(|v| v["tags"] = "(unclosed".into()), "tags", "regular expression");
         assert_rejected(&edit(|v| v["tags"] = 5.into()), "tags", "must be a string");
-        assert_rejected(&edit(|v| { v.as_object_mut().unwrap().remove("repository"); }), "repository", "missing");
-        assert_rejected(&edit(|v| { v.as_object_mut().unwrap().remove("environments"); }), "environments", "missing");
-        assert_rejected(&edit(|v| { v["environments"].as_object_mut().unwrap().remove("prod"); }), "environments.prod", "missing");
-        assert_rejected(&edit(|v| { v["environments"]["prod"].as_object_mut().unwrap().remove("cluster"); }), "environments.prod.cluster", "missing");
-        assert_rejected(&edit(|v| v["environments"]["prod"]["service"] = "arn:aws:ecs:x".into()), "environments.prod.service", "not an ARN");
-        assert_rejected(&edit(|v| v["environments"]["stage"]["health_url"] = "stage.internal".into()), "environments.stage.health_url", "URL");
+        assert_rejected(
+            &edit(|v| {
+                v.as_object_mut().unwrap().remove("repository");
+            }),
+            "repository",
+            "missing",
+        );
+        assert_rejected(
+            &edit(|v| {
+                v.as_object_mut().unwrap().remove("environments");
+            }),
+            "environments",
+            "missing",
+        );
+        assert_rejected(
+            &edit(|v| {
+                v["environments"].as_object_mut().unwrap().remove("prod");
+            }),
+            "environments.prod",
+            "missing",
+        );
+        assert_rejected(
+            &edit(|v| {
+                v["environments"]["prod"].as_object_mut().unwrap().remove("cluster");
+            }),
+            "environments.prod.cluster",
+            "missing",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"]["service"] = "arn:aws:ecs:x".into()),
+            "environments.prod.service",
+            "not an ARN",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["stage"]["health_url"] = "stage.internal".into()),
+            "environments.stage.health_url",
+            "URL",
+        );
         assert_rejected(&edit(|v| v["repository"] = "Shop API".into()), "repository", "ECR repository");
         assert_rejected(&edit(|v| v["rollout_timeout_seconds"] = 0.into()), "rollout_timeout_seconds", "whole number");
-        assert_rejected(&edit(|v| v["environments"]["prod"] = v["environments"]["stage"].clone()), "environments", "same service");
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"] = v["environments"]["stage"].clone()),
+            "environments",
+            "same service",
+        );
         assert_rejected("[1]", "(document)", "JSON object");
         assert_rejected("{", "(document)", "not valid JSON");
     }

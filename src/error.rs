@@ -5,6 +5,7 @@ use lambda_runtime::Diagnostic;
 use crate::aws::AwsError;
 use crate::config::ConfigError;
 use crate::events::InvalidEvent;
+use crate::lease::LeaseError;
 use crate::releases::ReleaseError;
 use crate::types::AppName;
 
@@ -19,6 +20,23 @@ pub enum DeployError {
     Aws(#[from] AwsError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl DeployError {
+    /// Whether a later attempt may succeed (Lambda's retry is worth it).
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeployError::Aws(aws)
+            | DeployError::Release(ReleaseError::Aws(aws))
+            | DeployError::Lease(LeaseError::Aws(aws)) => aws.retryable,
+            DeployError::Lease(LeaseError::Busy { .. }) => true,
+            DeployError::ContainerNotFound { .. }
+            | DeployError::NoRegistry { .. }
+            | DeployError::Release(ReleaseError::Corrupt { .. }) => false,
+        }
+    }
 }
 
 /// How an invocation failed.

@@ -51,8 +51,8 @@ pub fn envelope(payload: Value) -> Result<EventBridgeEvent<Value>, InvalidEvent>
     if !payload.is_object() {
         return Err(InvalidEvent(format!("expected an EventBridge event (a JSON object), got {payload}")));
     }
-    let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
-        .map_err(|e| InvalidEvent(format!("not an EventBridge event: {e}")))?;
+    let event: EventBridgeEvent<Value> =
+        serde_json::from_value(payload).map_err(|e| InvalidEvent(format!("not an EventBridge event: {e}")))?;
     if event.detail.is_null() {
         return Err(InvalidEvent("not an EventBridge event: missing field `detail`".into()));
     }

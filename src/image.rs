@@ -9,9 +9,8 @@ use crate::types::ImageDigest;
 
 /// An ECR registry host: `{account}.dkr.ecr.{region}.amazonaws.com` (or `.amazonaws.com.cn`).
 #[allow(clippy::unwrap_used)] // a literal pattern, covered by tests
-static ECR_REGISTRY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$").unwrap()
-});
+static ECR_REGISTRY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$").unwrap());
 
 /// The registry host for an account and region.
 pub fn ecr_registry(account: &str, region: &str) -> String {
@@ -55,7 +54,10 @@ mod tests {
         let image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/shop-api@sha256:abc";
         assert_eq!(ecr_registry_of(image), Some("123456789012.dkr.ecr.us-east-1.amazonaws.com"));
         assert_eq!(digest_of(image), Some("sha256:abc"));
-        assert_eq!(ecr_registry_of("123456789012.dkr.ecr.us-east-1.amazonaws.com/shop-api:v1"), Some("123456789012.dkr.ecr.us-east-1.amazonaws.com"));
+        assert_eq!(
+            ecr_registry_of("123456789012.dkr.ecr.us-east-1.amazonaws.com/shop-api:v1"),
+            Some("123456789012.dkr.ecr.us-east-1.amazonaws.com")
+        );
         assert_eq!(ecr_registry_of("nginx:1.25"), None);
         assert_eq!(ecr_registry_of("docker.io/library/nginx"), None);
         assert_eq!(ecr_registry_of("public.ecr.aws/nginx/nginx:1"), None);

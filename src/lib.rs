@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod lease;
 pub mod notify;
 pub mod releases;
 pub mod rollout;

@@ -100,8 +100,12 @@ impl Notification {
 
     /// `[conveyor] {app} {environment}: {outcome} {tag}`, at most 100 characters (SNS's limit).
     pub fn subject(&self) -> String {
-        let what = self.tag.as_ref().map(ToString::to_string).or_else(|| self.digest.as_ref().map(|d| d.short().to_owned()));
-        let subject = format!("[conveyor] {} {}: {} {}", self.app, self.environment, self.outcome, what.as_deref().unwrap_or("")).trim_end().to_owned();
+        let what =
+            self.tag.as_ref().map(ToString::to_string).or_else(|| self.digest.as_ref().map(|d| d.short().to_owned()));
+        let subject =
+            format!("[conveyor] {} {}: {} {}", self.app, self.environment, self.outcome, what.as_deref().unwrap_or(""))
+                .trim_end()
+                .to_owned();
         subject.chars().filter(|c| !c.is_control()).take(100).collect()
     }
 
@@ -228,7 +232,12 @@ mod tests {
     use super::*;
 
     fn deploying() -> Notification {
-        let mut n = Notification::new(&AppName::parse("shop-api").unwrap(), Environment::Stage, Outcome::Deploying, Severity::Info);
+        let mut n = Notification::new(
+            &AppName::parse("shop-api").unwrap(),
+            Environment::Stage,
+            Outcome::Deploying,
+            Severity::Info,
+        );
         n.tag = Some(ImageTag::parse("v1.0.0").unwrap());
         n.digest = Some(ImageDigest::parse(format!("sha256:{}", "a".repeat(64))).unwrap());
         n.cluster = Some("stage-cluster".into());

@@ -150,8 +150,12 @@ impl ReleaseStore {
 
     pub async fn save_env_record(&self, record: &EnvRecord) -> Result<(), ReleaseError> {
         let name = self.env_parameter(&record.app, record.environment);
-        let json = serde_json::to_string(record).map_err(|e| ReleaseError::Corrupt { parameter: name.clone(), problem: e.to_string() })?;
-        let description = format!("Conveyor release record for {} in {} (managed; history is the audit trail)", record.app, record.environment);
+        let json = serde_json::to_string(record)
+            .map_err(|e| ReleaseError::Corrupt { parameter: name.clone(), problem: e.to_string() })?;
+        let description = format!(
+            "Conveyor release record for {} in {} (managed; history is the audit trail)",
+            record.app, record.environment
+        );
         self.ssm.put(&name, &json, &description).await?;
         Ok(())
     }

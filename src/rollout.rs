@@ -60,19 +60,28 @@ pub async fn start(
     let target = app.target(env);
     let service = ecs.service(&target.cluster, &target.service).await?;
     let (definition, tags) = ecs.task_definition(&service.task_definition).await?;
-    let current_image = taskdef::container_image(&definition, &app.container).ok_or_else(|| DeployError::ContainerNotFound {
-        container: app.container.clone(),
-        task_definition: service.task_definition.clone(),
-        found: taskdef::container_names(&definition).join(", "),
-        parameter: app.parameter.clone(),
-    })?;
-    let mut record = record.unwrap_or_else(|| EnvRecord::first(&app.name, env, &target.cluster, &target.service, &service.task_definition));
+    let current_image =
+        taskdef::container_image(&definition, &app.container).ok_or_else(|| DeployError::ContainerNotFound {
+            container: app.container.clone(),
+            task_definition: service.task_definition.clone(),
+            found: taskdef::container_names(&definition).join(", "),
+            parameter: app.parameter.clone(),
+        })?;
+    let mut record = record.unwrap_or_else(|| {
+        EnvRecord::first(&app.name, env, &target.cluster, &target.service, &service.task_definition)
+    });
 
     if image::digest_of(current_image) == Some(candidate.digest.as_str()) {
-        let ours = tags.iter().any(|t| t.key() == Some(TAG_IMAGE_DIGEST) && t.value() == Some(candidate.digest.as_str()));
-        let unrecorded = record.current.as_ref().map(|c| c.task_definition_arn.as_str()) != Some(service.task_definition.as_str());
+        let ours =
+            tags.iter().any(|t| t.key() == Some(TAG_IMAGE_DIGEST) && t.value() == Some(candidate.digest.as_str()));
+        let unrecorded =
+            record.current.as_ref().map(|c| c.task_definition_arn.as_str()) != Some(service.task_definition.as_str());
         if ours && unrecorded && candidate.event_time > record.newest_event_time {
-            let previous = record.current.as_ref().map_or(&record.baseline_task_definition_arn, |c| &c.task_definition_arn).clone();
+            let previous = record
+                .current
+                .as_ref()
+                .map_or(&record.baseline_task_definition_arn, |c| &c.task_definition_arn)
+                .clone();
             let rollout = new_rollout(candidate, current_image, &service.task_definition, &previous, &service);
             record.started(rollout.clone());
             conveyor.releases.save_env_record(&record).await?;
@@ -87,7 +96,10 @@ pub async fn start(
             let registry = match (account, region) {
                 (Some(account), Some(region)) => image::ecr_registry(account, region),
                 _ => image::ecr_registry_of(current_image)
-                    .ok_or_else(|| DeployError::NoRegistry { container: app.container.clone(), image: current_image.to_owned() })?
+                    .ok_or_else(|| DeployError::NoRegistry {
+                        container: app.container.clone(),
+                        image: current_image.to_owned(),
+                    })?
                     .to_owned(),
             };
             image::pinned(&registry, repository, candidate.digest)

@@ -7,6 +7,7 @@ use tracing::{error, info, instrument};
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
+use crate::lease::Lease;
 use crate::notify::{Notification, Outcome, Severity};
 use crate::releases::Arrival;
 use crate::rollout::{self, Candidate, ImageSource, Started};
@@ -74,7 +75,7 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Er
         match outcome {
             Ok(app_report) => report.apps.push(app_report),
             Err(error) => {
-                error!(app = %app.name, environment = "stage", error = %error, retryable = is_retryable(&error), "stage deploy failed");
+                error!(app = %app.name, environment = "stage", error = %error, retryable = error.retryable(), "stage deploy failed");
                 report.apps.push(AppReport {
                     app: app.name.to_string(),
                     status: "failed",
@@ -93,23 +94,41 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Er
     }
 }
 
-fn is_retryable(error: &DeployError) -> bool {
-    match error {
-        DeployError::Aws(aws) => aws.retryable,
-        DeployError::Release(crate::releases::ReleaseError::Aws(aws)) => aws.retryable,
-        _ => false,
-    }
-}
-
 async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
     let env = Environment::Stage;
     let skip = |detail: String| {
         info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
-        Ok(AppReport { app: app.name.to_string(), status: "skipped", detail, task_definition_arn: None, deployment_id: None })
+        Ok(AppReport {
+            app: app.name.to_string(),
+            status: "skipped",
+            detail,
+            task_definition_arn: None,
+            deployment_id: None,
+        })
     };
     if !app.tags.admits(&push.tag) {
         return skip(format!("tag {} does not match the app's tag pattern", push.tag));
     }
+    let owner = push.event_id.clone().unwrap_or_else(|| format!("push {} {}", push.tag, push.time));
+    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, env, &owner).await?;
+    let result = deploy_app_leased(conveyor, app, push).await;
+    lease.release().await;
+    result
+}
+
+/// [`deploy_app`] under the service's lease: decide, roll out, record, notify.
+async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
+    let env = Environment::Stage;
+    let skip = |detail: String| {
+        info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
+        Ok(AppReport {
+            app: app.name.to_string(),
+            status: "skipped",
+            detail,
+            task_definition_arn: None,
+            deployment_id: None,
+        })
+    };
     let record = conveyor.releases.env_record(&app.name, env).await?;
     match record.as_ref().map(|r| r.arrival(push.time, &push.digest)) {
         Some(Arrival::Late) => {
@@ -122,7 +141,11 @@ async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result
     let candidate = Candidate {
         tag: &push.tag,
         digest: &push.digest,
-        source: ImageSource::Pushed { account: push.account.as_deref(), region: push.region.as_deref(), repository: &push.repository },
+        source: ImageSource::Pushed {
+            account: push.account.as_deref(),
+            region: push.region.as_deref(),
+            repository: &push.repository,
+        },
         event_time: push.time,
     };
     let rollout = match rollout::start(conveyor, app, env, record, &candidate).await? {

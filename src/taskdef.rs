@@ -46,25 +46,19 @@ pub fn registration(
     tags: &[Tag],
     swap: &ImageSwap<'_>,
 ) -> RegisterTaskDefinitionFluentBuilder {
-    let containers = definition
-        .container_definitions
-        .clone()
-        .map(|containers| {
-            containers
-                .into_iter()
-                .map(|mut container| {
-                    if container.name.as_deref() == Some(swap.container) {
-                        container.image = Some(swap.image.clone());
-                    }
-                    container
-                })
-                .collect()
-        });
-    let mut new_tags: Vec<Tag> = tags
-        .iter()
-        .filter(|tag| !swap.tags.iter().any(|(key, _)| tag.key() == Some(key)))
-        .cloned()
-        .collect();
+    let containers = definition.container_definitions.clone().map(|containers| {
+        containers
+            .into_iter()
+            .map(|mut container| {
+                if container.name.as_deref() == Some(swap.container) {
+                    container.image = Some(swap.image.clone());
+                }
+                container
+            })
+            .collect()
+    });
+    let mut new_tags: Vec<Tag> =
+        tags.iter().filter(|tag| !swap.tags.iter().any(|(key, _)| tag.key() == Some(key))).cloned().collect();
     new_tags.extend(swap.tags.iter().map(|(key, value)| Tag::builder().key(*key).value(value).build()));
 
     request
@@ -165,7 +159,17 @@ mod tests {
         let computed: Vec<&str> = source.keys().map(String::as_str).filter(|k| !registered.contains_key(*k)).collect();
         assert_eq!(
             computed,
-            ["compatibilities", "delete_requested_at", "deregistered_at", "registered_at", "registered_by", "requires_attributes", "revision", "status", "task_definition_arn"]
+            [
+                "compatibilities",
+                "delete_requested_at",
+                "deregistered_at",
+                "registered_at",
+                "registered_by",
+                "requires_attributes",
+                "revision",
+                "status",
+                "task_definition_arn"
+            ]
         );
     }
 
@@ -209,7 +213,9 @@ mod tests {
     fn a_minimal_definition_stays_minimal() {
         let definition = TaskDefinition::builder()
             .family("tiny")
-            .container_definitions(aws_sdk_ecs::types::ContainerDefinition::builder().name("api").image("nginx").memory(128).build())
+            .container_definitions(
+                aws_sdk_ecs::types::ContainerDefinition::builder().name("api").image("nginx").memory(128).build(),
+            )
             .build();
         let request = registration(offline_client().register_task_definition(), &definition, &[], &swap(PINNED));
         let input = request.as_input();

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import sys
@@ -196,18 +197,19 @@ def _operation(request: Request) -> str | None:
     return None
 
 
-def _take_fault(operation: str | None) -> dict | None:
+def _take_fault(operation: str | None, body: bytes) -> dict | None:
+    """The first pending fault for this operation whose `match` text occurs in the request."""
     if not operation:
         return None
     with LOCK:
-        queue = FAULTS.get(operation)
-        if not queue:
-            return None
-        fault = queue[0]
-        fault["count"] -= 1
-        if fault["count"] <= 0:
-            queue.pop(0)
-        return fault
+        queue = FAULTS.get(operation, [])
+        for fault in queue:
+            if fault.get("match", "").encode() in body:
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    queue.remove(fault)
+                return fault
+        return None
 
 
 def _json(status: int, payload) -> Response:
@@ -224,7 +226,12 @@ class Control:
         request = Request(environ)
         if request.path.startswith("/_conveyor/"):
             return self.control(request)(environ, start_response)
-        fault = _take_fault(_operation(request))
+        fault = None
+        if FAULTS:
+            body = request.get_data(cache=True)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            fault = _take_fault(_operation(request), body)
         if fault is not None:
             body = {"__type": fault["code"], "message": fault.get("message", "injected fault")}
             return _json(fault.get("status", 500), body)(environ, start_response)
@@ -235,6 +242,11 @@ class Control:
             body = request.get_json(force=True, silent=True) or {}
             if request.path == "/_conveyor/ecs/settle":
                 return _json(200, {"events": settle(body)})
+            if request.path == "/_conveyor/faults/clear":
+                with LOCK:
+                    for queue in FAULTS.values():
+                        queue[:] = [f for f in queue if f.get("match", "") != body.get("match", "")]
+                return _json(200, {"ok": True})
             if request.path == "/_conveyor/faults":
                 with LOCK:
                     FAULTS.setdefault(body["operation"], []).append(dict(body, count=body.get("count", 1)))
@@ -246,12 +258,27 @@ class Control:
             return _json(400, {"error": f"{type(error).__name__}: {error}"})
 
 
+def _exit_with_parent(pid: int) -> None:
+    """Test harnesses cannot always stop us (a static lives until exit): follow the parent."""
+    import time
+
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", help="write the chosen port here once listening")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     args = parser.parse_args()
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
     app = Control(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

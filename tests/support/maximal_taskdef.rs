@@ -18,16 +18,44 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
         .memory(512)
         .memory_reservation(256)
         .essential(true)
-        .port_mappings(PortMapping::builder().container_port(8080).host_port(8080).protocol(TransportProtocol::Tcp).name("http").app_protocol(ApplicationProtocol::Http).build())
+        .port_mappings(
+            PortMapping::builder()
+                .container_port(8080)
+                .host_port(8080)
+                .protocol(TransportProtocol::Tcp)
+                .name("http")
+                .app_protocol(ApplicationProtocol::Http)
+                .build(),
+        )
         .entry_point("/bin/server")
         .command("--port=8080")
         .environment(KeyValuePair::builder().name("LOG_LEVEL").value("info").build())
         .environment(KeyValuePair::builder().name("FEATURE_FLAGS").value("").build())
-        .environment_files(EnvironmentFile::builder().value("arn:aws:s3:::shop-config/stage.env").r#type(EnvironmentFileType::S3).build().unwrap())
-        .secrets(Secret::builder().name("DB_PASSWORD").value_from(format!("arn:aws:ssm:{region}:{account}:parameter/shop/db-password")).build().unwrap())
-        .secrets(Secret::builder().name("API_KEY").value_from(format!("arn:aws:secretsmanager:{region}:{account}:secret:shop/api-key")).build().unwrap())
+        .environment_files(
+            EnvironmentFile::builder()
+                .value("arn:aws:s3:::shop-config/stage.env")
+                .r#type(EnvironmentFileType::S3)
+                .build()
+                .unwrap(),
+        )
+        .secrets(
+            Secret::builder()
+                .name("DB_PASSWORD")
+                .value_from(format!("arn:aws:ssm:{region}:{account}:parameter/shop/db-password"))
+                .build()
+                .unwrap(),
+        )
+        .secrets(
+            Secret::builder()
+                .name("API_KEY")
+                .value_from(format!("arn:aws:secretsmanager:{region}:{account}:secret:shop/api-key"))
+                .build()
+                .unwrap(),
+        )
         .mount_points(MountPoint::builder().source_volume("data").container_path("/data").read_only(false).build())
-        .mount_points(MountPoint::builder().source_volume("shared-efs").container_path("/shared").read_only(true).build())
+        .mount_points(
+            MountPoint::builder().source_volume("shared-efs").container_path("/shared").read_only(true).build(),
+        )
         .volumes_from(VolumeFrom::builder().source_container("log_router").read_only(true).build())
         .linux_parameters(
             LinuxParameters::builder()
@@ -37,8 +65,20 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
                 .tmpfs(Tmpfs::builder().container_path("/tmp").size(64).mount_options("rw").build().unwrap())
                 .build(),
         )
-        .depends_on(ContainerDependency::builder().container_name("log_router").condition(ContainerCondition::Start).build().unwrap())
-        .depends_on(ContainerDependency::builder().container_name("envoy").condition(ContainerCondition::Healthy).build().unwrap())
+        .depends_on(
+            ContainerDependency::builder()
+                .container_name("log_router")
+                .condition(ContainerCondition::Start)
+                .build()
+                .unwrap(),
+        )
+        .depends_on(
+            ContainerDependency::builder()
+                .container_name("envoy")
+                .condition(ContainerCondition::Healthy)
+                .build()
+                .unwrap(),
+        )
         .start_timeout(60)
         .stop_timeout(30)
         .user("1000:1000")
@@ -52,7 +92,13 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
                 .log_driver(LogDriver::Awsfirelens)
                 .options("Name", "datadog")
                 .options("dd_service", "shop-api")
-                .secret_options(Secret::builder().name("apikey").value_from(format!("arn:aws:ssm:{region}:{account}:parameter/dd-api-key")).build().unwrap())
+                .secret_options(
+                    Secret::builder()
+                        .name("apikey")
+                        .value_from(format!("arn:aws:ssm:{region}:{account}:parameter/dd-api-key"))
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap(),
         )
@@ -69,7 +115,14 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
         )
         .system_controls(SystemControl::builder().namespace("net.core.somaxconn").value("1024").build())
         .resource_requirements(ResourceRequirement::builder().r#type(ResourceType::Gpu).value("1").build().unwrap())
-        .restart_policy(ContainerRestartPolicy::builder().enabled(true).restart_attempt_period(120).ignored_exit_codes(0).build().unwrap())
+        .restart_policy(
+            ContainerRestartPolicy::builder()
+                .enabled(true)
+                .restart_attempt_period(120)
+                .ignored_exit_codes(0)
+                .build()
+                .unwrap(),
+        )
         .version_consistency(VersionConsistency::Enabled)
         .build();
     let log_router = ContainerDefinition::builder()
@@ -124,7 +177,12 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
         .container_definitions(app)
         .container_definitions(log_router)
         .container_definitions(envoy)
-        .volumes(Volume::builder().name("data").host(HostVolumeProperties::builder().source_path("/ecs/data").build()).build())
+        .volumes(
+            Volume::builder()
+                .name("data")
+                .host(HostVolumeProperties::builder().source_path("/ecs/data").build())
+                .build(),
+        )
         .volumes(
             Volume::builder()
                 .name("shared-efs")
@@ -133,7 +191,12 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
                         .file_system_id("fs-0123456789abcdef0")
                         .root_directory("/")
                         .transit_encryption(EfsTransitEncryption::Enabled)
-                        .authorization_config(EfsAuthorizationConfig::builder().access_point_id("fsap-0123456789abcdef0").iam(EfsAuthorizationConfigIam::Enabled).build())
+                        .authorization_config(
+                            EfsAuthorizationConfig::builder()
+                                .access_point_id("fsap-0123456789abcdef0")
+                                .iam(EfsAuthorizationConfigIam::Enabled)
+                                .build(),
+                        )
                         .build()
                         .unwrap(),
                 )
@@ -142,14 +205,32 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
         .volumes(
             Volume::builder()
                 .name("scratch")
-                .docker_volume_configuration(DockerVolumeConfiguration::builder().scope(Scope::Task).driver("local").labels("purpose", "scratch").build())
+                .docker_volume_configuration(
+                    DockerVolumeConfiguration::builder()
+                        .scope(Scope::Task)
+                        .driver("local")
+                        .labels("purpose", "scratch")
+                        .build(),
+                )
                 .build(),
         )
-        .placement_constraints(TaskDefinitionPlacementConstraint::builder().r#type(TaskDefinitionPlacementConstraintType::MemberOf).expression("attribute:ecs.availability-zone in [us-east-1a, us-east-1b]").build())
+        .placement_constraints(
+            TaskDefinitionPlacementConstraint::builder()
+                .r#type(TaskDefinitionPlacementConstraintType::MemberOf)
+                .expression("attribute:ecs.availability-zone in [us-east-1a, us-east-1b]")
+                .build(),
+        )
         .requires_compatibilities(Compatibility::Ec2)
         .compatibilities(Compatibility::Ec2)
-        .requires_attributes(Attribute::builder().name("com.amazonaws.ecs.capability.docker-remote-api.1.19").build().unwrap())
-        .runtime_platform(RuntimePlatform::builder().cpu_architecture(CpuArchitecture::Arm64).operating_system_family(OsFamily::Linux).build())
+        .requires_attributes(
+            Attribute::builder().name("com.amazonaws.ecs.capability.docker-remote-api.1.19").build().unwrap(),
+        )
+        .runtime_platform(
+            RuntimePlatform::builder()
+                .cpu_architecture(CpuArchitecture::Arm64)
+                .operating_system_family(OsFamily::Linux)
+                .build(),
+        )
         .cpu("1024")
         .memory("2048")
         .pid_mode(PidMode::Task)
@@ -162,11 +243,15 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
                 .properties(KeyValuePair::builder().name("ProxyIngressPort").value("15000").build())
                 .properties(KeyValuePair::builder().name("ProxyEgressPort").value("15001").build())
                 .properties(KeyValuePair::builder().name("AppPorts").value("8080").build())
-                .properties(KeyValuePair::builder().name("EgressIgnoredIPs").value("169.254.170.2,169.254.169.254").build())
+                .properties(
+                    KeyValuePair::builder().name("EgressIgnoredIPs").value("169.254.170.2,169.254.169.254").build(),
+                )
                 .build()
                 .unwrap(),
         )
-        .inference_accelerators(InferenceAccelerator::builder().device_name("device1").device_type("eia2.medium").build().unwrap())
+        .inference_accelerators(
+            InferenceAccelerator::builder().device_name("device1").device_type("eia2.medium").build().unwrap(),
+        )
         .ephemeral_storage(EphemeralStorage::builder().size_in_gib(50).build())
         .enable_fault_injection(true)
         .registered_at(aws_sdk_ecs::primitives::DateTime::from_secs(1_700_000_000))

@@ -1,0 +1,8 @@
+//! Integration tests against a real local AWS (moto server, started by the test kit).
+//! One test binary, so one link step; every test gets its own resources and runs in parallel.
+#![allow(clippy::unwrap_used)]
+
+mod stage_deploy;
+mod stage_deploy_binary;
+mod support;
+mod taskdef_roundtrip;

@@ -1,0 +1,48 @@
+//! Shared helpers of the integration tests.
+
+use conveyor::aws::Clients;
+use conveyor::Conveyor;
+use conveyor_testkit::World;
+
+/// The library, wired to this world exactly as the binaries wire it to AWS.
+pub fn conveyor(world: &World) -> Conveyor {
+    Conveyor::new(Clients::from_config(&world.config), &world.prefix, Some(world.topic_arn.clone()))
+}
+
+/// A task definition without what must differ between two revisions (identity, the `api` image).
+pub fn comparable(definition: &aws_sdk_ecs::types::TaskDefinition) -> aws_sdk_ecs::types::TaskDefinition {
+    let mut definition = definition.clone();
+    definition.task_definition_arn = None;
+    definition.revision = 0;
+    definition.registered_at = None;
+    definition.registered_by = None;
+    if let Some(containers) = definition.container_definitions.as_mut() {
+        for container in containers.iter_mut().filter(|c| c.name() == Some("api")) {
+            container.image = None;
+        }
+    }
+    definition
+}
+
+/// Asserts two revisions are the same but for identity and the `api` image; on failure names
+/// the first field that differs (SDK `Debug` redacts environments, so compare with `==`).
+#[track_caller]
+pub fn assert_same_definition(after: &aws_sdk_ecs::types::TaskDefinition, before: &aws_sdk_ecs::types::TaskDefinition) {
+    let (after, before) = (comparable(after), comparable(before));
+    for (a, b) in after.container_definitions().iter().zip(before.container_definitions()) {
+        assert_eq!(
+            a,
+            b,
+            "container {:?} changed (environment: {:?} vs {:?})",
+            a.name(),
+            a.environment(),
+            b.environment()
+        );
+    }
+    assert_eq!(after, before);
+}
+
+/// `(key, value)` pairs of ECS tags, for assertions.
+pub fn tag_pairs(tags: &[aws_sdk_ecs::types::Tag]) -> Vec<(String, String)> {
+    tags.iter().map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned())).collect()
+}

@@ -1,0 +1,92 @@
+//! A real Conveyor function binary, running against a [`RuntimeApi`] and the local AWS.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::repo_root;
+use crate::runtime_api::{Invocation, RuntimeApi};
+
+/// A running function process and everything it logged.
+pub struct Function {
+    pub name: String,
+    api: RuntimeApi,
+    logs: Arc<Mutex<Vec<String>>>,
+    _process: Child,
+}
+
+/// The debug build of a function binary (`make test` builds them before the tests run).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the functions first (`cargo build --workspace --bins`, as `make test` does)",
+        path.display()
+    );
+    path
+}
+
+impl Function {
+    /// Starts the binary `name` with the Lambda environment plus `env`.
+    pub async fn spawn(name: &str, env: &[(String, String)]) -> Function {
+        let api = RuntimeApi::start().await;
+        let mut command = Command::new(binary(name));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .env("AWS_LAMBDA_LOG_LEVEL", "INFO")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut process = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            process.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            process.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        Function { name: name.to_owned(), api, logs, _process: process }
+    }
+
+    /// Invokes the function and waits for its answer (panics, with the logs, if none comes).
+    pub async fn invoke(&self, payload: Value) -> Invocation {
+        match self.api.invoke(payload, Duration::from_secs(60)).await {
+            Ok(answer) => answer,
+            Err(error) => panic!("{}: {error}\nlogs:\n{}", self.name, self.logs().join("\n")),
+        }
+    }
+
+    /// Every line the process has written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines.
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.logs().iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+}

@@ -1,0 +1,281 @@
+//! One test's own slice of the local AWS: a unique SSM prefix, clusters, an SNS topic with an
+//! SQS queue subscribed, and helpers to seed apps and read what happened.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair, Tag, TaskDefinition, TaskDefinitionField};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::local_aws::{LocalAws, ACCOUNT, REGION};
+
+/// The stage and prod services of one seeded app.
+#[derive(Debug, Clone)]
+pub struct AppFixture {
+    pub app: String,
+    pub repository: String,
+    pub container: String,
+    pub stage: ServiceFixture,
+    pub prod: ServiceFixture,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceFixture {
+    pub cluster: String,
+    pub service: String,
+    pub family: String,
+    /// The task definition the service ran when it was created.
+    pub initial_task_definition: String,
+}
+
+pub struct World {
+    pub aws: &'static LocalAws,
+    pub id: String,
+    pub prefix: String,
+    pub config: aws_config::SdkConfig,
+    pub ecs: aws_sdk_ecs::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub topic_arn: String,
+    pub queue_url: String,
+}
+
+/// A digest that looks like ECR's, distinct per `n`.
+pub fn digest(n: u32) -> String {
+    format!("sha256:{:064x}", 0xc0ffee_u64 * 1_000_003 + u64::from(n))
+}
+
+impl World {
+    pub async fn new() -> World {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let aws = LocalAws::shared();
+        let id = format!("t{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let config = aws.sdk_config().await;
+        let ecs = aws_sdk_ecs::Client::new(&config);
+        let ssm = aws_sdk_ssm::Client::new(&config);
+        let sns = aws_sdk_sns::Client::new(&config);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+
+        let topic_arn = sns.create_topic().name(format!("conveyor-{id}")).send().await.unwrap().topic_arn.unwrap();
+        let queue_url = sqs.create_queue().queue_name(format!("alerts-{id}")).send().await.unwrap().queue_url.unwrap();
+        let queue_arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:alerts-{id}");
+        sns.subscribe().topic_arn(&topic_arn).protocol("sqs").endpoint(queue_arn).send().await.unwrap();
+
+        World { aws, prefix: format!("/conveyor-{id}"), id, config, ecs, ssm, sns, sqs, topic_arn, queue_url }
+    }
+
+    /// A resource name unique to this test.
+    pub fn name(&self, base: &str) -> String {
+        format!("{base}-{}", self.id)
+    }
+
+    /// The variables a function binary needs to run against this world.
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        let mut env = self.aws.env();
+        env.push(("CONVEYOR_SSM_PREFIX".into(), self.prefix.clone()));
+        env.push(("CONVEYOR_TOPIC_ARN".into(), self.topic_arn.clone()));
+        env
+    }
+
+    pub fn registry(&self) -> String {
+        format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com")
+    }
+
+    /// Registers a task definition with the app container `api`, optionally a sidecar, an
+    /// environment (with an empty value) and tags.
+    pub async fn register(&self, family: &str, image: &str, env_name: &str, sidecar: bool) -> String {
+        let mut request = self
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("api")
+                    .image(image)
+                    .memory(256)
+                    .environment(KeyValuePair::builder().name("ENVIRONMENT").value(env_name).build())
+                    .environment(KeyValuePair::builder().name("EMPTY").value("").build())
+                    .build(),
+            )
+            .tags(Tag::builder().key("team").value("shop").build())
+            .tags(Tag::builder().key("env").value(env_name).build());
+        if sidecar {
+            request = request.container_definitions(
+                ContainerDefinition::builder()
+                    .name("log_router")
+                    .image("public.ecr.aws/aws-observability/aws-for-fluent-bit:stable")
+                    .memory(64)
+                    .essential(true)
+                    .build(),
+            );
+        }
+        request.send().await.unwrap().task_definition.unwrap().task_definition_arn.unwrap()
+    }
+
+    pub async fn create_service(&self, cluster: &str, service: &str, task_definition: &str, desired: i32) {
+        self.ecs.create_cluster().cluster_name(cluster).send().await.unwrap();
+        self.ecs
+            .create_service()
+            .cluster(cluster)
+            .service_name(service)
+            .task_definition(task_definition)
+            .desired_count(desired)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Seeds an app: stage and prod services (each its own family, env and cluster) running
+    /// `repository:v0.9.0` by tag, and its config parameter.
+    pub async fn seed_app(&self, app: &str, repository: &str, sidecar: bool, extra: Value) -> AppFixture {
+        let image = format!("{}/{repository}:v0.9.0", self.registry());
+        let mut services = Vec::new();
+        for env in ["stage", "prod"] {
+            let family = self.name(&format!("{app}-{env}"));
+            let cluster = self.name(env);
+            let task_definition = self.register(&family, &image, env, sidecar).await;
+            self.create_service(&cluster, app, &task_definition, if env == "prod" { 3 } else { 1 }).await;
+            services.push(ServiceFixture {
+                cluster,
+                service: app.to_owned(),
+                family,
+                initial_task_definition: task_definition,
+            });
+        }
+        let prod = services.pop().unwrap();
+        let stage = services.pop().unwrap();
+        let mut config = json!({
+            "repository": repository,
+            "container": "api",
+            "environments": {
+                "stage": { "cluster": stage.cluster, "service": stage.service },
+                "prod": { "cluster": prod.cluster, "service": prod.service },
+            },
+        });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
+        self.put_app(app, &config).await;
+        AppFixture { app: app.to_owned(), repository: repository.to_owned(), container: "api".into(), stage, prod }
+    }
+
+    pub async fn put_app(&self, app: &str, config: &Value) {
+        self.put_parameter(&format!("{}/apps/{app}", self.prefix), &config.to_string()).await;
+    }
+
+    pub async fn put_parameter(&self, name: &str, value: &str) {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn parameter(&self, name: &str) -> Option<String> {
+        self.ssm.get_parameter().name(name).send().await.ok().and_then(|o| o.parameter?.value)
+    }
+
+    /// An "ECR Image Action" PUSH/SUCCESS event, as EventBridge delivers it.
+    pub fn push_event(&self, repository: &str, tag: &str, digest: &str, time: DateTime<Utc>) -> Value {
+        json!({
+            "version": "0",
+            "id": format!("push-{}-{tag}-{}", self.id, time.timestamp()),
+            "detail-type": "ECR Image Action",
+            "source": "aws.ecr",
+            "account": ACCOUNT,
+            "time": time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "region": REGION,
+            "resources": [],
+            "detail": {
+                "result": "SUCCESS",
+                "repository-name": repository,
+                "image-digest": digest,
+                "action-type": "PUSH",
+                "image-tag": tag,
+            }
+        })
+    }
+
+    pub async fn service(&self, cluster: &str, service: &str) -> aws_sdk_ecs::types::Service {
+        let output = self.ecs.describe_services().cluster(cluster).services(service).send().await.unwrap();
+        output.services.unwrap_or_default().into_iter().next().unwrap()
+    }
+
+    pub async fn task_definition(&self, arn: &str) -> (TaskDefinition, Vec<Tag>) {
+        let output = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await
+            .unwrap();
+        (output.task_definition.unwrap(), output.tags.unwrap_or_default())
+    }
+
+    /// Every revision ARN of a family, oldest first.
+    pub async fn revisions(&self, family: &str) -> Vec<String> {
+        let output = self.ecs.list_task_definitions().family_prefix(family).send().await.unwrap();
+        output.task_definition_arns.unwrap_or_default()
+    }
+
+    /// The image the `api` container of the service's current task definition runs.
+    pub async fn running_image(&self, service: &ServiceFixture) -> String {
+        let current = self.service(&service.cluster, &service.service).await.task_definition.unwrap();
+        let (definition, _) = self.task_definition(&current).await;
+        definition
+            .container_definitions()
+            .iter()
+            .find(|c| c.name() == Some("api"))
+            .and_then(|c| c.image())
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Drains the alert queue: the SNS notifications received so far (`Subject`, `Message` parsed
+    /// as JSON, `MessageAttributes` as name => value).
+    pub async fn notifications(&self) -> Vec<Value> {
+        let mut received = Vec::new();
+        loop {
+            let output = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap();
+            let messages = output.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return received;
+            }
+            for message in messages {
+                let envelope: Value = serde_json::from_str(message.body().unwrap_or("{}")).unwrap();
+                let attributes: serde_json::Map<String, Value> = envelope["MessageAttributes"]
+                    .as_object()
+                    .map(|a| a.iter().map(|(k, v)| (k.clone(), v["Value"].clone())).collect())
+                    .unwrap_or_default();
+                received.push(json!({
+                    "Subject": envelope["Subject"],
+                    "Message": serde_json::from_str::<Value>(envelope["Message"].as_str().unwrap_or("null")).unwrap_or(Value::Null),
+                    "MessageAttributes": attributes,
+                }));
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
