@@ -13,6 +13,10 @@ use crate::types::{ImageDigest, ImageTag};
 
 pub const ECR_SOURCE: &str = "aws.ecr";
 pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
+pub const ECS_SOURCE: &str = "aws.ecs";
+pub const ECS_DEPLOYMENT_STATE_CHANGE: &str = "ECS Deployment State Change";
+pub const SCHEDULE_SOURCE: &str = "aws.events";
+pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 
 /// A payload that is not a well-formed event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +101,96 @@ pub fn push(payload: Value) -> Result<Result<Push, Skip>, InvalidEvent> {
         digest,
         tag,
     }))
+}
+
+/// What an "ECS Deployment State Change" event says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentEventName {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// An "ECS Deployment State Change" event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentEvent {
+    pub event_id: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+    pub service_arn: String,
+    /// The cluster, when the ARN is in the long format (`service/{cluster}/{service}`).
+    pub cluster: Option<String>,
+    pub service: String,
+    pub name: DeploymentEventName,
+    pub deployment_id: String,
+    pub reason: Option<String>,
+}
+
+/// What deploy-monitor receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorEvent {
+    Deployment(DeploymentEvent),
+    /// The EventBridge schedule: reconcile every in-flight rollout.
+    Sweep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EcsDeploymentDetail {
+    event_name: Option<String>,
+    deployment_id: Option<String>,
+    reason: Option<String>,
+}
+
+/// Reads a deployment state change or a schedule tick, or says why the event is not one.
+pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEvent> {
+    let event = envelope(payload)?;
+    if event.source == SCHEDULE_SOURCE && event.detail_type == SCHEDULED_EVENT {
+        return Ok(Ok(MonitorEvent::Sweep));
+    }
+    if event.source != ECS_SOURCE || event.detail_type != ECS_DEPLOYMENT_STATE_CHANGE {
+        return Ok(Err(Skip(format!("not an ECS deployment state change ({} / {})", event.source, event.detail_type))));
+    }
+    let detail: EcsDeploymentDetail = serde_json::from_value(event.detail)
+        .map_err(|e| InvalidEvent(format!("ECS Deployment State Change with a malformed detail: {e}")))?;
+    let name = match detail.event_name.as_deref() {
+        Some("SERVICE_DEPLOYMENT_IN_PROGRESS") => DeploymentEventName::InProgress,
+        Some("SERVICE_DEPLOYMENT_COMPLETED") => DeploymentEventName::Completed,
+        Some("SERVICE_DEPLOYMENT_FAILED") => DeploymentEventName::Failed,
+        other => return Ok(Err(Skip(format!("deployment event {} needs no action", other.unwrap_or("(none)"))))),
+    };
+    let service_arn = event
+        .resources
+        .and_then(|resources| resources.into_iter().next())
+        .ok_or_else(|| InvalidEvent("ECS deployment event without a service ARN in `resources`".into()))?;
+    let (cluster, service) = parse_service_arn(&service_arn)
+        .ok_or_else(|| InvalidEvent(format!("ECS deployment event with an invalid service ARN {service_arn:?}")))?;
+    let deployment_id = detail
+        .deployment_id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| InvalidEvent("ECS deployment event without `deploymentId`".into()))?;
+    Ok(Ok(MonitorEvent::Deployment(DeploymentEvent {
+        event_id: event.id,
+        time: event.time,
+        cluster,
+        service,
+        service_arn,
+        name,
+        deployment_id,
+        reason: detail.reason,
+    })))
+}
+
+/// `arn:aws:ecs:{region}:{account}:service/{cluster}/{service}` (or the old `service/{service}`).
+fn parse_service_arn(arn: &str) -> Option<(Option<String>, String)> {
+    let resource = arn.strip_prefix("arn:")?.splitn(6, ':').nth(4)?;
+    let mut parts = resource.strip_prefix("service/")?.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(cluster), Some(service), None) if !cluster.is_empty() && !service.is_empty() => {
+            Some((Some(cluster.to_owned()), service.to_owned()))
+        }
+        (Some(service), None, None) if !service.is_empty() => Some((None, service.to_owned())),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +288,61 @@ mod tests {
         let mut no_time = shop_push();
         no_time.as_object_mut().unwrap().remove("time");
         assert_invalid(no_time, "time");
+    }
+
+    #[test]
+    fn ecs_deployment_events_parse() {
+        let MonitorEvent::Deployment(event) = monitor(sample("ecs-deployment-failed.json")).unwrap().unwrap() else {
+            panic!("not a deployment event")
+        };
+        assert_eq!(event.name, DeploymentEventName::Failed);
+        assert_eq!(event.cluster.as_deref(), Some("default"));
+        assert_eq!(event.service, "servicetest");
+        assert_eq!(event.deployment_id, "ecs-svc/123");
+        assert_eq!(event.reason.as_deref(), Some("ECS deployment circuit breaker: task failed to start."));
+        for (file, name) in [
+            ("ecs-deployment-completed.json", DeploymentEventName::Completed),
+            ("ecs-deployment-in-progress.json", DeploymentEventName::InProgress),
+            ("ecs-deployment-circuit-breaker-rollback.json", DeploymentEventName::InProgress),
+        ] {
+            let Ok(Ok(MonitorEvent::Deployment(event))) = monitor(sample(file)) else { panic!("{file}") };
+            assert_eq!(event.name, name, "{file}");
+        }
+        assert_eq!(monitor(sample("scheduled-sweep.json")).unwrap(), Ok(MonitorEvent::Sweep));
+        assert!(matches!(monitor(sample("ecr-image-action-push.json")), Ok(Err(Skip(_)))));
+    }
+
+    #[test]
+    fn service_arns_in_both_formats() {
+        assert_eq!(
+            parse_service_arn("arn:aws:ecs:us-east-1:123456789012:service/prod/shop-api"),
+            Some((Some("prod".into()), "shop-api".into()))
+        );
+        assert_eq!(
+            parse_service_arn("arn:aws:ecs:us-east-1:123456789012:service/shop-api"),
+            Some((None, "shop-api".into()))
+        );
+        for bad in [
+            "",
+            "shop-api",
+            "arn:aws:ecs:us-east-1:1:task/x",
+            "arn:aws:ecs:us-east-1:1:service/",
+            "arn:aws:ecs:us-east-1:1:service/a/b/c",
+        ] {
+            assert_eq!(parse_service_arn(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn malformed_deployment_events_are_invalid() {
+        let mut no_resources = sample("ecs-deployment-completed.json");
+        no_resources["resources"] = json!([]);
+        assert!(monitor(no_resources).unwrap_err().0.contains("service ARN"));
+        let mut no_id = sample("ecs-deployment-completed.json");
+        no_id["detail"].as_object_mut().unwrap().remove("deploymentId");
+        assert!(monitor(no_id).unwrap_err().0.contains("deploymentId"));
+        let mut other = sample("ecs-deployment-completed.json");
+        other["detail"]["eventName"] = json!("SERVICE_TASK_PLACEMENT_FAILURE");
+        assert!(matches!(monitor(other), Ok(Err(Skip(_)))));
     }
 }

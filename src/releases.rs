@@ -17,8 +17,24 @@ use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 pub enum RolloutState {
     InProgress,
     Verified,
+    /// Failed, and the service is back on the rollback target (by Conveyor or ECS's circuit breaker).
     RolledBack,
+    /// Failed, and the rollback was impossible or itself failed: people must act.
     Failed,
+    /// Another deployment replaced it before it settled (nothing vetted, nothing rolled back).
+    Superseded,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::InProgress => "in_progress",
+            RolloutState::Verified => "verified",
+            RolloutState::RolledBack => "rolled_back",
+            RolloutState::Failed => "failed",
+            RolloutState::Superseded => "superseded",
+        }
+    }
 }
 
 /// One rollout Conveyor started: an image onto a service, through a new task-definition revision.
@@ -113,6 +129,35 @@ impl EnvRecord {
         self.current = Some(rollout);
     }
 
+    /// The rollout in progress, if any.
+    pub fn in_progress(&self) -> Option<&Rollout> {
+        self.current.as_ref().filter(|c| c.state == RolloutState::InProgress)
+    }
+
+    /// Marks the current rollout verified: it becomes the rollback target.
+    pub fn verified(&mut self, now: DateTime<Utc>) {
+        if let Some(current) = self.current.as_mut() {
+            current.state = RolloutState::Verified;
+            current.settled_at = Some(now);
+            self.last_verified = Some(Verified {
+                tag: current.tag.clone(),
+                digest: current.digest.clone(),
+                image: current.image.clone(),
+                task_definition_arn: current.task_definition_arn.clone(),
+                verified_at: now,
+            });
+        }
+    }
+
+    /// Ends the current rollout without verification.
+    pub fn settled(&mut self, state: RolloutState, reason: &str, now: DateTime<Utc>) {
+        if let Some(current) = self.current.as_mut() {
+            current.state = state;
+            current.reason = Some(reason.to_owned());
+            current.settled_at = Some(now);
+        }
+    }
+
     /// The task definition a failed rollout goes back to: the last verified one, else the
     /// baseline the service ran before Conveyor's first rollout.
     pub fn rollback_target(&self) -> &str {
@@ -120,6 +165,60 @@ impl EnvRecord {
             .as_ref()
             .map_or(self.baseline_task_definition_arn.as_str(), |v| v.task_definition_arn.as_str())
     }
+}
+
+/// Why an image failed in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What happened to one image (by digest) of an app: `{prefix}/releases/{app}/images/{hex}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub digest: ImageDigest,
+    pub image: String,
+    /// Tags it was deployed under, oldest first.
+    pub tags: Vec<ImageTag>,
+    /// When it was last verified, per environment.
+    #[serde(default)]
+    pub vetted: std::collections::BTreeMap<Environment, DateTime<Utc>>,
+    /// When and why it last failed, per environment.
+    #[serde(default)]
+    pub failed: std::collections::BTreeMap<Environment, Failure>,
+}
+
+impl ImageRecord {
+    pub fn new(digest: &ImageDigest, image: &str) -> Self {
+        ImageRecord {
+            digest: digest.clone(),
+            image: image.to_owned(),
+            tags: Vec::new(),
+            vetted: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    pub fn add_tag(&mut self, tag: &ImageTag) {
+        if !self.tags.contains(tag) {
+            self.tags.push(tag.clone());
+        }
+    }
+
+    /// The newest failure anywhere at or after `since`: such an image is never promotable.
+    pub fn failed_since(&self, since: DateTime<Utc>) -> Option<(Environment, &Failure)> {
+        self.failed.iter().filter(|(_, f)| f.at >= since).max_by_key(|(_, f)| f.at).map(|(env, f)| (*env, f))
+    }
+}
+
+/// The digest stage most recently vetted for a tag: `{prefix}/releases/{app}/tags/{tag}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub tag: ImageTag,
+    pub digest: ImageDigest,
+    pub image: String,
+    pub vetted_at: DateTime<Utc>,
 }
 
 /// Reads and writes release records in SSM.
@@ -138,27 +237,86 @@ impl ReleaseStore {
         format!("{}/releases/{app}/{env}", self.prefix)
     }
 
+    pub fn image_parameter(&self, app: &AppName, digest: &ImageDigest) -> String {
+        format!("{}/releases/{app}/images/{}", self.prefix, digest.encoded())
+    }
+
+    pub fn tags_path(&self, app: &AppName) -> String {
+        format!("{}/releases/{app}/tags/", self.prefix)
+    }
+
     pub async fn env_record(&self, app: &AppName, env: Environment) -> Result<Option<EnvRecord>, ReleaseError> {
-        let name = self.env_parameter(app, env);
-        match self.ssm.get(&name, false).await? {
-            None => Ok(None),
-            Some(parameter) => serde_json::from_str(&parameter.value)
-                .map(Some)
-                .map_err(|e| ReleaseError::Corrupt { parameter: name, problem: e.to_string() }),
-        }
+        self.read(&self.env_parameter(app, env)).await
+    }
+
+    /// Both environments' records of an app in one call.
+    pub async fn env_records(&self, app: &AppName) -> Result<Vec<EnvRecord>, ReleaseError> {
+        let path = format!("{}/releases/{app}/", self.prefix);
+        let parameters = self.ssm.parameters_by_path(&path, false).await?;
+        let records =
+            parameters.into_iter().filter(|p| Environment::ALL.iter().any(|env| p.name == format!("{path}{env}")));
+        records.map(|p| parse(&p.name, &p.value)).collect()
     }
 
     pub async fn save_env_record(&self, record: &EnvRecord) -> Result<(), ReleaseError> {
         let name = self.env_parameter(&record.app, record.environment);
-        let json = serde_json::to_string(record)
-            .map_err(|e| ReleaseError::Corrupt { parameter: name.clone(), problem: e.to_string() })?;
-        let description = format!(
-            "Conveyor release record for {} in {} (managed; history is the audit trail)",
-            record.app, record.environment
-        );
-        self.ssm.put(&name, &json, &description).await?;
+        self.write(&name, record, &format!("Conveyor: {} in {}", record.app, record.environment)).await
+    }
+
+    pub async fn image_record(&self, app: &AppName, digest: &ImageDigest) -> Result<Option<ImageRecord>, ReleaseError> {
+        self.read(&self.image_parameter(app, digest)).await
+    }
+
+    /// Read-modify-write of an image record (callers hold the environment's lease).
+    pub async fn update_image(
+        &self,
+        app: &AppName,
+        digest: &ImageDigest,
+        image: &str,
+        change: impl FnOnce(&mut ImageRecord),
+    ) -> Result<ImageRecord, ReleaseError> {
+        let mut record = self.image_record(app, digest).await?.unwrap_or_else(|| ImageRecord::new(digest, image));
+        change(&mut record);
+        self.write(&self.image_parameter(app, digest), &record, &format!("Conveyor: {app} image {}", digest.short()))
+            .await?;
+        Ok(record)
+    }
+
+    pub async fn tag_record(&self, app: &AppName, tag: &ImageTag) -> Result<Option<TagRecord>, ReleaseError> {
+        self.read(&format!("{}{tag}", self.tags_path(app))).await
+    }
+
+    pub async fn save_tag_record(&self, app: &AppName, record: &TagRecord) -> Result<(), ReleaseError> {
+        let name = format!("{}{}", self.tags_path(app), record.tag);
+        self.write(&name, record, &format!("Conveyor: {app} tag {} vetted in stage", record.tag)).await
+    }
+
+    /// Every tag stage has vetted for an app, most recently vetted first.
+    pub async fn vetted_tags(&self, app: &AppName) -> Result<Vec<TagRecord>, ReleaseError> {
+        let parameters = self.ssm.parameters_by_path(&self.tags_path(app), false).await?;
+        let mut tags =
+            parameters.iter().map(|p| parse::<TagRecord>(&p.name, &p.value)).collect::<Result<Vec<_>, _>>()?;
+        tags.sort_by(|a, b| b.vetted_at.cmp(&a.vetted_at));
+        Ok(tags)
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ReleaseError> {
+        match self.ssm.get(name, false).await? {
+            None => Ok(None),
+            Some(parameter) => parse(name, &parameter.value).map(Some),
+        }
+    }
+
+    async fn write<T: Serialize>(&self, name: &str, value: &T, description: &str) -> Result<(), ReleaseError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| ReleaseError::Corrupt { parameter: name.to_owned(), problem: e.to_string() })?;
+        self.ssm.put(name, &json, description).await?;
         Ok(())
     }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(name: &str, json: &str) -> Result<T, ReleaseError> {
+    serde_json::from_str(json).map_err(|e| ReleaseError::Corrupt { parameter: name.to_owned(), problem: e.to_string() })
 }
 
 /// Reading or writing a release record failed.

@@ -131,6 +131,23 @@ def _event(service, region: str, event_type: str, name: str, deployment_id: str,
     }
 
 
+def _stopped_tasks(backend, service, deployment: dict, body: dict) -> None:
+    """The tasks a failed deployment left behind, as ECS keeps them for about an hour."""
+    cluster = backend._get_cluster(service.cluster_name)
+    definition = backend.describe_task_definition(deployment["taskDefinition"])
+    for _ in range(int(body.get("stoppedTasks", 2))):
+        task = ecs_models.Task(cluster, definition, None, {}, backend, group=f"service:{service.name}",
+                               started_by=deployment["id"])
+        task.desired_status = "STOPPED"
+        task.last_status = "STOPPED"
+        task.stopped_reason = body.get("stoppedReason", "Essential container in task exited")
+        for container in task.containers:
+            container.last_status = "STOPPED"
+            container.exitCode = int(body.get("exitCode", 1))
+            container.reason = body.get("containerReason", "CannotStartContainerError: exec /app/server: no such file")
+        backend.tasks.setdefault(cluster.name, {})[task.task_arn] = task
+
+
 def settle(body: dict) -> list[dict]:
     """Completes or fails a deployment; returns the events ECS would emit, oldest first."""
     region = body.get("region", "us-east-1")
@@ -168,6 +185,7 @@ def settle(body: dict) -> list[dict]:
             pendingCount=0,
             failedTasks=deployment.get("failedTasks", 0) + max(service.desired_count, 1),
         )
+        _stopped_tasks(backend, service, deployment, body)
         events = [_event(service, region, "ERROR", "SERVICE_DEPLOYMENT_FAILED", deployment["id"], reason)]
         if body.get("circuitBreakerRollback"):
             stable = next((d for d in service.deployments if d["rolloutState"] == "COMPLETED"), None)
