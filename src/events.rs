@@ -182,7 +182,7 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
 
 /// `arn:aws:ecs:{region}:{account}:service/{cluster}/{service}` (or the old `service/{service}`).
 fn parse_service_arn(arn: &str) -> Option<(Option<String>, String)> {
-    let resource = arn.strip_prefix("arn:")?.splitn(6, ':').nth(4)?;
+    let resource = arn.strip_prefix("arn:")?.splitn(5, ':').nth(4)?;
     let mut parts = resource.strip_prefix("service/")?.split('/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(cluster), Some(service), None) if !cluster.is_empty() && !service.is_empty() => {

@@ -296,7 +296,7 @@ impl ReleaseStore {
         let parameters = self.ssm.parameters_by_path(&self.tags_path(app), false).await?;
         let mut tags =
             parameters.iter().map(|p| parse::<TagRecord>(&p.name, &p.value)).collect::<Result<Vec<_>, _>>()?;
-        tags.sort_by(|a, b| b.vetted_at.cmp(&a.vetted_at));
+        tags.sort_by_key(|t| std::cmp::Reverse(t.vetted_at));
         Ok(tags)
     }
 
