@@ -334,6 +334,39 @@ impl Ecs {
             .map_err(|e| AwsError::from_sdk("DeregisterTaskDefinition", e))
     }
 
+    /// What the stopped tasks of a deployment say about why they stopped (ECS keeps stopped tasks
+    /// for about an hour): one line per task, at most `limit`.
+    pub async fn stopped_tasks(
+        &self,
+        cluster: &str,
+        deployment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, AwsError> {
+        let listed = self
+            .client
+            .list_tasks()
+            .cluster(cluster)
+            .started_by(deployment_id)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+            .max_results(limit as i32)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListTasks", e))?;
+        let arns: Vec<String> = listed.task_arns.unwrap_or_default().into_iter().take(limit).collect();
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let described = self
+            .client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(arns))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeTasks", e))?;
+        Ok(described.tasks.unwrap_or_default().iter().map(describe_stopped_task).collect())
+    }
+
     /// Points the service at `task_definition`; returns the service as ECS now reports it.
     pub async fn update_service(
         &self,
@@ -355,6 +388,23 @@ impl Ecs {
             .map(ServiceState::from_sdk)
             .ok_or_else(|| AwsError::new("UpdateService", "Empty", "no service returned"))
     }
+}
+
+/// `task 1f2e3d4c: Essential container in task exited; api exited 1 (CannotStartContainerError: ...)`
+fn describe_stopped_task(task: &aws_sdk_ecs::types::Task) -> String {
+    let id = task.task_arn().and_then(|arn| arn.rsplit('/').next()).unwrap_or("?");
+    let short: String = id.chars().take(8).collect();
+    let mut line = format!("task {short}: {}", task.stopped_reason().unwrap_or("stopped"));
+    for container in task.containers() {
+        let name = container.name().unwrap_or("?");
+        match (container.exit_code(), container.reason()) {
+            (Some(code), Some(reason)) => line.push_str(&format!("; {name} exited {code} ({reason})")),
+            (Some(code), None) if code != 0 => line.push_str(&format!("; {name} exited {code}")),
+            (None, Some(reason)) => line.push_str(&format!("; {name}: {reason}")),
+            _ => {}
+        }
+    }
+    line
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,11 +8,14 @@ pub mod aws;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod image;
 pub mod lease;
+pub mod monitor;
 pub mod notify;
 pub mod releases;
 pub mod rollout;
+pub mod slack;
 pub mod stage;
 pub mod taskdef;
 pub mod types;
@@ -34,15 +37,25 @@ pub struct Conveyor {
     pub config: ConfigCache,
     pub releases: ReleaseStore,
     pub notifier: Notifier,
+    /// For health checks and Slack (rustls, connection pool kept warm).
+    pub http: reqwest::Client,
+    /// How long a `health_url` check may keep trying.
+    pub health_budget: std::time::Duration,
 }
 
 impl Conveyor {
     pub fn new(clients: Clients, prefix: &str, topic_arn: Option<String>) -> Self {
         let prefix = prefix.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("conveyor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
         Conveyor {
             config: ConfigCache::new(&prefix, config::CACHE_TTL),
             releases: ReleaseStore::new(clients.ssm.clone(), &prefix),
-            notifier: Notifier::new(clients.sns.clone(), topic_arn),
+            notifier: Notifier::new(clients.sns.clone(), clients.ssm.clone(), http.clone(), topic_arn),
+            health_budget: health::DEFAULT_BUDGET,
+            http,
             clients,
             prefix,
         }
@@ -53,6 +66,11 @@ impl Conveyor {
     pub async fn from_env() -> Self {
         let prefix = std::env::var("CONVEYOR_SSM_PREFIX").ok().filter(|p| !p.is_empty());
         let topic = std::env::var("CONVEYOR_TOPIC_ARN").ok().filter(|t| !t.is_empty());
-        Conveyor::new(Clients::from_env().await, prefix.as_deref().unwrap_or(DEFAULT_PREFIX), topic)
+        let mut conveyor = Conveyor::new(Clients::from_env().await, prefix.as_deref().unwrap_or(DEFAULT_PREFIX), topic);
+        // Test and demo knob: a shorter health-check budget than the contract's 30 s.
+        if let Some(seconds) = std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()) {
+            conveyor.health_budget = std::time::Duration::from_secs(seconds);
+        }
+        conveyor
     }
 }

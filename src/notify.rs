@@ -6,7 +6,13 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::aws::{AwsError, Sns};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::aws::{AwsError, Sns, Ssm};
+use crate::slack;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +84,9 @@ pub struct Notification {
     pub deployment_id: Option<String>,
     pub reason: Option<String>,
     pub rollback_task_definition_arn: Option<String>,
+    /// What ECS says about the failure (stopped tasks, exit codes): shown to people, not in
+    /// `additionalContext`.
+    pub diagnostics: Vec<String>,
 }
 
 impl Notification {
@@ -95,6 +104,7 @@ impl Notification {
             deployment_id: None,
             reason: None,
             rollback_task_definition_arn: None,
+            diagnostics: Vec::new(),
         }
     }
 
@@ -116,6 +126,11 @@ impl Notification {
             Severity::Error => ":red_circle:",
             Severity::Critical => ":rotating_light:",
         };
+        format!("{icon} {}", self.headline())
+    }
+
+    /// `shop-api prod: rolled back v1.4.2`
+    pub fn headline(&self) -> String {
         let headline = match self.outcome {
             Outcome::Deploying => "deploying",
             Outcome::Verified => "verified",
@@ -124,7 +139,7 @@ impl Notification {
             Outcome::Promoted => "promoted to prod",
         };
         let what = self.tag.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
-        format!("{icon} {} {}: {headline}{what}", self.app, self.environment)
+        format!("{} {}: {headline}{what}", self.app, self.environment)
     }
 
     /// Markdown body: every fact on its own line, so Slack and email both read well.
@@ -142,6 +157,7 @@ impl Notification {
             ("Severity", Some(self.severity.to_string())),
         ];
         lines.extend(facts.into_iter().filter_map(|(name, value)| value.map(|v| format!("*{name}:* {v}"))));
+        lines.extend(self.diagnostics.iter().map(|d| format!("• {d}")));
         lines.join("\n")
     }
 
@@ -184,24 +200,29 @@ fn short_arn(arn: &str) -> &str {
     arn.rsplit_once('/').map_or(arn, |(_, name)| name)
 }
 
-/// Publishes notifications to the configured topic, or only logs them when there is none.
+/// Publishes notifications to the configured topic (or only logs them when there is none), and
+/// posts them to the app's Slack webhook when it has one.
 #[derive(Clone)]
 pub struct Notifier {
     sns: Sns,
+    ssm: Ssm,
+    http: reqwest::Client,
     topic_arn: Option<String>,
+    /// Webhook URLs by parameter name, read once per cold start (they are secrets: never logged).
+    webhooks: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Notifier {
-    pub fn new(sns: Sns, topic_arn: Option<String>) -> Self {
+    pub fn new(sns: Sns, ssm: Ssm, http: reqwest::Client, topic_arn: Option<String>) -> Self {
         if topic_arn.is_none() {
             tracing::warn!("CONVEYOR_TOPIC_ARN is not set: notifications are only logged");
         }
-        Notifier { sns, topic_arn }
+        Notifier { sns, ssm, http, topic_arn, webhooks: Arc::default() }
     }
 
-    /// Sends one notification. A failure is returned for the caller to log: a deployment that
-    /// happened is never undone, or retried, because its notification could not be sent.
-    pub async fn send(&self, notification: &Notification) -> Result<(), AwsError> {
+    /// Sends one notification. Failures are logged, never returned: a deployment that happened
+    /// is never undone, or retried, because its notification could not be delivered.
+    pub async fn send(&self, notification: &Notification, slack_webhook_parameter: Option<&str>) {
         tracing::info!(
             app = %notification.app,
             environment = %notification.environment,
@@ -213,6 +234,18 @@ impl Notifier {
             reason = notification.reason.as_deref(),
             "notification"
         );
+        if let Err(error) = self.publish(notification).await {
+            tracing::error!(app = %notification.app, environment = %notification.environment, error = %error, "SNS publish failed");
+        }
+        if let Some(parameter) = slack_webhook_parameter {
+            if let Err(error) = self.post_to_slack(notification, parameter).await {
+                tracing::warn!(app = %notification.app, environment = %notification.environment,
+                    webhook_parameter = parameter, error = %error, "Slack post failed");
+            }
+        }
+    }
+
+    async fn publish(&self, notification: &Notification) -> Result<(), AwsError> {
         let Some(topic) = &self.topic_arn else { return Ok(()) };
         let attributes = [
             ("app", notification.app.as_str()),
@@ -224,6 +257,20 @@ impl Notifier {
             .publish(topic, &notification.subject(), &notification.chatbot_message().to_string(), &attributes)
             .await
             .map(drop)
+    }
+
+    async fn post_to_slack(&self, notification: &Notification, parameter: &str) -> Result<(), String> {
+        let cached = self.webhooks.lock().await.get(parameter).cloned();
+        let url = match cached {
+            Some(url) => url,
+            None => {
+                let secret = self.ssm.get(parameter, true).await.map_err(|e| e.to_string())?;
+                let url = secret.map(|p| p.value).ok_or_else(|| format!("parameter {parameter} does not exist"))?;
+                self.webhooks.lock().await.insert(parameter.to_owned(), url.clone());
+                url
+            }
+        };
+        slack::post(&self.http, &url, &slack::message(notification)).await.map_err(|e| e.to_string())
     }
 }
 

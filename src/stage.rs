@@ -165,9 +165,7 @@ async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) ->
     notification.service = Some(target.service.clone());
     notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
     notification.deployment_id = rollout.deployment_id.clone();
-    if let Err(error) = conveyor.notifier.send(&notification).await {
-        error!(app = %app.name, environment = %env, error = %error, "notification failed");
-    }
+    conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
     Ok(AppReport {
         app: app.name.to_string(),
         status: "deploying",

@@ -2,6 +2,7 @@
 //! One test binary, so one link step; every test gets its own resources and runs in parallel.
 #![allow(clippy::unwrap_used)]
 
+mod deploy_monitor;
 mod stage_deploy;
 mod stage_deploy_binary;
 mod support;

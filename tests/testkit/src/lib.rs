@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used)] // test code: a failed setup step should stop the test loudly
 
 pub mod function;
+pub mod http;
 pub mod local_aws;
 pub mod runtime_api;
 pub mod world;
 
 pub use function::Function;
+pub use http::LocalHttp;
 pub use local_aws::LocalAws;
 pub use runtime_api::{Invocation, RuntimeApi};
 pub use world::World;

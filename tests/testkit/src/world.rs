@@ -178,8 +178,35 @@ impl World {
             .unwrap();
     }
 
+    pub async fn put_secure_parameter(&self, name: &str, value: &str) {
+        self.ssm
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn parameter(&self, name: &str) -> Option<String> {
         self.ssm.get_parameter().name(name).send().await.ok().and_then(|o| o.parameter?.value)
+    }
+
+    /// A release record of this world, parsed.
+    pub async fn record(&self, app: &str, rest: &str) -> Option<Value> {
+        let value = self.parameter(&format!("{}/releases/{app}/{rest}", self.prefix)).await?;
+        Some(serde_json::from_str(&value).unwrap())
+    }
+
+    /// A "Scheduled Event" tick for the sweep.
+    pub fn schedule_event(&self) -> Value {
+        json!({
+            "version": "0", "id": format!("tick-{}", self.id), "detail-type": "Scheduled Event",
+            "source": "aws.events", "account": ACCOUNT, "time": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "region": REGION, "resources": [format!("arn:aws:events:{REGION}:{ACCOUNT}:rule/conveyor-sweep")], "detail": {}
+        })
     }
 
     /// An "ECR Image Action" PUSH/SUCCESS event, as EventBridge delivers it.

@@ -1,0 +1,13 @@
+//! Lambda: ECS deployment state changes (and a schedule) in; verified releases, rollbacks and
+//! alerts out.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let conveyor = conveyor::Conveyor::from_env().await;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| conveyor::monitor::handle(&conveyor, event.payload)))
+        .await
+}

@@ -1,0 +1,53 @@
+//! Slack incoming webhooks: the same facts as the SNS notification, as a Slack message.
+//!
+//! The webhook URL is a secret: it is read decrypted from SSM, kept in memory, and never put in a
+//! log line, an error or a message.
+
+use serde_json::{json, Value};
+
+use crate::notify::Notification;
+
+/// The Slack message (Block Kit, with `text` as the fallback for notifications).
+pub fn message(notification: &Notification) -> Value {
+    let context: Vec<Value> = notification
+        .context()
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "reason" | "app" | "environment" | "outcome"))
+        .map(|(key, value)| json!({ "type": "mrkdwn", "text": format!("*{key}:* {}", value.as_str().unwrap_or_default()) }))
+        .take(10) // Slack allows at most 10 elements in a context block
+        .collect();
+    let mut blocks = vec![
+        json!({ "type": "header", "text": { "type": "plain_text", "text": truncate(&notification.headline(), 150) } }),
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(&notification.description(), 3000) } }),
+    ];
+    if !context.is_empty() {
+        blocks.push(json!({ "type": "context", "elements": context }));
+    }
+    json!({ "text": notification.title(), "blocks": blocks })
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    text.chars().take(limit).collect()
+}
+
+/// Why a post failed, without the URL.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Slack webhook post failed: {0}")]
+pub struct SlackError(pub String);
+
+pub async fn post(client: &reqwest::Client, webhook_url: &str, message: &Value) -> Result<(), SlackError> {
+    let response = client
+        .post(webhook_url)
+        .json(message)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| SlackError(crate::health::describe(&e.without_url())))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
+        Err(SlackError(format!("HTTP {}: {body}", status.as_u16())))
+    }
+}
