@@ -44,6 +44,14 @@ impl DeployError {
 pub enum Error {
     #[error("{0}")]
     InvalidEvent(#[from] InvalidEvent),
+    /// A promote request that is not well-formed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    UnknownApp(String),
+    /// Refused: stage never vetted it, or it failed since.
+    #[error("{0}")]
+    NotVetted(String),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -64,6 +72,9 @@ impl Error {
     pub fn error_type(&self) -> &'static str {
         match self {
             Error::InvalidEvent(_) => "InvalidEvent",
+            Error::InvalidRequest(_) => "InvalidRequest",
+            Error::UnknownApp(_) => "UnknownApp",
+            Error::NotVetted(_) => "NotVetted",
             Error::Config(_) => "ConfigError",
             Error::Aws(_) => "AwsError",
             Error::Deploy(_) => "DeployFailed",

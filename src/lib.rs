@@ -13,6 +13,7 @@ pub mod image;
 pub mod lease;
 pub mod monitor;
 pub mod notify;
+pub mod promote;
 pub mod releases;
 pub mod rollout;
 pub mod slack;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod deploy_monitor;
+mod promote;
 mod stage_deploy;
 mod stage_deploy_binary;
 mod support;

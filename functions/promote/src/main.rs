@@ -1,0 +1,12 @@
+//! Lambda, invoked by a person or a pipeline: promote a stage-vetted image to prod.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let conveyor = conveyor::Conveyor::from_env().await;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| conveyor::promote::handle(&conveyor, event.payload)))
+        .await
+}
