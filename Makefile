@@ -2,18 +2,18 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 VENV := .venv
-CARGO_LAMBDA := $(VENV)/bin/cargo-lambda
+# SAM CLI, cfn-lint, checkov and cargo-lambda share one venv: cargo-lambda finds zig through the
+# first python3 on PATH, which must be this venv's.
+INFRA_VENV := .venv-infra
+INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup tools build lint test unit release size bench clean
+.PHONY: help setup infra-tools build lint test unit infra release size bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 setup: ## local AWS: moto server into .venv
 	tests/localaws/setup.sh
-
-tools: setup ## cargo-lambda (and zig) into .venv, for release builds
-	@[ -x $(CARGO_LAMBDA) ] || $(VENV)/bin/pip install --quiet --disable-pip-version-check cargo-lambda==1.9.2
 
 build: ## debug build of the function binaries (the integration tests run them)
 	cargo build --workspace --bins --locked
@@ -28,12 +28,24 @@ unit: ## fast unit tests of the pure logic, no network
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
 	cargo test --workspace --locked
 
-release: tools ## Lambda release builds (bootstrap per function) with cargo-lambda
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO_LAMBDA) lambda build --release --workspace --locked
+infra-tools: ## SAM CLI, cfn-lint, checkov, cargo-lambda into .venv-infra
+	tests/localaws/setup.sh --infra
+
+infra: infra-tools ## validate the SAM template (sam validate --lint, cfn-lint, checkov) and sam build it
+	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+	$(INFRA_PATH) sam validate --lint
+	$(INFRA_PATH) cfn-lint infra/template.yaml
+	$(INFRA_PATH) checkov -d infra --framework cloudformation --quiet --compact --skip-download
+	$(INFRA_PATH) sam build
+	@ls -l .aws-sam/build/*/bootstrap
+
+release: infra-tools ## Lambda release builds for arm64 (a bootstrap per function) with cargo-lambda
+	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+	$(INFRA_PATH) cargo lambda build --release --arm64 --locked -p stage-deploy -p deploy-monitor -p promote
 
 size: release ## release binary sizes
 	@ls -l target/lambda/*/bootstrap | awk '{printf "%-40s %6.1f MiB\n", $$9, $$5/1048576}'
 
-clean: ## remove build output and the venv
+clean: ## remove build output and the venvs
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(INFRA_VENV) .aws-sam

@@ -4,6 +4,7 @@
 
 mod deploy_monitor;
 mod promote;
+mod routing;
 mod stage_deploy;
 mod stage_deploy_binary;
 mod support;

@@ -200,6 +200,115 @@ def settle(body: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# EventBridge routing from the SAM template, and an autopilot that advances deployments
+# --------------------------------------------------------------------------------------------
+
+ENDPOINT = {"url": ""}
+
+
+def _client(service: str, region: str):
+    import boto3
+
+    return boto3.client(service, endpoint_url=ENDPOINT["url"], region_name=region,
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def install_rules(body: dict) -> dict:
+    """Creates the template's rules on an event bus, each with an SQS queue as target."""
+    from template_patterns import Template
+
+    region = body.get("region", "us-east-1")
+    bus = body["bus"]
+    template = Template(body["template"], body.get("parameters", {}), region, body.get("account", ACCOUNT_ID))
+    events, sqs = _client("events", region), _client("sqs", region)
+    try:
+        events.create_event_bus(Name=bus)
+    except events.exceptions.ResourceAlreadyExistsException:
+        pass
+    installed = {}
+    for rule in body["rules"]:
+        pattern = template.event_pattern(rule)
+        queue_name = f"{bus}-{rule}"
+        queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+        queue_arn = f"arn:aws:sqs:{region}:{ACCOUNT_ID}:{queue_name}"
+        events.put_rule(Name=f"{bus}-{rule}", EventBusName=bus, EventPattern=json.dumps(pattern), State="ENABLED")
+        events.put_targets(Rule=f"{bus}-{rule}", EventBusName=bus, Targets=[{"Id": "queue", "Arn": queue_arn}])
+        installed[rule] = {"queue_url": queue_url, "pattern": pattern}
+    return installed
+
+
+def put_events(body: dict) -> dict:
+    """PutEvents onto a bus, from events in the shape EventBridge delivers them."""
+    region = body.get("region", "us-east-1")
+    entries = []
+    for event in body["events"]:
+        entry = {
+            "Source": event["source"],
+            "DetailType": event["detail-type"],
+            "Detail": json.dumps(event.get("detail", {})),
+            "Resources": event.get("resources", []),
+            "EventBusName": body["bus"],
+        }
+        if event.get("time"):
+            entry["Time"] = dt.datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+        entries.append(entry)
+    answer = _client("events", region).put_events(Entries=entries)
+    return {"failed": answer.get("FailedEntryCount", 0)}
+
+
+AUTOPILOTS: list[dict] = []
+
+
+def _image_digests(backend, task_definition_arn: str) -> set[str]:
+    definition = backend.describe_task_definition(task_definition_arn)
+    return {c.get("image", "").rsplit("@", 1)[-1] for c in definition.container_definitions}
+
+
+def _autopilot_tick() -> list[dict]:
+    """Settles what is due; returns the events to put (outside the lock: putting is an HTTP call)."""
+    now = utcnow()
+    to_put = []
+    for pilot in list(AUTOPILOTS):
+        region = pilot.get("region", "us-east-1")
+        backend = _ecs_backend(region)
+        for service in list(backend.services.values()):
+            if service.cluster_name not in pilot["clusters"]:
+                continue
+            primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
+            if not primary or primary["rolloutState"] != "IN_PROGRESS":
+                continue
+            if (now - primary["createdAt"]).total_seconds() < pilot.get("delay_seconds", 2):
+                continue
+            failing = bool(_image_digests(backend, primary["taskDefinition"]) & set(pilot.get("fail_digests", [])))
+            body = {"cluster": service.cluster_name, "service": service.name, "region": region,
+                    "deploymentId": primary["id"],
+                    "outcome": "FAILED" if failing else "COMPLETED",
+                    "circuitBreakerRollback": pilot.get("circuit_breaker", False)}
+            try:
+                emitted = settle(body)
+            except Exception as error:  # a service changed under us: next tick
+                print(f"autopilot: {error}", file=sys.stderr)
+                continue
+            if pilot.get("bus"):
+                to_put.append({"bus": pilot["bus"], "region": region, "events": emitted})
+    return to_put
+
+
+def _autopilot_loop() -> None:
+    import time
+
+    while True:
+        time.sleep(0.25)
+        try:
+            with LOCK:
+                due = _autopilot_tick()
+            for batch in due:
+                put_events(batch)
+        except Exception as error:
+            print(f"autopilot: {error}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
 # Fault injection and the control API
 # --------------------------------------------------------------------------------------------
 
@@ -260,6 +369,14 @@ class Control:
             body = request.get_json(force=True, silent=True) or {}
             if request.path == "/_conveyor/ecs/settle":
                 return _json(200, {"events": settle(body)})
+            if request.path == "/_conveyor/eventbridge/install":
+                return _json(200, install_rules(body))
+            if request.path == "/_conveyor/eventbridge/put":
+                return _json(200, put_events(body))
+            if request.path == "/_conveyor/ecs/autopilot":
+                with LOCK:
+                    AUTOPILOTS[:] = [p for p in AUTOPILOTS if p["clusters"] != body["clusters"]] + [body]
+                return _json(200, {"ok": True})
             if request.path == "/_conveyor/faults/clear":
                 with LOCK:
                     for queue in FAULTS.values():
@@ -305,6 +422,8 @@ def main() -> None:
         with open(args.port_file + ".tmp", "w") as handle:
             handle.write(str(port))
         os.replace(args.port_file + ".tmp", args.port_file)
+    ENDPOINT["url"] = f"http://{args.host}:{port}"
+    threading.Thread(target=_autopilot_loop, daemon=True).start()
     print(f"READY http://{args.host}:{port}", flush=True)
     server.serve_forever()
 

@@ -110,6 +110,53 @@ impl LocalAws {
         events["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Creates the SAM template's EventBridge rules `rules` on event bus `bus` (in `region`, resolved
+    /// for `account`), each delivering to its own SQS queue; returns rule => queue URL.
+    pub async fn install_rules(
+        &self,
+        bus: &str,
+        rules: &[&str],
+        parameters: Value,
+        region: &str,
+        account: &str,
+    ) -> std::collections::HashMap<String, String> {
+        let body = json!({
+            "bus": bus, "rules": rules, "parameters": parameters, "region": region, "account": account,
+            "template": crate::repo_root().join("infra/template.yaml"),
+        });
+        let installed = self.control("eventbridge/install", body).await;
+        installed
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(rule, spec)| (rule.clone(), spec["queue_url"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// `PutEvents` of events (in the shape EventBridge delivers them) onto `bus`.
+    pub async fn put_events(&self, bus: &str, region: &str, events: &[Value]) {
+        let answer = self.control("eventbridge/put", json!({ "bus": bus, "region": region, "events": events })).await;
+        assert_eq!(answer["failed"], 0, "PutEvents failed: {answer}");
+    }
+
+    /// Lets ECS advance the deployments of `clusters` by itself: after `delay_seconds` a
+    /// deployment completes, or fails if its task definition runs one of `fail_digests`; the
+    /// events ECS would emit are put onto `bus`.
+    pub async fn autopilot(
+        &self,
+        clusters: &[String],
+        bus: &str,
+        delay_seconds: f64,
+        fail_digests: &[String],
+        circuit_breaker: bool,
+    ) {
+        let body = json!({
+            "clusters": clusters, "bus": bus, "region": REGION, "delay_seconds": delay_seconds,
+            "fail_digests": fail_digests, "circuit_breaker": circuit_breaker,
+        });
+        self.control("ecs/autopilot", body).await;
+    }
+
     /// Removes the injected faults for requests containing `matching` that have not fired yet.
     pub async fn clear_faults(&self, matching: &str) {
         self.control("faults/clear", json!({ "match": matching })).await;

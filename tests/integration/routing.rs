@@ -1,0 +1,109 @@
+//! The SAM template's event patterns, installed as rules in the local EventBridge (moto does the
+//! matching): the sample events reach the right function, and nothing else does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use conveyor_testkit::World;
+use serde_json::{json, Value};
+
+fn sample(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Which rules' queues received each event, keyed by a label.
+async fn route(
+    world: &World,
+    queues: &HashMap<String, String>,
+    events: Vec<(&str, Value)>,
+) -> HashMap<String, Vec<String>> {
+    let bus = world.name("samples");
+    let mut matched: HashMap<String, Vec<String>> = HashMap::new();
+    for (label, mut event) in events {
+        event["detail"]["label"] = json!(label);
+        world.aws.put_events(&bus, "us-west-2", &[event]).await;
+        matched.insert(label.to_owned(), Vec::new());
+    }
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&world.config).region(aws_sdk_sqs::config::Region::new("us-west-2")).build(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (rule, queue) in queues {
+        let received = sqs.receive_message().queue_url(queue).max_number_of_messages(10).send().await.unwrap();
+        for message in received.messages() {
+            let event: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+            matched.get_mut(event["detail"]["label"].as_str().unwrap()).unwrap().push(rule.clone());
+        }
+    }
+    matched
+}
+
+#[tokio::test]
+async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
+    let world = World::new().await;
+    let parameters = json!({ "StageClusterName": "default", "ProdClusterName": "prod", "TaskRoleArns": "arn:aws:iam::111122223333:role/task" });
+    let queues = world
+        .aws
+        .install_rules(
+            &world.name("samples"),
+            &["EcrPushRule", "EcsDeploymentRule"],
+            parameters,
+            "us-west-2",
+            "111122223333",
+        )
+        .await;
+
+    let mut failure = sample("ecr-image-action-push.json");
+    failure["detail"]["result"] = json!("FAILURE");
+    let mut other_service = sample("ecs-deployment-completed.json");
+    other_service["resources"] = json!(["arn:aws:ecs:us-west-2:111122223333:service/other-cluster/servicetest"]);
+    let mut other_account = sample("ecs-deployment-failed.json");
+    other_account["resources"] = json!(["arn:aws:ecs:us-west-2:999999999999:service/default/servicetest"]);
+
+    let matched = route(
+        &world,
+        &queues,
+        vec![
+            ("push", sample("ecr-image-action-push.json")),
+            ("completed", sample("ecs-deployment-completed.json")),
+            ("failed", sample("ecs-deployment-failed.json")),
+            ("in-progress", sample("ecs-deployment-in-progress.json")),
+            ("circuit-breaker", sample("ecs-deployment-circuit-breaker-rollback.json")),
+            ("delete", sample("ecr-image-action-delete.json")),
+            ("push-failure", failure),
+            ("other-service", other_service),
+            ("other-account", other_account),
+            ("schedule", sample("scheduled-sweep.json")),
+        ],
+    )
+    .await;
+
+    let expect = |label: &str, rules: &[&str]| assert_eq!(matched[label], rules, "{label}: {matched:?}");
+    expect("push", &["EcrPushRule"]);
+    for label in ["completed", "failed", "in-progress", "circuit-breaker"] {
+        expect(label, &["EcsDeploymentRule"]);
+    }
+    for label in ["delete", "push-failure", "other-service", "other-account", "schedule"] {
+        expect(label, &[]);
+    }
+}
+
+#[tokio::test]
+async fn a_repository_list_limits_the_push_rule() {
+    let world = World::new().await;
+    let parameters = json!({ "StageClusterName": "default", "ProdClusterName": "prod", "TaskRoleArns": "r", "RepositoryNames": "shop-api,billing" });
+    let queues = world
+        .aws
+        .install_rules(&world.name("samples"), &["EcrPushRule"], parameters, "us-west-2", "111122223333")
+        .await;
+    let push = |repository: &str| {
+        let mut event = sample("ecr-image-action-push.json");
+        event["detail"]["repository-name"] = json!(repository);
+        event
+    };
+    let matched =
+        route(&world, &queues, vec![("listed", push("billing")), ("unlisted", push("my-repository-name"))]).await;
+    assert_eq!(matched["listed"], ["EcrPushRule"]);
+    assert!(matched["unlisted"].is_empty());
+}
