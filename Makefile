@@ -7,7 +7,7 @@ VENV := .venv
 INFRA_VENV := .venv-infra
 INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup infra-tools build lint test unit infra release size bench clean
+.PHONY: help setup infra-tools build lint test unit demo infra release size bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ help: ## list the targets
 setup: ## local AWS: moto server into .venv
 	tests/localaws/setup.sh
 
-build: ## debug build of the function binaries (the integration tests run them)
+build: ## debug build of the function binaries and the demo (the integration tests run them)
 	cargo build --workspace --bins --locked
 
 lint: ## rustfmt and clippy, warnings are errors
@@ -24,6 +24,9 @@ lint: ## rustfmt and clippy, warnings are errors
 
 unit: ## fast unit tests of the pure logic, no network
 	cargo test --workspace --lib --locked
+
+demo: setup build ## the whole story on a local AWS: push → stage → verify → promote → rollback
+	target/debug/demo
 
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
 	cargo test --workspace --locked

@@ -12,7 +12,8 @@ pub fn message(notification: &Notification) -> Value {
     let context: Vec<Value> = notification
         .context()
         .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "reason" | "app" | "environment" | "outcome"))
+        // The description already has the reason and the task definitions.
+        .filter(|(key, _)| matches!(key.as_str(), "tag" | "cluster" | "service" | "deployment_id"))
         .map(|(key, value)| json!({ "type": "mrkdwn", "text": format!("*{key}:* {}", value.as_str().unwrap_or_default()) }))
         .take(10) // Slack allows at most 10 elements in a context block
         .collect();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod deploy_monitor;
+mod e2e;
 mod promote;
 mod routing;
 mod stage_deploy;

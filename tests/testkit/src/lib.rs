@@ -7,6 +7,8 @@ pub mod function;
 pub mod http;
 pub mod local_aws;
 pub mod runtime_api;
+pub mod scenario;
+pub mod stack;
 pub mod world;
 
 pub use function::Function;

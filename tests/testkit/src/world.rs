@@ -28,6 +28,7 @@ pub struct ServiceFixture {
     pub initial_task_definition: String,
 }
 
+#[derive(Clone)]
 pub struct World {
     pub aws: &'static LocalAws,
     pub id: String,
@@ -41,9 +42,19 @@ pub struct World {
     pub queue_url: String,
 }
 
-/// A digest that looks like ECR's, distinct per `n`.
+/// A digest that looks like ECR's (64 pseudo-random hex digits), distinct per `n`.
 pub fn digest(n: u32) -> String {
-    format!("sha256:{:064x}", 0xc0ffee_u64 * 1_000_003 + u64::from(n))
+    // splitmix64: four well-mixed words from `n`.
+    let mut state = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut hex = String::from("sha256:");
+    for _ in 0..4 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        hex.push_str(&format!("{:016x}", z ^ (z >> 31)));
+    }
+    hex
 }
 
 impl World {
@@ -255,7 +266,16 @@ impl World {
 
     /// The image the `api` container of the service's current task definition runs.
     pub async fn running_image(&self, service: &ServiceFixture) -> String {
-        let current = self.service(&service.cluster, &service.service).await.task_definition.unwrap();
+        self.image_of(&service.cluster, &service.service).await
+    }
+
+    /// The image the `api` container of a seeded app runs in `env` (`stage` or `prod`).
+    pub async fn app_image(&self, app: &str, env: &str) -> String {
+        self.image_of(&self.name(env), app).await
+    }
+
+    async fn image_of(&self, cluster: &str, service: &str) -> String {
+        let current = self.service(cluster, service).await.task_definition.unwrap();
         let (definition, _) = self.task_definition(&current).await;
         definition
             .container_definitions()

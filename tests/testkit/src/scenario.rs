@@ -1,0 +1,166 @@
+//! The story Conveyor exists for, end to end on a [`LocalStack`]: push → stage → verify → promote
+//! → prod; a bad push rolls back and alerts; promoting it is refused. `make demo` prints it; the
+//! end-to-end tests assert it. Every step checks what it expects and fails with what it saw.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use crate::runtime_api::Invocation;
+use crate::stack::{LocalStack, MomentKind, StackOptions};
+use crate::world::digest;
+
+pub const APPS: [&str; 2] = ["shop-api", "billing"];
+
+/// The digests the scenario pushes; `BAD` is the one whose tasks fail.
+pub fn good() -> String {
+    digest(100)
+}
+pub fn bad() -> String {
+    digest(666)
+}
+pub fn billing() -> String {
+    digest(200)
+}
+
+/// ECS for the story: rollouts take about a second; the bad image's tasks never start.
+pub fn options() -> StackOptions {
+    StackOptions { rollout_seconds: 1.0, fail_digests: vec![bad()], circuit_breaker: false }
+}
+
+fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// Seeds the apps: shop-api (with a FireLens sidecar and a Slack webhook) and billing, each with a
+/// stage and a prod service.
+pub async fn seed(stack: &LocalStack) {
+    let world = &stack.world;
+    let webhook = format!("{}/secrets/slack-webhook", world.prefix);
+    world.put_secure_parameter(&webhook, &stack.slack.url("/services/T0000/B0000/demo-secret")).await;
+    world
+        .seed_app(
+            "shop-api",
+            "shop-api",
+            true,
+            json!({ "slack_webhook_parameter": webhook, "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$" }),
+        )
+        .await;
+    world.seed_app("billing", "billing", false, json!({})).await;
+    stack.say(
+        MomentKind::Step,
+        "seeded shop-api (api + log_router sidecar) and billing, each with a stage and a prod service",
+    );
+}
+
+pub async fn story(stack: &LocalStack) -> Result<(), String> {
+    let world = &stack.world;
+    let now = Utc::now();
+
+    stack.say(MomentKind::Step, "push shop-api:v1.0.0 and billing:v2.3.0 to ECR");
+    stack.push("shop-api", "v1.0.0", &good(), now - chrono::Duration::seconds(60)).await;
+    stack.push("billing", "v2.3.0", &billing(), now - chrono::Duration::seconds(60)).await;
+    stack.wait_for_state("shop-api", "stage", "v1.0.0", "verified").await?;
+    stack.wait_for_state("billing", "stage", "v2.3.0", "verified").await?;
+    let stage_image = world.app_image("shop-api", "stage").await;
+    check(stage_image.ends_with(&good()), || format!("stage runs {stage_image}, not the pushed digest"))?;
+
+    stack.say(MomentKind::Step, "promote shop-api v1.0.0 to prod");
+    let answer = promote(stack, json!({ "app": "shop-api", "tag": "v1.0.0" })).await?;
+    check(answer["status"] == "deploying" && answer["digest"] == good(), || format!("promote answered {answer}"))?;
+    stack.wait_for_state("shop-api", "prod", "v1.0.0", "verified").await?;
+    let prod_image = world.app_image("shop-api", "prod").await;
+    check(prod_image == stage_image, || format!("prod runs {prod_image}, stage vetted {stage_image}"))?;
+
+    stack.say(MomentKind::Step, "push shop-api:v1.1.0, whose tasks fail to start");
+    stack.push("shop-api", "v1.1.0", &bad(), now - chrono::Duration::seconds(30)).await;
+    let record = stack.wait_for_state("shop-api", "stage", "v1.1.0", "rolled_back").await?;
+    let back_to = world.app_image("shop-api", "stage").await;
+    check(back_to.ends_with(&good()), || format!("stage runs {back_to} after the rollback, not v1.0.0"))?;
+    check(record["current"]["reason"].as_str().is_some_and(|r| r.contains("circuit breaker")), || {
+        format!("rollback reason: {record}")
+    })?;
+    let slack = stack
+        .wait_for("the Slack alert", Duration::from_secs(10), || async {
+            stack.slack.received().into_iter().find(|post| post.body.contains("rolled back v1.1.0"))
+        })
+        .await?;
+    let message: Value = serde_json::from_str(&slack.body).map_err(|e| e.to_string())?;
+    stack.say(MomentKind::Slack, slack_text(&message));
+
+    stack.say(MomentKind::Step, "try to promote shop-api v1.1.0");
+    match stack.promote.invoke(json!({ "app": "shop-api", "tag": "v1.1.0" })).await {
+        Invocation::Error { error_type, error_message } if error_type == "NotVetted" => {
+            stack.say(MomentKind::Step, format!("refused: {error_type}: {error_message}"));
+        }
+        other => return Err(format!("promoting v1.1.0 was not refused with NotVetted: {other:?}")),
+    }
+    let prod_after = world.app_image("shop-api", "prod").await;
+    check(prod_after == prod_image, || format!("prod changed to {prod_after}"))?;
+
+    let expected = ["stage deploying", "stage verified", "prod promoted", "prod verified", "stage rolled_back"];
+    let outcomes = || {
+        let alerts = stack.alerts();
+        alerts
+            .iter()
+            .map(|a| {
+                let attributes = &a["MessageAttributes"];
+                format!(
+                    "{} {}",
+                    attributes["environment"].as_str().unwrap_or("?"),
+                    attributes["outcome"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let all_there = stack
+        .wait_for("every notification", Duration::from_secs(10), || async {
+            let seen = outcomes();
+            expected.iter().all(|e| seen.iter().any(|o| o == e)).then_some(())
+        })
+        .await;
+    check(all_there.is_ok(), || format!("expected notifications {expected:?}, got {:?}", outcomes()))?;
+    Ok(())
+}
+
+async fn promote(stack: &LocalStack, payload: Value) -> Result<Value, String> {
+    match stack.promote.invoke(payload.clone()).await {
+        Invocation::Response(answer) => {
+            let revision = answer["task_definition_arn"].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?");
+            let line = format!(
+                "promote {} {} ⇒ {} {} ({revision})",
+                payload["app"].as_str().unwrap_or("?"),
+                payload["tag"].as_str().unwrap_or("?"),
+                answer["status"].as_str().unwrap_or("?"),
+                answer["digest"].as_str().unwrap_or("?").chars().take(19).collect::<String>(),
+            );
+            stack.say(MomentKind::Delivery, line);
+            Ok(answer)
+        }
+        Invocation::Error { error_type, error_message } => {
+            Err(format!("promote {payload} failed: {error_type}: {error_message}"))
+        }
+    }
+}
+
+/// What Slack shows for a Block Kit message: the header, then the section text.
+pub fn slack_text(message: &Value) -> String {
+    let blocks = message["blocks"].as_array().cloned().unwrap_or_default();
+    let mut lines = vec!["Slack:".to_owned()];
+    for block in blocks {
+        let text = block["text"]["text"].as_str().map(str::to_owned).or_else(|| {
+            block["elements"]
+                .as_array()
+                .map(|e| e.iter().filter_map(|x| x["text"].as_str()).collect::<Vec<_>>().join("  ·  "))
+        });
+        if let Some(text) = text {
+            lines.extend(text.lines().map(|l| format!("  │ {}", l.replace('*', ""))));
+        }
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,332 @@
+//! The whole local wiring, as in production: the SAM template's EventBridge rules in moto (moto
+//! matches the patterns), their SQS queues routed to the real function binaries through the
+//! Runtime API, ECS deployments advancing by themselves, and the alert topic and a Slack sink
+//! watched. The demo and the end-to-end tests run on it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::http::LocalHttp;
+use crate::local_aws::REGION;
+use crate::runtime_api::Invocation;
+use crate::world::World;
+use crate::Function;
+
+/// Something that happened, for the demo's timeline.
+#[derive(Debug, Clone)]
+pub struct Moment {
+    pub at: DateTime<Utc>,
+    pub kind: MomentKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MomentKind {
+    /// A step of the scenario.
+    Step,
+    /// EventBridge delivered an event to a function, and what the function answered.
+    Delivery,
+    /// An SNS notification arrived in the alert queue.
+    Notification,
+    /// The Slack sink received a post.
+    Slack,
+    /// Something went wrong.
+    Problem,
+}
+
+/// One event a rule routed to a function, and the function's answer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub rule: String,
+    pub function: String,
+    pub event: Value,
+    pub answer: Invocation,
+}
+
+/// How the local ECS behaves.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Seconds after which an in-progress deployment completes (or fails).
+    pub rollout_seconds: f64,
+    /// Deployments running any of these digests fail.
+    pub fail_digests: Vec<String>,
+    pub circuit_breaker: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { rollout_seconds: 1.5, fail_digests: Vec::new(), circuit_breaker: false }
+    }
+}
+
+pub struct LocalStack {
+    pub world: World,
+    pub bus: String,
+    pub slack: LocalHttp,
+    pub promote: Function,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+    alerts: Arc<Mutex<Vec<Value>>>,
+    moments: mpsc::UnboundedSender<Moment>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Rule => the function it triggers (as in `infra/template.yaml`).
+const ROUTES: [(&str, &str); 2] = [("EcrPushRule", "stage-deploy"), ("EcsDeploymentRule", "deploy-monitor")];
+
+impl LocalStack {
+    /// Starts everything for `world`; `moments` receives the timeline.
+    pub async fn start(world: World, options: StackOptions, moments: mpsc::UnboundedSender<Moment>) -> LocalStack {
+        let bus = world.name("bus");
+        let stage_cluster = world.name("stage");
+        let prod_cluster = world.name("prod");
+        let parameters = json!({
+            "StageClusterName": stage_cluster, "ProdClusterName": prod_cluster,
+            "TaskRoleArns": "arn:aws:iam::123456789012:role/task",
+        });
+        let rules: Vec<&str> = ROUTES.iter().map(|(rule, _)| *rule).collect();
+        let queues = world.aws.install_rules(&bus, &rules, parameters, REGION, "123456789012").await;
+        world
+            .aws
+            .autopilot(
+                &[stage_cluster, prod_cluster],
+                &bus,
+                options.rollout_seconds,
+                &options.fail_digests,
+                options.circuit_breaker,
+            )
+            .await;
+
+        let mut env = world.function_env();
+        env.push(("CONVEYOR_HEALTH_TIMEOUT_SECONDS".into(), "3".into()));
+        let deliveries = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (rule, function) in ROUTES {
+            let route = Route {
+                rule: rule.to_owned(),
+                queue_url: queues[rule].clone(),
+                function: Function::spawn(function, &env).await,
+                sqs: world.sqs.clone(),
+                deliveries: deliveries.clone(),
+                moments: moments.clone(),
+            };
+            tasks.push(tokio::spawn(route.run()));
+        }
+        let slack = LocalHttp::start(200).await;
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        tasks.push(tokio::spawn(watch_alerts(world.clone(), alerts.clone(), moments.clone())));
+        let promote = Function::spawn("promote", &env).await;
+        LocalStack { world, bus, slack, promote, deliveries, alerts, moments, tasks }
+    }
+
+    /// Adds a line to the timeline.
+    pub fn say(&self, kind: MomentKind, text: impl Into<String>) {
+        let _ = self.moments.send(Moment { at: Utc::now(), kind, text: text.into() });
+    }
+
+    /// An ECR push of `repository:tag` (`digest`) at `time`, put onto the event bus.
+    pub async fn push(&self, repository: &str, tag: &str, digest: &str, time: DateTime<Utc>) {
+        let event = self.world.push_event(repository, tag, digest, time);
+        self.world.aws.put_events(&self.bus, REGION, &[event]).await;
+    }
+
+    /// Puts any event onto the bus (EventBridge decides, with the template's patterns, who gets it).
+    pub async fn put(&self, event: Value) {
+        self.world.aws.put_events(&self.bus, REGION, &[event]).await;
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries.lock().unwrap().clone()
+    }
+
+    /// Every SNS notification received so far (as [`World::notifications`] parses them).
+    pub fn alerts(&self) -> Vec<Value> {
+        self.alerts.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` returns `Some`, polling; `Err` names what did not happen in time.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the release record of `app` in `env` has its current rollout in `state`
+    /// (for `tag`); returns the record.
+    pub async fn wait_for_state(&self, app: &str, env: &str, tag: &str, state: &str) -> Result<Value, String> {
+        let what = format!("{app} {env} {tag} to be {state}");
+        self.wait_for(&what, Duration::from_secs(30), || async {
+            let record = self.world.record(app, env).await?;
+            (record["current"]["tag"] == tag && record["current"]["state"] == state).then_some(record)
+        })
+        .await
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One rule's queue, delivered to its function one event at a time (as Lambda would with a
+/// reserved concurrency of 1); a failed invocation is retried twice, as Lambda retries async
+/// invocations.
+struct Route {
+    rule: String,
+    queue_url: String,
+    function: Function,
+    sqs: aws_sdk_sqs::Client,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+    moments: mpsc::UnboundedSender<Moment>,
+}
+
+impl Route {
+    async fn run(self) {
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await;
+            let Ok(received) = received else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            for message in received.messages() {
+                let event: Value = serde_json::from_str(message.body().unwrap_or("null")).unwrap_or(Value::Null);
+                let mut answer = self.function.invoke(event.clone()).await;
+                for _ in 0..2 {
+                    if matches!(answer, Invocation::Response(_)) {
+                        break;
+                    }
+                    answer = self.function.invoke(event.clone()).await;
+                }
+                let _ = self.moments.send(Moment {
+                    at: Utc::now(),
+                    kind: MomentKind::Delivery,
+                    text: describe(&self.rule, &self.function.name, &event, &answer),
+                });
+                self.deliveries.lock().unwrap().push(Delivery {
+                    rule: self.rule.clone(),
+                    function: self.function.name.clone(),
+                    event,
+                    answer,
+                });
+                if let Some(handle) = message.receipt_handle() {
+                    let _ = self.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(handle).send().await;
+                }
+            }
+        }
+    }
+}
+
+/// `EcrPushRule → stage-deploy: ECR push shop-api:v1.0.0 ⇒ shop-api deploying`
+fn describe(rule: &str, function: &str, event: &Value, answer: &Invocation) -> String {
+    let detail = &event["detail"];
+    let what = match event["detail-type"].as_str() {
+        Some("ECR Image Action") => format!(
+            "ECR push {}:{}",
+            detail["repository-name"].as_str().unwrap_or("?"),
+            detail["image-tag"].as_str().unwrap_or("?")
+        ),
+        Some("ECS Deployment State Change") => format!(
+            "ECS {} {} ({})",
+            detail["eventName"].as_str().unwrap_or("?").trim_start_matches("SERVICE_"),
+            detail["deploymentId"].as_str().unwrap_or("?"),
+            event["resources"][0].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?")
+        ),
+        other => other.unwrap_or("event").to_owned(),
+    };
+    let result = match answer {
+        Invocation::Response(response) => summarize(response),
+        Invocation::Error { error_type, error_message } => format!("ERROR {error_type}: {error_message}"),
+    };
+    format!("{rule} → {function}: {what} ⇒ {result}")
+}
+
+fn summarize(response: &Value) -> String {
+    if let Some(skipped) = response["skipped"].as_str() {
+        return format!("skipped ({skipped})");
+    }
+    let items = response["apps"].as_array().or(response["results"].as_array());
+    let parts: Vec<String> = items
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    let app = item["app"].as_str().unwrap_or("-");
+                    let status = item["status"].as_str().or(item["action"].as_str()).unwrap_or("?");
+                    let env = item["environment"].as_str().map(|e| format!(" {e}")).unwrap_or_default();
+                    format!("{app}{env} {status}")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "nothing to do".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Collects every SNS notification as it arrives in the world's alert queue.
+async fn watch_alerts(world: World, alerts: Arc<Mutex<Vec<Value>>>, moments: mpsc::UnboundedSender<Moment>) {
+    loop {
+        for note in world.notifications().await {
+            let severity = note["MessageAttributes"]["severity"].as_str().unwrap_or("?");
+            let text = format!("SNS [{severity}] {}", note["Subject"].as_str().unwrap_or("?"));
+            let _ = moments.send(Moment { at: Utc::now(), kind: MomentKind::Notification, text });
+            alerts.lock().unwrap().push(note);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Deployment facts of a running stack, for the final table.
+pub async fn release_table(world: &World, apps: &[&str]) -> Vec<HashMap<&'static str, String>> {
+    let mut rows = Vec::new();
+    for app in apps {
+        for env in ["stage", "prod"] {
+            let record = world.record(app, env).await.unwrap_or(Value::Null);
+            let current = &record["current"];
+            let verified = &record["last_verified"];
+            let mut row = HashMap::new();
+            row.insert("app", app.to_string());
+            row.insert("env", env.to_owned());
+            row.insert(
+                "last rollout",
+                format!("{} {}", current["tag"].as_str().unwrap_or("-"), current["state"].as_str().unwrap_or("")),
+            );
+            row.insert("runs (verified)", verified["tag"].as_str().unwrap_or("-").to_owned());
+            let digest = verified["digest"].as_str().unwrap_or("-");
+            row.insert("digest", digest.chars().take(19).collect());
+            let td = verified["task_definition_arn"].as_str().unwrap_or("-");
+            row.insert("task definition", td.rsplit('/').next().unwrap_or(td).to_owned());
+            rows.push(row);
+        }
+    }
+    rows
+}
