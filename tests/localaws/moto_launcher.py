@@ -313,6 +313,9 @@ def _autopilot_loop() -> None:
 # --------------------------------------------------------------------------------------------
 
 FAULTS: dict[str, list[dict]] = {}
+# (operation, request body) of recent AWS calls, for counting a test's calls by operation.
+CALLS: list[tuple[str, bytes]] = []
+MAX_CALLS = 20000
 
 
 def _operation(request: Request) -> str | None:
@@ -353,12 +356,14 @@ class Control:
         request = Request(environ)
         if request.path.startswith("/_conveyor/"):
             return self.control(request)(environ, start_response)
-        fault = None
-        if FAULTS:
-            body = request.get_data(cache=True)
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
-            fault = _take_fault(_operation(request), body)
+        body = request.get_data(cache=True)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        operation = _operation(request)
+        with LOCK:
+            CALLS.append((operation or request.path, body))
+            del CALLS[:-MAX_CALLS]
+        fault = _take_fault(operation, body) if FAULTS else None
         if fault is not None:
             body = {"__type": fault["code"], "message": fault.get("message", "injected fault")}
             return _json(fault.get("status", 500), body)(environ, start_response)
@@ -386,6 +391,14 @@ class Control:
                 with LOCK:
                     FAULTS.setdefault(body["operation"], []).append(dict(body, count=body.get("count", 1)))
                 return _json(200, {"ok": True})
+            if request.path == "/_conveyor/calls":
+                marker = body["match"].encode()
+                counts: dict[str, int] = {}
+                with LOCK:
+                    for operation, call in CALLS:
+                        if marker in call:
+                            counts[operation] = counts.get(operation, 0) + 1
+                return _json(200, counts)
             if request.path == "/_conveyor/health":
                 return _json(200, {"ok": True})
             return _json(404, {"error": f"unknown control path {request.path}"})

@@ -157,6 +157,13 @@ impl LocalAws {
         self.control("ecs/autopilot", body).await;
     }
 
+    /// How many AWS calls, by operation, carried `matching` in their request (a test's unique id
+    /// is in every call that concerns its resources).
+    pub async fn calls(&self, matching: &str) -> std::collections::BTreeMap<String, u64> {
+        let counts = self.control("calls", json!({ "match": matching })).await;
+        counts.as_object().unwrap().iter().map(|(op, n)| (op.clone(), n.as_u64().unwrap())).collect()
+    }
+
     /// Removes the injected faults for requests containing `matching` that have not fired yet.
     pub async fn clear_faults(&self, matching: &str) {
         self.control("faults/clear", json!({ "match": matching })).await;
