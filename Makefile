@@ -7,7 +7,7 @@ VENV := .venv
 INFRA_VENV := .venv-infra
 INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup infra-tools build lint test unit demo infra release size bench clean
+.PHONY: help setup infra-tools build lint test unit demo bench infra release size clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ unit: ## fast unit tests of the pure logic, no network
 
 demo: setup build ## the whole story on a local AWS: push → stage → verify → promote → rollback
 	target/debug/demo
+
+bench: setup ## cold start, latency and memory of the release binaries (x86_64, against local AWS)
+	cargo build --release --locked -p stage-deploy -p deploy-monitor -p promote
+	cargo build --locked -p conveyor-testkit --bin bench
+	target/debug/bench
 
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
 	cargo test --workspace --locked

@@ -15,9 +15,11 @@ use crate::runtime_api::{Invocation, RuntimeApi};
 /// A running function process and everything it logged.
 pub struct Function {
     pub name: String,
+    /// When the process was started, for init-time measurements.
+    pub spawned_at: std::time::Instant,
     api: RuntimeApi,
     logs: Arc<Mutex<Vec<String>>>,
-    _process: Child,
+    process: Child,
 }
 
 /// The debug build of a function binary (`make test` builds them before the tests run).
@@ -35,8 +37,13 @@ pub fn binary(name: &str) -> PathBuf {
 impl Function {
     /// Starts the binary `name` with the Lambda environment plus `env`.
     pub async fn spawn(name: &str, env: &[(String, String)]) -> Function {
+        Function::spawn_binary(name, &binary(name), env).await
+    }
+
+    /// Starts the binary at `path` (e.g. a release build) as function `name`.
+    pub async fn spawn_binary(name: &str, path: &std::path::Path, env: &[(String, String)]) -> Function {
         let api = RuntimeApi::start().await;
-        let mut command = Command::new(binary(name));
+        let mut command = Command::new(path);
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -52,6 +59,7 @@ impl Function {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let spawned_at = std::time::Instant::now();
         let mut process = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let logs = Arc::new(Mutex::new(Vec::new()));
         for stream in [
@@ -69,7 +77,24 @@ impl Function {
                 }
             });
         }
-        Function { name: name.to_owned(), api, logs, _process: process }
+        Function { name: name.to_owned(), spawned_at, api, logs, process }
+    }
+
+    /// How long the process took from start to its first poll for work (Lambda's init phase).
+    pub async fn init_duration(&self) -> std::time::Duration {
+        loop {
+            if let Some(polled) = self.api.first_poll() {
+                return polled - self.spawned_at;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+    }
+
+    /// Peak resident memory of the process so far (Linux `VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Invokes the function and waits for its answer (panics, with the logs, if none comes).

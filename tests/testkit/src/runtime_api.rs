@@ -48,6 +48,8 @@ struct Pending {
 }
 
 struct State {
+    /// When the function first asked for work: the end of its init phase.
+    first_poll: std::sync::Mutex<Option<std::time::Instant>>,
     next: Mutex<mpsc::UnboundedReceiver<Pending>>,
     answers: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
     init_error: Mutex<Option<String>>,
@@ -66,7 +68,12 @@ impl RuntimeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (queue, next) = mpsc::unbounded_channel();
-        let state = Arc::new(State { next: Mutex::new(next), answers: Mutex::default(), init_error: Mutex::default() });
+        let state = Arc::new(State {
+            first_poll: std::sync::Mutex::default(),
+            next: Mutex::new(next),
+            answers: Mutex::default(),
+            init_error: Mutex::default(),
+        });
         let served = state.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -97,6 +104,11 @@ impl RuntimeApi {
         }
     }
 
+    /// When the function first polled for an invocation, if it has.
+    pub fn first_poll(&self) -> Option<std::time::Instant> {
+        *self.state.first_poll.lock().unwrap()
+    }
+
     pub async fn init_error(&self) -> Option<String> {
         self.state.init_error.lock().await.clone()
     }
@@ -115,6 +127,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Result<Response
     let accepted = || reply(StatusCode::ACCEPTED, Bytes::from_static(b"{\"status\":\"OK\"}"));
 
     if method == Method::GET && path == "/2018-06-01/runtime/invocation/next" {
+        state.first_poll.lock().unwrap().get_or_insert_with(std::time::Instant::now);
         let Some(pending) = state.next.lock().await.recv().await else {
             return Ok(reply(StatusCode::GONE, Bytes::new()));
         };
