@@ -12,6 +12,8 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::aws::{AwsError, Sns, Ssm};
+use crate::config::AppConfig;
+use crate::releases::Rollout;
 use crate::slack;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 
@@ -106,6 +108,25 @@ impl Notification {
             rollback_task_definition_arn: None,
             diagnostics: Vec::new(),
         }
+    }
+
+    /// The facts of a rollout of `app` in `env`.
+    pub fn of_rollout(
+        app: &AppConfig,
+        env: Environment,
+        rollout: &Rollout,
+        outcome: Outcome,
+        severity: Severity,
+    ) -> Self {
+        let target = app.target(env);
+        let mut notification = Notification::new(&app.name, env, outcome, severity);
+        notification.tag = Some(rollout.tag.clone());
+        notification.digest = Some(rollout.digest.clone());
+        notification.cluster = Some(target.cluster.clone());
+        notification.service = Some(target.service.clone());
+        notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
+        notification.deployment_id = rollout.deployment_id.clone();
+        notification
     }
 
     /// `[conveyor] {app} {environment}: {outcome} {tag}`, at most 100 characters (SNS's limit).

@@ -11,7 +11,6 @@ use crate::lease::Lease;
 use crate::notify::{Notification, Outcome, Severity};
 use crate::releases::{ImageRecord, ReleaseError, ReleaseStore};
 use crate::rollout::{self, Candidate, ImageSource, Started};
-use crate::taskdef;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::Conveyor;
 
@@ -139,14 +138,8 @@ async fn promote(conveyor: &Conveyor, request: &Request) -> Result<Response, Err
         Started::Rolling(rollout) | Started::Recovered(rollout) => {
             info!(environment = "prod", tag = %tag, digest = %digest, task_definition_arn = %rollout.task_definition_arn,
                 deployment_id = rollout.deployment_id.as_deref(), "promotion started");
-            let target = app.target(Environment::Prod);
-            let mut notification = Notification::new(&app.name, Environment::Prod, Outcome::Promoted, Severity::Info);
-            notification.tag = Some(tag.clone());
-            notification.digest = Some(digest.clone());
-            notification.cluster = Some(target.cluster.clone());
-            notification.service = Some(target.service.clone());
-            notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
-            notification.deployment_id = rollout.deployment_id.clone();
+            let notification =
+                Notification::of_rollout(app, Environment::Prod, &rollout, Outcome::Promoted, Severity::Info);
             conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
             Ok(response(rollout.task_definition_arn, "deploying"))
         }
@@ -227,13 +220,7 @@ async fn dry_run(
     let ecs = &conveyor.clients.ecs;
     let service = ecs.service(&target.cluster, &target.service).await?;
     let (definition, _) = ecs.task_definition(&service.task_definition).await?;
-    let current =
-        taskdef::container_image(&definition, &app.container).ok_or_else(|| DeployError::ContainerNotFound {
-            container: app.container.clone(),
-            task_definition: service.task_definition.clone(),
-            found: taskdef::container_names(&definition).join(", "),
-            parameter: app.parameter.clone(),
-        })?;
+    let current = rollout::app_container_image(app, &definition, &service.task_definition)?;
     let already = crate::image::digest_of(current) == Some(image.digest.as_str());
     info!(environment = "prod", tag = %tag, digest = %image.digest, current_image = %current, already_deployed = already, "dry run");
     Ok(Response {

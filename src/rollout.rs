@@ -60,13 +60,7 @@ pub async fn start(
     let target = app.target(env);
     let service = ecs.service(&target.cluster, &target.service).await?;
     let (definition, tags) = ecs.task_definition(&service.task_definition).await?;
-    let current_image =
-        taskdef::container_image(&definition, &app.container).ok_or_else(|| DeployError::ContainerNotFound {
-            container: app.container.clone(),
-            task_definition: service.task_definition.clone(),
-            found: taskdef::container_names(&definition).join(", "),
-            parameter: app.parameter.clone(),
-        })?;
+    let current_image = app_container_image(app, &definition, &service.task_definition)?;
     let mut record = record.unwrap_or_else(|| {
         EnvRecord::first(&app.name, env, &target.cluster, &target.service, &service.task_definition)
     });
@@ -130,6 +124,20 @@ pub async fn start(
     record.started(rollout.clone());
     conveyor.releases.save_env_record(&record).await?;
     Ok(Started::Rolling(rollout))
+}
+
+/// The image the app's container runs in `definition`, or which containers there are instead.
+pub fn app_container_image<'a>(
+    app: &AppConfig,
+    definition: &'a aws_sdk_ecs::types::TaskDefinition,
+    arn: &str,
+) -> Result<&'a str, DeployError> {
+    taskdef::container_image(definition, &app.container).ok_or_else(|| DeployError::ContainerNotFound {
+        container: app.container.clone(),
+        task_definition: arn.to_owned(),
+        found: taskdef::container_names(definition).join(", "),
+        parameter: app.parameter.clone(),
+    })
 }
 
 fn new_rollout(

@@ -95,46 +95,33 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Er
 }
 
 async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
-    let env = Environment::Stage;
-    let skip = |detail: String| {
-        info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
-        Ok(AppReport {
-            app: app.name.to_string(),
-            status: "skipped",
-            detail,
-            task_definition_arn: None,
-            deployment_id: None,
-        })
-    };
     if !app.tags.admits(&push.tag) {
-        return skip(format!("tag {} does not match the app's tag pattern", push.tag));
+        return Ok(skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag)));
     }
     let owner = push.event_id.clone().unwrap_or_else(|| format!("push {} {}", push.tag, push.time));
-    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, env, &owner).await?;
+    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, Environment::Stage, &owner).await?;
     let result = deploy_app_leased(conveyor, app, push).await;
     lease.release().await;
     result
 }
 
+fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {
+    info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
+    AppReport { app: app.name.to_string(), status: "skipped", detail, task_definition_arn: None, deployment_id: None }
+}
+
 /// [`deploy_app`] under the service's lease: decide, roll out, record, notify.
 async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
     let env = Environment::Stage;
-    let skip = |detail: String| {
-        info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
-        Ok(AppReport {
-            app: app.name.to_string(),
-            status: "skipped",
-            detail,
-            task_definition_arn: None,
-            deployment_id: None,
-        })
-    };
     let record = conveyor.releases.env_record(&app.name, env).await?;
     match record.as_ref().map(|r| r.arrival(push.time, &push.digest)) {
         Some(Arrival::Late) => {
-            return skip(format!("push at {} is older than the newest one already deployed", push.time.to_rfc3339()));
+            let detail = format!("push at {} is older than the newest one already deployed", push.time.to_rfc3339());
+            return Ok(skipped(app, push, detail));
         }
-        Some(Arrival::Repeated) => return skip("this push was already deployed (repeated delivery)".into()),
+        Some(Arrival::Repeated) => {
+            return Ok(skipped(app, push, "this push was already deployed (repeated delivery)".into()));
+        }
         Some(Arrival::Newer) | None => {}
     }
 
@@ -150,21 +137,14 @@ async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) ->
     };
     let rollout = match rollout::start(conveyor, app, env, record, &candidate).await? {
         Started::AlreadyRunning { task_definition_arn } => {
-            return skip(format!("stage already runs {} ({task_definition_arn})", push.digest));
+            return Ok(skipped(app, push, format!("stage already runs {} ({task_definition_arn})", push.digest)));
         }
         Started::Rolling(rollout) | Started::Recovered(rollout) => rollout,
     };
     info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         task_definition_arn = %rollout.task_definition_arn, deployment_id = rollout.deployment_id.as_deref(), "rollout started");
 
-    let target = app.target(env);
-    let mut notification = Notification::new(&app.name, env, Outcome::Deploying, Severity::Info);
-    notification.tag = Some(rollout.tag.clone());
-    notification.digest = Some(rollout.digest.clone());
-    notification.cluster = Some(target.cluster.clone());
-    notification.service = Some(target.service.clone());
-    notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
-    notification.deployment_id = rollout.deployment_id.clone();
+    let notification = Notification::of_rollout(app, env, &rollout, Outcome::Deploying, Severity::Info);
     conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
     Ok(AppReport {
         app: app.name.to_string(),

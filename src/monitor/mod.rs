@@ -261,7 +261,7 @@ async fn record_verified(
     }
     info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), task_definition_arn = %rollout.task_definition_arn, "rollout verified");
-    let mut notification = notification(app, env, rollout, Outcome::Verified, Severity::Info);
+    let mut notification = Notification::of_rollout(app, env, rollout, Outcome::Verified, Severity::Info);
     notification.reason = Some("deployment completed, every task running, health check passed".into());
     conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
     Ok(Handled::of(app, env, "verified", format!("{} ({})", rollout.tag, rollout.digest)))
@@ -339,7 +339,7 @@ async fn roll_back(
     warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), rollback_task_definition_arn = settled.rollback_to.as_deref(),
         outcome = %outcome, reason = %settled.reason, "rollout failed");
-    let mut notification = notification(app, env, rollout, outcome, settled.severity);
+    let mut notification = Notification::of_rollout(app, env, rollout, outcome, settled.severity);
     notification.reason = Some(settled.reason.clone());
     notification.rollback_task_definition_arn = settled.rollback_to;
     notification.diagnostics = diagnostics;
@@ -352,24 +352,6 @@ fn rolled_back_severity(env: Environment) -> Severity {
         Environment::Stage => Severity::Error,
         Environment::Prod => Severity::Critical,
     }
-}
-
-fn notification(
-    app: &AppConfig,
-    env: Environment,
-    rollout: &Rollout,
-    outcome: Outcome,
-    severity: Severity,
-) -> Notification {
-    let target = app.target(env);
-    let mut notification = Notification::new(&app.name, env, outcome, severity);
-    notification.tag = Some(rollout.tag.clone());
-    notification.digest = Some(rollout.digest.clone());
-    notification.cluster = Some(target.cluster.clone());
-    notification.service = Some(target.service.clone());
-    notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
-    notification.deployment_id = rollout.deployment_id.clone();
-    notification
 }
 
 /// Runs `act` on the environment's record under its lease, if `rollout` is still the one in

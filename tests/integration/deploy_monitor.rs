@@ -27,6 +27,15 @@ async fn settle(world: &World, app: &AppFixture, outcome: Settle) -> Vec<Value> 
     world.aws.settle(&app.stage.cluster, &app.stage.service, outcome).await
 }
 
+/// shop-api, whose stage checks `health`'s `/health`.
+async fn seed_with_health_url(world: &World, health: &LocalHttp) -> AppFixture {
+    let environments = json!({
+        "stage": { "cluster": world.name("stage"), "service": "shop-api", "health_url": health.url("/health") },
+        "prod": { "cluster": world.name("prod"), "service": "shop-api" },
+    });
+    world.seed_app("shop-api", "shop-api", false, json!({ "environments": environments })).await
+}
+
 fn only(report: &Value) -> &Value {
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 1, "{report}");
@@ -37,16 +46,7 @@ fn only(report: &Value) -> &Value {
 async fn a_completed_healthy_rollout_is_vetted() {
     let world = World::new().await;
     let health = LocalHttp::start(200).await;
-    let app = world
-        .seed_app(
-            "shop-api",
-            "shop-api",
-            false,
-            json!({ "environments": {
-            "stage": { "cluster": world.name("stage"), "service": "shop-api", "health_url": health.url("/health") },
-            "prod": { "cluster": world.name("prod"), "service": "shop-api" } } }),
-        )
-        .await;
+    let app = seed_with_health_url(&world, &health).await;
     let monitor = deploy_monitor(&world).await;
     let td = push(&world, "v1.0.0", 1, 1).await;
     let _ = world.notifications().await;
@@ -78,16 +78,7 @@ async fn a_completed_healthy_rollout_is_vetted() {
 async fn a_completed_rollout_failing_its_health_check_is_rolled_back() {
     let world = World::new().await;
     let health = LocalHttp::start(503).await;
-    let app = world
-        .seed_app(
-            "shop-api",
-            "shop-api",
-            false,
-            json!({ "environments": {
-            "stage": { "cluster": world.name("stage"), "service": "shop-api", "health_url": health.url("/health") },
-            "prod": { "cluster": world.name("prod"), "service": "shop-api" } } }),
-        )
-        .await;
+    let app = seed_with_health_url(&world, &health).await;
     let monitor = deploy_monitor(&world).await;
     push(&world, "v1.0.0", 1, 1).await;
     let _ = world.notifications().await;

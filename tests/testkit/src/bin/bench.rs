@@ -40,7 +40,10 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
 
     let skip_events: [(&str, Value); 3] = [
-        ("stage-deploy", json!({ "source": "aws.ecr", "detail-type": "ECR Image Action", "detail": { "action-type": "DELETE" } })),
+        (
+            "stage-deploy",
+            json!({ "source": "aws.ecr", "detail-type": "ECR Image Action", "detail": { "action-type": "DELETE" } }),
+        ),
         ("deploy-monitor", world.schedule_event()),
         ("promote", json!({ "app": "shop-api" })),
     ];
@@ -71,7 +74,12 @@ async fn main() {
     let start = Utc::now() - chrono::Duration::hours(1);
     let mut warm = Vec::new();
     for n in 0..WARM_PUSHES {
-        let event = world.push_event("shop-api", &format!("v1.0.{n}"), &digest(1000 + n), start + chrono::Duration::seconds(i64::from(n)));
+        let event = world.push_event(
+            "shop-api",
+            &format!("v1.0.{n}"),
+            &digest(1000 + n),
+            start + chrono::Duration::seconds(i64::from(n)),
+        );
         let started = Instant::now();
         let answer = function.invoke(event).await.response();
         warm.push(started.elapsed());
