@@ -157,7 +157,7 @@ impl Notification {
             Outcome::Verified => "verified",
             Outcome::RolledBack => "rolled back",
             Outcome::Failed => "FAILED",
-            Outcome::Promoted => "promoted to prod",
+            Outcome::Promoted => "promoted",
         };
         let what = self.tag.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
         format!("{} {}: {headline}{what}", self.app, self.environment)

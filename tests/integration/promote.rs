@@ -149,8 +149,10 @@ async fn prod_rollouts_flow_through_the_monitor_and_a_failed_digest_is_never_pro
     assert_eq!(alert["MessageAttributes"]["environment"], "prod");
 
     // v1.1.0 failed in prod after stage vetted it: never promotable again.
+    let before = prod_state(&world, &app).await;
     let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.1.0" })).await.error();
     assert_eq!(error_type, "NotVetted");
     assert!(message.contains("failed in prod"), "{message}");
     assert!(message.contains("Promotable tags, newest first: v1.0.0"), "{message}");
+    assert_eq!(prod_state(&world, &app).await, before);
 }

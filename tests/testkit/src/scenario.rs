@@ -91,7 +91,10 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
         })
         .await?;
     let message: Value = serde_json::from_str(&slack.body).map_err(|e| e.to_string())?;
-    stack.say(MomentKind::Slack, slack_text(&message));
+    let text = slack_text(&message);
+    check(text.contains("CannotStartContainerError"), || {
+        format!("the Slack alert does not say why the tasks stopped:\n{text}")
+    })?;
 
     stack.say(MomentKind::Step, "try to promote shop-api v1.1.0");
     match stack.promote.invoke(json!({ "app": "shop-api", "tag": "v1.1.0" })).await {

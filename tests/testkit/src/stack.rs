@@ -69,7 +69,7 @@ impl Default for StackOptions {
 pub struct LocalStack {
     pub world: World,
     pub bus: String,
-    pub slack: LocalHttp,
+    pub slack: Arc<LocalHttp>,
     pub promote: Function,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
     alerts: Arc<Mutex<Vec<Value>>>,
@@ -118,7 +118,8 @@ impl LocalStack {
             };
             tasks.push(tokio::spawn(route.run()));
         }
-        let slack = LocalHttp::start(200).await;
+        let slack = Arc::new(LocalHttp::start(200).await);
+        tasks.push(tokio::spawn(watch_slack(slack.clone(), moments.clone())));
         let alerts = Arc::new(Mutex::new(Vec::new()));
         tasks.push(tokio::spawn(watch_alerts(world.clone(), alerts.clone(), moments.clone())));
         let promote = Function::spawn("promote", &env).await;
@@ -302,6 +303,23 @@ async fn watch_alerts(world: World, alerts: Arc<Mutex<Vec<Value>>>, moments: mps
             alerts.lock().unwrap().push(note);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Shows every Slack post as it arrives: its headline, and in full when it is an alert.
+async fn watch_slack(slack: Arc<LocalHttp>, moments: mpsc::UnboundedSender<Moment>) {
+    let mut seen = 0;
+    loop {
+        let received = slack.received();
+        for post in &received[seen.min(received.len())..] {
+            let message: Value = serde_json::from_str(&post.body).unwrap_or(Value::Null);
+            let headline = message["blocks"][0]["text"]["text"].as_str().unwrap_or("?");
+            let alert = headline.contains("rolled back") || headline.contains("FAILED");
+            let text = if alert { crate::scenario::slack_text(&message) } else { format!("Slack: {headline}") };
+            let _ = moments.send(Moment { at: Utc::now(), kind: MomentKind::Slack, text });
+        }
+        seen = received.len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
