@@ -12,9 +12,9 @@ use crate::releases::{EnvRecord, Rollout};
 pub enum EventDecision {
     Skip(String),
     /// Conveyor's rollout completed: verify it.
-    Verify,
+    Verify(Rollout),
     /// Conveyor's rollout failed: roll back.
-    Fail(String),
+    Fail(Rollout, String),
 }
 
 pub fn on_event(record: Option<&EnvRecord>, event: &DeploymentEvent) -> EventDecision {
@@ -32,10 +32,11 @@ pub fn on_event(record: Option<&EnvRecord>, event: &DeploymentEvent) -> EventDec
         return EventDecision::Skip(format!("already handled: the rollout is {}", current.state.as_str()));
     }
     match event.name {
-        DeploymentEventName::Completed => EventDecision::Verify,
-        DeploymentEventName::Failed => {
-            EventDecision::Fail(event.reason.clone().unwrap_or_else(|| "ECS reported the deployment FAILED".into()))
-        }
+        DeploymentEventName::Completed => EventDecision::Verify(current.clone()),
+        DeploymentEventName::Failed => EventDecision::Fail(
+            current.clone(),
+            event.reason.clone().unwrap_or_else(|| "ECS reported the deployment FAILED".into()),
+        ),
         DeploymentEventName::InProgress => EventDecision::Skip("deployment in progress".into()),
     }
 }
@@ -237,10 +238,14 @@ mod tests {
     #[test]
     fn events_for_the_current_rollout_are_acted_on() {
         let record = record_with(rollout(TD2, "ecs-svc/2"));
-        assert_eq!(on_event(Some(&record), &event(DeploymentEventName::Completed, "ecs-svc/2")), EventDecision::Verify);
+        let current = record.current.clone().unwrap();
+        assert_eq!(
+            on_event(Some(&record), &event(DeploymentEventName::Completed, "ecs-svc/2")),
+            EventDecision::Verify(current.clone())
+        );
         assert_eq!(
             on_event(Some(&record), &event(DeploymentEventName::Failed, "ecs-svc/2")),
-            EventDecision::Fail("ECS deployment circuit breaker: task failed to start.".into())
+            EventDecision::Fail(current, "ECS deployment circuit breaker: task failed to start.".into())
         );
         assert!(matches!(
             on_event(Some(&record), &event(DeploymentEventName::InProgress, "ecs-svc/2")),

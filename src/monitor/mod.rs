@@ -84,23 +84,15 @@ async fn on_deployment(conveyor: &Conveyor, event: &DeploymentEvent) -> Result<H
     };
     let failed = |error: DeployError| Error::Deploy(vec![(app.name.clone(), error)]);
     let record = conveyor.releases.env_record(&app.name, env).await.map_err(|e| failed(e.into()))?;
-    let finding = match decide::on_event(record.as_ref(), event) {
+    let (rollout, finding) = match decide::on_event(record.as_ref(), event) {
         EventDecision::Skip(reason) => {
             info!(app = %app.name, environment = %env, reason = %reason, "event skipped");
             return Ok(Handled::of(app, env, "skipped", reason));
         }
-        EventDecision::Verify => Finding::Completed,
-        EventDecision::Fail(reason) => Finding::Failed(reason),
+        EventDecision::Verify(rollout) => (rollout, Finding::Completed),
+        EventDecision::Fail(rollout, reason) => (rollout, Finding::Failed(reason)),
     };
-    let rollout = record.and_then(|r| r.current).ok_or_else(|| failed(missing_rollout()))?;
     settle(conveyor, app, env, &rollout, finding, None).await.map_err(failed)
-}
-
-fn missing_rollout() -> DeployError {
-    DeployError::Release(crate::releases::ReleaseError::Corrupt {
-        parameter: "(release record)".into(),
-        problem: "the rollout disappeared while it was being handled".into(),
-    })
 }
 
 /// Reconciles every rollout still in progress with what ECS reports, for completions and
@@ -118,9 +110,8 @@ async fn sweep(conveyor: &Conveyor) -> Result<MonitorReport, Error> {
                 continue;
             }
         };
-        for record in records.iter().filter(|r| r.in_progress().is_some()) {
-            let env = record.environment;
-            match sweep_rollout(conveyor, app, env, record.in_progress().cloned().ok_or_else(missing_rollout)).await {
+        for (env, rollout) in records.iter().filter_map(|r| Some((r.environment, r.in_progress()?))) {
+            match sweep_rollout(conveyor, app, env, rollout).await {
                 Ok(handled) => results.push(handled),
                 Err(error) => {
                     error!(app = %app.name, environment = %env, error = %error, "sweep failed");
@@ -141,17 +132,16 @@ async fn sweep_rollout(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
-    rollout: Result<Rollout, DeployError>,
+    rollout: &Rollout,
 ) -> Result<Handled, DeployError> {
-    let rollout = rollout?;
     let target = app.target(env);
     let service = conveyor.clients.ecs.service(&target.cluster, &target.service).await?;
-    match decide::reconcile(&rollout, &service, Utc::now(), app.rollout_timeout) {
+    match decide::reconcile(rollout, &service, Utc::now(), app.rollout_timeout) {
         SweepAction::Wait => Ok(Handled::of(app, env, "waiting", format!("{} still in progress", rollout.tag))),
-        SweepAction::Verify => settle(conveyor, app, env, &rollout, Finding::Completed, Some(service)).await,
-        SweepAction::Fail(reason) => settle(conveyor, app, env, &rollout, Finding::Failed(reason), Some(service)).await,
+        SweepAction::Verify => settle(conveyor, app, env, rollout, Finding::Completed, Some(service)).await,
+        SweepAction::Fail(reason) => settle(conveyor, app, env, rollout, Finding::Failed(reason), Some(service)).await,
         SweepAction::Superseded(reason) => {
-            let recorded = under_lease(conveyor, app, env, &rollout, async |mut record| {
+            let recorded = under_lease(conveyor, app, env, rollout, async |mut record| {
                 record.settled(RolloutState::Superseded, &reason, Utc::now());
                 conveyor.releases.save_env_record(&record).await.map_err(DeployError::from)
             })
