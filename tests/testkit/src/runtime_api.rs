@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// How an invocation ended: the function's response, or its error (`errorType`, `errorMessage`).
@@ -65,8 +63,6 @@ pub struct RuntimeApi {
 
 impl RuntimeApi {
     pub async fn start() -> RuntimeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (queue, next) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             first_poll: std::sync::Mutex::default(),
@@ -75,17 +71,7 @@ impl RuntimeApi {
             init_error: Mutex::default(),
         });
         let served = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = served.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| route(state.clone(), request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = crate::http::serve(move |request| route(served.clone(), request)).await;
         RuntimeApi { addr, queue, state, ids: AtomicU64::new(1) }
     }
 

@@ -178,27 +178,15 @@ impl World {
     }
 
     pub async fn put_parameter(&self, name: &str, value: &str) {
-        self.ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .unwrap();
+        self.put(name, value, aws_sdk_ssm::types::ParameterType::String).await;
     }
 
     pub async fn put_secure_parameter(&self, name: &str, value: &str) {
-        self.ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            .overwrite(true)
-            .send()
-            .await
-            .unwrap();
+        self.put(name, value, aws_sdk_ssm::types::ParameterType::SecureString).await;
+    }
+
+    async fn put(&self, name: &str, value: &str, kind: aws_sdk_ssm::types::ParameterType) {
+        self.ssm.put_parameter().name(name).value(value).r#type(kind).overwrite(true).send().await.unwrap();
     }
 
     pub async fn parameter(&self, name: &str) -> Option<String> {
