@@ -276,12 +276,14 @@ impl ConfigSet {
         self.apps.iter().filter(move |app| app.repository == repository)
     }
 
-    /// The app and environment that own an ECS service, if any.
-    pub fn owner_of(&self, cluster: &str, service: &str) -> Option<(&AppConfig, Environment)> {
+    /// The app and environment that own an ECS service, if any. Without a cluster (old
+    /// short-format service ARNs) the service name alone decides.
+    pub fn owner_of(&self, cluster: Option<&str>, service: &str) -> Option<(&AppConfig, Environment)> {
         self.apps.iter().find_map(|app| {
             Environment::ALL.into_iter().find_map(|env| {
                 let target = app.target(env);
-                (target.cluster == cluster && target.service == service).then_some((app, env))
+                let same_cluster = cluster.is_none_or(|cluster| cluster == target.cluster);
+                (same_cluster && target.service == service).then_some((app, env))
             })
         })
     }
@@ -465,8 +467,10 @@ mod tests {
         assert_eq!(set.invalid[0].parameter, "/c/apps/broken");
         assert_eq!(set.fed_by("shop-api").count(), 2);
         assert_eq!(set.fed_by("other").count(), 0);
-        let (app, env) = set.owner_of("prod-cluster", "shop-api").unwrap();
+        let (app, env) = set.owner_of(Some("prod-cluster"), "shop-api").unwrap();
         assert_eq!((app.name.as_str(), env), ("shop-api", Environment::Prod));
-        assert!(set.owner_of("prod-cluster", "nope").is_none());
+        assert!(set.owner_of(Some("prod-cluster"), "nope").is_none());
+        assert_eq!(set.owner_of(None, "shop-api").map(|(_, env)| env), Some(Environment::Stage));
+        assert!(set.owner_of(Some("other-cluster"), "shop-api").is_none());
     }
 }

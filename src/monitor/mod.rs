@@ -71,13 +71,7 @@ pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<MonitorReport
 #[instrument(skip_all, fields(event_id = event.event_id.as_deref(), service = %event.service_arn, deployment_id = %event.deployment_id))]
 async fn on_deployment(conveyor: &Conveyor, event: &DeploymentEvent) -> Result<Handled, Error> {
     let config = conveyor.config.get(&conveyor.clients.ssm).await?;
-    let owner = config.apps.iter().find_map(|app| {
-        Environment::ALL.into_iter().find_map(|env| {
-            let target = app.target(env);
-            let same_cluster = event.cluster.as_deref().is_none_or(|cluster| cluster == target.cluster);
-            (same_cluster && target.service == event.service).then_some((app, env))
-        })
-    });
+    let owner = config.owner_of(event.cluster.as_deref(), &event.service);
     let Some((app, env)) = owner else {
         info!(reason = "unmanaged service", "event skipped");
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
