@@ -62,6 +62,21 @@ impl Conveyor {
         }
     }
 
+    /// Runs `work` holding the lease of `app` in `env` (one invocation per service at a time);
+    /// the lease is released whatever `work` returns.
+    pub async fn leased<T>(
+        &self,
+        app: &types::AppName,
+        env: types::Environment,
+        owner: &str,
+        work: impl AsyncFnOnce() -> Result<T, DeployError>,
+    ) -> Result<T, DeployError> {
+        let lease = lease::Lease::acquire(&self.clients.ssm, &self.prefix, app, env, owner).await?;
+        let result = work().await;
+        lease.release().await;
+        result
+    }
+
     /// From the contract's environment variables (`CONVEYOR_SSM_PREFIX`, `CONVEYOR_TOPIC_ARN`)
     /// and the standard AWS SDK settings.
     pub async fn from_env() -> Self {

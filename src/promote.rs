@@ -7,7 +7,6 @@ use tracing::{info, instrument, warn};
 
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error};
-use crate::lease::Lease;
 use crate::notify::{Notification, Outcome, Severity};
 use crate::releases::{ImageRecord, ReleaseError, ReleaseStore};
 use crate::rollout::{self, Candidate, ImageSource, Started};
@@ -109,17 +108,18 @@ async fn promote(conveyor: &Conveyor, request: &Request) -> Result<Response, Err
     if request.dry_run {
         return dry_run(conveyor, app, &tag, &image).await.map_err(|e| deploy_error(app, e));
     }
-    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, Environment::Prod, "promote")
-        .await
-        .map_err(|e| deploy_error(app, e.into()))?;
-    let started = async {
-        let record = conveyor.releases.env_record(&app.name, Environment::Prod).await?;
-        let candidate =
-            Candidate { tag: &tag, digest: &digest, source: ImageSource::Exact(&image.image), event_time: Utc::now() };
-        rollout::start(conveyor, app, Environment::Prod, record, &candidate).await
-    }
-    .await;
-    lease.release().await;
+    let started = conveyor
+        .leased(&app.name, Environment::Prod, "promote", async || {
+            let record = conveyor.releases.env_record(&app.name, Environment::Prod).await?;
+            let candidate = Candidate {
+                tag: &tag,
+                digest: &digest,
+                source: ImageSource::Exact(&image.image),
+                event_time: Utc::now(),
+            };
+            rollout::start(conveyor, app, Environment::Prod, record, &candidate).await
+        })
+        .await;
     let response = |task_definition_arn: String, status| Response {
         app: app.name.to_string(),
         environment: Environment::Prod,

@@ -7,7 +7,6 @@ use tracing::{error, info, instrument};
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
-use crate::lease::Lease;
 use crate::notify::{Notification, Outcome, Severity};
 use crate::releases::Arrival;
 use crate::rollout::{self, Candidate, ImageSource, Started};
@@ -99,10 +98,7 @@ async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result
         return Ok(skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag)));
     }
     let owner = push.event_id.clone().unwrap_or_else(|| format!("push {} {}", push.tag, push.time));
-    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, Environment::Stage, &owner).await?;
-    let result = deploy_app_leased(conveyor, app, push).await;
-    lease.release().await;
-    result
+    conveyor.leased(&app.name, Environment::Stage, &owner, async || deploy_app_leased(conveyor, app, push).await).await
 }
 
 fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {

@@ -15,7 +15,6 @@ use crate::aws::ServiceState;
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error};
 use crate::events::{self, DeploymentEvent, MonitorEvent, Skip};
-use crate::lease::Lease;
 use crate::notify::{Notification, Outcome, Severity};
 use crate::releases::{EnvRecord, Failure, Rollout, RolloutState, TagRecord};
 use crate::types::Environment;
@@ -347,14 +346,10 @@ async fn under_lease<T>(
     rollout: &Rollout,
     act: impl AsyncFnOnce(EnvRecord) -> Result<T, DeployError>,
 ) -> Result<Option<T>, DeployError> {
-    let lease = Lease::acquire(&conveyor.clients.ssm, &conveyor.prefix, &app.name, env, "deploy-monitor").await?;
-    let result = async {
-        match conveyor.releases.env_record(&app.name, env).await? {
+    conveyor
+        .leased(&app.name, env, "deploy-monitor", async || match conveyor.releases.env_record(&app.name, env).await? {
             Some(record) if record.in_progress() == Some(rollout) => act(record).await.map(Some),
             _ => Ok(None),
-        }
-    }
-    .await;
-    lease.release().await;
-    result
+        })
+        .await
 }
