@@ -80,7 +80,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
 /// Handles one invocation.
 pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<Response, Error> {
     let request = parse_request(payload).inspect_err(|e| warn!(error = %e, "promote refused"))?;
-    // Boxed: the whole promote future is deep enough to hit the compiler's layout depth limit.
+    // Boxed, like every handler's work (see `stage::handle`).
     Box::pin(promote(conveyor, &request))
         .await
         .inspect_err(|e| warn!(app = %request.app, error_type = e.error_type(), error = %e, "promote refused"))

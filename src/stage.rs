@@ -54,7 +54,9 @@ pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<StageReport, 
             return Err(invalid.into());
         }
     };
-    deploy_push(conveyor, &push).await
+    // Boxed, like every handler's work: the whole future nests deeply enough through the SDK to
+    // hit the compiler's layout depth limit in the binary.
+    Box::pin(deploy_push(conveyor, &push)).await
 }
 
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]

@@ -52,10 +52,11 @@ impl Handled {
 pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<MonitorReport, Error> {
     match events::monitor(payload) {
         Ok(Ok(MonitorEvent::Deployment(event))) => {
-            let handled = on_deployment(conveyor, &event).await?;
+            // Boxed, like every handler's work (see `stage::handle`).
+            let handled = Box::pin(on_deployment(conveyor, &event)).await?;
             Ok(MonitorReport { results: vec![handled] })
         }
-        Ok(Ok(MonitorEvent::Sweep)) => sweep(conveyor).await,
+        Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(conveyor)).await,
         Ok(Err(Skip(reason))) => {
             info!(reason = %reason, "event skipped");
             Ok(MonitorReport { results: vec![Handled::skipped(reason)] })
