@@ -5,6 +5,7 @@
 mod aws_calls;
 mod deploy_monitor;
 mod e2e;
+mod localaws_faults;
 mod promote;
 mod routing;
 mod stage_deploy;

@@ -9,25 +9,59 @@ is deployments, so this launcher patches moto's ECS backend to behave like ECS d
 * ``POST /_conveyor/ecs/settle`` completes or fails a deployment (optionally as an ECS
   circuit-breaker rollback) and answers with the "ECS Deployment State Change" events real ECS
   would emit, in order.
-* ``POST /_conveyor/faults`` makes the next N calls of an AWS operation fail with a given error
-  (fault injection through the real HTTP API).
+* ``UpdateService`` to a deregistered (INACTIVE) revision is refused (``ClientException``,
+  "TaskDefinition is inactive"), and a bare family means its latest ACTIVE revision.
+* Task-definition members moto does not model (newer than its botocore, e.g.
+  ``trustedExecutionConfiguration``) are kept: Register/Describe/DeregisterTaskDefinition return them
+  as registered, as real ECS returns members newer than a client's SDK.
+* ``POST /_conveyor/dynamodb/install`` creates a table from the SAM template's definition.
+
+Wire-level faults and limits, all scoped by ``match`` (a substring of the request body; every
+test's resources carry its unique id):
+
+* ``POST /_conveyor/faults`` ``{operation, match, mode, after, count, persistent, rate, seed, ...}``
+  with ``mode`` one of ``throttle`` (the protocol's own throttling error: awsJson
+  ``ThrottlingException`` or awsQuery ``Throttling``), ``http500``, ``http503``, ``error``
+  (``status``, ``code``, ``message``), ``reset`` (no response; the TCP connection is reset),
+  ``latency`` (``latency_ms``, then served), ``apply_then_fail`` (served by moto, answer replaced
+  by a 500: a lost response), ``kill`` (SIGKILL ``pid``, then reset). ``after`` skips the first N
+  matching calls; ``count`` (default 1) limits how often it fires; ``count: 0``, ``persistent`` or
+  ``rate`` (probability per call, ``seed``) without a count: until ``/_conveyor/faults/clear``.
+* ``POST /_conveyor/ratelimit`` ``{operation, match, rate, burst}``: a token bucket like AWS's API
+  limits; calls over it get the throttling error. ``/_conveyor/ratelimit/clear`` ``{match}``.
+* ``POST /_conveyor/calls`` ``{match}``: calls by operation; ``/_conveyor/calls/log``
+  ``{match, since}``: the calls in order, ``[{seq, operation, fault}]``. Faulted calls are logged
+  too; the launcher's own calls (rules, tables, autopilot events) are not.
 
 Usage: ``python moto_launcher.py [--port N] [--port-file PATH]``; prints ``READY <url>`` when up.
 """
 
 from __future__ import annotations
 
+import sys
+
+sys.dont_write_bytecode = True  # importing template_patterns must not leave __pycache__ in the repository
+
 import argparse
 import datetime as dt
 import io
+import itertools
 import json
 import os
-import sys
+import random
+import signal
+import socket
+import struct
 import threading
+import time
+import urllib.parse
 import uuid
+import weakref
+from xml.sax.saxutils import escape
 
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
+from moto.ecs.exceptions import EcsClientException, TaskDefinitionNotFoundException
 from moto.moto_api._internal import mock_random
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -83,6 +117,18 @@ def create_service(self, *args, **kwargs):
         return service
 
 
+def _resolve_task_definition(backend, reference: str):
+    """What ECS resolves a task-definition reference to: `family:revision` (or its ARN) exactly,
+    a bare family to its latest ACTIVE revision."""
+    name = reference.split("/")[-1]
+    if ":" in name:
+        return backend.describe_task_definition(reference)
+    active = [d for d in backend.task_definitions.get(name, {}).values() if d.status == "ACTIVE"]
+    if not active:
+        raise TaskDefinitionNotFoundException()
+    return max(active, key=lambda d: d.revision)
+
+
 def update_service(self, service_properties):
     with LOCK:
         cluster = service_properties.get("cluster", "default")
@@ -90,10 +136,16 @@ def update_service(self, service_properties):
         requested = service_properties.get("task_definition")
         service = self._get_service(cluster, name)
         previous = service.task_definition
+        if requested:
+            # Real ECS refuses a deregistered revision and leaves the service as it was.
+            definition = _resolve_task_definition(self, requested)
+            if definition.status != "ACTIVE":
+                raise EcsClientException("TaskDefinition is inactive")
+            service_properties["task_definition"] = definition.arn
         service = _original_update_service(self, service_properties)
         if requested:
             # Real ECS stores and returns the full ARN, whatever form the caller used.
-            arn = self.describe_task_definition(requested).arn
+            arn = definition.arn
             service.task_definition = arn
             if arn != previous:
                 for deployment in service.deployments:
@@ -206,11 +258,27 @@ def settle(body: dict) -> list[dict]:
 ENDPOINT = {"url": ""}
 
 
+# Requests the launcher makes to itself (rules, tables, autopilot events) carry this header: they
+# are the harness's, not the code under test's, so they are neither logged nor faulted.
+INTERNAL_HEADER = "X-Conveyor-Internal"
+_CLIENTS: dict[tuple[str, str], object] = {}
+
+
+def _mark_internal(request, **_) -> None:
+    request.headers[INTERNAL_HEADER] = "1"
+
+
 def _client(service: str, region: str):
     import boto3
 
-    return boto3.client(service, endpoint_url=ENDPOINT["url"], region_name=region,
-                        aws_access_key_id="test", aws_secret_access_key="test")
+    with LOCK:
+        client = _CLIENTS.get((service, region))
+        if client is None:
+            client = boto3.client(service, endpoint_url=ENDPOINT["url"], region_name=region,
+                                  aws_access_key_id="test", aws_secret_access_key="test")
+            client.meta.events.register("before-sign", _mark_internal)
+            _CLIENTS[(service, region)] = client
+        return client
 
 
 def install_rules(body: dict) -> dict:
@@ -309,13 +377,153 @@ def _autopilot_loop() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Fault injection and the control API
+# DynamoDB tables from the SAM template
 # --------------------------------------------------------------------------------------------
 
-FAULTS: dict[str, list[dict]] = {}
-# (operation, request body) of recent AWS calls, for counting a test's calls by operation.
-CALLS: list[tuple[str, bytes]] = []
+
+def install_table(body: dict) -> dict:
+    """Creates a table from an ``AWS::DynamoDB::Table`` resource of the SAM template (so the tests
+    run against the very table production gets), then applies its TTL and point-in-time recovery.
+    Idempotent: an existing table is kept and its settings applied again."""
+    from botocore.exceptions import ClientError
+    from template_patterns import Template
+
+    region = body.get("region", "us-east-1")
+    name = body["table"]
+    template = Template(body["template"], body.get("parameters", {}), region, body.get("account", ACCOUNT_ID))
+    props = template.properties(body["resource"], "AWS::DynamoDB::Table")
+    ddb = _client("dynamodb", region)
+
+    # CloudFormation's property shapes are the API's, except for these few.
+    request = {"TableName": name}
+    for key in ["AttributeDefinitions", "KeySchema", "BillingMode", "GlobalSecondaryIndexes",
+                "LocalSecondaryIndexes", "ProvisionedThroughput", "TableClass", "DeletionProtectionEnabled",
+                "Tags", "OnDemandThroughput", "WarmThroughput"]:
+        if props.get(key) not in (None, [], {}):
+            request[key] = props[key]
+    if "SSESpecification" in props:
+        sse = props["SSESpecification"]
+        spec = {"Enabled": bool(sse.get("SSEEnabled", False))}
+        if sse.get("SSEType"):
+            spec["SSEType"] = sse["SSEType"]
+        if sse.get("KMSMasterKeyId"):
+            spec["KMSMasterKeyId"] = sse["KMSMasterKeyId"]
+        request["SSESpecification"] = spec
+    if props.get("StreamSpecification", {}).get("StreamViewType"):
+        request["StreamSpecification"] = {"StreamEnabled": True,
+                                          "StreamViewType": props["StreamSpecification"]["StreamViewType"]}
+    applied, skipped = [], {}
+    try:
+        ddb.create_table(**request)
+        created = True
+    except ddb.exceptions.ResourceInUseException:
+        created = False
+    applied += [k for k in request if k != "TableName"]
+
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl:
+        try:
+            current = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            wanted = "ENABLED" if ttl.get("Enabled") else "DISABLED"
+            if current.get("TimeToLiveStatus") != wanted or current.get("AttributeName", ttl["AttributeName"]) != ttl["AttributeName"]:
+                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={
+                    "AttributeName": ttl["AttributeName"], "Enabled": bool(ttl.get("Enabled"))})
+            applied.append("TimeToLiveSpecification")
+        except ClientError as error:
+            skipped["TimeToLiveSpecification"] = str(error)
+    pitr = props.get("PointInTimeRecoverySpecification")
+    if pitr:
+        spec = {"PointInTimeRecoveryEnabled": bool(pitr.get("PointInTimeRecoveryEnabled"))}
+        if pitr.get("RecoveryPeriodInDays"):
+            spec["RecoveryPeriodInDays"] = int(pitr["RecoveryPeriodInDays"])
+        try:
+            ddb.update_continuous_backups(TableName=name, PointInTimeRecoverySpecification=spec)
+            applied.append("PointInTimeRecoverySpecification")
+        except ClientError as error:
+            skipped["PointInTimeRecoverySpecification"] = str(error)
+    return {"table": name, "created": created, "applied": applied, "skipped": skipped}
+
+
+# --------------------------------------------------------------------------------------------
+# ECS task definitions: members moto does not model
+# --------------------------------------------------------------------------------------------
+
+ECS_TARGET_PREFIX = "AmazonEC2ContainerServiceV20141113."
+# Task-definition ARN => the members of its RegisterTaskDefinition request that moto dropped:
+# {"top": {member: value}, "containers": {container name: {member: value}}}. Real ECS returns
+# members newer than a client's SDK; moto (and its botocore model) drops them. Keeping them lets
+# tests check that the library notices members it cannot carry over.
+TASKDEF_EXTRAS: dict[str, dict] = {}
+# Request members that are not part of the TaskDefinition that ECS returns.
+_REQUEST_ONLY = {"tags"}
+
+
+def _dropped_members(requested: dict, returned: dict) -> dict:
+    top = {k: v for k, v in requested.items() if k not in returned and k not in _REQUEST_ONLY and v is not None}
+    containers = {}
+    by_name = {c.get("name"): c for c in returned.get("containerDefinitions", [])}
+    for container in requested.get("containerDefinitions") or []:
+        kept = by_name.get(container.get("name"), {})
+        missing = {k: v for k, v in container.items() if k not in kept and v is not None}
+        if missing:
+            containers[container.get("name")] = missing
+    return {"top": top, "containers": containers} if top or containers else {}
+
+
+def _restore_members(definition: dict) -> bool:
+    with LOCK:
+        extras = TASKDEF_EXTRAS.get(definition.get("taskDefinitionArn", ""))
+    if not extras:
+        return False
+    for key, value in extras["top"].items():
+        definition.setdefault(key, value)
+    for container in definition.get("containerDefinitions", []):
+        for key, value in extras["containers"].get(container.get("name"), {}).items():
+            container.setdefault(key, value)
+    return True
+
+
+def _task_definition_call(inner, operation: str, body: bytes, environ) -> Response:
+    """Runs a RegisterTaskDefinition/DescribeTaskDefinition/DeregisterTaskDefinition call through moto
+    and puts back the members moto dropped on register."""
+    response = Response.from_app(inner, environ, buffered=True)
+    if response.status_code != 200:
+        return response
+    try:
+        answer = json.loads(response.get_data())
+    except ValueError:
+        return response
+    definitions = [answer["taskDefinition"]] if isinstance(answer.get("taskDefinition"), dict) else []
+    definitions += [d for d in answer.get("taskDefinitions") or [] if isinstance(d, dict)]
+    if operation == "RegisterTaskDefinition" and definitions:
+        try:
+            requested = json.loads(body or b"{}")
+        except ValueError:
+            requested = {}
+        extras = _dropped_members(requested, definitions[0])
+        with LOCK:
+            TASKDEF_EXTRAS[definitions[0].get("taskDefinitionArn", "")] = extras
+    changed = [_restore_members(d) for d in definitions]
+    if any(changed):
+        response.set_data(json.dumps(answer))
+    return response
+
+
+# --------------------------------------------------------------------------------------------
+# Fault injection, rate limits, the call log
+# --------------------------------------------------------------------------------------------
+
+MODES = {"throttle", "http500", "http503", "error", "reset", "latency", "apply_then_fail", "kill"}
+# Pending faults, oldest first. Each: operation, match, mode, after, remaining (None = until
+# cleared), rate, random, seen (matching calls so far), fired, and the mode's own fields.
+FAULTS: list[dict] = []
+FAULT_IDS = itertools.count(1)
+# Token buckets: operation, match, rate (per second), burst, tokens, stamp.
+RATE_LIMITS: list[dict] = []
+# Recent AWS calls, oldest first: seq, operation, haystack (what `match` is searched in), fault.
+CALLS: list[dict] = []
 MAX_CALLS = 20000
+CALL_SEQ = itertools.count(1)
 
 
 def _operation(request: Request) -> str | None:
@@ -327,23 +535,168 @@ def _operation(request: Request) -> str | None:
     return None
 
 
-def _take_fault(operation: str | None, body: bytes) -> dict | None:
-    """The first pending fault for this operation whose `match` text occurs in the request."""
+def _haystack(request: Request, body: bytes) -> bytes:
+    """The request body, plus its decoded form for query-protocol requests (so a `match` with
+    '/' or ':' finds an SNS topic ARN or an SSM path in `Name=%2Fconveyor...`)."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return body + b"\n" + urllib.parse.unquote_plus(body.decode("utf-8", "replace")).encode()
+    return body
+
+
+def _matches(rule: dict, operation: str | None, haystack: bytes) -> bool:
+    return rule["operation"] in (operation, "*") and rule["match"].encode() in haystack
+
+
+def _add_fault(body: dict) -> dict:
+    mode = body.get("mode", "error")
+    if mode not in MODES:
+        raise ValueError(f"unknown fault mode {mode!r} (one of {sorted(MODES)})")
+    count = body.get("count")
+    rate = body.get("rate")
+    if rate is not None and not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f"rate {rate} is not a probability")
+    if mode == "kill" and not isinstance(body.get("pid"), int):
+        raise ValueError("a kill fault needs the pid to kill")
+    if mode == "latency" and body.get("latency_ms") is None:
+        raise ValueError("a latency fault needs latency_ms")
+    # count 0, or no count with `persistent` or `rate`: until cleared.
+    unlimited = count == 0 or (count is None and (body.get("persistent") or rate is not None))
+    fault = dict(body, operation=body["operation"], match=body.get("match", ""), mode=mode,
+                 after=int(body.get("after", 0)), remaining=None if unlimited else int(count or 1),
+                 rate=None if rate is None else float(rate),
+                 random=random.Random(body.get("seed", 0)), seen=0, fired=0, id=next(FAULT_IDS))
+    with LOCK:
+        FAULTS.append(fault)
+    return fault
+
+
+def _take_fault(operation: str | None, haystack: bytes) -> dict | None:
+    """The first pending fault for this call that is due. Every matching fault counts the call
+    (for `after`), whether or not another one fires on it."""
     if not operation:
         return None
+    chosen = None
     with LOCK:
-        queue = FAULTS.get(operation, [])
-        for fault in queue:
-            if fault.get("match", "").encode() in body:
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    queue.remove(fault)
-                return fault
-        return None
+        for fault in FAULTS:
+            if not _matches(fault, operation, haystack):
+                continue
+            fault["seen"] += 1
+            if chosen is not None or fault["seen"] <= fault["after"]:
+                continue
+            if fault["rate"] is not None and fault["random"].random() >= fault["rate"]:
+                continue
+            chosen = fault
+        if chosen is not None:
+            chosen["fired"] += 1
+            if chosen["remaining"] is not None:
+                chosen["remaining"] -= 1
+                if chosen["remaining"] <= 0:
+                    FAULTS.remove(chosen)
+    return chosen
+
+
+def _rate_limited(operation: str | None, haystack: bytes) -> bool:
+    """Token buckets like AWS's API rate limits: `burst` calls at once, then `rate` per second."""
+    if not operation:
+        return False
+    now = time.monotonic()
+    limited = False
+    with LOCK:
+        for rule in RATE_LIMITS:
+            if not _matches(rule, operation, haystack):
+                continue
+            rule["tokens"] = min(rule["burst"], rule["tokens"] + (now - rule["stamp"]) * rule["rate"])
+            rule["stamp"] = now
+            if rule["tokens"] >= 1.0:
+                rule["tokens"] -= 1.0
+            else:
+                limited = True
+    return limited
+
+
+def _log_call(operation: str, haystack: bytes) -> dict:
+    with LOCK:
+        record = {"seq": next(CALL_SEQ), "operation": operation, "haystack": haystack, "fault": None}
+        CALLS.append(record)
+        del CALLS[:-MAX_CALLS]
+        return record
 
 
 def _json(status: int, payload) -> Response:
     return Response(json.dumps(payload, default=str), status=status, mimetype="application/json")
+
+
+def _is_query_protocol(request: Request) -> bool:
+    return not request.headers.get("X-Amz-Target") and request.mimetype == "application/x-www-form-urlencoded"
+
+
+def _aws_error(request: Request, status: int, code: str, message: str) -> Response:
+    """An error in the wire format of the request's protocol, as the SDKs parse it: awsJson
+    (``__type`` + ``x-amzn-ErrorType``) or awsQuery (``<ErrorResponse>`` XML)."""
+    request_id = str(uuid.uuid4())
+    if _is_query_protocol(request):
+        kind = "Sender" if status < 500 else "Receiver"
+        xml = (f"<ErrorResponse><Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
+               f"<Message>{escape(message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+        return Response(xml, status=status, content_type="text/xml", headers={"x-amzn-RequestId": request_id})
+    content_type = request.mimetype if request.mimetype.startswith("application/x-amz-json") else "application/json"
+    return Response(json.dumps({"__type": code, "message": message}), status=status, content_type=content_type,
+                    headers={"x-amzn-ErrorType": code, "x-amzn-RequestId": request_id})
+
+
+def _fault_error(request: Request, fault: dict) -> Response:
+    mode = fault["mode"]
+    query = _is_query_protocol(request)
+    if mode == "throttle":
+        status, code, message = 400, "Throttling" if query else "ThrottlingException", "Rate exceeded"
+    elif mode == "http503":
+        status, code, message = 503, "ServiceUnavailable", "Service is unavailable. Try again later."
+    elif mode == "error":
+        status, code, message = 500, "InternalFailure", "injected fault"
+    else:  # http500, apply_then_fail
+        status, code, message = 500, "InternalFailure", "We encountered an internal error. Please try again."
+    return _aws_error(request, int(fault.get("status", status)), fault.get("code", code), fault.get("message", message))
+
+
+# A connection the client should see reset: no HTTP response, then a TCP RST (not a FIN).
+RESET_KEY = "conveyor.reset"
+_RESET_SOCKETS: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+
+
+class _ConnectionReset(ConnectionResetError):
+    """Raised by the app to abandon a request: werkzeug treats it as a dropped connection and
+    writes nothing."""
+
+
+class Handler(MotoRequestHandler):
+    def run_wsgi(self) -> None:
+        super().run_wsgi()
+        if getattr(self, "environ", {}).get(RESET_KEY):
+            # No keep-alive read of a next request, and a close that sends RST (SO_LINGER 0).
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with LOCK:
+                    _RESET_SOCKETS.add(self.connection)
+            except OSError:
+                pass
+
+
+def _install_reset(server) -> None:
+    """socketserver half-closes (FIN) every connection before closing it; a reset one must be
+    closed outright so that the client gets the RST of SO_LINGER 0."""
+    original = server.shutdown_request
+
+    def shutdown_request(request) -> None:
+        with LOCK:
+            reset = request in _RESET_SOCKETS
+            _RESET_SOCKETS.discard(request)
+        if reset:
+            server.close_request(request)
+        else:
+            original(request)
+
+    server.shutdown_request = shutdown_request
 
 
 class Control:
@@ -356,17 +709,47 @@ class Control:
         request = Request(environ)
         if request.path.startswith("/_conveyor/"):
             return self.control(request)(environ, start_response)
+        if request.path == "/moto-api/reset":
+            with LOCK:
+                TASKDEF_EXTRAS.clear()
         body = request.get_data(cache=True)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         operation = _operation(request)
-        with LOCK:
-            CALLS.append((operation or request.path, body))
-            del CALLS[:-MAX_CALLS]
-        fault = _take_fault(operation, body) if FAULTS else None
-        if fault is not None:
-            body = {"__type": fault["code"], "message": fault.get("message", "injected fault")}
-            return _json(fault.get("status", 500), body)(environ, start_response)
+        if request.headers.get(INTERNAL_HEADER):
+            return self.serve(request, operation, body, environ, start_response)
+        haystack = _haystack(request, body)
+        record = _log_call(operation or request.path, haystack)
+        fault = _take_fault(operation, haystack) if FAULTS else None
+        if fault is None and RATE_LIMITS and _rate_limited(operation, haystack):
+            fault = {"mode": "throttle", "log": "ratelimit"}
+        if fault is None:
+            return self.serve(request, operation, body, environ, start_response)
+        record["fault"] = fault.get("log", fault["mode"])
+        mode = fault["mode"]
+        if mode == "latency":
+            time.sleep(float(fault["latency_ms"]) / 1000.0)
+            return self.serve(request, operation, body, environ, start_response)
+        if mode == "kill":
+            try:
+                os.kill(int(fault["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            mode = "reset"
+        if mode == "reset":
+            environ[RESET_KEY] = True
+            raise _ConnectionReset(f"injected connection reset on {operation}")
+        if mode == "apply_then_fail":
+            # moto applies the request; its answer is lost on the way back.
+            Response.from_app(lambda e, s: self.serve(request, operation, body, e, s), environ, buffered=True)
+        return _fault_error(request, fault)(environ, start_response)
+
+    def serve(self, request: Request, operation: str | None, body: bytes, environ, start_response):
+        target = request.headers.get("X-Amz-Target", "")
+        if target.startswith(ECS_TARGET_PREFIX) and operation in (
+            "RegisterTaskDefinition", "DescribeTaskDefinition", "DeregisterTaskDefinition", "DeleteTaskDefinitions"
+        ):
+            return _task_definition_call(self.inner, operation, body, environ)(environ, start_response)
         return self.inner(environ, start_response)
 
     def control(self, request: Request) -> Response:
@@ -378,27 +761,55 @@ class Control:
                 return _json(200, install_rules(body))
             if request.path == "/_conveyor/eventbridge/put":
                 return _json(200, put_events(body))
+            if request.path == "/_conveyor/dynamodb/install":
+                return _json(200, install_table(body))
             if request.path == "/_conveyor/ecs/autopilot":
                 with LOCK:
                     AUTOPILOTS[:] = [p for p in AUTOPILOTS if p["clusters"] != body["clusters"]] + [body]
                 return _json(200, {"ok": True})
             if request.path == "/_conveyor/faults/clear":
+                # Every fault with exactly this `match` (optionally of one operation), persistent or not.
                 with LOCK:
-                    for queue in FAULTS.values():
-                        queue[:] = [f for f in queue if f.get("match", "") != body.get("match", "")]
+                    FAULTS[:] = [f for f in FAULTS if f["match"] != body.get("match", "")
+                                 or body.get("operation", f["operation"]) != f["operation"]]
                 return _json(200, {"ok": True})
             if request.path == "/_conveyor/faults":
+                fault = _add_fault(body)
+                return _json(200, {"ok": True, "id": fault["id"]})
+            if request.path == "/_conveyor/faults/list":
                 with LOCK:
-                    FAULTS.setdefault(body["operation"], []).append(dict(body, count=body.get("count", 1)))
+                    listed = [{k: f[k] for k in ("id", "operation", "match", "mode", "after", "remaining", "seen",
+                                                 "fired")} for f in FAULTS if f["match"] == body.get("match", "")]
+                return _json(200, {"faults": listed})
+            if request.path == "/_conveyor/ratelimit":
+                rate, burst = float(body["rate"]), float(body.get("burst", 1))
+                if rate < 0 or burst < 1:
+                    raise ValueError("a rate limit needs rate >= 0 and burst >= 1")
+                rule = {"operation": body["operation"], "match": body.get("match", ""), "rate": rate,
+                        "burst": burst, "tokens": burst, "stamp": time.monotonic()}
+                with LOCK:
+                    RATE_LIMITS[:] = [r for r in RATE_LIMITS
+                                      if (r["operation"], r["match"]) != (rule["operation"], rule["match"])] + [rule]
+                return _json(200, {"ok": True})
+            if request.path == "/_conveyor/ratelimit/clear":
+                with LOCK:
+                    RATE_LIMITS[:] = [r for r in RATE_LIMITS if r["match"] != body.get("match", "")]
                 return _json(200, {"ok": True})
             if request.path == "/_conveyor/calls":
                 marker = body["match"].encode()
                 counts: dict[str, int] = {}
                 with LOCK:
-                    for operation, call in CALLS:
-                        if marker in call:
-                            counts[operation] = counts.get(operation, 0) + 1
+                    for call in CALLS:
+                        if marker in call["haystack"]:
+                            counts[call["operation"]] = counts.get(call["operation"], 0) + 1
                 return _json(200, counts)
+            if request.path == "/_conveyor/calls/log":
+                marker = body["match"].encode()
+                since = int(body.get("since", 0))
+                with LOCK:
+                    log = [{"seq": c["seq"], "operation": c["operation"], "fault": c["fault"]}
+                           for c in CALLS if c["seq"] > since and marker in c["haystack"]]
+                return _json(200, {"calls": log})
             if request.path == "/_conveyor/health":
                 return _json(200, {"ok": True})
             return _json(404, {"error": f"unknown control path {request.path}"})
@@ -408,8 +819,6 @@ class Control:
 
 def _exit_with_parent(pid: int) -> None:
     """Test harnesses cannot always stop us (a static lives until exit): follow the parent."""
-    import time
-
     while True:
         try:
             os.kill(pid, 0)
@@ -429,7 +838,8 @@ def main() -> None:
         threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
 
     app = Control(DomainDispatcherApplication(create_backend_app))
-    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=Handler)
+    _install_reset(server)
     port = server.server_address[1]
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as handle:

@@ -1,6 +1,7 @@
-"""Reads EventBridge rule patterns out of the SAM template, resolving the few CloudFormation
-intrinsics they use (Ref, Sub, If, Join, Equals, Not) against given parameter values, so local
-routing uses exactly the patterns that production uses."""
+"""Reads resources out of the SAM template (EventBridge rule patterns, the state table's
+properties), resolving the few CloudFormation intrinsics they use (Ref, Sub, If, Join, Equals, Not,
+And, Or, Select, Split) against given parameter values, so local tests use exactly what production
+uses. A parameter without a value and without a default is an error only where it is used."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ for _tag in ["Ref", "Sub", "If", "Join", "Equals", "Not", "GetAtt", "Split", "Se
     _Loader.add_constructor(f"!{_tag}", _intrinsic(_tag))
 
 
+class _Missing:
+    def __init__(self, name: str):
+        self.name = name
+
+
 class Template:
     def __init__(self, path: str, parameters: dict[str, str], region: str, account: str = ACCOUNT_ID):
         with open(path) as handle:
@@ -47,13 +53,31 @@ class Template:
         for name, spec in self.doc.get("Parameters", {}).items():
             raw = parameters.get(name, spec.get("Default"))
             if raw is None:
-                raise ValueError(f"template parameter {name} needs a value")
+                self.values[name] = _Missing(name)
+                continue
             if spec.get("Type") == "CommaDelimitedList":
                 raw = [part.strip() for part in str(raw).split(",")] if str(raw) else [""]
             self.values[name] = raw
 
     def condition(self, name: str) -> bool:
         return bool(self.resolve(self.doc["Conditions"][name]))
+
+    def value(self, name: str):
+        if name not in self.values:
+            raise ValueError(f"{name} is not a template parameter or pseudo parameter")
+        value = self.values[name]
+        if isinstance(value, _Missing):
+            raise ValueError(f"template parameter {name} needs a value")
+        return value
+
+    def _sub(self, value) -> str:
+        text, variables = (value, {}) if isinstance(value, str) else (value[0], self.resolve(value[1]))
+
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            return str(variables[name]) if name in variables else str(self.value(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, text)
 
     def resolve(self, node):
         if isinstance(node, list):
@@ -63,9 +87,9 @@ class Template:
         if len(node) == 1:
             (key, value), = node.items()
             if key == "Ref":
-                return self.values[value]
+                return self.value(value)
             if key == "Fn::Sub":
-                return re.sub(r"\$\{([^}]+)\}", lambda m: str(self.values[m.group(1)]), value)
+                return self._sub(value)
             if key == "Fn::If":
                 condition, then, otherwise = value
                 return self.resolve(then if self.condition(condition) else otherwise)
@@ -77,6 +101,16 @@ class Template:
                 return left == right
             if key == "Fn::Not":
                 return not self.resolve(value[0])
+            if key == "Fn::And":
+                return all(self.resolve(item) for item in value)
+            if key == "Fn::Or":
+                return any(self.resolve(item) for item in value)
+            if key == "Fn::Select":
+                index, items = self.resolve(value)
+                return items[int(index)]
+            if key == "Fn::Split":
+                separator, text = self.resolve(value)
+                return text.split(separator)
             if key == "Condition":
                 return self.condition(value)
         return {key: self.resolve(value) for key, value in node.items()}
@@ -86,3 +120,10 @@ class Template:
         if resource["Type"] != "AWS::Events::Rule":
             raise ValueError(f"{rule} is not an AWS::Events::Rule")
         return self.resolve(resource["Properties"]["EventPattern"])
+
+    def properties(self, resource: str, kind: str) -> dict:
+        """The resolved `Properties` of a resource of type `kind`."""
+        spec = self.doc["Resources"][resource]
+        if spec["Type"] != kind:
+            raise ValueError(f"{resource} is not an {kind}")
+        return self.resolve(spec.get("Properties", {}))

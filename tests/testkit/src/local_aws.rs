@@ -1,4 +1,9 @@
 //! The local AWS: moto server started once per test process from the project's own venv.
+//!
+//! Besides moto's AWS APIs, the launcher (`tests/localaws/moto_launcher.py`) serves a control API
+//! under `/_conveyor/` that this type wraps: ECS deployment lifecycle, EventBridge routing from the
+//! SAM template, the state table from the SAM template, a log of every AWS call, and wire-level
+//! faults ([`Fault`]) and rate limits that look to the SDK exactly like AWS's own failures.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -164,18 +169,249 @@ impl LocalAws {
         counts.as_object().unwrap().iter().map(|(op, n)| (op.clone(), n.as_u64().unwrap())).collect()
     }
 
-    /// Removes the injected faults for requests containing `matching` that have not fired yet.
+    /// Removes every fault injected for requests containing `matching` (the `matching` they were
+    /// injected with), persistent ones included.
     pub async fn clear_faults(&self, matching: &str) {
         self.control("faults/clear", json!({ "match": matching })).await;
     }
 
     /// Makes the next `count` calls of an AWS operation (e.g. `UpdateService`) whose request
-    /// contains `matching` (a test's unique id keeps tests apart) fail with `code`.
+    /// contains `matching` (a test's unique id keeps tests apart) fail with `code` and `status`,
+    /// in the wire format of the operation's protocol. Shorthand for [`Fault`] with
+    /// [`FaultMode::Error`].
     pub async fn inject_fault(&self, operation: &str, matching: &str, code: &str, status: u16, count: u32) {
-        let fault =
-            json!({ "operation": operation, "match": matching, "code": code, "status": status, "count": count });
-        self.control("faults", fault).await;
+        let mode = FaultMode::Error { status, code: code.to_owned(), message: "injected fault".to_owned() };
+        self.fault(&Fault::on(operation).matching(matching).mode(mode).count(count)).await;
     }
+
+    /// Injects a wire-level fault: from then on, the calls it selects fail the way AWS (or the
+    /// network) fails, so the real SDK's retry and error classification run. Returns the fault's
+    /// id. Scope it with [`Fault::matching`] (the test's unique id); [`LocalAws::clear_faults`]
+    /// removes it.
+    pub async fn fault(&self, fault: &Fault) -> u64 {
+        let answer = self.control("faults", fault.to_json()).await;
+        answer["id"].as_u64().unwrap_or_default()
+    }
+
+    /// The AWS calls whose request contained `matching`, oldest first, with the fault that fired
+    /// on each (if any): a test can check "call 1..k" of a flow, retries included, not only totals.
+    pub async fn call_log(&self, matching: &str) -> Vec<CallRecord> {
+        let answer = self.control("calls/log", json!({ "match": matching })).await;
+        answer["calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .map(|call| CallRecord {
+                        seq: call["seq"].as_u64().unwrap_or_default(),
+                        operation: call["operation"].as_str().unwrap_or_default().to_owned(),
+                        fault: call["fault"].as_str().map(str::to_owned),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Limits the calls of `operation` whose request contains `matching` the way AWS limits API
+    /// calls: a token bucket of `burst` calls refilled at `rate` per second; a call over the limit
+    /// gets the protocol's throttling error (logged as fault `ratelimit`). Real ECS allows
+    /// `RegisterTaskDefinition` 1/s sustained with a burst of 20. Replaces an earlier limit of the
+    /// same operation and `matching`.
+    pub async fn rate_limit(&self, operation: &str, matching: &str, rate: f64, burst: u32) {
+        let body = json!({ "operation": operation, "match": matching, "rate": rate, "burst": burst });
+        self.control("ratelimit", body).await;
+    }
+
+    /// Removes the rate limits set with `matching`.
+    pub async fn clear_rate_limits(&self, matching: &str) {
+        self.control("ratelimit/clear", json!({ "match": matching })).await;
+    }
+
+    /// Creates DynamoDB table `table_name` in `region` from the `StateTable` resource of the
+    /// repository's `infra/template.yaml` (keys, GSIs, billing, encryption, then TTL and
+    /// point-in-time recovery), so tests run against the table production gets, not a copy of
+    /// its definition. Idempotent.
+    pub async fn install_table(&self, table_name: &str, region: &str) -> InstalledTable {
+        let body = json!({
+            "template": crate::repo_root().join("infra/template.yaml"),
+            "resource": "StateTable", "table": table_name, "region": region,
+        });
+        let answer = self.control("dynamodb/install", body).await;
+        InstalledTable {
+            table: table_name.to_owned(),
+            created: answer["created"].as_bool().unwrap_or_default(),
+            applied: answer["applied"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            skipped: answer["skipped"]
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// How an injected [`Fault`] fails a call. Every HTTP error is in the wire format of the call's
+/// protocol (awsJson: `__type` and `x-amzn-ErrorType`; awsQuery, e.g. SNS: `<ErrorResponse>`
+/// XML), so the SDK parses and classifies it as it would AWS's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultMode {
+    /// HTTP 400 `ThrottlingException` (awsJson) or `Throttling` (awsQuery), "Rate exceeded":
+    /// the SDK's standard retry treats both as throttling and retries.
+    Throttle,
+    /// HTTP 500 `InternalFailure`.
+    Http500,
+    /// HTTP 503 `ServiceUnavailable`.
+    Http503,
+    /// Any error: `status`, `code` and `message` as given.
+    Error { status: u16, code: String, message: String },
+    /// No HTTP response at all: the TCP connection is reset (the SDK sees a dispatch failure, an
+    /// I/O error, not a service error). The request is not applied.
+    Reset,
+    /// The call waits this long, then is served normally.
+    Latency(Duration),
+    /// The request is applied by moto, then its response is lost and replaced by a 500
+    /// `InternalFailure`: the caller cannot tell whether it happened (the case idempotent retries
+    /// and read-back must handle).
+    ApplyThenFail,
+    /// SIGKILL process `pid`, then reset the connection (the request is not applied): a function
+    /// binary crashing exactly when its k-th AWS call arrives.
+    Kill { pid: u32 },
+}
+
+/// A wire-level fault for [`LocalAws::fault`]: which calls (operation, text in the request) and
+/// when (after N calls, N times, until cleared, or at random with a seed).
+///
+/// ```ignore
+/// let fault = Fault::on("UpdateService").matching(&world.id).mode(FaultMode::ApplyThenFail).after(2).count(1);
+/// world.aws.fault(&fault).await;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    operation: String,
+    matching: String,
+    mode: FaultMode,
+    after: u32,
+    count: Option<u32>,
+    persistent: bool,
+    rate: Option<(f64, u64)>,
+}
+
+impl Fault {
+    /// A fault on `operation`: the last part of `X-Amz-Target` (`UpdateService`, `PutParameter`)
+    /// or the awsQuery `Action` (`Publish`); `*` is every operation. Fires once, on the next
+    /// matching call, as [`FaultMode::Throttle`] unless told otherwise.
+    pub fn on(operation: impl Into<String>) -> Fault {
+        Fault {
+            operation: operation.into(),
+            matching: String::new(),
+            mode: FaultMode::Throttle,
+            after: 0,
+            count: None,
+            persistent: false,
+            rate: None,
+        }
+    }
+
+    /// Only calls whose request body contains `text` (a test's unique id keeps parallel tests
+    /// apart; without it the fault hits every test's calls).
+    pub fn matching(mut self, text: impl Into<String>) -> Fault {
+        self.matching = text.into();
+        self
+    }
+
+    pub fn mode(mut self, mode: FaultMode) -> Fault {
+        self.mode = mode;
+        self
+    }
+
+    /// Lets the first `n` matching calls through (the fault fires from call `n + 1` on).
+    pub fn after(mut self, n: u32) -> Fault {
+        self.after = n;
+        self
+    }
+
+    /// Fires `n` times, then is gone (default 1; 0 = until cleared).
+    pub fn count(mut self, n: u32) -> Fault {
+        self.count = Some(n);
+        self
+    }
+
+    /// Fires on every matching call until [`LocalAws::clear_faults`].
+    pub fn persistent(mut self) -> Fault {
+        self.persistent = true;
+        self
+    }
+
+    /// Fires on each matching call with `probability` (0..=1), drawn from a generator seeded with
+    /// `seed` so that a failing run can be replayed. Until cleared, unless [`Fault::count`] caps
+    /// how often it fires.
+    pub fn rate(mut self, probability: f64, seed: u64) -> Fault {
+        self.rate = Some((probability, seed));
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut body = json!({
+            "operation": self.operation, "match": self.matching, "after": self.after,
+            "persistent": self.persistent,
+        });
+        if let Some(count) = self.count {
+            body["count"] = json!(count);
+        }
+        if let Some((rate, seed)) = self.rate {
+            body["rate"] = json!(rate);
+            body["seed"] = json!(seed);
+        }
+        let mode = match &self.mode {
+            FaultMode::Throttle => "throttle",
+            FaultMode::Http500 => "http500",
+            FaultMode::Http503 => "http503",
+            FaultMode::Error { status, code, message } => {
+                body["status"] = json!(status);
+                body["code"] = json!(code);
+                body["message"] = json!(message);
+                "error"
+            }
+            FaultMode::Reset => "reset",
+            FaultMode::Latency(delay) => {
+                body["latency_ms"] = json!(delay.as_millis());
+                "latency"
+            }
+            FaultMode::ApplyThenFail => "apply_then_fail",
+            FaultMode::Kill { pid } => {
+                body["pid"] = json!(pid);
+                "kill"
+            }
+        };
+        body["mode"] = json!(mode);
+        body
+    }
+}
+
+/// One AWS call as the local AWS saw it ([`LocalAws::call_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Increases with every call the local AWS receives (across tests: gaps are other tests').
+    pub seq: u64,
+    /// The operation (`RegisterTaskDefinition`), or the path for REST calls.
+    pub operation: String,
+    /// The mode of the fault that fired on this call (`throttle`, `reset`, ..., `ratelimit` for a
+    /// rate limit), if any.
+    pub fault: Option<String>,
+}
+
+/// What [`LocalAws::install_table`] did.
+#[derive(Debug, Clone)]
+pub struct InstalledTable {
+    pub table: String,
+    /// False when the table existed already.
+    pub created: bool,
+    /// The template properties applied (`KeySchema`, ..., `TimeToLiveSpecification`).
+    pub applied: Vec<String>,
+    /// Properties moto refused, with its error.
+    pub skipped: std::collections::BTreeMap<String, String>,
 }
 
 /// How [`LocalAws::settle`] ends a deployment.
