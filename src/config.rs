@@ -6,6 +6,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use regex::Regex;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -246,22 +247,74 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// One app-config parameter as read from SSM.
+#[derive(Debug, Clone, Copy)]
+pub struct RawApp<'a> {
+    pub parameter: &'a str,
+    pub value: &'a str,
+    pub version: i64,
+    /// When the parameter was last written: of two apps claiming one service, the later is invalid.
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// An app whose configuration is invalid, with what is needed to tell people once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidApp {
+    pub error: ConfigError,
+    /// The parameter version the error is about (announced once per version).
+    pub version: i64,
+    /// The `repository` it names, when that much can be read: pushes there concern it.
+    pub repository: Option<String>,
+}
+
 /// Every app read from SSM: the valid ones, and what was wrong with the others.
 #[derive(Debug, Default)]
 pub struct ConfigSet {
     pub apps: Vec<AppConfig>,
-    pub invalid: Vec<ConfigError>,
+    pub invalid: Vec<InvalidApp>,
 }
 
 impl ConfigSet {
-    /// Builds the set from `(parameter name, value)` pairs under `{prefix}/apps/`.
-    pub fn from_parameters<'a>(apps_path: &str, parameters: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    /// Builds the set from the parameters under `{prefix}/apps/`.
+    pub fn from_parameters<'a>(apps_path: &str, parameters: impl IntoIterator<Item = RawApp<'a>>) -> Self {
         let mut set = ConfigSet::default();
-        for (parameter, value) in parameters {
-            let app = parameter.strip_prefix(apps_path).unwrap_or(parameter);
-            match AppConfig::parse(parameter, app, value) {
-                Ok(config) => set.apps.push(config),
-                Err(error) => set.invalid.push(error),
+        let mut valid = Vec::new();
+        for raw in parameters {
+            let app = raw.parameter.strip_prefix(apps_path).unwrap_or(raw.parameter);
+            match AppConfig::parse(raw.parameter, app, raw.value) {
+                Ok(config) => valid.push((raw, config)),
+                Err(error) => {
+                    set.invalid.push(InvalidApp { error, version: raw.version, repository: repository_of(raw.value) })
+                }
+            }
+        }
+        // Two apps naming one service: the one written first keeps it.
+        valid.sort_by(|(a, _), (b, _)| (a.modified, a.parameter).cmp(&(b.modified, b.parameter)));
+        for (raw, config) in valid {
+            let claimed = Environment::ALL.iter().find_map(|env| {
+                let target = config.target(*env);
+                set.apps.iter().find_map(|other: &AppConfig| {
+                    Environment::ALL.iter().find_map(|other_env| {
+                        let theirs = other.target(*other_env);
+                        (theirs.cluster == target.cluster && theirs.service == target.service)
+                            .then(|| (*env, other.name.clone(), *other_env))
+                    })
+                })
+            });
+            match claimed {
+                None => set.apps.push(config),
+                Some((env, other, other_env)) => {
+                    let target = config.target(env);
+                    let error = ConfigError {
+                        parameter: raw.parameter.to_owned(),
+                        key: format!("environments.{env}.service"),
+                        problem: format!(
+                            "service {}/{} is already {other}'s {other_env} service (its parameter was written earlier); one service belongs to one app",
+                            target.cluster, target.service
+                        ),
+                    };
+                    set.invalid.push(InvalidApp { error, version: raw.version, repository: Some(config.repository) });
+                }
             }
         }
         set.apps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -270,6 +323,11 @@ impl ConfigSet {
 
     pub fn app(&self, name: &AppName) -> Option<&AppConfig> {
         self.apps.iter().find(|app| &app.name == name)
+    }
+
+    /// The error of an invalid app's parameter, if that app is invalid.
+    pub fn invalid_app(&self, parameter: &str) -> Option<&InvalidApp> {
+        self.invalid.iter().find(|invalid| invalid.error.parameter == parameter)
     }
 
     pub fn fed_by<'a>(&'a self, repository: &'a str) -> impl Iterator<Item = &'a AppConfig> + 'a {
@@ -287,6 +345,11 @@ impl ConfigSet {
             })
         })
     }
+}
+
+/// The `repository` an (invalid) app config names, if it can be read at all.
+fn repository_of(json: &str) -> Option<String> {
+    serde_json::from_str::<Value>(json).ok()?.get("repository")?.as_str().map(str::to_owned)
 }
 
 /// Loads `{prefix}/apps/` and keeps it for [`CACHE_TTL`] across warm invocations.
@@ -312,11 +375,17 @@ impl ConfigCache {
         let parameters = ssm.parameters_by_path(&apps_path, false).await?;
         let set = Arc::new(ConfigSet::from_parameters(
             &apps_path,
-            parameters.iter().map(|p| (p.name.as_str(), p.value.as_str())),
+            parameters.iter().map(|p| RawApp {
+                parameter: &p.name,
+                value: &p.value,
+                version: p.version,
+                modified: p.modified,
+            }),
         ));
-        for error in &set.invalid {
+        for invalid in &set.invalid {
+            let error = &invalid.error;
             tracing::error!(parameter = %error.parameter, key = %error.key, problem = %error.problem,
-                "invalid app config skipped");
+                version = invalid.version, "invalid app config skipped");
         }
         *cached = Some((Instant::now(), set.clone()));
         Ok(set)
@@ -456,15 +525,27 @@ mod tests {
         assert_eq!(error.key, "(parameter name)");
     }
 
+    fn raw<'a>(parameter: &'a str, value: &'a str, minute: i64) -> RawApp<'a> {
+        RawApp { parameter, value, version: 1, modified: DateTime::from_timestamp(1_700_000_000 + minute * 60, 0) }
+    }
+
+    fn web() -> String {
+        edit(|v| {
+            v["environments"]["stage"]["service"] = "shop-web".into();
+            v["environments"]["prod"]["service"] = "shop-web".into();
+        })
+    }
+
     #[test]
     fn one_invalid_app_does_not_hide_the_others() {
+        let web = web();
         let set = ConfigSet::from_parameters(
             "/c/apps/",
-            [("/c/apps/shop-api", EXAMPLE), ("/c/apps/broken", "{}"), ("/c/apps/shop-web", EXAMPLE)],
+            [raw("/c/apps/shop-api", EXAMPLE, 0), raw("/c/apps/broken", "{}", 1), raw("/c/apps/shop-web", &web, 2)],
         );
         assert_eq!(set.apps.len(), 2);
         assert_eq!(set.invalid.len(), 1);
-        assert_eq!(set.invalid[0].parameter, "/c/apps/broken");
+        assert_eq!(set.invalid[0].error.parameter, "/c/apps/broken");
         assert_eq!(set.fed_by("shop-api").count(), 2);
         assert_eq!(set.fed_by("other").count(), 0);
         let (app, env) = set.owner_of(Some("prod-cluster"), "shop-api").unwrap();
@@ -472,5 +553,27 @@ mod tests {
         assert!(set.owner_of(Some("prod-cluster"), "nope").is_none());
         assert_eq!(set.owner_of(None, "shop-api").map(|(_, env)| env), Some(Environment::Stage));
         assert!(set.owner_of(Some("other-cluster"), "shop-api").is_none());
+    }
+
+    #[test]
+    fn of_two_apps_claiming_one_service_the_later_written_is_invalid() {
+        let set = ConfigSet::from_parameters(
+            "/c/apps/",
+            [raw("/c/apps/zz-first", EXAMPLE, 0), raw("/c/apps/aa-second", EXAMPLE, 5)],
+        );
+        assert_eq!(set.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["zz-first"]);
+        let error = &set.invalid[0].error;
+        assert_eq!(error.parameter, "/c/apps/aa-second");
+        assert_eq!(error.key, "environments.stage.service");
+        assert!(error.problem.contains("zz-first"), "{error}");
+        assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
+    }
+
+    #[test]
+    fn an_invalid_config_keeps_its_repository_for_the_announcement() {
+        let typo = edit(|v| v["contianer"] = "api".into());
+        let set = ConfigSet::from_parameters("/c/apps/", [raw("/c/apps/cart", &typo, 0)]);
+        assert_eq!(set.invalid[0].error.key, "contianer");
+        assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
     }
 }

@@ -5,36 +5,51 @@ use lambda_runtime::Diagnostic;
 use crate::aws::AwsError;
 use crate::config::ConfigError;
 use crate::events::InvalidEvent;
-use crate::lease::LeaseError;
-use crate::releases::ReleaseError;
+use crate::ledger::LedgerError;
 use crate::types::AppName;
 
-/// Why one app could not be deployed.
+/// Why one app could not be deployed (or settled).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeployError {
     #[error("task definition {task_definition} has no container `{container}` (it has: {found}); fix `container` in {parameter}")]
     ContainerNotFound { container: String, task_definition: String, found: String, parameter: String },
     #[error("cannot tell which ECR registry to deploy from: the event has no account and container `{container}` runs {image:?}, not an ECR image")]
     NoRegistry { container: String, image: String },
+    /// The service's task definition has members this build cannot copy.
+    #[error("task definition {arn} has members this Conveyor build does not know ({}): registering a copy would silently drop them; upgrade Conveyor before deploying this service", .members.join(", "))]
+    Unmodeled { arn: String, members: Vec<String> },
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error(transparent)]
-    Release(#[from] ReleaseError),
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
+    Ledger(#[from] LedgerError),
 }
 
 impl DeployError {
     /// Whether a later attempt may succeed (Lambda's retry is worth it).
     pub fn retryable(&self) -> bool {
         match self {
-            DeployError::Aws(aws)
-            | DeployError::Release(ReleaseError::Aws(aws))
-            | DeployError::Lease(LeaseError::Aws(aws)) => aws.retryable,
-            DeployError::Lease(LeaseError::Busy { .. }) => true,
-            DeployError::ContainerNotFound { .. }
-            | DeployError::NoRegistry { .. }
-            | DeployError::Release(ReleaseError::Corrupt { .. }) => false,
+            DeployError::Aws(aws) => aws.retryable,
+            DeployError::Ledger(ledger) => ledger.retryable(),
+            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. } => {
+                false
+            }
+        }
+    }
+
+    /// A problem with the app's configuration or its task definition, which people must fix.
+    pub fn needs_people(&self) -> bool {
+        matches!(
+            self,
+            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. }
+        )
+    }
+}
+
+impl From<crate::aws::RegisterError> for DeployError {
+    fn from(error: crate::aws::RegisterError) -> Self {
+        match error {
+            crate::aws::RegisterError::Aws(aws) => DeployError::Aws(aws),
+            crate::aws::RegisterError::Unmodeled { arn, members } => DeployError::Unmodeled { arn, members },
         }
     }
 }
@@ -49,9 +64,15 @@ pub enum Error {
     InvalidRequest(String),
     #[error("{0}")]
     UnknownApp(String),
-    /// Refused: stage never vetted it, or it failed since.
+    /// Refused: stage never vetted it, or it failed somewhere.
     #[error("{0}")]
     NotVetted(String),
+    /// Refused: the environment is paused.
+    #[error("{0}")]
+    Paused(String),
+    /// Another operation holds the service; retry.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -75,9 +96,27 @@ impl Error {
             Error::InvalidRequest(_) => "InvalidRequest",
             Error::UnknownApp(_) => "UnknownApp",
             Error::NotVetted(_) => "NotVetted",
+            Error::Paused(_) => "Paused",
+            Error::Busy(_) => "Busy",
             Error::Config(_) => "ConfigError",
             Error::Aws(_) => "AwsError",
             Error::Deploy(_) => "DeployFailed",
+        }
+    }
+}
+
+impl From<LedgerError> for Error {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::Aws(aws) => Error::Aws(aws),
+            LedgerError::Busy { .. } => Error::Busy(error.to_string()),
+            other => Error::Aws(AwsError {
+                operation: "StateTable",
+                code: "StateConflict".into(),
+                message: other.to_string(),
+                retryable: other.retryable(),
+                rejected: false,
+            }),
         }
     }
 }

@@ -1,20 +1,23 @@
 //! Conveyor: a serverless deployer for Amazon ECS.
 //!
-//! An ECR push deploys to stage ([`stage`]); deployment events are verified or rolled back;
-//! vetted images are promoted to prod. Every decision lives in this library; the Lambda binaries
-//! under `functions/` only build a [`Conveyor`] once and hand it each event.
+//! An ECR push deploys to stage ([`stage`]); deployment events are verified or rolled back
+//! ([`monitor`]); vetted images are promoted to prod ([`promote`]). Every decision lives in this
+//! library; the Lambda binaries under `functions/` only build a [`Conveyor`] once and hand it each
+//! event. What Conveyor knows is kept in one DynamoDB table ([`ledger`]).
 
+pub mod announce;
 pub mod aws;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod image;
-pub mod lease;
+pub mod ledger;
 pub mod monitor;
 pub mod notify;
+pub mod pause;
 pub mod promote;
-pub mod releases;
+pub mod record;
 pub mod rollout;
 pub mod slack;
 pub mod stage;
@@ -23,70 +26,185 @@ pub mod types;
 
 pub use error::{DeployError, Error};
 
-use aws::Clients;
-use config::ConfigCache;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use aws::{AwsError, Clients, Described, Ecs};
+use config::{ConfigCache, ServiceTarget};
+use ledger::{Held, LeasedState, Ledger};
 use notify::Notifier;
-use releases::ReleaseStore;
 
 /// Default root of Conveyor's SSM parameters.
 pub const DEFAULT_PREFIX: &str = "/conveyor";
+/// How long a lease outlives its holder's deadline: a live holder never loses it, a dead one
+/// frees it soon after Lambda gave up on it.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// What the Lambda runtime tells an invocation about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// When Lambda stops the invocation.
+    pub deadline: DateTime<Utc>,
+    /// The caller's identity, when Lambda provides one (Cognito).
+    pub identity: Option<String>,
+}
+
+impl Invocation {
+    pub fn from_context(context: &lambda_runtime::Context) -> Self {
+        Invocation {
+            deadline: DateTime::from_timestamp_millis(context.deadline as i64).unwrap_or_else(Utc::now),
+            identity: context.identity.as_ref().map(|identity| identity.identity_id.clone()),
+        }
+    }
+
+    /// An invocation that may run for `budget` from now (tests, the CLI).
+    pub fn lasting(budget: Duration) -> Self {
+        Invocation { deadline: Utc::now() + budget, identity: None }
+    }
+
+    /// When a lease taken by this invocation expires.
+    pub fn lease_until(&self) -> DateTime<Utc> {
+        self.deadline + LEASE_MARGIN
+    }
+
+    /// Time left before the deadline, keeping `reserve` for the work after.
+    pub fn remaining(&self, reserve: Duration) -> Duration {
+        (self.deadline - Utc::now()).to_std().unwrap_or_default().saturating_sub(reserve)
+    }
+}
+
+/// Where a Conveyor installation keeps things (the contract's environment variables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub prefix: String,
+    pub topic_arn: Option<String>,
+    pub table: String,
+}
+
+/// A missing or invalid setting: the function cannot start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+impl Settings {
+    /// From `CONVEYOR_SSM_PREFIX`, `CONVEYOR_TOPIC_ARN` and `CONVEYOR_TABLE` (required).
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let table = var("CONVEYOR_TABLE").ok_or_else(|| {
+            SettingsError("CONVEYOR_TABLE is not set: it names the DynamoDB table holding Conveyor's state".into())
+        })?;
+        Ok(Settings {
+            prefix: var("CONVEYOR_SSM_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            topic_arn: var("CONVEYOR_TOPIC_ARN"),
+            table,
+        })
+    }
+}
+
+/// Task-definition revisions never change: what was described (or registered) once is kept, so
+/// a warm instance rolling a service forward reads nothing it already knows.
+#[derive(Default)]
+pub struct RevisionCache {
+    entries: Mutex<VecDeque<Arc<Described>>>,
+}
+
+impl RevisionCache {
+    const CAPACITY: usize = 32;
+
+    pub fn get(&self, arn: &str) -> Option<Arc<Described>> {
+        let entries = self.entries.lock().ok()?;
+        entries.iter().find(|d| d.arn() == arn).cloned()
+    }
+
+    pub fn keep(&self, described: Described) -> Arc<Described> {
+        let described = Arc::new(described);
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|d| d.arn() != described.arn());
+            entries.push_front(described.clone());
+            entries.truncate(Self::CAPACITY);
+        }
+        described
+    }
+}
 
 /// Everything an invocation needs, built once per cold start and reused while warm.
 pub struct Conveyor {
     pub clients: Clients,
     pub prefix: String,
     pub config: ConfigCache,
-    pub releases: ReleaseStore,
+    pub ledger: Ledger,
     pub notifier: Notifier,
     /// For health checks and Slack (rustls, connection pool kept warm).
     pub http: reqwest::Client,
     /// How long a `health_url` check may keep trying.
-    pub health_budget: std::time::Duration,
+    pub health_budget: Duration,
+    pub revisions: RevisionCache,
+    /// Invalid config versions this instance has already seen announced (saves a write per push).
+    mentioned: Mutex<std::collections::HashSet<(String, i64)>>,
 }
 
 impl Conveyor {
-    pub fn new(clients: Clients, prefix: &str, topic_arn: Option<String>) -> Self {
-        let prefix = prefix.trim_end_matches('/').to_owned();
+    pub fn new(clients: Clients, settings: Settings) -> Self {
+        let prefix = settings.prefix.trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .user_agent(concat!("conveyor/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Conveyor {
             config: ConfigCache::new(&prefix, config::CACHE_TTL),
-            releases: ReleaseStore::new(clients.ssm.clone(), &prefix),
-            notifier: Notifier::new(clients.sns.clone(), clients.ssm.clone(), http.clone(), topic_arn),
+            ledger: Ledger::new(clients.dynamodb.clone(), settings.table),
+            notifier: Notifier::new(clients.sns.clone(), clients.ssm.clone(), http.clone(), settings.topic_arn),
             health_budget: health::DEFAULT_BUDGET,
+            revisions: RevisionCache::default(),
+            mentioned: Mutex::default(),
             http,
             clients,
             prefix,
         }
     }
 
-    /// Runs `work` holding the lease of `app` in `env` (one invocation per service at a time);
-    /// the lease is released whatever `work` returns.
-    pub async fn leased<T>(
-        &self,
-        app: &types::AppName,
-        env: types::Environment,
-        owner: &str,
-        work: impl AsyncFnOnce() -> Result<T, DeployError>,
-    ) -> Result<T, DeployError> {
-        let lease = lease::Lease::acquire(&self.clients.ssm, &self.prefix, app, env, owner).await?;
-        let result = work().await;
-        lease.release().await;
-        result
-    }
-
-    /// From the contract's environment variables (`CONVEYOR_SSM_PREFIX`, `CONVEYOR_TOPIC_ARN`)
-    /// and the standard AWS SDK settings.
-    pub async fn from_env() -> Self {
-        let prefix = std::env::var("CONVEYOR_SSM_PREFIX").ok().filter(|p| !p.is_empty());
-        let topic = std::env::var("CONVEYOR_TOPIC_ARN").ok().filter(|t| !t.is_empty());
-        let mut conveyor = Conveyor::new(Clients::from_env().await, prefix.as_deref().unwrap_or(DEFAULT_PREFIX), topic);
+    /// From the contract's environment variables and the standard AWS SDK settings.
+    pub async fn from_env() -> Result<Self, SettingsError> {
+        let settings = Settings::from_env()?;
+        let mut conveyor = Conveyor::new(Clients::from_env().await, settings);
         // Test and demo knob: a shorter health-check budget than the contract's 30 s.
         if let Some(seconds) = std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()) {
-            conveyor.health_budget = std::time::Duration::from_secs(seconds);
+            conveyor.health_budget = Duration::from_secs(seconds);
         }
-        conveyor
+        Ok(conveyor)
+    }
+
+    /// The ECS client for a service.
+    pub fn ecs(&self, _target: &ServiceTarget) -> &Ecs {
+        &self.clients.ecs
+    }
+
+    /// A task-definition revision, from the cache when this instance has seen it.
+    pub async fn revision(&self, ecs: &Ecs, arn: &str) -> Result<Arc<Described>, AwsError> {
+        if let Some(known) = self.revisions.get(arn) {
+            return Ok(known);
+        }
+        Ok(self.revisions.keep(ecs.task_definition(arn).await?))
+    }
+
+    /// `true` the first time this instance meets an invalid config's version.
+    pub fn first_mention(&self, parameter: &str, version: i64) -> bool {
+        self.mentioned.lock().map(|mut seen| seen.insert((parameter.to_owned(), version))).unwrap_or(true)
+    }
+
+    /// Forgets a mention whose announcement did not happen (the next one tries again).
+    pub fn forget_mention(&self, parameter: &str, version: i64) {
+        if let Ok(mut seen) = self.mentioned.lock() {
+            seen.remove(&(parameter.to_owned(), version));
+        }
+    }
+
+    /// Delivers what the held item's outbox holds, then releases the lease.
+    pub async fn finish<S: LeasedState>(&self, held: Held<S>) {
+        let deliveries = self.notifier.deliver(&held.outbox).await;
+        held.release(&self.ledger, &deliveries).await;
     }
 }

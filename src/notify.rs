@@ -1,23 +1,29 @@
-//! Notifications: one SNS `Publish` per event worth telling people about, in the AWS Chatbot
-//! custom-notification format so a Chatbot-subscribed topic shows it in Slack as is.
-
-use std::fmt;
-
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+//! Notifications: one SNS `Publish` per transition worth telling people about, in the AWS Chatbot
+//! custom-notification format so a Chatbot-subscribed topic shows it in Slack as is, and the same
+//! facts to the app's Slack webhook when it has one.
+//!
+//! A notification is committed to its item's outbox in the same transaction as the transition it
+//! announces, delivered after the commit, and dropped from the outbox once delivered on every
+//! channel. What could not be delivered (SNS or Slack down) stays and is sent by the next
+//! invocation working on that item, or by the sweep. Each carries a stable `id` (the Chatbot
+//! format's own field), so in the rare case of a delivery whose confirmation was lost and which is
+//! sent again, consumers can tell it is the same notification.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
 use crate::aws::{AwsError, Sns, Ssm};
 use crate::config::AppConfig;
-use crate::releases::Rollout;
+use crate::rollout::Rollout;
 use crate::slack;
-use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::types::{Environment, ImageDigest, ImageTag};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Deploying,
@@ -25,6 +31,11 @@ pub enum Outcome {
     RolledBack,
     Failed,
     Promoted,
+    Superseded,
+    Paused,
+    Resumed,
+    Drift,
+    ConfigError,
 }
 
 impl Outcome {
@@ -35,11 +46,31 @@ impl Outcome {
             Outcome::RolledBack => "rolled_back",
             Outcome::Failed => "failed",
             Outcome::Promoted => "promoted",
+            Outcome::Superseded => "superseded",
+            Outcome::Paused => "paused",
+            Outcome::Resumed => "resumed",
+            Outcome::Drift => "drift",
+            Outcome::ConfigError => "config_error",
+        }
+    }
+
+    fn headline(self) -> &'static str {
+        match self {
+            Outcome::Deploying => "deploying",
+            Outcome::Verified => "verified",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Failed => "FAILED",
+            Outcome::Promoted => "promoted",
+            Outcome::Superseded => "superseded",
+            Outcome::Paused => "paused",
+            Outcome::Resumed => "resumed",
+            Outcome::Drift => "changed outside Conveyor",
+            Outcome::ConfigError => "invalid config",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -72,29 +103,46 @@ impl fmt::Display for Severity {
 }
 
 /// The facts of one notification; what does not apply stays `None` and is omitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
-    pub app: AppName,
-    pub environment: Environment,
+    /// The app (for an invalid config whose parameter name is not an app name, that name).
+    pub app: String,
+    /// `None`: about the app as a whole (an invalid config), shown as `all`.
+    pub environment: Option<Environment>,
     pub outcome: Outcome,
     pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<ImageTag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<ImageDigest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_definition_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_task_definition_arn: Option<String>,
+    /// Who asked (promotions, pauses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// A promotion that overrode an earlier failure of the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
     /// What ECS says about the failure (stopped tasks, exit codes): shown to people, not in
     /// `additionalContext`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<String>,
 }
 
 impl Notification {
-    pub fn new(app: &AppName, environment: Environment, outcome: Outcome, severity: Severity) -> Self {
+    pub fn new(app: &str, environment: Option<Environment>, outcome: Outcome, severity: Severity) -> Self {
         Notification {
-            app: app.clone(),
+            app: app.to_owned(),
             environment,
             outcome,
             severity,
@@ -106,37 +154,60 @@ impl Notification {
             deployment_id: None,
             reason: None,
             rollback_task_definition_arn: None,
+            requested_by: None,
+            forced: false,
             diagnostics: Vec::new(),
         }
     }
 
-    /// The facts of a rollout of `app` in `env`.
-    pub fn of_rollout(
-        app: &AppConfig,
-        env: Environment,
-        rollout: &Rollout,
-        outcome: Outcome,
-        severity: Severity,
-    ) -> Self {
+    /// About `app`'s service in `env`.
+    pub fn of_service(app: &AppConfig, env: Environment, outcome: Outcome, severity: Severity) -> Self {
         let target = app.target(env);
-        let mut notification = Notification::new(&app.name, env, outcome, severity);
-        notification.tag = Some(rollout.tag.clone());
-        notification.digest = Some(rollout.digest.clone());
+        let mut notification = Notification::new(app.name.as_str(), Some(env), outcome, severity);
         notification.cluster = Some(target.cluster.clone());
         notification.service = Some(target.service.clone());
+        notification
+    }
+
+    /// The facts of a rollout, with the outcome its state calls for.
+    pub fn of_rollout(app: &AppConfig, env: Environment, rollout: &Rollout) -> Self {
+        let (outcome, severity) = rollout.outcome(env);
+        let mut notification = Notification::of_service(app, env, outcome, severity);
+        notification.tag = Some(rollout.tag.clone());
+        notification.digest = Some(rollout.digest.clone());
         notification.task_definition_arn = Some(rollout.task_definition_arn.clone());
         notification.deployment_id = rollout.deployment_id.clone();
+        notification.reason = rollout.state.reason().map(str::to_owned);
+        notification.requested_by = rollout.requested_by().map(str::to_owned);
+        if let crate::rollout::Origin::Promotion { reason, forced, .. } = &rollout.origin {
+            notification.forced = *forced;
+            if rollout.in_progress() {
+                notification.reason = reason.clone();
+            }
+        }
+        if let crate::rollout::RolloutState::RolledBack { to, .. } = &rollout.state {
+            notification.rollback_task_definition_arn = Some(to.clone());
+        }
         notification
+    }
+
+    fn environment_name(&self) -> &'static str {
+        self.environment.map_or("all", Environment::as_str)
     }
 
     /// `[conveyor] {app} {environment}: {outcome} {tag}`, at most 100 characters (SNS's limit).
     pub fn subject(&self) -> String {
         let what =
             self.tag.as_ref().map(ToString::to_string).or_else(|| self.digest.as_ref().map(|d| d.short().to_owned()));
-        let subject =
-            format!("[conveyor] {} {}: {} {}", self.app, self.environment, self.outcome, what.as_deref().unwrap_or(""))
-                .trim_end()
-                .to_owned();
+        let subject = format!(
+            "[conveyor] {} {}: {} {}",
+            self.app,
+            self.environment_name(),
+            self.outcome,
+            what.as_deref().unwrap_or("")
+        )
+        .trim_end()
+        .to_owned();
         subject.chars().filter(|c| !c.is_control()).take(100).collect()
     }
 
@@ -152,15 +223,9 @@ impl Notification {
 
     /// `shop-api prod: rolled back v1.4.2`
     pub fn headline(&self) -> String {
-        let headline = match self.outcome {
-            Outcome::Deploying => "deploying",
-            Outcome::Verified => "verified",
-            Outcome::RolledBack => "rolled back",
-            Outcome::Failed => "FAILED",
-            Outcome::Promoted => "promoted",
-        };
         let what = self.tag.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
-        format!("{} {}: {headline}{what}", self.app, self.environment)
+        let forced = if self.forced { " (forced)" } else { "" };
+        format!("{} {}: {}{what}{forced}", self.app, self.environment_name(), self.outcome.headline())
     }
 
     /// Markdown body: every fact on its own line, so Slack and email both read well.
@@ -169,12 +234,14 @@ impl Notification {
         if let Some(reason) = &self.reason {
             lines.push(format!("*Reason:* {reason}"));
         }
-        let facts: [(&str, Option<String>); 6] = [
-            ("Image", self.digest.as_ref().map(|d| format!("`{}`", d))),
+        let facts: [(&str, Option<String>); 8] = [
+            ("Image", self.digest.as_ref().map(|d| format!("`{d}`"))),
             ("Service", self.cluster.as_ref().zip(self.service.as_ref()).map(|(c, s)| format!("`{c}/{s}`"))),
             ("Task definition", self.task_definition_arn.as_ref().map(|t| format!("`{}`", short_arn(t)))),
             ("Rolled back to", self.rollback_task_definition_arn.as_ref().map(|t| format!("`{}`", short_arn(t)))),
             ("Deployment", self.deployment_id.as_ref().map(|d| format!("`{d}`"))),
+            ("Requested by", self.requested_by.clone()),
+            ("Forced", self.forced.then(|| "yes: the image failed before".to_owned())),
             ("Severity", Some(self.severity.to_string())),
         ];
         lines.extend(facts.into_iter().filter_map(|(name, value)| value.map(|v| format!("*{name}:* {v}"))));
@@ -185,8 +252,8 @@ impl Notification {
     /// `additionalContext`: every fact that applies, as strings.
     pub fn context(&self) -> Map<String, Value> {
         let facts = [
-            ("app", Some(self.app.to_string())),
-            ("environment", Some(self.environment.to_string())),
+            ("app", Some(self.app.clone())),
+            ("environment", Some(self.environment_name().to_owned())),
             ("outcome", Some(self.outcome.to_string())),
             ("severity", Some(self.severity.to_string())),
             ("tag", self.tag.as_ref().map(ToString::to_string)),
@@ -197,19 +264,22 @@ impl Notification {
             ("deployment_id", self.deployment_id.clone()),
             ("reason", self.reason.clone()),
             ("rollback_task_definition_arn", self.rollback_task_definition_arn.clone()),
+            ("requested_by", self.requested_by.clone()),
+            ("forced", self.forced.then(|| "true".to_owned())),
         ];
         facts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), Value::String(v)))).collect()
     }
 
-    /// The AWS Chatbot custom-notification document.
-    pub fn chatbot_message(&self) -> Value {
+    /// The AWS Chatbot custom-notification document; `id` identifies this notification.
+    pub fn chatbot_message(&self, id: &str) -> Value {
         let thread = match &self.digest {
             Some(digest) => format!("{}/{}", self.app, digest),
-            None => self.app.to_string(),
+            None => self.app.clone(),
         };
         json!({
             "version": "1.0",
             "source": "custom",
+            "id": id,
             "content": { "textType": "client-markdown", "title": self.title(), "description": self.description() },
             "metadata": { "threadId": thread, "eventType": self.outcome.as_str(), "additionalContext": self.context() },
         })
@@ -217,12 +287,67 @@ impl Notification {
 }
 
 /// `arn:aws:ecs:...:task-definition/shop-api:7` => `shop-api:7`.
-fn short_arn(arn: &str) -> &str {
+pub fn short_arn(arn: &str) -> &str {
     arn.rsplit_once('/').map_or(arn, |(_, name)| name)
 }
 
-/// Publishes notifications to the configured topic (or only logs them when there is none), and
-/// posts them to the app's Slack webhook when it has one.
+/// A notification to commit with a transition, and where else it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub notification: Notification,
+    pub slack_webhook_parameter: Option<String>,
+}
+
+impl Announcement {
+    pub fn new(notification: Notification, app: &AppConfig) -> Self {
+        Announcement { notification, slack_webhook_parameter: app.slack_webhook_parameter.clone() }
+    }
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Sns,
+    Slack,
+}
+
+/// A committed notification, and the channels it has yet to reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub id: String,
+    /// Delivery order.
+    pub seq: u64,
+    pub notification: Notification,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_webhook_parameter: Option<String>,
+    pub channels: Vec<Channel>,
+}
+
+impl OutboxEntry {
+    pub fn new(id: String, seq: u64, announcement: Announcement) -> Self {
+        let mut channels = vec![Channel::Sns];
+        if announcement.slack_webhook_parameter.is_some() {
+            channels.push(Channel::Slack);
+        }
+        OutboxEntry {
+            id,
+            seq,
+            notification: announcement.notification,
+            slack_webhook_parameter: announcement.slack_webhook_parameter,
+            channels,
+        }
+    }
+}
+
+/// What delivering an outbox entry left undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub remaining: Vec<Channel>,
+}
+
+/// Delivers notifications to the topic (or only logs them when there is none) and to Slack.
 #[derive(Clone)]
 pub struct Notifier {
     sns: Sns,
@@ -241,43 +366,60 @@ impl Notifier {
         Notifier { sns, ssm, http, topic_arn, webhooks: Arc::default() }
     }
 
-    /// Sends one notification. Failures are logged, never returned: a deployment that happened
-    /// is never undone, or retried, because its notification could not be delivered.
-    pub async fn send(&self, notification: &Notification, slack_webhook_parameter: Option<&str>) {
-        tracing::info!(
-            app = %notification.app,
-            environment = %notification.environment,
-            outcome = %notification.outcome,
-            severity = %notification.severity,
-            tag = notification.tag.as_ref().map(tracing::field::display),
-            digest = notification.digest.as_ref().map(tracing::field::display),
-            deployment_id = notification.deployment_id.as_deref(),
-            reason = notification.reason.as_deref(),
-            "notification"
-        );
-        if let Err(error) = self.publish(notification).await {
-            tracing::error!(app = %notification.app, environment = %notification.environment, error = %error, "SNS publish failed");
-        }
-        if let Some(parameter) = slack_webhook_parameter {
-            if let Err(error) = self.post_to_slack(notification, parameter).await {
-                tracing::warn!(app = %notification.app, environment = %notification.environment,
-                    webhook_parameter = parameter, error = %error, "Slack post failed");
+    /// Delivers entries in order. A channel that fails is not tried again for later entries in
+    /// this call (they stay in the outbox): an outage costs one failed attempt, not one each.
+    pub async fn deliver(&self, entries: &[OutboxEntry]) -> Vec<Delivery> {
+        let (mut sns_down, mut slack_down) = (false, false);
+        let mut deliveries = Vec::new();
+        for entry in entries {
+            let n = &entry.notification;
+            tracing::info!(
+                app = %n.app,
+                environment = n.environment_name(),
+                outcome = %n.outcome,
+                severity = %n.severity,
+                tag = n.tag.as_ref().map(tracing::field::display),
+                digest = n.digest.as_ref().map(tracing::field::display),
+                deployment_id = n.deployment_id.as_deref(),
+                reason = n.reason.as_deref(),
+                notification_id = %entry.id,
+                "notification"
+            );
+            let mut remaining = Vec::new();
+            for channel in &entry.channels {
+                let sent = match channel {
+                    Channel::Sns if !sns_down => self.publish(entry).await.map_err(|e| e.to_string()),
+                    Channel::Slack if !slack_down => match &entry.slack_webhook_parameter {
+                        Some(parameter) => self.post_to_slack(n, parameter).await,
+                        None => Ok(()),
+                    },
+                    _ => Err("channel down earlier in this delivery".to_owned()),
+                };
+                if let Err(error) = sent {
+                    tracing::error!(app = %n.app, outcome = %n.outcome, channel = ?channel, notification_id = %entry.id,
+                        error = %error, "notification not delivered: it stays in the outbox and is sent later");
+                    match channel {
+                        Channel::Sns => sns_down = true,
+                        Channel::Slack => slack_down = true,
+                    }
+                    remaining.push(*channel);
+                }
             }
+            deliveries.push(Delivery { id: entry.id.clone(), remaining });
         }
+        deliveries
     }
 
-    async fn publish(&self, notification: &Notification) -> Result<(), AwsError> {
+    async fn publish(&self, entry: &OutboxEntry) -> Result<(), AwsError> {
         let Some(topic) = &self.topic_arn else { return Ok(()) };
+        let n = &entry.notification;
         let attributes = [
-            ("app", notification.app.as_str()),
-            ("environment", notification.environment.as_str()),
-            ("outcome", notification.outcome.as_str()),
-            ("severity", notification.severity.as_str()),
+            ("app", n.app.as_str()),
+            ("environment", n.environment_name()),
+            ("outcome", n.outcome.as_str()),
+            ("severity", n.severity.as_str()),
         ];
-        self.sns
-            .publish(topic, &notification.subject(), &notification.chatbot_message().to_string(), &attributes)
-            .await
-            .map(drop)
+        self.sns.publish(topic, &n.subject(), &n.chatbot_message(&entry.id).to_string(), &attributes).await.map(drop)
     }
 
     async fn post_to_slack(&self, notification: &Notification, parameter: &str) -> Result<(), String> {
@@ -300,12 +442,7 @@ mod tests {
     use super::*;
 
     fn deploying() -> Notification {
-        let mut n = Notification::new(
-            &AppName::parse("shop-api").unwrap(),
-            Environment::Stage,
-            Outcome::Deploying,
-            Severity::Info,
-        );
+        let mut n = Notification::new("shop-api", Some(Environment::Stage), Outcome::Deploying, Severity::Info);
         n.tag = Some(ImageTag::parse("v1.0.0").unwrap());
         n.digest = Some(ImageDigest::parse(format!("sha256:{}", "a".repeat(64))).unwrap());
         n.cluster = Some("stage-cluster".into());
@@ -321,13 +458,16 @@ mod tests {
         let mut long = deploying();
         long.tag = Some(ImageTag::parse("x".repeat(200)).unwrap());
         assert_eq!(long.subject().chars().count(), 100);
+        let config = Notification::new("shop-api", None, Outcome::ConfigError, Severity::Error);
+        assert_eq!(config.subject(), "[conveyor] shop-api all: config_error");
     }
 
     #[test]
     fn message_is_a_chatbot_custom_notification() {
-        let message = deploying().chatbot_message();
+        let message = deploying().chatbot_message("conveyor:shop-api/stage:3.0");
         assert_eq!(message["version"], "1.0");
         assert_eq!(message["source"], "custom");
+        assert_eq!(message["id"], "conveyor:shop-api/stage:3.0");
         assert_eq!(message["content"]["textType"], "client-markdown");
         assert_eq!(message["metadata"]["eventType"], "deploying");
         assert_eq!(message["metadata"]["threadId"], format!("shop-api/sha256:{}", "a".repeat(64)));
@@ -339,6 +479,19 @@ mod tests {
         // Facts that do not apply are omitted, not null.
         assert!(context.get("reason").is_none());
         assert!(context.get("rollback_task_definition_arn").is_none());
+        assert!(context.get("forced").is_none());
         assert!(message["content"]["description"].as_str().unwrap().contains("shop-api:8"));
+    }
+
+    #[test]
+    fn notifications_survive_the_outbox() {
+        let entry = OutboxEntry::new(
+            "id".into(),
+            7,
+            Announcement { notification: deploying(), slack_webhook_parameter: Some("/conveyor/secrets/x".into()) },
+        );
+        assert_eq!(entry.channels, [Channel::Sns, Channel::Slack]);
+        let stored = serde_dynamo::to_attribute_value::<_, aws_sdk_dynamodb::types::AttributeValue>(&entry).unwrap();
+        assert_eq!(serde_dynamo::from_attribute_value::<_, OutboxEntry>(stored).unwrap(), entry);
     }
 }

@@ -1,4 +1,8 @@
 //! promote: deploy the very digest stage vetted to prod, and refuse anything else.
+//!
+//! A digest is promotable when stage verified it and it never failed anywhere (`force`
+//! overrides an earlier failure, never a missing verification). The check is made again, in the
+//! same transaction that takes prod's lease, so a failure recorded meanwhile still refuses.
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -7,14 +11,20 @@ use tracing::{info, instrument, warn};
 
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error};
-use crate::notify::{Notification, Outcome, Severity};
-use crate::releases::{ImageRecord, ReleaseError, ReleaseStore};
-use crate::rollout::{self, Candidate, ImageSource, Started};
+use crate::ledger::{Failure, Held, ImageFacts, Item, ItemKey, LedgerError, TagItem};
+use crate::record::EnvState;
+use crate::rollout::start::{self, Candidate, ImageSource, Started};
+use crate::rollout::Origin;
+use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
-use crate::Conveyor;
+use crate::{Conveyor, Invocation};
 
 /// How many promotable tags a refusal lists.
 const SUGGESTIONS: usize = 5;
+/// The longest `reason` or `requested_by` accepted.
+const TEXT_LIMIT: usize = 256;
+/// How long a promotion waits for prod's lease before answering `Busy`.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The invoke payload, as sent.
 #[derive(Debug, Deserialize)]
@@ -25,6 +35,10 @@ struct RawRequest {
     digest: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    force: bool,
+    reason: Option<String>,
+    requested_by: Option<String>,
 }
 
 /// A valid promote request.
@@ -33,6 +47,9 @@ pub struct Request {
     pub app: AppName,
     pub image: ImageRef,
     pub dry_run: bool,
+    pub force: bool,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -43,7 +60,7 @@ pub enum ImageRef {
 }
 
 /// The answer (the contract's response).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub app: String,
     pub environment: Environment,
@@ -51,12 +68,31 @@ pub struct Response {
     pub digest: String,
     pub task_definition_arn: String,
     /// `deploying`, `already_deployed` or `dry_run`.
-    pub status: &'static str,
-    /// Dry run: the image prod's container runs now, and the one it would get.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: String,
+    /// Promoted despite an earlier failure of the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Dry run: what prod's container runs now, and what it would get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_image: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+}
+
+fn text(field: &str, value: Option<String>) -> Result<Option<String>, Error> {
+    let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { return Ok(None) };
+    if value.chars().count() > TEXT_LIMIT || value.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(format!(
+            "`{field}` must be at most {TEXT_LIMIT} characters of text (no control characters)"
+        )));
+    }
+    Ok(Some(value))
 }
 
 pub fn parse_request(payload: Value) -> Result<Request, Error> {
@@ -74,25 +110,41 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         (Some(_), Some(_)) => return Err(invalid("give either `tag` or `digest`, not both".into())),
         (None, None) => return Err(invalid("give the `tag` (or `digest`) to promote".into())),
     };
-    Ok(Request { app, image, dry_run: raw.dry_run })
+    Ok(Request {
+        app,
+        image,
+        dry_run: raw.dry_run,
+        force: raw.force,
+        reason: text("reason", raw.reason)?,
+        requested_by: text("requested_by", raw.requested_by)?,
+    })
 }
 
 /// Handles one invocation.
-pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<Response, Error> {
+pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<Response, Error> {
     let request = parse_request(payload).inspect_err(|e| warn!(error = %e, "promote refused"))?;
     // Boxed, like every handler's work (see `stage::handle`).
-    Box::pin(promote(conveyor, &request))
+    Box::pin(promote(conveyor, &request, invocation))
         .await
         .inspect_err(|e| warn!(app = %request.app, error_type = e.error_type(), error = %e, "promote refused"))
 }
 
-#[instrument(skip_all, fields(app = %request.app, dry_run = request.dry_run))]
-async fn promote(conveyor: &Conveyor, request: &Request) -> Result<Response, Error> {
+/// What a request resolved to.
+struct Resolved {
+    tag: ImageTag,
+    digest: ImageDigest,
+    image: String,
+    /// The image's earliest unforgiven failure (only looked up when it matters).
+    failure: Option<(Environment, Failure)>,
+}
+
+#[instrument(skip_all, fields(app = %request.app, dry_run = request.dry_run, force = request.force))]
+async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation) -> Result<Response, Error> {
     let config = conveyor.config.get(&conveyor.clients.ssm).await?;
     let Some(app) = config.app(&request.app) else {
         let parameter = format!("{}/apps/{}", conveyor.prefix, request.app);
-        if let Some(invalid) = config.invalid.iter().find(|e| e.parameter == parameter) {
-            return Err(invalid.clone().into());
+        if let Some(invalid) = config.invalid_app(&parameter) {
+            return Err(invalid.error.clone().into());
         }
         let known: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
         return Err(Error::UnknownApp(format!(
@@ -101,108 +153,175 @@ async fn promote(conveyor: &Conveyor, request: &Request) -> Result<Response, Err
             if known.is_empty() { "none".to_owned() } else { known.join(", ") }
         )));
     };
-    let (tag, image) = resolve(&conveyor.releases, app, &request.image).await?;
-    let digest = image.digest.clone();
-    info!(tag = %tag, digest = %digest, "vetted image resolved");
-
-    if request.dry_run {
-        return dry_run(conveyor, app, &tag, &image).await.map_err(|e| deploy_error(app, e));
-    }
-    let started = conveyor
-        .leased(&app.name, Environment::Prod, "promote", async || {
-            let record = conveyor.releases.env_record(&app.name, Environment::Prod).await?;
-            let candidate = Candidate {
-                tag: &tag,
-                digest: &digest,
-                source: ImageSource::Exact(&image.image),
-                event_time: Utc::now(),
-            };
-            rollout::start(conveyor, app, Environment::Prod, record, &candidate).await
-        })
-        .await;
-    let response = |task_definition_arn: String, status| Response {
+    let requested_by = request.requested_by.clone().or_else(|| invocation.identity.clone());
+    let prod = ItemKey::env(&app.name, Environment::Prod);
+    let owner = format!("promote by {}", requested_by.as_deref().unwrap_or("an unnamed caller"));
+    let waited = tokio::time::Instant::now();
+    let (mut held, resolved) = loop {
+        let wanted = match &request.image {
+            ImageRef::Tag(tag) => ItemKey::tag(&app.name, tag),
+            ImageRef::Digest(digest) => ItemKey::image(&app.name, digest),
+        };
+        let mut items = conveyor.ledger.items(&[wanted.clone(), prod.clone()]).await?;
+        let resolved = resolve(conveyor, app, request, items.remove(&wanted)).await?;
+        let prod_item = items.remove(&prod);
+        let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
+        if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
+            return Err(Error::Paused(format!(
+                "{} prod is paused since {} by {}: {}. Resume it first (`conveyor resume {} --env prod`).",
+                app.name,
+                pause.at.format("%Y-%m-%d %H:%M UTC"),
+                pause.by,
+                pause.reason,
+                app.name
+            )));
+        }
+        if request.dry_run {
+            return dry_run(conveyor, app, &resolved).await.map_err(|e| deploy_error(app, e));
+        }
+        let checks = if request.force {
+            vec![(ItemKey::image(&app.name, &resolved.digest), "attribute_exists(vetted_stage)")]
+        } else {
+            vec![(
+                ItemKey::image(&app.name, &resolved.digest),
+                "attribute_exists(vetted_stage) AND attribute_not_exists(failed_stage) AND attribute_not_exists(failed_prod)",
+            )]
+        };
+        match conveyor.ledger.try_acquire_if(&prod, &owner, invocation.lease_until(), prod_item.as_ref(), &checks).await
+        {
+            Ok(held) => break (held, resolved),
+            Err(LedgerError::Conflict { .. }) => {
+                // The image failed (or lost its verification) since it was read: refuse with why.
+                let facts = conveyor.ledger.image(&app.name, &resolved.digest).await?;
+                return Err(refusal(conveyor, app, &resolved.tag, &resolved.digest, facts.as_ref()).await);
+            }
+            Err(LedgerError::Busy { .. } | LedgerError::LeaseLost { .. }) if waited.elapsed() < LEASE_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
+    let result = promote_leased(conveyor, app, request, &mut held, &resolved, requested_by.clone()).await;
+    conveyor.finish(held).await;
+    let (task_definition_arn, status, forced) = result.map_err(|e| deploy_error(app, e))?;
+    Ok(Response {
         app: app.name.to_string(),
         environment: Environment::Prod,
-        tag: tag.to_string(),
-        digest: digest.to_string(),
+        tag: resolved.tag.to_string(),
+        digest: resolved.digest.to_string(),
         task_definition_arn,
-        status,
+        status: status.to_owned(),
+        forced,
+        requested_by,
         current_image: None,
+        current_digest: None,
+        current_tag: None,
         image: None,
-    };
-    match started.map_err(|e| deploy_error(app, e))? {
-        Started::AlreadyRunning { task_definition_arn } => {
-            info!(tag = %tag, digest = %digest, task_definition_arn = %task_definition_arn, "prod already runs this digest");
-            Ok(response(task_definition_arn, "already_deployed"))
-        }
-        Started::Rolling(rollout) | Started::Recovered(rollout) => {
-            info!(environment = "prod", tag = %tag, digest = %digest, task_definition_arn = %rollout.task_definition_arn,
-                deployment_id = rollout.deployment_id.as_deref(), "promotion started");
-            let notification =
-                Notification::of_rollout(app, Environment::Prod, &rollout, Outcome::Promoted, Severity::Info);
-            conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
-            Ok(response(rollout.task_definition_arn, "deploying"))
-        }
-    }
+    })
 }
 
-/// The tag and image record of what to promote, if stage vetted it and it has not failed since.
-async fn resolve(
-    releases: &ReleaseStore,
+async fn promote_leased(
+    conveyor: &Conveyor,
     app: &AppConfig,
-    wanted: &ImageRef,
-) -> Result<(ImageTag, ImageRecord), Error> {
-    let aws = |e: ReleaseError| deploy_error(app, e.into());
-    let (tag, digest) = match wanted {
-        ImageRef::Tag(tag) => match releases.tag_record(&app.name, tag).await.map_err(aws)? {
-            Some(record) => (Some(tag.clone()), record.digest),
-            None => {
-                let hint = promotable(releases, app).await?;
+    request: &Request,
+    held: &mut Held<EnvState>,
+    resolved: &Resolved,
+    requested_by: Option<String>,
+) -> Result<(String, &'static str, bool), DeployError> {
+    let forced = request.force && resolved.failure.is_some();
+    let candidate = Candidate {
+        tag: &resolved.tag,
+        digest: &resolved.digest,
+        source: ImageSource::Exact(&resolved.image),
+        event_time: Utc::now(),
+        origin: Origin::Promotion { requested_by, reason: request.reason.clone(), forced },
+    };
+    let plan = start::start(conveyor, app, Environment::Prod, held, &candidate).await?;
+    let answer = match &plan.started {
+        Started::AlreadyRunning { task_definition_arn } => {
+            info!(tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "prod already runs this digest");
+            (task_definition_arn.clone(), "already_deployed", false)
+        }
+        Started::Rolling(rollout) => {
+            info!(environment = "prod", tag = %rollout.tag, digest = %rollout.digest, task_definition_arn = %rollout.task_definition_arn,
+                deployment_id = rollout.deployment_id.as_deref(), forced, "promotion started");
+            (rollout.task_definition_arn.clone(), "deploying", forced)
+        }
+    };
+    if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) {
+        held.commit(&conveyor.ledger, plan.change).await?;
+    }
+    Ok(answer)
+}
+
+/// The tag, digest and image of what to promote, if stage vetted it (and, unless forced, it
+/// never failed).
+async fn resolve(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    request: &Request,
+    item: Option<Item>,
+) -> Result<Resolved, Error> {
+    let (tag, digest, image, facts) = match &request.image {
+        ImageRef::Tag(tag) => {
+            let Some(item) = item.and_then(|item| serde_dynamo::from_item::<_, TagItem>(item).ok()) else {
+                let hint = promotable(conveyor, app).await?;
                 return Err(Error::NotVetted(format!("{} {tag} was never vetted in stage. {hint}", app.name)));
-            }
-        },
-        ImageRef::Digest(digest) => (None, digest.clone()),
+            };
+            // Whether it failed is checked as prod's lease is taken; with `force`, it matters now.
+            let facts = if request.force { conveyor.ledger.image(&app.name, &item.digest).await? } else { None };
+            (tag.clone(), item.digest, item.image, facts)
+        }
+        ImageRef::Digest(digest) => {
+            let facts = item.and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item).ok());
+            let Some(facts) = facts.filter(|f| f.vetted_stage.is_some()) else {
+                let hint = promotable(conveyor, app).await?;
+                return Err(Error::NotVetted(format!("{} {digest} was never vetted in stage. {hint}", app.name)));
+            };
+            let tag = facts.last_tag.clone().ok_or_else(|| {
+                Error::NotVetted(format!("{} {digest} has no tag on record; promote it by tag", app.name))
+            })?;
+            (tag, digest.clone(), facts.image.clone().unwrap_or_default(), Some(facts))
+        }
     };
-    let image = releases.image_record(&app.name, &digest).await.map_err(aws)?;
-    let Some((image, vetted_at)) = image.and_then(|i| i.vetted.get(&Environment::Stage).copied().map(|at| (i, at)))
-    else {
-        let hint = promotable(releases, app).await?;
-        return Err(Error::NotVetted(format!("{} {digest} was never vetted in stage. {hint}", app.name)));
+    let failure = facts.as_ref().and_then(|f| f.failure()).map(|(env, f)| (env, f.clone()));
+    if failure.is_some() && !request.force {
+        return Err(refusal(conveyor, app, &tag, &digest, facts.as_ref()).await);
+    }
+    Ok(Resolved { tag, digest, image, failure })
+}
+
+/// `NotVetted`, saying why and what can be promoted instead.
+async fn refusal(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    tag: &ImageTag,
+    digest: &ImageDigest,
+    facts: Option<&ImageFacts>,
+) -> Error {
+    let hint = match promotable(conveyor, app).await {
+        Ok(hint) => hint,
+        Err(error) => return error,
     };
-    if let Some((env, failure)) = image.failed_since(vetted_at) {
-        let hint = promotable(releases, app).await?;
-        return Err(Error::NotVetted(format!(
-            "{} {} ({digest}) failed in {env} at {} after stage vetted it: {}. It can never be promoted. {hint}",
+    match facts.and_then(|f| f.failure()) {
+        Some((env, failure)) => Error::NotVetted(format!(
+            "{} {tag} ({digest}) failed in {env} at {}: {}. A digest that failed anywhere is never promoted (`force` overrides, on your responsibility). {hint}",
             app.name,
-            tag.as_ref().or(image.tags.last()).map_or("image".to_owned(), ToString::to_string),
             failure.at.to_rfc3339(),
             failure.reason
-        )));
+        )),
+        None => Error::NotVetted(format!("{} {tag} ({digest}) was never vetted in stage. {hint}", app.name)),
     }
-    let tag = tag
-        .or_else(|| image.tags.last().cloned())
-        .ok_or_else(|| Error::NotVetted(format!("{} {digest} has no tag on record; promote it by tag", app.name)))?;
-    Ok((tag, image))
 }
 
 /// "Promotable tags, newest first: v1.4.1 (sha256:...), ..." — what to do instead.
-async fn promotable(releases: &ReleaseStore, app: &AppConfig) -> Result<String, Error> {
-    let tags = releases.vetted_tags(&app.name).await.map_err(|e| deploy_error(app, e.into()))?;
-    let mut listed = Vec::new();
-    for tag in tags {
-        if listed.len() == SUGGESTIONS {
-            break;
-        }
-        let image = releases.image_record(&app.name, &tag.digest).await.map_err(|e| deploy_error(app, e.into()))?;
-        if image.is_some_and(|i| i.failed_since(tag.vetted_at).is_none()) {
-            listed.push(format!(
-                "{} ({}, vetted {})",
-                tag.tag,
-                tag.digest.short(),
-                tag.vetted_at.format("%Y-%m-%d %H:%M UTC")
-            ));
-        }
-    }
+async fn promotable(conveyor: &Conveyor, app: &AppConfig) -> Result<String, Error> {
+    let listed = promotable_tags(conveyor, &app.name, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
+    let listed: Vec<String> = listed
+        .iter()
+        .map(|t| format!("{} ({}, vetted {})", t.tag, t.digest.short(), t.vetted_at.format("%Y-%m-%d %H:%M UTC")))
+        .collect();
     Ok(if listed.is_empty() {
         "No tag is promotable yet: push one and let stage verify it.".to_owned()
     } else {
@@ -210,36 +329,49 @@ async fn promotable(releases: &ReleaseStore, app: &AppConfig) -> Result<String, 
     })
 }
 
-async fn dry_run(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    tag: &ImageTag,
-    image: &ImageRecord,
-) -> Result<Response, DeployError> {
-    let target = app.target(Environment::Prod);
-    let ecs = &conveyor.clients.ecs;
-    let service = ecs.service(&target.cluster, &target.service).await?;
-    let (definition, _) = ecs.task_definition(&service.task_definition).await?;
-    let current = rollout::app_container_image(app, &definition, &service.task_definition)?;
-    let already = crate::image::digest_of(current) == Some(image.digest.as_str());
-    info!(environment = "prod", tag = %tag, digest = %image.digest, current_image = %current, already_deployed = already, "dry run");
+/// The tags stage verified whose image never failed, most recently vetted first.
+pub async fn promotable_tags(conveyor: &Conveyor, app: &AppName, limit: usize) -> Result<Vec<TagItem>, LedgerError> {
+    let mut tags = conveyor.ledger.tags(app).await?;
+    tags.sort_by_key(|t| std::cmp::Reverse(t.vetted_at));
+    let mut digests: Vec<ImageDigest> = tags.iter().map(|t| t.digest.clone()).collect();
+    digests.dedup();
+    let keys: Vec<ItemKey> = digests.iter().take(100).map(|d| ItemKey::image(app, d)).collect();
+    let images = conveyor.ledger.items(&keys).await?;
+    let failed = |digest: &ImageDigest| {
+        images
+            .get(&ItemKey::image(app, digest))
+            .and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item.clone()).ok())
+            .is_none_or(|facts| facts.failure().is_some())
+    };
+    Ok(tags.into_iter().filter(|t| !failed(&t.digest)).take(limit).collect())
+}
+
+async fn dry_run(conveyor: &Conveyor, app: &AppConfig, resolved: &Resolved) -> Result<Response, DeployError> {
+    let observed = start::observe(conveyor, app, Environment::Prod).await?;
+    let current = observed.app_image(app)?.to_owned();
+    let already = observed.revision.digest.as_ref() == Some(&resolved.digest);
+    info!(environment = "prod", tag = %resolved.tag, digest = %resolved.digest, current_image = %current, already_deployed = already, "dry run");
     Ok(Response {
         app: app.name.to_string(),
         environment: Environment::Prod,
-        tag: tag.to_string(),
-        digest: image.digest.to_string(),
-        task_definition_arn: service.task_definition.clone(),
-        status: if already { "already_deployed" } else { "dry_run" },
-        current_image: Some(current.to_owned()),
-        image: Some(image.image.clone()),
+        tag: resolved.tag.to_string(),
+        digest: resolved.digest.to_string(),
+        task_definition_arn: observed.service.task_definition.clone(),
+        status: if already { "already_deployed" } else { "dry_run" }.to_owned(),
+        forced: resolved.failure.is_some(),
+        requested_by: None,
+        current_digest: observed.revision.digest.as_ref().map(ToString::to_string),
+        current_tag: observed.running.tag(TAG_IMAGE_TAG).map(str::to_owned),
+        current_image: Some(current),
+        image: Some(resolved.image.clone()),
     })
 }
 
-/// A deployment error in promote's vocabulary: configuration problems are `ConfigError`,
-/// everything else (AWS, a busy lease, unreadable records) `AwsError`.
+/// A deployment error in promote's vocabulary: problems people must fix in the app's config or
+/// task definition are `ConfigError`, a busy service `Busy`, everything else `AwsError`.
 fn deploy_error(app: &AppConfig, error: DeployError) -> Error {
     match error {
-        DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } => {
+        DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. } => {
             Error::Config(crate::config::ConfigError {
                 parameter: app.parameter.clone(),
                 key: "container".into(),
@@ -247,7 +379,7 @@ fn deploy_error(app: &AppConfig, error: DeployError) -> Error {
             })
         }
         DeployError::Aws(aws) => Error::Aws(aws),
-        other => Error::Aws(crate::aws::AwsError::new("Promote", "Unavailable", other.to_string())),
+        DeployError::Ledger(ledger) => ledger.into(),
     }
 }
 
@@ -268,22 +400,28 @@ mod tests {
     fn requests_parse() {
         let request = parse_request(json!({"app": "shop-api", "tag": "v1.4.2"})).unwrap();
         assert_eq!(request.image, ImageRef::Tag(ImageTag::parse("v1.4.2").unwrap()));
-        assert!(!request.dry_run);
+        assert!(!request.dry_run && !request.force);
         let digest = format!("sha256:{}", "a".repeat(64));
-        let request = parse_request(json!({"app": "shop-api", "digest": digest, "dry_run": true})).unwrap();
+        let request = parse_request(json!({"app": "shop-api", "digest": digest, "dry_run": true, "force": true,
+            "reason": "  hotfix for INC-42 ", "requested_by": "arn:aws:sts::1:assumed-role/dev/ana"}))
+        .unwrap();
         assert_eq!(request.image, ImageRef::Digest(ImageDigest::parse(digest).unwrap()));
-        assert!(request.dry_run);
+        assert!(request.dry_run && request.force);
+        assert_eq!(request.reason.as_deref(), Some("hotfix for INC-42"));
+        assert_eq!(request.requested_by.as_deref(), Some("arn:aws:sts::1:assumed-role/dev/ana"));
     }
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
         refused(json!("shop-api"), "JSON object");
-        refused(json!({"app": "shop-api", "tag": "v1", "force": true}), "unknown field `force`");
+        refused(json!({"app": "shop-api", "tag": "v1", "please": true}), "unknown field `please`");
         refused(json!({"app": "shop-api", "tag": "v1", "digest": "sha256:x"}), "not both");
         refused(json!({"app": "shop-api"}), "give the `tag`");
         refused(json!({"app": "shop-api", "digest": "v1.4.2"}), "image digest");
         refused(json!({"app": "Shop API", "tag": "v1"}), "app name");
         refused(json!({"tag": "v1"}), "missing field `app`");
         refused(json!({"app": "shop-api", "tag": "v1", "dry_run": "yes"}), "invalid type");
+        refused(json!({"app": "shop-api", "tag": "v1", "reason": "x".repeat(257)}), "at most 256");
+        refused(json!({"app": "shop-api", "tag": "v1", "requested_by": "a\nb"}), "control characters");
     }
 }

@@ -1,17 +1,29 @@
 //! stage-deploy: an ECR push rolls out to the stage service of every app fed by that repository.
+//!
+//! Under the stage lease of each app: a push older than one already seen is late, the very same
+//! push again is a repeat; a push queued behind a newer one is coalesced (its tag recorded, no
+//! revision registered); while stage is paused the push is recorded and held; a push of the digest
+//! already rolling out or running only adds its tag. Everything else starts a rollout.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{error, info, instrument};
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, InvalidApp};
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
-use crate::notify::{Notification, Outcome, Severity};
-use crate::releases::Arrival;
-use crate::rollout::{self, Candidate, ImageSource, Started};
+use crate::ledger::{Change, Held, HistoryEntry, HistoryEvent, ImageUpdate, ItemKey, LedgerError, TagItem, Waiting};
+use crate::record::{Arrival, EnvState, RecordedPush};
+use crate::rollout::start::{self, Candidate, ImageSource, Started};
+use crate::rollout::{Origin, RolloutState};
 use crate::types::Environment;
-use crate::Conveyor;
+use crate::{Conveyor, Invocation};
+
+/// How long an invocation waits for a service's lease before it gives up (Lambda retries it).
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// A queued newer push older than this is not trusted to still be waiting.
+const WAITING_FRESH: chrono::Duration = chrono::Duration::seconds(60);
 
 /// What one invocation did, app by app (the Lambda response).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,7 +37,7 @@ pub struct StageReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppReport {
     pub app: String,
-    /// `deploying`, `skipped` or `failed`.
+    /// `deploying`, `skipped`, `paused` or `failed`.
     pub status: &'static str,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,9 +52,21 @@ impl StageReport {
     }
 }
 
-/// Handles one EventBridge event. Fails (so Lambda retries) if any matching app failed; the retry
-/// skips the apps that already run the image.
-pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<StageReport, Error> {
+impl AppReport {
+    fn of(app: &AppConfig, status: &'static str, detail: impl Into<String>) -> Self {
+        AppReport {
+            app: app.name.to_string(),
+            status,
+            detail: detail.into(),
+            task_definition_arn: None,
+            deployment_id: None,
+        }
+    }
+}
+
+/// Handles one EventBridge event. Fails (so Lambda retries, and the function's error alarm
+/// fires) if any matching app failed; the retry skips what already happened.
+pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<StageReport, Error> {
     let push = match events::push(payload) {
         Ok(Ok(push)) => push,
         Ok(Err(Skip(reason))) => {
@@ -56,12 +80,17 @@ pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<StageReport, 
     };
     // Boxed, like every handler's work: the whole future nests deeply enough through the SDK to
     // hit the compiler's layout depth limit in the binary.
-    Box::pin(deploy_push(conveyor, &push)).await
+    Box::pin(deploy_push(conveyor, &push, invocation)).await
 }
 
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]
-async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Error> {
+async fn deploy_push(conveyor: &Conveyor, push: &Push, invocation: &Invocation) -> Result<StageReport, Error> {
     let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+    let concerned: Vec<&InvalidApp> =
+        config.invalid.iter().filter(|i| i.repository.as_deref() == Some(push.repository.as_str())).collect();
+    for invalid in concerned {
+        crate::announce::config_error(conveyor, invalid, invocation).await;
+    }
     let fed: Vec<&AppConfig> = config.fed_by(&push.repository).collect();
     if fed.is_empty() {
         let reason = format!("no app is fed by repository {}", push.repository);
@@ -72,18 +101,12 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Er
     let mut report = StageReport { skipped: None, apps: Vec::new() };
     let mut failures = Vec::new();
     for app in fed {
-        let outcome = deploy_app(conveyor, app, push).await;
-        match outcome {
+        match deploy_app(conveyor, app, push, invocation).await {
             Ok(app_report) => report.apps.push(app_report),
             Err(error) => {
-                error!(app = %app.name, environment = "stage", error = %error, retryable = error.retryable(), "stage deploy failed");
-                report.apps.push(AppReport {
-                    app: app.name.to_string(),
-                    status: "failed",
-                    detail: error.to_string(),
-                    task_definition_arn: None,
-                    deployment_id: None,
-                });
+                error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
+                    retryable = error.retryable(), "stage deploy failed");
+                report.apps.push(AppReport::of(app, "failed", error.to_string()));
                 failures.push((app.name.clone(), error));
             }
         }
@@ -95,34 +118,159 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push) -> Result<StageReport, Er
     }
 }
 
-async fn deploy_app(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
+async fn deploy_app(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    push: &Push,
+    invocation: &Invocation,
+) -> Result<AppReport, DeployError> {
     if !app.tags.admits(&push.tag) {
         return Ok(skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag)));
     }
-    let owner = push.event_id.clone().unwrap_or_else(|| format!("push {} {}", push.tag, push.time));
-    conveyor.leased(&app.name, Environment::Stage, &owner, async || deploy_app_leased(conveyor, app, push).await).await
+    let key = ItemKey::env(&app.name, Environment::Stage);
+    let owner = format!("stage-deploy {}", push.event_id.as_deref().unwrap_or(push.tag.as_str()));
+    let until = invocation.lease_until();
+    let mut held = match conveyor.ledger.try_acquire(&key, &owner, until).await {
+        Err(LedgerError::Busy { .. }) => {
+            // Queue: a holder working on an older push of this service leaves the rollout to us.
+            let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
+            if let Err(error) = conveyor.ledger.note_waiting(&key, &waiting).await {
+                info!(app = %app.name, error = %error, "could not queue the push (no coalescing)");
+            }
+            let wait = LEASE_WAIT.min(invocation.remaining(std::time::Duration::from_secs(30)));
+            conveyor.ledger.acquire(&key, &owner, until, wait).await?
+        }
+        other => other?,
+    };
+    let result = deploy_leased(conveyor, app, push, &mut held).await;
+    if let Err(error) = &result {
+        if error.needs_people() {
+            refuse(conveyor, app, push, &mut held, error).await;
+        }
+    }
+    conveyor.finish(held).await;
+    result
 }
 
 fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {
     info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
-    AppReport { app: app.name.to_string(), status: "skipped", detail, task_definition_arn: None, deployment_id: None }
+    AppReport::of(app, "skipped", detail)
 }
 
-/// [`deploy_app`] under the service's lease: decide, roll out, record, notify.
-async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) -> Result<AppReport, DeployError> {
-    let env = Environment::Stage;
-    let record = conveyor.releases.env_record(&app.name, env).await?;
-    match record.as_ref().map(|r| r.arrival(push.time, &push.digest)) {
-        Some(Arrival::Late) => {
-            let detail = format!("push at {} is older than the newest one already deployed", push.time.to_rfc3339());
-            return Ok(skipped(app, push, detail));
-        }
-        Some(Arrival::Repeated) => {
-            return Ok(skipped(app, push, "this push was already deployed (repeated delivery)".into()));
-        }
-        Some(Arrival::Newer) | None => {}
-    }
+/// What to do with a push, from the state alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Record its tag only.
+    Record(String),
+    /// Nothing at all: this very push was handled.
+    Nothing(String),
+    /// Record it and hold it: stage is paused.
+    Hold,
+    /// Stage is rolling out or runs this digest already: add the tag to that rollout.
+    AddTag,
+    Deploy,
+}
 
+/// Decides what a push does to stage.
+pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, now: DateTime<Utc>) -> Decision {
+    let Some(state) = state else { return Decision::Deploy };
+    match state.arrival(push.time, &push.digest) {
+        Arrival::Repeated => return Decision::Nothing("this push was already handled (repeated delivery)".into()),
+        Arrival::Late => {
+            return Decision::Record(format!(
+                "push at {} is older than the newest one seen: tag recorded, nothing rolled out",
+                push.time.to_rfc3339()
+            ))
+        }
+        Arrival::Newer => {}
+    }
+    if let Some(newer) =
+        waiting.filter(|w| w.time > push.time && w.digest != push.digest && now - w.since < WAITING_FRESH)
+    {
+        return Decision::Record(format!(
+            "a newer push ({}) is queued for this service: tag recorded, rollout left to it (coalesced)",
+            newer.digest.short()
+        ));
+    }
+    if state.paused.is_some() {
+        return Decision::Hold;
+    }
+    let current = state.rollout.as_ref().filter(|r| r.digest == push.digest);
+    if current.is_some_and(|r| matches!(r.state, RolloutState::InProgress | RolloutState::Verified { .. })) {
+        return Decision::AddTag;
+    }
+    Decision::Deploy
+}
+
+/// [`deploy_app`] under the service's lease: decide, roll out, commit.
+async fn deploy_leased(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    push: &Push,
+    held: &mut Held<EnvState>,
+) -> Result<AppReport, DeployError> {
+    let now = Utc::now();
+    let env = Environment::Stage;
+    let ours = held.waiting.as_ref().is_some_and(|w| w.time == push.time && w.digest == push.digest);
+    match decide(held.state.as_ref(), held.waiting.as_ref(), push, now) {
+        Decision::Nothing(detail) => Ok(skipped(app, push, detail)),
+        Decision::Record(detail) => {
+            let mut change = Change::new(held.require_state()?.clone());
+            change.state.saw_push(push.time, &push.digest);
+            change.clear_waiting = ours;
+            record_tag(conveyor, app, push, &mut change).await?;
+            held.commit(&conveyor.ledger, change).await?;
+            Ok(skipped(app, push, detail))
+        }
+        Decision::Hold => {
+            let mut change = Change::new(held.require_state()?.clone());
+            change.state.saw_push(push.time, &push.digest);
+            change.state.held_push = Some(RecordedPush {
+                event_id: push.event_id.clone(),
+                time: push.time,
+                repository: push.repository.clone(),
+                account: push.account.clone(),
+                region: push.region.clone(),
+                tag: push.tag.clone(),
+                digest: push.digest.clone(),
+            });
+            change.clear_waiting = ours;
+            let mut entry = HistoryEntry::new(&app.name, env, HistoryEvent::Held, now);
+            entry.tag = Some(push.tag.clone());
+            entry.digest = Some(push.digest.clone());
+            entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
+            change.history.push(entry);
+            record_tag(conveyor, app, push, &mut change).await?;
+            held.commit(&conveyor.ledger, change).await?;
+            info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, "push held: stage is paused");
+            Ok(AppReport::of(app, "paused", "stage is paused: the push is recorded, nothing rolled out"))
+        }
+        Decision::AddTag => {
+            let mut change = Change::new(held.require_state()?.clone());
+            change.state.saw_push(push.time, &push.digest);
+            change.clear_waiting = ours;
+            let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
+            if let Some(rollout) = rollout {
+                rollout.add_tag(&push.tag);
+                if let RolloutState::Verified { at } = rollout.state {
+                    change.tags.push((app.name.clone(), tag_item(push, &rollout.image, at)));
+                }
+            }
+            change.images.push((app.name.clone(), image_update(push)));
+            held.commit(&conveyor.ledger, change).await?;
+            Ok(skipped(app, push, format!("stage is already on {}: tag {} recorded", push.digest, push.tag)))
+        }
+        Decision::Deploy => deploy(conveyor, app, push, held, ours).await,
+    }
+}
+
+async fn deploy(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    push: &Push,
+    held: &mut Held<EnvState>,
+    ours: bool,
+) -> Result<AppReport, DeployError> {
     let candidate = Candidate {
         tag: &push.tag,
         digest: &push.digest,
@@ -132,23 +280,91 @@ async fn deploy_app_leased(conveyor: &Conveyor, app: &AppConfig, push: &Push) ->
             repository: &push.repository,
         },
         event_time: push.time,
+        origin: Origin::Push,
     };
-    let rollout = match rollout::start(conveyor, app, env, record, &candidate).await? {
+    let mut plan = start::start(conveyor, app, Environment::Stage, held, &candidate).await?;
+    plan.change.state.saw_push(push.time, &push.digest);
+    plan.change.clear_waiting = ours;
+    let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
-            return Ok(skipped(app, push, format!("stage already runs {} ({task_definition_arn})", push.digest)));
+            record_tag(conveyor, app, push, &mut plan.change).await?;
+            skipped(app, push, format!("stage already runs {} ({task_definition_arn})", push.digest))
         }
-        Started::Rolling(rollout) | Started::Recovered(rollout) => rollout,
+        Started::Rolling(rollout) => {
+            plan.change.images.push((app.name.clone(), image_update(push)));
+            info!(app = %app.name, environment = "stage", tag = %rollout.tag, digest = %rollout.digest,
+                task_definition_arn = %rollout.task_definition_arn, deployment_id = rollout.deployment_id.as_deref(),
+                "rollout started");
+            AppReport {
+                app: app.name.to_string(),
+                status: "deploying",
+                detail: format!("{} => {}", rollout.previous.arn, rollout.task_definition_arn),
+                task_definition_arn: Some(rollout.task_definition_arn.clone()),
+                deployment_id: rollout.deployment_id.clone(),
+            }
+        }
     };
-    info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
-        task_definition_arn = %rollout.task_definition_arn, deployment_id = rollout.deployment_id.as_deref(), "rollout started");
+    held.commit(&conveyor.ledger, plan.change).await?;
+    Ok(report)
+}
 
-    let notification = Notification::of_rollout(app, env, &rollout, Outcome::Deploying, Severity::Info);
-    conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
-    Ok(AppReport {
-        app: app.name.to_string(),
-        status: "deploying",
-        detail: format!("{} => {}", rollout.previous_task_definition_arn, rollout.task_definition_arn),
-        task_definition_arn: Some(rollout.task_definition_arn),
-        deployment_id: rollout.deployment_id,
-    })
+/// The image facts a push adds: its tag, and when it was first pushed.
+fn image_update(push: &Push) -> ImageUpdate {
+    ImageUpdate {
+        digest: Some(push.digest.clone()),
+        repository: Some(push.repository.clone()),
+        add_tags: vec![push.tag.clone()],
+        pushed_at: Some(push.time),
+        ..ImageUpdate::default()
+    }
+}
+
+fn tag_item(push: &Push, image: &str, vetted_at: DateTime<Utc>) -> TagItem {
+    TagItem { tag: push.tag.clone(), digest: push.digest.clone(), image: image.to_owned(), vetted_at }
+}
+
+/// Records the push's tag on its image now; if stage verified that image already, the tag
+/// becomes promotable right away (unless it points to an image verified later).
+async fn record_tag(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    push: &Push,
+    change: &mut Change<EnvState>,
+) -> Result<(), DeployError> {
+    let facts = conveyor.ledger.update_image(&app.name, &image_update(push)).await?;
+    if let (Some(vetted_at), Some(image)) = (facts.vetted_stage, facts.image.as_deref()) {
+        let tag = tag_item(push, image, vetted_at);
+        let current = conveyor.ledger.tag(&app.name, &push.tag).await?;
+        if current.is_none_or(|c| c.vetted_at <= vetted_at) {
+            change.tags.push((app.name.clone(), tag));
+        }
+    }
+    Ok(())
+}
+
+/// A push that cannot be rolled out until people act (the app's container is missing, the task
+/// definition has members this build cannot copy): recorded, and announced once per push.
+async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut Held<EnvState>, error: &DeployError) {
+    let Some(state) = held.state.clone() else { return };
+    let mut change = Change::new(state);
+    change.state.saw_push(push.time, &push.digest);
+    let now = Utc::now();
+    let mut entry = HistoryEntry::new(&app.name, Environment::Stage, HistoryEvent::Failed, now);
+    entry.tag = Some(push.tag.clone());
+    entry.digest = Some(push.digest.clone());
+    entry.reason = Some(format!("not rolled out: {error}"));
+    change.history.push(entry);
+    let mut notification = crate::notify::Notification::of_service(
+        app,
+        Environment::Stage,
+        crate::notify::Outcome::Failed,
+        crate::notify::Severity::Error,
+    );
+    notification.tag = Some(push.tag.clone());
+    notification.digest = Some(push.digest.clone());
+    notification.reason = Some(format!("not rolled out: {error}"));
+    change.announcements.push(crate::notify::Announcement::new(notification, app));
+    if let Err(commit) = held.commit(&conveyor.ledger, change).await {
+        error!(app = %app.name, error = %commit, "could not record the refusal");
+    }
 }

@@ -15,8 +15,9 @@ pub const TAG_IMAGE_DIGEST: &str = "conveyor:image-digest";
 pub struct ImageSwap<'a> {
     /// The container whose image is replaced. It must exist (see [`container_image`]).
     pub container: &'a str,
-    /// The digest-pinned image it gets.
-    pub image: String,
+    /// The digest-pinned image it gets (`None`: a copy that keeps the image, e.g. to bring back a
+    /// deregistered revision).
+    pub image: Option<String>,
     /// Tags to set on the new revision (replacing same-key tags).
     pub tags: Vec<(&'static str, String)>,
 }
@@ -35,6 +36,69 @@ pub fn container_names(definition: &TaskDefinition) -> Vec<&str> {
     definition.container_definitions().iter().filter_map(|c| c.name()).collect()
 }
 
+/// Fields of a described task definition that ECS computes; they are not registrable.
+pub const COMPUTED: [&str; 9] = [
+    "taskDefinitionArn",
+    "revision",
+    "status",
+    "requiresAttributes",
+    "compatibilities",
+    "registeredAt",
+    "registeredBy",
+    "deregisteredAt",
+    "deleteRequestedAt",
+];
+
+/// Members of `described` (a raw `taskDefinition` as ECS returned it) that the serialized
+/// registration `request` lacks: what a copy through the SDK would silently drop because the
+/// SDK does not model them. Paths like `trustedExecutionConfiguration` or
+/// `containerDefinitions[0].newSetting`; empty values (`[]`, `{}`, `null`, `""`) lose nothing.
+pub fn unmodeled_members(described: &serde_json::Value, request: &serde_json::Value) -> Vec<String> {
+    let mut missing = Vec::new();
+    if let (Some(described), Some(request)) = (described.as_object(), request.as_object()) {
+        for (key, value) in described.iter().filter(|(key, _)| !COMPUTED.contains(&key.as_str())) {
+            find_missing(key.clone(), value, request.get(key), &mut missing);
+        }
+    }
+    missing
+}
+
+fn find_missing(
+    path: String,
+    described: &serde_json::Value,
+    request: Option<&serde_json::Value>,
+    missing: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let empty = match described {
+        Value::Null => true,
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(members) => members.is_empty(),
+        Value::Bool(_) | Value::Number(_) => false,
+    };
+    if empty {
+        return;
+    }
+    let Some(request) = request else {
+        missing.push(path);
+        return;
+    };
+    match (described, request) {
+        (Value::Object(described), Value::Object(request)) => {
+            for (key, value) in described {
+                find_missing(format!("{path}.{key}"), value, request.get(key), missing);
+            }
+        }
+        (Value::Array(described), Value::Array(request)) => {
+            for (index, value) in described.iter().enumerate() {
+                find_missing(format!("{path}[{index}]"), value, request.get(index), missing);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fills `request` with everything registrable from `definition`, with `swap` applied.
 ///
 /// Fields ECS computes (ARN, revision, status, compatibilities, requiresAttributes, registeredAt/By)
@@ -50,8 +114,8 @@ pub fn registration(
         containers
             .into_iter()
             .map(|mut container| {
-                if container.name.as_deref() == Some(swap.container) {
-                    container.image = Some(swap.image.clone());
+                if let (Some(image), true) = (&swap.image, container.name.as_deref() == Some(swap.container)) {
+                    container.image = Some(image.clone());
                 }
                 container
             })
@@ -127,7 +191,7 @@ mod tests {
     fn swap(image: &str) -> ImageSwap<'static> {
         ImageSwap {
             container: APP_CONTAINER,
-            image: image.to_owned(),
+            image: Some(image.to_owned()),
             tags: vec![
                 (TAG_APP, "shop-api".to_owned()),
                 (TAG_IMAGE_TAG, "v1.0.0".to_owned()),

@@ -1,53 +1,62 @@
-//! The monitor's decisions, as functions of data: what an event, a service's state or the clock
-//! mean for the rollout Conveyor recorded. No I/O here.
+//! Every decision of deploy-monitor, as pure functions of the state, the event and what ECS
+//! reports: testable with plain values.
 
 use chrono::{DateTime, Utc};
 
-use crate::aws::{Deployment, ServiceState};
+use crate::aws::ServiceState;
 use crate::events::{DeploymentEvent, DeploymentEventName};
-use crate::releases::{EnvRecord, Rollout};
+use crate::record::EnvState;
+use crate::rollout::{RollbackWatch, Rollout};
+
+/// What a deployment event says happened to a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Completed,
+    Failed(String),
+}
 
 /// What to do with a deployment state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventDecision {
     Skip(String),
-    /// Conveyor's rollout completed: verify it.
-    Verify(Rollout),
-    /// Conveyor's rollout failed: roll back.
-    Fail(Rollout, String),
+    /// Conveyor's rollout in progress completed or failed.
+    Rollout(Box<Rollout>, Finding),
+    /// A rollback deployment being watched completed or failed.
+    Rollback(RollbackWatch, Finding),
+    /// A deployment Conveyor did not start (or no longer tracks): the service may have been
+    /// changed outside Conveyor.
+    Foreign,
 }
 
-pub fn on_event(record: Option<&EnvRecord>, event: &DeploymentEvent) -> EventDecision {
-    let Some(current) = record.and_then(|r| r.current.as_ref()) else {
-        return EventDecision::Skip("Conveyor has started no rollout on this service".into());
+pub fn on_event(state: &EnvState, event: &DeploymentEvent) -> EventDecision {
+    let finding = match event.name {
+        DeploymentEventName::InProgress => return EventDecision::Skip("deployment in progress".into()),
+        DeploymentEventName::Completed => Finding::Completed,
+        DeploymentEventName::Failed => {
+            Finding::Failed(event.reason.clone().unwrap_or_else(|| "ECS reported the deployment FAILED".into()))
+        }
     };
-    if current.deployment_id.as_deref() != Some(event.deployment_id.as_str()) {
-        return EventDecision::Skip(format!(
-            "stale: {} is not Conveyor's current rollout ({})",
-            event.deployment_id,
-            current.deployment_id.as_deref().unwrap_or("unknown")
-        ));
+    let id = Some(event.deployment_id.as_str());
+    if let Some(rollout) = state.rollout.as_ref().filter(|r| r.deployment_id.as_deref() == id) {
+        if !rollout.in_progress() {
+            return EventDecision::Skip(format!("already handled: the rollout is {}", rollout.state.name()));
+        }
+        return EventDecision::Rollout(Box::new(rollout.clone()), finding);
     }
-    if record.and_then(EnvRecord::in_progress).is_none() {
-        return EventDecision::Skip(format!("already handled: the rollout is {}", current.state.as_str()));
+    if let Some(watch) = state.rollback.as_ref().filter(|w| w.deployment_id.as_deref() == id) {
+        return EventDecision::Rollback(watch.clone(), finding);
     }
-    match event.name {
-        DeploymentEventName::Completed => EventDecision::Verify(current.clone()),
-        DeploymentEventName::Failed => EventDecision::Fail(
-            current.clone(),
-            event.reason.clone().unwrap_or_else(|| "ECS reported the deployment FAILED".into()),
-        ),
-        DeploymentEventName::InProgress => EventDecision::Skip("deployment in progress".into()),
-    }
+    EventDecision::Foreign
 }
 
 /// What the service's state says about a completed rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// Primary, the expected revision, every desired task running (health still to check).
+    /// Primary, the expected revision, and ECS says it completed (or every desired task runs):
+    /// the health check is next.
     Healthy,
-    /// Another deployment is primary now: this completion is history, nothing is vetted.
-    Stale(String),
+    /// Another deployment is primary now: Conveyor's rollout was replaced.
+    Replaced(String),
     Failed(String),
 }
 
@@ -56,7 +65,7 @@ pub fn verify(rollout: &Rollout, service: &ServiceState) -> Verification {
         return Verification::Failed("the service has no primary deployment".into());
     };
     if rollout.deployment_id.as_deref() != Some(primary.id.as_str()) {
-        return Verification::Stale(format!(
+        return Verification::Replaced(format!(
             "deployment {} is no longer primary ({} is)",
             rollout.deployment_id.as_deref().unwrap_or("unknown"),
             primary.id
@@ -68,11 +77,13 @@ pub fn verify(rollout: &Rollout, service: &ServiceState) -> Verification {
             primary.task_definition, rollout.task_definition_arn
         ));
     }
-    if primary.rollout_state.as_deref() == Some("FAILED") {
+    if primary.failed() {
         let reason = primary.rollout_state_reason.as_deref().unwrap_or("no reason given");
         return Verification::Failed(format!("ECS marked the deployment FAILED: {reason}"));
     }
-    if primary.running < primary.desired || service.running < service.desired {
+    // ECS's COMPLETED already means every task ran healthy; counts read later may have moved
+    // (autoscaling), so they only decide for deployments ECS does not judge itself.
+    if !primary.completed() && (primary.running < primary.desired || service.running < service.desired) {
         return Verification::Failed(format!(
             "{} of {} desired tasks running after the rollout completed",
             primary.running.min(service.running),
@@ -85,29 +96,37 @@ pub fn verify(rollout: &Rollout, service: &ServiceState) -> Verification {
 /// How to get a failed rollout's service back to something good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailurePlan {
-    /// ECS (its deployment circuit breaker) already moved the service to this revision.
+    /// ECS (its deployment circuit breaker) already moved the service back to this revision.
     AlreadyRolledBack {
         to: String,
+        deployment_id: String,
     },
     RollBack {
         to: String,
     },
-    /// The last verified revision is the failed one itself.
+    /// The last known-good revision is the failed one itself.
     NothingToRollBackTo,
+    /// Something outside Conveyor replaced the rollout: not the image's failure.
+    ChangedOutside,
 }
 
-pub fn failure_plan(record: &EnvRecord, rollout: &Rollout, service: &ServiceState) -> FailurePlan {
+pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState) -> FailurePlan {
     if let Some(primary) = service.primary() {
         let ours = rollout.deployment_id.as_deref() == Some(primary.id.as_str());
         if !ours && primary.task_definition != rollout.task_definition_arn {
-            return FailurePlan::AlreadyRolledBack { to: primary.task_definition.clone() };
+            if primary.task_definition == rollout.previous.arn || state.knows_revision(&primary.task_definition) {
+                return FailurePlan::AlreadyRolledBack {
+                    to: primary.task_definition.clone(),
+                    deployment_id: primary.id.clone(),
+                };
+            }
+            return FailurePlan::ChangedOutside;
         }
     }
-    let target = record.rollback_target();
-    if target == rollout.task_definition_arn {
-        return FailurePlan::NothingToRollBackTo;
+    match state.rollback_target(rollout) {
+        Some(to) => FailurePlan::RollBack { to },
+        None => FailurePlan::NothingToRollBackTo,
     }
-    FailurePlan::RollBack { to: target.to_owned() }
 }
 
 /// What the sweep does with a rollout still in progress.
@@ -116,7 +135,8 @@ pub enum SweepAction {
     Wait,
     Verify,
     Fail(String),
-    Superseded(String),
+    /// Another deployment replaced it (not Conveyor's: Conveyor's would have settled it).
+    Replaced,
 }
 
 pub fn reconcile(
@@ -125,17 +145,16 @@ pub fn reconcile(
     now: DateTime<Utc>,
     timeout: std::time::Duration,
 ) -> SweepAction {
-    let ours: Option<&Deployment> = match rollout.deployment_id.as_deref() {
-        Some(id) => service.deployments.iter().find(|d| d.id == id),
+    let ours = match rollout.deployment_id.as_deref() {
+        Some(id) => service.deployment(id),
         None => service.deployments.iter().find(|d| d.task_definition == rollout.task_definition_arn),
     };
-    let primary = service.primary();
     match ours {
-        Some(d) if d.rollout_state.as_deref() == Some("FAILED") => SweepAction::Fail(format!(
+        Some(d) if d.failed() => SweepAction::Fail(format!(
             "ECS marked the deployment FAILED: {}",
             d.rollout_state_reason.as_deref().unwrap_or("no reason given")
         )),
-        Some(d) if d.is_primary() && d.rollout_state.as_deref() == Some("COMPLETED") => SweepAction::Verify,
+        Some(d) if d.is_primary() && d.completed() => SweepAction::Verify,
         Some(d) if d.is_primary() => {
             let age = now.signed_duration_since(rollout.started_at);
             if age.to_std().is_ok_and(|age| age >= timeout) {
@@ -150,13 +169,56 @@ pub fn reconcile(
                 SweepAction::Wait
             }
         }
-        _ => match primary {
-            Some(p) if ours.is_none() && p.task_definition == rollout.previous_task_definition_arn => {
+        _ => match service.primary() {
+            Some(p) if p.task_definition == rollout.previous.arn => {
                 SweepAction::Fail(format!("ECS rolled the deployment back to {}", p.task_definition))
             }
-            Some(p) => SweepAction::Superseded(format!("replaced by deployment {} ({})", p.id, p.task_definition)),
-            None => SweepAction::Superseded("the service has no primary deployment".into()),
+            _ => SweepAction::Replaced,
         },
+    }
+}
+
+/// What the sweep does with a rollback deployment being watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchAction {
+    Wait,
+    Restored,
+    Failed(String),
+    /// Something else replaced it: nothing left to watch.
+    Gone,
+}
+
+pub fn reconcile_watch(
+    watch: &RollbackWatch,
+    service: &ServiceState,
+    now: DateTime<Utc>,
+    timeout: std::time::Duration,
+) -> WatchAction {
+    let deployment = match watch.deployment_id.as_deref() {
+        Some(id) => service.deployment(id),
+        None => service.deployments.iter().find(|d| d.task_definition == watch.to),
+    };
+    match deployment {
+        Some(d) if d.failed() => WatchAction::Failed(format!(
+            "the rollback deployment failed too: {}",
+            d.rollout_state_reason.as_deref().unwrap_or("no reason given")
+        )),
+        Some(d) if d.is_primary() && d.completed() => WatchAction::Restored,
+        Some(d) if d.is_primary() => {
+            let age = now.signed_duration_since(watch.started_at);
+            if age.to_std().is_ok_and(|age| age >= timeout) {
+                WatchAction::Failed(format!(
+                    "the rollback to {} has not completed after {} s: {} of {} tasks running",
+                    watch.to,
+                    age.num_seconds(),
+                    d.running,
+                    d.desired
+                ))
+            } else {
+                WatchAction::Wait
+            }
+        }
+        _ => WatchAction::Gone,
     }
 }
 
@@ -164,45 +226,67 @@ pub fn reconcile(
 mod tests {
     use std::time::Duration;
 
+    use aws_sdk_ecs::types::DeploymentRolloutState;
+
     use super::*;
-    use crate::releases::RolloutState;
+    use crate::aws::{Deployment, DeploymentStatus};
+    use crate::record::Verified;
+    use crate::rollout::{Origin, Revision, RolledBackBy, RolloutState, Settlement};
     use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 
     const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
     const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
     const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
+    const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
 
     fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
     }
 
+    fn digest(n: char) -> ImageDigest {
+        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
+    }
+
     fn rollout(td: &str, id: &str) -> Rollout {
         Rollout {
+            id: "r".into(),
             tag: ImageTag::parse("v2").unwrap(),
-            digest: ImageDigest::parse(format!("sha256:{}", "2".repeat(64))).unwrap(),
+            tags: vec![ImageTag::parse("v2").unwrap()],
+            digest: digest('2'),
             image: "repo@sha256:2".into(),
             task_definition_arn: td.into(),
-            previous_task_definition_arn: TD1.into(),
+            previous: Revision { arn: TD1.into(), digest: Some(digest('1')) },
             deployment_id: Some(id.into()),
             event_time: at(0),
             started_at: at(0),
+            origin: Origin::Push,
             state: RolloutState::InProgress,
-            reason: None,
-            settled_at: None,
         }
     }
 
-    fn record_with(current: Rollout) -> EnvRecord {
-        let mut record = EnvRecord::first(&AppName::parse("shop").unwrap(), Environment::Stage, "c", "s", TD1);
-        record.started(current);
-        record
+    fn state_with(current: Rollout) -> EnvState {
+        let mut state = EnvState::first(
+            &AppName::parse("shop").unwrap(),
+            Environment::Stage,
+            "c",
+            "s",
+            Revision { arn: TD1.into(), digest: Some(digest('1')) },
+        );
+        state.rollout = Some(current);
+        state
     }
 
-    fn deployment(id: &str, status: &str, state: &str, td: &str, running: i32) -> Deployment {
+    fn deployment(
+        id: &str,
+        status: DeploymentStatus,
+        state: DeploymentRolloutState,
+        td: &str,
+        running: i32,
+    ) -> Deployment {
         Deployment {
             id: id.into(),
-            status: status.into(),
-            rollout_state: Some(state.into()),
+            status,
+            rollout_state: Some(state),
             rollout_state_reason: None,
             task_definition: td.into(),
             desired: 2,
@@ -211,10 +295,12 @@ mod tests {
         }
     }
 
+    use DeploymentRolloutState::{Completed, Failed, InProgress};
+    use DeploymentStatus::{Active, Primary};
+
     fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
         ServiceState {
             arn: "arn".into(),
-            status: "ACTIVE".into(),
             task_definition: deployments[0].task_definition.clone(),
             desired: 2,
             running,
@@ -236,120 +322,146 @@ mod tests {
     }
 
     #[test]
-    fn events_for_the_current_rollout_are_acted_on() {
-        let record = record_with(rollout(TD2, "ecs-svc/2"));
-        let current = record.current.clone().unwrap();
+    fn events_for_the_rollout_in_progress_are_acted_on() {
+        let state = state_with(rollout(TD2, "ecs-svc/2"));
+        let current = Box::new(state.rollout.clone().unwrap());
         assert_eq!(
-            on_event(Some(&record), &event(DeploymentEventName::Completed, "ecs-svc/2")),
-            EventDecision::Verify(current.clone())
+            on_event(&state, &event(DeploymentEventName::Completed, "ecs-svc/2")),
+            EventDecision::Rollout(current.clone(), Finding::Completed)
         );
         assert_eq!(
-            on_event(Some(&record), &event(DeploymentEventName::Failed, "ecs-svc/2")),
-            EventDecision::Fail(current, "ECS deployment circuit breaker: task failed to start.".into())
+            on_event(&state, &event(DeploymentEventName::Failed, "ecs-svc/2")),
+            EventDecision::Rollout(
+                current,
+                Finding::Failed("ECS deployment circuit breaker: task failed to start.".into())
+            )
         );
         assert!(matches!(
-            on_event(Some(&record), &event(DeploymentEventName::InProgress, "ecs-svc/2")),
+            on_event(&state, &event(DeploymentEventName::InProgress, "ecs-svc/2")),
             EventDecision::Skip(_)
         ));
     }
 
     #[test]
-    fn stale_repeated_and_foreign_events_are_skipped() {
-        let mut record = record_with(rollout(TD2, "ecs-svc/2"));
+    fn repeated_events_are_skipped_and_unknown_deployments_are_looked_at() {
+        let mut state = state_with(rollout(TD2, "ecs-svc/2"));
+        assert_eq!(on_event(&state, &event(DeploymentEventName::Completed, "ecs-svc/9")), EventDecision::Foreign);
+        state.rollout.as_mut().unwrap().settle(Settlement::Verified, at(1)).unwrap();
         assert!(
-            matches!(on_event(None, &event(DeploymentEventName::Failed, "ecs-svc/2")), EventDecision::Skip(r) if r.contains("no rollout"))
-        );
-        assert!(
-            matches!(on_event(Some(&record), &event(DeploymentEventName::Completed, "ecs-svc/1")), EventDecision::Skip(r) if r.contains("stale"))
-        );
-        record.settled(RolloutState::RolledBack, "x", at(1));
-        assert!(
-            matches!(on_event(Some(&record), &event(DeploymentEventName::Failed, "ecs-svc/2")), EventDecision::Skip(r) if r.contains("already handled"))
+            matches!(on_event(&state, &event(DeploymentEventName::Failed, "ecs-svc/2")), EventDecision::Skip(r) if r.contains("already handled"))
         );
     }
 
     #[test]
-    fn verification_needs_the_primary_running_the_expected_revision_fully() {
-        let ours = rollout(TD2, "ecs-svc/2");
-        assert_eq!(
-            verify(&ours, &service(vec![deployment("ecs-svc/2", "PRIMARY", "COMPLETED", TD2, 2)], 2)),
-            Verification::Healthy
-        );
+    fn a_watched_rollback_deployment_reports_back() {
+        let mut state = state_with(rollout(TD2, "ecs-svc/2"));
+        let watch = RollbackWatch {
+            rollout_id: "r".into(),
+            tag: ImageTag::parse("v2").unwrap(),
+            digest: digest('2'),
+            to: TD1.into(),
+            deployment_id: Some("ecs-svc/3".into()),
+            by: RolledBackBy::Conveyor,
+            started_at: at(1),
+        };
+        state.rollback = Some(watch.clone());
         assert!(matches!(
-            verify(
-                &ours,
-                &service(
-                    vec![
-                        deployment("ecs-svc/3", "PRIMARY", "IN_PROGRESS", TD3, 0),
-                        deployment("ecs-svc/2", "ACTIVE", "COMPLETED", TD2, 2)
-                    ],
-                    2
-                )
-            ),
-            Verification::Stale(_)
-        ));
-        assert!(
-            matches!(verify(&ours, &service(vec![deployment("ecs-svc/2", "PRIMARY", "COMPLETED", TD3, 2)], 2)), Verification::Failed(r) if r.contains("runs"))
-        );
-        assert!(
-            matches!(verify(&ours, &service(vec![deployment("ecs-svc/2", "PRIMARY", "COMPLETED", TD2, 1)], 1)), Verification::Failed(r) if r.contains("1 of 2"))
-        );
-        assert!(matches!(
-            verify(&ours, &service(vec![deployment("ecs-svc/2", "PRIMARY", "FAILED", TD2, 0)], 0)),
-            Verification::Failed(_)
+            on_event(&state, &event(DeploymentEventName::Failed, "ecs-svc/3")),
+            EventDecision::Rollback(w, Finding::Failed(_)) if w == watch
         ));
     }
 
     #[test]
-    fn failures_roll_back_to_the_last_verified_revision() {
-        let ours = rollout(TD3, "ecs-svc/3");
-        let mut record = record_with(ours.clone());
-        let failing = service(vec![deployment("ecs-svc/3", "PRIMARY", "FAILED", TD3, 0)], 0);
-        // Nothing verified yet: back to what ran before Conveyor.
-        assert_eq!(failure_plan(&record, &ours, &failing), FailurePlan::RollBack { to: TD1.into() });
-        // Verified TD2 exists: back to it, not merely the previous revision number.
-        record.last_verified = Some(crate::releases::Verified {
-            tag: ImageTag::parse("v1").unwrap(),
-            digest: ImageDigest::parse(format!("sha256:{}", "1".repeat(64))).unwrap(),
-            image: "x".into(),
-            task_definition_arn: TD2.into(),
-            verified_at: at(0),
-        });
-        assert_eq!(failure_plan(&record, &ours, &failing), FailurePlan::RollBack { to: TD2.into() });
-    }
-
-    #[test]
-    fn a_circuit_breaker_rollback_is_not_rolled_back_again() {
+    fn verification_needs_the_primary_running_the_expected_revision() {
         let ours = rollout(TD2, "ecs-svc/2");
-        let record = record_with(ours.clone());
-        let rolled_back = service(
+        let healthy = service(vec![deployment("ecs-svc/2", Primary, Completed, TD2, 2)], 2);
+        assert_eq!(verify(&ours, &healthy), Verification::Healthy);
+        let replaced = service(
             vec![
-                deployment("ecs-svc/9", "PRIMARY", "IN_PROGRESS", TD1, 0),
-                deployment("ecs-svc/2", "ACTIVE", "FAILED", TD2, 0),
+                deployment("ecs-svc/3", Primary, InProgress, TD3, 0),
+                deployment("ecs-svc/2", Active, Completed, TD2, 2),
             ],
             2,
         );
-        assert_eq!(failure_plan(&record, &ours, &rolled_back), FailurePlan::AlreadyRolledBack { to: TD1.into() });
+        assert!(matches!(verify(&ours, &replaced), Verification::Replaced(_)));
+        let wrong = service(vec![deployment("ecs-svc/2", Primary, Completed, TD3, 2)], 2);
+        assert!(matches!(verify(&ours, &wrong), Verification::Failed(r) if r.contains("runs")));
+        let failed = service(vec![deployment("ecs-svc/2", Primary, Failed, TD2, 0)], 0);
+        assert!(matches!(verify(&ours, &failed), Verification::Failed(_)));
+    }
+
+    #[test]
+    fn a_late_completion_after_autoscaling_is_still_verified() {
+        // ECS completed the deployment with 2 tasks; autoscaling has since asked for 4.
+        let ours = rollout(TD2, "ecs-svc/2");
+        let mut scaled = service(vec![deployment("ecs-svc/2", Primary, Completed, TD2, 2)], 2);
+        scaled.desired = 4;
+        scaled.deployments[0].desired = 4;
+        assert_eq!(verify(&ours, &scaled), Verification::Healthy);
+        // Without ECS's verdict (no rollout state), the counts decide.
+        scaled.deployments[0].rollout_state = None;
+        assert!(matches!(verify(&ours, &scaled), Verification::Failed(r) if r.contains("2 of 4")));
+    }
+
+    #[test]
+    fn failures_roll_back_to_the_known_good_revision() {
+        let ours = rollout(TD3, "ecs-svc/3");
+        let mut state = state_with(ours.clone());
+        let failing = service(vec![deployment("ecs-svc/3", Primary, Failed, TD3, 0)], 0);
+        // The replaced revision runs the baseline's image: back to it.
+        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::RollBack { to: TD1.into() });
+        state.last_verified = Some(Verified {
+            rollout_id: "v".into(),
+            tag: ImageTag::parse("v1").unwrap(),
+            digest: digest('5'),
+            image: "x".into(),
+            task_definition_arn: TD2.into(),
+            at: at(0),
+        });
+        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::RollBack { to: TD2.into() });
+    }
+
+    #[test]
+    fn a_circuit_breaker_rollback_is_not_rolled_back_again_and_a_change_outside_is_no_failure() {
+        let ours = rollout(TD2, "ecs-svc/2");
+        let state = state_with(ours.clone());
+        let rolled_back = service(
+            vec![deployment("ecs-svc/9", Primary, InProgress, TD1, 0), deployment("ecs-svc/2", Active, Failed, TD2, 0)],
+            2,
+        );
+        assert_eq!(
+            failure_plan(&state, &ours, &rolled_back),
+            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into() }
+        );
+        let terraform = service(
+            vec![
+                deployment("ecs-svc/7", Primary, InProgress, TERRAFORM, 0),
+                deployment("ecs-svc/2", Active, Failed, TD2, 0),
+            ],
+            2,
+        );
+        assert_eq!(failure_plan(&state, &ours, &terraform), FailurePlan::ChangedOutside);
     }
 
     #[test]
     fn nothing_to_roll_back_to_when_the_failed_revision_is_the_target() {
-        let ours = rollout(TD1, "ecs-svc/2");
-        let record = record_with(ours.clone());
-        let failing = service(vec![deployment("ecs-svc/2", "PRIMARY", "FAILED", TD1, 0)], 0);
-        assert_eq!(failure_plan(&record, &ours, &failing), FailurePlan::NothingToRollBackTo);
+        let mut ours = rollout(TD1, "ecs-svc/2");
+        ours.previous = Revision { arn: TD1.into(), digest: Some(digest('1')) };
+        let state = state_with(ours.clone());
+        let failing = service(vec![deployment("ecs-svc/2", Primary, Failed, TD1, 0)], 0);
+        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::NothingToRollBackTo);
     }
 
     #[test]
     fn the_sweep_settles_what_no_event_reported() {
         let ours = rollout(TD2, "ecs-svc/2");
         let timeout = Duration::from_secs(1800);
-        let completed = service(vec![deployment("ecs-svc/2", "PRIMARY", "COMPLETED", TD2, 2)], 2);
+        let completed = service(vec![deployment("ecs-svc/2", Primary, Completed, TD2, 2)], 2);
         assert_eq!(reconcile(&ours, &completed, at(5), timeout), SweepAction::Verify);
         let running = service(
             vec![
-                deployment("ecs-svc/2", "PRIMARY", "IN_PROGRESS", TD2, 1),
-                deployment("ecs-svc/1", "ACTIVE", "COMPLETED", TD1, 1),
+                deployment("ecs-svc/2", Primary, InProgress, TD2, 1),
+                deployment("ecs-svc/1", Active, Completed, TD1, 1),
             ],
             2,
         );
@@ -357,19 +469,42 @@ mod tests {
         assert!(
             matches!(reconcile(&ours, &running, at(30), timeout), SweepAction::Fail(r) if r.contains("not completed after 1800 s"))
         );
-        let failed = service(vec![deployment("ecs-svc/2", "PRIMARY", "FAILED", TD2, 0)], 0);
+        let failed = service(vec![deployment("ecs-svc/2", Primary, Failed, TD2, 0)], 0);
         assert!(matches!(reconcile(&ours, &failed, at(5), timeout), SweepAction::Fail(_)));
-        let rolled_back = service(vec![deployment("ecs-svc/9", "PRIMARY", "COMPLETED", TD1, 2)], 2);
+        let rolled_back = service(vec![deployment("ecs-svc/9", Primary, Completed, TD1, 2)], 2);
         assert!(
             matches!(reconcile(&ours, &rolled_back, at(5), timeout), SweepAction::Fail(r) if r.contains("rolled the deployment back"))
         );
         let replaced = service(
             vec![
-                deployment("ecs-svc/7", "PRIMARY", "IN_PROGRESS", TD3, 0),
-                deployment("ecs-svc/2", "ACTIVE", "COMPLETED", TD2, 2),
+                deployment("ecs-svc/7", Primary, InProgress, TD3, 0),
+                deployment("ecs-svc/2", Active, Completed, TD2, 2),
             ],
             2,
         );
-        assert!(matches!(reconcile(&ours, &replaced, at(5), timeout), SweepAction::Superseded(_)));
+        assert_eq!(reconcile(&ours, &replaced, at(5), timeout), SweepAction::Replaced);
+    }
+
+    #[test]
+    fn the_sweep_watches_rollbacks_until_they_settle() {
+        let watch = RollbackWatch {
+            rollout_id: "r".into(),
+            tag: ImageTag::parse("v2").unwrap(),
+            digest: digest('2'),
+            to: TD1.into(),
+            deployment_id: Some("ecs-svc/3".into()),
+            by: RolledBackBy::Conveyor,
+            started_at: at(0),
+        };
+        let timeout = Duration::from_secs(600);
+        let done = service(vec![deployment("ecs-svc/3", Primary, Completed, TD1, 2)], 2);
+        assert_eq!(reconcile_watch(&watch, &done, at(1), timeout), WatchAction::Restored);
+        let failed = service(vec![deployment("ecs-svc/3", Primary, Failed, TD1, 0)], 0);
+        assert!(matches!(reconcile_watch(&watch, &failed, at(1), timeout), WatchAction::Failed(_)));
+        let slow = service(vec![deployment("ecs-svc/3", Primary, InProgress, TD1, 0)], 0);
+        assert_eq!(reconcile_watch(&watch, &slow, at(1), timeout), WatchAction::Wait);
+        assert!(
+            matches!(reconcile_watch(&watch, &slow, at(11), timeout), WatchAction::Failed(r) if r.contains("not completed"))
+        );
     }
 }

@@ -1,25 +1,37 @@
 //! deploy-monitor: turns ECS deployment state changes (and a periodic sweep) into verified
 //! releases, automatic rollbacks and alerts.
 //!
-//! Slow work (health checks, reading stopped tasks) happens before the service's lease is taken;
-//! under the lease the record is read again, so a concurrent or repeated delivery changes nothing.
+//! Everything about one service happens under its lease: the state is read as the lease is taken,
+//! so a concurrent or repeated delivery finds the rollout settled and changes nothing. A failure
+//! to reach AWS that a retry may cure fails the invocation before anything is recorded (Lambda
+//! retries it); a settled outcome is committed once, with its notification.
 
 pub mod decide;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{error, info, instrument, warn};
 
-use crate::aws::ServiceState;
-use crate::config::AppConfig;
+use crate::aws::{is_inactive_revision, AwsError, ServiceState};
+use crate::config::{AppConfig, ConfigSet};
 use crate::error::{DeployError, Error};
-use crate::events::{self, DeploymentEvent, MonitorEvent, Skip};
-use crate::notify::{Notification, Outcome, Severity};
-use crate::releases::{EnvRecord, Failure, Rollout, RolloutState, TagRecord};
-use crate::types::Environment;
-use crate::Conveyor;
-use decide::{EventDecision, FailurePlan, SweepAction, Verification};
+use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
+use crate::ledger::{Change, Failure, Held, HistoryEntry, HistoryEvent, ImageUpdate, Item, ItemKey, TagItem};
+use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::record::{EnvState, Verified};
+use crate::rollout::start::{self, history_of};
+use crate::rollout::{RollbackWatch, RolledBackBy, Rollout, Settlement};
+use crate::taskdef::ImageSwap;
+use crate::types::{AppName, Environment, ImageTag};
+use crate::{Conveyor, Invocation};
+use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
+
+/// How long an event waits for a busy service before it gives up (Lambda retries it).
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Services the sweep works on at once.
+const SWEEP_CONCURRENCY: usize = 8;
 
 /// What one invocation did (the Lambda response).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,7 +45,8 @@ pub struct Handled {
     pub app: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<Environment>,
-    /// `skipped`, `waiting`, `verified`, `rolled_back`, `failed` or `superseded`.
+    /// `skipped`, `waiting`, `verified`, `rolled_back`, `failed`, `superseded`, `drift`,
+    /// `restored`, `delivered` or `error`.
     pub action: &'static str,
     pub detail: String,
 }
@@ -43,20 +56,20 @@ impl Handled {
         Handled { app: None, environment: None, action: "skipped", detail: detail.into() }
     }
 
-    fn of(app: &AppConfig, env: Environment, action: &'static str, detail: impl Into<String>) -> Self {
-        Handled { app: Some(app.name.to_string()), environment: Some(env), action, detail: detail.into() }
+    fn of(app: &AppName, env: Environment, action: &'static str, detail: impl Into<String>) -> Self {
+        Handled { app: Some(app.to_string()), environment: Some(env), action, detail: detail.into() }
     }
 }
 
 /// Handles one EventBridge event: a deployment state change or the sweep schedule.
-pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<MonitorReport, Error> {
+pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<MonitorReport, Error> {
     match events::monitor(payload) {
         Ok(Ok(MonitorEvent::Deployment(event))) => {
             // Boxed, like every handler's work (see `stage::handle`).
-            let handled = Box::pin(on_deployment(conveyor, &event)).await?;
+            let handled = Box::pin(on_deployment(conveyor, &event, invocation)).await?;
             Ok(MonitorReport { results: vec![handled] })
         }
-        Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(conveyor)).await,
+        Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(conveyor, invocation)).await,
         Ok(Err(Skip(reason))) => {
             info!(reason = %reason, "event skipped");
             Ok(MonitorReport { results: vec![Handled::skipped(reason)] })
@@ -69,206 +82,209 @@ pub async fn handle(conveyor: &Conveyor, payload: Value) -> Result<MonitorReport
 }
 
 #[instrument(skip_all, fields(event_id = event.event_id.as_deref(), service = %event.service_arn, deployment_id = %event.deployment_id))]
-async fn on_deployment(conveyor: &Conveyor, event: &DeploymentEvent) -> Result<Handled, Error> {
+async fn on_deployment(
+    conveyor: &Conveyor,
+    event: &DeploymentEvent,
+    invocation: &Invocation,
+) -> Result<Handled, Error> {
     let config = conveyor.config.get(&conveyor.clients.ssm).await?;
-    let owner = config.owner_of(event.cluster.as_deref(), &event.service);
-    let Some((app, env)) = owner else {
+    let Some((app, env)) = config.owner_of(event.cluster.as_deref(), &event.service) else {
         info!(reason = "unmanaged service", "event skipped");
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
     };
+    if event.name == DeploymentEventName::InProgress {
+        return Ok(Handled::of(&app.name, env, "skipped", "deployment in progress"));
+    }
     let failed = |error: DeployError| Error::Deploy(vec![(app.name.clone(), error)]);
-    let record = conveyor.releases.env_record(&app.name, env).await.map_err(|e| failed(e.into()))?;
-    let (rollout, finding) = match decide::on_event(record.as_ref(), event) {
-        EventDecision::Skip(reason) => {
-            info!(app = %app.name, environment = %env, reason = %reason, "event skipped");
-            return Ok(Handled::of(app, env, "skipped", reason));
-        }
-        EventDecision::Verify(rollout) => (rollout, Finding::Completed),
-        EventDecision::Fail(rollout, reason) => (rollout, Finding::Failed(reason)),
-    };
-    settle(conveyor, app, env, &rollout, finding, None).await.map_err(failed)
+    let key = ItemKey::env(&app.name, env);
+    let wait = LEASE_WAIT.min(invocation.remaining(std::time::Duration::from_secs(45)));
+    let mut held = conveyor
+        .ledger
+        .acquire(&key, &format!("deploy-monitor {}", event.deployment_id), invocation.lease_until(), wait)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let result = on_event_leased(conveyor, app, env, &mut held, event, invocation).await;
+    conveyor.finish(held).await;
+    let handled = result.map_err(failed)?;
+    info!(app = %app.name, environment = %env, action = handled.action, detail = %handled.detail, "event handled");
+    Ok(handled)
 }
 
-/// Reconciles every rollout still in progress with what ECS reports, for completions and
-/// failures whose event never came, and rollouts past `rollout_timeout_seconds`.
-#[instrument(skip_all)]
-async fn sweep(conveyor: &Conveyor) -> Result<MonitorReport, Error> {
-    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    for app in &config.apps {
-        let records = match conveyor.releases.env_records(&app.name).await {
-            Ok(records) => records,
-            Err(error) => {
-                failures.push((app.name.clone(), error.into()));
-                continue;
-            }
-        };
-        for (env, rollout) in records.iter().filter_map(|r| Some((r.environment, r.in_progress()?))) {
-            match sweep_rollout(conveyor, app, env, rollout).await {
-                Ok(handled) => results.push(handled),
-                Err(error) => {
-                    error!(app = %app.name, environment = %env, error = %error, "sweep failed");
-                    failures.push((app.name.clone(), error));
-                }
-            }
-        }
-    }
-    info!(in_flight = results.len() + failures.len(), failed = failures.len(), "sweep done");
-    if failures.is_empty() {
-        Ok(MonitorReport { results })
-    } else {
-        Err(Error::Deploy(failures))
-    }
-}
-
-async fn sweep_rollout(
+async fn on_event_leased(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
-    rollout: &Rollout,
+    held: &mut Held<EnvState>,
+    event: &DeploymentEvent,
+    invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
-    let target = app.target(env);
-    let service = conveyor.clients.ecs.service(&target.cluster, &target.service).await?;
-    match decide::reconcile(rollout, &service, Utc::now(), app.rollout_timeout) {
-        SweepAction::Wait => Ok(Handled::of(app, env, "waiting", format!("{} still in progress", rollout.tag))),
-        SweepAction::Verify => settle(conveyor, app, env, rollout, Finding::Completed, Some(service)).await,
-        SweepAction::Fail(reason) => settle(conveyor, app, env, rollout, Finding::Failed(reason), Some(service)).await,
-        SweepAction::Superseded(reason) => {
-            let recorded = under_lease(conveyor, app, env, rollout, async |mut record| {
-                record.settled(RolloutState::Superseded, &reason, Utc::now());
-                conveyor.releases.save_env_record(&record).await.map_err(DeployError::from)
-            })
-            .await?;
-            if recorded.is_some() {
-                info!(app = %app.name, environment = %env, tag = %rollout.tag, reason = %reason, "rollout superseded");
-            }
-            Ok(Handled::of(app, env, "superseded", reason))
+    let Some(state) = held.state.as_ref() else {
+        return Ok(Handled::of(&app.name, env, "skipped", "Conveyor has started no rollout on this service"));
+    };
+    match decide::on_event(state, event) {
+        EventDecision::Skip(reason) => Ok(Handled::of(&app.name, env, "skipped", reason)),
+        EventDecision::Rollout(rollout, finding) => {
+            settle(conveyor, app, env, held, &rollout, finding, None, invocation).await
         }
+        EventDecision::Rollback(watch, finding) => rollback_ended(conveyor, app, env, held, &watch, finding).await,
+        EventDecision::Foreign => changed_outside(conveyor, app, env, held).await,
     }
 }
 
-/// What the monitor found out about a rollout.
-enum Finding {
-    Completed,
-    Failed(String),
-}
-
-/// Settles a rollout: verify a completion, or roll back a failure; record it and alert.
+/// Settles a rollout in progress: verify a completion, or roll back a failure.
+#[allow(clippy::too_many_arguments)]
 async fn settle(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
+    held: &mut Held<EnvState>,
     rollout: &Rollout,
     finding: Finding,
     service: Option<ServiceState>,
+    invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
     let target = app.target(env);
-    let ecs = &conveyor.clients.ecs;
-    let failure = match finding {
-        Finding::Failed(reason) => reason,
-        Finding::Completed => {
-            let service = match service {
-                Some(service) => service,
-                None => ecs.service(&target.cluster, &target.service).await?,
-            };
-            match verify(conveyor, app, env, rollout, &service).await {
-                Ok(()) => return record_verified(conveyor, app, env, rollout).await,
-                Err(Some(reason)) => reason,
-                Err(None) => {
-                    let reason = "completion of a deployment that is no longer primary: nothing vetted".to_owned();
-                    info!(app = %app.name, environment = %env, tag = %rollout.tag, reason = %reason, "event skipped");
-                    return Ok(Handled::of(app, env, "skipped", reason));
-                }
+    let service = match service {
+        Some(service) => service,
+        None => match conveyor.ecs(target).service(&target.cluster, &target.service).await {
+            Ok(service) => service,
+            Err(error) if error.code == "ServiceNotFound" => {
+                return service_gone(conveyor, app, env, held, rollout, &error).await
             }
-        }
-    };
-    roll_back(conveyor, app, env, rollout, failure).await
-}
-
-/// `Ok` when verified, `Err(Some(reason))` when not, `Err(None)` when the completion is stale.
-async fn verify(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    rollout: &Rollout,
-    service: &ServiceState,
-) -> Result<(), Option<String>> {
-    match decide::verify(rollout, service) {
-        Verification::Stale(reason) => {
-            info!(app = %app.name, environment = %env, reason = %reason, "stale completion");
-            Err(None)
-        }
-        Verification::Failed(reason) => Err(Some(reason)),
-        Verification::Healthy => match &app.target(env).health_url {
-            None => Ok(()),
-            Some(url) => {
-                let checked = crate::health::check(&conveyor.http, url, conveyor.health_budget).await;
-                info!(app = %app.name, environment = %env, health_url = %url, healthy = checked.is_ok(), "health check");
-                checked.map(drop).map_err(Some)
-            }
+            Err(error) => return Err(error.into()),
         },
-    }
+    };
+    let reason = match finding {
+        Finding::Failed(reason) => reason,
+        Finding::Completed => match decide::verify(rollout, &service) {
+            Verification::Replaced(reason) => {
+                info!(app = %app.name, environment = %env, reason = %reason, "completion of a replaced deployment");
+                return changed_outside(conveyor, app, env, held).await;
+            }
+            Verification::Failed(reason) => reason,
+            Verification::Healthy => match health(conveyor, app, env, invocation).await {
+                Ok(()) => return verified(conveyor, app, env, held, rollout).await,
+                Err(reason) => reason,
+            },
+        },
+    };
+    roll_back(conveyor, app, env, held, rollout, &service, reason).await
 }
 
-async fn record_verified(
+async fn health(conveyor: &Conveyor, app: &AppConfig, env: Environment, invocation: &Invocation) -> Result<(), String> {
+    let Some(url) = &app.target(env).health_url else { return Ok(()) };
+    let budget = conveyor.health_budget.min(invocation.remaining(std::time::Duration::from_secs(15)));
+    let checked = crate::health::check(&conveyor.http, url, budget).await;
+    info!(app = %app.name, environment = %env, health_url = %url, healthy = checked.is_ok(), "health check");
+    checked.map(drop)
+}
+
+async fn verified(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
+    held: &mut Held<EnvState>,
     rollout: &Rollout,
 ) -> Result<Handled, DeployError> {
     let now = Utc::now();
-    let releases = &conveyor.releases;
-    let recorded = under_lease(conveyor, app, env, rollout, async |mut record| {
-        record.verified(now);
-        releases.save_env_record(&record).await?;
-        releases
-            .update_image(&app.name, &rollout.digest, &rollout.image, |image| {
-                image.add_tag(&rollout.tag);
-                image.vetted.insert(env, now);
-            })
-            .await?;
+    let mut rollout = rollout.clone();
+    if rollout.settle(Settlement::Verified, now).is_err() {
+        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
+    }
+    // Stage makes every tag of the image promotable: commit only if the image has no tag this
+    // rollout does not know (a push recorded one meanwhile), else learn them and commit again.
+    for attempt in 0..3 {
+        let mut change = Change::new(held.require_state()?.clone());
+        change.state.last_verified = Some(Verified {
+            rollout_id: rollout.id.clone(),
+            tag: rollout.tag.clone(),
+            digest: rollout.digest.clone(),
+            image: rollout.image.clone(),
+            task_definition_arn: rollout.task_definition_arn.clone(),
+            at: now,
+        });
+        change.state.rollout = Some(rollout.clone());
+        let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
+        image.add_tags = rollout.tags.clone();
+        image.vetted = Some((env, now));
         if env == Environment::Stage {
-            let tag = TagRecord {
-                tag: rollout.tag.clone(),
-                digest: rollout.digest.clone(),
-                image: rollout.image.clone(),
-                vetted_at: now,
-            };
-            releases.save_tag_record(&app.name, &tag).await?;
+            image.expect_tags = Some(rollout.tags.len());
+            for tag in &rollout.tags {
+                let item = TagItem {
+                    tag: tag.clone(),
+                    digest: rollout.digest.clone(),
+                    image: rollout.image.clone(),
+                    vetted_at: now,
+                };
+                change.tags.push((app.name.clone(), item));
+            }
         }
-        Ok(())
-    })
-    .await?;
-    if recorded.is_none() {
-        return Ok(Handled::of(app, env, "skipped", "already handled by another invocation"));
+        change.images.push((app.name.clone(), image));
+        change.history.push(history_of(&app.name, &rollout, env, now));
+        let mut notification = Notification::of_rollout(app, env, &rollout);
+        notification.reason = Some("deployment completed, every task running, health check passed".into());
+        change.announcements.push(Announcement::new(notification, app));
+        match held.commit(&conveyor.ledger, change).await {
+            Ok(()) => break,
+            Err(crate::ledger::LedgerError::Conflict { .. }) if attempt < 2 => {
+                let facts = conveyor.ledger.image(&app.name, &rollout.digest).await?;
+                for tag in facts.iter().flat_map(|f| &f.tags).filter_map(|t| ImageTag::parse(t.as_str()).ok()) {
+                    rollout.add_tag(&tag);
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), task_definition_arn = %rollout.task_definition_arn, "rollout verified");
-    let mut notification = Notification::of_rollout(app, env, rollout, Outcome::Verified, Severity::Info);
-    notification.reason = Some("deployment completed, every task running, health check passed".into());
-    conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
-    Ok(Handled::of(app, env, "verified", format!("{} ({})", rollout.tag, rollout.digest)))
-}
-
-/// How a failed rollout ended.
-struct Settled {
-    state: RolloutState,
-    severity: Severity,
-    rollback_to: Option<String>,
-    reason: String,
+    Ok(Handled::of(&app.name, env, "verified", format!("{} ({})", rollout.tag, rollout.digest)))
 }
 
 async fn roll_back(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
+    held: &mut Held<EnvState>,
     rollout: &Rollout,
+    service: &ServiceState,
     reason: String,
 ) -> Result<Handled, DeployError> {
     let target = app.target(env);
-    let ecs = &conveyor.clients.ecs;
-    let releases = &conveyor.releases;
+    let ecs = conveyor.ecs(target);
+    let state = held.require_state()?.clone();
+    let now = Utc::now();
+    let (settlement, watch) = match decide::failure_plan(&state, rollout, service) {
+        FailurePlan::ChangedOutside => return changed_outside(conveyor, app, env, held).await,
+        FailurePlan::AlreadyRolledBack { to, deployment_id } => (
+            Settlement::RolledBack {
+                reason: format!("{reason} (ECS circuit breaker already rolled back)"),
+                to: to.clone(),
+                by: RolledBackBy::CircuitBreaker,
+            },
+            Some((to, Some(deployment_id), RolledBackBy::CircuitBreaker)),
+        ),
+        FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, &to).await {
+            Ok((to, deployment_id)) => (
+                Settlement::RolledBack {
+                    reason: format!("{reason} (rolled back by Conveyor)"),
+                    to: to.clone(),
+                    by: RolledBackBy::Conveyor,
+                },
+                Some((to, deployment_id, RolledBackBy::Conveyor)),
+            ),
+            Err(error) if error.retryable => {
+                warn!(app = %app.name, environment = %env, error = %error, "rollback not issued yet: the invocation fails and is retried");
+                return Err(error.into());
+            }
+            Err(error) => (Settlement::Failed { reason: format!("{reason} (rollback to {to} failed: {error})") }, None),
+        },
+        FailurePlan::NothingToRollBackTo => (
+            Settlement::Failed {
+                reason: format!("{reason} (nothing to roll back to: the failed revision is the last known-good one)"),
+            },
+            None,
+        ),
+    };
     // Best effort and bounded: the alert is worth more on time than complete.
     let diagnostics = match &rollout.deployment_id {
         Some(id) => tokio::time::timeout(std::time::Duration::from_secs(5), ecs.stopped_tasks(&target.cluster, id, 3))
@@ -277,80 +293,294 @@ async fn roll_back(
             .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")]),
         None => Vec::new(),
     };
-
-    let settled = under_lease(conveyor, app, env, rollout, async |mut record| {
-        let service = ecs.service(&target.cluster, &target.service).await?;
-        let (state, severity, rollback_to, detail) = match decide::failure_plan(&record, rollout, &service) {
-            FailurePlan::AlreadyRolledBack { to } => (
-                RolloutState::RolledBack,
-                rolled_back_severity(env),
-                Some(to),
-                "ECS circuit breaker already rolled back".into(),
-            ),
-            FailurePlan::RollBack { to } => match ecs.update_service(&target.cluster, &target.service, &to).await {
-                Ok(_) => {
-                    (RolloutState::RolledBack, rolled_back_severity(env), Some(to), "rolled back by Conveyor".into())
-                }
-                Err(error) => {
-                    (RolloutState::Failed, Severity::Critical, None, format!("rollback to {to} failed: {error}"))
-                }
-            },
-            FailurePlan::NothingToRollBackTo => (
-                RolloutState::Failed,
-                Severity::Critical,
-                None,
-                "nothing to roll back to: the failed revision is the last verified one".to_owned(),
-            ),
-        };
-        let reason = format!("{reason} ({detail})");
-        let now = Utc::now();
-        record.settled(state, &reason, now);
-        releases.save_env_record(&record).await?;
-        releases
-            .update_image(&app.name, &rollout.digest, &rollout.image, |image| {
-                image.add_tag(&rollout.tag);
-                image.failed.insert(env, Failure { at: now, reason: reason.clone() });
-            })
-            .await?;
-        Ok(Settled { state, severity, rollback_to, reason })
-    })
-    .await?;
-    let Some(settled) = settled else {
-        return Ok(Handled::of(app, env, "skipped", "already handled by another invocation"));
-    };
-
-    let outcome = if settled.state == RolloutState::RolledBack { Outcome::RolledBack } else { Outcome::Failed };
-    warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
-        deployment_id = rollout.deployment_id.as_deref(), rollback_task_definition_arn = settled.rollback_to.as_deref(),
-        outcome = %outcome, reason = %settled.reason, "rollout failed");
-    let mut notification = Notification::of_rollout(app, env, rollout, outcome, settled.severity);
-    notification.reason = Some(settled.reason.clone());
-    notification.rollback_task_definition_arn = settled.rollback_to;
-    notification.diagnostics = diagnostics;
-    conveyor.notifier.send(&notification, app.slack_webhook_parameter.as_deref()).await;
-    Ok(Handled::of(app, env, settled.state.as_str(), settled.reason))
-}
-
-fn rolled_back_severity(env: Environment) -> Severity {
-    match env {
-        Environment::Stage => Severity::Error,
-        Environment::Prod => Severity::Critical,
+    let mut rollout = rollout.clone();
+    if rollout.settle(settlement, now).is_err() {
+        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
     }
+    let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
+    let mut change = Change::new(state);
+    change.state.rollback = watch.map(|(to, deployment_id, by)| RollbackWatch {
+        rollout_id: rollout.id.clone(),
+        tag: rollout.tag.clone(),
+        digest: rollout.digest.clone(),
+        to,
+        deployment_id,
+        by,
+        started_at: now,
+    });
+    change.state.rollout = Some(rollout.clone());
+    let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
+    image.failed = Some((env, Failure { at: now, reason: failure_reason.clone() }));
+    change.images.push((app.name.clone(), image));
+    change.history.push(history_of(&app.name, &rollout, env, now));
+    let mut notification = Notification::of_rollout(app, env, &rollout);
+    notification.diagnostics = diagnostics;
+    change.announcements.push(Announcement::new(notification, app));
+    held.commit(&conveyor.ledger, change).await?;
+    warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
+        deployment_id = rollout.deployment_id.as_deref(), state = rollout.state.name(), reason = %failure_reason, "rollout failed");
+    Ok(Handled::of(&app.name, env, rollout.state.name(), failure_reason))
 }
 
-/// Runs `act` on the environment's record under its lease, if `rollout` is still the one in
-/// progress there; `None` when another invocation settled it first.
-async fn under_lease<T>(
+/// Points the service back at `to`. A revision deregistered since is registered again from its
+/// definition (ECS refuses to run an INACTIVE one). Returns the revision and the deployment.
+async fn issue_rollback(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
+    to: &str,
+) -> Result<(String, Option<String>), AwsError> {
+    let target = app.target(env);
+    let ecs = conveyor.ecs(target);
+    let deployment_of = |service: &ServiceState, td: &str| {
+        service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
+    };
+    match ecs.update_service(&target.cluster, &target.service, to).await {
+        Ok(updated) => Ok((to.to_owned(), deployment_of(&updated, to))),
+        Err(error) if is_inactive_revision(&error) => {
+            let source = conveyor.revision(ecs, to).await?;
+            let copy = ImageSwap { container: &app.container, image: None, tags: Vec::new() };
+            let registered = ecs.register(&source, &copy).await.map_err(|e| match e {
+                crate::aws::RegisterError::Aws(aws) => aws,
+                other => AwsError::new("RegisterTaskDefinition", "Unmodeled", other.to_string()),
+            })?;
+            let arn = conveyor.revisions.keep(registered).arn().to_owned();
+            info!(app = %app.name, environment = %env, deregistered = %to, task_definition_arn = %arn,
+                "the rollback target was deregistered: registered it again");
+            let updated = ecs.update_service(&target.cluster, &target.service, &arn).await?;
+            let deployment = deployment_of(&updated, &arn);
+            Ok((arn, deployment))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A rollback deployment ECS finished: the service is back (restored), or the rollback failed
+/// too and people must act.
+async fn rollback_ended(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    held: &mut Held<EnvState>,
+    watch: &RollbackWatch,
+    finding: Finding,
+) -> Result<Handled, DeployError> {
+    let now = Utc::now();
+    let mut change = Change::new(held.require_state()?.clone());
+    change.state.rollback = None;
+    let (event, action, reason) = match finding {
+        Finding::Completed => {
+            (HistoryEvent::Restored, "restored", format!("back on {}", crate::notify::short_arn(&watch.to)))
+        }
+        Finding::Failed(reason) => {
+            (HistoryEvent::Failed, "failed", format!("the rollback deployment failed too: {reason}"))
+        }
+    };
+    let mut entry = HistoryEntry::new(&app.name, env, event, now);
+    entry.tag = Some(watch.tag.clone());
+    entry.digest = Some(watch.digest.clone());
+    entry.rollout_id = Some(watch.rollout_id.clone());
+    entry.rollback_task_definition_arn = Some(watch.to.clone());
+    entry.deployment_id = watch.deployment_id.clone();
+    entry.reason = Some(reason.clone());
+    entry.started_at = Some(watch.started_at);
+    change.history.push(entry);
+    if event == HistoryEvent::Failed {
+        let mut notification = Notification::of_service(app, env, Outcome::Failed, Severity::Critical);
+        notification.tag = Some(watch.tag.clone());
+        notification.digest = Some(watch.digest.clone());
+        notification.rollback_task_definition_arn = Some(watch.to.clone());
+        notification.deployment_id = watch.deployment_id.clone();
+        notification.reason = Some(format!("{reason}: the service may be down, people must act"));
+        change.announcements.push(Announcement::new(notification, app));
+    }
+    held.commit(&conveyor.ledger, change).await?;
+    if event == HistoryEvent::Failed {
+        error!(app = %app.name, environment = %env, task_definition_arn = %watch.to, reason = %reason, "rollback failed");
+    }
+    Ok(Handled::of(&app.name, env, action, reason))
+}
+
+/// A deployment Conveyor did not start replaced the service's: drift, announced once; a rollout
+/// in flight is superseded (its image is not to blame).
+async fn changed_outside(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    held: &mut Held<EnvState>,
+) -> Result<Handled, DeployError> {
+    let observed = start::observe(conveyor, app, env).await?;
+    let mut change = Change::new(held.require_state()?.clone());
+    start::note_what_runs(app, env, &mut change, &observed, Utc::now());
+    if change.history.is_empty() {
+        return Ok(Handled::of(&app.name, env, "skipped", "stale: the service runs a revision Conveyor knows"));
+    }
+    held.commit(&conveyor.ledger, change).await?;
+    Ok(Handled::of(&app.name, env, "drift", format!("the service runs {}", observed.service.task_definition)))
+}
+
+/// The service of a rollout in flight no longer exists: the rollout fails (announced once), but
+/// its image is not to blame.
+async fn service_gone(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    held: &mut Held<EnvState>,
     rollout: &Rollout,
-    act: impl AsyncFnOnce(EnvRecord) -> Result<T, DeployError>,
-) -> Result<Option<T>, DeployError> {
-    conveyor
-        .leased(&app.name, env, "deploy-monitor", async || match conveyor.releases.env_record(&app.name, env).await? {
-            Some(record) if record.in_progress() == Some(rollout) => act(record).await.map(Some),
-            _ => Ok(None),
-        })
-        .await
+    error: &AwsError,
+) -> Result<Handled, DeployError> {
+    let now = Utc::now();
+    let mut rollout = rollout.clone();
+    let reason = format!("the service no longer exists ({})", error.message);
+    if rollout.settle(Settlement::Failed { reason: reason.clone() }, now).is_err() {
+        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
+    }
+    let mut change = Change::new(held.require_state()?.clone());
+    change.state.rollout = Some(rollout.clone());
+    change.state.rollback = None;
+    change.history.push(history_of(&app.name, &rollout, env, now));
+    change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
+    held.commit(&conveyor.ledger, change).await?;
+    Ok(Handled::of(&app.name, env, "failed", reason))
+}
+
+/// Reconciles every rollout and rollback still in flight with what ECS reports (for events that
+/// never came, and rollouts past `rollout_timeout_seconds`), delivers notifications left in an
+/// outbox, and announces invalid app configs. Each item is handled on its own, several at once:
+/// one broken app never holds up or fails the others.
+#[instrument(skip_all)]
+async fn sweep(conveyor: &Conveyor, invocation: &Invocation) -> Result<MonitorReport, Error> {
+    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+    for invalid in &config.invalid {
+        crate::announce::config_error(conveyor, invalid, invocation).await;
+    }
+    let pending = conveyor.ledger.pending().await?;
+    let results: Vec<Vec<Handled>> = futures_util::stream::iter(pending)
+        .map(|item| sweep_item(conveyor, &config, item, invocation))
+        .buffer_unordered(SWEEP_CONCURRENCY)
+        .collect()
+        .await;
+    let results: Vec<Handled> = results.into_iter().flatten().collect();
+    let errors = results.iter().filter(|r| r.action == "error").count();
+    info!(handled = results.len(), errors, "sweep done");
+    Ok(MonitorReport { results })
+}
+
+async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocation: &Invocation) -> Vec<Handled> {
+    let Some(key) = ItemKey::parse(&item) else { return Vec::new() };
+    let target = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env)));
+    let state: Option<EnvState> = crate::ledger::state_from_item(&item);
+    let Some(((app, env), state)) = target.zip(state) else {
+        // An announcement, or an app no longer configured: only its outbox is left to deliver.
+        return deliver(conveyor, &key, invocation).await.into_iter().collect();
+    };
+    match reconcile_item(conveyor, app, env, &state, invocation).await {
+        Ok(Some(handled)) => vec![handled],
+        Ok(None) => deliver(conveyor, &key, invocation).await.into_iter().collect(),
+        Err(error) => {
+            error!(app = %app.name, environment = %env, error = %error, "sweep could not reconcile");
+            vec![Handled::of(&app.name, env, "error", error.to_string())]
+        }
+    }
+}
+
+/// Delivers an item's outbox if nobody holds it.
+async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) -> Option<Handled> {
+    let held =
+        conveyor.ledger.try_acquire::<Value>(key, "deploy-monitor sweep", invocation.lease_until()).await.ok()?;
+    let count = held.outbox.len();
+    conveyor.finish(held).await;
+    (count > 0).then(|| Handled {
+        app: None,
+        environment: None,
+        action: "delivered",
+        detail: format!("{count} notification(s) of {}", key.label()),
+    })
+}
+
+/// What the sweep does for one environment; `None` when nothing needed the lease.
+async fn reconcile_item(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    invocation: &Invocation,
+) -> Result<Option<Handled>, DeployError> {
+    let now = Utc::now();
+    let target = app.target(env);
+    let waiting = |what: String| Ok(Some(Handled::of(&app.name, env, "waiting", what)));
+    let (rollout, watch) = (state.in_progress(), state.rollback.as_ref());
+    if rollout.is_none() && watch.is_none() {
+        return Ok(None);
+    }
+    let service = match conveyor.ecs(target).service(&target.cluster, &target.service).await {
+        Ok(service) => Ok(service),
+        Err(error) if error.code == "ServiceNotFound" => Err(error),
+        Err(error) => return Err(error.into()),
+    };
+    let key = ItemKey::env(&app.name, env);
+    let mut held =
+        match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
+            Ok(held) => held,
+            Err(crate::ledger::LedgerError::Busy { .. }) => {
+                return waiting("another invocation is working on it".into())
+            }
+            Err(error) => return Err(error.into()),
+        };
+    let result = reconcile_leased(conveyor, app, env, &mut held, service, now, invocation).await;
+    conveyor.finish(held).await;
+    result.map(Some)
+}
+
+async fn reconcile_leased(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    held: &mut Held<EnvState>,
+    service: Result<ServiceState, AwsError>,
+    now: chrono::DateTime<Utc>,
+    invocation: &Invocation,
+) -> Result<Handled, DeployError> {
+    // Read again under the lease: another invocation may have settled it meanwhile.
+    let Some(state) = held.state.clone() else { return Ok(Handled::of(&app.name, env, "skipped", "no state")) };
+    if let Some(rollout) = state.in_progress() {
+        let service = match service {
+            Ok(service) => service,
+            Err(error) => return service_gone(conveyor, app, env, held, rollout, &error).await,
+        };
+        return match decide::reconcile(rollout, &service, now, app.rollout_timeout) {
+            SweepAction::Wait => {
+                Ok(Handled::of(&app.name, env, "waiting", format!("{} still in progress", rollout.tag)))
+            }
+            SweepAction::Verify => {
+                settle(conveyor, app, env, held, rollout, Finding::Completed, Some(service), invocation).await
+            }
+            SweepAction::Fail(reason) => {
+                settle(conveyor, app, env, held, rollout, Finding::Failed(reason), Some(service), invocation).await
+            }
+            SweepAction::Replaced => changed_outside(conveyor, app, env, held).await,
+        };
+    }
+    let Some(watch) = state.rollback.as_ref() else {
+        return Ok(Handled::of(&app.name, env, "skipped", "settled meanwhile"));
+    };
+    let Ok(service) = service else {
+        let mut change = Change::new(state.clone());
+        change.state.rollback = None;
+        held.commit(&conveyor.ledger, change).await?;
+        return Ok(Handled::of(&app.name, env, "skipped", "the service no longer exists"));
+    };
+    match decide::reconcile_watch(watch, &service, now, app.rollout_timeout) {
+        WatchAction::Wait => {
+            Ok(Handled::of(&app.name, env, "waiting", format!("rollback to {} in progress", watch.to)))
+        }
+        WatchAction::Restored => rollback_ended(conveyor, app, env, held, watch, Finding::Completed).await,
+        WatchAction::Failed(reason) => rollback_ended(conveyor, app, env, held, watch, Finding::Failed(reason)).await,
+        WatchAction::Gone => {
+            let mut change = Change::new(state.clone());
+            change.state.rollback = None;
+            held.commit(&conveyor.ledger, change).await?;
+            Ok(Handled::of(&app.name, env, "skipped", "the rollback deployment was replaced"))
+        }
+    }
 }

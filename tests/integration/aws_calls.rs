@@ -9,7 +9,7 @@ use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::json;
 
-use crate::support::conveyor;
+use crate::support::{conveyor, invocation};
 
 /// Calls made by `action`, by operation (what the world's id appears in).
 async fn calls_of<F: std::future::Future<Output = ()>>(world: &World, action: F) -> BTreeMap<String, u64> {
@@ -35,8 +35,10 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
 
     // A push (cold: the configuration is read once, then cached).
     let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
-    let stage =
-        calls_of(&world, async { conveyor::stage::handle(&conveyor, push.clone()).await.map(drop).unwrap() }).await;
+    let stage = calls_of(&world, async {
+        conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.map(drop).unwrap()
+    })
+    .await;
     assert_eq!(
         stage,
         expect(&[
@@ -52,14 +54,17 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
         ])
     );
     // The same push again (warm): the record says it is a repeated delivery.
-    let repeated = calls_of(&world, async { conveyor::stage::handle(&conveyor, push).await.map(drop).unwrap() }).await;
+    let repeated =
+        calls_of(&world, async { conveyor::stage::handle(&conveyor, push, &invocation()).await.map(drop).unwrap() })
+            .await;
     assert_eq!(repeated, expect(&[("DeleteParameter", 1), ("GetParameter", 1), ("PutParameter", 1)]));
 
     // COMPLETED, verified (no health_url): the image and its tag are recorded as vetted.
     let completed = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
-    let verified =
-        calls_of(&world, async { conveyor::monitor::handle(&conveyor, completed[0].clone()).await.map(drop).unwrap() })
-            .await;
+    let verified = calls_of(&world, async {
+        conveyor::monitor::handle(&conveyor, completed[0].clone(), &invocation()).await.map(drop).unwrap()
+    })
+    .await;
     assert_eq!(
         verified,
         expect(&[
@@ -73,7 +78,10 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
 
     // Promote to prod.
     let promoted = calls_of(&world, async {
-        conveyor::promote::handle(&conveyor, json!({ "app": "shop-api", "tag": "v1.0.0" })).await.map(drop).unwrap()
+        conveyor::promote::handle(&conveyor, json!({ "app": "shop-api", "tag": "v1.0.0" }), &invocation())
+            .await
+            .map(drop)
+            .unwrap()
     })
     .await;
     assert_eq!(
@@ -93,9 +101,10 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     // FAILED in prod: diagnose, roll back, record, alert.
     let failed =
         world.aws.settle(&app.prod.cluster, &app.prod.service, Settle::Fail { circuit_breaker_rollback: false }).await;
-    let rolled_back =
-        calls_of(&world, async { conveyor::monitor::handle(&conveyor, failed[0].clone()).await.map(drop).unwrap() })
-            .await;
+    let rolled_back = calls_of(&world, async {
+        conveyor::monitor::handle(&conveyor, failed[0].clone(), &invocation()).await.map(drop).unwrap()
+    })
+    .await;
     assert_eq!(
         rolled_back,
         expect(&[

@@ -7,7 +7,7 @@ use conveyor_testkit::world::{digest, AppFixture};
 use conveyor_testkit::{Function, LocalHttp, World};
 use serde_json::{json, Value};
 
-use crate::support::conveyor;
+use crate::support::{conveyor, invocation};
 
 async fn deploy_monitor(world: &World) -> Function {
     let mut env = world.function_env();
@@ -18,7 +18,7 @@ async fn deploy_monitor(world: &World) -> Function {
 /// Pushes `tag` to stage through the library; returns the new task definition ARN.
 async fn push(world: &World, tag: &str, n: u32, minutes_ago: i64) -> String {
     let event = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes_ago));
-    let report = conveyor::stage::handle(&conveyor(world), event).await.unwrap();
+    let report = conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, "deploying", "{report:?}");
     report.apps[0].task_definition_arn.clone().unwrap()
 }
@@ -57,11 +57,11 @@ async fn a_completed_healthy_rollout_is_vetted() {
     assert_eq!(health.received().len(), 1);
 
     let record = world.record("shop-api", "stage").await.unwrap();
-    assert_eq!(record["current"]["state"], "verified");
+    assert_eq!(record["rollout"]["state"]["kind"], "verified");
     assert_eq!(record["last_verified"]["task_definition_arn"], td.as_str());
-    let image = world.record("shop-api", &format!("images/{}", &digest(1)[7..])).await.unwrap();
-    assert!(image["vetted"]["stage"].is_string(), "{image}");
-    let tag = world.record("shop-api", "tags/v1.0.0").await.unwrap();
+    let image = world.image_record("shop-api", &digest(1)).await.unwrap();
+    assert!(image["vetted_stage"].is_string(), "{image}");
+    let tag = world.tag_record("shop-api", "v1.0.0").await.unwrap();
     assert_eq!(tag["digest"], digest(1).as_str());
 
     let notes = world.notifications().await;
@@ -94,8 +94,8 @@ async fn a_completed_rollout_failing_its_health_check_is_rolled_back() {
     assert_eq!(notes[0]["MessageAttributes"]["outcome"], "rolled_back");
     let reason = notes[0]["Message"]["metadata"]["additionalContext"]["reason"].as_str().unwrap();
     assert!(reason.contains("HTTP 503"), "{reason}");
-    let image = world.record("shop-api", &format!("images/{}", &digest(1)[7..])).await.unwrap();
-    assert!(image["failed"]["stage"]["reason"].is_string(), "{image}");
+    let image = world.image_record("shop-api", &digest(1)).await.unwrap();
+    assert!(image["failed_stage"]["reason"].is_string(), "{image}");
 }
 
 #[tokio::test]
@@ -132,7 +132,7 @@ async fn a_failed_rollout_goes_back_to_the_last_verified_revision_and_says_why()
     assert!(description.contains("Essential container in task exited"), "{description}");
     assert!(description.contains("api exited 1 (CannotStartContainerError"), "{description}");
     let record = world.record("shop-api", "stage").await.unwrap();
-    assert_eq!(record["current"]["state"], "rolled_back");
+    assert_eq!(record["rollout"]["state"]["kind"], "rolled_back");
 }
 
 #[tokio::test]
@@ -192,9 +192,9 @@ async fn a_stale_completion_of_a_replaced_deployment_vets_nothing() {
     event["detail"]["deploymentId"] = json!(first);
     let report = monitor.invoke(event).await.response();
     assert_eq!(only(&report)["action"], "skipped", "{report}");
-    assert!(only(&report)["detail"].as_str().unwrap().contains("stale"));
-    assert_eq!(world.record("shop-api", "tags/v1.0.0").await, None);
-    assert_eq!(world.record("shop-api", "stage").await.unwrap()["current"]["state"], "in_progress");
+    assert!(only(&report)["detail"].as_str().unwrap().contains("stale"), "{report}");
+    assert_eq!(world.tag_record("shop-api", "v1.0.0").await, None);
+    assert_eq!(world.record("shop-api", "stage").await.unwrap()["rollout"]["state"]["kind"], "in_progress");
 }
 
 #[tokio::test]
@@ -222,7 +222,7 @@ async fn the_sweep_settles_rollouts_whose_events_never_came() {
     let monitor = deploy_monitor(&world).await;
     push(&world, "v1.0.0", 1, 1).await;
     let event = world.push_event("shop-web", "v2.0.0", &digest(2), Utc::now());
-    conveyor::stage::handle(&conveyor(&world), event).await.unwrap();
+    conveyor::stage::handle(&conveyor(&world), event, &invocation()).await.unwrap();
     settle(&world, &done, Settle::Complete).await; // its event is lost
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // shop-web times out
     let _ = world.notifications().await;
@@ -247,8 +247,14 @@ async fn the_sweep_settles_rollouts_whose_events_never_came() {
         .as_str()
         .unwrap()
         .contains("not completed after"));
-    // A second tick finds nothing in flight.
+    // The rollback deployment is watched until ECS completes it; then nothing is in flight.
+    let second = monitor.invoke(world.schedule_event()).await.response();
+    assert_eq!(only(&second)["action"], "waiting", "{second}");
+    settle(&world, &stuck, Settle::Complete).await;
+    let third = monitor.invoke(world.schedule_event()).await.response();
+    assert_eq!(only(&third)["action"], "restored", "{third}");
     assert!(monitor.invoke(world.schedule_event()).await.response()["results"].as_array().unwrap().is_empty());
+    assert!(world.notifications().await.is_empty(), "a restored service is no news");
 }
 
 #[tokio::test]
@@ -279,7 +285,7 @@ async fn slack_gets_the_alert_and_the_webhook_url_never_appears_in_logs() {
     assert_eq!(only(&monitor.invoke(events[0].clone()).await.response())["action"], "verified");
 
     let logs = monitor.logs().join("\n");
-    assert!(logs.contains("Slack post failed"), "{logs}");
+    assert!(logs.contains("notification not delivered") && logs.contains("\"channel\":\"Slack\""), "{logs}");
     for secret in ["T0SECRET", "very-secret-token", &slack.url(secret_path)] {
         assert!(!logs.contains(secret), "the webhook URL leaked into the logs");
     }

@@ -49,7 +49,7 @@ async fn two_quick_pushes_end_with_the_newest_image_and_no_stacked_rollouts() {
     verified.unwrap_or_else(|e| panic!("{e}\n{story}"));
     assert!(world.running_image(&app.stage).await.ends_with(&digest(12)));
     // v1.1.0 was superseded before it settled: never vetted, never rolled back to.
-    assert_eq!(world.record("shop-api", "tags/v1.1.0").await, None, "{story}");
+    assert_eq!(world.tag_record("shop-api", "v1.1.0").await, None, "{story}");
     let service = world.service(&app.stage.cluster, &app.stage.service).await;
     assert_eq!(service.deployments().len(), 1, "one deployment left, the newest: {:?}", service.deployments());
     assert_eq!(world.revisions(&app.stage.family).await.len(), 3);

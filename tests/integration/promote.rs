@@ -6,7 +6,7 @@ use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
 
-use crate::support::{conveyor, tag_pairs};
+use crate::support::{conveyor, invocation, tag_pairs};
 
 async fn promote_function(world: &World) -> Function {
     Function::spawn("promote", &world.function_env()).await
@@ -16,7 +16,7 @@ async fn promote_function(world: &World) -> Function {
 async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {
     let conveyor = conveyor(world);
     let event = world.push_event(&app.repository, tag, &digest(n), Utc::now() - Duration::minutes(60 - i64::from(n)));
-    conveyor::stage::handle(&conveyor, event).await.unwrap();
+    conveyor::stage::handle(&conveyor, event, &invocation()).await.unwrap();
     settle_and_monitor(world, &app.stage, Settle::Complete, "verified").await;
 }
 
@@ -24,7 +24,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {
 async fn settle_and_monitor(world: &World, service: &ServiceFixture, outcome: Settle, expected: &str) {
     let conveyor = conveyor(world);
     let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
-    let report = conveyor::monitor::handle(&conveyor, events[0].clone()).await.unwrap();
+    let report = conveyor::monitor::handle(&conveyor, events[0].clone(), &invocation()).await.unwrap();
     assert_eq!(report.results[0].action, expected, "{report:?}");
 }
 
@@ -86,7 +86,7 @@ async fn a_dry_run_reports_and_changes_nothing() {
     assert!(answer["current_image"].as_str().unwrap().ends_with("shop-api:v0.9.0"));
     assert!(answer["image"].as_str().unwrap().ends_with(&digest(1)));
     assert_eq!(prod_state(&world, &app).await, before);
-    assert_eq!(world.record("shop-api", "prod").await, None);
+    assert_eq!(world.record("shop-api", "prod").await, None, "a dry run writes nothing");
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn refusals_name_the_problem_and_leave_prod_unchanged() {
     vet(&world, &app, "v1.1.0", 2).await;
     // Pushed, never verified.
     let event = world.push_event("shop-api", "v1.2.0", &digest(3), Utc::now());
-    conveyor::stage::handle(&conveyor(&world), event).await.unwrap();
+    conveyor::stage::handle(&conveyor(&world), event, &invocation()).await.unwrap();
     let promote = promote_function(&world).await;
     let before = prod_state(&world, &app).await;
 
@@ -112,7 +112,8 @@ async fn refusals_name_the_problem_and_leave_prod_unchanged() {
         (json!({ "app": "shop-api", "tag": "v1.0.0", "digest": digest(1) }), "InvalidRequest", "not both"),
         (json!({ "app": "shop-api", "digest": "sha256:nope" }), "InvalidRequest", "digest"),
         (json!({ "app": "Shop", "tag": "v1.0.0" }), "InvalidRequest", "app name"),
-        (json!({ "app": "shop-api", "tag": "v1.0.0", "force": true }), "InvalidRequest", "unknown field"),
+        (json!({ "app": "shop-api", "tag": "v1.0.0", "please": true }), "InvalidRequest", "unknown field"),
+        (json!({ "app": "shop-api", "tag": "v1.2.0", "force": true }), "NotVetted", "never vetted"),
         (json!([]), "InvalidRequest", "JSON object"),
     ];
     for (payload, error_type, needle) in cases {

@@ -1,12 +1,17 @@
 //! Shared helpers of the integration tests.
 
 use conveyor::aws::Clients;
-use conveyor::Conveyor;
+use conveyor::{Conveyor, Invocation};
 use conveyor_testkit::World;
 
 /// The library, wired to this world exactly as the binaries wire it to AWS.
 pub fn conveyor(world: &World) -> Conveyor {
-    Conveyor::new(Clients::from_config(&world.config), &world.prefix, Some(world.topic_arn.clone()))
+    Conveyor::new(Clients::from_config(&world.config), world.settings())
+}
+
+/// An invocation with a minute to go, as Lambda would give it.
+pub fn invocation() -> Invocation {
+    Invocation::lasting(std::time::Duration::from_secs(60))
 }
 
 /// A task definition without what must differ between two revisions (identity, the `api` image).

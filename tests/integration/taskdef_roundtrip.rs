@@ -6,7 +6,7 @@ use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::json;
 
-use crate::support::{assert_same_definition, conveyor, tag_pairs};
+use crate::support::{assert_same_definition, conveyor, invocation, tag_pairs};
 
 #[path = "../support/maximal_taskdef.rs"]
 mod maximal;
@@ -18,7 +18,7 @@ async fn a_maximal_task_definition_survives_a_rollout() {
     let cluster = world.name("stage");
     let (definition, tags) = maximal::maximal_task_definition(&family, "123456789012", "us-east-1");
     let image = definition.container_definitions()[0].image().unwrap().to_owned();
-    let as_is = ImageSwap { container: maximal::APP_CONTAINER, image, tags: Vec::new() };
+    let as_is = ImageSwap { container: maximal::APP_CONTAINER, image: Some(image), tags: Vec::new() };
     let registered =
         registration(world.ecs.register_task_definition(), &definition, &tags, &as_is).send().await.unwrap();
     let initial = registered.task_definition.unwrap().task_definition_arn.unwrap();
@@ -34,10 +34,13 @@ async fn a_maximal_task_definition_survives_a_rollout() {
         )
         .await;
 
-    let report =
-        conveyor::stage::handle(&conveyor(&world), world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()))
-            .await
-            .unwrap();
+    let report = conveyor::stage::handle(
+        &conveyor(&world),
+        world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()),
+        &invocation(),
+    )
+    .await
+    .unwrap();
     let new_arn = report.apps[0].task_definition_arn.clone().unwrap();
 
     let (before, before_tags) = world.task_definition(&initial).await;

@@ -7,7 +7,10 @@ use serde_json::Value;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let conveyor = conveyor::Conveyor::from_env().await;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| conveyor::monitor::handle(&conveyor, event.payload)))
-        .await
+    let deployer = &conveyor::Conveyor::from_env().await?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let invocation = conveyor::Invocation::from_context(&event.context);
+        conveyor::monitor::handle(deployer, event.payload, &invocation).await
+    }))
+    .await
 }

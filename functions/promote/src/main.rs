@@ -1,4 +1,4 @@
-//! Lambda, invoked by a person or a pipeline: promote a stage-vetted image to prod.
+//! Lambda: invoked by a person or a pipeline: promote a stage-vetted image to prod.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -6,7 +6,10 @@ use serde_json::Value;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let conveyor = conveyor::Conveyor::from_env().await;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| conveyor::promote::handle(&conveyor, event.payload)))
-        .await
+    let deployer = &conveyor::Conveyor::from_env().await?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let invocation = conveyor::Invocation::from_context(&event.context);
+        conveyor::promote::handle(deployer, event.payload, &invocation).await
+    }))
+    .await
 }

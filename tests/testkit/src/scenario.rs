@@ -82,7 +82,7 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
     let record = stack.wait_for_state("shop-api", "stage", "v1.1.0", "rolled_back").await?;
     let back_to = world.app_image("shop-api", "stage").await;
     check(back_to.ends_with(&good()), || format!("stage runs {back_to} after the rollback, not v1.0.0"))?;
-    check(record["current"]["reason"].as_str().is_some_and(|r| r.contains("circuit breaker")), || {
+    check(record["rollout"]["state"]["reason"].as_str().is_some_and(|r| r.contains("circuit breaker")), || {
         format!("rollback reason: {record}")
     })?;
     let slack = stack

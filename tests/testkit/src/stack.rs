@@ -175,7 +175,8 @@ impl LocalStack {
         let what = format!("{app} {env} {tag} to be {state}");
         self.wait_for(&what, Duration::from_secs(30), || async {
             let record = self.world.record(app, env).await?;
-            (record["current"]["tag"] == tag && record["current"]["state"] == state).then_some(record)
+            let rollout = &record["rollout"];
+            (rollout["tag"] == tag && rollout["state"]["kind"] == state).then_some(record)
         })
         .await
     }
@@ -329,14 +330,18 @@ pub async fn release_table(world: &World, apps: &[&str]) -> Vec<HashMap<&'static
     for app in apps {
         for env in ["stage", "prod"] {
             let record = world.record(app, env).await.unwrap_or(Value::Null);
-            let current = &record["current"];
+            let current = &record["rollout"];
             let verified = &record["last_verified"];
             let mut row = HashMap::new();
             row.insert("app", app.to_string());
             row.insert("env", env.to_owned());
             row.insert(
                 "last rollout",
-                format!("{} {}", current["tag"].as_str().unwrap_or("-"), current["state"].as_str().unwrap_or("")),
+                format!(
+                    "{} {}",
+                    current["tag"].as_str().unwrap_or("-"),
+                    current["state"]["kind"].as_str().unwrap_or("")
+                ),
             );
             row.insert("runs (verified)", verified["tag"].as_str().unwrap_or("-").to_owned());
             let digest = verified["digest"].as_str().unwrap_or("-");

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair, Tag, TaskDefinition, TaskDefinitionField};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -38,8 +39,11 @@ pub struct World {
     pub ssm: aws_sdk_ssm::Client,
     pub sns: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
     pub topic_arn: String,
     pub queue_url: String,
+    /// This test's state table (created from the template's `StateTable`).
+    pub table: String,
 }
 
 /// A digest that looks like ECR's (64 pseudo-random hex digits), distinct per `n`.
@@ -61,19 +65,37 @@ impl World {
     pub async fn new() -> World {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let aws = LocalAws::shared();
-        let id = format!("t{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        // Ends with a letter no other part of an id has, so no id is a prefix of another (`t1x4`
+        // of `t1x40`) and matching calls by id never counts another test's calls.
+        let id = format!("t{}x{}z", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let config = aws.sdk_config().await;
         let ecs = aws_sdk_ecs::Client::new(&config);
         let ssm = aws_sdk_ssm::Client::new(&config);
         let sns = aws_sdk_sns::Client::new(&config);
         let sqs = aws_sdk_sqs::Client::new(&config);
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let table = format!("conveyor-{id}");
+        aws.install_table(&table, REGION).await;
 
         let topic_arn = sns.create_topic().name(format!("conveyor-{id}")).send().await.unwrap().topic_arn.unwrap();
         let queue_url = sqs.create_queue().queue_name(format!("alerts-{id}")).send().await.unwrap().queue_url.unwrap();
         let queue_arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:alerts-{id}");
         sns.subscribe().topic_arn(&topic_arn).protocol("sqs").endpoint(queue_arn).send().await.unwrap();
 
-        World { aws, prefix: format!("/conveyor-{id}"), id, config, ecs, ssm, sns, sqs, topic_arn, queue_url }
+        World {
+            aws,
+            prefix: format!("/conveyor-{id}"),
+            id,
+            config,
+            ecs,
+            ssm,
+            sns,
+            sqs,
+            dynamodb,
+            topic_arn,
+            queue_url,
+            table,
+        }
     }
 
     /// A resource name unique to this test.
@@ -86,7 +108,17 @@ impl World {
         let mut env = self.aws.env();
         env.push(("CONVEYOR_SSM_PREFIX".into(), self.prefix.clone()));
         env.push(("CONVEYOR_TOPIC_ARN".into(), self.topic_arn.clone()));
+        env.push(("CONVEYOR_TABLE".into(), self.table.clone()));
         env
+    }
+
+    /// The Conveyor settings of this world (as the functions read them from `function_env`).
+    pub fn settings(&self) -> conveyor::Settings {
+        conveyor::Settings {
+            prefix: self.prefix.clone(),
+            topic_arn: Some(self.topic_arn.clone()),
+            table: self.table.clone(),
+        }
     }
 
     pub fn registry(&self) -> String {
@@ -193,10 +225,56 @@ impl World {
         self.ssm.get_parameter().name(name).send().await.ok().and_then(|o| o.parameter?.value)
     }
 
-    /// A release record of this world, parsed.
-    pub async fn record(&self, app: &str, rest: &str) -> Option<Value> {
-        let value = self.parameter(&format!("{}/releases/{app}/{rest}", self.prefix)).await?;
-        Some(serde_json::from_str(&value).unwrap())
+    /// An item of the state table, as JSON (DynamoDB types unwrapped).
+    pub async fn item(&self, pk: &str, sk: &str) -> Option<Value> {
+        let output = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.to_owned()))
+            .key("sk", AttributeValue::S(sk.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        output.item.map(|item| serde_dynamo::from_item(item).unwrap())
+    }
+
+    /// What Conveyor knows about `app` in `env` (`stage` or `prod`): the item's `state`.
+    pub async fn record(&self, app: &str, env: &str) -> Option<Value> {
+        let item = self.item(&format!("APP#{app}"), &format!("ENV#{env}")).await?;
+        item.get("state").cloned()
+    }
+
+    /// The image item of a digest.
+    pub async fn image_record(&self, app: &str, digest: &str) -> Option<Value> {
+        self.item(&format!("APP#{app}"), &format!("IMAGE#{digest}")).await
+    }
+
+    /// The tag item (the digest stage most recently verified under it).
+    pub async fn tag_record(&self, app: &str, tag: &str) -> Option<Value> {
+        self.item(&format!("APP#{app}"), &format!("TAG#{tag}")).await
+    }
+
+    /// The history of an app, oldest first.
+    pub async fn history(&self, app: &str) -> Vec<Value> {
+        let output = self
+            .dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :h)")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("APP#{app}")))
+            .expression_attribute_values(":h", AttributeValue::S("HIST#".into()))
+            .send()
+            .await
+            .unwrap();
+        output.items.unwrap_or_default().into_iter().map(|item| serde_dynamo::from_item(item).unwrap()).collect()
+    }
+
+    /// Every item of this world's table (for invariants over the whole state).
+    pub async fn items(&self) -> Vec<Value> {
+        let output = self.dynamodb.scan().table_name(&self.table).send().await.unwrap();
+        output.items.unwrap_or_default().into_iter().map(|item| serde_dynamo::from_item(item).unwrap()).collect()
     }
 
     /// A "Scheduled Event" tick for the sweep.

@@ -1,0 +1,64 @@
+//! Invalid app configs reach people: each is announced once per parameter version
+//! (`config_error`), so a typo never silently stops an app's deployments.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::InvalidApp;
+use crate::ledger::{Change, ItemKey, LeasedState};
+use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::{Conveyor, Invocation};
+
+/// The last version of a parameter announced as invalid: `CONFIG` / `{parameter}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigNotice {
+    pub parameter: String,
+    pub version: i64,
+    pub at: DateTime<Utc>,
+}
+
+impl LeasedState for ConfigNotice {
+    fn in_flight(&self) -> bool {
+        false
+    }
+}
+
+/// Announces an invalid app config unless this parameter version was announced already. Best
+/// effort: a failure is logged and the next push or sweep tries again.
+pub async fn config_error(conveyor: &Conveyor, invalid: &InvalidApp, invocation: &Invocation) {
+    let parameter = &invalid.error.parameter;
+    if !conveyor.first_mention(parameter, invalid.version) {
+        return;
+    }
+    let key = ItemKey::config(parameter);
+    let mut held =
+        match conveyor.ledger.try_acquire::<ConfigNotice>(&key, "config check", invocation.lease_until()).await {
+            Ok(held) => held,
+            Err(error) => {
+                info!(parameter = %parameter, error = %error, "config error not announced now");
+                conveyor.forget_mention(parameter, invalid.version);
+                return;
+            }
+        };
+    if held.state.as_ref().is_none_or(|notice| notice.version < invalid.version) {
+        let app = parameter.rsplit('/').next().unwrap_or(parameter);
+        let mut notification = Notification::new(app, None, Outcome::ConfigError, Severity::Error);
+        notification.reason = Some(format!(
+            "{} — this app is not deployed until the parameter is fixed (`conveyor config validate` checks it)",
+            invalid.error
+        ));
+        let mut change =
+            Change::new(ConfigNotice { parameter: parameter.clone(), version: invalid.version, at: Utc::now() });
+        change.announcements.push(Announcement { notification, slack_webhook_parameter: None });
+        match held.commit(&conveyor.ledger, change).await {
+            Ok(()) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key,
+                problem = %invalid.error.problem, "invalid app config announced"),
+            Err(error) => {
+                info!(parameter = %parameter, error = %error, "config error not announced now");
+                conveyor.forget_mention(parameter, invalid.version);
+            }
+        }
+    }
+    conveyor.finish(held).await;
+}

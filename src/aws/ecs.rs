@@ -1,0 +1,415 @@
+//! ECS: services, their deployments, task definitions.
+
+use std::time::Duration;
+
+use aws_sdk_ecs::types::{DeploymentRolloutState, Tag, TaskDefinition, TaskDefinitionField};
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
+};
+use aws_smithy_types::retry::ErrorKind;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::raw::{RawCapture, RequestCheck};
+use super::AwsError;
+use crate::taskdef::{self, ImageSwap};
+
+#[derive(Clone)]
+pub struct Ecs {
+    pub client: aws_sdk_ecs::Client,
+}
+
+/// The role of a deployment within its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    /// The deployment the service is moving to (or runs).
+    Primary,
+    /// An older deployment still running tasks.
+    Active,
+    Inactive,
+}
+
+/// What Conveyor needs to know about one ECS deployment of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub id: String,
+    pub status: DeploymentStatus,
+    /// Absent for non-rolling deployment controllers.
+    pub rollout_state: Option<DeploymentRolloutState>,
+    pub rollout_state_reason: Option<String>,
+    pub task_definition: String,
+    pub desired: i32,
+    pub running: i32,
+    pub failed_tasks: i32,
+}
+
+impl Deployment {
+    pub fn is_primary(&self) -> bool {
+        self.status == DeploymentStatus::Primary
+    }
+
+    pub fn failed(&self) -> bool {
+        self.rollout_state == Some(DeploymentRolloutState::Failed)
+    }
+
+    pub fn completed(&self) -> bool {
+        self.rollout_state == Some(DeploymentRolloutState::Completed)
+    }
+}
+
+/// What Conveyor needs to know about an ECS service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    pub arn: String,
+    pub task_definition: String,
+    pub desired: i32,
+    pub running: i32,
+    pub deployments: Vec<Deployment>,
+}
+
+impl ServiceState {
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.is_primary())
+    }
+
+    pub fn deployment(&self, id: &str) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.id == id)
+    }
+
+    fn from_sdk(service: aws_sdk_ecs::types::Service) -> Self {
+        ServiceState {
+            arn: service.service_arn.unwrap_or_default(),
+            task_definition: service.task_definition.unwrap_or_default(),
+            desired: service.desired_count,
+            running: service.running_count,
+            deployments: service
+                .deployments
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| Deployment {
+                    id: d.id.unwrap_or_default(),
+                    status: match d.status.as_deref() {
+                        Some("PRIMARY") => DeploymentStatus::Primary,
+                        Some("ACTIVE") => DeploymentStatus::Active,
+                        _ => DeploymentStatus::Inactive,
+                    },
+                    rollout_state: d.rollout_state,
+                    rollout_state_reason: d.rollout_state_reason,
+                    task_definition: d.task_definition.unwrap_or_default(),
+                    desired: d.desired_count,
+                    running: d.running_count,
+                    failed_tasks: d.failed_tasks,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A task definition as ECS returned it: the SDK's view, its tags, and the raw JSON (which keeps
+/// members the SDK does not model).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub definition: TaskDefinition,
+    pub tags: Vec<Tag>,
+    /// The `taskDefinition` object exactly as ECS sent it.
+    pub raw: Option<Value>,
+}
+
+impl Described {
+    pub fn arn(&self) -> &str {
+        self.definition.task_definition_arn().unwrap_or_default()
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    }
+
+    fn from_parts(definition: Option<TaskDefinition>, tags: Option<Vec<Tag>>, raw: Option<Value>) -> Option<Self> {
+        Some(Described {
+            definition: definition?,
+            tags: tags.unwrap_or_default(),
+            raw: raw.and_then(|mut body| body.get_mut("taskDefinition").map(Value::take)),
+        })
+    }
+}
+
+/// Why a registration did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The definition has members this build's SDK does not model: a copy would lose them.
+    #[error("task definition {arn} has members this Conveyor build does not know ({}): registering a copy would silently drop them; upgrade Conveyor (its AWS SDK) before deploying this service", .members.join(", "))]
+    Unmodeled { arn: String, members: Vec<String> },
+}
+
+/// Lets the SDK retry a throttled call (it was refused, so nothing happened), but no other
+/// failure: after a 5xx or a lost connection the call may have been applied, and blindly sending
+/// `RegisterTaskDefinition` again would register a second revision.
+#[derive(Debug)]
+struct ThrottlingOnly;
+
+impl ClassifyRetry for ThrottlingOnly {
+    fn classify_retry(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> RetryAction {
+        RetryAction::NoActionIndicated
+    }
+
+    fn classify_retry_v2(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+        previous: &RetryAction,
+    ) -> RetryAction {
+        match previous {
+            RetryAction::RetryIndicated(RetryReason::RetryableError { kind: ErrorKind::ThrottlingError, .. }) => {
+                RetryAction::NoActionIndicated
+            }
+            RetryAction::RetryIndicated(_) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "conveyor::ThrottlingOnly"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// How often a registration whose outcome is unknown is tried again (after looking for it).
+const REGISTER_ATTEMPTS: u32 = 4;
+
+impl Ecs {
+    pub fn new(client: aws_sdk_ecs::Client) -> Self {
+        Ecs { client }
+    }
+
+    /// The service, which must exist and be `ACTIVE` (`ServiceNotFound` otherwise, not retryable).
+    pub async fn service(&self, cluster: &str, service: &str) -> Result<ServiceState, AwsError> {
+        let output = self
+            .client
+            .describe_services()
+            .cluster(cluster)
+            .services(service)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeServices", e))?;
+        output
+            .services
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.status() == Some("ACTIVE"))
+            .map(ServiceState::from_sdk)
+            .ok_or_else(|| {
+                AwsError::new(
+                    "DescribeServices",
+                    "ServiceNotFound",
+                    format!("no ACTIVE service {service} in cluster {cluster}"),
+                )
+            })
+    }
+
+    /// A task definition (ARN, `family:revision` or family) with its tags and raw JSON.
+    pub async fn task_definition(&self, arn: &str) -> Result<Described, AwsError> {
+        let raw = RawCapture::default();
+        let output = self
+            .client
+            .describe_task_definition()
+            .task_definition(arn)
+            .include(TaskDefinitionField::Tags)
+            .customize()
+            .interceptor(raw.clone())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeTaskDefinition", e))?;
+        Described::from_parts(output.task_definition, output.tags, raw.take()).ok_or_else(|| {
+            AwsError::new("DescribeTaskDefinition", "Empty", format!("no task definition returned for {arn}"))
+        })
+    }
+
+    /// Registers `source` with `swap` applied, at most once.
+    ///
+    /// Refused before anything is sent when `source` has members the SDK does not model. A
+    /// throttled call is retried by the SDK; after any other failure the call may have been
+    /// applied, so the family's newest revisions are looked at first and one carrying `swap`'s
+    /// tags, registered since this call began, is taken as this registration.
+    pub async fn register(&self, source: &Described, swap: &ImageSwap<'_>) -> Result<Described, RegisterError> {
+        let started = Utc::now() - chrono::Duration::seconds(5);
+        let family = source.definition.family().unwrap_or_default();
+        let mut pause = Duration::from_millis(300);
+        for attempt in 1..=REGISTER_ATTEMPTS {
+            let request =
+                taskdef::registration(self.client.register_task_definition(), &source.definition, &source.tags, swap);
+            let request_tags = request.get_tags().clone();
+            let described = source.raw.clone();
+            let check = RequestCheck::new(move |body: &Value| {
+                let members = taskdef::unmodeled_members(described.as_ref()?, body);
+                (!members.is_empty()).then(|| members.join(", "))
+            });
+            let raw = RawCapture::default();
+            let sent = request
+                .customize()
+                .config_override(aws_sdk_ecs::config::Builder::default().retry_classifier(ThrottlingOnly))
+                .interceptor(check.clone())
+                .interceptor(raw.clone())
+                .send()
+                .await;
+            let error = match sent {
+                Ok(output) => {
+                    // The tags are the ones just sent (some endpoints leave them out of the answer).
+                    let tags = output.tags.filter(|tags| !tags.is_empty()).or_else(|| request_tags.clone());
+                    return Described::from_parts(output.task_definition, tags, raw.take()).ok_or_else(|| {
+                        AwsError::new("RegisterTaskDefinition", "Empty", "no task definition returned").into()
+                    });
+                }
+                Err(_) if check.refusal().is_some() => {
+                    let members = check.refusal().unwrap_or_default().split(", ").map(str::to_owned).collect();
+                    return Err(RegisterError::Unmodeled { arn: source.arn().to_owned(), members });
+                }
+                Err(error) => AwsError::from_sdk("RegisterTaskDefinition", error),
+            };
+            if error.rejected {
+                return Err(error.into());
+            }
+            if let Some(found) = self.find_registered(family, swap, started).await? {
+                tracing::warn!(task_definition_arn = found.arn(), error = %error,
+                    "registration answered with an error but was applied: using that revision");
+                return Ok(found);
+            }
+            if attempt == REGISTER_ATTEMPTS {
+                return Err(error.into());
+            }
+            tracing::warn!(attempt, error = %error, "registration failed and was not applied: trying again");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// The newest revisions of `family` (at most three), looking for one registered since
+    /// `since` that carries every one of `swap`'s tags.
+    async fn find_registered(
+        &self,
+        family: &str,
+        swap: &ImageSwap<'_>,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Described>, AwsError> {
+        let latest = match self.task_definition(family).await {
+            Ok(latest) => latest,
+            Err(error) if error.rejected => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut candidate = Some(latest);
+        for _ in 0..3 {
+            let Some(revision) = candidate.take() else { break };
+            let registered_at = revision
+                .definition
+                .registered_at()
+                .and_then(|at| DateTime::from_timestamp(at.secs(), at.subsec_nanos()));
+            if registered_at.is_some_and(|at| at < since) {
+                break;
+            }
+            if swap.tags.iter().all(|(key, value)| revision.tag(key) == Some(value.as_str())) {
+                return Ok(Some(revision));
+            }
+            let number = revision.definition.revision();
+            if number > 1 {
+                candidate = self.task_definition(&format!("{family}:{}", number - 1)).await.ok();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes a revision that no service runs (it becomes INACTIVE).
+    pub async fn deregister(&self, arn: &str) -> Result<(), AwsError> {
+        self.client
+            .deregister_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| AwsError::from_sdk("DeregisterTaskDefinition", e))
+    }
+
+    /// What the stopped tasks of a deployment say about why they stopped (ECS keeps stopped tasks
+    /// for about an hour): one line per task, at most `limit`.
+    pub async fn stopped_tasks(
+        &self,
+        cluster: &str,
+        deployment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, AwsError> {
+        let listed = self
+            .client
+            .list_tasks()
+            .cluster(cluster)
+            .started_by(deployment_id)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+            .max_results(limit as i32)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListTasks", e))?;
+        let arns: Vec<String> = listed.task_arns.unwrap_or_default().into_iter().take(limit).collect();
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let described = self
+            .client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(arns))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeTasks", e))?;
+        Ok(described.tasks.unwrap_or_default().iter().map(describe_stopped_task).collect())
+    }
+
+    /// Points the service at `task_definition`; returns the service as ECS now reports it. Safe to
+    /// repeat: ECS starts no second deployment for the task definition the service already has.
+    pub async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<ServiceState, AwsError> {
+        let output = self
+            .client
+            .update_service()
+            .cluster(cluster)
+            .service(service)
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("UpdateService", e))?;
+        output
+            .service
+            .map(ServiceState::from_sdk)
+            .ok_or_else(|| AwsError::new("UpdateService", "Empty", "no service returned"))
+    }
+}
+
+/// `task 1f2e3d4c: Essential container in task exited; api exited 1 (CannotStartContainerError: ...)`
+fn describe_stopped_task(task: &aws_sdk_ecs::types::Task) -> String {
+    let id = task.task_arn().and_then(|arn| arn.rsplit('/').next()).unwrap_or("?");
+    let short: String = id.chars().take(8).collect();
+    let mut line = format!("task {short}: {}", task.stopped_reason().unwrap_or("stopped"));
+    for container in task.containers() {
+        let name = container.name().unwrap_or("?");
+        match (container.exit_code(), container.reason()) {
+            (Some(code), Some(reason)) => line.push_str(&format!("; {name} exited {code} ({reason})")),
+            (Some(code), None) if code != 0 => line.push_str(&format!("; {name} exited {code}")),
+            (None, Some(reason)) => line.push_str(&format!("; {name}: {reason}")),
+            _ => {}
+        }
+    }
+    line
+}
+
+/// `true` when ECS refused `UpdateService` because the revision was deregistered.
+pub fn is_inactive_revision(error: &AwsError) -> bool {
+    error.rejected && error.message.to_ascii_lowercase().contains("inactive")
+}

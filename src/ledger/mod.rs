@@ -1,0 +1,360 @@
+//! The state table: everything Conveyor writes, in one DynamoDB table (`CONVEYOR_TABLE`).
+//!
+//! | item | `pk` | `sk` | holds |
+//! |---|---|---|---|
+//! | environment | `APP#{app}` | `ENV#{stage\|prod}` | `state` (see [`crate::record::EnvState`]), `version`, the `lease` while held, the `outbox` of notifications not yet sent, `waiting` (the newest push queued behind the lease) |
+//! | image | `APP#{app}` | `IMAGE#{digest}` | tags, first push, verdict per environment (`vetted_*`, `failed_*`) |
+//! | tag | `APP#{app}` | `TAG#{tag}` | the digest stage most recently verified under that tag |
+//! | history | `APP#{app}` | `HIST#{time}#{env}#{n}` | one entry per transition (what, when, why, who) |
+//! | config notice | `CONFIG` | `{parameter}` | the last parameter version announced as invalid, and its outbox |
+//!
+//! Every write to an environment is made by the holder of its lease, conditional on the lease's
+//! token (fencing) and on the version read; a transition commits the environment, the image and
+//! tag facts, its history entries and its notifications in one `TransactWriteItems`. Images,
+//! tags and history entries expire (TTL `expires_at`) after the retention period without change.
+//! Items with a rollout in flight or a notification not yet sent carry `pending`, which the sparse
+//! `pending` index lists for the sweep.
+
+mod expr;
+mod items;
+mod lease;
+
+pub use items::{Failure, HistoryEntry, HistoryEvent, ImageFacts, ImageUpdate, Item, TagItem};
+pub use lease::{Change, Held, Waiting};
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::aws::AwsError;
+use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+
+/// How long images, tags and history entries are kept after their last change.
+pub const DEFAULT_RETENTION_DAYS: i64 = 400;
+/// The value of `pending` on items the sweep must look at.
+const PENDING: &str = "1";
+
+/// Where an item lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ItemKey {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl ItemKey {
+    pub fn env(app: &AppName, env: Environment) -> Self {
+        ItemKey { pk: format!("APP#{app}"), sk: format!("ENV#{env}") }
+    }
+
+    pub fn image(app: &AppName, digest: &ImageDigest) -> Self {
+        ItemKey { pk: format!("APP#{app}"), sk: format!("IMAGE#{digest}") }
+    }
+
+    pub fn tag(app: &AppName, tag: &ImageTag) -> Self {
+        ItemKey { pk: format!("APP#{app}"), sk: format!("TAG#{tag}") }
+    }
+
+    /// Announcements about one app-config parameter.
+    pub fn config(parameter: &str) -> Self {
+        ItemKey { pk: "CONFIG".into(), sk: parameter.to_owned() }
+    }
+
+    /// `shop-api/stage`, `config//conveyor/apps/x`: for logs, errors and notification ids.
+    pub fn label(&self) -> String {
+        match (self.pk.strip_prefix("APP#"), self.sk.strip_prefix("ENV#")) {
+            (Some(app), Some(env)) => format!("{app}/{env}"),
+            _ => format!("{}/{}", self.pk.to_lowercase(), self.sk),
+        }
+    }
+
+    fn attributes(&self) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".into(), AttributeValue::S(self.pk.clone())),
+            ("sk".into(), AttributeValue::S(self.sk.clone())),
+        ])
+    }
+
+    /// The key of an item as read.
+    pub fn parse(item: &Item) -> Option<Self> {
+        Some(ItemKey { pk: item.get("pk")?.as_s().ok()?.clone(), sk: item.get("sk")?.as_s().ok()?.clone() })
+    }
+
+    /// The app and environment of an environment item's key.
+    pub fn app_env(&self) -> Option<(AppName, Environment)> {
+        let app = AppName::parse(self.pk.strip_prefix("APP#")?).ok()?;
+        let env = match self.sk.strip_prefix("ENV#")? {
+            "stage" => Environment::Stage,
+            "prod" => Environment::Prod,
+            _ => return None,
+        };
+        Some((app, env))
+    }
+}
+
+/// What a leased item keeps besides its own fields.
+pub trait LeasedState: Serialize + DeserializeOwned + Clone + Send + Sync {
+    /// Whether something about this item still waits for ECS (the sweep comes back to it).
+    fn in_flight(&self) -> bool;
+}
+
+/// Reading or writing the state table failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("{item} is held by {owner} until {until}: another invocation is working on it; retry later")]
+    Busy { item: String, owner: String, until: DateTime<Utc> },
+    #[error("the lease on {item} expired and was taken over by another invocation: nothing was written")]
+    LeaseLost { item: String },
+    #[error("{item} changed while this invocation worked ({what}): nothing was written")]
+    Conflict { item: String, what: String },
+    #[error("state item {item} is unreadable ({problem}); fix or delete it")]
+    Corrupt { item: String, problem: String },
+}
+
+impl LedgerError {
+    /// Whether a later attempt may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            LedgerError::Aws(error) => error.retryable,
+            LedgerError::Busy { .. } | LedgerError::LeaseLost { .. } | LedgerError::Conflict { .. } => true,
+            LedgerError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// The state table and how long it keeps facts.
+#[derive(Clone)]
+pub struct Ledger {
+    pub db: aws_sdk_dynamodb::Client,
+    pub table: String,
+    pub retention: chrono::Duration,
+}
+
+fn aws<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> LedgerError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + crate::aws::HttpStatus,
+{
+    move |error| LedgerError::Aws(AwsError::from_sdk(operation, error))
+}
+
+fn parse<T: DeserializeOwned>(key: &str, item: Item) -> Result<T, LedgerError> {
+    serde_dynamo::from_item(item).map_err(|e| LedgerError::Corrupt { item: key.to_owned(), problem: e.to_string() })
+}
+
+impl Ledger {
+    pub fn new(db: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Ledger { db, table: table.into(), retention: chrono::Duration::days(DEFAULT_RETENTION_DAYS) }
+    }
+
+    /// When an item written now expires.
+    fn expires_at(&self) -> i64 {
+        (Utc::now() + self.retention).timestamp()
+    }
+
+    /// One item's attributes (strongly consistent).
+    pub async fn item(&self, key: &ItemKey) -> Result<Option<Item>, LedgerError> {
+        let output = self
+            .db
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attributes()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws("GetItem"))?;
+        Ok(output.item)
+    }
+
+    /// The state of an environment (and its version), read without the lease.
+    pub async fn env<S: LeasedState>(&self, app: &AppName, env: Environment) -> Result<Option<(S, u64)>, LedgerError> {
+        let key = ItemKey::env(app, env);
+        match self.item(&key).await? {
+            Some(item) => lease::state_of(&key, &item),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn image(&self, app: &AppName, digest: &ImageDigest) -> Result<Option<ImageFacts>, LedgerError> {
+        let key = ItemKey::image(app, digest);
+        self.item(&key).await?.map(|item| parse(&key.label(), item)).transpose()
+    }
+
+    pub async fn tag(&self, app: &AppName, tag: &ImageTag) -> Result<Option<TagItem>, LedgerError> {
+        let key = ItemKey::tag(app, tag);
+        self.item(&key).await?.map(|item| parse(&key.label(), item)).transpose()
+    }
+
+    /// Several items in one call (strongly consistent), by key.
+    pub async fn items(&self, keys: &[ItemKey]) -> Result<HashMap<ItemKey, Item>, LedgerError> {
+        let mut found = HashMap::new();
+        let mut wanted: Vec<HashMap<String, AttributeValue>> = keys.iter().map(ItemKey::attributes).collect();
+        while !wanted.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut wanted)))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| AwsError::new("BatchGetItem", "InvalidRequest", e.to_string()))?;
+            let output = self
+                .db
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(aws("BatchGetItem"))?;
+            for item in output.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                if let Some(key) = ItemKey::parse(&item) {
+                    found.insert(key, item);
+                }
+            }
+            if let Some(mut rest) = output.unprocessed_keys.filter(|rest| !rest.is_empty()) {
+                wanted = rest.remove(&self.table).map(|k| k.keys).unwrap_or_default();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Items of an app whose sort key starts with `prefix`, in key order (every page).
+    async fn query(
+        &self,
+        app: &AppName,
+        from: &str,
+        to: &str,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, LedgerError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .db
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", AttributeValue::S(format!("APP#{app}")))
+                .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+                .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
+                .scan_index_forward(!newest_first)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(aws("Query"))?;
+            items.extend(output.items.unwrap_or_default());
+            if limit.is_some_and(|limit| items.len() >= limit) {
+                items.truncate(limit.unwrap_or_default());
+                return Ok(items);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// Every tag stage has verified for an app.
+    pub async fn tags(&self, app: &AppName) -> Result<Vec<TagItem>, LedgerError> {
+        let items = self.query(app, "TAG#", "TAG#\u{10FFFF}", false, None).await?;
+        items.into_iter().map(|item| parse(app.as_str(), item)).collect()
+    }
+
+    /// Every image item of an app.
+    pub async fn images(&self, app: &AppName) -> Result<Vec<ImageFacts>, LedgerError> {
+        let items = self.query(app, "IMAGE#", "IMAGE#\u{10FFFF}", false, None).await?;
+        items.into_iter().map(|item| parse(app.as_str(), item)).collect()
+    }
+
+    /// An app's history between two times, oldest first (or newest first, at most `limit`).
+    pub async fn history(
+        &self,
+        app: &AppName,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, LedgerError> {
+        let bound = |at: DateTime<Utc>| format!("HIST#{}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        let to = format!("{}\u{10FFFF}", bound(until));
+        let items = self.query(app, &bound(since), &to, newest_first, limit).await?;
+        items.into_iter().map(|item| parse(app.as_str(), item)).collect()
+    }
+
+    /// Every item the sweep must look at (the sparse `pending` index; eventually consistent).
+    pub async fn pending(&self) -> Result<Vec<Item>, LedgerError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .db
+                .query()
+                .table_name(&self.table)
+                .index_name("pending")
+                .key_condition_expression("pending = :p")
+                .expression_attribute_values(":p", AttributeValue::S(PENDING.into()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(aws("Query"))?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// Applies an image update on its own (a tag recorded for an image, outside a transition);
+    /// returns the image as it is now.
+    pub async fn update_image(&self, app: &AppName, update: &ImageUpdate) -> Result<ImageFacts, LedgerError> {
+        let Some(digest) = &update.digest else {
+            return Err(LedgerError::Corrupt {
+                item: app.to_string(),
+                problem: "image update without a digest".into(),
+            });
+        };
+        let key = ItemKey::image(app, digest);
+        let expr = update.expression(self.expires_at());
+        let output = self
+            .db
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attributes()))
+            .set_update_expression(expr.update_expression())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(aws("UpdateItem"))?;
+        parse(&key.label(), output.attributes.unwrap_or_default())
+    }
+
+    /// Writes a tag item (stage verified `tag.digest` under it).
+    pub async fn put_tag(&self, app: &AppName, tag: &TagItem) -> Result<(), LedgerError> {
+        self.db
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.tag_item(app, tag)))
+            .send()
+            .await
+            .map_err(aws("PutItem"))?;
+        Ok(())
+    }
+
+    fn tag_item(&self, app: &AppName, tag: &TagItem) -> Item {
+        let mut item: Item = serde_dynamo::to_item(tag).unwrap_or_default();
+        item.extend(ItemKey::tag(app, &tag.tag).attributes());
+        item.insert("expires_at".into(), AttributeValue::N(self.expires_at().to_string()));
+        item
+    }
+}
+
+/// The state stored on an item, if the item has any.
+pub fn state_from_item<S: DeserializeOwned>(item: &Item) -> Option<S> {
+    serde_dynamo::from_attribute_value(item.get("state")?.clone()).ok()
+}

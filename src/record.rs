@@ -1,0 +1,299 @@
+//! Everything Conveyor knows about one app in one environment, and the decisions that follow from
+//! it alone (ordering of pushes, drift, what a failed rollout goes back to). Stored as the `state`
+//! of that environment's item in the state table; see [`crate::ledger`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState};
+use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+
+/// The state of one app in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvState {
+    pub app: AppName,
+    pub environment: Environment,
+    pub cluster: String,
+    pub service: String,
+    /// What the service ran before Conveyor's first rollout: the known-good revision until
+    /// something is verified. Recorded on first contact, before anything is changed.
+    pub baseline: Revision,
+    /// The newest push seen here, by event time (applied, held by a pause, or superseded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_push: Option<PushMark>,
+    /// The newest push recorded while paused and never rolled out (what a resume can deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_push: Option<RecordedPush>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<Verified>,
+    /// The latest rollout Conveyor started here, with how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// A rollback deployment still being watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackWatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+    /// The last revision seen that Conveyor did not put there (announced once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+    /// A revision registered by an attempt that failed before its rollout was recorded: the next
+    /// attempt for the same image and base uses it instead of registering another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphan: Option<Orphan>,
+}
+
+impl crate::ledger::LeasedState for EnvState {
+    /// A rollout or a rollback still waits for ECS: the sweep looks at it.
+    fn in_flight(&self) -> bool {
+        self.in_progress().is_some() || self.rollback.is_some()
+    }
+}
+
+/// The newest push time seen, and every digest pushed in that second (EventBridge times have
+/// one-second resolution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushMark {
+    pub time: DateTime<Utc>,
+    pub digests: Vec<ImageDigest>,
+}
+
+/// A push kept for later (paused stage): enough to deliver it again as the event it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPush {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub time: DateTime<Utc>,
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub tag: ImageTag,
+    pub digest: ImageDigest,
+}
+
+/// A release that passed verification here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub rollout_id: String,
+    pub tag: ImageTag,
+    pub digest: ImageDigest,
+    pub image: String,
+    pub task_definition_arn: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub reason: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub revision: String,
+    pub seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    pub arn: String,
+    pub digest: ImageDigest,
+    /// The revision it was built from.
+    pub base: String,
+}
+
+/// Where a push stands relative to what this environment has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Newer than anything seen (or nothing seen yet).
+    Newer,
+    /// This very push was seen (same second, same digest): a repeated delivery.
+    Repeated,
+    /// Older than a push already seen: a late delivery must not roll the service back.
+    Late,
+}
+
+impl EnvState {
+    /// The state of an environment Conveyor meets for the first time, running `running`.
+    pub fn first(app: &AppName, env: Environment, cluster: &str, service: &str, running: Revision) -> Self {
+        EnvState {
+            app: app.clone(),
+            environment: env,
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            baseline: running,
+            newest_push: None,
+            held_push: None,
+            last_verified: None,
+            rollout: None,
+            rollback: None,
+            paused: None,
+            drift: None,
+            orphan: None,
+        }
+    }
+
+    pub fn arrival(&self, time: DateTime<Utc>, digest: &ImageDigest) -> Arrival {
+        match &self.newest_push {
+            None => Arrival::Newer,
+            Some(mark) if time < mark.time => Arrival::Late,
+            Some(mark) if time == mark.time && mark.digests.contains(digest) => Arrival::Repeated,
+            Some(_) => Arrival::Newer,
+        }
+    }
+
+    /// Notes a push as seen (never moves the mark backwards).
+    pub fn saw_push(&mut self, time: DateTime<Utc>, digest: &ImageDigest) {
+        match &mut self.newest_push {
+            Some(mark) if mark.time == time => {
+                if !mark.digests.contains(digest) {
+                    mark.digests.push(digest.clone());
+                }
+            }
+            Some(mark) if mark.time > time => {}
+            _ => self.newest_push = Some(PushMark { time, digests: vec![digest.clone()] }),
+        }
+    }
+
+    /// The rollout still in progress, if any.
+    pub fn in_progress(&self) -> Option<&Rollout> {
+        self.rollout.as_ref().filter(|r| r.in_progress())
+    }
+
+    /// The last revision known good: the last verified one, else the baseline.
+    pub fn known_good(&self) -> Revision {
+        match &self.last_verified {
+            Some(v) => Revision { arn: v.task_definition_arn.clone(), digest: Some(v.digest.clone()) },
+            None => self.baseline.clone(),
+        }
+    }
+
+    /// Revisions the service may legitimately run: the ones Conveyor put there or went back to.
+    pub fn knows_revision(&self, arn: &str) -> bool {
+        let rollout = self.rollout.iter().flat_map(|r| {
+            let rolled_back_to = match &r.state {
+                RolloutState::RolledBack { to, .. } => Some(to.as_str()),
+                _ => None,
+            };
+            [Some(r.task_definition_arn.as_str()), Some(r.previous.arn.as_str()), rolled_back_to]
+        });
+        let others = [
+            Some(self.baseline.arn.as_str()),
+            self.last_verified.as_ref().map(|v| v.task_definition_arn.as_str()),
+            self.rollback.as_ref().map(|w| w.to.as_str()),
+            self.drift.as_ref().map(|d| d.revision.as_str()),
+        ];
+        rollout.chain(others).flatten().any(|known| known == arn)
+    }
+
+    /// What a failed rollout goes back to (contract v2): the revision it replaced when that one
+    /// runs the known-good image (so configuration changed outside Conveyor is kept); otherwise
+    /// the known-good revision itself. `None` when that is the failed revision.
+    pub fn rollback_target(&self, failed: &Rollout) -> Option<String> {
+        let good = self.known_good();
+        let previous_is_good = good.digest.is_some() && failed.previous.digest == good.digest;
+        let target = if previous_is_good { failed.previous.arn.clone() } else { good.arn };
+        (target != failed.task_definition_arn).then_some(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::Origin;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn digest(n: u8) -> ImageDigest {
+        ImageDigest::parse(format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
+    }
+
+    fn state() -> EnvState {
+        EnvState::first(
+            &AppName::parse("shop").unwrap(),
+            Environment::Stage,
+            "c",
+            "s",
+            Revision { arn: "td:1".into(), digest: Some(digest(1)) },
+        )
+    }
+
+    fn rollout(td: &str, previous: Revision, d: u8) -> Rollout {
+        Rollout {
+            id: "r".into(),
+            tag: ImageTag::parse("v").unwrap(),
+            tags: vec![],
+            digest: digest(d),
+            image: "i".into(),
+            task_definition_arn: td.into(),
+            previous,
+            deployment_id: None,
+            event_time: at(0),
+            started_at: at(0),
+            origin: Origin::Push,
+            state: RolloutState::InProgress,
+        }
+    }
+
+    fn verified(td: &str, d: u8) -> Verified {
+        Verified {
+            rollout_id: "v".into(),
+            tag: ImageTag::parse("v1").unwrap(),
+            digest: digest(d),
+            image: "i".into(),
+            task_definition_arn: td.into(),
+            at: at(0),
+        }
+    }
+
+    #[test]
+    fn pushes_are_ordered_by_event_time_and_same_second_repeats_are_recognised() {
+        let mut s = state();
+        assert_eq!(s.arrival(at(10), &digest(1)), Arrival::Newer);
+        s.saw_push(at(10), &digest(1));
+        s.saw_push(at(10), &digest(2)); // another image in the same second
+        assert_eq!(s.arrival(at(10), &digest(1)), Arrival::Repeated, "a same-second duplicate of the older push");
+        assert_eq!(s.arrival(at(10), &digest(2)), Arrival::Repeated);
+        assert_eq!(s.arrival(at(10), &digest(3)), Arrival::Newer);
+        assert_eq!(s.arrival(at(9), &digest(4)), Arrival::Late);
+        s.saw_push(at(5), &digest(5));
+        assert_eq!(s.newest_push.as_ref().unwrap().time, at(10), "never moves back");
+    }
+
+    #[test]
+    fn a_failed_rollout_goes_back_to_the_revision_it_replaced_when_that_runs_the_good_image() {
+        // v1 verified on :2; Terraform deployed :3 (same image, a new setting); :4 failed.
+        let mut s = state();
+        s.last_verified = Some(verified("td:2", 2));
+        let failed = rollout("td:4", Revision { arn: "td:3".into(), digest: Some(digest(2)) }, 4);
+        assert_eq!(s.rollback_target(&failed).as_deref(), Some("td:3"));
+        // The replaced revision runs another image (an unverified one): back to the verified revision.
+        let failed = rollout("td:5", Revision { arn: "td:4".into(), digest: Some(digest(4)) }, 5);
+        assert_eq!(s.rollback_target(&failed).as_deref(), Some("td:2"));
+        // Nothing verified yet: the baseline, or the revision replaced if it runs the baseline's image.
+        let s = state();
+        let failed = rollout("td:2", Revision { arn: "td:1".into(), digest: Some(digest(1)) }, 2);
+        assert_eq!(s.rollback_target(&failed).as_deref(), Some("td:1"));
+        // The failed revision is the known-good one itself: nothing to go back to.
+        let mut s = state();
+        s.last_verified = Some(verified("td:2", 2));
+        let failed = rollout("td:2", Revision { arn: "td:2".into(), digest: Some(digest(2)) }, 2);
+        assert_eq!(s.rollback_target(&failed), None);
+    }
+
+    #[test]
+    fn revisions_conveyor_did_not_put_there_are_drift() {
+        let mut s = state();
+        s.last_verified = Some(verified("td:2", 2));
+        s.rollout = Some(rollout("td:4", Revision { arn: "td:2".into(), digest: None }, 4));
+        for known in ["td:1", "td:2", "td:4"] {
+            assert!(s.knows_revision(known), "{known}");
+        }
+        assert!(!s.knows_revision("td:3"));
+    }
+}

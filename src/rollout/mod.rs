@@ -1,0 +1,271 @@
+//! A rollout: one image (by digest) put on one environment's service through a new task-definition
+//! revision, and how it ended.
+//!
+//! ```text
+//!                      ┌──────────────► Verified      completed, every task running, health check passed
+//!                      │
+//!   start ──► InProgress ──────────────► RolledBack    failed; the service is back on a known-good
+//!                      │                               revision (by Conveyor, or ECS's circuit breaker)
+//!                      ├──────────────► Failed        failed, and there was nothing to go back to or the
+//!                      │                               rollback could not be issued: people must act
+//!                      └──────────────► Superseded    a newer rollout, or a change made outside Conveyor,
+//!                                                      replaced it before it settled: nothing judged
+//! ```
+//!
+//! Settling is decided once: only an in-progress rollout can be settled, and a settled one never
+//! changes again (a repeated or late event finds it settled and changes nothing). A rollback
+//! deployment is watched on its own ([`RollbackWatch`]): if it fails as well, that is announced
+//! as `failed` without reopening the rollout.
+
+pub mod start;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::notify::{Outcome, Severity};
+use crate::types::{Environment, ImageDigest, ImageTag};
+
+/// A task-definition revision and the digest the app's container ran in it (when pinned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<ImageDigest>,
+}
+
+/// What started a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// An ECR push (stage).
+    Push,
+    /// A promotion (prod): who asked, why, and whether it overrode an earlier failure.
+    Promotion {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default)]
+        forced: bool,
+    },
+}
+
+/// Who put the service back after a failed rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolledBackBy {
+    Conveyor,
+    /// ECS's deployment circuit breaker had already rolled the service back.
+    CircuitBreaker,
+}
+
+/// Where a rollout stands. Every settled state says when, and why where there is a why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RolloutState {
+    InProgress,
+    Verified { at: DateTime<Utc> },
+    RolledBack { at: DateTime<Utc>, reason: String, to: String, by: RolledBackBy },
+    Failed { at: DateTime<Utc>, reason: String },
+    Superseded { at: DateTime<Utc>, reason: String },
+}
+
+impl RolloutState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RolloutState::InProgress => "in_progress",
+            RolloutState::Verified { .. } => "verified",
+            RolloutState::RolledBack { .. } => "rolled_back",
+            RolloutState::Failed { .. } => "failed",
+            RolloutState::Superseded { .. } => "superseded",
+        }
+    }
+
+    pub fn settled_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            RolloutState::InProgress => None,
+            RolloutState::Verified { at }
+            | RolloutState::RolledBack { at, .. }
+            | RolloutState::Failed { at, .. }
+            | RolloutState::Superseded { at, .. } => Some(*at),
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            RolloutState::RolledBack { reason, .. }
+            | RolloutState::Failed { reason, .. }
+            | RolloutState::Superseded { reason, .. } => Some(reason),
+            RolloutState::InProgress | RolloutState::Verified { .. } => None,
+        }
+    }
+}
+
+/// How an in-progress rollout ends: decided once, by the monitor, the sweep or a newer rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Verified,
+    RolledBack { reason: String, to: String, by: RolledBackBy },
+    Failed { reason: String },
+    Superseded { reason: String },
+}
+
+/// Settling a rollout that is already settled: the caller is handling a repeated or late event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rollout {id} is already {state}")]
+pub struct AlreadySettled {
+    pub id: String,
+    pub state: &'static str,
+}
+
+/// One rollout Conveyor started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Unique: history entries and notifications refer to it.
+    pub id: String,
+    /// The tag whose push (or promotion) started it.
+    pub tag: ImageTag,
+    /// Every tag this digest is known under here (ECR sends one push per tag).
+    pub tags: Vec<ImageTag>,
+    pub digest: ImageDigest,
+    /// The digest-pinned image URI written into the task definition.
+    pub image: String,
+    pub task_definition_arn: String,
+    /// What the service ran before.
+    pub previous: Revision,
+    /// The ECS deployment (`ecs-svc/...`) the `UpdateService` created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// The triggering event's time (the push, or the promote request).
+    pub event_time: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub origin: Origin,
+    pub state: RolloutState,
+}
+
+impl Rollout {
+    pub fn in_progress(&self) -> bool {
+        self.state == RolloutState::InProgress
+    }
+
+    /// Settles an in-progress rollout; a settled one stays as it is.
+    pub fn settle(&mut self, settlement: Settlement, at: DateTime<Utc>) -> Result<(), AlreadySettled> {
+        if !self.in_progress() {
+            return Err(AlreadySettled { id: self.id.clone(), state: self.state.name() });
+        }
+        self.state = match settlement {
+            Settlement::Verified => RolloutState::Verified { at },
+            Settlement::RolledBack { reason, to, by } => RolloutState::RolledBack { at, reason, to, by },
+            Settlement::Failed { reason } => RolloutState::Failed { at, reason },
+            Settlement::Superseded { reason } => RolloutState::Superseded { at, reason },
+        };
+        Ok(())
+    }
+
+    /// How long it ran until it settled.
+    pub fn duration(&self) -> Option<chrono::Duration> {
+        self.state.settled_at().map(|at| at - self.started_at)
+    }
+
+    /// The notification its current state calls for: the start (`deploying`, or `promoted` in
+    /// prod), then one per settlement.
+    pub fn outcome(&self, env: Environment) -> (Outcome, Severity) {
+        match (&self.state, env) {
+            (RolloutState::InProgress, Environment::Stage) => (Outcome::Deploying, Severity::Info),
+            (RolloutState::InProgress, Environment::Prod) => (Outcome::Promoted, Severity::Info),
+            (RolloutState::Verified { .. }, _) => (Outcome::Verified, Severity::Info),
+            (RolloutState::RolledBack { .. }, Environment::Stage) => (Outcome::RolledBack, Severity::Error),
+            (RolloutState::RolledBack { .. }, Environment::Prod) => (Outcome::RolledBack, Severity::Critical),
+            (RolloutState::Failed { .. }, _) => (Outcome::Failed, Severity::Critical),
+            (RolloutState::Superseded { .. }, _) => (Outcome::Superseded, Severity::Info),
+        }
+    }
+
+    /// Adds a tag this digest was (also) pushed under.
+    pub fn add_tag(&mut self, tag: &ImageTag) -> bool {
+        if self.tags.contains(tag) {
+            return false;
+        }
+        self.tags.push(tag.clone());
+        true
+    }
+
+    /// The deployer of a promotion, for notifications and history.
+    pub fn requested_by(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Promotion { requested_by, .. } => requested_by.as_deref(),
+            Origin::Push => None,
+        }
+    }
+}
+
+/// A rollback deployment (Conveyor's, or the circuit breaker's), watched until ECS completes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackWatch {
+    /// The failed rollout it undoes.
+    pub rollout_id: String,
+    pub tag: ImageTag,
+    pub digest: ImageDigest,
+    /// The revision it goes back to.
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    pub by: RolledBackBy,
+    pub started_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout() -> Rollout {
+        Rollout {
+            id: "r1".into(),
+            tag: ImageTag::parse("v1").unwrap(),
+            tags: vec![ImageTag::parse("v1").unwrap()],
+            digest: ImageDigest::parse(format!("sha256:{}", "1".repeat(64))).unwrap(),
+            image: "repo@sha256:1".into(),
+            task_definition_arn: "td:2".into(),
+            previous: Revision { arn: "td:1".into(), digest: None },
+            deployment_id: Some("ecs-svc/2".into()),
+            event_time: DateTime::UNIX_EPOCH,
+            started_at: DateTime::UNIX_EPOCH,
+            origin: Origin::Push,
+            state: RolloutState::InProgress,
+        }
+    }
+
+    #[test]
+    fn a_rollout_settles_once() {
+        let mut r = rollout();
+        let at = DateTime::UNIX_EPOCH + chrono::Duration::seconds(90);
+        r.settle(Settlement::Verified, at).unwrap();
+        assert_eq!(r.state, RolloutState::Verified { at });
+        assert_eq!(r.duration(), Some(chrono::Duration::seconds(90)));
+        let again = r.settle(Settlement::Failed { reason: "late FAILED".into() }, at);
+        assert_eq!(again, Err(AlreadySettled { id: "r1".into(), state: "verified" }));
+        assert_eq!(r.state, RolloutState::Verified { at }, "a settled rollout never changes");
+    }
+
+    #[test]
+    fn each_state_has_its_notification() {
+        let mut r = rollout();
+        assert_eq!(r.outcome(Environment::Stage), (Outcome::Deploying, Severity::Info));
+        assert_eq!(r.outcome(Environment::Prod), (Outcome::Promoted, Severity::Info));
+        r.settle(
+            Settlement::RolledBack { reason: "x".into(), to: "td:1".into(), by: RolledBackBy::Conveyor },
+            DateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(r.outcome(Environment::Stage), (Outcome::RolledBack, Severity::Error));
+        assert_eq!(r.outcome(Environment::Prod), (Outcome::RolledBack, Severity::Critical));
+    }
+
+    #[test]
+    fn states_serialize_with_their_kind() {
+        let state = RolloutState::Superseded { at: DateTime::UNIX_EPOCH, reason: "newer push".into() };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["kind"], "superseded");
+        assert_eq!(serde_json::from_value::<RolloutState>(json).unwrap(), state);
+    }
+}
