@@ -1,9 +1,10 @@
-//! How many AWS calls each job makes, by operation, counted by the local AWS. A regression guard
-//! for "the fewest calls the job allows": a new call shows up here first.
+//! How many AWS calls each job makes, by operation, counted by the local AWS, on a warm instance
+//! (the configuration and the revisions already read are cached). A regression guard for "the
+//! fewest calls the job allows": a new call shows up here first.
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{Duration, Utc};
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
@@ -11,7 +12,7 @@ use serde_json::json;
 
 use crate::support::{conveyor, invocation};
 
-/// Calls made by `action`, by operation (what the world's id appears in).
+/// Calls made by `action`, by operation (those whose request carries the world's id).
 async fn calls_of<F: std::future::Future<Output = ()>>(world: &World, action: F) -> BTreeMap<String, u64> {
     let before = world.aws.calls(&world.id).await;
     action.await;
@@ -27,76 +28,97 @@ fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(op, n)| (op.to_string(), *n)).collect()
 }
 
+fn total(calls: &BTreeMap<String, u64>) -> u64 {
+    calls.values().sum()
+}
+
 #[tokio::test]
 async fn each_job_makes_the_fewest_calls_it_needs() {
     let world = World::new().await;
     let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
     let conveyor = conveyor(&world);
+    let seeded = world.aws.calls(&world.id).await;
+    let stage = |tag: &str, n: u32, minutes: i64| {
+        world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes))
+    };
+    let verify = async |service: &conveyor_testkit::world::ServiceFixture| {
+        let completed = world.aws.settle(&service.cluster, &service.service, Settle::Complete).await;
+        calls_of(&world, async {
+            conveyor::monitor::handle(&conveyor, completed[0].clone(), &invocation()).await.map(drop).unwrap()
+        })
+        .await
+    };
 
-    // A push (cold: the configuration is read once, then cached).
-    let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
-    let stage = calls_of(&world, async {
+    // First push to a service (cold: config, the running revision, the baseline committed).
+    let first = calls_of(&world, async {
+        conveyor::stage::handle(&conveyor, stage("v1.0.0", 1, 30), &invocation()).await.map(drop).unwrap()
+    })
+    .await;
+    println!("first push: {first:?}");
+    let verified = verify(&app.stage).await;
+    println!("verification: {verified:?}");
+
+    // A push on a warm instance: everything it reads it had to read.
+    let push = stage("v1.1.0", 2, 20);
+    let pushed = calls_of(&world, async {
         conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.map(drop).unwrap()
     })
     .await;
     assert_eq!(
-        stage,
+        pushed,
         expect(&[
-            ("DeleteParameter", 1), // lease released
             ("DescribeServices", 1),
-            ("DescribeTaskDefinition", 1), // with tags
-            ("GetParameter", 1),           // release record
-            ("GetParametersByPath", 1),    // app configuration (cold start)
             ("Publish", 1),
-            ("PutParameter", 2), // lease taken, release record written
             ("RegisterTaskDefinition", 1),
+            ("TransactWriteItems", 1), // the rollout, its image facts, history and notification
+            ("UpdateItem", 2),         // lease taken (returns the state), lease released (notification sent)
             ("UpdateService", 1),
-        ])
+        ]),
+        "push"
     );
-    // The same push again (warm): the record says it is a repeated delivery.
+    assert!(total(&pushed) <= 7);
+    // The same push again: the state says it is a repeated delivery.
     let repeated =
         calls_of(&world, async { conveyor::stage::handle(&conveyor, push, &invocation()).await.map(drop).unwrap() })
             .await;
-    assert_eq!(repeated, expect(&[("DeleteParameter", 1), ("GetParameter", 1), ("PutParameter", 1)]));
+    assert_eq!(repeated, expect(&[("UpdateItem", 2)]), "repeated push");
 
-    // COMPLETED, verified (no health_url): the image and its tag are recorded as vetted.
-    let completed = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
-    let verified = calls_of(&world, async {
-        conveyor::monitor::handle(&conveyor, completed[0].clone(), &invocation()).await.map(drop).unwrap()
-    })
-    .await;
+    let verified = verify(&app.stage).await;
     assert_eq!(
         verified,
-        expect(&[
-            ("DeleteParameter", 1),
-            ("DescribeServices", 1),
-            ("GetParameter", 3), // record, record under the lease, image record
-            ("Publish", 1),
-            ("PutParameter", 4), // lease, record, image record, tag record
-        ])
+        expect(&[("DescribeServices", 1), ("Publish", 1), ("TransactWriteItems", 1), ("UpdateItem", 2)]),
+        "verification"
     );
+    assert!(total(&verified) <= 5);
 
-    // Promote to prod.
-    let promoted = calls_of(&world, async {
-        conveyor::promote::handle(&conveyor, json!({ "app": "shop-api", "tag": "v1.0.0" }), &invocation())
-            .await
-            .map(drop)
-            .unwrap()
-    })
-    .await;
+    // Promote to prod (twice: the second on a warm instance).
+    let promote = async |tag: &str| {
+        calls_of(&world, async {
+            conveyor::promote::handle(&conveyor, json!({ "app": "shop-api", "tag": tag }), &invocation())
+                .await
+                .map(drop)
+                .unwrap()
+        })
+        .await
+    };
+    let first_promotion = promote("v1.0.0").await;
+    println!("first promotion: {first_promotion:?}");
+    verify(&app.prod).await;
+    let promoted = promote("v1.1.0").await;
     assert_eq!(
         promoted,
         expect(&[
-            ("DeleteParameter", 1),
+            ("BatchGetItem", 1), // the tag and prod's state
             ("DescribeServices", 1),
-            ("DescribeTaskDefinition", 1),
-            ("GetParameter", 3), // tag record, image record, prod record
             ("Publish", 1),
-            ("PutParameter", 2),
             ("RegisterTaskDefinition", 1),
+            ("TransactWriteItems", 2), // prod's lease taken with the image still promotable; the rollout
+            ("UpdateItem", 1),         // lease released
             ("UpdateService", 1),
-        ])
+        ]),
+        "promote"
     );
+    assert!(total(&promoted) <= 8);
 
     // FAILED in prod: diagnose, roll back, record, alert.
     let failed =
@@ -108,14 +130,21 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     assert_eq!(
         rolled_back,
         expect(&[
-            ("DeleteParameter", 1),
             ("DescribeServices", 1),
             ("DescribeTasks", 1),
-            ("GetParameter", 3), // record, record under the lease, image record
             ("ListTasks", 1),
             ("Publish", 1),
-            ("PutParameter", 3), // lease, record, image record
+            ("TransactWriteItems", 1),
+            ("UpdateItem", 2),
             ("UpdateService", 1),
-        ])
+        ]),
+        "rollback"
     );
+    assert!(total(&rolled_back) <= 8);
+
+    // Nothing Conveyor did wrote to SSM.
+    let all = world.aws.calls(&world.id).await;
+    for write in ["PutParameter", "DeleteParameter"] {
+        assert_eq!(all.get(write), seeded.get(write), "{write} by Conveyor: {all:?}");
+    }
 }

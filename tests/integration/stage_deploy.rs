@@ -31,9 +31,15 @@ async fn one_failing_app_does_not_stop_the_others_and_the_retry_finishes_the_job
         .map(|n| (n["MessageAttributes"]["app"].as_str().unwrap(), n["MessageAttributes"]["outcome"].as_str().unwrap()))
         .collect();
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
-    assert!(outcomes.contains(&("shop-api", "deploying")) && outcomes.contains(&("shop-web", "failed")), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&("shop-api", "deploying")) && outcomes.contains(&("shop-web", "failed")),
+        "{outcomes:?}"
+    );
     let failed = notes.iter().find(|n| n["MessageAttributes"]["app"] == "shop-web").unwrap();
-    assert!(failed["Message"]["metadata"]["additionalContext"]["reason"].as_str().unwrap().contains("no container `web`"));
+    assert!(failed["Message"]["metadata"]["additionalContext"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no container `web`"));
 
     // Lambda retries the event: nothing is deployed or announced twice.
     conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
