@@ -5,8 +5,11 @@
 mod aws_calls;
 mod deploy_monitor;
 mod e2e;
+mod holes_monitor;
+mod holes_state;
 mod localaws_faults;
 mod promote;
+mod real_taskdefs;
 mod routing;
 mod stage_deploy;
 mod stage_deploy_binary;
