@@ -15,6 +15,7 @@ pub mod image;
 pub mod ledger;
 pub mod monitor;
 pub mod notify;
+pub mod ops;
 pub mod pause;
 pub mod promote;
 pub mod record;

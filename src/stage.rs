@@ -174,7 +174,11 @@ pub enum Decision {
 /// Decides what a push does to stage.
 pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, now: DateTime<Utc>) -> Decision {
     let Some(state) = state else { return Decision::Deploy };
+    let held = state.held_push.as_ref().is_some_and(|h| h.time == push.time && h.digest == push.digest);
     match state.arrival(push.time, &push.digest) {
+        // The push a pause held, delivered again (by `conveyor resume --deploy-latest`, or
+        // EventBridge) once the pause is over: it is the newest, and never rolled out.
+        Arrival::Repeated if held && state.paused.is_none() => {}
         Arrival::Repeated => return Decision::Nothing("this push was already handled (repeated delivery)".into()),
         Arrival::Late => {
             return Decision::Record(format!(
@@ -285,6 +289,9 @@ async fn deploy(
     let mut plan = start::start(conveyor, app, Environment::Stage, held, &candidate).await?;
     plan.change.state.saw_push(push.time, &push.digest);
     plan.change.clear_waiting = ours;
+    if plan.change.state.held_push.as_ref().is_some_and(|h| h.time <= push.time) {
+        plan.change.state.held_push = None;
+    }
     let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
             record_tag(conveyor, app, push, &mut plan.change).await?;

@@ -498,7 +498,8 @@ async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) ->
     })
 }
 
-/// What the sweep does for one environment; `None` when nothing needed the lease.
+/// What the sweep does for one environment; `None` when nothing is in flight. Decided first
+/// from what the index and ECS say; the lease is taken only when there is something to settle.
 async fn reconcile_item(
     conveyor: &Conveyor,
     app: &AppConfig,
@@ -508,7 +509,6 @@ async fn reconcile_item(
 ) -> Result<Option<Handled>, DeployError> {
     let now = Utc::now();
     let target = app.target(env);
-    let waiting = |what: String| Ok(Some(Handled::of(&app.name, env, "waiting", what)));
     let (rollout, watch) = (state.in_progress(), state.rollback.as_ref());
     if rollout.is_none() && watch.is_none() {
         return Ok(None);
@@ -518,15 +518,27 @@ async fn reconcile_item(
         Err(error) if error.code == "ServiceNotFound" => Err(error),
         Err(error) => return Err(error.into()),
     };
-    let key = ItemKey::env(&app.name, env);
-    let mut held =
-        match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
-            Ok(held) => held,
-            Err(crate::ledger::LedgerError::Busy { .. }) => {
-                return waiting("another invocation is working on it".into())
-            }
-            Err(error) => return Err(error.into()),
+    if let Ok(service) = &service {
+        let waiting = match (rollout, watch) {
+            (Some(rollout), _) => (decide::reconcile(rollout, service, now, app.rollout_timeout) == SweepAction::Wait)
+                .then(|| format!("{} still in progress", rollout.tag)),
+            (None, Some(watch)) => (decide::reconcile_watch(watch, service, now, app.rollout_timeout)
+                == WatchAction::Wait)
+                .then(|| format!("rollback to {} in progress", crate::notify::short_arn(&watch.to))),
+            (None, None) => None,
         };
+        if let Some(what) = waiting {
+            return Ok(Some(Handled::of(&app.name, env, "waiting", what)));
+        }
+    }
+    let key = ItemKey::env(&app.name, env);
+    let mut held = match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
+        Ok(held) => held,
+        Err(crate::ledger::LedgerError::Busy { .. }) => {
+            return Ok(Some(Handled::of(&app.name, env, "waiting", "another invocation is working on it")))
+        }
+        Err(error) => return Err(error.into()),
+    };
     let result = reconcile_leased(conveyor, app, env, &mut held, service, now, invocation).await;
     conveyor.finish(held).await;
     result.map(Some)
