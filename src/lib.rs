@@ -13,6 +13,7 @@ pub mod events;
 pub mod health;
 pub mod image;
 pub mod ledger;
+pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod ops;

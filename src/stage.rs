@@ -312,6 +312,17 @@ async fn deploy(
         }
     };
     held.commit(&conveyor.ledger, plan.change).await?;
+    if let Started::Rolling(rollout) = &plan.started {
+        let metric = "PushToUpdateService";
+        crate::metrics::latency(
+            app.name.as_str(),
+            "stage",
+            metric,
+            crate::metrics::Unit::Milliseconds,
+            push.time,
+            rollout.started_at,
+        );
+    }
     Ok(report)
 }
 

@@ -445,6 +445,9 @@ impl<S: LeasedState> Held<S> {
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
+        for announcement in &change.announcements {
+            crate::metrics::transition(&announcement.notification);
+        }
         self.version = version;
         self.outbox = outbox;
         self.in_flight = in_flight;

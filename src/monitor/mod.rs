@@ -237,6 +237,8 @@ async fn verified(
     }
     info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), task_definition_arn = %rollout.task_definition_arn, "rollout verified");
+    let unit = crate::metrics::Unit::Seconds;
+    crate::metrics::latency(app.name.as_str(), env.as_str(), "RolloutToVerified", unit, rollout.started_at, now);
     Ok(Handled::of(&app.name, env, "verified", format!("{} ({})", rollout.tag, rollout.digest)))
 }
 
@@ -532,13 +534,14 @@ async fn reconcile_item(
         }
     }
     let key = ItemKey::env(&app.name, env);
-    let mut held = match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
-        Ok(held) => held,
-        Err(crate::ledger::LedgerError::Busy { .. }) => {
-            return Ok(Some(Handled::of(&app.name, env, "waiting", "another invocation is working on it")))
-        }
-        Err(error) => return Err(error.into()),
-    };
+    let mut held =
+        match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
+            Ok(held) => held,
+            Err(crate::ledger::LedgerError::Busy { .. }) => {
+                return Ok(Some(Handled::of(&app.name, env, "waiting", "another invocation is working on it")))
+            }
+            Err(error) => return Err(error.into()),
+        };
     let result = reconcile_leased(conveyor, app, env, &mut held, service, now, invocation).await;
     conveyor.finish(held).await;
     result.map(Some)
