@@ -42,9 +42,9 @@ infra-tools: ## SAM CLI, cfn-lint, checkov, cargo-lambda into .venv-infra
 	tests/localaws/setup.sh --infra
 
 # sam build targets arm64; where Rust's aarch64 target cannot be installed, it builds x86_64.
-infra: infra-tools ## validate the SAM template (sam validate --lint, cfn-lint, checkov) and sam build it
+infra: infra-tools ## validate both templates (sam validate --lint, cfn-lint, checkov) and sam build Conveyor's
 	$(INFRA_PATH) sam validate --lint
-	$(INFRA_PATH) cfn-lint infra/template.yaml
+	$(INFRA_PATH) cfn-lint infra/template.yaml infra/target-account.yaml
 	$(INFRA_PATH) checkov -d infra --framework cloudformation --quiet --compact --skip-download
 	if rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu; then \
 	  $(INFRA_PATH) sam build; \

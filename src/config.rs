@@ -34,6 +34,66 @@ pub struct ServiceTarget {
     pub cluster: String,
     pub service: String,
     pub health_url: Option<String>,
+    /// Another AWS account, reached through `role_arn` (`None`: Conveyor's own account).
+    pub account: Option<String>,
+    /// Another region (`None`: Conveyor's own region).
+    pub region: Option<String>,
+    /// The role Conveyor assumes for every ECS call of this environment.
+    pub role_arn: Option<String>,
+}
+
+/// Where a service lives, as its ARN says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    pub account: Option<&'a str>,
+    pub region: Option<&'a str>,
+    /// `None` for old short-format service ARNs, which carry no cluster.
+    pub cluster: Option<&'a str>,
+    pub service: &'a str,
+}
+
+/// The account and region Conveyor itself runs in (what a target without `account` or `region`
+/// means), when known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Home {
+    pub account: Option<String>,
+    pub region: Option<String>,
+}
+
+impl ServiceTarget {
+    /// The same service as `other` (account, region, cluster and name).
+    pub fn same_service(&self, other: &ServiceTarget) -> bool {
+        self.account == other.account
+            && self.region == other.region
+            && self.cluster == other.cluster
+            && self.service == other.service
+    }
+
+    /// Whether the service at `place` is this one; a target without account or region means
+    /// Conveyor's own (`home`), and what is unknown on either side does not rule it out.
+    pub fn is_at(&self, place: &Place<'_>, home: &Home) -> bool {
+        let matches = |wanted: Option<&str>, own: Option<&str>, seen: Option<&str>| match (wanted.or(own), seen) {
+            (Some(wanted), Some(seen)) => wanted == seen,
+            _ => true,
+        };
+        self.service == place.service
+            && place.cluster.is_none_or(|cluster| cluster == self.cluster)
+            && matches(self.account.as_deref(), home.account.as_deref(), place.account)
+            && matches(self.region.as_deref(), home.region.as_deref(), place.region)
+    }
+
+    /// `cluster/service`, with the account and region when they are not Conveyor's own.
+    pub fn label(&self) -> String {
+        match (&self.account, &self.region) {
+            (None, None) => format!("{}/{}", self.cluster, self.service),
+            (account, region) => format!(
+                "{}/{} ({})",
+                self.cluster,
+                self.service,
+                [account.as_deref(), region.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
 }
 
 /// Which pushed tags an app deploys.
@@ -124,7 +184,7 @@ impl AppConfig {
         environments.only(&["stage", "prod"])?;
         let stage = ServiceTarget::parse(environments.required("stage")?, "environments.stage.", &problem)?;
         let prod = ServiceTarget::parse(environments.required("prod")?, "environments.prod.", &problem)?;
-        if stage.cluster == prod.cluster && stage.service == prod.service {
+        if stage.same_service(&prod) {
             return Err(problem(
                 "environments",
                 "stage and prod name the same service: prod would receive every push".into(),
@@ -151,11 +211,39 @@ impl ServiceTarget {
         P: Fn(&str, String) -> ConfigError,
     {
         let mut fields = Fields::new(value, path, problem)?;
-        fields.only(&["cluster", "service", "health_url"])?;
+        fields.only(&["cluster", "service", "health_url", "account", "region", "role_arn"])?;
         let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)")?;
         let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)")?;
         let health_url = fields.string("health_url", false, &HTTP_URL, "an http:// or https:// URL")?;
-        Ok(ServiceTarget { cluster: cluster.unwrap_or_default(), service: service.unwrap_or_default(), health_url })
+        let account = fields.string("account", false, &ACCOUNT, "a 12-digit AWS account id")?;
+        let region = fields.string("region", false, &REGION, "an AWS region such as eu-west-1")?;
+        let role_arn =
+            fields.string("role_arn", false, &ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)")?;
+        let role_account = role_arn.as_deref().and_then(|arn| ROLE_ARN.captures(arn)).map(|c| c[1].to_owned());
+        let account = match (account, role_account) {
+            (Some(account), Some(role)) if account != role => {
+                return Err(problem(
+                    &format!("{path}role_arn"),
+                    format!("the role is in account {role}, not in `account` {account}: Conveyor assumes a role in the account it deploys to"),
+                ))
+            }
+            (None, Some(role)) => Some(role),
+            (Some(_), None) => {
+                return Err(problem(
+                    &format!("{path}role_arn"),
+                    "missing: with `account`, Conveyor needs the role to assume there (deploy infra/target-account.yaml in that account)".into(),
+                ))
+            }
+            (account, _) => account,
+        };
+        Ok(ServiceTarget {
+            cluster: cluster.unwrap_or_default(),
+            service: service.unwrap_or_default(),
+            health_url,
+            account,
+            region,
+            role_arn,
+        })
     }
 }
 
@@ -166,6 +254,13 @@ static REPOSITORY: LazyLock<Regex> =
 static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{1,255}$").unwrap());
 #[allow(clippy::unwrap_used)]
 static PARAMETER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^/?[A-Za-z0-9_.\-/]{1,1011}$").unwrap());
+#[allow(clippy::unwrap_used)]
+static ACCOUNT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[0-9]{12}$").unwrap());
+#[allow(clippy::unwrap_used)]
+static REGION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$").unwrap());
+#[allow(clippy::unwrap_used)]
+static ROLE_ARN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^arn:aws[a-z-]*:iam::([0-9]{12}):role/[A-Za-z0-9+=,.@_/-]{1,512}$").unwrap());
 #[allow(clippy::unwrap_used)]
 static HTTP_URL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^https?://[^\s/?#]+[^\s]*$").unwrap());
 
@@ -295,9 +390,7 @@ impl ConfigSet {
                 let target = config.target(*env);
                 set.apps.iter().find_map(|other: &AppConfig| {
                     Environment::ALL.iter().find_map(|other_env| {
-                        let theirs = other.target(*other_env);
-                        (theirs.cluster == target.cluster && theirs.service == target.service)
-                            .then(|| (*env, other.name.clone(), *other_env))
+                        other.target(*other_env).same_service(target).then(|| (*env, other.name.clone(), *other_env))
                     })
                 })
             });
@@ -309,8 +402,8 @@ impl ConfigSet {
                         parameter: raw.parameter.to_owned(),
                         key: format!("environments.{env}.service"),
                         problem: format!(
-                            "service {}/{} is already {other}'s {other_env} service (its parameter was written earlier); one service belongs to one app",
-                            target.cluster, target.service
+                            "service {} is already {other}'s {other_env} service (its parameter was written earlier); one service belongs to one app",
+                            target.label()
                         ),
                     };
                     set.invalid.push(InvalidApp { error, version: raw.version, repository: Some(config.repository) });
@@ -334,15 +427,10 @@ impl ConfigSet {
         self.apps.iter().filter(move |app| app.repository == repository)
     }
 
-    /// The app and environment that own an ECS service, if any. Without a cluster (old
-    /// short-format service ARNs) the service name alone decides.
-    pub fn owner_of(&self, cluster: Option<&str>, service: &str) -> Option<(&AppConfig, Environment)> {
+    /// The app and environment that own the ECS service at `place`, if any.
+    pub fn owner_of(&self, place: &Place<'_>, home: &Home) -> Option<(&AppConfig, Environment)> {
         self.apps.iter().find_map(|app| {
-            Environment::ALL.into_iter().find_map(|env| {
-                let target = app.target(env);
-                let same_cluster = cluster.is_none_or(|cluster| cluster == target.cluster);
-                (same_cluster && target.service == service).then_some((app, env))
-            })
+            Environment::ALL.into_iter().find_map(|env| app.target(env).is_at(place, home).then_some((app, env)))
         })
     }
 }
@@ -548,11 +636,18 @@ mod tests {
         assert_eq!(set.invalid[0].error.parameter, "/c/apps/broken");
         assert_eq!(set.fed_by("shop-api").count(), 2);
         assert_eq!(set.fed_by("other").count(), 0);
-        let (app, env) = set.owner_of(Some("prod-cluster"), "shop-api").unwrap();
+        let at = |cluster: Option<&'static str>, service: &'static str| Place {
+            account: None,
+            region: None,
+            cluster,
+            service,
+        };
+        let home = Home::default();
+        let (app, env) = set.owner_of(&at(Some("prod-cluster"), "shop-api"), &home).unwrap();
         assert_eq!((app.name.as_str(), env), ("shop-api", Environment::Prod));
-        assert!(set.owner_of(Some("prod-cluster"), "nope").is_none());
-        assert_eq!(set.owner_of(None, "shop-api").map(|(_, env)| env), Some(Environment::Stage));
-        assert!(set.owner_of(Some("other-cluster"), "shop-api").is_none());
+        assert!(set.owner_of(&at(Some("prod-cluster"), "nope"), &home).is_none());
+        assert_eq!(set.owner_of(&at(None, "shop-api"), &home).map(|(_, env)| env), Some(Environment::Stage));
+        assert!(set.owner_of(&at(Some("other-cluster"), "shop-api"), &home).is_none());
     }
 
     #[test]
@@ -567,6 +662,65 @@ mod tests {
         assert_eq!(error.key, "environments.stage.service");
         assert!(error.problem.contains("zz-first"), "{error}");
         assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
+    }
+
+    #[test]
+    fn environments_in_other_accounts_and_regions() {
+        let prod = serde_json::json!({ "cluster": "prod", "service": "shop-api", "region": "eu-west-1",
+            "role_arn": "arn:aws:iam::210987654321:role/conveyor-target" });
+        let app = parse(&edit(|v| v["environments"]["prod"] = prod.clone())).unwrap();
+        assert_eq!(app.prod.account.as_deref(), Some("210987654321"), "the role's account");
+        assert_eq!(app.prod.region.as_deref(), Some("eu-west-1"));
+        let home = Home { account: Some("123456789012".into()), region: Some("us-east-1".into()) };
+        let place = |account, region| Place {
+            account: Some(account),
+            region: Some(region),
+            cluster: Some("prod"),
+            service: "shop-api",
+        };
+        assert!(app.prod.is_at(&place("210987654321", "eu-west-1"), &home));
+        assert!(!app.prod.is_at(&place("123456789012", "eu-west-1"), &home), "same names in Conveyor's own account");
+        assert!(!app.prod.is_at(&place("210987654321", "us-east-1"), &home));
+        let stage_place = Place {
+            account: Some("123456789012"),
+            region: Some("us-east-1"),
+            cluster: Some("stage-cluster"),
+            service: "shop-api",
+        };
+        assert!(app.stage.is_at(&stage_place, &home));
+        assert!(!app.stage.is_at(&Place { account: Some("999999999999"), ..stage_place }, &home));
+
+        let mismatch = edit(|v| {
+            v["environments"]["prod"] = prod.clone();
+            v["environments"]["prod"]["account"] = "111111111111".into();
+        });
+        assert_rejected(&mismatch, "environments.prod.role_arn", "not in `account` 111111111111");
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"]["account"] = "210987654321".into()),
+            "environments.prod.role_arn",
+            "missing",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"]["account"] = "12345".into()),
+            "environments.prod.account",
+            "12-digit",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"]["region"] = "Europe".into()),
+            "environments.prod.region",
+            "region",
+        );
+        assert_rejected(
+            &edit(|v| v["environments"]["prod"]["role_arn"] = "arn:aws:iam::210987654321:user/bob".into()),
+            "environments.prod.role_arn",
+            "role ARN",
+        );
+        // The same names in another account are another service.
+        let elsewhere = edit(|v| {
+            v["environments"]["prod"] = v["environments"]["stage"].clone();
+            v["environments"]["prod"]["role_arn"] = "arn:aws:iam::210987654321:role/conveyor-target".into();
+        });
+        assert!(parse(&elsewhere).is_ok());
     }
 
     #[test]

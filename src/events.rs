@@ -117,6 +117,9 @@ pub struct DeploymentEvent {
     pub event_id: Option<String>,
     pub time: Option<DateTime<Utc>>,
     pub service_arn: String,
+    /// The account and region of the service, from its ARN.
+    pub account: Option<String>,
+    pub region: Option<String>,
     /// The cluster, when the ARN is in the long format (`service/{cluster}/{service}`).
     pub cluster: Option<String>,
     pub service: String,
@@ -162,7 +165,7 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         .resources
         .and_then(|resources| resources.into_iter().next())
         .ok_or_else(|| InvalidEvent("ECS deployment event without a service ARN in `resources`".into()))?;
-    let (cluster, service) = parse_service_arn(&service_arn)
+    let ServiceArn { account, region, cluster, service } = parse_service_arn(&service_arn)
         .ok_or_else(|| InvalidEvent(format!("ECS deployment event with an invalid service ARN {service_arn:?}")))?;
     let deployment_id = detail
         .deployment_id
@@ -171,6 +174,8 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
     Ok(Ok(MonitorEvent::Deployment(DeploymentEvent {
         event_id: event.id,
         time: event.time,
+        account,
+        region,
         cluster,
         service,
         service_arn,
@@ -180,17 +185,42 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
     })))
 }
 
-/// `arn:aws:ecs:{region}:{account}:service/{cluster}/{service}` (or the old `service/{service}`).
-fn parse_service_arn(arn: &str) -> Option<(Option<String>, String)> {
-    let resource = arn.strip_prefix("arn:")?.splitn(5, ':').nth(4)?;
-    let mut parts = resource.strip_prefix("service/")?.split('/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(cluster), Some(service), None) if !cluster.is_empty() && !service.is_empty() => {
-            Some((Some(cluster.to_owned()), service.to_owned()))
+impl DeploymentEvent {
+    /// Where the service is.
+    pub fn place(&self) -> crate::config::Place<'_> {
+        crate::config::Place {
+            account: self.account.as_deref(),
+            region: self.region.as_deref(),
+            cluster: self.cluster.as_deref(),
+            service: &self.service,
         }
-        (Some(service), None, None) if !service.is_empty() => Some((None, service.to_owned())),
-        _ => None,
     }
+}
+
+/// The parts of a service ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceArn {
+    account: Option<String>,
+    region: Option<String>,
+    cluster: Option<String>,
+    service: String,
+}
+
+/// `arn:aws:ecs:{region}:{account}:service/{cluster}/{service}` (or the old `service/{service}`).
+fn parse_service_arn(arn: &str) -> Option<ServiceArn> {
+    let mut fields = arn.strip_prefix("arn:")?.splitn(5, ':');
+    let (_partition, _ecs) = (fields.next()?, fields.next()?);
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let (region, account, resource) = (non_empty(fields.next()?), non_empty(fields.next()?), fields.next()?);
+    let mut parts = resource.strip_prefix("service/")?.split('/');
+    let (cluster, service) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(cluster), Some(service), None) if !cluster.is_empty() && !service.is_empty() => {
+            (Some(cluster.to_owned()), service.to_owned())
+        }
+        (Some(service), None, None) if !service.is_empty() => (None, service.to_owned()),
+        _ => return None,
+    };
+    Some(ServiceArn { account, region, cluster, service })
 }
 
 #[cfg(test)]
@@ -314,13 +344,19 @@ mod tests {
 
     #[test]
     fn service_arns_in_both_formats() {
+        let arn = |cluster: Option<&str>, service: &str| ServiceArn {
+            account: Some("123456789012".into()),
+            region: Some("us-east-1".into()),
+            cluster: cluster.map(str::to_owned),
+            service: service.into(),
+        };
         assert_eq!(
             parse_service_arn("arn:aws:ecs:us-east-1:123456789012:service/prod/shop-api"),
-            Some((Some("prod".into()), "shop-api".into()))
+            Some(arn(Some("prod"), "shop-api"))
         );
         assert_eq!(
             parse_service_arn("arn:aws:ecs:us-east-1:123456789012:service/shop-api"),
-            Some((None, "shop-api".into()))
+            Some(arn(None, "shop-api"))
         );
         for bad in [
             "",

@@ -52,6 +52,8 @@ pub struct Invocation {
     pub deadline: DateTime<Utc>,
     /// The caller's identity, when Lambda provides one (Cognito).
     pub identity: Option<String>,
+    /// The account the function runs in (from its ARN).
+    pub account: Option<String>,
 }
 
 impl Invocation {
@@ -59,12 +61,13 @@ impl Invocation {
         Invocation {
             deadline: DateTime::from_timestamp_millis(context.deadline as i64).unwrap_or_else(Utc::now),
             identity: context.identity.as_ref().map(|identity| identity.identity_id.clone()),
+            account: context.invoked_function_arn.split(':').nth(4).filter(|a| !a.is_empty()).map(str::to_owned),
         }
     }
 
     /// An invocation that may run for `budget` from now (tests, the CLI).
     pub fn lasting(budget: Duration) -> Self {
-        Invocation { deadline: Utc::now() + budget, identity: None }
+        Invocation { deadline: Utc::now() + budget, identity: None, account: None }
     }
 
     /// When a lease taken by this invocation expires.
@@ -146,6 +149,10 @@ pub struct Conveyor {
     pub revisions: RevisionCache,
     /// Invalid config versions this instance has already seen announced (saves a write per push).
     mentioned: Mutex<std::collections::HashSet<(String, i64)>>,
+    /// ECS clients of other accounts and regions, by (role, region).
+    remote: Mutex<std::collections::HashMap<(Option<String>, Option<String>), Ecs>>,
+    /// What this process does (`stage-deploy`, `promote`, `cli`...): names assumed-role sessions.
+    pub operation: String,
 }
 
 impl Conveyor {
@@ -162,6 +169,8 @@ impl Conveyor {
             health_budget: health::DEFAULT_BUDGET,
             revisions: RevisionCache::default(),
             mentioned: Mutex::default(),
+            remote: Mutex::default(),
+            operation: std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "conveyor".into()),
             http,
             clients,
             prefix,
@@ -179,9 +188,29 @@ impl Conveyor {
         Ok(conveyor)
     }
 
-    /// The ECS client for a service.
-    pub fn ecs(&self, _target: &ServiceTarget) -> &Ecs {
-        &self.clients.ecs
+    /// The account and region Conveyor runs in, as far as this invocation knows.
+    pub fn home(&self, invocation: &Invocation) -> config::Home {
+        config::Home {
+            account: invocation.account.clone(),
+            region: self.clients.config.region().map(|r| r.as_ref().to_owned()),
+        }
+    }
+
+    /// The ECS client for a service: Conveyor's own, or one working in the target's account and
+    /// region with the target's role (credentials cached and refreshed before they expire).
+    pub async fn ecs(&self, target: &ServiceTarget) -> Result<Ecs, AwsError> {
+        if target.role_arn.is_none() && target.region.is_none() {
+            return Ok(self.clients.ecs.clone());
+        }
+        let key = (target.role_arn.clone(), target.region.clone());
+        if let Some(ecs) = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned()) {
+            return Ok(ecs);
+        }
+        let ecs = self.clients.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &self.operation).await;
+        if let Ok(mut clients) = self.remote.lock() {
+            clients.insert(key, ecs.clone());
+        }
+        Ok(ecs)
     }
 
     /// A task-definition revision, from the cache when this instance has seen it.

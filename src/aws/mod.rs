@@ -125,11 +125,43 @@ pub struct Clients {
     pub ssm: Ssm,
     pub sns: Sns,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub ecr: aws_sdk_ecr::Client,
     /// The SDK settings the clients were built from (cross-account clients start from them).
     pub config: aws_config::SdkConfig,
 }
 
 impl Clients {
+    /// An ECS client for another region, and (with `role_arn`) another account: every call made
+    /// with the role's credentials, assumed with a session named after `operation`.
+    pub async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, operation: &str) -> Ecs {
+        let mut config = self.config.to_builder();
+        if let Some(region) = region {
+            config = config.region(aws_config::Region::new(region.to_owned()));
+        }
+        if let Some(role) = role_arn {
+            let session: String = format!("conveyor-{operation}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "=,.@-".contains(c) { c } else { '-' })
+                .take(64)
+                .collect();
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name(session)
+                .configure(&self.config)
+                .build()
+                .await;
+            config = config.credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(provider));
+        }
+        Ecs::new(aws_sdk_ecs::Client::new(&config.build()))
+    }
+
+    /// An ECR client for a region (the registry an image was pushed to).
+    pub fn ecr_in(&self, region: &str) -> aws_sdk_ecr::Client {
+        if self.config.region().is_some_and(|home| home.as_ref() == region) {
+            return self.ecr.clone();
+        }
+        aws_sdk_ecr::Client::new(&self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build())
+    }
+
     pub async fn from_env() -> Self {
         Clients::from_config(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
     }
@@ -150,6 +182,7 @@ impl Clients {
             ssm: Ssm { client: aws_sdk_ssm::Client::new(&config) },
             sns: Sns { client: aws_sdk_sns::Client::from_conf(sns_config) },
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
+            ecr: aws_sdk_ecr::Client::new(&config),
             config,
         }
     }

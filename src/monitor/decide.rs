@@ -313,6 +313,8 @@ mod tests {
             event_id: None,
             time: None,
             service_arn: "arn:aws:ecs:us-east-1:1:service/c/s".into(),
+            account: None,
+            region: None,
             cluster: Some("c".into()),
             service: "s".into(),
             name,

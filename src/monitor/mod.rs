@@ -88,7 +88,8 @@ async fn on_deployment(
     invocation: &Invocation,
 ) -> Result<Handled, Error> {
     let config = conveyor.config.get(&conveyor.clients.ssm).await?;
-    let Some((app, env)) = config.owner_of(event.cluster.as_deref(), &event.service) else {
+    let home = conveyor.home(invocation);
+    let Some((app, env)) = config.owner_of(&event.place(), &home) else {
         info!(reason = "unmanaged service", "event skipped");
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
     };
@@ -146,7 +147,7 @@ async fn settle(
     let target = app.target(env);
     let service = match service {
         Some(service) => service,
-        None => match conveyor.ecs(target).service(&target.cluster, &target.service).await {
+        None => match conveyor.ecs(target).await?.service(&target.cluster, &target.service).await {
             Ok(service) => service,
             Err(error) if error.code == "ServiceNotFound" => {
                 return service_gone(conveyor, app, env, held, rollout, &error).await
@@ -252,7 +253,7 @@ async fn roll_back(
     reason: String,
 ) -> Result<Handled, DeployError> {
     let target = app.target(env);
-    let ecs = conveyor.ecs(target);
+    let ecs = conveyor.ecs(target).await?;
     let state = held.require_state()?.clone();
     let now = Utc::now();
     let (settlement, watch) = match decide::failure_plan(&state, rollout, service) {
@@ -333,7 +334,7 @@ async fn issue_rollback(
     to: &str,
 ) -> Result<(String, Option<String>), AwsError> {
     let target = app.target(env);
-    let ecs = conveyor.ecs(target);
+    let ecs = &conveyor.ecs(target).await?;
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
     };
@@ -515,7 +516,7 @@ async fn reconcile_item(
     if rollout.is_none() && watch.is_none() {
         return Ok(None);
     }
-    let service = match conveyor.ecs(target).service(&target.cluster, &target.service).await {
+    let service = match conveyor.ecs(target).await?.service(&target.cluster, &target.service).await {
         Ok(service) => Ok(service),
         Err(error) if error.code == "ServiceNotFound" => Err(error),
         Err(error) => return Err(error.into()),

@@ -42,7 +42,7 @@ async fn route(
 #[tokio::test]
 async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
     let world = World::new().await;
-    let parameters = json!({ "StageClusterName": "default", "ProdClusterName": "prod", "TaskRoleArns": "arn:aws:iam::111122223333:role/task" });
+    let parameters = json!({ "StageClusterNames": "default", "ProdClusterNames": "prod", "TaskRoleArns": "arn:aws:iam::111122223333:role/task" });
     let queues = world
         .aws
         .install_rules(
@@ -50,7 +50,7 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
             &["EcrPushRule", "EcsDeploymentRule"],
             parameters,
             "us-west-2",
-            "111122223333",
+            "123456789012", // moto's: the account of every event put locally
         )
         .await;
 
@@ -58,8 +58,6 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
     failure["detail"]["result"] = json!("FAILURE");
     let mut other_service = sample("ecs-deployment-completed.json");
     other_service["resources"] = json!(["arn:aws:ecs:us-west-2:111122223333:service/other-cluster/servicetest"]);
-    let mut other_account = sample("ecs-deployment-failed.json");
-    other_account["resources"] = json!(["arn:aws:ecs:us-west-2:999999999999:service/default/servicetest"]);
 
     let matched = route(
         &world,
@@ -73,7 +71,6 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
             ("delete", sample("ecr-image-action-delete.json")),
             ("push-failure", failure),
             ("other-service", other_service),
-            ("other-account", other_account),
             ("schedule", sample("scheduled-sweep.json")),
         ],
     )
@@ -81,18 +78,33 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
 
     let expect = |label: &str, rules: &[&str]| assert_eq!(matched[label], rules, "{label}: {matched:?}");
     expect("push", &["EcrPushRule"]);
-    for label in ["completed", "failed", "in-progress", "circuit-breaker"] {
+    // Completions and failures of every service of the account reach the monitor (the apps'
+    // config decides which are Conveyor's); IN_PROGRESS events need no action and never do.
+    for label in ["completed", "failed", "other-service"] {
         expect(label, &["EcsDeploymentRule"]);
     }
-    for label in ["delete", "push-failure", "other-service", "other-account", "schedule"] {
+    for label in ["in-progress", "circuit-breaker", "delete", "push-failure", "schedule"] {
         expect(label, &[]);
     }
 }
 
 #[tokio::test]
+async fn the_deployment_rule_takes_events_of_this_account_and_the_target_accounts_only() {
+    let world = World::new().await;
+    let base = json!({ "StageClusterNames": "stage", "ProdClusterNames": "prod", "TaskRoleArns": "r" });
+    let alone = world.aws.rule_pattern("EcsDeploymentRule", base.clone(), "111122223333").await;
+    assert_eq!(alone["account"], json!(["111122223333"]));
+    let mut with_targets = base;
+    with_targets["TargetAccountIds"] = json!("210987654321,310987654321");
+    let pattern = world.aws.rule_pattern("EcsDeploymentRule", with_targets, "111122223333").await;
+    assert_eq!(pattern["account"], json!(["111122223333", "210987654321", "310987654321"]));
+    assert_eq!(pattern["detail"]["eventName"], json!(["SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED"]));
+}
+
+#[tokio::test]
 async fn a_repository_list_limits_the_push_rule() {
     let world = World::new().await;
-    let parameters = json!({ "StageClusterName": "default", "ProdClusterName": "prod", "TaskRoleArns": "r", "RepositoryNames": "shop-api,billing" });
+    let parameters = json!({ "StageClusterNames": "default", "ProdClusterNames": "prod", "TaskRoleArns": "r", "RepositoryNames": "shop-api,billing" });
     let queues = world
         .aws
         .install_rules(&world.name("samples"), &["EcrPushRule"], parameters, "us-west-2", "111122223333")

@@ -158,8 +158,9 @@ ecs_models.EC2ContainerServiceBackend.create_service = create_service
 ecs_models.EC2ContainerServiceBackend.update_service = update_service
 
 
-def _ecs_backend(region: str):
-    return ecs_models.ecs_backends[ACCOUNT_ID][region]
+def _ecs_backend(region: str, account: str = ACCOUNT_ID):
+    """ECS of one account (requests made with a role assumed in account B land in B's backend)."""
+    return ecs_models.ecs_backends[account][region]
 
 
 def _event(service, region: str, event_type: str, name: str, deployment_id: str, reason: str) -> dict:
@@ -169,7 +170,7 @@ def _event(service, region: str, event_type: str, name: str, deployment_id: str,
         "id": str(uuid.uuid4()),
         "detail-type": "ECS Deployment State Change",
         "source": "aws.ecs",
-        "account": ACCOUNT_ID,
+        "account": service.arn.split(":")[4],
         "time": now,
         "region": region,
         "resources": [service.arn],
@@ -205,7 +206,7 @@ def settle(body: dict) -> list[dict]:
     region = body.get("region", "us-east-1")
     outcome = body.get("outcome", "COMPLETED")
     with LOCK:
-        backend = _ecs_backend(region)
+        backend = _ecs_backend(region, body.get("account", ACCOUNT_ID))
         service = backend._get_service(body["cluster"], body["service"])
         wanted = body.get("deploymentId")
         deployment = next(
@@ -337,28 +338,37 @@ def _autopilot_tick() -> list[dict]:
     now = utcnow()
     to_put = []
     for pilot in list(AUTOPILOTS):
-        region = pilot.get("region", "us-east-1")
-        backend = _ecs_backend(region)
-        for service in list(backend.services.values()):
-            if service.cluster_name not in pilot["clusters"]:
-                continue
-            primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
-            if not primary or primary["rolloutState"] != "IN_PROGRESS":
-                continue
-            if (now - primary["createdAt"]).total_seconds() < pilot.get("delay_seconds", 2):
-                continue
-            failing = bool(_image_digests(backend, primary["taskDefinition"]) & set(pilot.get("fail_digests", [])))
-            body = {"cluster": service.cluster_name, "service": service.name, "region": region,
-                    "deploymentId": primary["id"],
-                    "outcome": "FAILED" if failing else "COMPLETED",
-                    "circuitBreakerRollback": pilot.get("circuit_breaker", False)}
-            try:
-                emitted = settle(body)
-            except Exception as error:  # a service changed under us: next tick
-                print(f"autopilot: {error}", file=sys.stderr)
-                continue
-            if pilot.get("bus"):
-                to_put.append({"bus": pilot["bus"], "region": region, "events": emitted})
+        for account in pilot.get("accounts", [ACCOUNT_ID]):
+            to_put.extend(_autopilot_account(pilot, account, now))
+    return to_put
+
+
+def _autopilot_account(pilot: dict, account: str, now) -> list[dict]:
+    """One autopilot's due deployments in one account (events from every account land on the
+    pilot's bus, as the target accounts' forwarding rules put them on Conveyor's)."""
+    to_put = []
+    region = pilot.get("region", "us-east-1")
+    backend = _ecs_backend(region, account)
+    for service in list(backend.services.values()):
+        if service.cluster_name not in pilot["clusters"]:
+            continue
+        primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
+        if not primary or primary["rolloutState"] != "IN_PROGRESS":
+            continue
+        if (now - primary["createdAt"]).total_seconds() < pilot.get("delay_seconds", 2):
+            continue
+        failing = bool(_image_digests(backend, primary["taskDefinition"]) & set(pilot.get("fail_digests", [])))
+        body = {"cluster": service.cluster_name, "service": service.name, "region": region,
+                "account": account, "deploymentId": primary["id"],
+                "outcome": "FAILED" if failing else "COMPLETED",
+                "circuitBreakerRollback": pilot.get("circuit_breaker", False)}
+        try:
+            emitted = settle(body)
+        except Exception as error:  # a service changed under us: next tick
+            print(f"autopilot: {error}", file=sys.stderr)
+            continue
+        if pilot.get("bus"):
+            to_put.append({"bus": pilot["bus"], "region": region, "events": emitted})
     return to_put
 
 
@@ -759,6 +769,12 @@ class Control:
                 return _json(200, {"events": settle(body)})
             if request.path == "/_conveyor/eventbridge/install":
                 return _json(200, install_rules(body))
+            if request.path == "/_conveyor/eventbridge/pattern":
+                from template_patterns import Template
+
+                template = Template(body["template"], body.get("parameters", {}), body.get("region", "us-east-1"),
+                                    body.get("account", ACCOUNT_ID))
+                return _json(200, template.event_pattern(body["rule"]))
             if request.path == "/_conveyor/eventbridge/put":
                 return _json(200, put_events(body))
             if request.path == "/_conveyor/dynamodb/install":

@@ -138,6 +138,15 @@ impl LocalAws {
             .collect()
     }
 
+    /// The event pattern of the SAM template's rule `rule`, resolved for `parameters` and `account`.
+    pub async fn rule_pattern(&self, rule: &str, parameters: Value, account: &str) -> Value {
+        let body = json!({
+            "rule": rule, "parameters": parameters, "region": REGION, "account": account,
+            "template": crate::repo_root().join("infra/template.yaml"),
+        });
+        self.control("eventbridge/pattern", body).await
+    }
+
     /// `PutEvents` of events (in the shape EventBridge delivers them) onto `bus`.
     pub async fn put_events(&self, bus: &str, region: &str, events: &[Value]) {
         let answer = self.control("eventbridge/put", json!({ "bus": bus, "region": region, "events": events })).await;

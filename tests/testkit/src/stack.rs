@@ -87,7 +87,7 @@ impl LocalStack {
         let stage_cluster = world.name("stage");
         let prod_cluster = world.name("prod");
         let parameters = json!({
-            "StageClusterName": stage_cluster, "ProdClusterName": prod_cluster,
+            "StageClusterNames": stage_cluster, "ProdClusterNames": prod_cluster,
             "TaskRoleArns": "arn:aws:iam::123456789012:role/task",
         });
         let rules: Vec<&str> = ROUTES.iter().map(|(rule, _)| *rule).collect();
