@@ -3,6 +3,7 @@
 //! that give every test its own resources so tests run in parallel.
 #![allow(clippy::unwrap_used)] // test code: a failed setup step should stop the test loudly
 
+pub mod accounts;
 pub mod function;
 pub mod http;
 pub mod local_aws;

@@ -103,7 +103,12 @@ impl LocalAws {
     /// Completes (or fails) the service's PRIMARY deployment, or the one named; returns the
     /// "ECS Deployment State Change" events ECS would emit.
     pub async fn settle(&self, cluster: &str, service: &str, outcome: Settle) -> Vec<Value> {
-        let mut body = json!({ "cluster": cluster, "service": service, "region": REGION });
+        self.settle_in(ACCOUNT, cluster, service, outcome).await
+    }
+
+    /// [`LocalAws::settle`] for a service of another account.
+    pub async fn settle_in(&self, account: &str, cluster: &str, service: &str, outcome: Settle) -> Vec<Value> {
+        let mut body = json!({ "cluster": cluster, "service": service, "region": REGION, "account": account });
         match outcome {
             Settle::Complete => body["outcome"] = json!("COMPLETED"),
             Settle::Fail { circuit_breaker_rollback } => {
@@ -164,8 +169,22 @@ impl LocalAws {
         fail_digests: &[String],
         circuit_breaker: bool,
     ) {
+        self.autopilot_in(&[ACCOUNT], clusters, bus, delay_seconds, fail_digests, circuit_breaker).await;
+    }
+
+    /// [`LocalAws::autopilot`] over the clusters of several accounts (their events all land on
+    /// `bus`, as target accounts forward theirs to Conveyor's).
+    pub async fn autopilot_in(
+        &self,
+        accounts: &[&str],
+        clusters: &[String],
+        bus: &str,
+        delay_seconds: f64,
+        fail_digests: &[String],
+        circuit_breaker: bool,
+    ) {
         let body = json!({
-            "clusters": clusters, "bus": bus, "region": REGION, "delay_seconds": delay_seconds,
+            "accounts": accounts, "clusters": clusters, "bus": bus, "region": REGION, "delay_seconds": delay_seconds,
             "fail_digests": fail_digests, "circuit_breaker": circuit_breaker,
         });
         self.control("ecs/autopilot", body).await;

@@ -1,0 +1,119 @@
+//! A second AWS account in the local AWS: moto serves requests made with the credentials of a
+//! role assumed in account B from B's own backends (clusters, services, task definitions), so a
+//! cross-account deployment runs end to end on one moto.
+
+use aws_sdk_ecs::config::Credentials;
+use serde_json::{json, Value};
+
+use crate::world::{AppFixture, ServiceFixture, World};
+
+/// The prod account of the cross-account scenarios.
+pub const PROD_ACCOUNT: &str = "210987654321";
+
+/// The role Conveyor assumes in `account` (what infra/target-account.yaml creates for the stack
+/// `conveyor`).
+pub fn target_role(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/conveyor-conveyor-target")
+}
+
+impl World {
+    /// SDK settings acting as `role_arn` (assumed through the local STS).
+    pub async fn config_as(&self, role_arn: &str) -> aws_config::SdkConfig {
+        let sts = aws_sdk_sts::Client::new(&self.config);
+        let assumed = sts.assume_role().role_arn(role_arn).role_session_name("conveyor-tests").send().await.unwrap();
+        let credentials = assumed.credentials.unwrap();
+        let credentials = Credentials::new(
+            credentials.access_key_id,
+            credentials.secret_access_key,
+            Some(credentials.session_token),
+            None,
+            "assumed",
+        );
+        self.config
+            .to_builder()
+            .credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(credentials))
+            .build()
+    }
+
+    /// An ECS client working in `account` (through its Conveyor role).
+    pub async fn ecs_in(&self, account: &str) -> aws_sdk_ecs::Client {
+        aws_sdk_ecs::Client::new(&self.config_as(&target_role(account)).await)
+    }
+
+    /// Seeds an app whose stage is here and whose prod runs in `account`: the prod cluster,
+    /// service and task definition are created there (through the role), and the config names
+    /// the role. The ECR repository is created here, without a policy.
+    pub async fn seed_app_across(&self, app: &str, repository: &str, account: &str) -> AppFixture {
+        let mut fixture = self.seed_app(app, repository, false, json!({})).await;
+        let b = self.ecs_in(account).await;
+        let image = format!("{}/{repository}:v0.9.0", self.registry());
+        let family = self.name(&format!("{app}-prod-b"));
+        let cluster = self.name("prod-b");
+        let task_definition = b
+            .register_task_definition()
+            .family(&family)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(
+                aws_sdk_ecs::types::ContainerDefinition::builder()
+                    .name("api")
+                    .image(&image)
+                    .memory(256)
+                    .environment(aws_sdk_ecs::types::KeyValuePair::builder().name("ENVIRONMENT").value("prod").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .task_definition
+            .unwrap()
+            .task_definition_arn
+            .unwrap();
+        assert!(task_definition.contains(account), "moto put the revision in {task_definition}, not account {account}");
+        b.create_cluster().cluster_name(&cluster).send().await.unwrap();
+        b.create_service()
+            .cluster(&cluster)
+            .service_name(app)
+            .task_definition(&task_definition)
+            .desired_count(2)
+            .send()
+            .await
+            .unwrap();
+        fixture.prod = ServiceFixture {
+            cluster: cluster.clone(),
+            service: app.to_owned(),
+            family,
+            initial_task_definition: task_definition,
+        };
+        let config = json!({
+            "repository": repository,
+            "container": "api",
+            "environments": {
+                "stage": { "cluster": fixture.stage.cluster, "service": fixture.stage.service },
+                "prod": { "cluster": cluster, "service": app, "role_arn": target_role(account) },
+            },
+        });
+        self.put_app(app, &config).await;
+        let ecr = aws_sdk_ecr::Client::new(&self.config);
+        ecr.create_repository().repository_name(repository).send().await.unwrap();
+        fixture
+    }
+
+    /// Lets `account` pull `repository` (the statement promote asks for).
+    pub async fn allow_pull(&self, repository: &str, account: &str) {
+        let policy: Value = json!({ "Version": "2012-10-17", "Statement": [{
+            "Sid": "ProdPull", "Effect": "Allow", "Principal": { "AWS": format!("arn:aws:iam::{account}:root") },
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"] }] });
+        let ecr = aws_sdk_ecr::Client::new(&self.config);
+        ecr.set_repository_policy().repository_name(repository).policy_text(policy.to_string()).send().await.unwrap();
+    }
+
+    /// The image the `api` container of a service in `account` runs.
+    pub async fn image_in(&self, account: &str, service: &ServiceFixture) -> String {
+        let b = self.ecs_in(account).await;
+        let current = b.describe_services().cluster(&service.cluster).services(&service.service).send().await.unwrap();
+        let arn = current.services.unwrap()[0].task_definition.clone().unwrap();
+        let described = b.describe_task_definition().task_definition(arn).send().await.unwrap();
+        described.task_definition.unwrap().container_definitions()[0].image().unwrap().to_owned()
+    }
+}
