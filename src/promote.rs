@@ -156,6 +156,7 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
     let requested_by = request.requested_by.clone().or_else(|| invocation.identity.clone());
     let prod = ItemKey::env(&app.name, Environment::Prod);
     let owner = format!("promote by {}", requested_by.as_deref().unwrap_or("an unnamed caller"));
+    let token = crate::ledger::new_token();
     let waited = tokio::time::Instant::now();
     let (mut held, resolved) = loop {
         let wanted = match &request.image {
@@ -188,7 +189,8 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
                 "attribute_exists(vetted_stage) AND attribute_not_exists(failed_stage) AND attribute_not_exists(failed_prod)",
             )]
         };
-        match conveyor.ledger.try_acquire_if(&prod, &owner, invocation.lease_until(), prod_item.as_ref(), &checks).await
+        let lease = (owner.as_str(), token.as_str());
+        match conveyor.ledger.try_acquire_if(&prod, lease, invocation.lease_until(), prod_item.as_ref(), &checks).await
         {
             Ok(held) => break (held, resolved),
             Err(LedgerError::Conflict { .. }) => {

@@ -93,7 +93,7 @@ impl<S> Change<S> {
 }
 
 /// A token no other lease holder has.
-fn new_token() -> String {
+pub fn new_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -214,24 +214,32 @@ impl Ledger {
     /// Takes the lease on an item read just before (`read`, `None` if it did not exist), in one
     /// transaction with `checks` (conditions other items must meet): fails with `Busy` if the
     /// lease is held or the item changed since it was read, with `Conflict` if a check fails.
+    /// `token` is the caller's for this lease (the same on every attempt), so that an attempt
+    /// whose answer was lost is recognised by the next.
     pub async fn try_acquire_if<S: LeasedState>(
         &self,
         key: &ItemKey,
-        owner: &str,
+        (owner, token): (&str, &str),
         until: DateTime<Utc>,
         read: Option<&Item>,
         checks: &[(ItemKey, &str)],
     ) -> Result<Held<S>, LedgerError> {
         let empty = Item::new();
         let read = read.unwrap_or(&empty);
-        let token = new_token();
+        let token = token.to_owned();
         let lease = LeaseAttr { token: token.clone(), owner: owner.to_owned(), expires_at: until.timestamp_millis() };
         let mut expr = Expr::default();
         expr.set("lease", serde_dynamo::to_attribute_value(&lease).map_err(|e| invalid("TransactWriteItems", e))?);
         let now = AttributeValue::N(Utc::now().timestamp_millis().to_string());
         expr.condition(
-            "attribute_not_exists({}) OR {} < {}",
-            vec![Arg::Name("lease"), Arg::Name("lease.expires_at"), Arg::Value(now)],
+            "attribute_not_exists({}) OR {} < {} OR {} = {}",
+            vec![
+                Arg::Name("lease"),
+                Arg::Name("lease.expires_at"),
+                Arg::Value(now),
+                Arg::Name("lease.token"),
+                Arg::Value(AttributeValue::S(token.clone())),
+            ],
         );
         match read.get("version") {
             Some(version) => expr.condition("{} = {}", vec![Arg::Name("version"), Arg::Value(version.clone())]),
@@ -286,7 +294,7 @@ impl Ledger {
             in_flight: state.as_ref().is_some_and(LeasedState::in_flight),
             outbox: outbox_of(key, read)?,
             waiting: read.get("waiting").and_then(|w| serde_dynamo::from_attribute_value(w.clone()).ok()),
-            took_over: lease_of(read).is_some(),
+            took_over: lease_of(read).is_some_and(|lease| lease.token != token),
             key: key.clone(),
             token,
             version,

@@ -20,7 +20,7 @@ mod items;
 mod lease;
 
 pub use items::{Failure, HistoryEntry, HistoryEvent, ImageFacts, ImageUpdate, Item, TagItem};
-pub use lease::{Change, Held, Waiting};
+pub use lease::{new_token, Change, Held, Waiting};
 
 use std::collections::HashMap;
 
