@@ -50,12 +50,18 @@ impl crate::ledger::LeasedState for EnvState {
     }
 }
 
-/// The newest push time seen, and every digest pushed in that second (EventBridge times have
-/// one-second resolution).
+/// The newest push time seen, and every push (image and tag) of that second (EventBridge times
+/// have one-second resolution; ECR sends one push per tag of an image).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushMark {
     pub time: DateTime<Utc>,
-    pub digests: Vec<ImageDigest>,
+    pub pushes: Vec<SeenPush>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenPush {
+    pub digest: ImageDigest,
+    pub tag: ImageTag,
 }
 
 /// A push kept for later (paused stage): enough to deliver it again as the event it was.
@@ -110,7 +116,9 @@ pub struct Orphan {
 pub enum Arrival {
     /// Newer than anything seen (or nothing seen yet).
     Newer,
-    /// This very push was seen (same second, same digest): a repeated delivery.
+    /// Another tag of an image pushed in the same second (ECR's one push per tag).
+    AnotherTag,
+    /// This very push was seen (same second, image and tag): a repeated delivery.
     Repeated,
     /// Older than a push already seen: a late delivery must not roll the service back.
     Late,
@@ -136,25 +144,33 @@ impl EnvState {
         }
     }
 
-    pub fn arrival(&self, time: DateTime<Utc>, digest: &ImageDigest) -> Arrival {
-        match &self.newest_push {
+    pub fn arrival(&self, time: DateTime<Utc>, digest: &ImageDigest, tag: &ImageTag) -> Arrival {
+        let Some(mark) = &self.newest_push else { return Arrival::Newer };
+        if time < mark.time {
+            return Arrival::Late;
+        }
+        if time > mark.time {
+            return Arrival::Newer;
+        }
+        let same_image = mark.pushes.iter().filter(|seen| &seen.digest == digest);
+        match same_image.map(|seen| &seen.tag == tag).reduce(|a, b| a || b) {
+            Some(true) => Arrival::Repeated,
+            Some(false) => Arrival::AnotherTag,
             None => Arrival::Newer,
-            Some(mark) if time < mark.time => Arrival::Late,
-            Some(mark) if time == mark.time && mark.digests.contains(digest) => Arrival::Repeated,
-            Some(_) => Arrival::Newer,
         }
     }
 
     /// Notes a push as seen (never moves the mark backwards).
-    pub fn saw_push(&mut self, time: DateTime<Utc>, digest: &ImageDigest) {
+    pub fn saw_push(&mut self, time: DateTime<Utc>, digest: &ImageDigest, tag: &ImageTag) {
+        let seen = SeenPush { digest: digest.clone(), tag: tag.clone() };
         match &mut self.newest_push {
             Some(mark) if mark.time == time => {
-                if !mark.digests.contains(digest) {
-                    mark.digests.push(digest.clone());
+                if !mark.pushes.contains(&seen) {
+                    mark.pushes.push(seen);
                 }
             }
             Some(mark) if mark.time > time => {}
-            _ => self.newest_push = Some(PushMark { time, digests: vec![digest.clone()] }),
+            _ => self.newest_push = Some(PushMark { time, pushes: vec![seen] }),
         }
     }
 
@@ -251,17 +267,27 @@ mod tests {
         }
     }
 
+    fn tag(t: &str) -> ImageTag {
+        ImageTag::parse(t).unwrap()
+    }
+
     #[test]
     fn pushes_are_ordered_by_event_time_and_same_second_repeats_are_recognised() {
         let mut s = state();
-        assert_eq!(s.arrival(at(10), &digest(1)), Arrival::Newer);
-        s.saw_push(at(10), &digest(1));
-        s.saw_push(at(10), &digest(2)); // another image in the same second
-        assert_eq!(s.arrival(at(10), &digest(1)), Arrival::Repeated, "a same-second duplicate of the older push");
-        assert_eq!(s.arrival(at(10), &digest(2)), Arrival::Repeated);
-        assert_eq!(s.arrival(at(10), &digest(3)), Arrival::Newer);
-        assert_eq!(s.arrival(at(9), &digest(4)), Arrival::Late);
-        s.saw_push(at(5), &digest(5));
+        let v1 = tag("v1");
+        assert_eq!(s.arrival(at(10), &digest(1), &v1), Arrival::Newer);
+        s.saw_push(at(10), &digest(1), &v1);
+        s.saw_push(at(10), &digest(2), &tag("v2")); // another image in the same second
+        assert_eq!(s.arrival(at(10), &digest(1), &v1), Arrival::Repeated, "a same-second duplicate of the older push");
+        assert_eq!(s.arrival(at(10), &digest(2), &tag("v2")), Arrival::Repeated);
+        assert_eq!(
+            s.arrival(at(10), &digest(1), &tag("0a1b2c3")),
+            Arrival::AnotherTag,
+            "ECR's second push of an image"
+        );
+        assert_eq!(s.arrival(at(10), &digest(3), &v1), Arrival::Newer);
+        assert_eq!(s.arrival(at(9), &digest(4), &v1), Arrival::Late);
+        s.saw_push(at(5), &digest(5), &v1);
         assert_eq!(s.newest_push.as_ref().unwrap().time, at(10), "never moves back");
     }
 

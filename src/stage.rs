@@ -175,7 +175,7 @@ pub enum Decision {
 pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, now: DateTime<Utc>) -> Decision {
     let Some(state) = state else { return Decision::Deploy };
     let held = state.held_push.as_ref().is_some_and(|h| h.time == push.time && h.digest == push.digest);
-    match state.arrival(push.time, &push.digest) {
+    match state.arrival(push.time, &push.digest, &push.tag) {
         // The push a pause held, delivered again (by `conveyor resume --deploy-latest`, or
         // EventBridge) once the pause is over: it is the newest, and never rolled out.
         Arrival::Repeated if held && state.paused.is_none() => {}
@@ -185,6 +185,16 @@ pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, 
                 "push at {} is older than the newest one seen: tag recorded, nothing rolled out",
                 push.time.to_rfc3339()
             ))
+        }
+        Arrival::AnotherTag => {
+            let rolling = state.rollout.as_ref().filter(|r| r.digest == push.digest);
+            if rolling.is_some_and(|r| matches!(r.state, RolloutState::InProgress | RolloutState::Verified { .. })) {
+                return Decision::AddTag;
+            }
+            return Decision::Record(format!(
+                "another tag of an image pushed in the same second: tag {} recorded",
+                push.tag
+            ));
         }
         Arrival::Newer => {}
     }
@@ -220,7 +230,7 @@ async fn deploy_leased(
         Decision::Nothing(detail) => Ok(skipped(app, push, detail)),
         Decision::Record(detail) => {
             let mut change = Change::new(held.require_state()?.clone());
-            change.state.saw_push(push.time, &push.digest);
+            change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
             record_tag(conveyor, app, push, &mut change).await?;
             held.commit(&conveyor.ledger, change).await?;
@@ -228,7 +238,7 @@ async fn deploy_leased(
         }
         Decision::Hold => {
             let mut change = Change::new(held.require_state()?.clone());
-            change.state.saw_push(push.time, &push.digest);
+            change.state.saw_push(push.time, &push.digest, &push.tag);
             change.state.held_push = Some(RecordedPush {
                 event_id: push.event_id.clone(),
                 time: push.time,
@@ -251,7 +261,7 @@ async fn deploy_leased(
         }
         Decision::AddTag => {
             let mut change = Change::new(held.require_state()?.clone());
-            change.state.saw_push(push.time, &push.digest);
+            change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
             let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
             if let Some(rollout) = rollout {
@@ -287,7 +297,7 @@ async fn deploy(
         origin: Origin::Push,
     };
     let mut plan = start::start(conveyor, app, Environment::Stage, held, &candidate).await?;
-    plan.change.state.saw_push(push.time, &push.digest);
+    plan.change.state.saw_push(push.time, &push.digest, &push.tag);
     plan.change.clear_waiting = ours;
     if plan.change.state.held_push.as_ref().is_some_and(|h| h.time <= push.time) {
         plan.change.state.held_push = None;
@@ -365,7 +375,7 @@ async fn record_tag(
 async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut Held<EnvState>, error: &DeployError) {
     let Some(state) = held.state.clone() else { return };
     let mut change = Change::new(state);
-    change.state.saw_push(push.time, &push.digest);
+    change.state.saw_push(push.time, &push.digest, &push.tag);
     let now = Utc::now();
     let mut entry = HistoryEntry::new(&app.name, Environment::Stage, HistoryEvent::Failed, now);
     entry.tag = Some(push.tag.clone());
