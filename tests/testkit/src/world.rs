@@ -392,3 +392,64 @@ impl World {
         }
     }
 }
+
+/// Raw ECS calls and per-deployment control: what the SDK does not model, and what a test needs
+/// to steer one deployment among several.
+impl World {
+    /// One ECS call (`RegisterTaskDefinition`, `DescribeTaskDefinition`, ...) sent as raw JSON
+    /// over HTTP, as any client of the awsJson protocol sends it: the body goes out exactly as
+    /// given and the answer comes back exactly as ECS sent it, including members the Rust SDK does
+    /// not model (e.g. `trustedExecutionConfiguration`). The local AWS checks no signature. `Err`
+    /// carries the HTTP status and ECS's error body.
+    pub async fn ecs_json(&self, operation: &str, body: &Value) -> Result<Value, String> {
+        let response = reqwest::Client::new()
+            .post(&self.aws.endpoint)
+            .header("X-Amz-Target", format!("AmazonEC2ContainerServiceV20141113.{operation}"))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            // Unsigned, but with the credential scope that routes it to ECS (no check of the signature).
+            .header(
+                "Authorization",
+                format!("AWS4-HMAC-SHA256 Credential=test/20240101/{REGION}/ecs/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("{operation}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("{operation}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{operation}: HTTP {status}: {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{operation}: not JSON ({e}): {text}"))
+    }
+
+    /// Completes or fails one deployment of a service, named by id (PRIMARY or not: e.g. the
+    /// deployment a change made outside Conveyor replaced); returns the events ECS would emit.
+    pub async fn settle_deployment(
+        &self,
+        cluster: &str,
+        service: &str,
+        deployment_id: &str,
+        outcome: crate::local_aws::Settle,
+    ) -> Vec<Value> {
+        let mut body = json!({ "cluster": cluster, "service": service, "region": REGION, "account": ACCOUNT,
+                           "deploymentId": deployment_id });
+        match outcome {
+            crate::local_aws::Settle::Complete => body["outcome"] = json!("COMPLETED"),
+            crate::local_aws::Settle::Fail { circuit_breaker_rollback } => {
+                body["outcome"] = json!("FAILED");
+                body["circuitBreakerRollback"] = json!(circuit_breaker_rollback);
+            }
+        }
+        let response = reqwest::Client::new()
+            .post(format!("{}/_conveyor/ecs/settle", self.aws.endpoint))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "settle {body} => {status} {answer}");
+        answer["events"].as_array().cloned().unwrap_or_default()
+    }
+}
