@@ -1,0 +1,252 @@
+//! What runs where (`conveyor status`): per app and environment, what ECS runs (the service and
+//! its revision's `conveyor:*` tags), Conveyor's current rollout, the last verified release and
+//! whether the environment is paused; per app, the tags that can be promoted.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::aws::{AwsError, ServiceState};
+use crate::config::AppConfig;
+use crate::ledger::LedgerError;
+use crate::record::EnvState;
+use crate::rollout::{Origin, Rollout};
+use crate::taskdef::{self, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
+use crate::types::Environment;
+use crate::{image, notify, promote, Conveyor};
+
+/// One app, both environments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub environments: Vec<EnvStatus>,
+    /// Tags stage verified whose image never failed, most recently vetted first (at most the
+    /// number asked for).
+    pub promotable: Vec<PromotableTag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PromotableTag {
+    pub tag: String,
+    pub digest: String,
+    pub vetted_at: DateTime<Utc>,
+}
+
+/// One environment of an app. Every key is always present (`null` when it does not apply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvStatus {
+    pub environment: Environment,
+    pub cluster: String,
+    pub service: String,
+    /// What ECS runs; `null` when the service could not be read (see `error`).
+    pub running: Option<Running>,
+    /// The latest rollout Conveyor started here, with its state.
+    pub rollout: Option<RolloutStatus>,
+    pub last_verified: Option<VerifiedStatus>,
+    pub paused: Option<PauseStatus>,
+    /// The newest push recorded while stage was paused and not rolled out since.
+    pub held_push: Option<HeldPush>,
+    /// Why the service could not be read.
+    pub error: Option<String>,
+}
+
+/// What the ECS service runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Running {
+    pub task_definition_arn: String,
+    /// `family:revision`.
+    pub revision: String,
+    /// The image tag (the revision's `conveyor:image-tag`, else the tag of the image reference).
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// The app container's image.
+    pub image: Option<String>,
+    /// The revision carries Conveyor's `conveyor:app` tag (Conveyor registered it).
+    pub by_conveyor: bool,
+    pub desired_count: i32,
+    pub running_count: i32,
+    /// The service's primary deployment.
+    pub deployment: Option<DeploymentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentStatus {
+    pub id: String,
+    /// ECS's `rolloutState` (`IN_PROGRESS`, `COMPLETED`, `FAILED`), when it has one.
+    pub rollout_state: Option<String>,
+    pub rollout_state_reason: Option<String>,
+    pub desired_count: i32,
+    pub running_count: i32,
+    pub failed_tasks: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutStatus {
+    pub id: String,
+    pub tag: String,
+    pub digest: String,
+    /// `in_progress`, `verified`, `rolled_back`, `failed` or `superseded`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i64>,
+    pub task_definition_arn: String,
+    pub requested_by: Option<String>,
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedStatus {
+    pub tag: String,
+    pub digest: String,
+    pub at: DateTime<Utc>,
+    pub task_definition_arn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PauseStatus {
+    pub reason: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldPush {
+    pub tag: String,
+    pub digest: String,
+    pub time: DateTime<Utc>,
+}
+
+impl From<&Rollout> for RolloutStatus {
+    fn from(rollout: &Rollout) -> Self {
+        RolloutStatus {
+            id: rollout.id.clone(),
+            tag: rollout.tag.to_string(),
+            digest: rollout.digest.to_string(),
+            state: rollout.state.name(),
+            reason: rollout.state.reason().map(str::to_owned),
+            started_at: rollout.started_at,
+            settled_at: rollout.state.settled_at(),
+            duration_seconds: rollout.duration().map(|d| d.num_seconds()),
+            task_definition_arn: rollout.task_definition_arn.clone(),
+            requested_by: rollout.requested_by().map(str::to_owned),
+            forced: matches!(rollout.origin, Origin::Promotion { forced: true, .. }),
+        }
+    }
+}
+
+/// The status of one environment from what Conveyor knows (`state`) and what ECS runs.
+pub fn env_status(
+    app: &AppConfig,
+    env: Environment,
+    state: Option<&EnvState>,
+    running: Result<Running, AwsError>,
+) -> EnvStatus {
+    let target = app.target(env);
+    let (running, error) = match running {
+        Ok(running) => (Some(running), None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    EnvStatus {
+        environment: env,
+        cluster: target.cluster.clone(),
+        service: target.service.clone(),
+        running,
+        rollout: state.and_then(|s| s.rollout.as_ref()).map(RolloutStatus::from),
+        last_verified: state.and_then(|s| s.last_verified.as_ref()).map(|v| VerifiedStatus {
+            tag: v.tag.to_string(),
+            digest: v.digest.to_string(),
+            at: v.at,
+            task_definition_arn: v.task_definition_arn.clone(),
+        }),
+        paused: state.and_then(|s| s.paused.as_ref()).map(|p| PauseStatus {
+            reason: p.reason.clone(),
+            by: p.by.clone(),
+            at: p.at,
+        }),
+        held_push: state.and_then(|s| s.held_push.as_ref()).map(|h| HeldPush {
+            tag: h.tag.to_string(),
+            digest: h.digest.to_string(),
+            time: h.time,
+        }),
+        error,
+    }
+}
+
+/// The tag of an image reference given by tag (`registry/repo:tag`), if it is one.
+pub fn tag_of_image(image: &str) -> Option<&str> {
+    if image.contains('@') {
+        return None;
+    }
+    let (_, last) = image.rsplit_once('/').unwrap_or(("", image));
+    last.rsplit_once(':').map(|(_, tag)| tag)
+}
+
+/// What a service runs: its revision, the app container's image, tag and digest.
+pub async fn running(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> Result<Running, AwsError> {
+    let target = app.target(env);
+    let ecs = conveyor.ecs(target).await?;
+    let service: ServiceState = ecs.service(&target.cluster, &target.service).await?;
+    let revision = conveyor.revision(&ecs, &service.task_definition).await?;
+    let image = taskdef::container_image(&revision.definition, &app.container).map(str::to_owned);
+    let digest = image.as_deref().and_then(image::digest_of).or_else(|| revision.tag(TAG_IMAGE_DIGEST));
+    let tag = revision.tag(TAG_IMAGE_TAG).or_else(|| image.as_deref().and_then(tag_of_image));
+    let deployment = service.primary().map(|d| DeploymentStatus {
+        id: d.id.clone(),
+        rollout_state: d.rollout_state.as_ref().map(|s| s.as_str().to_owned()),
+        rollout_state_reason: d.rollout_state_reason.clone(),
+        desired_count: d.desired,
+        running_count: d.running,
+        failed_tasks: d.failed_tasks,
+    });
+    Ok(Running {
+        revision: notify::short_arn(&service.task_definition).to_owned(),
+        tag: tag.map(str::to_owned),
+        digest: digest.map(str::to_owned),
+        by_conveyor: revision.tag(TAG_APP).is_some(),
+        task_definition_arn: service.task_definition.clone(),
+        desired_count: service.desired,
+        running_count: service.running,
+        deployment,
+        image,
+    })
+}
+
+/// The status of an app: both environments (state table and ECS) and its promotable tags. An
+/// ECS service that cannot be read is reported in its environment's `error`; a state table
+/// that cannot be read fails the whole status.
+pub async fn app_status(conveyor: &Conveyor, app: &AppConfig, promotable: usize) -> Result<AppStatus, LedgerError> {
+    let environment = |env: Environment| async move {
+        let (state, running) =
+            tokio::join!(conveyor.ledger.env::<EnvState>(&app.name, env), running(conveyor, app, env));
+        let state = state?.map(|(state, _)| state);
+        Ok::<_, LedgerError>(env_status(app, env, state.as_ref(), running))
+    };
+    let (stage, prod, tags) = tokio::join!(
+        environment(Environment::Stage),
+        environment(Environment::Prod),
+        promote::promotable_tags(conveyor, &app.name, promotable)
+    );
+    Ok(AppStatus {
+        app: app.name.to_string(),
+        environments: vec![stage?, prod?],
+        promotable: tags?
+            .into_iter()
+            .map(|t| PromotableTag { tag: t.tag.to_string(), digest: t.digest.to_string(), vetted_at: t.vetted_at })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_read_from_tagged_image_references_only() {
+        assert_eq!(tag_of_image("123.dkr.ecr.us-east-1.amazonaws.com/shop-api:v0.9.0"), Some("v0.9.0"));
+        assert_eq!(tag_of_image("localhost:5000/shop-api:v1"), Some("v1"));
+        assert_eq!(tag_of_image("localhost:5000/shop-api"), None);
+        assert_eq!(tag_of_image("nginx"), None);
+        assert_eq!(tag_of_image("repo/shop@sha256:abc"), None);
+    }
+}
