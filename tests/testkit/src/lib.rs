@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod function;
 pub mod http;
+pub mod lambda_api;
 pub mod local_aws;
 pub mod runtime_api;
 pub mod scenario;
