@@ -1,0 +1,98 @@
+//! `conveyor metrics [APP] [--days N]`
+
+use chrono::Utc;
+use conveyor::ops::metrics::{self, Dora, Samples, Spread};
+use conveyor::types::AppName;
+use serde_json::json;
+
+use super::{app_name, configs};
+use crate::context::Context;
+use crate::error::CliError;
+use crate::output::{self, render, Report, Style};
+
+pub async fn run(ctx: &Context, app: Option<&str>, days: u32) -> Result<Report, CliError> {
+    let conveyor = ctx.conveyor().await?;
+    let apps: Vec<AppName> = match app {
+        Some(name) => vec![app_name(name)?],
+        None => configs(&conveyor).await?.apps.iter().map(|a| a.name.clone()).collect(),
+    };
+    let until = Utc::now();
+    let since = metrics::window(days, until);
+    let mut all = Samples::default();
+    let mut per_app = Vec::new();
+    for app in &apps {
+        let samples = metrics::app_samples(&conveyor.ledger, app, since, until).await?;
+        per_app.push((app.to_string(), Dora::of(&samples, since, until, days)));
+        all.merge(samples);
+    }
+    let all = Dora::of(&all, since, until, days);
+    let json = json!({
+        "days": days, "since": since, "until": until,
+        "apps": per_app.iter().map(|(app, dora)| json!({ "app": app, "metrics": dora })).collect::<Vec<_>>(),
+        "all": all,
+    });
+    let text = text(&ctx.style, &per_app, &all, days);
+    Ok(Report::done(json, text))
+}
+
+fn spread(spread: &Spread) -> String {
+    match (spread.median_seconds, spread.p90_seconds) {
+        (Some(median), Some(p90)) => format!("{} / {}", output::duration(median), output::duration(p90)),
+        _ => "-".into(),
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn column(dora: &Dora) -> Vec<String> {
+    let frequency = &dora.deployment_frequency;
+    let failures = &dora.change_failure_rate;
+    let restore = &dora.time_to_restore;
+    vec![
+        format!("{:.2}/day ({} verified)", frequency.per_day, frequency.prod_verifications),
+        format!("{} ({})", spread(&dora.lead_time), plural(dora.lead_time.count, "change")),
+        match failures.rate {
+            Some(rate) => format!("{:.0}% ({} of {})", rate * 100.0, failures.failed, failures.promotions),
+            None => "- (no promotion)".into(),
+        },
+        format!("{} ({} restored, {} open)", spread(&restore.spread), restore.spread.count, restore.open),
+    ]
+}
+
+fn text(style: &Style, per_app: &[(String, Dora)], all: &Dora, days: u32) -> String {
+    let mut header = vec!["METRIC".to_owned()];
+    let mut columns = Vec::new();
+    for (app, dora) in per_app {
+        header.push(app.clone());
+        columns.push(column(dora));
+    }
+    if per_app.len() != 1 {
+        header.push("all apps".into());
+        columns.push(column(all));
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = style.table(&header);
+    let names = [
+        "deployment frequency (prod verifications)",
+        "lead time for changes (median / p90)",
+        "change failure rate (prod rollouts)",
+        "time to restore service (median / p90)",
+    ];
+    for (row, name) in names.iter().enumerate() {
+        let mut cells = vec![style.cell(name, None)];
+        cells.extend(columns.iter().map(|c| style.cell(&c[row], None)));
+        table.add_row(cells);
+    }
+    format!(
+        "DORA metrics, last {days} days ({} to {})\n\n{}",
+        output::time(all.since),
+        output::time(all.until),
+        render(&table)
+    )
+}

@@ -1,0 +1,370 @@
+//! `conveyor promote` and `conveyor rollback`: both invoke the promote function (so who may change
+//! prod stays an IAM decision on that function) and can follow the prod rollout (`--wait`).
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use conveyor::config::AppConfig;
+use conveyor::notify::short_arn;
+use conveyor::ops::follow::{self, Progress};
+use conveyor::ops::{history, status};
+use conveyor::record::EnvState;
+use conveyor::types::{Environment, ImageDigest};
+use conveyor::Conveyor;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{app_name, configs, find_app};
+use crate::args::{PromoteArgs, RollbackArgs, WaitArgs};
+use crate::context::Context;
+use crate::error::{CliError, AWS_OR_CONFIG, DONE, REFUSED, ROLLED_BACK, TIMED_OUT};
+use crate::output::{self, or_dash, render, Report, Style};
+
+/// How often `--wait` looks at the rollout.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Invokes a function synchronously (RequestResponse); a function error (HTTP 200 with
+/// `FunctionError`) becomes a [`CliError`] by its `errorType`.
+pub async fn invoke(lambda: &aws_sdk_lambda::Client, function: &str, payload: &Value) -> Result<Value, CliError> {
+    let output = lambda
+        .invoke()
+        .function_name(function)
+        .invocation_type(InvocationType::RequestResponse)
+        .payload(Blob::new(payload.to_string()))
+        .send()
+        .await
+        .map_err(|e| CliError::aws(&format!("Lambda Invoke of {function}"), e))?;
+    let body: Value =
+        output.payload().and_then(|body| serde_json::from_slice(body.as_ref()).ok()).unwrap_or(Value::Null);
+    if output.function_error().is_some() {
+        let error_type = body["errorType"].as_str().unwrap_or("Unhandled");
+        let message = body["errorMessage"].as_str().map_or_else(|| body.to_string(), str::to_owned);
+        return Err(CliError::function(error_type, &message));
+    }
+    Ok(body)
+}
+
+/// A release: a tag and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// How `--wait` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitOutcome {
+    /// `verified`, `already_deployed`, `rolled_back`, `failed`, `superseded` or `timed_out`.
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    pub seconds: u64,
+    /// Rolled back: the revision prod went back to.
+    pub rolled_back_to: Option<String>,
+}
+
+impl WaitOutcome {
+    pub fn exit_code(&self) -> u8 {
+        match self.outcome {
+            "verified" | "already_deployed" => DONE,
+            "timed_out" => TIMED_OUT,
+            _ => ROLLED_BACK,
+        }
+    }
+}
+
+/// What `promote` and `rollback` print with `--json`. Every key is always present.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoteOutput {
+    pub app: String,
+    pub environment: Environment,
+    pub tag: String,
+    pub digest: String,
+    pub task_definition_arn: String,
+    /// `deploying`, `already_deployed` or `dry_run`.
+    pub status: String,
+    pub forced: bool,
+    pub requested_by: Option<String>,
+    pub reason: Option<String>,
+    /// Dry run: what prod's container runs now.
+    pub current: Option<DryRunSide>,
+    /// Dry run: what it would run.
+    pub new: Option<DryRunSide>,
+    /// Rollback: what prod ran when the rollback was asked for.
+    pub rollback_from: Option<Release>,
+    /// `--wait`: how the prod rollout ended.
+    pub wait: Option<WaitOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunSide {
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub image: Option<String>,
+}
+
+pub async fn promote(ctx: &Context, args: PromoteArgs) -> Result<Report, CliError> {
+    let app = app_name(&args.app)?;
+    ctx.names().await?.promote_function()?;
+    let mut payload = json!({ "app": app, "dry_run": args.dry_run, "force": args.force });
+    match (&args.tag, &args.digest) {
+        (Some(tag), _) => payload["tag"] = json!(tag),
+        (None, Some(digest)) => payload["digest"] = json!(digest),
+        (None, None) => return Err(CliError::invalid("give the TAG (or --digest) to promote")),
+    }
+    if let Some(reason) = &args.reason {
+        payload["reason"] = json!(reason);
+    }
+    payload["requested_by"] = json!(ctx.identity().await?);
+    execute(ctx, &app.to_string(), payload, args.dry_run, &args.wait, None).await
+}
+
+pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliError> {
+    ctx.names().await?.promote_function()?;
+    let conveyor = ctx.conveyor().await?;
+    let set = configs(&conveyor).await?;
+    let app = find_app(&set, &args.app, &conveyor.prefix)?;
+    let running = status::running(&conveyor, app, Environment::Prod).await?;
+    let from = Release { tag: running.tag.clone(), digest: running.digest.clone() };
+    let mut payload = json!({ "app": app.name, "dry_run": args.dry_run });
+    let target = match &args.to {
+        Some(tag) => {
+            payload["tag"] = json!(tag);
+            tag.clone()
+        }
+        None => {
+            let entries = history::all(&conveyor.ledger, &app.name).await?;
+            let running_digest = running.digest.as_deref().and_then(|d| ImageDigest::parse(d).ok());
+            let Some(previous) = history::previous_release(&entries, running_digest.as_ref()) else {
+                return Err(CliError::new(
+                    REFUSED,
+                    "NothingToRollBackTo",
+                    format!(
+                        "{} prod has no verified release before the one it runs ({} {}): name a promotable tag with --to TAG",
+                        app.name,
+                        or_dash(running.tag.as_deref()),
+                        or_dash(running.digest.as_deref().map(output::short_digest))
+                    ),
+                ));
+            };
+            payload["digest"] = json!(previous.digest);
+            previous.tag.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+        }
+    };
+    let reason = match &args.reason {
+        Some(reason) => format!("rollback to {target}: {reason}"),
+        None => format!("rollback from {} to {target}", or_dash(from.tag.as_deref())),
+    };
+    payload["reason"] = json!(reason);
+    payload["requested_by"] = json!(ctx.identity().await?);
+    execute(ctx, app.name.as_str(), payload, args.dry_run, &args.wait, Some(from)).await
+}
+
+async fn execute(
+    ctx: &Context,
+    app: &str,
+    payload: Value,
+    dry_run: bool,
+    wait: &WaitArgs,
+    rollback_from: Option<Release>,
+) -> Result<Report, CliError> {
+    let function = ctx.names().await?.promote_function()?;
+    let answer = invoke(&ctx.lambda()?, function, &payload).await?;
+    let response: conveyor::promote::Response = serde_json::from_value(answer.clone())
+        .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
+    let side = |tag: Option<&str>, digest: Option<&str>, image: Option<&str>| DryRunSide {
+        tag: tag.map(str::to_owned),
+        digest: digest.map(str::to_owned),
+        image: image.map(str::to_owned),
+    };
+    let mut output = PromoteOutput {
+        current: dry_run.then(|| {
+            // A revision Conveyor did not register has no `conveyor:image-tag`: its image may say.
+            let tag = response
+                .current_tag
+                .as_deref()
+                .or_else(|| response.current_image.as_deref().and_then(conveyor::ops::status::tag_of_image));
+            side(tag, response.current_digest.as_deref(), response.current_image.as_deref())
+        }),
+        new: dry_run.then(|| side(Some(&response.tag), Some(&response.digest), response.image.as_deref())),
+        app: response.app.clone(),
+        environment: response.environment,
+        tag: response.tag.clone(),
+        digest: response.digest.clone(),
+        task_definition_arn: response.task_definition_arn.clone(),
+        status: response.status.clone(),
+        forced: response.forced,
+        requested_by: response.requested_by.clone().or_else(|| payload["requested_by"].as_str().map(str::to_owned)),
+        reason: payload["reason"].as_str().map(str::to_owned),
+        rollback_from,
+        wait: None,
+    };
+    let mut exit_code = DONE;
+    if wait.wait && !dry_run {
+        let conveyor = ctx.conveyor().await?;
+        let set = configs(&conveyor).await?;
+        let config = find_app(&set, app, &conveyor.prefix)?;
+        let outcome = follow_rollout(&conveyor, config, &response, wait.timeout).await?;
+        exit_code = outcome.exit_code();
+        output.wait = Some(outcome);
+    }
+    let text = text(&ctx.style, &output);
+    let json = serde_json::to_value(&output).unwrap_or(Value::Null);
+    Ok(Report { json, text, exit_code })
+}
+
+/// Follows the prod rollout a promotion started (the state table and ECS) until it settles or
+/// `timeout` passes; progress goes to stderr.
+async fn follow_rollout(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    response: &conveyor::promote::Response,
+    timeout: Duration,
+) -> Result<WaitOutcome, CliError> {
+    let digest = ImageDigest::parse(&response.digest).map_err(|e| CliError::config(e.to_string()))?;
+    let started = Instant::now();
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or(ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let plain = spinner.is_hidden();
+    if plain {
+        eprintln!(
+            "following {} prod {} ({}) until it is verified or rolled back (at most {})",
+            app.name,
+            response.tag,
+            short_arn(&response.task_definition_arn),
+            output::duration(timeout.as_secs() as i64)
+        );
+    }
+    let mut said = String::new();
+    let outcome = loop {
+        let state = conveyor.ledger.env::<EnvState>(&app.name, Environment::Prod).await?.map(|(state, _)| state);
+        let progress = follow::progress(state.as_ref(), &response.task_definition_arn, &digest);
+        let seconds = started.elapsed().as_secs();
+        let settled = |outcome: &'static str, reason: Option<String>, to: Option<String>| WaitOutcome {
+            outcome,
+            reason,
+            seconds,
+            rolled_back_to: to,
+        };
+        match &progress {
+            Progress::Verified { .. } => break settled("verified", None, None),
+            Progress::RolledBack { reason, to, .. } => {
+                break settled("rolled_back", Some(reason.clone()), Some(to.clone()))
+            }
+            Progress::Failed { reason, .. } => break settled("failed", Some(reason.clone()), None),
+            Progress::Superseded { reason } => break settled("superseded", Some(reason.clone()), None),
+            Progress::Unknown if response.status == "already_deployed" => {
+                break settled("already_deployed", Some("prod already ran it".into()), None)
+            }
+            Progress::Unknown | Progress::InProgress => {}
+        }
+        if started.elapsed() >= timeout {
+            break settled("timed_out", Some(format!("not settled after {}", output::duration(seconds as i64))), None);
+        }
+        let ecs = match status::running(conveyor, app, Environment::Prod).await {
+            Ok(running) => match &running.deployment {
+                Some(d) => format!(
+                    "deployment {} {}/{} running{}",
+                    d.id,
+                    d.running_count,
+                    d.desired_count,
+                    d.rollout_state.as_deref().map(|s| format!(", {s}")).unwrap_or_default()
+                ),
+                None => format!("{} {}/{} running", running.revision, running.running_count, running.desired_count),
+            },
+            Err(error) => format!("ECS: {error}"),
+        };
+        let message = format!(
+            "{} prod {} {}: {}; {ecs}",
+            app.name,
+            response.tag,
+            short_arn(&response.task_definition_arn),
+            progress.name()
+        );
+        if plain {
+            if message != said {
+                eprintln!("{message}");
+                said = message;
+            }
+        } else {
+            spinner.set_message(message);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    spinner.finish_and_clear();
+    Ok(outcome)
+}
+
+fn text(style: &Style, output: &PromoteOutput) -> String {
+    let revision = short_arn(&output.task_definition_arn);
+    let what = format!("{} {} ({})", output.app, output.tag, output::short_digest(&output.digest));
+    let mut lines = Vec::new();
+    if let Some(from) = &output.rollback_from {
+        lines.push(format!(
+            "rollback: prod runs {} ({}), going back to {}",
+            or_dash(from.tag.as_deref()),
+            or_dash(from.digest.as_deref().map(output::short_digest)),
+            output.tag
+        ));
+    }
+    match output.status.as_str() {
+        "dry_run" | "already_deployed" if output.current.is_some() => {
+            let mut table = style.table(&["", "TAG", "DIGEST", "IMAGE"]);
+            for (label, side) in [("prod now", &output.current), ("would run", &output.new)] {
+                let side = side.as_ref();
+                table.add_row(vec![
+                    style.cell(label, None),
+                    style.cell(or_dash(side.and_then(|s| s.tag.as_deref())), None),
+                    style.cell(or_dash(side.and_then(|s| s.digest.as_deref()).map(output::short_digest)), None),
+                    style.cell(or_dash(side.and_then(|s| s.image.as_deref())), None),
+                ]);
+            }
+            if output.status == "already_deployed" {
+                lines.push(format!("dry run: prod already runs {what}; promoting it would change nothing"));
+            } else {
+                lines.push(format!(
+                    "dry run, nothing changed: promoting {what} to prod would replace {revision} with a new \
+                     revision of {} that differs in the app container's image only:",
+                    revision.split(':').next().unwrap_or(revision)
+                ));
+            }
+            lines.push(String::new());
+            lines.push(render(&table));
+        }
+        "already_deployed" => lines.push(format!("prod already runs {what} ({revision}): nothing to do")),
+        status => lines.push(format!("{what} → prod: {} {revision}", style.paint(status, status))),
+    }
+    if output.forced {
+        lines.push("forced: the image failed before; the history and the notification say so".into());
+    }
+    if output.current.is_none() {
+        let by = output.requested_by.as_deref().map(output::who).unwrap_or("-");
+        match &output.reason {
+            Some(reason) => lines.push(format!("requested by {by}: {reason}")),
+            None => lines.push(format!("requested by {by}")),
+        }
+    }
+    if let Some(wait) = &output.wait {
+        let after = output::duration(wait.seconds as i64);
+        let painted = style.paint(wait.outcome, wait.outcome);
+        lines.push(match wait.outcome {
+            "verified" => format!("{painted} after {after}: prod runs {what}"),
+            "already_deployed" => format!("{painted}: prod runs {what}"),
+            "rolled_back" => format!(
+                "{painted} after {after}: {}; prod is back on {}",
+                wait.reason.as_deref().unwrap_or(""),
+                wait.rolled_back_to.as_deref().map(short_arn).unwrap_or("-")
+            ),
+            "timed_out" => format!(
+                "{painted} after {after}: the rollout goes on (`conveyor status {}` shows where it is)",
+                output.app
+            ),
+            other => format!("{} after {after}: {}", style.paint(other, other), wait.reason.as_deref().unwrap_or("")),
+        });
+    }
+    lines.join("\n")
+}

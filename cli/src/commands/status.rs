@@ -1,0 +1,152 @@
+//! `conveyor status [APP]`
+
+use conveyor::config::AppConfig;
+use conveyor::ops::status::{self, AppStatus, EnvStatus};
+use serde_json::json;
+
+use super::{configs, find_app};
+use crate::context::Context;
+use crate::error::{CliError, AWS_OR_CONFIG, DONE};
+use crate::output::{self, or_dash, render, Report, Style};
+
+pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<Report, CliError> {
+    let conveyor = ctx.conveyor().await?;
+    let set = configs(&conveyor).await?;
+    let apps: Vec<&AppConfig> = match app {
+        Some(name) => vec![find_app(&set, name, &conveyor.prefix)?],
+        None => set.apps.iter().collect(),
+    };
+    let mut statuses = Vec::new();
+    for app in apps {
+        statuses.push(status::app_status(&conveyor, app, promotable).await?);
+    }
+    let invalid: Vec<serde_json::Value> = if app.is_some() {
+        Vec::new()
+    } else {
+        set.invalid
+            .iter()
+            .map(|i| {
+                json!({ "parameter": i.error.parameter, "key": i.error.key, "problem": i.error.problem,
+                        "error": i.error.to_string() })
+            })
+            .collect()
+    };
+    let unreadable = statuses.iter().flat_map(|s| &s.environments).any(|e| e.error.is_some());
+    let mut text = text(&ctx.style, &statuses);
+    let notes = notes(&statuses, &invalid);
+    if !notes.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&notes.join("\n"));
+    }
+    if statuses.is_empty() {
+        text = format!("no app configured under {}/apps/", conveyor.prefix);
+        if !notes.is_empty() {
+            text.push_str(&format!("\n\n{}", notes.join("\n")));
+        }
+    }
+    Ok(Report {
+        json: json!({ "apps": statuses, "invalid": invalid }),
+        text,
+        exit_code: if unreadable { AWS_OR_CONFIG } else { DONE },
+    })
+}
+
+fn rollout(env: &EnvStatus) -> (String, &'static str) {
+    let Some(rollout) = &env.rollout else { return ("-".into(), "") };
+    let mut text = format!("{} {}", rollout.tag, rollout.state);
+    let deployment = env.running.as_ref().and_then(|r| r.deployment.as_ref());
+    if let (true, Some(deployment)) = (rollout.state == "in_progress", deployment) {
+        text.push_str(&format!(" ({}/{} running)", deployment.running_count, deployment.desired_count));
+    }
+    (text, rollout.state)
+}
+
+fn text(style: &Style, statuses: &[AppStatus]) -> String {
+    let mut table = style.table(&["APP", "ENV", "RUNNING", "DIGEST", "REVISION", "ROLLOUT", "LAST VERIFIED", "PAUSED"]);
+    for app in statuses {
+        for env in &app.environments {
+            let running = env.running.as_ref();
+            let (rollout, state) = rollout(env);
+            let verified =
+                env.last_verified.as_ref().map(|v| format!("{} {}", v.tag, output::time(v.at))).unwrap_or("-".into());
+            let paused = if env.paused.is_some() { "paused" } else { "no" };
+            table.add_row(vec![
+                style.cell(&app.app, None),
+                style.cell(env.environment.as_str(), None),
+                style.cell(
+                    if env.error.is_some() { "?" } else { or_dash(running.and_then(|r| r.tag.as_deref())) },
+                    None,
+                ),
+                style.cell(or_dash(running.and_then(|r| r.digest.as_deref()).map(output::short_digest)), None),
+                style.cell(or_dash(running.map(|r| r.revision.as_str())), None),
+                style.state(&rollout, state),
+                style.cell(&verified, None),
+                style.state(paused, paused),
+            ]);
+        }
+    }
+    let mut text = render(&table);
+    let mut promotable = style.table(&["APP", "PROMOTABLE", "DIGEST", "VETTED IN STAGE"]);
+    let mut any = false;
+    for app in statuses {
+        if app.promotable.is_empty() {
+            promotable.add_row(vec![style.cell(&app.app, None), style.cell("(none)", None)]);
+        }
+        for tag in &app.promotable {
+            any = true;
+            promotable.add_row(vec![
+                style.cell(&app.app, None),
+                style.cell(&tag.tag, None),
+                style.cell(output::short_digest(&tag.digest), None),
+                style.cell(&output::time(tag.vetted_at), None),
+            ]);
+        }
+    }
+    if any || !statuses.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&render(&promotable));
+    }
+    text
+}
+
+/// What the table cannot say: pauses, why a rollout went wrong, held pushes, problems.
+fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for app in statuses {
+        for env in &app.environments {
+            let at = format!("{} {}", app.app, env.environment);
+            if let Some(pause) = &env.paused {
+                notes.push(format!(
+                    "{at}: paused since {} by {}: {}",
+                    output::time(pause.at),
+                    output::who(&pause.by),
+                    pause.reason
+                ));
+            }
+            if let Some(rollout) = env.rollout.as_ref().filter(|r| r.state == "rolled_back" || r.state == "failed") {
+                notes.push(format!(
+                    "{at}: {} {}: {}",
+                    rollout.tag,
+                    rollout.state,
+                    rollout.reason.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(held) = &env.held_push {
+                notes.push(format!(
+                    "{at}: push {} ({}) held while paused; `conveyor resume {} --env {} --deploy-latest` rolls it out",
+                    held.tag,
+                    output::short_digest(&held.digest),
+                    app.app,
+                    env.environment
+                ));
+            }
+            if let Some(error) = &env.error {
+                notes.push(format!("{at}: cannot read the service: {error}"));
+            }
+        }
+    }
+    for invalid in invalid {
+        notes.push(format!("invalid config: {}", invalid["error"].as_str().unwrap_or_default()));
+    }
+    notes
+}
