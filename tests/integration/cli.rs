@@ -1,0 +1,732 @@
+//! The `conveyor` CLI, the built binary run as a process against the local AWS: the state table,
+//! ECS and SSM in moto, and the real promote and stage-deploy binaries behind a local Lambda
+//! Invoke API (`AWS_ENDPOINT_URL_LAMBDA`). Exit codes, `--json` shapes and the text people read
+//! (insta snapshots, with times, digests, ARNs and ids redacted).
+
+use std::process::Stdio;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use conveyor_testkit::function::binary;
+use conveyor_testkit::lambda_api::LambdaApi;
+use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
+use conveyor_testkit::{Function, World};
+use regex::Regex;
+use serde_json::{json, Value};
+
+use crate::support::{conveyor, invocation};
+
+/// The identity moto's STS gives the test credentials: what the CLI sends as `requested_by`.
+const CALLER: &str = "arn:aws:sts::123456789012:user/moto";
+
+/// A local AWS slice with the promote and stage-deploy functions behind a Lambda Invoke API.
+struct Setup {
+    world: World,
+    lambda: LambdaApi,
+    promote: Arc<Function>,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let world = World::new().await;
+        let lambda = LambdaApi::start().await;
+        let promote = Arc::new(Function::spawn("promote", &world.function_env()).await);
+        lambda.add("promote", promote.clone());
+        lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &world.function_env()).await));
+        Setup { world, lambda, promote }
+    }
+
+    /// The CLI's environment: the world's names, the local AWS, the local Lambda endpoint.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.world.function_env();
+        env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+        env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
+        env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
+        env
+    }
+
+    async fn run(&self, args: &[&str]) -> Ran {
+        run(&self.env(), args).await
+    }
+
+    fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        command(&self.env(), args).spawn().unwrap()
+    }
+
+    /// Pushes `tag` (digest `n`, pushed `hours_ago`) to stage and lets the monitor verify it.
+    async fn vet(&self, app: &AppFixture, tag: &str, n: u32, hours_ago: i64) {
+        self.push(app, tag, n, hours_ago).await;
+        settle(&self.world, &app.stage, Settle::Complete, "verified").await;
+    }
+
+    async fn push(&self, app: &AppFixture, tag: &str, n: u32, hours_ago: i64) {
+        let time = Utc::now() - chrono::Duration::hours(hours_ago);
+        let event = self.world.push_event(&app.repository, tag, &digest(n), time);
+        conveyor::stage::handle(&conveyor(&self.world), event, &invocation()).await.unwrap();
+    }
+
+    /// Promotes through the promote binary directly (setting the scene, not testing the CLI).
+    async fn promote(&self, payload: Value) -> Value {
+        self.promote.invoke(payload).await.response()
+    }
+}
+
+/// Settles the service's primary deployment and hands the event to the monitor.
+async fn settle(world: &World, service: &ServiceFixture, outcome: Settle, expected: &str) {
+    let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
+    let report = conveyor::monitor::handle(&conveyor(world), events[0].clone(), &invocation()).await.unwrap();
+    assert_eq!(report.results[0].action, expected, "{report:?}");
+}
+
+/// What a run of the CLI left.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    #[track_caller]
+    fn ok(self) -> Ran {
+        assert_eq!(self.code, 0, "{self:?}");
+        self
+    }
+
+    #[track_caller]
+    fn exits(self, code: i32) -> Ran {
+        assert_eq!(self.code, code, "{self:?}");
+        self
+    }
+}
+
+fn command(env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary("conveyor"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(env: &[(String, String)], args: &[&str]) -> Ran {
+    let output = command(env, args).output().await.unwrap();
+    finished(output)
+}
+
+fn finished(output: std::process::Output) -> Ran {
+    Ran {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+static REDACTIONS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    [
+        (r#"arn:aws:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:[^\s,;)\]`"]+"#, "[arn]"),
+        (r"sha256:[0-9a-f]{12,64}", "sha256:[digest]"),
+        (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", "[time]"),
+        (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", "[time]"),
+        (r"ecs-svc/\d+", "ecs-svc/[n]"),
+        (r"\d{8}T\d{9}-[0-9a-f]{8}", "[rollout]"),
+        (r"t\d+x\d+z", "[id]"),
+        (r"\b\d{10}\b", "[epoch]"),
+        (r"\b\d+(s|m\d{2}s|h\d{2}m|d\d{2}h)\b", "[dur]"),
+    ]
+    .into_iter()
+    .map(|(pattern, with)| (Regex::new(pattern).unwrap(), with))
+    .collect()
+});
+
+/// Text with what changes from run to run redacted, and table columns re-spaced (widths follow
+/// the redacted values).
+fn stable(text: &str) -> String {
+    let mut text = text.to_owned();
+    for (pattern, with) in REDACTIONS.iter() {
+        text = pattern.replace_all(&text, *with).into_owned();
+    }
+    static SPACES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"  +").unwrap());
+    text.lines().map(|line| SPACES.replace_all(line.trim_end(), "  ").into_owned()).collect::<Vec<_>>().join("\n")
+}
+
+/// A JSON document with times, digests, ARNs, ids and durations redacted.
+fn stable_json(value: &Value) -> String {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    if key.ends_with("seconds") && value.is_number() {
+                        *value = json!("[seconds]");
+                    } else {
+                        walk(value);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = value.clone();
+    walk(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap();
+    for (pattern, with) in REDACTIONS.iter().filter(|(_, with)| *with != "[dur]") {
+        text = pattern.replace_all(&text, *with).into_owned();
+    }
+    text
+}
+
+/// shop-api: v1.0.0 verified in stage and prod; v1.1.0 verified in stage, rolled back in prod;
+/// v1.2.0 rolling out in stage. Promotions by ana, with reasons.
+async fn story(setup: &Setup) -> AppFixture {
+    let app = setup.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 5).await;
+    let ana = "arn:aws:sts::123456789012:assumed-role/dev/ana";
+    setup.promote(json!({ "app": "shop-api", "tag": "v1.0.0", "requested_by": ana, "reason": "first release" })).await;
+    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    setup.vet(&app, "v1.1.0", 2, 3).await;
+    setup.promote(json!({ "app": "shop-api", "tag": "v1.1.0", "requested_by": ana, "reason": "checkout v2" })).await;
+    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, "rolled_back").await;
+    setup.push(&app, "v1.2.0", 3, 1).await;
+    app
+}
+
+#[tokio::test]
+async fn status_and_history_show_what_runs_where_and_what_happened() {
+    let setup = Setup::new().await;
+    story(&setup).await;
+    setup.world.put_app("broken", &json!({ "repository": "shop-api" })).await;
+
+    let status = setup.run(&["status"]).await.ok();
+    insta::assert_snapshot!("status", stable(&status.stdout));
+    let status = setup.run(&["status", "shop-api", "--json"]).await.ok();
+    let doc = status.json();
+    let prod = &doc["apps"][0]["environments"][1];
+    assert_eq!(prod["running"]["tag"], "v1.0.0", "prod went back to v1.0.0: {doc}");
+    assert_eq!(prod["running"]["digest"], digest(1));
+    assert_eq!(prod["rollout"]["state"], "rolled_back");
+    assert_eq!(doc["apps"][0]["environments"][0]["rollout"]["state"], "in_progress");
+    let promotable: Vec<&str> =
+        doc["apps"][0]["promotable"].as_array().unwrap().iter().map(|t| t["tag"].as_str().unwrap()).collect();
+    assert_eq!(promotable, ["v1.0.0"], "v1.1.0 failed in prod, v1.2.0 is not verified");
+    insta::assert_snapshot!("status_json", stable_json(&doc));
+
+    let history = setup.run(&["history", "shop-api"]).await.ok();
+    insta::assert_snapshot!("history", stable(&history.stdout));
+    let history = setup.run(&["history", "shop-api", "--env", "prod", "--limit", "2", "--json"]).await.ok();
+    let doc = history.json();
+    let events: Vec<&str> = doc["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["rolled_back", "promoted"], "{doc}");
+    assert_eq!(doc["entries"][1]["requested_by"], "arn:aws:sts::123456789012:assumed-role/dev/ana");
+    assert_eq!(doc["entries"][1]["reason"], "checkout v2");
+    insta::assert_snapshot!("history_json", stable_json(&doc));
+
+    let unknown = setup.run(&["status", "shop-web", "--json"]).await.exits(1);
+    assert_eq!(unknown.json()["error"]["type"], "UnknownApp");
+    let invalid = setup.run(&["status", "broken"]).await.exits(4);
+    assert!(invalid.stderr.contains("key `container`"), "{invalid:?}");
+    setup.run(&["history", "Shop API"]).await.exits(1);
+}
+
+#[tokio::test]
+async fn promote_goes_through_the_lambda_invoke_api_as_the_caller() {
+    let setup = Setup::new().await;
+    let app = setup.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 2).await;
+    setup.push(&app, "v1.1.0", 2, 1).await; // never verified
+    let revisions = setup.world.revisions(&app.prod.family).await.len();
+
+    let dry = setup.run(&["promote", "shop-api", "v1.0.0", "--dry-run"]).await.ok();
+    insta::assert_snapshot!("promote_dry_run", stable(&dry.stdout));
+    let dry = setup.run(&["promote", "shop-api", "v1.0.0", "--dry-run", "--json"]).await.ok();
+    insta::assert_snapshot!("promote_dry_run_json", stable_json(&dry.json()));
+    assert_eq!(setup.world.revisions(&app.prod.family).await.len(), revisions, "a dry run changes nothing");
+
+    let promoted = setup.run(&["promote", "shop-api", "v1.0.0", "--reason", "release 1.0", "--json"]).await.ok();
+    let doc = promoted.json();
+    assert_eq!((doc["status"].as_str(), doc["digest"].as_str()), (Some("deploying"), Some(digest(1).as_str())));
+    assert_eq!(doc["requested_by"], CALLER);
+    insta::assert_snapshot!("promote_json", stable_json(&doc));
+    assert!(setup.world.running_image(&app.prod).await.ends_with(&digest(1)));
+    // It went through the Lambda Invoke API, as the caller, with the reason.
+    let invoked = setup.lambda.invoked();
+    let last = invoked.last().unwrap();
+    assert_eq!((last.function.as_str(), last.invocation_type.as_str()), ("promote", "RequestResponse"));
+    assert_eq!(
+        last.payload,
+        json!({ "app": "shop-api", "tag": "v1.0.0", "dry_run": false, "force": false,
+                "reason": "release 1.0", "requested_by": CALLER })
+    );
+    let again = setup.run(&["promote", "shop-api", "--digest", &digest(1)]).await.ok();
+    assert!(again.stdout.contains("prod already runs shop-api v1.0.0"), "{again:?}");
+
+    // Refusals are the function's errors, by errorType.
+    let refused = setup.run(&["promote", "shop-api", "v1.1.0", "--json"]).await.exits(1);
+    assert_eq!(refused.json()["error"]["type"], "NotVetted");
+    insta::assert_snapshot!("promote_refused_json", stable_json(&refused.json()));
+    let refused = setup.run(&["promote", "shop-api", "v1.1.0"]).await.exits(1);
+    assert!(refused.stderr.starts_with("conveyor: NotVetted: shop-api v1.1.0"), "{refused:?}");
+    let unknown = setup.run(&["promote", "shop-web", "v1.0.0", "--json"]).await.exits(1);
+    assert_eq!(unknown.json()["error"]["type"], "UnknownApp");
+    let invalid = setup.run(&["promote", "shop-api", "--digest", "sha256:nope", "--json"]).await.exits(1);
+    assert_eq!(invalid.json()["error"]["type"], "InvalidRequest");
+    // No such function: an AWS error.
+    let mut env = setup.env();
+    env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "nope".into()));
+    let missing = run(&env, &["promote", "shop-api", "v1.0.0"]).await.exits(4);
+    assert!(missing.stderr.contains("ResourceNotFoundException"), "{missing:?}");
+    let env: Vec<_> = setup.env().into_iter().filter(|(k, _)| k != "CONVEYOR_PROMOTE_FUNCTION").collect();
+    let unnamed = run(&env, &["promote", "shop-api", "v1.0.0", "--json"]).await.exits(4);
+    assert!(unnamed.json()["error"]["message"].as_str().unwrap().contains("CONVEYOR_PROMOTE_FUNCTION"));
+}
+
+/// Starts `conveyor ... --wait` and waits until prod has the rollout it started.
+async fn waiting(setup: &Setup, args: &[&str], tag: &str) -> tokio::process::Child {
+    let child = setup.spawn(args);
+    for _ in 0..200 {
+        let record = setup.world.record("shop-api", "prod").await;
+        let rollout = record.as_ref().map(|r| &r["rollout"]);
+        if rollout.is_some_and(|r| r["tag"] == tag && r["state"]["kind"] == "in_progress") {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("conveyor {args:?} started no rollout of {tag}: {:?}", finished(child.wait_with_output().await.unwrap()));
+}
+
+#[tokio::test]
+async fn promote_wait_ends_verified_rolled_back_or_timed_out() {
+    let setup = Setup::new().await;
+    let app = setup.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    setup.vet(&app, "v1.1.0", 2, 2).await;
+    setup.vet(&app, "v1.2.0", 3, 1).await;
+
+    let child = waiting(&setup, &["promote", "shop-api", "v1.0.0", "--wait"], "v1.0.0").await;
+    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    let verified = finished(child.wait_with_output().await.unwrap()).ok();
+    assert!(verified.stdout.lines().last().unwrap().starts_with("verified after"), "{verified:?}");
+    assert!(verified.stderr.contains("shop-api prod v1.0.0"), "progress on stderr: {verified:?}");
+    insta::assert_snapshot!("promote_wait_verified", stable(&verified.stdout));
+
+    let child = waiting(&setup, &["promote", "shop-api", "v1.1.0", "--wait", "--json"], "v1.1.0").await;
+    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, "rolled_back").await;
+    let rolled_back = finished(child.wait_with_output().await.unwrap()).exits(2);
+    let doc = rolled_back.json();
+    assert_eq!(doc["wait"]["outcome"], "rolled_back");
+    assert!(doc["wait"]["reason"].as_str().unwrap().contains("failed"), "{doc}");
+    insta::assert_snapshot!("promote_wait_rolled_back_json", stable_json(&doc));
+
+    let timed_out = setup.run(&["promote", "shop-api", "v1.2.0", "--wait", "--timeout", "2s"]).await.exits(3);
+    assert!(timed_out.stdout.contains("timed_out after"), "{timed_out:?}");
+}
+
+#[tokio::test]
+async fn rollback_goes_back_to_the_verified_prod_release_before_the_current_one() {
+    let setup = Setup::new().await;
+    let app = setup.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    setup.vet(&app, "v1.1.0", 2, 2).await;
+    setup.promote(json!({ "app": "shop-api", "tag": "v1.0.0" })).await;
+    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+
+    // One release in prod: nothing before it.
+    let nothing = setup.run(&["rollback", "shop-api", "--json"]).await.exits(1);
+    assert_eq!(nothing.json()["error"]["type"], "NothingToRollBackTo");
+
+    setup.promote(json!({ "app": "shop-api", "tag": "v1.1.0" })).await;
+    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    let dry = setup.run(&["rollback", "shop-api", "--dry-run"]).await.ok();
+    insta::assert_snapshot!("rollback_dry_run", stable(&dry.stdout));
+    let child =
+        waiting(&setup, &["rollback", "shop-api", "--reason", "INC-7 checkout errors", "--wait"], "v1.0.0").await;
+    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    let back = finished(child.wait_with_output().await.unwrap()).ok();
+    insta::assert_snapshot!("rollback_wait", stable(&back.stdout));
+    assert!(setup.world.running_image(&app.prod).await.ends_with(&digest(1)));
+    let payload = setup.lambda.invoked().last().unwrap().payload.clone();
+    assert_eq!(
+        payload,
+        json!({ "app": "shop-api", "digest": digest(1), "dry_run": false,
+                "reason": "rollback to v1.0.0: INC-7 checkout errors", "requested_by": CALLER })
+    );
+    // Back again, to a named tag.
+    let to = setup.run(&["rollback", "shop-api", "--to", "v1.1.0", "--json"]).await.ok();
+    let doc = to.json();
+    assert_eq!((doc["tag"].as_str(), doc["status"].as_str()), (Some("v1.1.0"), Some("deploying")));
+    assert_eq!(doc["rollback_from"], json!({ "tag": "v1.0.0", "digest": digest(1) }));
+    assert_eq!(doc["reason"], "rollback from v1.0.0 to v1.1.0");
+}
+
+#[tokio::test]
+async fn pause_holds_pushes_and_refuses_promotions_until_resume_deploys_the_held_push() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    let _ = world.notifications().await;
+
+    let paused = setup.run(&["pause", "shop-api", "--reason", "INC-42 payment outage"]).await.ok();
+    insta::assert_snapshot!("pause", stable(&paused.stdout));
+    let again = setup.run(&["pause", "shop-api", "--env", "prod", "--reason", "again", "--json"]).await.ok();
+    insta::assert_snapshot!("pause_again_json", stable_json(&again.json()));
+
+    // While paused: stage holds the push, prod refuses promotions.
+    setup.push(&app, "v1.1.0", 2, 1).await;
+    assert!(world.running_image(&app.stage).await.ends_with(&digest(1)), "nothing rolled out while paused");
+    let status = setup.run(&["status", "shop-api"]).await.ok();
+    insta::assert_snapshot!("status_paused", stable(&status.stdout));
+    let refused = setup.run(&["promote", "shop-api", "v1.0.0", "--json"]).await.exits(1);
+    assert_eq!(refused.json()["error"]["type"], "Paused");
+
+    let resumed = setup.run(&["resume", "shop-api", "--env", "stage", "--deploy-latest", "--json"]).await.ok();
+    let doc = resumed.json();
+    assert_eq!(doc["environments"][0]["held_push"]["tag"], "v1.1.0");
+    assert_eq!(doc["deployed"]["report"]["apps"][0]["status"], "deploying", "{doc}");
+    insta::assert_snapshot!("resume_deploy_latest_json", stable_json(&doc));
+    // stage-deploy got the push's own event again: same id and time, through the Invoke API.
+    let delivered = setup.lambda.invoked().into_iter().find(|i| i.function == "stage-deploy").unwrap();
+    let original = world.push_event("shop-api", "v1.1.0", &digest(2), Utc::now());
+    assert_eq!(delivered.payload["detail"], original["detail"]);
+    assert_eq!(delivered.payload["account"], original["account"]);
+    assert!(delivered.payload["id"].as_str().unwrap().starts_with(&format!("push-{}-v1.1.0-", world.id)));
+    assert!(world.running_image(&app.stage).await.ends_with(&digest(2)));
+    let resumed = setup.run(&["resume", "shop-api"]).await.ok();
+    insta::assert_snapshot!("resume", stable(&resumed.stdout));
+    setup.run(&["resume", "shop-api", "--env", "prod", "--deploy-latest"]).await.exits(1);
+
+    let outcomes: Vec<String> = world
+        .notifications()
+        .await
+        .iter()
+        .map(|n| format!("{} {}", n["MessageAttributes"]["environment"], n["MessageAttributes"]["outcome"]))
+        .collect();
+    for expected in [r#""stage" "paused""#, r#""prod" "paused""#, r#""stage" "resumed""#, r#""prod" "resumed""#] {
+        assert_eq!(outcomes.iter().filter(|o| *o == expected).count(), 1, "{expected} in {outcomes:?}");
+    }
+    let history = setup.run(&["history", "shop-api", "--json"]).await.ok().json();
+    let pause = history["entries"].as_array().unwrap().iter().find(|e| e["event"] == "paused").unwrap();
+    assert_eq!(
+        (pause["requested_by"].as_str(), pause["reason"].as_str()),
+        (Some(CALLER), Some("INC-42 payment outage"))
+    );
+}
+
+#[tokio::test]
+async fn config_validate_and_put_use_the_functions_validator() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    let dir = std::env::temp_dir().join(format!("conveyor-cli-{}", world.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, config: Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        path.display().to_string()
+    };
+    let service = |cluster: &str, service: &str| json!({ "cluster": cluster, "service": service });
+    let billing = file(
+        "billing.json",
+        json!({ "repository": "billing", "container": "api",
+                "environments": { "stage": service("stage-c", "billing"), "prod": service("prod-c", "billing") } }),
+    );
+    let typo = file("cart.json", json!({ "repository": "cart", "contianer": "api" }));
+    // Claims shop-api's stage service.
+    let thief = file(
+        "shop-web.json",
+        json!({ "repository": "shop-web", "container": "web",
+                "environments": { "stage": service(&world.name("stage"), "shop-api"), "prod": service("prod-c", "shop-web") } }),
+    );
+
+    let checked = setup.run(&["config", "validate", &billing, &typo, &thief]).await.exits(1);
+    insta::assert_snapshot!("config_validate", stable(&checked.stdout).replace(&dir.display().to_string(), "[dir]"));
+    let doc = setup.run(&["config", "validate", &billing, &typo, &thief, "--json"]).await.exits(1).json();
+    let valid: Vec<bool> = doc["apps"].as_array().unwrap().iter().map(|a| a["valid"].as_bool().unwrap()).collect();
+    assert_eq!(valid, [true, false, false]);
+    assert_eq!(doc["apps"][2]["key"], "environments.stage.service");
+    // Alone, the thief is valid: only SSM knows whose service it is.
+    setup.run(&["config", "validate", "--local", &thief, &billing]).await.ok();
+    setup.run(&["config", "validate"]).await.ok();
+
+    let refused = setup.run(&["config", "put", &thief, "--json"]).await.exits(1).json();
+    assert_eq!((refused["written"].as_bool(), refused["valid"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(world.parameter(&format!("{}/apps/shop-web", world.prefix)).await, None);
+    let put = setup.run(&["config", "put", &billing]).await.ok();
+    assert!(put.stdout.contains(&format!("wrote {}/apps/billing (version 1)", world.prefix)), "{put:?}");
+    let stored: Value =
+        serde_json::from_str(&world.parameter(&format!("{}/apps/billing", world.prefix)).await.unwrap()).unwrap();
+    assert_eq!(stored["repository"], "billing");
+    let all = setup.run(&["config", "validate", "--json"]).await.ok().json();
+    let apps: Vec<&str> = all["apps"].as_array().unwrap().iter().map(|a| a["app"].as_str().unwrap()).collect();
+    assert_eq!(apps, ["billing", "shop-api"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn metrics_are_the_dora_figures_of_the_history() {
+    let setup = Setup::new().await;
+    // Both apps exist before the promote function first reads the config (it keeps it 30 s).
+    let billing = setup.world.seed_app("billing", "billing", false, json!({})).await;
+    story(&setup).await;
+    setup.vet(&billing, "v2.0.0", 20, 26).await;
+    setup.promote(json!({ "app": "billing", "tag": "v2.0.0" })).await;
+    settle(&setup.world, &billing.prod, Settle::Complete, "verified").await;
+
+    let metrics = setup.run(&["metrics", "--json"]).await.ok().json();
+    let shop = &metrics["apps"][1]["metrics"];
+    assert_eq!(metrics["apps"][1]["app"], "shop-api");
+    assert_eq!(shop["deployment_frequency"]["prod_verifications"], 1);
+    assert_eq!(shop["change_failure_rate"], json!({ "promotions": 2, "failed": 1, "rate": 0.5 }));
+    assert_eq!(
+        (shop["time_to_restore"]["failures"].as_u64(), shop["time_to_restore"]["open"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let lead = shop["lead_time"]["median_seconds"].as_i64().unwrap();
+    assert!((5 * 3600..5 * 3600 + 120).contains(&lead), "v1.0.0 was pushed 5 h before prod verified it: {lead}");
+    let all = &metrics["all"];
+    assert_eq!(all["deployment_frequency"], json!({ "prod_verifications": 2, "per_day": 0.067 }));
+    assert_eq!(all["lead_time"]["count"], 2);
+    insta::assert_snapshot!("metrics_json", stable_json(&metrics));
+    let text = setup.run(&["metrics", "shop-api", "--days", "7"]).await.ok();
+    insta::assert_snapshot!("metrics", stable(&text.stdout));
+}
+
+#[tokio::test]
+async fn names_are_read_from_the_stacks_outputs() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 1).await;
+    let stack = world.name("conveyor");
+    let template = json!({
+        "Parameters": { "SsmPrefix": { "Type": "String", "Default": "/conveyor" } },
+        "Resources": { "Handle": { "Type": "AWS::CloudFormation::WaitConditionHandle" } },
+        "Outputs": {
+            "StateTableName": { "Value": world.table },
+            "PromoteFunctionName": { "Value": "promote" },
+            "StageDeployFunctionName": { "Value": "stage-deploy" },
+            "AlertTopicArn": { "Value": world.topic_arn },
+        }
+    });
+    let cloudformation = aws_sdk_cloudformation::Client::new(&world.config);
+    cloudformation
+        .create_stack()
+        .stack_name(&stack)
+        .template_body(template.to_string())
+        .parameters(
+            aws_sdk_cloudformation::types::Parameter::builder()
+                .parameter_key("SsmPrefix")
+                .parameter_value(&world.prefix)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Only the AWS settings and the Lambda endpoint: every name comes from the stack.
+    let env: Vec<(String, String)> = setup.env().into_iter().filter(|(k, _)| !k.starts_with("CONVEYOR_")).collect();
+    let status = run(&env, &["--stack", &stack, "status", "--json"]).await.ok().json();
+    assert_eq!(status["apps"][0]["promotable"][0]["tag"], "v1.0.0");
+    let promoted = run(&env, &["--stack", &stack, "promote", "shop-api", "v1.0.0", "--json"]).await.ok().json();
+    assert_eq!(promoted["status"], "deploying");
+    let mut via_env = env.clone();
+    via_env.push(("CONVEYOR_STACK".into(), stack.clone()));
+    run(&via_env, &["history", "shop-api"]).await.ok();
+    let missing = run(&env, &["--stack", "no-such-stack", "status"]).await.exits(4);
+    assert!(missing.stderr.contains("DescribeStacks"), "{missing:?}");
+}
+
+#[tokio::test]
+async fn usage_errors_and_missing_names_have_their_exit_codes() {
+    let world = World::new().await;
+    let env = world.aws.env();
+    let help = run(&env, &["--help"]).await.ok();
+    insta::assert_snapshot!("help", help.stdout);
+    run(&env, &["--version"]).await.ok();
+    let bogus = run(&env, &["bogus"]).await.exits(1);
+    assert!(bogus.stderr.contains("unrecognized subcommand"), "{bogus:?}");
+    let bogus = run(&env, &["promote", "shop-api", "--json"]).await.exits(1);
+    assert_eq!(bogus.json()["error"]["type"], "InvalidInput");
+    let no_table = run(&env, &["history", "shop-api", "--json"]).await.exits(4);
+    assert_eq!(no_table.json()["error"]["type"], "ConfigError");
+    assert!(no_table.json()["error"]["message"].as_str().unwrap().contains("CONVEYOR_TABLE"));
+    let no_region: Vec<_> = env.iter().filter(|(k, _)| !k.contains("REGION")).cloned().collect();
+    let no_region = run(&no_region, &["status"]).await.exits(4);
+    assert!(no_region.stderr.contains("no AWS region"), "{no_region:?}");
+    // A table that does not exist: an AWS error.
+    let mut env = world.function_env();
+    env.push(("CONVEYOR_TABLE".into(), "no-such-table".into()));
+    let missing = run(&env, &["history", "shop-api"]).await.exits(4);
+    assert!(missing.stderr.contains("ResourceNotFoundException"), "{missing:?}");
+}
+
+/// The examples of `docs/cli.md` and `docs/day2-operations.md`, from the local stack (the
+/// template's routing, ECS deployments settling by themselves, the real binaries). Not a check:
+/// `cargo test --test integration cli::docs_examples -- --ignored` writes `target/cli-docs.md`.
+#[tokio::test]
+#[ignore = "writes the docs' examples; run on demand"]
+async fn docs_examples_from_the_local_stack() {
+    use conveyor_testkit::stack::{LocalStack, StackOptions};
+
+    let (moments, _timeline) = tokio::sync::mpsc::unbounded_channel();
+    let stack = LocalStack::start(World::new().await, StackOptions::default(), moments).await;
+    let world = &stack.world;
+    let (stage, prod) = (world.name("stage"), world.name("prod"));
+    let bad = digest(150);
+    // ECS: stage runs every image; prod's tasks fail to start with the v1.5.0 image.
+    world.aws.autopilot(&[stage.clone(), prod.clone()], &stack.bus, 1e9, &[], false).await;
+    world.aws.autopilot(std::slice::from_ref(&stage), &stack.bus, 1.0, &[], false).await;
+    world.aws.autopilot(std::slice::from_ref(&prod), &stack.bus, 1.5, std::slice::from_ref(&bad), false).await;
+    let lambda = LambdaApi::start().await;
+    lambda.add("promote", Arc::new(Function::spawn("promote", &world.function_env()).await));
+    lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &world.function_env()).await));
+    world.seed_app("shop-api", "shop-api", true, json!({ "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$" })).await;
+    world.seed_app("billing", "billing", false, json!({})).await;
+    let mut env = world.function_env();
+    env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+    env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
+    env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), lambda.url()));
+
+    let mut doc = String::new();
+    let show = |doc: &mut String, args: &[&str], ran: &Ran| {
+        let quoted: Vec<String> =
+            args.iter().map(|a| if a.contains(' ') { format!("{a:?}") } else { (*a).to_owned() }).collect();
+        doc.push_str(&format!("$ conveyor {}\n", quoted.join(" ")));
+        if !ran.stderr.is_empty() {
+            doc.push_str(&format!("[stderr]\n{}", ran.stderr));
+        }
+        doc.push_str(&ran.stdout);
+        doc.push_str(&format!("[exit {}]\n\n", ran.code));
+    };
+    let cli = |args: Vec<&'static str>| {
+        let env = env.clone();
+        async move { (args.clone(), run(&env, &args).await) }
+    };
+    let ago = |hours: i64| Utc::now() - chrono::Duration::hours(hours);
+    let verified = |app: &'static str, tag: &'static str| stack.wait_for_state(app, "stage", tag, "verified");
+
+    stack.push("shop-api", "v1.4.0", &digest(140), ago(50)).await;
+    stack.push("billing", "v2.3.0", &digest(230), ago(30)).await;
+    verified("shop-api", "v1.4.0").await.unwrap();
+    verified("billing", "v2.3.0").await.unwrap();
+    for (args, ran) in [
+        cli(vec!["promote", "shop-api", "v1.4.0", "--reason", "spring release", "--wait"]).await,
+        cli(vec!["promote", "billing", "v2.3.0", "--wait"]).await,
+    ] {
+        show(&mut doc, &args, &ran);
+    }
+    stack.push("shop-api", "v1.4.1", &digest(141), ago(20)).await;
+    verified("shop-api", "v1.4.1").await.unwrap();
+    let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--dry-run"]).await;
+    show(&mut doc, &args, &ran);
+    let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--wait"]).await;
+    show(&mut doc, &args, &ran);
+    stack.push("shop-api", "v1.5.0", &bad, ago(6)).await;
+    verified("shop-api", "v1.5.0").await.unwrap();
+    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.0", "--reason", "new checkout", "--wait"]).await;
+    show(&mut doc, &args, &ran);
+    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.0"]).await;
+    show(&mut doc, &args, &ran);
+    stack.push("shop-api", "v1.5.1", &digest(151), ago(3)).await;
+    verified("shop-api", "v1.5.1").await.unwrap();
+    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.1", "--reason", "checkout fix", "--wait", "--json"]).await;
+    show(&mut doc, &args, &ran);
+
+    let (args, ran) =
+        cli(vec!["pause", "shop-api", "--env", "stage", "--reason", "INC-42 payment provider outage"]).await;
+    show(&mut doc, &args, &ran);
+    stack.push("shop-api", "v1.6.0", &digest(160), ago(1)).await;
+    stack
+        .wait_for("the held push", Duration::from_secs(20), || async {
+            let record = world.record("shop-api", "stage").await?;
+            (record["held_push"]["tag"] == "v1.6.0").then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", stack.deliveries().last()));
+    for args in [vec!["status"], vec!["status", "shop-api", "--json"], vec!["promote", "shop-api", "v1.6.0"]] {
+        let (args, ran) = cli(args).await;
+        show(&mut doc, &args, &ran);
+    }
+    let (args, ran) = cli(vec!["resume", "shop-api", "--env", "stage", "--deploy-latest"]).await;
+    show(&mut doc, &args, &ran);
+    verified("shop-api", "v1.6.0").await.unwrap();
+    for args in [
+        vec!["rollback", "shop-api", "--dry-run"],
+        vec!["rollback", "shop-api", "--reason", "INC-43 slow checkout", "--wait"],
+        vec!["status"],
+        vec!["history", "shop-api"],
+        vec!["history", "shop-api", "--env", "prod", "--limit", "3", "--json"],
+        vec!["metrics"],
+        vec!["metrics", "shop-api", "--json"],
+    ] {
+        let (args, ran) = cli(args).await;
+        show(&mut doc, &args, &ran);
+    }
+    let dir = std::env::temp_dir().join(format!("conveyor-docs-{}", world.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = json!({ "repository": "cart", "container": "api", "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$",
+        "environments": { "stage": { "cluster": stage, "service": "cart" }, "prod": { "cluster": prod, "service": "cart" } } });
+    std::fs::write(dir.join("cart.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let mut typo = config.clone();
+    typo["environments"]["prod"]["service"] = json!("shop-api");
+    typo["contianer"] = json!("api");
+    typo.as_object_mut().unwrap().remove("container");
+    std::fs::write(dir.join("cart-web.json"), serde_json::to_string_pretty(&typo).unwrap()).unwrap();
+    let (cart, cart_web) =
+        (dir.join("cart.json").display().to_string(), dir.join("cart-web.json").display().to_string());
+    for args in [
+        vec!["config", "validate", cart.as_str(), cart_web.as_str()],
+        vec!["config", "put", cart.as_str()],
+        vec!["config", "validate"],
+    ] {
+        let ran = run(&env, &args).await;
+        show(&mut doc, &args, &ran);
+    }
+    let path = conveyor_testkit::repo_root().join("target/cli-docs.md");
+    std::fs::write(&path, realign(&doc.replace(&format!("-{}", world.id), ""))).unwrap();
+    println!("wrote {}", path.display());
+}
+
+/// Table lines (` APP  ENV ...`: one leading blank) with their columns padded again, after names
+/// got shorter.
+fn realign(text: &str) -> String {
+    let columns = Regex::new(r"\S(?: ?\S)*").unwrap();
+    let mut out: Vec<String> = Vec::new();
+    let mut block: Vec<Vec<String>> = Vec::new();
+    let flush = |block: &mut Vec<Vec<String>>, out: &mut Vec<String>| {
+        let widths: Vec<usize> = (0..block.iter().map(Vec::len).max().unwrap_or(0))
+            .map(|i| block.iter().filter_map(|row| row.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in block.drain(..) {
+            let cells: Vec<String> =
+                row.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = widths[i])).collect();
+            out.push(format!(" {}", cells.join("  ")).trim_end().to_owned());
+        }
+    };
+    for line in text.lines() {
+        let table_line = line.starts_with(' ') && !line.starts_with("  ") || line.starts_with("  TAG");
+        if table_line {
+            let mut cells: Vec<String> = columns.find_iter(line).map(|m| m.as_str().to_owned()).collect();
+            if line.starts_with("  TAG") {
+                cells.insert(0, String::new());
+            }
+            block.push(cells);
+        } else {
+            flush(&mut block, &mut out);
+            out.push(line.to_owned());
+        }
+    }
+    flush(&mut block, &mut out);
+    out.join("\n") + "\n"
+}
