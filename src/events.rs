@@ -131,7 +131,7 @@ pub struct DeploymentEvent {
 /// What deploy-monitor receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorEvent {
-    Deployment(DeploymentEvent),
+    Deployment(Box<DeploymentEvent>),
     /// The EventBridge schedule: reconcile every in-flight rollout.
     Sweep,
 }
@@ -171,7 +171,7 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         .deployment_id
         .filter(|id| !id.is_empty())
         .ok_or_else(|| InvalidEvent("ECS deployment event without `deploymentId`".into()))?;
-    Ok(Ok(MonitorEvent::Deployment(DeploymentEvent {
+    Ok(Ok(MonitorEvent::Deployment(Box::new(DeploymentEvent {
         event_id: event.id,
         time: event.time,
         account,
@@ -182,7 +182,7 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         name,
         deployment_id,
         reason: detail.reason,
-    })))
+    }))))
 }
 
 impl DeploymentEvent {

@@ -135,6 +135,9 @@ impl RevisionCache {
     }
 }
 
+/// Which role and region an ECS client works with.
+type RemoteKey = (Option<String>, Option<String>);
+
 /// Everything an invocation needs, built once per cold start and reused while warm.
 pub struct Conveyor {
     pub clients: Clients,
@@ -150,7 +153,7 @@ pub struct Conveyor {
     /// Invalid config versions this instance has already seen announced (saves a write per push).
     mentioned: Mutex<std::collections::HashSet<(String, i64)>>,
     /// ECS clients of other accounts and regions, by (role, region).
-    remote: Mutex<std::collections::HashMap<(Option<String>, Option<String>), Ecs>>,
+    remote: Mutex<std::collections::HashMap<RemoteKey, Ecs>>,
     /// What this process does (`stage-deploy`, `promote`, `cli`...): names assumed-role sessions.
     pub operation: String,
 }

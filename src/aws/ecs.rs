@@ -245,9 +245,15 @@ impl Ecs {
             let request =
                 taskdef::registration(self.client.register_task_definition(), &source.definition, &source.tags, swap);
             let request_tags = request.get_tags().clone();
-            let described = source.raw.clone();
+            let Some(described) = source.raw.clone() else {
+                // Without what ECS sent, nothing proves the copy complete: refuse rather than guess.
+                return Err(RegisterError::Unmodeled {
+                    arn: source.arn().to_owned(),
+                    members: vec!["(its definition as ECS sent it could not be read)".into()],
+                });
+            };
             let check = RequestCheck::new(move |body: &Value| {
-                let members = taskdef::unmodeled_members(described.as_ref()?, body);
+                let members = taskdef::unmodeled_members(&described, body);
                 (!members.is_empty()).then(|| members.join(", "))
             });
             let raw = RawCapture::default();

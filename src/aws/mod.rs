@@ -166,13 +166,17 @@ impl Clients {
         Clients::from_config(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
     }
 
-    /// Clients with Conveyor's retry policy: adaptive (client-side rate limiting when throttled),
-    /// six attempts, except for SNS: a notification that cannot go out stays in the outbox and is
-    /// sent later, so an outage of SNS must not slow every deployment down.
+    /// Clients with Conveyor's retry policy: six attempts with exponential backoff from 0.2 s to
+    /// at most 5 s (a call throttled throughout gives up after about 6 s, well inside the
+    /// functions' timeouts, and the invocation is retried by Lambda; the adaptive mode's client-side
+    /// rate limiter was measured to keep one call retrying for 90 s), except for SNS: a
+    /// notification that cannot go out stays in the outbox and is sent later, so an outage of SNS
+    /// must not slow every deployment down.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
-        let retry = aws_config::retry::RetryConfig::adaptive()
+        let retry = aws_config::retry::RetryConfig::standard()
             .with_max_attempts(6)
-            .with_initial_backoff(std::time::Duration::from_millis(200));
+            .with_initial_backoff(std::time::Duration::from_millis(200))
+            .with_max_backoff(std::time::Duration::from_secs(5));
         let config = config.to_builder().retry_config(retry).build();
         let sns_config = aws_sdk_sns::config::Builder::from(&config)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
