@@ -1,10 +1,12 @@
 //! A local HTTP endpoint standing in for a service's `health_url` and for a Slack webhook: it
-//! answers every request with a settable status and keeps what it received.
+//! answers every request with a settable status (after a settable delay) and keeps what it
+//! received, and how many requests it was serving at once at most.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -24,6 +26,10 @@ pub struct Received {
 struct State {
     status: AtomicU16,
     received: Mutex<Vec<Received>>,
+    /// How long each answer waits, in milliseconds.
+    delay_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 pub struct LocalHttp {
@@ -33,7 +39,13 @@ pub struct LocalHttp {
 
 impl LocalHttp {
     pub async fn start(status: u16) -> LocalHttp {
-        let state = Arc::new(State { status: AtomicU16::new(status), received: Mutex::default() });
+        let state = Arc::new(State {
+            status: AtomicU16::new(status),
+            received: Mutex::default(),
+            delay_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
         let served = state.clone();
         let addr = serve(move |request| answer(served.clone(), request)).await;
         LocalHttp { addr, state }
@@ -49,6 +61,34 @@ impl LocalHttp {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Makes every answer from now on wait `delay` (a slow endpoint).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The most requests the endpoint was serving at the same time (overlap, not elapsed time,
+    /// tells whether a caller checks several endpoints concurrently).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn enter(state: Arc<State>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -74,10 +114,15 @@ where
 }
 
 async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _in_flight = InFlight::enter(state.clone());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     state.received.lock().unwrap().push(Received { method, path, body: String::from_utf8_lossy(&body).into_owned() });
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = status;
