@@ -451,7 +451,7 @@ async fn config_validate_and_put_use_the_functions_validator() {
     );
 
     let checked = setup.run(&["config", "validate", &billing, &typo, &thief]).await.exits(1);
-    insta::assert_snapshot!("config_validate", stable(&checked.stdout).replace(&dir.display().to_string(), "[dir]"));
+    insta::assert_snapshot!("config_validate", stable(&checked.stdout.replace(&dir.display().to_string(), "[dir]")));
     let doc = setup.run(&["config", "validate", &billing, &typo, &thief, "--json"]).await.exits(1).json();
     let valid: Vec<bool> = doc["apps"].as_array().unwrap().iter().map(|a| a["valid"].as_bool().unwrap()).collect();
     assert_eq!(valid, [true, false, false]);
@@ -665,7 +665,9 @@ async fn docs_examples_from_the_local_stack() {
         vec!["rollback", "shop-api", "--dry-run"],
         vec!["rollback", "shop-api", "--reason", "INC-43 slow checkout", "--wait"],
         vec!["status"],
+        vec!["status", "shop-api"],
         vec!["history", "shop-api"],
+        vec!["history", "shop-api", "--env", "prod", "--limit", "6"],
         vec!["history", "shop-api", "--env", "prod", "--limit", "3", "--json"],
         vec!["metrics"],
         vec!["metrics", "shop-api", "--json"],
@@ -678,21 +680,28 @@ async fn docs_examples_from_the_local_stack() {
     let config = json!({ "repository": "cart", "container": "api", "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$",
         "environments": { "stage": { "cluster": stage, "service": "cart" }, "prod": { "cluster": prod, "service": "cart" } } });
     std::fs::write(dir.join("cart.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    // Claims shop-api's prod service; and one with a typo.
+    let mut thief = config.clone();
+    thief["environments"]["stage"]["service"] = json!("cart-web");
+    thief["environments"]["prod"]["service"] = json!("shop-api");
+    std::fs::write(dir.join("cart-web.json"), serde_json::to_string_pretty(&thief).unwrap()).unwrap();
     let mut typo = config.clone();
-    typo["environments"]["prod"]["service"] = json!("shop-api");
-    typo["contianer"] = json!("api");
-    typo.as_object_mut().unwrap().remove("container");
-    std::fs::write(dir.join("cart-web.json"), serde_json::to_string_pretty(&typo).unwrap()).unwrap();
-    let (cart, cart_web) =
-        (dir.join("cart.json").display().to_string(), dir.join("cart-web.json").display().to_string());
+    typo["environments"]["stage"]["service"] = json!("cart-worker");
+    typo["environments"]["prod"]["service"] = json!("cart-worker");
+    typo["contianer"] = typo.as_object_mut().unwrap().remove("container").unwrap();
+    std::fs::write(dir.join("cart-worker.json"), serde_json::to_string_pretty(&typo).unwrap()).unwrap();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (cart, cart_web, cart_worker) = (file("cart.json"), file("cart-web.json"), file("cart-worker.json"));
     for args in [
-        vec!["config", "validate", cart.as_str(), cart_web.as_str()],
+        vec!["config", "validate", cart.as_str(), cart_web.as_str(), cart_worker.as_str()],
         vec!["config", "put", cart.as_str()],
+        vec!["config", "put", cart_web.as_str()],
         vec!["config", "validate"],
     ] {
         let ran = run(&env, &args).await;
         show(&mut doc, &args, &ran);
     }
+    let doc = doc.replace(&dir.display().to_string(), "apps");
     let path = conveyor_testkit::repo_root().join("target/cli-docs.md");
     std::fs::write(&path, realign(&doc.replace(&format!("-{}", world.id), ""))).unwrap();
     println!("wrote {}", path.display());
