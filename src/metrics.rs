@@ -79,8 +79,13 @@ pub fn document(
     Value::Object(document)
 }
 
+/// Writes a document where Lambda's log pipeline picks it up: stdout, inside Lambda only (the
+/// CLI commits transitions too, and its stdout is its answer).
 fn write(document: &Value) {
-    println!("{document}");
+    static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()) {
+        println!("{document}");
+    }
 }
 
 /// Counts a committed transition.

@@ -5,7 +5,6 @@ mod commands;
 mod context;
 mod error;
 mod output;
-mod stdout;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
     };
     init_logs(cli.global.verbose);
     let tty = std::io::stdout().is_terminal();
-    let mut out = stdout::take(cli.global.verbose > 0);
+    let mut out = std::io::stdout().lock();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

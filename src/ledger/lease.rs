@@ -64,6 +64,9 @@ pub struct Held<S> {
     pub waiting: Option<Waiting>,
     /// The lease was taken over from a holder that outlived it: that holder may have died half-way.
     pub took_over: bool,
+    /// What the previous holder did in AWS but could not commit (its release kept it), and what
+    /// this holder did so far: a commit clears it, a release without a commit keeps it.
+    pub intent: Option<serde_json::Value>,
     in_flight: bool,
 }
 
@@ -201,6 +204,7 @@ impl Ledger {
         let waiting = old.get("waiting").and_then(|w| serde_dynamo::from_attribute_value(w.clone()).ok());
         Ok(Held {
             in_flight: state.as_ref().is_some_and(LeasedState::in_flight),
+            intent: old.get("intent").and_then(|i| serde_dynamo::from_attribute_value(i.clone()).ok()),
             outbox: outbox_of(key, &old)?,
             key: key.clone(),
             token,
@@ -292,6 +296,7 @@ impl Ledger {
         };
         Ok(Held {
             in_flight: state.as_ref().is_some_and(LeasedState::in_flight),
+            intent: read.get("intent").and_then(|i| serde_dynamo::from_attribute_value(i.clone()).ok()),
             outbox: outbox_of(key, read)?,
             waiting: read.get("waiting").and_then(|w| serde_dynamo::from_attribute_value(w.clone()).ok()),
             took_over: lease_of(read).is_some_and(|lease| lease.token != token),
@@ -459,6 +464,7 @@ impl<S: LeasedState> Held<S> {
         self.version = version;
         self.outbox = outbox;
         self.in_flight = in_flight;
+        self.intent = None;
         self.state = Some(change.state);
         Ok(())
     }
@@ -492,6 +498,7 @@ impl<S: LeasedState> Held<S> {
         if change.clear_waiting {
             expr.remove("waiting");
         }
+        expr.remove("intent");
         self.fence(&mut expr);
         let update = Update::builder()
             .table_name(&ledger.table)
@@ -532,6 +539,9 @@ impl<S: LeasedState> Held<S> {
             .collect();
         let mut expr = Expr::default();
         expr.remove("lease");
+        if let Some(intent) = self.intent.as_ref().and_then(|i| serde_dynamo::to_attribute_value(i).ok()) {
+            expr.set("intent", intent);
+        }
         if remaining.is_empty() {
             expr.remove("outbox");
         } else {

@@ -96,10 +96,12 @@ pub fn verify(rollout: &Rollout, service: &ServiceState) -> Verification {
 /// How to get a failed rollout's service back to something good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailurePlan {
-    /// ECS (its deployment circuit breaker) already moved the service back to this revision.
+    /// The service is already back on this revision: by ECS's circuit breaker, or by an earlier
+    /// attempt of Conveyor's (`by_conveyor`) whose outcome could not be recorded.
     AlreadyRolledBack {
         to: String,
         deployment_id: String,
+        by_conveyor: bool,
     },
     RollBack {
         to: String,
@@ -110,7 +112,8 @@ pub enum FailurePlan {
     ChangedOutside,
 }
 
-pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState) -> FailurePlan {
+/// `issued`: the deployment id of a rollback an earlier attempt issued for this rollout.
+pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState, issued: Option<&str>) -> FailurePlan {
     if let Some(primary) = service.primary() {
         let ours = rollout.deployment_id.as_deref() == Some(primary.id.as_str());
         if !ours && primary.task_definition != rollout.task_definition_arn {
@@ -118,6 +121,7 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState)
                 return FailurePlan::AlreadyRolledBack {
                     to: primary.task_definition.clone(),
                     deployment_id: primary.id.clone(),
+                    by_conveyor: issued == Some(primary.id.as_str()),
                 };
             }
             return FailurePlan::ChangedOutside;
@@ -411,7 +415,7 @@ mod tests {
         let mut state = state_with(ours.clone());
         let failing = service(vec![deployment("ecs-svc/3", Primary, Failed, TD3, 0)], 0);
         // The replaced revision runs the baseline's image: back to it.
-        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::RollBack { to: TD1.into() });
+        assert_eq!(failure_plan(&state, &ours, &failing, None), FailurePlan::RollBack { to: TD1.into() });
         state.last_verified = Some(Verified {
             rollout_id: "v".into(),
             tag: ImageTag::parse("v1").unwrap(),
@@ -420,7 +424,7 @@ mod tests {
             task_definition_arn: TD2.into(),
             at: at(0),
         });
-        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::RollBack { to: TD2.into() });
+        assert_eq!(failure_plan(&state, &ours, &failing, None), FailurePlan::RollBack { to: TD2.into() });
     }
 
     #[test]
@@ -432,8 +436,13 @@ mod tests {
             2,
         );
         assert_eq!(
-            failure_plan(&state, &ours, &rolled_back),
-            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into() }
+            failure_plan(&state, &ours, &rolled_back, None),
+            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into(), by_conveyor: false }
+        );
+        // The same, after an attempt of Conveyor's issued that rollback but could not record it.
+        assert_eq!(
+            failure_plan(&state, &ours, &rolled_back, Some("ecs-svc/9")),
+            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into(), by_conveyor: true }
         );
         let terraform = service(
             vec![
@@ -442,7 +451,7 @@ mod tests {
             ],
             2,
         );
-        assert_eq!(failure_plan(&state, &ours, &terraform), FailurePlan::ChangedOutside);
+        assert_eq!(failure_plan(&state, &ours, &terraform, None), FailurePlan::ChangedOutside);
     }
 
     #[test]
@@ -451,7 +460,7 @@ mod tests {
         ours.previous = Revision { arn: TD1.into(), digest: Some(digest('1')) };
         let state = state_with(ours.clone());
         let failing = service(vec![deployment("ecs-svc/2", Primary, Failed, TD1, 0)], 0);
-        assert_eq!(failure_plan(&state, &ours, &failing), FailurePlan::NothingToRollBackTo);
+        assert_eq!(failure_plan(&state, &ours, &failing, None), FailurePlan::NothingToRollBackTo);
     }
 
     #[test]

@@ -256,25 +256,38 @@ async fn roll_back(
     let ecs = conveyor.ecs(target).await?;
     let state = held.require_state()?.clone();
     let now = Utc::now();
-    let (settlement, watch) = match decide::failure_plan(&state, rollout, service) {
+    let issued = held
+        .intent
+        .as_ref()
+        .filter(|intent| intent["rollout_id"] == rollout.id.as_str())
+        .and_then(|intent| intent["rollback_deployment_id"].as_str().map(str::to_owned));
+    let (settlement, watch) = match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
         FailurePlan::ChangedOutside => return changed_outside(conveyor, app, env, held).await,
-        FailurePlan::AlreadyRolledBack { to, deployment_id } => (
-            Settlement::RolledBack {
-                reason: format!("{reason} (ECS circuit breaker already rolled back)"),
-                to: to.clone(),
-                by: RolledBackBy::CircuitBreaker,
-            },
-            Some((to, Some(deployment_id), RolledBackBy::CircuitBreaker)),
-        ),
+        FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
+            let (by, how) = if by_conveyor {
+                (RolledBackBy::Conveyor, "rolled back by Conveyor")
+            } else {
+                (RolledBackBy::CircuitBreaker, "ECS circuit breaker already rolled back")
+            };
+            let settlement = Settlement::RolledBack { reason: format!("{reason} ({how})"), to: to.clone(), by };
+            (settlement, Some((to, Some(deployment_id), by)))
+        }
         FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, &to).await {
-            Ok((to, deployment_id)) => (
-                Settlement::RolledBack {
-                    reason: format!("{reason} (rolled back by Conveyor)"),
-                    to: to.clone(),
-                    by: RolledBackBy::Conveyor,
-                },
-                Some((to, deployment_id, RolledBackBy::Conveyor)),
-            ),
+            Ok((to, deployment_id)) => {
+                // Remembered by the release should the commit below fail: the retry then knows
+                // the rollback it finds in place was Conveyor's.
+                held.intent = Some(serde_json::json!({
+                    "rollout_id": rollout.id, "rollback_to": to, "rollback_deployment_id": deployment_id,
+                }));
+                (
+                    Settlement::RolledBack {
+                        reason: format!("{reason} (rolled back by Conveyor)"),
+                        to: to.clone(),
+                        by: RolledBackBy::Conveyor,
+                    },
+                    Some((to, deployment_id, RolledBackBy::Conveyor)),
+                )
+            }
             Err(error) if error.retryable => {
                 warn!(app = %app.name, environment = %env, error = %error, "rollback not issued yet: the invocation fails and is retried");
                 return Err(error.into());

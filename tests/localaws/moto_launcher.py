@@ -73,6 +73,7 @@ from werkzeug.wrappers import Request, Response
 
 ACCOUNT_ID = "123456789012"
 LOCK = threading.RLock()
+DYNAMODB_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,6 +757,12 @@ class Control:
 
     def serve(self, request: Request, operation: str | None, body: bytes, environ, start_response):
         target = request.headers.get("X-Amz-Target", "")
+        if target.startswith("DynamoDB_"):
+            # DynamoDB applies a conditional write atomically; moto checks the condition and then
+            # writes without a lock, so two concurrent writers could both pass. One at a time here.
+            with DYNAMODB_LOCK:
+                answer = Response.from_app(self.inner, environ, buffered=True)
+            return answer(environ, start_response)
         if target.startswith(ECS_TARGET_PREFIX) and operation in (
             "RegisterTaskDefinition", "DescribeTaskDefinition", "DeregisterTaskDefinition", "DeleteTaskDefinitions"
         ):
