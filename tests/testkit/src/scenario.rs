@@ -1,17 +1,16 @@
 //! The story Conveyor exists for, end to end on a [`LocalStack`]: push → stage → verify → promote
-//! → prod; a bad push rolls back and alerts; promoting it is refused. `make demo` prints it; the
-//! end-to-end tests assert it. Every step checks what it expects and fails with what it saw.
+//! (with the `conveyor` CLI, following the rollout) → prod, also in another AWS account; a bad
+//! push rolls back and alerts; promoting it is refused. `make demo` prints it; the end-to-end
+//! tests assert it. Every step checks what it expects and fails with what it saw.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::runtime_api::Invocation;
-use crate::stack::{LocalStack, MomentKind, StackOptions};
+use crate::accounts::PROD_ACCOUNT;
+use crate::stack::{CliRun, LocalStack, MomentKind, StackOptions};
 use crate::world::digest;
-
-pub const APPS: [&str; 2] = ["shop-api", "billing"];
 
 /// The digests the scenario pushes; `BAD` is the one whose tasks fail.
 pub fn good() -> String {
@@ -37,8 +36,9 @@ fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
-/// Seeds the apps: shop-api (with a FireLens sidecar and a Slack webhook) and billing, each with a
-/// stage and a prod service.
+/// Seeds the apps: shop-api (with a FireLens sidecar and a Slack webhook), with a stage and a prod
+/// service here; billing, whose prod runs in another AWS account (Conveyor assumes the role
+/// `infra/target-account.yaml` creates there).
 pub async fn seed(stack: &LocalStack) {
     let world = &stack.world;
     let webhook = format!("{}/secrets/slack-webhook", world.prefix);
@@ -51,11 +51,29 @@ pub async fn seed(stack: &LocalStack) {
             json!({ "slack_webhook_parameter": webhook, "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$" }),
         )
         .await;
-    world.seed_app("billing", "billing", false, json!({})).await;
+    world.seed_app_across("billing", "billing", PROD_ACCOUNT).await;
     stack.say(
         MomentKind::Step,
-        "seeded shop-api (api + log_router sidecar) and billing, each with a stage and a prod service",
+        format!(
+            "seeded shop-api (api + log_router sidecar; stage and prod here) and billing (stage here, prod in account {PROD_ACCOUNT})"
+        ),
     );
+}
+
+/// Runs a `conveyor` command as an operator would, shows it on the timeline, and checks its exit
+/// code.
+async fn operator(stack: &LocalStack, args: &[&str], expected: i32) -> Result<CliRun, String> {
+    let ran = stack.cli(args).await;
+    let mut text = format!("$ conveyor {}", args.join(" "));
+    for line in ran.stderr.lines().chain(ran.stdout.lines()) {
+        text.push_str("\n  ");
+        text.push_str(line);
+    }
+    stack.say(MomentKind::Command, text);
+    check(ran.code == expected, || {
+        format!("`conveyor {}` exited {}, not {expected}: {}{}", args.join(" "), ran.code, ran.stdout, ran.stderr)
+    })?;
+    Ok(ran)
 }
 
 pub async fn story(stack: &LocalStack) -> Result<(), String> {
@@ -69,13 +87,23 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
     stack.wait_for_state("billing", "stage", "v2.3.0", "verified").await?;
     let stage_image = world.app_image("shop-api", "stage").await;
     check(stage_image.ends_with(&good()), || format!("stage runs {stage_image}, not the pushed digest"))?;
+    operator(stack, &["status"], 0).await?;
 
-    stack.say(MomentKind::Step, "promote shop-api v1.0.0 to prod");
-    let answer = promote(stack, json!({ "app": "shop-api", "tag": "v1.0.0" })).await?;
-    check(answer["status"] == "deploying" && answer["digest"] == good(), || format!("promote answered {answer}"))?;
-    stack.wait_for_state("shop-api", "prod", "v1.0.0", "verified").await?;
+    stack.say(MomentKind::Step, "promote shop-api v1.0.0 to prod, and follow it");
+    operator(stack, &["promote", "shop-api", "v1.0.0", "--reason", "release 1.0", "--wait"], 0).await?;
     let prod_image = world.app_image("shop-api", "prod").await;
     check(prod_image == stage_image, || format!("prod runs {prod_image}, stage vetted {stage_image}"))?;
+
+    stack.say(MomentKind::Step, format!("promote billing v2.3.0 to its prod, in account {PROD_ACCOUNT}"));
+    let refused = operator(stack, &["promote", "billing", "v2.3.0"], 4).await?;
+    check(refused.stderr.contains("ecr:BatchGetImage") || refused.stdout.contains("ecr:BatchGetImage"), || {
+        format!("the refusal does not say what to add: {}{}", refused.stdout, refused.stderr)
+    })?;
+    stack.say(MomentKind::Step, format!("let account {PROD_ACCOUNT} pull billing (the statement promote asked for)"));
+    world.allow_pull("billing", PROD_ACCOUNT).await;
+    operator(stack, &["promote", "billing", "v2.3.0", "--wait"], 0).await?;
+    let billing_prod = world.image_in(PROD_ACCOUNT, &billing_prod(stack)).await;
+    check(billing_prod.ends_with(&billing()), || format!("billing prod (account {PROD_ACCOUNT}) runs {billing_prod}"))?;
 
     stack.say(MomentKind::Step, "push shop-api:v1.1.0, whose tasks fail to start");
     stack.push("shop-api", "v1.1.0", &bad(), now - chrono::Duration::seconds(30)).await;
@@ -97,20 +125,20 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
     })?;
 
     stack.say(MomentKind::Step, "try to promote shop-api v1.1.0");
-    match stack.promote.invoke(json!({ "app": "shop-api", "tag": "v1.1.0" })).await {
-        Invocation::Error { error_type, error_message } if error_type == "NotVetted" => {
-            stack.say(MomentKind::Step, format!("refused: {error_type}: {error_message}"));
-        }
-        other => return Err(format!("promoting v1.1.0 was not refused with NotVetted: {other:?}")),
-    }
+    let refused = operator(stack, &["promote", "shop-api", "v1.1.0"], 1).await?;
+    check(format!("{}{}", refused.stdout, refused.stderr).contains("NotVetted"), || {
+        format!("promoting v1.1.0 was not refused with NotVetted: {}{}", refused.stdout, refused.stderr)
+    })?;
     let prod_after = world.app_image("shop-api", "prod").await;
     check(prod_after == prod_image, || format!("prod changed to {prod_after}"))?;
+    operator(stack, &["history", "shop-api"], 0).await?;
 
     let expected = ["stage deploying", "stage verified", "prod promoted", "prod verified", "stage rolled_back"];
     let outcomes = || {
         let alerts = stack.alerts();
         alerts
             .iter()
+            .filter(|a| a["MessageAttributes"]["app"] == "shop-api")
             .map(|a| {
                 let attributes = &a["MessageAttributes"];
                 format!(
@@ -131,23 +159,13 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
     Ok(())
 }
 
-async fn promote(stack: &LocalStack, payload: Value) -> Result<Value, String> {
-    match stack.promote.invoke(payload.clone()).await {
-        Invocation::Response(answer) => {
-            let revision = answer["task_definition_arn"].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?");
-            let line = format!(
-                "promote {} {} ⇒ {} {} ({revision})",
-                payload["app"].as_str().unwrap_or("?"),
-                payload["tag"].as_str().unwrap_or("?"),
-                answer["status"].as_str().unwrap_or("?"),
-                answer["digest"].as_str().unwrap_or("?").chars().take(19).collect::<String>(),
-            );
-            stack.say(MomentKind::Delivery, line);
-            Ok(answer)
-        }
-        Invocation::Error { error_type, error_message } => {
-            Err(format!("promote {payload} failed: {error_type}: {error_message}"))
-        }
+/// billing's prod service (in the other account).
+fn billing_prod(stack: &LocalStack) -> crate::world::ServiceFixture {
+    crate::world::ServiceFixture {
+        cluster: stack.world.name("prod-b"),
+        service: "billing".into(),
+        family: stack.world.name("billing-prod-b"),
+        initial_task_definition: String::new(),
     }
 }
 

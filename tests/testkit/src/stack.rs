@@ -3,7 +3,6 @@
 //! Runtime API, ECS deployments advancing by themselves, and the alert topic and a Slack sink
 //! watched. The demo and the end-to-end tests run on it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +36,18 @@ pub enum MomentKind {
     Notification,
     /// The Slack sink received a post.
     Slack,
+    /// An operator ran a `conveyor` command; its output.
+    Command,
     /// Something went wrong.
     Problem,
+}
+
+/// How a `conveyor` command ended.
+#[derive(Debug, Clone)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// One event a rule routed to a function, and the function's answer.
@@ -70,7 +79,9 @@ pub struct LocalStack {
     pub world: World,
     pub bus: String,
     pub slack: Arc<LocalHttp>,
-    pub promote: Function,
+    pub promote: Arc<Function>,
+    /// The Lambda Invoke API the `conveyor` CLI reaches (`AWS_ENDPOINT_URL_LAMBDA`).
+    pub lambda: crate::lambda_api::LambdaApi,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
     alerts: Arc<Mutex<Vec<Value>>>,
     moments: mpsc::UnboundedSender<Moment>,
@@ -92,10 +103,14 @@ impl LocalStack {
         });
         let rules: Vec<&str> = ROUTES.iter().map(|(rule, _)| *rule).collect();
         let queues = world.aws.install_rules(&bus, &rules, parameters, REGION, "123456789012").await;
+        // ECS moves deployments forward in both accounts; the prod account's events land on this
+        // bus, as its forwarding rule (infra/target-account.yaml) puts them on Conveyor's.
+        let prod_b = world.name("prod-b");
         world
             .aws
-            .autopilot(
-                &[stage_cluster, prod_cluster],
+            .autopilot_in(
+                &[crate::local_aws::ACCOUNT, crate::accounts::PROD_ACCOUNT],
+                &[stage_cluster, prod_cluster, prod_b],
                 &bus,
                 options.rollout_seconds,
                 &options.fail_digests,
@@ -122,8 +137,31 @@ impl LocalStack {
         tasks.push(tokio::spawn(watch_slack(slack.clone(), moments.clone())));
         let alerts = Arc::new(Mutex::new(Vec::new()));
         tasks.push(tokio::spawn(watch_alerts(world.clone(), alerts.clone(), moments.clone())));
-        let promote = Function::spawn("promote", &env).await;
-        LocalStack { world, bus, slack, promote, deliveries, alerts, moments, tasks }
+        let promote = Arc::new(Function::spawn("promote", &env).await);
+        let lambda = crate::lambda_api::LambdaApi::start().await;
+        lambda.add("promote", promote.clone());
+        LocalStack { world, bus, slack, promote, lambda, deliveries, alerts, moments, tasks }
+    }
+
+    /// Runs the `conveyor` CLI (the debug build) against this stack, as an operator would.
+    pub async fn cli(&self, args: &[&str]) -> CliRun {
+        let mut env = self.world.function_env();
+        env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+        env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
+        let output = tokio::process::Command::new(crate::function::binary("conveyor"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NO_COLOR", "1")
+            .envs(env)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run conveyor: {e}"));
+        CliRun {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// Adds a line to the timeline.
@@ -322,34 +360,4 @@ async fn watch_slack(slack: Arc<LocalHttp>, moments: mpsc::UnboundedSender<Momen
         seen = received.len();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Deployment facts of a running stack, for the final table.
-pub async fn release_table(world: &World, apps: &[&str]) -> Vec<HashMap<&'static str, String>> {
-    let mut rows = Vec::new();
-    for app in apps {
-        for env in ["stage", "prod"] {
-            let record = world.record(app, env).await.unwrap_or(Value::Null);
-            let current = &record["rollout"];
-            let verified = &record["last_verified"];
-            let mut row = HashMap::new();
-            row.insert("app", app.to_string());
-            row.insert("env", env.to_owned());
-            row.insert(
-                "last rollout",
-                format!(
-                    "{} {}",
-                    current["tag"].as_str().unwrap_or("-"),
-                    current["state"]["kind"].as_str().unwrap_or("")
-                ),
-            );
-            row.insert("runs (verified)", verified["tag"].as_str().unwrap_or("-").to_owned());
-            let digest = verified["digest"].as_str().unwrap_or("-");
-            row.insert("digest", digest.chars().take(19).collect());
-            let td = verified["task_definition_arn"].as_str().unwrap_or("-");
-            row.insert("task definition", td.rsplit('/').next().unwrap_or(td).to_owned());
-            rows.push(row);
-        }
-    }
-    rows
 }

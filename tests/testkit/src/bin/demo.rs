@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use conveyor_testkit::scenario;
-use conveyor_testkit::stack::{release_table, LocalStack, Moment, MomentKind};
+use conveyor_testkit::stack::{LocalStack, Moment, MomentKind};
 use conveyor_testkit::World;
 use tokio::sync::mpsc;
 
@@ -15,9 +15,12 @@ async fn main() -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     let paint =
         move |code: &str, text: &str| if colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() };
-    println!("{}", paint("1", "Conveyor demo: push → stage → verify → promote → prod; a bad push rolls back"));
     println!(
-        "local AWS: moto server with the ECS deployment lifecycle; routing: the SAM template's EventBridge rules\n"
+        "{}",
+        paint("1", "Conveyor demo: push → stage → verify → promote → prod (here and in another account); a bad push rolls back")
+    );
+    println!(
+        "local AWS: moto server with the ECS deployment lifecycle and a second account; routing: the SAM template's EventBridge rules; operator: the conveyor CLI\n"
     );
 
     let started = Instant::now();
@@ -29,6 +32,7 @@ async fn main() -> ExitCode {
                 MomentKind::Delivery => ("32", "event"),
                 MomentKind::Notification => ("33", "alert"),
                 MomentKind::Slack => ("35", "slack"),
+                MomentKind::Command => ("1;34", "cli  "),
                 MomentKind::Problem => ("1;31", "FAIL "),
             };
             let when = format!("{} +{:>5.1}s", moment.at.format("%H:%M:%S%.3f"), started.elapsed().as_secs_f64());
@@ -48,21 +52,11 @@ async fn main() -> ExitCode {
         stack.say(MomentKind::Problem, problem.clone());
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await; // the last alerts
-    let rows = release_table(&stack.world, &scenario::APPS).await;
+    let status = stack.cli(&["status"]).await;
     drop(stack);
     drop(moments);
     let _ = printer.await;
-
-    let columns = ["app", "env", "runs (verified)", "digest", "task definition", "last rollout"];
-    let widths: Vec<usize> =
-        columns.iter().map(|c| rows.iter().map(|r| r[c].chars().count()).chain([c.len()]).max().unwrap_or(0)).collect();
-    let line = |cells: Vec<String>| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
-    };
-    println!("\n{}", paint("1", &line(columns.iter().map(|c| c.to_string()).collect())));
-    for row in &rows {
-        println!("{}", line(columns.iter().map(|c| row[c].clone()).collect()));
-    }
+    println!("\n{}\n{}", paint("1", "$ conveyor status"), status.stdout.trim_end());
     match result {
         Ok(()) => {
             println!("\n{} in {:.1} s", paint("1;32", "demo passed"), started.elapsed().as_secs_f64());
