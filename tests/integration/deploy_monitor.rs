@@ -204,7 +204,8 @@ async fn events_of_unmanaged_services_are_skipped() {
     let monitor = deploy_monitor(&world).await;
     for file in ["ecs-deployment-completed.json", "ecs-deployment-failed.json"] {
         let event: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{}/tests/fixtures/events/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+            &std::fs::read_to_string(conveyor_testkit::repo_root().join(format!("tests/fixtures/events/{file}")))
+                .unwrap(),
         )
         .unwrap();
         let report = monitor.invoke(event).await.response();

@@ -49,7 +49,7 @@ struct Entry {
 }
 
 fn corpus() -> Vec<Entry> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/taskdefs");
+    let dir = conveyor_testkit::repo_root().join("tests/fixtures/taskdefs");
     let read = |path: &Path| -> Value {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -8,7 +8,7 @@ use conveyor_testkit::World;
 use serde_json::{json, Value};
 
 fn sample(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = conveyor_testkit::repo_root().join(format!("tests/fixtures/events/{name}"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

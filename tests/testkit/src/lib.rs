@@ -21,7 +21,27 @@ pub use world::World;
 
 use std::path::PathBuf;
 
-/// The repository root.
+/// The repository root, found at run time (a checkout can move after it was built): the
+/// `CONVEYOR_REPO` variable, else the nearest ancestor of this executable, or of the working
+/// directory, that holds Conveyor's `infra/template.yaml` and `tests/localaws`.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(root) = std::env::var_os("CONVEYOR_REPO") {
+            return PathBuf::from(root);
+        }
+        let is_root =
+            |dir: &std::path::Path| dir.join("infra/template.yaml").is_file() && dir.join("tests/localaws").is_dir();
+        let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
+        starts
+            .into_iter()
+            .flatten()
+            .find_map(|start| start.ancestors().find(|dir| is_root(dir)).map(std::path::Path::to_path_buf))
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot find Conveyor's repository above this program or the working directory: set CONVEYOR_REPO"
+                )
+            })
+    })
+    .clone()
 }
