@@ -135,8 +135,8 @@ impl RevisionCache {
     }
 }
 
-/// Which role and region an ECS client works with.
-type RemoteKey = (Option<String>, Option<String>);
+/// Which role and region an ECS client works with, and for which app.
+type RemoteKey = (Option<String>, Option<String>, String);
 
 /// Everything an invocation needs, built once per cold start and reused while warm.
 pub struct Conveyor {
@@ -154,7 +154,8 @@ pub struct Conveyor {
     mentioned: Mutex<std::collections::HashSet<(String, i64)>>,
     /// ECS clients of other accounts and regions, by (role, region).
     remote: Mutex<std::collections::HashMap<RemoteKey, Ecs>>,
-    /// What this process does (`stage-deploy`, `promote`, `cli`...): names assumed-role sessions.
+    /// What this process does (the function's name, or `conveyor` for the CLI): names
+    /// assumed-role sessions.
     pub operation: String,
 }
 
@@ -199,17 +200,21 @@ impl Conveyor {
         }
     }
 
-    /// The ECS client for a service: Conveyor's own, or one working in the target's account and
-    /// region with the target's role (credentials cached and refreshed before they expire).
-    pub async fn ecs(&self, target: &ServiceTarget) -> Result<Ecs, AwsError> {
+    /// The ECS client for an app's service in `env`: Conveyor's own, or one working in the
+    /// target's account and region with the target's role, assumed in a session named after the
+    /// app and this function (CloudTrail in that account says who did what), with credentials
+    /// cached and refreshed before they expire.
+    pub async fn ecs(&self, app: &config::AppConfig, env: types::Environment) -> Result<Ecs, AwsError> {
+        let target: &ServiceTarget = app.target(env);
         if target.role_arn.is_none() && target.region.is_none() {
             return Ok(self.clients.ecs.clone());
         }
-        let key = (target.role_arn.clone(), target.region.clone());
+        let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
         if let Some(ecs) = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned()) {
             return Ok(ecs);
         }
-        let ecs = self.clients.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &self.operation).await;
+        let session = format!("{}-{}", app.name, self.operation);
+        let ecs = self.clients.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
         if let Ok(mut clients) = self.remote.lock() {
             clients.insert(key, ecs.clone());
         }

@@ -132,14 +132,14 @@ pub struct Clients {
 
 impl Clients {
     /// An ECS client for another region, and (with `role_arn`) another account: every call made
-    /// with the role's credentials, assumed with a session named after `operation`.
-    pub async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, operation: &str) -> Ecs {
+    /// with the role's credentials, assumed in a session named `conveyor-{session}`.
+    pub async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Ecs {
         let mut config = self.config.to_builder();
         if let Some(region) = region {
             config = config.region(aws_config::Region::new(region.to_owned()));
         }
         if let Some(role) = role_arn {
-            let session: String = format!("conveyor-{operation}")
+            let session: String = format!("conveyor-{session}")
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() || "=,.@-".contains(c) { c } else { '-' })
                 .take(64)

@@ -147,7 +147,7 @@ async fn settle(
     let target = app.target(env);
     let service = match service {
         Some(service) => service,
-        None => match conveyor.ecs(target).await?.service(&target.cluster, &target.service).await {
+        None => match conveyor.ecs(app, env).await?.service(&target.cluster, &target.service).await {
             Ok(service) => service,
             Err(error) if error.code == "ServiceNotFound" => {
                 return service_gone(conveyor, app, env, held, rollout, &error).await
@@ -253,7 +253,7 @@ async fn roll_back(
     reason: String,
 ) -> Result<Handled, DeployError> {
     let target = app.target(env);
-    let ecs = conveyor.ecs(target).await?;
+    let ecs = conveyor.ecs(app, env).await?;
     let state = held.require_state()?.clone();
     let now = Utc::now();
     let issued = held
@@ -347,7 +347,7 @@ async fn issue_rollback(
     to: &str,
 ) -> Result<(String, Option<String>), AwsError> {
     let target = app.target(env);
-    let ecs = &conveyor.ecs(target).await?;
+    let ecs = &conveyor.ecs(app, env).await?;
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
     };
@@ -529,7 +529,7 @@ async fn reconcile_item(
     if rollout.is_none() && watch.is_none() {
         return Ok(None);
     }
-    let service = match conveyor.ecs(target).await?.service(&target.cluster, &target.service).await {
+    let service = match conveyor.ecs(app, env).await?.service(&target.cluster, &target.service).await {
         Ok(service) => Ok(service),
         Err(error) if error.code == "ServiceNotFound" => Err(error),
         Err(error) => return Err(error.into()),

@@ -185,7 +185,7 @@ pub fn tag_of_image(image: &str) -> Option<&str> {
 /// What a service runs: its revision, the app container's image, tag and digest.
 pub async fn running(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> Result<Running, AwsError> {
     let target = app.target(env);
-    let ecs = conveyor.ecs(target).await?;
+    let ecs = conveyor.ecs(app, env).await?;
     let service: ServiceState = ecs.service(&target.cluster, &target.service).await?;
     let revision = conveyor.revision(&ecs, &service.task_definition).await?;
     let image = taskdef::container_image(&revision.definition, &app.container).map(str::to_owned);

@@ -91,7 +91,7 @@ pub fn new_id(now: DateTime<Utc>) -> String {
 /// Reads the service and the revision it runs.
 pub async fn observe(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> Result<Observed, DeployError> {
     let target = app.target(env);
-    let ecs = conveyor.ecs(target).await?;
+    let ecs = conveyor.ecs(app, env).await?;
     let service = ecs.service(&target.cluster, &target.service).await?;
     let running = conveyor.revision(&ecs, &service.task_definition).await?;
     let image = taskdef::container_image(&running.definition, &app.container).map(str::to_owned);
@@ -306,7 +306,7 @@ async fn roll_out(
     took_over: bool,
 ) -> Result<Rollout, RollOutError> {
     let target = app.target(env);
-    let ecs = &conveyor.ecs(target).await?;
+    let ecs = &conveyor.ecs(app, env).await?;
     let current_image = observed.app_image(app)?;
     let image = match candidate.source {
         ImageSource::Exact(uri) => uri.to_owned(),
