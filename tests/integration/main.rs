@@ -11,6 +11,7 @@ mod holes_monitor;
 mod holes_state;
 mod localaws_faults;
 mod promote;
+mod properties;
 mod real_taskdefs;
 mod routing;
 mod stage_deploy;
