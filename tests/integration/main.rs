@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod aws_calls;
+mod channels;
 mod cli;
 mod cross_account;
 mod deploy_monitor;

@@ -26,6 +26,8 @@ pub struct Received {
 struct State {
     status: AtomicU16,
     received: Mutex<Vec<Received>>,
+    /// The requests answered (after the delay), in the order answered.
+    answered: Mutex<Vec<Received>>,
     /// How long each answer waits, in milliseconds.
     delay_ms: AtomicU64,
     in_flight: AtomicUsize,
@@ -42,6 +44,7 @@ impl LocalHttp {
         let state = Arc::new(State {
             status: AtomicU16::new(status),
             received: Mutex::default(),
+            answered: Mutex::default(),
             delay_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -61,6 +64,13 @@ impl LocalHttp {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered, in the order answered (after their delay): while its delay runs, a
+    /// request is in [`LocalHttp::received`] only. With a delay far longer than a client's timeout
+    /// (a hung Slack webhook), what the client gave up on is never here: what was delivered.
+    pub fn answered(&self) -> Vec<Received> {
+        self.state.answered.lock().unwrap().clone()
     }
 
     /// Makes every answer from now on wait `delay` (a slow endpoint).
@@ -118,11 +128,13 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    state.received.lock().unwrap().push(Received { method, path, body: String::from_utf8_lossy(&body).into_owned() });
+    let received = Received { method, path, body: String::from_utf8_lossy(&body).into_owned() };
+    state.received.lock().unwrap().push(received.clone());
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    state.answered.lock().unwrap().push(received);
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = status;
