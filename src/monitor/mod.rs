@@ -491,6 +491,10 @@ async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocat
         return deliver(conveyor, &key, invocation).await.into_iter().collect();
     };
     match reconcile_item(conveyor, app, env, &state, invocation).await {
+        // Still waiting for ECS (no lease was taken): notifications left undelivered go out anyway.
+        Ok(Some(handled)) if handled.action == "waiting" && item.contains_key("outbox") => {
+            std::iter::once(handled).chain(deliver(conveyor, &key, invocation).await).collect()
+        }
         Ok(Some(handled)) => vec![handled],
         Ok(None) => deliver(conveyor, &key, invocation).await.into_iter().collect(),
         Err(error) => {

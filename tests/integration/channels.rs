@@ -20,13 +20,7 @@ use serde_json::{json, Value};
 
 /// Library bugs found here and not fixed yet: (name, what is wrong). Each is printed whenever a
 /// test meets it; nothing else is excused.
-const KNOWN_BUGS: &[(&str, &str)] = &[(
-    "sweep-skips-outbox-of-in-flight-item",
-    "src/monitor/mod.rs, sweep_item/reconcile_item: for an environment whose rollout or rollback is still \
-     in progress, the sweep answers `waiting` and returns before `deliver`, so notifications waiting in that \
-     item's outbox (SNS or Slack was down) stay there until the rollout settles, instead of going out with \
-     the next sweep once the channel is back",
-)];
+const KNOWN_BUGS: &[(&str, &str)] = &[];
 
 /// `ok`, or a known bug (printed, `false`), or a failure.
 #[track_caller]
