@@ -7,7 +7,7 @@ VENV := .venv
 INFRA_VENV := .venv-infra
 INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup infra-tools build lint test unit demo bench infra release size clean
+.PHONY: help setup infra-tools build lint test unit demo bench soak fuzz infra release size clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,24 @@ bench: setup ## cold start, latency and memory of the release binaries (x86_64, 
 
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
 	cargo test --workspace --locked
+
+# The long runs of the proofs (about an hour on 2 cores): the whole fault and crash matrix, 500
+# model sequences of 60 steps, 10,000 cases per property, the burst's 1.5x goal asserted.
+soak: setup build ## the long runs: full fault matrix, long model test, 10k property cases, strict burst
+	CONVEYOR_MATRIX=full CONVEYOR_MODEL=long PROPTEST_CASES=10000 CONVEYOR_BURST_STRICT=1 \
+	  cargo test --locked --test integration -- --nocapture --test-threads 2 fault_matrix:: model:: properties:: burst::
+
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := push_event monitor_event app_config promote_request
+# cargo fuzz needs nightly (sanitizers); cargo-fuzz goes into .local, the corpus into fuzz/corpus.
+fuzz: ## cargo fuzz each parser for FUZZ_SECONDS (nightly; not in CI; see fuzz/README.md)
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	test -x .local/bin/cargo-fuzz || cargo install cargo-fuzz --locked --root .local
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$target; \
+	  PATH="$(CURDIR)/.local/bin:$$PATH" cargo +nightly fuzz run $$target corpus/$$target seeds/$$target -- \
+	    -dict=json.dict -max_total_time=$(FUZZ_SECONDS); \
+	done
 
 infra-tools: ## SAM CLI, cfn-lint, checkov, cargo-lambda into .venv-infra
 	tests/localaws/setup.sh --infra

@@ -429,15 +429,29 @@ impl<S: LeasedState> Held<S> {
                     TransactWriteItemsError::TransactionCanceledException(cancelled) => {
                         cancelled.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect()
                     }
-                    _ => return Err(aws("TransactWriteItems")(SdkError::ServiceError(error))),
+                    _ => {
+                        let error = aws("TransactWriteItems")(SdkError::ServiceError(error));
+                        if self.applied(ledger, &commit_id).await {
+                            break;
+                        }
+                        return Err(error);
+                    }
                 },
-                Err(error) => return Err(aws("TransactWriteItems")(error)),
+                Err(error) => {
+                    // A timeout, a broken connection, a 5xx: applied or not, the answer does not
+                    // say. Taking it for "not applied" would fail a transition that happened (and
+                    // the release would then write this holder's outdated outbox over it).
+                    let error = aws("TransactWriteItems")(error);
+                    if self.applied(ledger, &commit_id).await {
+                        break;
+                    }
+                    return Err(error);
+                }
             };
             if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") {
                 // Our own commit, applied, whose answer was lost (the SDK's retry then failed the
                 // condition)? Otherwise the lease was lost.
-                let applied = ledger.item(&self.key).await?.and_then(|item| item.get("last_commit").cloned());
-                if applied == Some(AttributeValue::S(commit_id.clone())) {
+                if self.applied(ledger, &commit_id).await {
                     break;
                 }
                 return Err(LedgerError::LeaseLost { item: self.key.label() });
@@ -467,6 +481,21 @@ impl<S: LeasedState> Held<S> {
         self.intent = None;
         self.state = Some(change.state);
         Ok(())
+    }
+
+    /// Whether the item carries `commit_id` as its last commit: a commit whose answer was lost
+    /// was applied. A read that fails says "not known to be applied" (the release is fenced by
+    /// the version, so it cannot overwrite a commit applied unbeknownst).
+    async fn applied(&self, ledger: &Ledger, commit_id: &str) -> bool {
+        match ledger.item(&self.key).await {
+            Ok(item) => {
+                item.and_then(|item| item.get("last_commit").cloned()) == Some(AttributeValue::S(commit_id.into()))
+            }
+            Err(error) => {
+                tracing::warn!(item = %self.key.label(), error = %error, "could not read back a commit whose answer was lost");
+                false
+            }
+        }
     }
 
     fn state_update(
@@ -527,6 +556,12 @@ impl<S: LeasedState> Held<S> {
 
     /// Releases the lease, dropping from the outbox what was delivered. Best effort: a lease that
     /// cannot be released expires.
+    ///
+    /// The release bumps the version (an item read before it is out of date: a lease taken on
+    /// such a read, as promote's is, would deliver an outbox already delivered), and is fenced by
+    /// it: should a commit have been applied unbeknownst to this holder (its answer lost and the
+    /// read-back failed), the release only frees the lease and leaves the item as that commit
+    /// wrote it, its notifications in the outbox.
     pub async fn release(self, ledger: &Ledger, deliveries: &[Delivery]) {
         let remaining: Vec<OutboxEntry> = self
             .outbox
@@ -552,8 +587,57 @@ impl<S: LeasedState> Held<S> {
         } else {
             expr.remove("pending");
         }
-        expr.condition("{} = {}", vec![Arg::Name("lease.token"), Arg::Value(AttributeValue::S(self.token.clone()))]);
-        let released = ledger
+        if self.version > 0 {
+            expr.set("version", AttributeValue::N((self.version + 1).to_string()));
+        }
+        self.fence(&mut expr);
+        match self.update(ledger, &expr).await {
+            Ok(()) => {}
+            Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
+                let mut expr = Expr::default();
+                expr.remove("lease");
+                expr.condition(
+                    "{} = {}",
+                    vec![Arg::Name("lease.token"), Arg::Value(AttributeValue::S(self.token.clone()))],
+                );
+                match self.update(ledger, &expr).await {
+                    Ok(()) => tracing::warn!(item = %self.key.label(),
+                        "the item changed under the lease (a commit whose answer was lost): only the lease released"),
+                    Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
+                        tracing::warn!(item = %self.key.label(), "lease already gone at release (expired and taken over)");
+                    }
+                    Err(error) => {
+                        tracing::warn!(item = %self.key.label(), error = %aws("UpdateItem")(error), "could not release the lease; it will expire");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(item = %self.key.label(), error = %aws("UpdateItem")(error), "could not release the lease; it will expire");
+            }
+        }
+    }
+
+    /// Writes the intent of an action this holder is about to take in AWS, before taking it: a
+    /// retry after a crash or a lost answer then knows the action it finds done was its own.
+    pub async fn record_intent(&mut self, ledger: &Ledger, intent: serde_json::Value) -> Result<(), LedgerError> {
+        let mut expr = Expr::default();
+        expr.set("intent", serde_dynamo::to_attribute_value(&intent).map_err(|e| invalid("UpdateItem", e))?);
+        self.fence(&mut expr);
+        match self.update(ledger, &expr).await {
+            Ok(()) => {}
+            // The write leaves the fence as it was: a retry of an applied attempt passes it too,
+            // so only a lost lease fails it.
+            Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
+                return Err(LedgerError::LeaseLost { item: self.key.label() });
+            }
+            Err(error) => return Err(aws("UpdateItem")(error)),
+        }
+        self.intent = Some(intent);
+        Ok(())
+    }
+
+    async fn update(&self, ledger: &Ledger, expr: &Expr) -> Result<(), SdkError<UpdateItemError>> {
+        ledger
             .db
             .update_item()
             .table_name(&ledger.table)
@@ -563,16 +647,8 @@ impl<S: LeasedState> Held<S> {
             .set_expression_attribute_names(expr.names())
             .set_expression_attribute_values(expr.values())
             .send()
-            .await;
-        match released {
-            Ok(_) => {}
-            Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
-                tracing::warn!(item = %self.key.label(), "lease already gone at release (expired and taken over)");
-            }
-            Err(error) => {
-                tracing::warn!(item = %self.key.label(), error = %aws("UpdateItem")(error), "could not release the lease; it will expire");
-            }
-        }
+            .await
+            .map(|_| ())
     }
 
     /// The item's state, or `LedgerError::Corrupt` when there is none.

@@ -112,16 +112,21 @@ pub enum FailurePlan {
     ChangedOutside,
 }
 
-/// `issued`: the deployment id of a rollback an earlier attempt issued for this rollout.
+/// `issued`: the revision an earlier attempt was rolling this rollout back to (its intent, written
+/// before its `UpdateService`).
 pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState, issued: Option<&str>) -> FailurePlan {
     if let Some(primary) = service.primary() {
         let ours = rollout.deployment_id.as_deref() == Some(primary.id.as_str());
         if !ours && primary.task_definition != rollout.task_definition_arn {
-            if primary.task_definition == rollout.previous.arn || state.knows_revision(&primary.task_definition) {
+            let by_conveyor = issued == Some(primary.task_definition.as_str());
+            if by_conveyor
+                || primary.task_definition == rollout.previous.arn
+                || state.knows_revision(&primary.task_definition)
+            {
                 return FailurePlan::AlreadyRolledBack {
                     to: primary.task_definition.clone(),
                     deployment_id: primary.id.clone(),
-                    by_conveyor: issued == Some(primary.id.as_str()),
+                    by_conveyor,
                 };
             }
             return FailurePlan::ChangedOutside;
@@ -441,8 +446,24 @@ mod tests {
         );
         // The same, after an attempt of Conveyor's issued that rollback but could not record it.
         assert_eq!(
-            failure_plan(&state, &ours, &rolled_back, Some("ecs-svc/9")),
+            failure_plan(&state, &ours, &rolled_back, Some(TD1)),
             FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into(), by_conveyor: true }
+        );
+        // Conveyor's, to a revision it registered again (the target was deregistered).
+        let registered_again = service(
+            vec![
+                deployment("ecs-svc/9", Primary, InProgress, TERRAFORM, 0),
+                deployment("ecs-svc/2", Active, Failed, TD2, 0),
+            ],
+            2,
+        );
+        assert_eq!(
+            failure_plan(&state, &ours, &registered_again, Some(TERRAFORM)),
+            FailurePlan::AlreadyRolledBack {
+                to: TERRAFORM.into(),
+                deployment_id: "ecs-svc/9".into(),
+                by_conveyor: true
+            }
         );
         let terraform = service(
             vec![

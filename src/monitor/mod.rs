@@ -260,7 +260,7 @@ async fn roll_back(
         .intent
         .as_ref()
         .filter(|intent| intent["rollout_id"] == rollout.id.as_str())
-        .and_then(|intent| intent["rollback_deployment_id"].as_str().map(str::to_owned));
+        .and_then(|intent| intent["rollback_to"].as_str().map(str::to_owned));
     let (settlement, watch) = match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
         FailurePlan::ChangedOutside => return changed_outside(conveyor, app, env, held).await,
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
@@ -272,27 +272,23 @@ async fn roll_back(
             let settlement = Settlement::RolledBack { reason: format!("{reason} ({how})"), to: to.clone(), by };
             (settlement, Some((to, Some(deployment_id), by)))
         }
-        FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, &to).await {
-            Ok((to, deployment_id)) => {
-                // Remembered by the release should the commit below fail: the retry then knows
-                // the rollback it finds in place was Conveyor's.
-                held.intent = Some(serde_json::json!({
-                    "rollout_id": rollout.id, "rollback_to": to, "rollback_deployment_id": deployment_id,
-                }));
-                (
-                    Settlement::RolledBack {
-                        reason: format!("{reason} (rolled back by Conveyor)"),
-                        to: to.clone(),
-                        by: RolledBackBy::Conveyor,
-                    },
-                    Some((to, deployment_id, RolledBackBy::Conveyor)),
-                )
-            }
-            Err(error) if error.retryable => {
+        FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, held, rollout, &to).await {
+            Ok((to, deployment_id)) => (
+                Settlement::RolledBack {
+                    reason: format!("{reason} (rolled back by Conveyor)"),
+                    to: to.clone(),
+                    by: RolledBackBy::Conveyor,
+                },
+                Some((to, deployment_id, RolledBackBy::Conveyor)),
+            ),
+            Err(DeployError::Aws(error)) if error.retryable => {
                 warn!(app = %app.name, environment = %env, error = %error, "rollback not issued yet: the invocation fails and is retried");
                 return Err(error.into());
             }
-            Err(error) => (Settlement::Failed { reason: format!("{reason} (rollback to {to} failed: {error})") }, None),
+            Err(DeployError::Aws(error)) => {
+                (Settlement::Failed { reason: format!("{reason} (rollback to {to} failed: {error})") }, None)
+            }
+            Err(error) => return Err(error),
         },
         FailurePlan::NothingToRollBackTo => (
             Settlement::Failed {
@@ -340,17 +336,24 @@ async fn roll_back(
 
 /// Points the service back at `to`. A revision deregistered since is registered again from its
 /// definition (ECS refuses to run an INACTIVE one). Returns the revision and the deployment.
+/// Rolls the service back to `to`, the intent written first (fenced by the lease): a retry after
+/// a crash or a lost `UpdateService` answer then knows the rollback it finds in place is
+/// Conveyor's, not the circuit breaker's.
 async fn issue_rollback(
     conveyor: &Conveyor,
     app: &AppConfig,
     env: Environment,
+    held: &mut Held<EnvState>,
+    rollout: &Rollout,
     to: &str,
-) -> Result<(String, Option<String>), AwsError> {
+) -> Result<(String, Option<String>), DeployError> {
     let target = app.target(env);
     let ecs = &conveyor.ecs(app, env).await?;
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
     };
+    let intent = |to: &str| serde_json::json!({ "rollout_id": rollout.id, "rollback_to": to });
+    held.record_intent(&conveyor.ledger, intent(to)).await?;
     match ecs.update_service(&target.cluster, &target.service, to).await {
         Ok(updated) => Ok((to.to_owned(), deployment_of(&updated, to))),
         Err(error) if is_inactive_revision(&error) => {
@@ -363,11 +366,12 @@ async fn issue_rollback(
             let arn = conveyor.revisions.keep(registered).arn().to_owned();
             info!(app = %app.name, environment = %env, deregistered = %to, task_definition_arn = %arn,
                 "the rollback target was deregistered: registered it again");
+            held.record_intent(&conveyor.ledger, intent(&arn)).await?;
             let updated = ecs.update_service(&target.cluster, &target.service, &arn).await?;
             let deployment = deployment_of(&updated, &arn);
             Ok((arn, deployment))
         }
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -3,14 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 mod aws_calls;
+mod burst;
 mod channels;
 mod cli;
 mod cross_account;
 mod deploy_monitor;
 mod e2e;
+mod fault_matrix;
 mod holes_monitor;
 mod holes_state;
 mod localaws_faults;
+mod model;
 mod promote;
 mod properties;
 mod real_taskdefs;

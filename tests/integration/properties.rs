@@ -15,7 +15,7 @@
 //! ```
 //!
 //! A failure is shrunk to a minimal input and printed; proptest records its seed under
-//! `tests/integration/proptest-regressions/` so that the next run tries it first.
+//! `tests/proptest-regressions/properties.txt` so that the next run tries it first.
 //!
 //! Library bugs a property exposes are listed in [`KNOWN_BUGS`] (printed whenever one is hit):
 //! the property keeps asserting the correct behaviour for every other input.
@@ -713,7 +713,7 @@ fn parse_text(kind: &str, text: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(heavy(6))]
+    #![proptest_config(heavy(4))]
 
     /// One member replaced by a string of 1 to 2 MiB (ASCII, multi-byte unicode, escapes).
     #[test]
@@ -740,6 +740,10 @@ proptest! {
             _ => {}
         }
     }
+}
+
+proptest! {
+    #![proptest_config(cases(64))]
 
     /// Arrays or objects nested 100 to 20,000 deep, in place of the whole document or one member:
     /// past serde_json's recursion limit (128) the text is refused with an error, below it the

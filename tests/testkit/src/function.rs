@@ -105,6 +105,36 @@ impl Function {
         }
     }
 
+    /// The process id (for [`crate::local_aws::FaultMode::Kill`]); `None` once it was reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
+    }
+
+    /// Gives each later invocation `budget` before its deadline instead of 60 s (see
+    /// [`RuntimeApi::set_deadline`]): the leases it takes then expire `budget` + 10 s after it
+    /// starts, so a lease it leaves behind (a failed release, a crash) is reclaimed within seconds.
+    pub fn set_deadline(&self, budget: Duration) {
+        self.api.set_deadline(budget);
+    }
+
+    /// Invokes the function and waits at most `timeout` for its answer, or for the process to die
+    /// (killed by a [`crate::local_aws::FaultMode::Kill`] fault, say): `Err` says which, with the
+    /// logs' last lines. Unlike [`Function::invoke`], never panics.
+    pub async fn try_invoke(&mut self, payload: Value, timeout: Duration) -> Result<Invocation, String> {
+        let answer = tokio::select! {
+            answer = self.api.invoke(payload, timeout) => answer,
+            status = self.process.wait() => Err(match status {
+                Ok(status) => format!("the process ended without answering ({status})"),
+                Err(error) => format!("the process could not be waited for: {error}"),
+            }),
+        };
+        answer.map_err(|error| {
+            let logs = self.logs();
+            let tail = logs[logs.len().saturating_sub(5)..].join("\n");
+            format!("{}: {error}\nlast log lines:\n{tail}", self.name)
+        })
+    }
+
     /// Every line the process has written so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()

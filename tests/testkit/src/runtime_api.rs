@@ -51,7 +51,12 @@ struct State {
     next: Mutex<mpsc::UnboundedReceiver<Pending>>,
     answers: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
     init_error: Mutex<Option<String>>,
+    /// Milliseconds from the start of an invocation to its deadline (see [`RuntimeApi::set_deadline`]).
+    budget_ms: AtomicU64,
 }
+
+/// The time Lambda gives an invocation by default here: the functions' 60 s timeout.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One Runtime API endpoint, serving one function (one process at a time, like a Lambda sandbox).
 pub struct RuntimeApi {
@@ -69,6 +74,7 @@ impl RuntimeApi {
             next: Mutex::new(next),
             answers: Mutex::default(),
             init_error: Mutex::default(),
+            budget_ms: AtomicU64::new(DEFAULT_DEADLINE.as_millis() as u64),
         });
         let served = state.clone();
         let addr = crate::http::serve(move |request| route(served.clone(), request)).await;
@@ -88,6 +94,17 @@ impl RuntimeApi {
                 Err(format!("no answer to {id} within {timeout:?}; init error: {init:?}"))
             }
         }
+    }
+
+    /// Gives each invocation handed out from now on `budget` before its deadline (the
+    /// `Lambda-Runtime-Deadline-Ms` header), instead of [`DEFAULT_DEADLINE`] — as a function
+    /// configured with a shorter timeout gets. Conveyor's leases expire at the holder's deadline
+    /// plus `conveyor::LEASE_MARGIN` (10 s): with the default, a lease left by an invocation that
+    /// failed to release it or was killed is reclaimable only 70 s after it started; with a budget
+    /// of a few seconds, within seconds, so fault and crash tests can wait for it. Only the header
+    /// changes: nothing stops an invocation at its deadline (Lambda would).
+    pub fn set_deadline(&self, budget: Duration) {
+        self.state.budget_ms.store(budget.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// When the function first polled for an invocation, if it has.
@@ -117,7 +134,8 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Result<Response
         let Some(pending) = state.next.lock().await.recv().await else {
             return Ok(reply(StatusCode::GONE, Bytes::new()));
         };
-        let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
+        let budget = state.budget_ms.load(Ordering::Relaxed) as i64;
+        let deadline = chrono::Utc::now().timestamp_millis() + budget;
         let mut response = reply(StatusCode::OK, Bytes::from(pending.payload.to_string()));
         let headers = response.headers_mut();
         headers.insert("lambda-runtime-aws-request-id", pending.id.parse().unwrap());

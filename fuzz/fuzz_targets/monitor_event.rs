@@ -1,0 +1,11 @@
+//! `cargo fuzz run monitor_event` (nightly, libFuzzer); without cargo fuzz, a replay binary:
+//! `cargo run --release --bin monitor_event -- FILE_OR_DIR...` (or the input on standard input).
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| conveyor_fuzz::monitor_event(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    conveyor_fuzz::replay("monitor_event", conveyor_fuzz::monitor_event);
+}
