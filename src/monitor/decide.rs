@@ -120,6 +120,7 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
         if !ours && primary.task_definition != rollout.task_definition_arn {
             let by_conveyor = issued == Some(primary.task_definition.as_str());
             if by_conveyor
+                || rolled_back_by_circuit_breaker(rollout, service)
                 || primary.task_definition == rollout.previous.arn
                 || state.knows_revision(&primary.task_definition)
             {
@@ -136,6 +137,16 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
         Some(to) => FailurePlan::RollBack { to },
         None => FailurePlan::NothingToRollBackTo,
     }
+}
+
+/// ECS's circuit breaker failed this rollout's deployment and went back to the last deployment
+/// that completed: possibly the revision of an earlier rollout the record no longer names (a newer
+/// push superseded it before its COMPLETED event arrived). Not a change outside Conveyor.
+fn rolled_back_by_circuit_breaker(rollout: &Rollout, service: &ServiceState) -> bool {
+    let failed_by_breaker = |d: &crate::aws::Deployment| {
+        d.failed() && d.rollout_state_reason.as_deref().is_some_and(|r| r.starts_with("ECS deployment circuit breaker"))
+    };
+    rollout.deployment_id.as_deref().and_then(|id| service.deployment(id)).is_some_and(failed_by_breaker)
 }
 
 /// What the sweep does with a rollout still in progress.
@@ -473,6 +484,19 @@ mod tests {
             2,
         );
         assert_eq!(failure_plan(&state, &ours, &terraform, None), FailurePlan::ChangedOutside);
+        // The circuit breaker went back to a revision the record no longer names (an earlier
+        // rollout, superseded before its COMPLETED event arrived): rolled back, not changed outside.
+        let mut failed = deployment("ecs-svc/2", Active, Failed, TD2, 0);
+        failed.rollout_state_reason = Some("ECS deployment circuit breaker: task failed to start.".into());
+        let breaker = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed], 2);
+        assert_eq!(
+            failure_plan(&state, &ours, &breaker, None),
+            FailurePlan::AlreadyRolledBack {
+                to: TERRAFORM.into(),
+                deployment_id: "ecs-svc/8".into(),
+                by_conveyor: false
+            }
+        );
     }
 
     #[test]

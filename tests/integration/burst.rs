@@ -33,9 +33,14 @@
 //! floor = max( max(0, R − B) / rate + L ,  (R·L + (N − R)·r) / 4 )
 //! ```
 //!
-//! and the goal is a burst within 1.5× of it. The burst's time and ratio are reported, not
-//! asserted (they measure the shared machine as much as Conveyor); `CONVEYOR_BURST_STRICT=1`
-//! makes the 1.5× goal an assertion.
+//! This **oracle floor** knows the future: in a shuffled burst a service's newest push reaches an
+//! instance anywhere in the sequence, and an older push handled before it has nothing to be
+//! coalesced with. The **causal floor** is the one coalescing allows: per service, every push newer
+//! than all of its pushes that reached an instance before it must be registered (Lambda's queue is
+//! invisible to a function), `R'` of them, so `max(0, R' − B) / rate + L`. Both are printed with
+//! the burst's ratio to each; the goal is 1.5× the causal floor. Times are reported, not asserted
+//! (they measure the shared machine as much as Conveyor); `CONVEYOR_BURST_STRICT=1` (`make soak`)
+//! makes the goal an assertion.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -247,13 +252,14 @@ async fn a_burst_of_200_shuffled_pushes_ends_on_the_newest_images_within_the_rat
     }
     let records_floor = (records as f64 - f64::from(BURST)).max(0.0) / RATE + rollout_latency.as_secs_f64();
     println!("burst: {n} deliveries ({} pushes, {} twice, {} late) of {SERVICES} services through {INSTANCES} stage-deploy instances, RegisterTaskDefinition limited to {RATE}/s burst {BURST}", pushes.len(), twice.len(), late.len());
-    println!("burst: took {:.1} s; floor {floor:.1} s (rate {rate_floor:.1} s = ({unavoidable} - {BURST}) / {RATE} + L {:.2} s; work {work_floor:.1} s = ({unavoidable} x L + {} x r {:.2} s) / {INSTANCES}); ratio {ratio:.2} (goal <= 1.5)",
+    println!("burst: took {:.1} s; oracle floor {floor:.1} s (rate {rate_floor:.1} s = ({unavoidable} - {BURST}) / {RATE} + L {:.2} s; work {work_floor:.1} s = ({unavoidable} x L + {} x r {:.2} s) / {INSTANCES}); ratio {ratio:.2} to this oracle floor",
         run.elapsed.as_secs_f64(), rollout_latency.as_secs_f64(), n - unavoidable, record_latency.as_secs_f64());
     println!("burst: {registrations} registrations ({unavoidable} unavoidable), {throttled} throttled calls, {} failed invocations retried, {} lost", run.failed_attempts(), run.lost.len());
     for (kind, count) in &kinds {
         println!("burst:   {count:4} {kind}");
     }
-    println!("burst: without looking beyond the delivered pushes, at least {records} registrations (pushes newer than all of their service's pushes delivered before them), so at least {records_floor:.1} s ({:.2}x the floor)", records_floor / floor);
+    let causal_ratio = run.elapsed.as_secs_f64() / records_floor;
+    println!("burst: causal floor {records_floor:.1} s: without looking beyond the pushes that reached an instance, at least {records} registrations (pushes newer than all of their service's pushes that reached an instance before them); ratio {causal_ratio:.2} (goal <= 1.5); the oracle floor is {:.2}x below it", records_floor / floor);
     println!("burst: {pointless} registrations were for a push whose service had a newer push already queued; for {newest_in_flight} of them a newer push had already reached an instance");
     let rollouts_per_service: Vec<usize> =
         (0..SERVICES).map(|app| registered_for.iter().filter(|(a, _, _)| *a == app).count()).collect();
@@ -307,6 +313,10 @@ async fn a_burst_of_200_shuffled_pushes_ends_on_the_newest_images_within_the_rat
     }
     assert_eq!(registrations, rollouts, "every registration became exactly one rollout");
     if std::env::var("CONVEYOR_BURST_STRICT").is_ok_and(|v| v == "1") {
-        assert!(ratio <= 1.5, "burst took {:.1} s, {ratio:.2}x its floor of {floor:.1} s", run.elapsed.as_secs_f64());
+        assert!(
+            causal_ratio <= 1.5,
+            "burst took {:.1} s, {causal_ratio:.2}x its causal floor of {records_floor:.1} s",
+            run.elapsed.as_secs_f64()
+        );
     }
 }

@@ -77,8 +77,9 @@ const KNOWN_BUGS: &[KnownBug] = &[KnownBug {
     what: "a revision Conveyor registered for an earlier, superseded rollout, found running (ECS's circuit \
            breaker rolled back to it), is adopted as a new rollout (`deploying`/`promoted` announced again, the \
            failed rollout `superseded`, its image not marked failed) instead of the failed rollout being \
-           `rolled_back` by the circuit breaker (src/rollout/start.rs note_what_runs, \
-           src/monitor/decide.rs failure_plan)",
+           `rolled_back` by the circuit breaker. The FAILED event's path knows it (src/monitor/decide.rs \
+           failure_plan: a deployment the circuit breaker failed); a push that comes first does not \
+           (src/rollout/start.rs note_what_runs adopts any unnamed revision carrying Conveyor's tags)",
 }];
 
 // ------------------------------------------------------------------------------------------------
