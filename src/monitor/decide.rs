@@ -141,12 +141,25 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
 
 /// ECS's circuit breaker failed this rollout's deployment and went back to the last deployment
 /// that completed: possibly the revision of an earlier rollout the record no longer names (a newer
-/// push superseded it before its COMPLETED event arrived). Not a change outside Conveyor.
+/// push superseded it before its COMPLETED event arrived). Not a change outside Conveyor, which
+/// registers a newer revision: the breaker only goes back to an earlier one of the same family.
 fn rolled_back_by_circuit_breaker(rollout: &Rollout, service: &ServiceState) -> bool {
     let failed_by_breaker = |d: &crate::aws::Deployment| {
         d.failed() && d.rollout_state_reason.as_deref().is_some_and(|r| r.starts_with("ECS deployment circuit breaker"))
     };
-    rollout.deployment_id.as_deref().and_then(|id| service.deployment(id)).is_some_and(failed_by_breaker)
+    let went_back = service.primary().is_some_and(|primary| {
+        match (family_revision(&primary.task_definition), family_revision(&rollout.task_definition_arn)) {
+            (Some((family, back)), Some((ours_family, ours))) => family == ours_family && back < ours,
+            _ => false,
+        }
+    });
+    went_back && rollout.deployment_id.as_deref().and_then(|id| service.deployment(id)).is_some_and(failed_by_breaker)
+}
+
+/// `…:task-definition/{family}:{revision}` → (family, revision).
+fn family_revision(arn: &str) -> Option<(&str, u32)> {
+    let (family, revision) = arn.rsplit_once('/')?.1.rsplit_once(':')?;
+    Some((family, revision.parse().ok()?))
 }
 
 /// What the sweep does with a rollout still in progress.
@@ -486,17 +499,20 @@ mod tests {
         assert_eq!(failure_plan(&state, &ours, &terraform, None), FailurePlan::ChangedOutside);
         // The circuit breaker went back to a revision the record no longer names (an earlier
         // rollout, superseded before its COMPLETED event arrived): rolled back, not changed outside.
-        let mut failed = deployment("ecs-svc/2", Active, Failed, TD2, 0);
+        const TD5: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:5";
+        const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
+        let later = rollout(TD5, "ecs-svc/5");
+        let state = state_with(later.clone());
+        let mut failed = deployment("ecs-svc/5", Active, Failed, TD5, 0);
         failed.rollout_state_reason = Some("ECS deployment circuit breaker: task failed to start.".into());
-        let breaker = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed], 2);
+        let breaker = service(vec![deployment("ecs-svc/8", Primary, InProgress, TD3, 0), failed.clone()], 2);
         assert_eq!(
-            failure_plan(&state, &ours, &breaker, None),
-            FailurePlan::AlreadyRolledBack {
-                to: TERRAFORM.into(),
-                deployment_id: "ecs-svc/8".into(),
-                by_conveyor: false
-            }
+            failure_plan(&state, &later, &breaker, None),
+            FailurePlan::AlreadyRolledBack { to: TD3.into(), deployment_id: "ecs-svc/8".into(), by_conveyor: false }
         );
+        // A newer revision is someone else's, whatever the failed deployment's reason says.
+        let newer = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed], 2);
+        assert_eq!(failure_plan(&state, &later, &newer, None), FailurePlan::ChangedOutside);
     }
 
     #[test]
