@@ -151,34 +151,14 @@ pub fn registration(
 mod maximal;
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
+#[path = "../tests/support/debug_fields.rs"]
+mod debug_fields;
 
+#[cfg(test)]
+mod tests {
+    use super::debug_fields::debug_fields;
     use super::maximal::{maximal_task_definition, APP_CONTAINER};
     use super::*;
-
-    /// Top-level fields of a `{:#?}` rendering: name => rendered value.
-    fn fields(pretty_debug: &str) -> BTreeMap<String, String> {
-        let mut fields = BTreeMap::new();
-        let mut current: Option<(String, String)> = None;
-        for line in pretty_debug.lines().skip(1) {
-            let top_level = line.strip_prefix("    ").filter(|rest| !rest.starts_with(' '));
-            match top_level.and_then(|rest| rest.split_once(": ")) {
-                Some((name, value)) if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
-                    fields.extend(current.take());
-                    current = Some((name.to_owned(), value.to_owned()));
-                }
-                _ => {
-                    if let Some((_, value)) = current.as_mut() {
-                        value.push('\n');
-                        value.push_str(line);
-                    }
-                }
-            }
-        }
-        fields.extend(current);
-        fields
-    }
 
     fn offline_client() -> aws_sdk_ecs::Client {
         let config = aws_sdk_ecs::Config::builder()
@@ -207,8 +187,8 @@ mod tests {
         let (definition, tags) = maximal_task_definition("shop-api-stage", "123456789012", "us-east-1");
         let request = registration(offline_client().register_task_definition(), &definition, &tags, &swap(PINNED));
 
-        let source = fields(&format!("{definition:#?}"));
-        let registered = fields(&format!("{:#?}", request.as_input()));
+        let source = debug_fields(&format!("{definition:#?}"));
+        let registered = debug_fields(&format!("{:#?}", request.as_input()));
         assert!(registered.len() >= 18, "parsed too few fields: {registered:?}");
 
         // Every field the request can carry is set, and equal to the source, but the two we change.

@@ -139,6 +139,17 @@ fn outbox_value(entries: &[OutboxEntry]) -> AttributeValue {
     AttributeValue::M(map)
 }
 
+/// The per-item reasons of a cancelled transaction (`None` in the list: that item's condition
+/// held); `None` for any other error.
+fn cancellation_reasons(error: &SdkError<TransactWriteItemsError>) -> Option<Vec<String>> {
+    match error.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+            Some(cancelled.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect())
+        }
+        _ => None,
+    }
+}
+
 fn invalid(operation: &'static str, error: impl std::fmt::Display) -> LedgerError {
     LedgerError::Aws(AwsError::new(operation, "InvalidRequest", error.to_string()))
 }
@@ -271,13 +282,10 @@ impl Ledger {
         let sent = self.db.transact_write_items().set_transact_items(Some(items)).send().await;
         let reasons: Vec<String> = match sent {
             Ok(_) => Vec::new(),
-            Err(SdkError::ServiceError(error)) => match error.err() {
-                TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-                    cancelled.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect()
-                }
-                _ => return Err(aws("TransactWriteItems")(SdkError::ServiceError(error))),
+            Err(error) => match cancellation_reasons(&error) {
+                Some(reasons) => reasons,
+                None => return Err(aws("TransactWriteItems")(error)),
             },
-            Err(error) => return Err(aws("TransactWriteItems")(error)),
         };
         if reasons.iter().skip(1).any(|r| r == "ConditionalCheckFailed") {
             return Err(LedgerError::Conflict { item: key.label(), what: "a condition on another item".into() });
@@ -425,28 +433,20 @@ impl<S: LeasedState> Held<S> {
                 .await;
             let reasons: Vec<String> = match sent {
                 Ok(_) => break,
-                Err(SdkError::ServiceError(error)) => match error.err() {
-                    TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-                        cancelled.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect()
-                    }
-                    _ => {
-                        let error = aws("TransactWriteItems")(SdkError::ServiceError(error));
+                Err(error) => match cancellation_reasons(&error) {
+                    Some(reasons) => reasons,
+                    None => {
+                        // A timeout, a broken connection, a 5xx: applied or not, the answer does
+                        // not say. Taking it for "not applied" would fail a transition that
+                        // happened (and the release would then write this holder's outdated
+                        // outbox over it).
+                        let error = aws("TransactWriteItems")(error);
                         if self.applied(ledger, &commit_id).await {
                             break;
                         }
                         return Err(error);
                     }
                 },
-                Err(error) => {
-                    // A timeout, a broken connection, a 5xx: applied or not, the answer does not
-                    // say. Taking it for "not applied" would fail a transition that happened (and
-                    // the release would then write this holder's outdated outbox over it).
-                    let error = aws("TransactWriteItems")(error);
-                    if self.applied(ledger, &commit_id).await {
-                        break;
-                    }
-                    return Err(error);
-                }
             };
             if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") {
                 // Our own commit, applied, whose answer was lost (the SDK's retry then failed the
@@ -591,25 +591,26 @@ impl<S: LeasedState> Held<S> {
             expr.set("version", AttributeValue::N((self.version + 1).to_string()));
         }
         self.fence(&mut expr);
-        match self.update(ledger, &expr).await {
+        let condition_failed = |result: &Result<(), SdkError<UpdateItemError>>| matches!(result, Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception());
+        let mut released = self.update(ledger, &expr).await;
+        if condition_failed(&released) {
+            // The version moved (or the lease is gone): free the lease only, if it is still ours.
+            let mut expr = Expr::default();
+            expr.remove("lease");
+            expr.condition(
+                "{} = {}",
+                vec![Arg::Name("lease.token"), Arg::Value(AttributeValue::S(self.token.clone()))],
+            );
+            released = self.update(ledger, &expr).await;
+            if released.is_ok() {
+                tracing::warn!(item = %self.key.label(),
+                    "the item changed under the lease (a commit whose answer was lost): only the lease released");
+            }
+        }
+        match released {
             Ok(()) => {}
-            Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
-                let mut expr = Expr::default();
-                expr.remove("lease");
-                expr.condition(
-                    "{} = {}",
-                    vec![Arg::Name("lease.token"), Arg::Value(AttributeValue::S(self.token.clone()))],
-                );
-                match self.update(ledger, &expr).await {
-                    Ok(()) => tracing::warn!(item = %self.key.label(),
-                        "the item changed under the lease (a commit whose answer was lost): only the lease released"),
-                    Err(SdkError::ServiceError(error)) if error.err().is_conditional_check_failed_exception() => {
-                        tracing::warn!(item = %self.key.label(), "lease already gone at release (expired and taken over)");
-                    }
-                    Err(error) => {
-                        tracing::warn!(item = %self.key.label(), error = %aws("UpdateItem")(error), "could not release the lease; it will expire");
-                    }
-                }
+            Err(_) if condition_failed(&released) => {
+                tracing::warn!(item = %self.key.label(), "lease already gone at release (expired and taken over)");
             }
             Err(error) => {
                 tracing::warn!(item = %self.key.label(), error = %aws("UpdateItem")(error), "could not release the lease; it will expire");
