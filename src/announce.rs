@@ -7,7 +7,8 @@ use tracing::{info, warn};
 
 use crate::config::InvalidApp;
 use crate::ledger::{Change, ItemKey, LeasedState};
-use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::notify::{Announcement, Notification};
+use crate::vocabulary::{Outcome, Severity};
 use crate::{Conveyor, Invocation};
 
 /// The last version of a parameter announced as invalid: `CONFIG` / `{parameter}`.

@@ -25,6 +25,7 @@ pub mod slack;
 pub mod stage;
 pub mod taskdef;
 pub mod types;
+pub mod vocabulary;
 
 pub use error::{DeployError, Error};
 

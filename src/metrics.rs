@@ -12,7 +12,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::notify::{Notification, Outcome};
+use crate::notify::Notification;
+use crate::vocabulary::Outcome;
 
 pub const NAMESPACE: &str = "Conveyor";
 
@@ -33,20 +34,17 @@ impl Unit {
     }
 }
 
-/// The metric counting an outcome.
-pub fn outcome_metric(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Deploying => "Deploying",
-        Outcome::Verified => "Verified",
-        Outcome::RolledBack => "RolledBack",
-        Outcome::Failed => "Failed",
-        Outcome::Promoted => "Promoted",
-        Outcome::Superseded => "Superseded",
-        Outcome::Paused => "Paused",
-        Outcome::Resumed => "Resumed",
-        Outcome::Drift => "Drift",
-        Outcome::ConfigError => "ConfigError",
-    }
+/// The metric counting an outcome: its name in CloudWatch's PascalCase (`rolled_back` →
+/// `RolledBack`).
+pub fn outcome_metric(outcome: Outcome) -> String {
+    outcome
+        .as_str()
+        .split('_')
+        .flat_map(|word| {
+            let mut chars = word.chars();
+            chars.next().map(|first| first.to_ascii_uppercase()).into_iter().chain(chars)
+        })
+        .collect()
 }
 
 /// One EMF document: `values` are (metric, unit, value); `properties` ride along (searchable in
@@ -101,7 +99,7 @@ pub fn transition(notification: &Notification) {
         properties.push(("digest", digest));
     }
     let metric = outcome_metric(notification.outcome);
-    write(&document(&notification.app, environment, &[(metric, Unit::Count, 1.0)], &properties, Utc::now()));
+    write(&document(&notification.app, environment, &[(&metric, Unit::Count, 1.0)], &properties, Utc::now()));
 }
 
 /// A duration between two moments of a deployment.
@@ -114,8 +112,8 @@ pub fn latency(app: &str, environment: &str, metric: &str, unit: Unit, from: Dat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::Severity;
     use crate::types::Environment;
+    use crate::vocabulary::Severity;
 
     /// Checks a document against the EMF specification: the `_aws` block, metric definitions,
     /// and every dimension and metric present as a top-level member of the right type.
@@ -166,14 +164,14 @@ mod tests {
             let document = document(
                 &notification.app,
                 env.map_or("all", |e| e.as_str()),
-                &[(outcome_metric(outcome), Unit::Count, 1.0)],
+                &[(&outcome_metric(outcome), Unit::Count, 1.0)],
                 &[("outcome", outcome.as_str())],
                 Utc::now(),
             );
             assert_valid_emf(&document);
             assert_eq!(document["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Conveyor");
             assert_eq!(document["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["app", "environment"]]));
-            assert_eq!(document[outcome_metric(outcome)], 1.0);
+            assert_eq!(document[outcome_metric(outcome).as_str()], 1.0);
         }
     }
 

@@ -10,7 +10,6 @@
 //! sent again, consumers can tell it is the same notification.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -22,85 +21,7 @@ use crate::config::AppConfig;
 use crate::rollout::Rollout;
 use crate::slack;
 use crate::types::{Environment, ImageDigest, ImageTag};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Deploying,
-    Verified,
-    RolledBack,
-    Failed,
-    Promoted,
-    Superseded,
-    Paused,
-    Resumed,
-    Drift,
-    ConfigError,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Deploying => "deploying",
-            Outcome::Verified => "verified",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::Failed => "failed",
-            Outcome::Promoted => "promoted",
-            Outcome::Superseded => "superseded",
-            Outcome::Paused => "paused",
-            Outcome::Resumed => "resumed",
-            Outcome::Drift => "drift",
-            Outcome::ConfigError => "config_error",
-        }
-    }
-
-    fn headline(self) -> &'static str {
-        match self {
-            Outcome::Deploying => "deploying",
-            Outcome::Verified => "verified",
-            Outcome::RolledBack => "rolled back",
-            Outcome::Failed => "FAILED",
-            Outcome::Promoted => "promoted",
-            Outcome::Superseded => "superseded",
-            Outcome::Paused => "paused",
-            Outcome::Resumed => "resumed",
-            Outcome::Drift => "changed outside Conveyor",
-            Outcome::ConfigError => "invalid config",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Error,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Error => "error",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::vocabulary::{Outcome, Severity};
 
 /// The facts of one notification; what does not apply stays `None` and is omitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

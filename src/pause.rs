@@ -7,11 +7,12 @@ use serde::Serialize;
 
 use crate::config::AppConfig;
 use crate::error::Error;
-use crate::ledger::{Change, Held, HistoryEntry, HistoryEvent, ItemKey};
-use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::ledger::{Change, Held, HistoryEntry, ItemKey};
+use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Pause, RecordedPush};
 use crate::rollout::start;
 use crate::types::Environment;
+use crate::vocabulary::{Outcome, Severity};
 use crate::{Conveyor, Invocation};
 
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -109,9 +110,9 @@ async fn change_leased(
     }
     let now = Utc::now();
     let (event, outcome, severity) = if pausing {
-        (HistoryEvent::Paused, Outcome::Paused, Severity::Warning)
+        (Outcome::Paused, Outcome::Paused, Severity::Warning)
     } else {
-        (HistoryEvent::Resumed, Outcome::Resumed, Severity::Info)
+        (Outcome::Resumed, Outcome::Resumed, Severity::Info)
     };
     let reason = pause.as_ref().map(|p| p.reason.clone());
     let mut change = Change::new(state);

@@ -17,6 +17,7 @@ use crate::rollout::start::{self, Candidate, ImageSource, Started};
 use crate::rollout::Origin;
 use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::vocabulary::PromoteStatus;
 use crate::{Conveyor, Invocation};
 
 /// How many promotable tags a refusal lists.
@@ -67,8 +68,7 @@ pub struct Response {
     pub tag: String,
     pub digest: String,
     pub task_definition_arn: String,
-    /// `deploying`, `already_deployed` or `dry_run`.
-    pub status: String,
+    pub status: PromoteStatus,
     /// Promoted despite an earlier failure of the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
@@ -214,7 +214,7 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
         tag: resolved.tag.to_string(),
         digest: resolved.digest.to_string(),
         task_definition_arn,
-        status: status.to_owned(),
+        status,
         forced,
         requested_by,
         current_image: None,
@@ -231,7 +231,7 @@ async fn promote_leased(
     held: &mut Held<EnvState>,
     resolved: &Resolved,
     requested_by: Option<String>,
-) -> Result<(String, &'static str, bool), DeployError> {
+) -> Result<(String, PromoteStatus, bool), DeployError> {
     let forced = request.force && resolved.failure.is_some();
     let candidate = Candidate {
         tag: &resolved.tag,
@@ -244,12 +244,12 @@ async fn promote_leased(
     let answer = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
             info!(tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "prod already runs this digest");
-            (task_definition_arn.clone(), "already_deployed", false)
+            (task_definition_arn.clone(), PromoteStatus::AlreadyDeployed, false)
         }
         Started::Rolling(rollout) => {
             info!(environment = "prod", tag = %rollout.tag, digest = %rollout.digest, task_definition_arn = %rollout.task_definition_arn,
                 deployment_id = rollout.deployment_id.as_deref(), forced, "promotion started");
-            (rollout.task_definition_arn.clone(), "deploying", forced)
+            (rollout.task_definition_arn.clone(), PromoteStatus::Deploying, forced)
         }
     };
     if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) {
@@ -426,7 +426,7 @@ async fn dry_run(conveyor: &Conveyor, app: &AppConfig, resolved: &Resolved) -> R
         tag: resolved.tag.to_string(),
         digest: resolved.digest.to_string(),
         task_definition_arn: observed.service.task_definition.clone(),
-        status: if already { "already_deployed" } else { "dry_run" }.to_owned(),
+        status: if already { PromoteStatus::AlreadyDeployed } else { PromoteStatus::DryRun },
         forced: resolved.failure.is_some(),
         requested_by: None,
         current_digest: observed.revision.digest.as_ref().map(ToString::to_string),

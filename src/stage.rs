@@ -6,18 +6,19 @@
 //! already rolling out or running only adds its tag. Everything else starts a rollout.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{error, info, instrument};
 
 use crate::config::{AppConfig, InvalidApp};
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
-use crate::ledger::{Change, Held, HistoryEntry, HistoryEvent, ImageUpdate, ItemKey, LedgerError, TagItem, Waiting};
+use crate::ledger::{Change, Held, HistoryEntry, ImageUpdate, ItemKey, LedgerError, TagItem, Waiting};
 use crate::record::{Arrival, EnvState, RecordedPush};
 use crate::rollout::start::{self, Candidate, ImageSource, Started};
 use crate::rollout::{Origin, RolloutState};
 use crate::types::Environment;
+use crate::vocabulary::{Action, Outcome};
 use crate::{Conveyor, Invocation};
 
 /// How long an invocation waits for a service's lease before it gives up (Lambda retries it).
@@ -26,23 +27,23 @@ const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 const WAITING_FRESH: chrono::Duration = chrono::Duration::seconds(60);
 
 /// What one invocation did, app by app (the Lambda response).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageReport {
     /// Set when the whole event was skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     pub apps: Vec<AppReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppReport {
     pub app: String,
-    /// `deploying`, `skipped`, `paused` or `failed`.
-    pub status: &'static str,
+    /// [`Action::Deploying`], [`Action::Skipped`], [`Action::Paused`] or [`Action::Failed`].
+    pub status: Action,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_definition_arn: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
 }
 
@@ -53,7 +54,7 @@ impl StageReport {
 }
 
 impl AppReport {
-    fn of(app: &AppConfig, status: &'static str, detail: impl Into<String>) -> Self {
+    fn of(app: &AppConfig, status: Action, detail: impl Into<String>) -> Self {
         AppReport {
             app: app.name.to_string(),
             status,
@@ -106,7 +107,7 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push, invocation: &Invocation) 
             Err(error) => {
                 error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
                     retryable = error.retryable(), "stage deploy failed");
-                report.apps.push(AppReport::of(app, "failed", error.to_string()));
+                report.apps.push(AppReport::of(app, Action::Failed, error.to_string()));
                 failures.push((app.name.clone(), error));
             }
         }
@@ -154,7 +155,7 @@ async fn deploy_app(
 
 fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {
     info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
-    AppReport::of(app, "skipped", detail)
+    AppReport::of(app, Action::Skipped, detail)
 }
 
 /// What to do with a push, from the state alone.
@@ -249,7 +250,7 @@ async fn deploy_leased(
                 digest: push.digest.clone(),
             });
             change.clear_waiting = ours;
-            let mut entry = HistoryEntry::new(&app.name, env, HistoryEvent::Held, now);
+            let mut entry = HistoryEntry::new(&app.name, env, Outcome::Held, now);
             entry.tag = Some(push.tag.clone());
             entry.digest = Some(push.digest.clone());
             entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
@@ -257,7 +258,7 @@ async fn deploy_leased(
             record_tag(conveyor, app, push, &mut change).await?;
             held.commit(&conveyor.ledger, change).await?;
             info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, "push held: stage is paused");
-            Ok(AppReport::of(app, "paused", "stage is paused: the push is recorded, nothing rolled out"))
+            Ok(AppReport::of(app, Action::Paused, "stage is paused: the push is recorded, nothing rolled out"))
         }
         Decision::AddTag => {
             let mut change = Change::new(held.require_state()?.clone());
@@ -314,7 +315,7 @@ async fn deploy(
                 "rollout started");
             AppReport {
                 app: app.name.to_string(),
-                status: "deploying",
+                status: Action::Deploying,
                 detail: format!("{} => {}", rollout.previous.arn, rollout.task_definition_arn),
                 task_definition_arn: Some(rollout.task_definition_arn.clone()),
                 deployment_id: rollout.deployment_id.clone(),
@@ -377,7 +378,7 @@ async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut He
     let mut change = Change::new(state);
     change.state.saw_push(push.time, &push.digest, &push.tag);
     let now = Utc::now();
-    let mut entry = HistoryEntry::new(&app.name, Environment::Stage, HistoryEvent::Failed, now);
+    let mut entry = HistoryEntry::new(&app.name, Environment::Stage, Outcome::Failed, now);
     entry.tag = Some(push.tag.clone());
     entry.digest = Some(push.digest.clone());
     entry.reason = Some(format!("not rolled out: {error}"));
@@ -385,8 +386,8 @@ async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut He
     let mut notification = crate::notify::Notification::of_service(
         app,
         Environment::Stage,
-        crate::notify::Outcome::Failed,
-        crate::notify::Severity::Error,
+        crate::vocabulary::Outcome::Failed,
+        crate::vocabulary::Severity::Error,
     );
     notification.tag = Some(push.tag.clone());
     notification.digest = Some(push.digest.clone());

@@ -5,6 +5,9 @@ use chrono::{DateTime, Utc};
 use comfy_table::{presets, Attribute, Cell, Color, ContentArrangement, Table};
 use serde_json::Value;
 
+use conveyor::rollout::RolloutKind;
+use conveyor::vocabulary::{Action, Outcome, PromoteStatus};
+
 use crate::args::ColorMode;
 
 /// What a command produced: the JSON document, the text, and the exit code.
@@ -65,14 +68,14 @@ impl Style {
         }
     }
 
-    /// A cell coloured by the state it names.
-    pub fn state(&self, text: &str, state: &str) -> Cell {
-        self.cell(text, state_color(state))
+    /// A cell coloured by its tone.
+    pub fn state(&self, text: &str, tone: impl Into<Tone>) -> Cell {
+        self.cell(text, tone.into().color())
     }
 
-    /// `text` in `color` (ANSI), when colouring.
-    pub fn paint(&self, text: &str, state: &str) -> String {
-        let code = match state_color(state) {
+    /// `text` in its tone's colour (ANSI), when colouring.
+    pub fn paint(&self, text: &str, tone: impl Into<Tone>) -> String {
+        let code = match tone.into().color() {
             Some(Color::Green) => "32",
             Some(Color::Red) => "31",
             Some(Color::Yellow) => "33",
@@ -88,15 +91,86 @@ impl Style {
     }
 }
 
-/// The colour of a state or event name.
-fn state_color(state: &str) -> Option<Color> {
-    match state {
-        "verified" | "restored" | "resumed" | "valid" | "already_deployed" => Some(Color::Green),
-        "rolled_back" | "failed" | "invalid" | "timed_out" | "config_error" => Some(Color::Red),
-        "in_progress" | "deploying" | "promoted" | "dry_run" | "held" => Some(Color::Yellow),
-        "paused" | "drift" => Some(Color::Magenta),
-        "superseded" => Some(Color::DarkGrey),
-        _ => None,
+/// How a state reads at a glance; each of the library's state enums says which it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    /// Done and fine (green).
+    Good,
+    /// Failed, people may have to act (red).
+    Bad,
+    /// Under way (yellow).
+    Busy,
+    /// Held or changed by hand (magenta).
+    Attention,
+    /// Over, nothing to see (grey).
+    Quiet,
+    Plain,
+}
+
+impl Tone {
+    fn color(self) -> Option<Color> {
+        match self {
+            Tone::Good => Some(Color::Green),
+            Tone::Bad => Some(Color::Red),
+            Tone::Busy => Some(Color::Yellow),
+            Tone::Attention => Some(Color::Magenta),
+            Tone::Quiet => Some(Color::DarkGrey),
+            Tone::Plain => None,
+        }
+    }
+
+    /// Good when `ok`, else bad (a config's verdict).
+    pub fn verdict(ok: bool) -> Self {
+        if ok {
+            Tone::Good
+        } else {
+            Tone::Bad
+        }
+    }
+}
+
+impl From<Outcome> for Tone {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Verified | Outcome::Restored | Outcome::Resumed => Tone::Good,
+            Outcome::RolledBack | Outcome::Failed | Outcome::ConfigError => Tone::Bad,
+            Outcome::Deploying | Outcome::Promoted | Outcome::Held => Tone::Busy,
+            Outcome::Paused | Outcome::Drift => Tone::Attention,
+            Outcome::Superseded => Tone::Quiet,
+        }
+    }
+}
+
+impl From<RolloutKind> for Tone {
+    fn from(kind: RolloutKind) -> Self {
+        match kind {
+            RolloutKind::Verified => Tone::Good,
+            RolloutKind::RolledBack | RolloutKind::Failed => Tone::Bad,
+            RolloutKind::InProgress => Tone::Busy,
+            RolloutKind::Superseded => Tone::Quiet,
+        }
+    }
+}
+
+impl From<PromoteStatus> for Tone {
+    fn from(status: PromoteStatus) -> Self {
+        match status {
+            PromoteStatus::AlreadyDeployed => Tone::Good,
+            PromoteStatus::Deploying | PromoteStatus::DryRun => Tone::Busy,
+        }
+    }
+}
+
+impl From<Action> for Tone {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Verified | Action::Restored | Action::Delivered => Tone::Good,
+            Action::RolledBack | Action::Failed | Action::Error => Tone::Bad,
+            Action::Deploying | Action::Waiting => Tone::Busy,
+            Action::Paused | Action::Drift => Tone::Attention,
+            Action::Superseded => Tone::Quiet,
+            Action::Skipped => Tone::Plain,
+        }
     }
 }
 
@@ -160,10 +234,10 @@ mod tests {
     #[test]
     fn no_colour_unless_asked_for_or_on_a_terminal() {
         let style = Style { color: false, tty: false };
-        assert_eq!(style.paint("verified", "verified"), "verified");
+        assert_eq!(style.paint("verified", Outcome::Verified), "verified");
         let table = style.table(&["A", "B"]);
         assert_eq!(render(&table), " A  B");
         let style = Style { color: true, tty: false };
-        assert_eq!(style.paint("failed", "failed"), "\x1b[31mfailed\x1b[0m");
+        assert_eq!(style.paint("failed", Outcome::Failed), "\x1b[31mfailed\x1b[0m");
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::expr::{Arg, Expr};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::vocabulary::Outcome;
 
 /// Why an image failed in one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,54 +125,13 @@ pub struct TagItem {
     pub vetted_at: DateTime<Utc>,
 }
 
-/// What a history entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HistoryEvent {
-    /// A rollout started (stage).
-    Deploying,
-    /// A rollout started (prod).
-    Promoted,
-    Verified,
-    RolledBack,
-    Failed,
-    Superseded,
-    /// A rollback deployment completed: the service is back on a known-good revision.
-    Restored,
-    /// A push recorded but not rolled out because the environment is paused.
-    Held,
-    Paused,
-    Resumed,
-    Drift,
-    ConfigError,
-}
-
-impl HistoryEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HistoryEvent::Deploying => "deploying",
-            HistoryEvent::Promoted => "promoted",
-            HistoryEvent::Verified => "verified",
-            HistoryEvent::RolledBack => "rolled_back",
-            HistoryEvent::Failed => "failed",
-            HistoryEvent::Superseded => "superseded",
-            HistoryEvent::Restored => "restored",
-            HistoryEvent::Held => "held",
-            HistoryEvent::Paused => "paused",
-            HistoryEvent::Resumed => "resumed",
-            HistoryEvent::Drift => "drift",
-            HistoryEvent::ConfigError => "config_error",
-        }
-    }
-}
-
 /// One line of an app's release history: `HIST#{time}#{environment}#{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     pub app: AppName,
     pub environment: Environment,
-    pub event: HistoryEvent,
+    pub event: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<ImageTag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,7 +156,7 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    pub fn new(app: &AppName, environment: Environment, event: HistoryEvent, at: DateTime<Utc>) -> Self {
+    pub fn new(app: &AppName, environment: Environment, event: Outcome, at: DateTime<Utc>) -> Self {
         HistoryEntry {
             at,
             app: app.clone(),

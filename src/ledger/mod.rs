@@ -19,7 +19,7 @@ mod expr;
 mod items;
 mod lease;
 
-pub use items::{Failure, HistoryEntry, HistoryEvent, ImageFacts, ImageUpdate, Item, TagItem};
+pub use items::{Failure, HistoryEntry, ImageFacts, ImageUpdate, Item, TagItem};
 pub use lease::{new_token, Change, Held, Waiting};
 
 use std::collections::HashMap;

@@ -264,7 +264,7 @@ mod tests {
     use super::*;
     use crate::aws::{Deployment, DeploymentStatus};
     use crate::record::Verified;
-    use crate::rollout::{Origin, Revision, RolledBackBy, RolloutState, Settlement};
+    use crate::rollout::{Origin, Revision, RolledBackBy, RolloutState};
     use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 
     const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
@@ -381,7 +381,7 @@ mod tests {
     fn repeated_events_are_skipped_and_unknown_deployments_are_looked_at() {
         let mut state = state_with(rollout(TD2, "ecs-svc/2"));
         assert_eq!(on_event(&state, &event(DeploymentEventName::Completed, "ecs-svc/9")), EventDecision::Foreign);
-        state.rollout.as_mut().unwrap().settle(Settlement::Verified, at(1)).unwrap();
+        state.rollout.as_mut().unwrap().settle(RolloutState::Verified { at: at(1) }).unwrap();
         assert!(
             matches!(on_event(&state, &event(DeploymentEventName::Failed, "ecs-svc/2")), EventDecision::Skip(r) if r.contains("already handled"))
         );

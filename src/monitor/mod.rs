@@ -18,13 +18,14 @@ use crate::aws::{is_inactive_revision, AwsError, ServiceState};
 use crate::config::{AppConfig, ConfigSet};
 use crate::error::{DeployError, Error};
 use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
-use crate::ledger::{Change, Failure, Held, HistoryEntry, HistoryEvent, ImageUpdate, Item, ItemKey, TagItem};
-use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Item, ItemKey, TagItem};
+use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Verified};
 use crate::rollout::start::{self, history_of};
-use crate::rollout::{RollbackWatch, RolledBackBy, Rollout, Settlement};
+use crate::rollout::{RollbackWatch, RolledBackBy, Rollout, RolloutState};
 use crate::taskdef::ImageSwap;
 use crate::types::{AppName, Environment, ImageTag};
+use crate::vocabulary::{Action, Outcome, Severity};
 use crate::{Conveyor, Invocation};
 use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
 
@@ -45,18 +46,16 @@ pub struct Handled {
     pub app: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<Environment>,
-    /// `skipped`, `waiting`, `verified`, `rolled_back`, `failed`, `superseded`, `drift`,
-    /// `restored`, `delivered` or `error`.
-    pub action: &'static str,
+    pub action: Action,
     pub detail: String,
 }
 
 impl Handled {
     fn skipped(detail: impl Into<String>) -> Self {
-        Handled { app: None, environment: None, action: "skipped", detail: detail.into() }
+        Handled { app: None, environment: None, action: Action::Skipped, detail: detail.into() }
     }
 
-    fn of(app: &AppName, env: Environment, action: &'static str, detail: impl Into<String>) -> Self {
+    fn of(app: &AppName, env: Environment, action: Action, detail: impl Into<String>) -> Self {
         Handled { app: Some(app.to_string()), environment: Some(env), action, detail: detail.into() }
     }
 }
@@ -94,7 +93,7 @@ async fn on_deployment(
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
     };
     if event.name == DeploymentEventName::InProgress {
-        return Ok(Handled::of(&app.name, env, "skipped", "deployment in progress"));
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "deployment in progress"));
     }
     let failed = |error: DeployError| Error::Deploy(vec![(app.name.clone(), error)]);
     let key = ItemKey::env(&app.name, env);
@@ -107,7 +106,7 @@ async fn on_deployment(
     let result = on_event_leased(conveyor, app, env, &mut held, event, invocation).await;
     conveyor.finish(held).await;
     let handled = result.map_err(failed)?;
-    info!(app = %app.name, environment = %env, action = handled.action, detail = %handled.detail, "event handled");
+    info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "event handled");
     Ok(handled)
 }
 
@@ -120,10 +119,10 @@ async fn on_event_leased(
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
     let Some(state) = held.state.as_ref() else {
-        return Ok(Handled::of(&app.name, env, "skipped", "Conveyor has started no rollout on this service"));
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "Conveyor has started no rollout on this service"));
     };
     match decide::on_event(state, event) {
-        EventDecision::Skip(reason) => Ok(Handled::of(&app.name, env, "skipped", reason)),
+        EventDecision::Skip(reason) => Ok(Handled::of(&app.name, env, Action::Skipped, reason)),
         EventDecision::Rollout(rollout, finding) => {
             settle(conveyor, app, env, held, &rollout, finding, None, invocation).await
         }
@@ -189,8 +188,8 @@ async fn verified(
 ) -> Result<Handled, DeployError> {
     let now = Utc::now();
     let mut rollout = rollout.clone();
-    if rollout.settle(Settlement::Verified, now).is_err() {
-        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
+    if rollout.settle(RolloutState::Verified { at: now }).is_err() {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     // Stage makes every tag of the image promotable: commit only if the image has no tag this
     // rollout does not know (a push recorded one meanwhile), else learn them and commit again.
@@ -240,7 +239,7 @@ async fn verified(
         deployment_id = rollout.deployment_id.as_deref(), task_definition_arn = %rollout.task_definition_arn, "rollout verified");
     let unit = crate::metrics::Unit::Seconds;
     crate::metrics::latency(app.name.as_str(), env.as_str(), "RolloutToVerified", unit, rollout.started_at, now);
-    Ok(Handled::of(&app.name, env, "verified", format!("{} ({})", rollout.tag, rollout.digest)))
+    Ok(Handled::of(&app.name, env, Action::Verified, format!("{} ({})", rollout.tag, rollout.digest)))
 }
 
 async fn roll_back(
@@ -269,12 +268,14 @@ async fn roll_back(
             } else {
                 (RolledBackBy::CircuitBreaker, "ECS circuit breaker already rolled back")
             };
-            let settlement = Settlement::RolledBack { reason: format!("{reason} ({how})"), to: to.clone(), by };
+            let settlement =
+                RolloutState::RolledBack { at: now, reason: format!("{reason} ({how})"), to: to.clone(), by };
             (settlement, Some((to, Some(deployment_id), by)))
         }
         FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, held, rollout, &to).await {
             Ok((to, deployment_id)) => (
-                Settlement::RolledBack {
+                RolloutState::RolledBack {
+                    at: now,
                     reason: format!("{reason} (rolled back by Conveyor)"),
                     to: to.clone(),
                     by: RolledBackBy::Conveyor,
@@ -286,12 +287,13 @@ async fn roll_back(
                 return Err(error.into());
             }
             Err(DeployError::Aws(error)) => {
-                (Settlement::Failed { reason: format!("{reason} (rollback to {to} failed: {error})") }, None)
+                (RolloutState::Failed { at: now, reason: format!("{reason} (rollback to {to} failed: {error})") }, None)
             }
             Err(error) => return Err(error),
         },
         FailurePlan::NothingToRollBackTo => (
-            Settlement::Failed {
+            RolloutState::Failed {
+                at: now,
                 reason: format!("{reason} (nothing to roll back to: the failed revision is the last known-good one)"),
             },
             None,
@@ -306,8 +308,8 @@ async fn roll_back(
         None => Vec::new(),
     };
     let mut rollout = rollout.clone();
-    if rollout.settle(settlement, now).is_err() {
-        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
+    if rollout.settle(settlement).is_err() {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
     let mut change = Change::new(state);
@@ -331,7 +333,9 @@ async fn roll_back(
     held.commit(&conveyor.ledger, change).await?;
     warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), state = rollout.state.name(), reason = %failure_reason, "rollout failed");
-    Ok(Handled::of(&app.name, env, rollout.state.name(), failure_reason))
+    let action =
+        if matches!(rollout.state, RolloutState::RolledBack { .. }) { Action::RolledBack } else { Action::Failed };
+    Ok(Handled::of(&app.name, env, action, failure_reason))
 }
 
 /// Points the service back at `to`. A revision deregistered since is registered again from its
@@ -390,10 +394,10 @@ async fn rollback_ended(
     change.state.rollback = None;
     let (event, action, reason) = match finding {
         Finding::Completed => {
-            (HistoryEvent::Restored, "restored", format!("back on {}", crate::notify::short_arn(&watch.to)))
+            (Outcome::Restored, Action::Restored, format!("back on {}", crate::notify::short_arn(&watch.to)))
         }
         Finding::Failed(reason) => {
-            (HistoryEvent::Failed, "failed", format!("the rollback deployment failed too: {reason}"))
+            (Outcome::Failed, Action::Failed, format!("the rollback deployment failed too: {reason}"))
         }
     };
     let mut entry = HistoryEntry::new(&app.name, env, event, now);
@@ -405,7 +409,7 @@ async fn rollback_ended(
     entry.reason = Some(reason.clone());
     entry.started_at = Some(watch.started_at);
     change.history.push(entry);
-    if event == HistoryEvent::Failed {
+    if event == Outcome::Failed {
         let mut notification = Notification::of_service(app, env, Outcome::Failed, Severity::Critical);
         notification.tag = Some(watch.tag.clone());
         notification.digest = Some(watch.digest.clone());
@@ -415,7 +419,7 @@ async fn rollback_ended(
         change.announcements.push(Announcement::new(notification, app));
     }
     held.commit(&conveyor.ledger, change).await?;
-    if event == HistoryEvent::Failed {
+    if event == Outcome::Failed {
         error!(app = %app.name, environment = %env, task_definition_arn = %watch.to, reason = %reason, "rollback failed");
     }
     Ok(Handled::of(&app.name, env, action, reason))
@@ -433,10 +437,10 @@ async fn changed_outside(
     let mut change = Change::new(held.require_state()?.clone());
     start::note_what_runs(app, env, &mut change, &observed, Utc::now());
     if change.history.is_empty() {
-        return Ok(Handled::of(&app.name, env, "skipped", "stale: the service runs a revision Conveyor knows"));
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "stale: the service runs a revision Conveyor knows"));
     }
     held.commit(&conveyor.ledger, change).await?;
-    Ok(Handled::of(&app.name, env, "drift", format!("the service runs {}", observed.service.task_definition)))
+    Ok(Handled::of(&app.name, env, Action::Drift, format!("the service runs {}", observed.service.task_definition)))
 }
 
 /// The service of a rollout in flight no longer exists: the rollout fails (announced once), but
@@ -452,8 +456,8 @@ async fn service_gone(
     let now = Utc::now();
     let mut rollout = rollout.clone();
     let reason = format!("the service no longer exists ({})", error.message);
-    if rollout.settle(Settlement::Failed { reason: reason.clone() }, now).is_err() {
-        return Ok(Handled::of(&app.name, env, "skipped", "already settled"));
+    if rollout.settle(RolloutState::Failed { at: now, reason: reason.clone() }).is_err() {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     let mut change = Change::new(held.require_state()?.clone());
     change.state.rollout = Some(rollout.clone());
@@ -461,7 +465,7 @@ async fn service_gone(
     change.history.push(history_of(&app.name, &rollout, env, now));
     change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
     held.commit(&conveyor.ledger, change).await?;
-    Ok(Handled::of(&app.name, env, "failed", reason))
+    Ok(Handled::of(&app.name, env, Action::Failed, reason))
 }
 
 /// Reconciles every rollout and rollback still in flight with what ECS reports (for events that
@@ -481,7 +485,7 @@ async fn sweep(conveyor: &Conveyor, invocation: &Invocation) -> Result<MonitorRe
         .collect()
         .await;
     let results: Vec<Handled> = results.into_iter().flatten().collect();
-    let errors = results.iter().filter(|r| r.action == "error").count();
+    let errors = results.iter().filter(|r| r.action == Action::Error).count();
     info!(handled = results.len(), errors, "sweep done");
     Ok(MonitorReport { results })
 }
@@ -496,14 +500,14 @@ async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocat
     };
     match reconcile_item(conveyor, app, env, &state, invocation).await {
         // Still waiting for ECS (no lease was taken): notifications left undelivered go out anyway.
-        Ok(Some(handled)) if handled.action == "waiting" && item.contains_key("outbox") => {
+        Ok(Some(handled)) if handled.action == Action::Waiting && item.contains_key("outbox") => {
             std::iter::once(handled).chain(deliver(conveyor, &key, invocation).await).collect()
         }
         Ok(Some(handled)) => vec![handled],
         Ok(None) => deliver(conveyor, &key, invocation).await.into_iter().collect(),
         Err(error) => {
             error!(app = %app.name, environment = %env, error = %error, "sweep could not reconcile");
-            vec![Handled::of(&app.name, env, "error", error.to_string())]
+            vec![Handled::of(&app.name, env, Action::Error, error.to_string())]
         }
     }
 }
@@ -517,7 +521,7 @@ async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) ->
     (count > 0).then(|| Handled {
         app: None,
         environment: None,
-        action: "delivered",
+        action: Action::Delivered,
         detail: format!("{count} notification(s) of {}", key.label()),
     })
 }
@@ -552,7 +556,7 @@ async fn reconcile_item(
             (None, None) => None,
         };
         if let Some(what) = waiting {
-            return Ok(Some(Handled::of(&app.name, env, "waiting", what)));
+            return Ok(Some(Handled::of(&app.name, env, Action::Waiting, what)));
         }
     }
     let key = ItemKey::env(&app.name, env);
@@ -560,7 +564,7 @@ async fn reconcile_item(
         match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
             Ok(held) => held,
             Err(crate::ledger::LedgerError::Busy { .. }) => {
-                return Ok(Some(Handled::of(&app.name, env, "waiting", "another invocation is working on it")))
+                return Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
             }
             Err(error) => return Err(error.into()),
         };
@@ -579,7 +583,7 @@ async fn reconcile_leased(
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
     // Read again under the lease: another invocation may have settled it meanwhile.
-    let Some(state) = held.state.clone() else { return Ok(Handled::of(&app.name, env, "skipped", "no state")) };
+    let Some(state) = held.state.clone() else { return Ok(Handled::of(&app.name, env, Action::Skipped, "no state")) };
     if let Some(rollout) = state.in_progress() {
         let service = match service {
             Ok(service) => service,
@@ -587,7 +591,7 @@ async fn reconcile_leased(
         };
         return match decide::reconcile(rollout, &service, now, app.rollout_timeout) {
             SweepAction::Wait => {
-                Ok(Handled::of(&app.name, env, "waiting", format!("{} still in progress", rollout.tag)))
+                Ok(Handled::of(&app.name, env, Action::Waiting, format!("{} still in progress", rollout.tag)))
             }
             SweepAction::Verify => {
                 settle(conveyor, app, env, held, rollout, Finding::Completed, Some(service), invocation).await
@@ -599,17 +603,17 @@ async fn reconcile_leased(
         };
     }
     let Some(watch) = state.rollback.as_ref() else {
-        return Ok(Handled::of(&app.name, env, "skipped", "settled meanwhile"));
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "settled meanwhile"));
     };
     let Ok(service) = service else {
         let mut change = Change::new(state.clone());
         change.state.rollback = None;
         held.commit(&conveyor.ledger, change).await?;
-        return Ok(Handled::of(&app.name, env, "skipped", "the service no longer exists"));
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "the service no longer exists"));
     };
     match decide::reconcile_watch(watch, &service, now, app.rollout_timeout) {
         WatchAction::Wait => {
-            Ok(Handled::of(&app.name, env, "waiting", format!("rollback to {} in progress", watch.to)))
+            Ok(Handled::of(&app.name, env, Action::Waiting, format!("rollback to {} in progress", watch.to)))
         }
         WatchAction::Restored => rollback_ended(conveyor, app, env, held, watch, Finding::Completed).await,
         WatchAction::Failed(reason) => rollback_ended(conveyor, app, env, held, watch, Finding::Failed(reason)).await,
@@ -617,7 +621,7 @@ async fn reconcile_leased(
             let mut change = Change::new(state.clone());
             change.state.rollback = None;
             held.commit(&conveyor.ledger, change).await?;
-            Ok(Handled::of(&app.name, env, "skipped", "the rollback deployment was replaced"))
+            Ok(Handled::of(&app.name, env, Action::Skipped, "the rollback deployment was replaced"))
         }
     }
 }

@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::ledger::{HistoryEntry, HistoryEvent, Ledger, LedgerError};
+use crate::ledger::{HistoryEntry, Ledger, LedgerError};
 use crate::types::{AppName, Environment, ImageDigest};
+use crate::vocabulary::Outcome;
 
 /// One line of `conveyor history`: every key is always there (`null` when it does not apply), so
 /// scripts can rely on the shape.
@@ -13,7 +14,7 @@ use crate::types::{AppName, Environment, ImageDigest};
 pub struct HistoryRow {
     pub at: DateTime<Utc>,
     pub environment: Environment,
-    pub event: &'static str,
+    pub event: Outcome,
     pub tag: Option<String>,
     pub digest: Option<String>,
     pub reason: Option<String>,
@@ -34,7 +35,7 @@ impl From<&HistoryEntry> for HistoryRow {
         HistoryRow {
             at: entry.at,
             environment: entry.environment,
-            event: entry.event.as_str(),
+            event: entry.event,
             tag: entry.tag.as_ref().map(ToString::to_string),
             digest: entry.digest.as_ref().map(ToString::to_string),
             reason: entry.reason.clone(),
@@ -89,7 +90,7 @@ pub async fn all(ledger: &Ledger, app: &AppName) -> Result<Vec<HistoryEntry>, Le
 pub fn previous_release<'a>(history: &'a [HistoryEntry], running: Option<&ImageDigest>) -> Option<&'a HistoryEntry> {
     history
         .iter()
-        .filter(|e| e.environment == Environment::Prod && e.event == HistoryEvent::Verified)
+        .filter(|e| e.environment == Environment::Prod && e.event == Outcome::Verified)
         .filter(|e| e.digest.is_some() && e.digest.as_ref() != running)
         .max_by_key(|e| e.at)
 }
@@ -103,7 +104,7 @@ mod tests {
         ImageDigest::parse(format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
     }
 
-    fn entry(minute: i64, env: Environment, event: HistoryEvent, n: u8) -> HistoryEntry {
+    fn entry(minute: i64, env: Environment, event: Outcome, n: u8) -> HistoryEntry {
         let at = DateTime::from_timestamp(1_700_000_000 + minute * 60, 0).unwrap();
         let mut entry = HistoryEntry::new(&AppName::parse("shop").unwrap(), env, event, at);
         entry.tag = Some(ImageTag::parse(format!("v{n}")).unwrap());
@@ -114,7 +115,7 @@ mod tests {
     #[test]
     fn rollback_goes_to_the_verified_prod_release_before_the_running_one() {
         use Environment::{Prod, Stage};
-        use HistoryEvent::{Promoted, RolledBack, Verified};
+        use Outcome::{Promoted, RolledBack, Verified};
         let mut history = vec![
             entry(0, Stage, Verified, 1),
             entry(1, Prod, Promoted, 1),
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn rows_have_every_key() {
-        let mut e = entry(0, Environment::Prod, HistoryEvent::Verified, 1);
+        let mut e = entry(0, Environment::Prod, Outcome::Verified, 1);
         e.started_at = Some(e.at - chrono::Duration::seconds(95));
         let row = serde_json::to_value(HistoryRow::from(&e)).unwrap();
         assert_eq!(row["duration_seconds"], 95);

@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::ledger::{HistoryEntry, HistoryEvent, Ledger, LedgerError};
+use crate::ledger::{HistoryEntry, Ledger, LedgerError};
 use crate::types::{AppName, Environment, ImageDigest};
+use crate::vocabulary::Outcome;
 
 /// The raw figures of one or more apps over one window; [`Samples::merge`] adds apps up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,10 +54,10 @@ fn rollout_key(entry: &HistoryEntry, index: usize) -> String {
 }
 
 fn is_prod_failure(entry: &HistoryEntry) -> bool {
-    entry.environment == Environment::Prod && matches!(entry.event, HistoryEvent::RolledBack | HistoryEvent::Failed)
+    entry.environment == Environment::Prod && matches!(entry.event, Outcome::RolledBack | Outcome::Failed)
 }
 
-fn is_prod(entry: &HistoryEntry, event: HistoryEvent) -> bool {
+fn is_prod(entry: &HistoryEntry, event: Outcome) -> bool {
     entry.environment == Environment::Prod && entry.event == event
 }
 
@@ -74,7 +75,7 @@ pub fn samples(
     let mut samples = Samples::default();
 
     let mut seen_in_prod: HashSet<&ImageDigest> = HashSet::new();
-    for entry in entries.iter().filter(|e| is_prod(e, HistoryEvent::Verified)) {
+    for entry in entries.iter().filter(|e| is_prod(e, Outcome::Verified)) {
         let first = entry.digest.as_ref().is_some_and(|d| seen_in_prod.insert(d));
         if !in_window(entry) {
             continue;
@@ -90,7 +91,7 @@ pub fn samples(
         entries.iter().enumerate().filter(|(_, e)| is_prod_failure(e)).map(|(i, e)| rollout_key(e, i)).collect();
     let mut promoted = HashSet::new();
     for (index, entry) in entries.iter().enumerate() {
-        if is_prod(entry, HistoryEvent::Promoted) && in_window(entry) && promoted.insert(rollout_key(entry, index)) {
+        if is_prod(entry, Outcome::Promoted) && in_window(entry) && promoted.insert(rollout_key(entry, index)) {
             samples.promotions += 1;
             if failed_rollouts.contains(&rollout_key(entry, index)) {
                 samples.failed += 1;
@@ -104,7 +105,7 @@ pub fn samples(
             continue;
         }
         samples.failures += 1;
-        let restored = entries[index..].iter().find(|e| is_prod(e, HistoryEvent::Verified) && e.at > entry.at);
+        let restored = entries[index..].iter().find(|e| is_prod(e, Outcome::Verified) && e.at > entry.at);
         if let Some(restored) = restored {
             samples.restore_times.push((restored.at - entry.at).num_seconds());
         }
@@ -232,7 +233,7 @@ mod tests {
     use super::*;
     use crate::types::ImageTag;
     use Environment::{Prod, Stage};
-    use HistoryEvent::{Failed, Promoted, Restored, RolledBack, Verified};
+    use Outcome::{Failed, Promoted, Restored, RolledBack, Verified};
 
     const HOUR: i64 = 3600;
 
@@ -244,7 +245,7 @@ mod tests {
         ImageDigest::parse(format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
     }
 
-    fn entry(seconds: i64, env: Environment, event: HistoryEvent, n: u8, rollout: &str) -> HistoryEntry {
+    fn entry(seconds: i64, env: Environment, event: Outcome, n: u8, rollout: &str) -> HistoryEntry {
         let mut entry = HistoryEntry::new(&AppName::parse("shop").unwrap(), env, event, at(seconds));
         entry.tag = Some(ImageTag::parse(format!("v{n}")).unwrap());
         entry.digest = Some(digest(n));

@@ -9,7 +9,7 @@ use crate::aws::{AwsError, ServiceState};
 use crate::config::AppConfig;
 use crate::ledger::LedgerError;
 use crate::record::EnvState;
-use crate::rollout::{Origin, Rollout};
+use crate::rollout::{Origin, Rollout, RolloutKind};
 use crate::taskdef::{self, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::Environment;
 use crate::{image, notify, promote, Conveyor};
@@ -85,7 +85,7 @@ pub struct RolloutStatus {
     pub tag: String,
     pub digest: String,
     /// `in_progress`, `verified`, `rolled_back`, `failed` or `superseded`.
-    pub state: &'static str,
+    pub state: RolloutKind,
     pub reason: Option<String>,
     pub started_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
@@ -123,7 +123,7 @@ impl From<&Rollout> for RolloutStatus {
             id: rollout.id.clone(),
             tag: rollout.tag.to_string(),
             digest: rollout.digest.to_string(),
-            state: rollout.state.name(),
+            state: RolloutKind::from(&rollout.state),
             reason: rollout.state.reason().map(str::to_owned),
             started_at: rollout.started_at,
             settled_at: rollout.state.settled_at(),

@@ -22,8 +22,8 @@ pub mod start;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::notify::{Outcome, Severity};
 use crate::types::{Environment, ImageDigest, ImageTag};
+use crate::vocabulary::{Outcome, Severity};
 
 /// A task-definition revision and the digest the app's container ran in it (when pinned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,8 +60,16 @@ pub enum RolledBackBy {
 }
 
 /// Where a rollout stands. Every settled state says when, and why where there is a why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumDiscriminants)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[strum_discriminants(
+    name(RolloutKind),
+    doc = "A rollout state without its data (`conveyor status` shows it).",
+    derive(Serialize, Deserialize, strum::IntoStaticStr, strum::Display, Hash),
+    serde(rename_all = "snake_case"),
+    strum(serialize_all = "snake_case")
+)]
 pub enum RolloutState {
     InProgress,
     Verified { at: DateTime<Utc> },
@@ -71,14 +79,9 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
+    /// The state's name (`rolled_back`), as serialised.
     pub fn name(&self) -> &'static str {
-        match self {
-            RolloutState::InProgress => "in_progress",
-            RolloutState::Verified { .. } => "verified",
-            RolloutState::RolledBack { .. } => "rolled_back",
-            RolloutState::Failed { .. } => "failed",
-            RolloutState::Superseded { .. } => "superseded",
-        }
+        self.into()
     }
 
     pub fn settled_at(&self) -> Option<DateTime<Utc>> {
@@ -99,15 +102,6 @@ impl RolloutState {
             RolloutState::InProgress | RolloutState::Verified { .. } => None,
         }
     }
-}
-
-/// How an in-progress rollout ends: decided once, by the monitor, the sweep or a newer rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settlement {
-    Verified,
-    RolledBack { reason: String, to: String, by: RolledBackBy },
-    Failed { reason: String },
-    Superseded { reason: String },
 }
 
 /// Settling a rollout that is already settled: the caller is handling a repeated or late event.
@@ -148,17 +142,15 @@ impl Rollout {
         self.state == RolloutState::InProgress
     }
 
-    /// Settles an in-progress rollout; a settled one stays as it is.
-    pub fn settle(&mut self, settlement: Settlement, at: DateTime<Utc>) -> Result<(), AlreadySettled> {
+    /// Settles an in-progress rollout into `to`; a settled one stays as it is (and settling into
+    /// [`RolloutState::InProgress`] changes nothing).
+    pub fn settle(&mut self, to: RolloutState) -> Result<(), AlreadySettled> {
         if !self.in_progress() {
             return Err(AlreadySettled { id: self.id.clone(), state: self.state.name() });
         }
-        self.state = match settlement {
-            Settlement::Verified => RolloutState::Verified { at },
-            Settlement::RolledBack { reason, to, by } => RolloutState::RolledBack { at, reason, to, by },
-            Settlement::Failed { reason } => RolloutState::Failed { at, reason },
-            Settlement::Superseded { reason } => RolloutState::Superseded { at, reason },
-        };
+        if to.settled_at().is_some() {
+            self.state = to;
+        }
         Ok(())
     }
 
@@ -239,10 +231,10 @@ mod tests {
     fn a_rollout_settles_once() {
         let mut r = rollout();
         let at = DateTime::UNIX_EPOCH + chrono::Duration::seconds(90);
-        r.settle(Settlement::Verified, at).unwrap();
+        r.settle(RolloutState::Verified { at }).unwrap();
         assert_eq!(r.state, RolloutState::Verified { at });
         assert_eq!(r.duration(), Some(chrono::Duration::seconds(90)));
-        let again = r.settle(Settlement::Failed { reason: "late FAILED".into() }, at);
+        let again = r.settle(RolloutState::Failed { at, reason: "late FAILED".into() });
         assert_eq!(again, Err(AlreadySettled { id: "r1".into(), state: "verified" }));
         assert_eq!(r.state, RolloutState::Verified { at }, "a settled rollout never changes");
     }
@@ -252,10 +244,12 @@ mod tests {
         let mut r = rollout();
         assert_eq!(r.outcome(Environment::Stage), (Outcome::Deploying, Severity::Info));
         assert_eq!(r.outcome(Environment::Prod), (Outcome::Promoted, Severity::Info));
-        r.settle(
-            Settlement::RolledBack { reason: "x".into(), to: "td:1".into(), by: RolledBackBy::Conveyor },
-            DateTime::UNIX_EPOCH,
-        )
+        r.settle(RolloutState::RolledBack {
+            at: DateTime::UNIX_EPOCH,
+            reason: "x".into(),
+            to: "td:1".into(),
+            by: RolledBackBy::Conveyor,
+        })
         .unwrap();
         assert_eq!(r.outcome(Environment::Stage), (Outcome::RolledBack, Severity::Error));
         assert_eq!(r.outcome(Environment::Prod), (Outcome::RolledBack, Severity::Critical));

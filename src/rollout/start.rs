@@ -11,16 +11,17 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use super::{Origin, Revision, Rollout, RolloutState, Settlement};
+use super::{Origin, Revision, Rollout, RolloutState};
 use crate::aws::{Described, Ecs, ServiceState};
 use crate::config::AppConfig;
 use crate::error::DeployError;
 use crate::image;
-use crate::ledger::{Change, Held, HistoryEntry, HistoryEvent};
-use crate::notify::{Announcement, Notification, Outcome, Severity};
+use crate::ledger::{Change, Held, HistoryEntry};
+use crate::notify::{Announcement, Notification};
 use crate::record::{Drift, EnvState, Orphan};
 use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::vocabulary::{Outcome, Severity};
 use crate::Conveyor;
 
 /// Where the image URI comes from.
@@ -154,7 +155,7 @@ pub async fn start(
 /// Records a rollout as started: state, history, notification.
 pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, rollout: Rollout) {
     let mut entry = history_of(&app.name, &rollout, env, rollout.started_at);
-    entry.event = if env == Environment::Prod { HistoryEvent::Promoted } else { HistoryEvent::Deploying };
+    entry.event = if env == Environment::Prod { Outcome::Promoted } else { Outcome::Deploying };
     if let Origin::Promotion { reason, .. } = &rollout.origin {
         entry.reason = reason.clone();
     }
@@ -166,11 +167,11 @@ pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, r
 /// A history entry about `app`'s `rollout` (in its current state) at `at`.
 pub fn history_of(app: &AppName, rollout: &Rollout, env: Environment, at: DateTime<Utc>) -> HistoryEntry {
     let event = match &rollout.state {
-        RolloutState::InProgress => HistoryEvent::Deploying,
-        RolloutState::Verified { .. } => HistoryEvent::Verified,
-        RolloutState::RolledBack { .. } => HistoryEvent::RolledBack,
-        RolloutState::Failed { .. } => HistoryEvent::Failed,
-        RolloutState::Superseded { .. } => HistoryEvent::Superseded,
+        RolloutState::InProgress => Outcome::Deploying,
+        RolloutState::Verified { .. } => Outcome::Verified,
+        RolloutState::RolledBack { .. } => Outcome::RolledBack,
+        RolloutState::Failed { .. } => Outcome::Failed,
+        RolloutState::Superseded { .. } => Outcome::Superseded,
     };
     let mut entry = HistoryEntry::new(app, env, event, at);
     entry.tag = Some(rollout.tag.clone());
@@ -193,7 +194,7 @@ pub fn history_of(app: &AppName, rollout: &Rollout, env: Environment, at: DateTi
 /// Settles the rollout in progress (if any) as superseded, with its history and notification.
 pub fn supersede(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, reason: &str, now: DateTime<Utc>) {
     let Some(rollout) = change.state.rollout.as_mut().filter(|r| r.in_progress()) else { return };
-    if rollout.settle(Settlement::Superseded { reason: reason.to_owned() }, now).is_ok() {
+    if rollout.settle(RolloutState::Superseded { at: now, reason: reason.to_owned() }).is_ok() {
         let rollout = rollout.clone();
         info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest, reason, "rollout superseded");
         change.history.push(history_of(&app.name, &rollout, env, now));
@@ -256,7 +257,7 @@ pub fn note_what_runs(
     info!(app = %app.name, environment = %env, task_definition_arn = %running, "drift: the service runs a revision Conveyor did not put there");
     change.state.drift = Some(Drift { revision: running.clone(), seen_at: now });
     change.state.rollback = None;
-    let mut entry = HistoryEntry::new(&app.name, env, HistoryEvent::Drift, now);
+    let mut entry = HistoryEntry::new(&app.name, env, Outcome::Drift, now);
     entry.task_definition_arn = Some(running.clone());
     entry.digest = observed.revision.digest.clone();
     entry.reason = Some(format!("the service was changed outside Conveyor to {}", crate::notify::short_arn(running)));

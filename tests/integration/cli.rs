@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::Utc;
+use conveyor::vocabulary::Action;
 use conveyor_testkit::function::binary;
 use conveyor_testkit::lambda_api::LambdaApi;
 use conveyor_testkit::local_aws::Settle;
@@ -58,7 +59,7 @@ impl Setup {
     /// Pushes `tag` (digest `n`, pushed `hours_ago`) to stage and lets the monitor verify it.
     async fn vet(&self, app: &AppFixture, tag: &str, n: u32, hours_ago: i64) {
         self.push(app, tag, n, hours_ago).await;
-        settle(&self.world, &app.stage, Settle::Complete, "verified").await;
+        settle(&self.world, &app.stage, Settle::Complete, Action::Verified).await;
     }
 
     async fn push(&self, app: &AppFixture, tag: &str, n: u32, hours_ago: i64) {
@@ -74,7 +75,7 @@ impl Setup {
 }
 
 /// Settles the service's primary deployment and hands the event to the monitor.
-async fn settle(world: &World, service: &ServiceFixture, outcome: Settle, expected: &str) {
+async fn settle(world: &World, service: &ServiceFixture, outcome: Settle, expected: Action) {
     let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
     let report = conveyor::monitor::handle(&conveyor(world), events[0].clone(), &invocation()).await.unwrap();
     assert_eq!(report.results[0].action, expected, "{report:?}");
@@ -195,10 +196,10 @@ async fn story(setup: &Setup) -> AppFixture {
     setup.vet(&app, "v1.0.0", 1, 5).await;
     let ana = "arn:aws:sts::123456789012:assumed-role/dev/ana";
     setup.promote(json!({ "app": "shop-api", "tag": "v1.0.0", "requested_by": ana, "reason": "first release" })).await;
-    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
     setup.vet(&app, "v1.1.0", 2, 3).await;
     setup.promote(json!({ "app": "shop-api", "tag": "v1.1.0", "requested_by": ana, "reason": "checkout v2" })).await;
-    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, "rolled_back").await;
+    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, Action::RolledBack).await;
     setup.push(&app, "v1.2.0", 3, 1).await;
     app
 }
@@ -315,14 +316,14 @@ async fn promote_wait_ends_verified_rolled_back_or_timed_out() {
     setup.vet(&app, "v1.2.0", 3, 1).await;
 
     let child = waiting(&setup, &["promote", "shop-api", "v1.0.0", "--wait"], "v1.0.0").await;
-    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
     let verified = finished(child.wait_with_output().await.unwrap()).ok();
     assert!(verified.stdout.lines().last().unwrap().starts_with("verified after"), "{verified:?}");
     assert!(verified.stderr.contains("shop-api prod v1.0.0"), "progress on stderr: {verified:?}");
     insta::assert_snapshot!("promote_wait_verified", stable(&verified.stdout));
 
     let child = waiting(&setup, &["promote", "shop-api", "v1.1.0", "--wait", "--json"], "v1.1.0").await;
-    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, "rolled_back").await;
+    settle(&setup.world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, Action::RolledBack).await;
     let rolled_back = finished(child.wait_with_output().await.unwrap()).exits(2);
     let doc = rolled_back.json();
     assert_eq!(doc["wait"]["outcome"], "rolled_back");
@@ -340,19 +341,19 @@ async fn rollback_goes_back_to_the_verified_prod_release_before_the_current_one(
     setup.vet(&app, "v1.0.0", 1, 3).await;
     setup.vet(&app, "v1.1.0", 2, 2).await;
     setup.promote(json!({ "app": "shop-api", "tag": "v1.0.0" })).await;
-    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
 
     // One release in prod: nothing before it.
     let nothing = setup.run(&["rollback", "shop-api", "--json"]).await.exits(1);
     assert_eq!(nothing.json()["error"]["type"], "NothingToRollBackTo");
 
     setup.promote(json!({ "app": "shop-api", "tag": "v1.1.0" })).await;
-    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
     let dry = setup.run(&["rollback", "shop-api", "--dry-run"]).await.ok();
     insta::assert_snapshot!("rollback_dry_run", stable(&dry.stdout));
     let child =
         waiting(&setup, &["rollback", "shop-api", "--reason", "INC-7 checkout errors", "--wait"], "v1.0.0").await;
-    settle(&setup.world, &app.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
     let back = finished(child.wait_with_output().await.unwrap()).ok();
     insta::assert_snapshot!("rollback_wait", stable(&back.stdout));
     assert!(setup.world.running_image(&app.prod).await.ends_with(&digest(1)));
@@ -482,7 +483,7 @@ async fn metrics_are_the_dora_figures_of_the_history() {
     story(&setup).await;
     setup.vet(&billing, "v2.0.0", 20, 26).await;
     setup.promote(json!({ "app": "billing", "tag": "v2.0.0" })).await;
-    settle(&setup.world, &billing.prod, Settle::Complete, "verified").await;
+    settle(&setup.world, &billing.prod, Settle::Complete, Action::Verified).await;
 
     let metrics = setup.run(&["metrics", "--json"]).await.ok().json();
     let shop = &metrics["apps"][1]["metrics"];

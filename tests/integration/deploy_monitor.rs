@@ -2,6 +2,7 @@
 //! with the ECS deployment lifecycle extension.
 
 use chrono::{Duration, Utc};
+use conveyor::vocabulary::Action;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, AppFixture};
 use conveyor_testkit::{Function, LocalHttp, World};
@@ -19,7 +20,7 @@ async fn deploy_monitor(world: &World) -> Function {
 async fn push(world: &World, tag: &str, n: u32, minutes_ago: i64) -> String {
     let event = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes_ago));
     let report = conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
     report.apps[0].task_definition_arn.clone().unwrap()
 }
 

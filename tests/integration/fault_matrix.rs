@@ -54,6 +54,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use conveyor::vocabulary::{Action, PromoteStatus};
 use conveyor_testkit::local_aws::{CallRecord, Fault, FaultMode, Settle};
 use conveyor_testkit::matrix::{bounded_by, CallSite, FaultKind, Job, LeaseSeen, Tally, Transition};
 use conveyor_testkit::runtime_api::{Invocation, DEFAULT_DEADLINE};
@@ -358,13 +359,13 @@ fn pinned(world: &World, repository: &str, n: u32) -> String {
 async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<Utc>) {
     let event = world.push_event(&app.repository, tag, &digest(n), time);
     let report = conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
 }
 
 /// Setup through the library: the monitor handles `event`; returns its action.
 async fn monitor(world: &World, event: Value) -> &'static str {
     let report = conveyor::monitor::handle(&conveyor(world), event, &invocation()).await.unwrap();
-    report.results[0].action
+    report.results[0].action.as_str()
 }
 
 /// Setup through the library: pushed, rolled out to stage and verified there.
@@ -378,7 +379,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<
 async fn promote(world: &World, tag: &str) {
     let request = json!({ "app": "shop-api", "tag": tag });
     let answer = conveyor::promote::handle(&conveyor(world), request, &invocation()).await.unwrap();
-    assert_eq!(answer.status, "deploying", "{answer:?}");
+    assert_eq!(answer.status, PromoteStatus::Deploying, "{answer:?}");
 }
 
 // ------------------------------------------------------------------------------------------------

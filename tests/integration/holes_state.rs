@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use chrono::{DateTime, Utc};
 use conveyor::ledger::{Change, ItemKey, Ledger, LedgerError};
+use conveyor::vocabulary::{Action, PromoteStatus};
 use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
 use conveyor_testkit::{Function, LocalHttp, World};
@@ -63,13 +64,13 @@ async fn settle(world: &World, service: &ServiceFixture, outcome: Settle) -> Vec
 /// Setup through the library: the monitor handles `event`; returns its action.
 async fn monitor_handles(world: &World, event: Value) -> &'static str {
     let report = conveyor::monitor::handle(&conveyor(world), event, &invocation()).await.unwrap();
-    report.results[0].action
+    report.results[0].action.as_str()
 }
 
 /// Setup through the library: `tag` pushed at `time`, rolled out to stage and verified there.
 async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<Utc>) {
     let report = push(world, app, tag, n, time).await;
-    assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
     let events = settle(world, &app.stage, Settle::Complete).await;
     assert_eq!(monitor_handles(world, events[0].clone()).await, "verified");
 }
@@ -78,7 +79,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<
 async fn promote_lib(world: &World, tag: &str) {
     let request = json!({ "app": "shop-api", "tag": tag });
     let answer = conveyor::promote::handle(&conveyor(world), request, &invocation()).await.unwrap();
-    assert_eq!(answer.status, "deploying", "{answer:?}");
+    assert_eq!(answer.status, PromoteStatus::Deploying, "{answer:?}");
 }
 
 /// An app (fed by the repository of its name) whose stage service is checked at `health_url`.
@@ -663,7 +664,7 @@ async fn stage_verifying_and_prod_failing_one_image_at_once_both_stick() {
     vet(&world, &app, "v2.1.0", 42, at(base, 60)).await;
     let first_vetted = world.image_record("shop-api", &image).await.unwrap()["vetted_stage"].clone();
     let report = push(&world, &app, "v2.0.1", 41, at(base, 120)).await;
-    assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
 
     let completed = settle(&world, &app.stage, Settle::Complete).await;
     let failed = settle(&world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }).await;
@@ -715,7 +716,7 @@ async fn one_sweep_verifies_healthy_apps_concurrently_and_fails_a_deleted_servic
     let base = an_hour_ago();
     for (app, n) in [(&api, 51), (&web, 52), (&db, 53)] {
         let report = push(&world, app, "v1.0.0", n, at(base, i64::from(n))).await;
-        assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+        assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
     }
     // The completions happen, their events are lost; shop-db's service is deleted.
     settle(&world, &api.stage, Settle::Complete).await;

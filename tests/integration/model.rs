@@ -43,6 +43,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use conveyor::types::{AppName, Environment};
+use conveyor::vocabulary::Action;
 use conveyor::Conveyor;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::rng::Rng;
@@ -994,7 +995,7 @@ impl Sequence {
                 let report = conveyor::monitor::handle(&self.conveyor, self.world.schedule_event(), &invocation())
                     .await
                     .map_err(|e| format!("the sweep failed: {e}"))?;
-                if let Some(error) = report.results.iter().find(|r| r.action == "error") {
+                if let Some(error) = report.results.iter().find(|r| r.action == Action::Error) {
                     return Err(format!("the sweep reported an error: {error:?}"));
                 }
                 self.model.sweep();
@@ -1005,7 +1006,7 @@ impl Sequence {
                 let real = conveyor::promote::handle(&self.conveyor, request, &invocation()).await;
                 let expected = self.model.promote(*app, tag, *force);
                 match (&real, &expected) {
-                    (Ok(answer), Ok(status)) if answer.status == *status => Ok(()),
+                    (Ok(answer), Ok(status)) if answer.status.as_str() == *status => Ok(()),
                     (Err(error), Err(allowed)) if allowed.contains(&error.error_type()) => Ok(()),
                     _ => Err(format!(
                         "promote answered {:?}, the model expected {expected:?}",
@@ -1049,7 +1050,7 @@ impl Sequence {
         let expected = self.model.push(push);
         let real: Vec<&str> = APPS
             .iter()
-            .map(|app| report.apps.iter().find(|a| a.app == *app).map_or("(absent)", |a| a.status))
+            .map(|app| report.apps.iter().find(|a| a.app == *app).map_or("(absent)", |a| a.status.as_str()))
             .collect();
         if real != expected {
             return Err(format!("stage-deploy reported {real:?}, the model expected {expected:?}: {report:?}"));

@@ -1,6 +1,7 @@
 //! The real `promote` binary against the local AWS, and prod's rollouts through the monitor.
 
 use chrono::{Duration, Utc};
+use conveyor::vocabulary::Action;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
 use conveyor_testkit::{Function, World};
@@ -17,11 +18,11 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {
     let conveyor = conveyor(world);
     let event = world.push_event(&app.repository, tag, &digest(n), Utc::now() - Duration::minutes(60 - i64::from(n)));
     conveyor::stage::handle(&conveyor, event, &invocation()).await.unwrap();
-    settle_and_monitor(world, &app.stage, Settle::Complete, "verified").await;
+    settle_and_monitor(world, &app.stage, Settle::Complete, Action::Verified).await;
 }
 
 /// Settles the service's primary deployment and hands the events to the monitor.
-async fn settle_and_monitor(world: &World, service: &ServiceFixture, outcome: Settle, expected: &str) {
+async fn settle_and_monitor(world: &World, service: &ServiceFixture, outcome: Settle, expected: Action) {
     let conveyor = conveyor(world);
     let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
     let report = conveyor::monitor::handle(&conveyor, events[0].clone(), &invocation()).await.unwrap();
@@ -134,14 +135,14 @@ async fn prod_rollouts_flow_through_the_monitor_and_a_failed_digest_is_never_pro
 
     // v1.0.0 to prod, verified there: prod's last verified revision.
     let first = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
-    settle_and_monitor(&world, &app.prod, Settle::Complete, "verified").await;
+    settle_and_monitor(&world, &app.prod, Settle::Complete, Action::Verified).await;
     let prod = world.record("shop-api", "prod").await.unwrap();
     assert_eq!(prod["last_verified"]["task_definition_arn"], first["task_definition_arn"]);
 
     // v1.1.0 to prod fails there: prod goes back to v1.0.0's prod revision, with a critical alert.
     let _ = world.notifications().await;
     promote.invoke(json!({ "app": "shop-api", "tag": "v1.1.0" })).await.response();
-    settle_and_monitor(&world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, "rolled_back").await;
+    settle_and_monitor(&world, &app.prod, Settle::Fail { circuit_breaker_rollback: false }, Action::RolledBack).await;
     let service = world.service(&app.prod.cluster, &app.prod.service).await;
     assert_eq!(service.task_definition(), first["task_definition_arn"].as_str());
     let notes = world.notifications().await;

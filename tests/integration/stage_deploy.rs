@@ -63,7 +63,7 @@ async fn an_invalid_app_config_never_blocks_valid_apps() {
     .await
     .unwrap();
     assert_eq!(report.apps.len(), 1);
-    assert_eq!(report.apps[0].status, "deploying");
+    assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert!(world.running_image(&good.stage).await.ends_with(&digest(1)));
 }
 
@@ -91,7 +91,7 @@ async fn a_refused_update_service_leaves_no_half_done_deployment() {
 
     // The retry deploys.
     let report = conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status, "deploying");
+    assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert!(world.running_image(&app.stage).await.ends_with(&digest(1)));
 }
 
@@ -109,7 +109,7 @@ async fn throttling_is_retried_by_the_sdk() {
     )
     .await
     .unwrap();
-    assert_eq!(report.apps[0].status, "deploying");
+    assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2);
 }
 
@@ -130,7 +130,7 @@ async fn a_rollout_whose_record_was_lost_is_recorded_on_retry() {
     world.aws.clear_faults(&world.table).await;
 
     let report = conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status.as_str(), "deploying", "{report:?}");
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2, "no second revision for the same push");
     let record = world.record("shop-api", "stage").await.unwrap();
     assert_eq!(record["rollout"]["digest"], digest(1).as_str());

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::context::{Context, Names};
 use crate::error::{CliError, DONE, REFUSED};
-use crate::output::{render, Report, Style};
+use crate::output::{render, Report, Style, Tone};
 
 /// One checked config, and where it came from. Every key is always present.
 #[derive(Debug, Clone, Serialize)]
@@ -112,7 +112,7 @@ fn table(style: &Style, checked: &[Checked]) -> String {
         table.add_row(vec![
             style.cell(&c.verdict.app, None),
             style.cell(c.file.as_deref().unwrap_or(&c.verdict.parameter), None),
-            style.state(result, result),
+            style.state(result, Tone::verdict(c.verdict.valid)),
             style.cell(&problem, None),
         ]);
     }

@@ -25,7 +25,7 @@ pub async fn run(ctx: &Context, app: &str, env: Option<Environment>, limit: usiz
 pub fn table(style: &Style, rows: &[HistoryRow]) -> String {
     let mut table = style.table(&["TIME", "ENV", "EVENT", "TAG", "DIGEST", "DURATION", "BY", "REASON"]);
     for row in rows {
-        let event = if row.forced { format!("{} (forced)", row.event) } else { row.event.to_owned() };
+        let event = if row.forced { format!("{} (forced)", row.event) } else { row.event.to_string() };
         table.add_row(vec![
             style.cell(&output::time(row.at), None),
             style.cell(row.environment.as_str(), None),

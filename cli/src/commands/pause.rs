@@ -6,7 +6,9 @@ use std::time::Duration;
 use chrono::SecondsFormat;
 use conveyor::pause::PauseReport;
 use conveyor::record::RecordedPush;
+use conveyor::stage::StageReport;
 use conveyor::types::Environment;
+use conveyor::vocabulary::{Action, Outcome};
 use conveyor::Invocation;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -14,15 +16,14 @@ use serde_json::{json, Value};
 use super::{configs, find_app};
 use crate::args::{environments, Env};
 use crate::context::Context;
-use crate::error::CliError;
+use crate::error::{CliError, AWS_OR_CONFIG};
 use crate::output::{self, Report, Style};
 
 /// What `pause` and `resume` print with `--json`. Every key is always present.
 #[derive(Debug, Clone, Serialize)]
 pub struct PauseOutput {
     pub app: String,
-    /// `pause` or `resume`.
-    pub action: &'static str,
+    pub action: PauseAction,
     pub by: String,
     pub reason: Option<String>,
     pub environments: Vec<EnvOutcome>,
@@ -30,6 +31,14 @@ pub struct PauseOutput {
     pub deployed: Option<Deployed>,
     /// No alert topic is known: the notification was only logged.
     pub notified: bool,
+}
+
+/// Which command ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseAction {
+    Pause,
+    Resume,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +53,7 @@ pub struct EnvOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Deployed {
     pub event: Value,
-    pub report: Value,
+    pub report: StageReport,
 }
 
 impl From<PauseReport> for EnvOutcome {
@@ -78,7 +87,7 @@ pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> 
     }
     let output = PauseOutput {
         app: app.name.to_string(),
-        action: "pause",
+        action: PauseAction::Pause,
         by,
         reason: Some(reason.to_owned()),
         environments: outcomes,
@@ -133,12 +142,14 @@ pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: b
     let mut deployed = None;
     if let (Some(function), Some(push)) = (stage_deploy, held) {
         let event = push_event(&push);
-        let report = super::promote::invoke(&ctx.lambda()?, function, &event).await?;
+        let answer = super::promote::invoke(&ctx.lambda()?, function, &event).await?;
+        let report = serde_json::from_value(answer.clone())
+            .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
         deployed = Some(Deployed { event, report });
     }
     let output = PauseOutput {
         app: app.name.to_string(),
-        action: "resume",
+        action: PauseAction::Resume,
         by,
         reason: None,
         environments: outcomes,
@@ -152,16 +163,16 @@ fn report(style: &Style, output: PauseOutput) -> Report {
     let mut lines = Vec::new();
     for env in &output.environments {
         let at = format!("{} {}", output.app, env.environment);
-        let state = if env.paused { "paused" } else { "resumed" };
-        let painted = style.paint(state, state);
+        let state = if env.paused { Outcome::Paused } else { Outcome::Resumed };
+        let painted = style.paint(state.as_str(), state);
         lines.push(match (env.changed, output.action) {
-            (true, "pause") => {
+            (true, PauseAction::Pause) => {
                 format!("{at}: {painted} by {}: {}", output::who(&output.by), output.reason.as_deref().unwrap_or(""))
             }
             (true, _) => format!("{at}: {painted} by {}", output::who(&output.by)),
             (false, _) => format!("{at}: already {}", if env.paused { "paused" } else { "running (not paused)" }),
         });
-        if let (Some(push), "resume") = (&env.held_push, output.action) {
+        if let (Some(push), PauseAction::Resume) = (&env.held_push, output.action) {
             let held = format!(
                 "{} ({}) pushed {}",
                 push.tag,
@@ -179,17 +190,15 @@ fn report(style: &Style, output: PauseOutput) -> Report {
         }
     }
     if let Some(deployed) = &output.deployed {
-        let apps = deployed.report["apps"].as_array().cloned().unwrap_or_default();
-        for app in apps.iter().filter(|a| a["app"] == output.app.as_str()) {
-            let status = app["status"].as_str().unwrap_or("?");
+        for app in deployed.report.apps.iter().filter(|a| a.app == output.app) {
             // Rolling out, the revision says it all; otherwise stage-deploy's detail says why not.
-            let detail = match app["task_definition_arn"].as_str() {
-                Some(arn) if status == "deploying" => conveyor::notify::short_arn(arn).to_owned(),
-                _ => app["detail"].as_str().unwrap_or_default().to_owned(),
+            let detail = match (&app.task_definition_arn, app.status) {
+                (Some(arn), Action::Deploying) => conveyor::notify::short_arn(arn),
+                _ => &app.detail,
             };
-            lines.push(format!("{} stage: {} {detail}", output.app, style.paint(status, status)));
+            lines.push(format!("{} stage: {} {detail}", output.app, style.paint(app.status.as_str(), app.status)));
         }
-        if let Some(skipped) = deployed.report["skipped"].as_str() {
+        if let Some(skipped) = &deployed.report.skipped {
             lines.push(format!("stage-deploy skipped it: {skipped}"));
         }
     }

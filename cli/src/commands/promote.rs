@@ -7,10 +7,12 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use conveyor::config::AppConfig;
 use conveyor::notify::short_arn;
-use conveyor::ops::follow::{self, Progress};
+use conveyor::ops::follow;
 use conveyor::ops::{history, status};
 use conveyor::record::EnvState;
+use conveyor::rollout::RolloutState;
 use conveyor::types::{Environment, ImageDigest};
+use conveyor::vocabulary::PromoteStatus;
 use conveyor::Conveyor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -20,7 +22,7 @@ use super::{app_name, configs, find_app};
 use crate::args::{PromoteArgs, RollbackArgs, WaitArgs};
 use crate::context::Context;
 use crate::error::{CliError, AWS_OR_CONFIG, DONE, REFUSED, ROLLED_BACK, TIMED_OUT};
-use crate::output::{self, or_dash, render, Report, Style};
+use crate::output::{self, or_dash, render, Report, Style, Tone};
 
 /// How often `--wait` looks at the rollout.
 const POLL: Duration = Duration::from_secs(1);
@@ -53,11 +55,51 @@ pub struct Release {
     pub digest: Option<String>,
 }
 
-/// How `--wait` ended.
+/// How `--wait` ended: the rollout settled (as the state table says), or the wait gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Waited {
+    Verified,
+    /// Prod already ran the digest: there was nothing to follow.
+    AlreadyDeployed,
+    RolledBack,
+    Failed,
+    Superseded,
+    TimedOut,
+}
+
+impl Waited {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// How a settled rollout ended; `None` while it is still in progress.
+    fn settled(state: &RolloutState) -> Option<Self> {
+        match state {
+            RolloutState::InProgress => None,
+            RolloutState::Verified { .. } => Some(Waited::Verified),
+            RolloutState::RolledBack { .. } => Some(Waited::RolledBack),
+            RolloutState::Failed { .. } => Some(Waited::Failed),
+            RolloutState::Superseded { .. } => Some(Waited::Superseded),
+        }
+    }
+}
+
+impl From<Waited> for Tone {
+    fn from(waited: Waited) -> Self {
+        match waited {
+            Waited::Verified | Waited::AlreadyDeployed => Tone::Good,
+            Waited::RolledBack | Waited::Failed | Waited::TimedOut => Tone::Bad,
+            Waited::Superseded => Tone::Quiet,
+        }
+    }
+}
+
+/// How `--wait` ended, with why and after how long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaitOutcome {
-    /// `verified`, `already_deployed`, `rolled_back`, `failed`, `superseded` or `timed_out`.
-    pub outcome: &'static str,
+    pub outcome: Waited,
     pub reason: Option<String>,
     pub seconds: u64,
     /// Rolled back: the revision prod went back to.
@@ -67,9 +109,9 @@ pub struct WaitOutcome {
 impl WaitOutcome {
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
-            "verified" | "already_deployed" => DONE,
-            "timed_out" => TIMED_OUT,
-            _ => ROLLED_BACK,
+            Waited::Verified | Waited::AlreadyDeployed => DONE,
+            Waited::TimedOut => TIMED_OUT,
+            Waited::RolledBack | Waited::Failed | Waited::Superseded => ROLLED_BACK,
         }
     }
 }
@@ -82,8 +124,7 @@ pub struct PromoteOutput {
     pub tag: String,
     pub digest: String,
     pub task_definition_arn: String,
-    /// `deploying`, `already_deployed` or `dry_run`.
-    pub status: String,
+    pub status: PromoteStatus,
     pub forced: bool,
     pub requested_by: Option<String>,
     pub reason: Option<String>,
@@ -193,7 +234,7 @@ async fn execute(
         tag: response.tag.clone(),
         digest: response.digest.clone(),
         task_definition_arn: response.task_definition_arn.clone(),
-        status: response.status.clone(),
+        status: response.status,
         forced: response.forced,
         requested_by: response.requested_by.clone().or_else(|| payload["requested_by"].as_str().map(str::to_owned)),
         reason: payload["reason"].as_str().map(str::to_owned),
@@ -244,26 +285,33 @@ async fn follow_rollout(
         let state = conveyor.ledger.env::<EnvState>(&app.name, Environment::Prod).await?.map(|(state, _)| state);
         let progress = follow::progress(state.as_ref(), &response.task_definition_arn, &digest);
         let seconds = started.elapsed().as_secs();
-        let settled = |outcome: &'static str, reason: Option<String>, to: Option<String>| WaitOutcome {
+        let settled = |outcome: Waited, reason: Option<String>, to: Option<String>| WaitOutcome {
             outcome,
             reason,
             seconds,
             rolled_back_to: to,
         };
         match &progress {
-            Progress::Verified { .. } => break settled("verified", None, None),
-            Progress::RolledBack { reason, to, .. } => {
-                break settled("rolled_back", Some(reason.clone()), Some(to.clone()))
+            Some(state) => {
+                if let Some(outcome) = Waited::settled(state) {
+                    let to = match state {
+                        RolloutState::RolledBack { to, .. } => Some(to.clone()),
+                        _ => None,
+                    };
+                    break settled(outcome, state.reason().map(str::to_owned), to);
+                }
             }
-            Progress::Failed { reason, .. } => break settled("failed", Some(reason.clone()), None),
-            Progress::Superseded { reason } => break settled("superseded", Some(reason.clone()), None),
-            Progress::Unknown if response.status == "already_deployed" => {
-                break settled("already_deployed", Some("prod already ran it".into()), None)
+            None if response.status == PromoteStatus::AlreadyDeployed => {
+                break settled(Waited::AlreadyDeployed, Some("prod already ran it".into()), None)
             }
-            Progress::Unknown | Progress::InProgress => {}
+            None => {}
         }
         if started.elapsed() >= timeout {
-            break settled("timed_out", Some(format!("not settled after {}", output::duration(seconds as i64))), None);
+            break settled(
+                Waited::TimedOut,
+                Some(format!("not settled after {}", output::duration(seconds as i64))),
+                None,
+            );
         }
         let ecs = match status::running(conveyor, app, Environment::Prod).await {
             Ok(running) => match &running.deployment {
@@ -283,7 +331,7 @@ async fn follow_rollout(
             app.name,
             response.tag,
             short_arn(&response.task_definition_arn),
-            progress.name()
+            progress.as_ref().map_or("unknown", RolloutState::name)
         );
         if plain {
             if message != said {
@@ -311,8 +359,8 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             output.tag
         ));
     }
-    match output.status.as_str() {
-        "dry_run" | "already_deployed" if output.current.is_some() => {
+    match output.status {
+        PromoteStatus::DryRun | PromoteStatus::AlreadyDeployed if output.current.is_some() => {
             let mut table = style.table(&["", "TAG", "DIGEST", "IMAGE"]);
             for (label, side) in [("prod now", &output.current), ("would run", &output.new)] {
                 let side = side.as_ref();
@@ -323,7 +371,7 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
                     style.cell(or_dash(side.and_then(|s| s.image.as_deref())), None),
                 ]);
             }
-            if output.status == "already_deployed" {
+            if output.status == PromoteStatus::AlreadyDeployed {
                 lines.push(format!("dry run: prod already runs {what}; promoting it would change nothing"));
             } else {
                 lines.push(format!(
@@ -335,8 +383,8 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             lines.push(String::new());
             lines.push(render(&table));
         }
-        "already_deployed" => lines.push(format!("prod already runs {what} ({revision}): nothing to do")),
-        status => lines.push(format!("{what} → prod: {} {revision}", style.paint(status, status))),
+        PromoteStatus::AlreadyDeployed => lines.push(format!("prod already runs {what} ({revision}): nothing to do")),
+        status => lines.push(format!("{what} → prod: {} {revision}", style.paint(status.as_str(), status))),
     }
     if output.forced {
         lines.push("forced: the image failed before; the history and the notification say so".into());
@@ -350,20 +398,22 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
     }
     if let Some(wait) = &output.wait {
         let after = output::duration(wait.seconds as i64);
-        let painted = style.paint(wait.outcome, wait.outcome);
+        let painted = style.paint(wait.outcome.as_str(), wait.outcome);
         lines.push(match wait.outcome {
-            "verified" => format!("{painted} after {after}: prod runs {what}"),
-            "already_deployed" => format!("{painted}: prod runs {what}"),
-            "rolled_back" => format!(
+            Waited::Verified => format!("{painted} after {after}: prod runs {what}"),
+            Waited::AlreadyDeployed => format!("{painted}: prod runs {what}"),
+            Waited::RolledBack => format!(
                 "{painted} after {after}: {}; prod is back on {}",
                 wait.reason.as_deref().unwrap_or(""),
                 wait.rolled_back_to.as_deref().map(short_arn).unwrap_or("-")
             ),
-            "timed_out" => format!(
+            Waited::TimedOut => format!(
                 "{painted} after {after}: the rollout goes on (`conveyor status {}` shows where it is)",
                 output.app
             ),
-            other => format!("{} after {after}: {}", style.paint(other, other), wait.reason.as_deref().unwrap_or("")),
+            Waited::Failed | Waited::Superseded => {
+                format!("{painted} after {after}: {}", wait.reason.as_deref().unwrap_or(""))
+            }
         });
     }
     lines.join("\n")

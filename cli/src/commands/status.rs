@@ -2,12 +2,13 @@
 
 use conveyor::config::AppConfig;
 use conveyor::ops::status::{self, AppStatus, EnvStatus};
+use conveyor::rollout::RolloutKind;
 use serde_json::json;
 
 use super::{configs, find_app};
 use crate::context::Context;
 use crate::error::{CliError, AWS_OR_CONFIG, DONE};
-use crate::output::{self, or_dash, render, Report, Style};
+use crate::output::{self, or_dash, render, Report, Style, Tone};
 
 pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<Report, CliError> {
     let conveyor = ctx.conveyor().await?;
@@ -51,14 +52,14 @@ pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<
     })
 }
 
-fn rollout(env: &EnvStatus) -> (String, &'static str) {
-    let Some(rollout) = &env.rollout else { return ("-".into(), "") };
+fn rollout(env: &EnvStatus) -> (String, Tone) {
+    let Some(rollout) = &env.rollout else { return ("-".into(), Tone::Plain) };
     let mut text = format!("{} {}", rollout.tag, rollout.state);
     let deployment = env.running.as_ref().and_then(|r| r.deployment.as_ref());
-    if let (true, Some(deployment)) = (rollout.state == "in_progress", deployment) {
+    if let (true, Some(deployment)) = (rollout.state == RolloutKind::InProgress, deployment) {
         text.push_str(&format!(" ({}/{} running)", deployment.running_count, deployment.desired_count));
     }
-    (text, rollout.state)
+    (text, rollout.state.into())
 }
 
 fn text(style: &Style, statuses: &[AppStatus]) -> String {
@@ -69,7 +70,8 @@ fn text(style: &Style, statuses: &[AppStatus]) -> String {
             let (rollout, state) = rollout(env);
             let verified =
                 env.last_verified.as_ref().map(|v| format!("{} {}", v.tag, output::time(v.at))).unwrap_or("-".into());
-            let paused = if env.paused.is_some() { "paused" } else { "no" };
+            let (paused, paused_tone) =
+                if env.paused.is_some() { ("paused", Tone::Attention) } else { ("no", Tone::Plain) };
             table.add_row(vec![
                 style.cell(&app.app, None),
                 style.cell(env.environment.as_str(), None),
@@ -81,7 +83,7 @@ fn text(style: &Style, statuses: &[AppStatus]) -> String {
                 style.cell(or_dash(running.map(|r| r.revision.as_str())), None),
                 style.state(&rollout, state),
                 style.cell(&verified, None),
-                style.state(paused, paused),
+                style.state(paused, paused_tone),
             ]);
         }
     }
@@ -123,7 +125,9 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
                     pause.reason
                 ));
             }
-            if let Some(rollout) = env.rollout.as_ref().filter(|r| r.state == "rolled_back" || r.state == "failed") {
+            if let Some(rollout) =
+                env.rollout.as_ref().filter(|r| matches!(r.state, RolloutKind::RolledBack | RolloutKind::Failed))
+            {
                 notes.push(format!(
                     "{at}: {} {}: {}",
                     rollout.tag,

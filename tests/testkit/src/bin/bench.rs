@@ -108,7 +108,7 @@ impl Bench {
     async fn stage_rollout(&mut self, tag: &str) {
         let event = self.push_event(0, tag);
         let report = conveyor::stage::handle(&self.conveyor, event, &Self::invocation()).await.expect("stage rollout");
-        assert_eq!(report.apps[0].status, "deploying", "{report:?}");
+        assert_eq!(report.apps[0].status, conveyor::vocabulary::Action::Deploying, "{report:?}");
     }
 
     /// ECS ends the primary deployment of app 0 in `env`; the monitor handles it if `handle`.
