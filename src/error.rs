@@ -1,12 +1,15 @@
 //! The errors a Conveyor function can end with, and their `errorType` at the Lambda edge.
 
+use std::fmt;
+
 use lambda_runtime::Diagnostic;
 
-use crate::aws::AwsError;
+use crate::aws::{AwsError, Unmodeled};
 use crate::config::ConfigError;
 use crate::events::InvalidEvent;
-use crate::ledger::LedgerError;
-use crate::types::AppName;
+use crate::ledger::{Failure, LedgerError, TagItem};
+use crate::record::Pause;
+use crate::types::{AppName, Environment, ImageDigest, ImageTag, InvalidValue};
 
 /// Why one app could not be deployed (or settled).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -16,8 +19,8 @@ pub enum DeployError {
     #[error("cannot tell which ECR registry to deploy from: the event has no account and container `{container}` runs {image:?}, not an ECR image")]
     NoRegistry { container: String, image: String },
     /// The service's task definition has members this build cannot copy.
-    #[error("task definition {arn} has members this Conveyor build does not know ({}): registering a copy would silently drop them; upgrade Conveyor before deploying this service", .members.join(", "))]
-    Unmodeled { arn: String, members: Vec<String> },
+    #[error(transparent)]
+    Unmodeled(#[from] Unmodeled),
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error(transparent)]
@@ -30,9 +33,7 @@ impl DeployError {
         match self {
             DeployError::Aws(aws) => aws.retryable,
             DeployError::Ledger(ledger) => ledger.retryable(),
-            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. } => {
-                false
-            }
+            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_) => false,
         }
     }
 
@@ -40,7 +41,7 @@ impl DeployError {
     pub fn needs_people(&self) -> bool {
         matches!(
             self,
-            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. }
+            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_)
         )
     }
 }
@@ -49,7 +50,7 @@ impl From<crate::aws::RegisterError> for DeployError {
     fn from(error: crate::aws::RegisterError) -> Self {
         match error {
             crate::aws::RegisterError::Aws(aws) => DeployError::Aws(aws),
-            crate::aws::RegisterError::Unmodeled { arn, members } => DeployError::Unmodeled { arn, members },
+            crate::aws::RegisterError::Unmodeled(unmodeled) => DeployError::Unmodeled(unmodeled),
         }
     }
 }
@@ -61,18 +62,19 @@ pub enum Error {
     InvalidEvent(#[from] InvalidEvent),
     /// A promote request that is not well-formed.
     #[error("{0}")]
-    InvalidRequest(String),
-    #[error("{0}")]
-    UnknownApp(String),
+    InvalidRequest(#[from] InvalidRequest),
+    #[error("no app {app} (no parameter {parameter}); configured apps: {}", list_or_none(.known))]
+    UnknownApp { app: AppName, parameter: String, known: Vec<AppName> },
     /// Refused: stage never vetted it, or it failed somewhere.
     #[error("{0}")]
-    NotVetted(String),
+    NotVetted(#[from] NotVetted),
     /// Refused: the environment is paused.
+    #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.by, .pause.reason)]
+    Paused { app: AppName, environment: Environment, pause: Pause },
+    /// The state table refused or failed: another operation holds the service ([`Error::error_type`]
+    /// `Busy`, retry), or an AWS error.
     #[error("{0}")]
-    Paused(String),
-    /// Another operation holds the service; retry.
-    #[error("{0}")]
-    Busy(String),
+    Ledger(#[from] LedgerError),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -83,46 +85,119 @@ pub enum Error {
     Deploy(Vec<(AppName, DeployError)>),
 }
 
+fn list_or_none(known: &[AppName]) -> String {
+    if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.iter().map(AppName::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
 fn summarize(failures: &[(AppName, DeployError)]) -> String {
     let parts: Vec<String> = failures.iter().map(|(app, error)| format!("{app}: {error}")).collect();
     format!("{} app(s) failed: {}", failures.len(), parts.join("; "))
 }
 
-impl Error {
-    /// The Lambda `errorType`.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Error::InvalidEvent(_) => "InvalidEvent",
-            Error::InvalidRequest(_) => "InvalidRequest",
-            Error::UnknownApp(_) => "UnknownApp",
-            Error::NotVetted(_) => "NotVetted",
-            Error::Paused(_) => "Paused",
-            Error::Busy(_) => "Busy",
-            Error::Config(_) => "ConfigError",
-            Error::Aws(_) => "AwsError",
-            Error::Deploy(_) => "DeployFailed",
+/// Why a promote request is not well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error(r#"expected a JSON object such as {{"app": "shop-api", "tag": "v1.4.2"}}, got {got}"#)]
+    NotAnObject { got: String },
+    /// A member of the wrong type, or one that is not known (serde's own words).
+    #[error("{0}")]
+    Shape(String),
+    #[error("{0}")]
+    Value(#[from] InvalidValue),
+    #[error("give either `tag` or `digest`, not both")]
+    TagAndDigest,
+    #[error("give the `tag` (or `digest`) to promote")]
+    NoImage,
+    #[error("`{field}` must be at most {limit} characters of text (no control characters)")]
+    Text { field: &'static str, limit: usize },
+}
+
+/// Why an image may not be promoted, with what may be instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotVetted {
+    /// `image`: the tag or digest asked for.
+    #[error("{app} {image} was never vetted in stage. {promotable}")]
+    Never { app: AppName, image: String, promotable: Promotable },
+    #[error("{app} {digest} has no tag on record; promote it by tag")]
+    Untagged { app: AppName, digest: ImageDigest },
+    #[error("{app} {tag} ({digest}) failed in {environment} at {}: {}. A digest that failed anywhere is never promoted (`force` overrides, on your responsibility). {promotable}", .failure.at.to_rfc3339(), .failure.reason)]
+    Failed {
+        app: AppName,
+        tag: ImageTag,
+        digest: ImageDigest,
+        environment: Environment,
+        failure: Failure,
+        promotable: Promotable,
+    },
+}
+
+/// What can be promoted instead, newest first (part of a refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotable(pub Vec<TagItem>);
+
+impl fmt::Display for Promotable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("No tag is promotable yet: push one and let stage verify it.");
         }
+        let listed: Vec<String> = self
+            .0
+            .iter()
+            .map(|t| format!("{} ({}, vetted {})", t.tag, t.digest.short(), t.vetted_at.format("%Y-%m-%d %H:%M UTC")))
+            .collect();
+        write!(f, "Promotable tags, newest first: {}.", listed.join(", "))
     }
 }
 
-impl From<LedgerError> for Error {
-    fn from(error: LedgerError) -> Self {
-        match error {
-            LedgerError::Aws(aws) => Error::Aws(aws),
-            LedgerError::Busy { .. } => Error::Busy(error.to_string()),
-            other => Error::Aws(AwsError {
-                operation: "StateTable",
-                code: "StateConflict".into(),
-                message: other.to_string(),
-                retryable: other.retryable(),
-                rejected: false,
-            }),
+/// A Lambda `errorType` (the contract's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display, strum::EnumString, strum::IntoStaticStr)]
+pub enum ErrorType {
+    InvalidEvent,
+    InvalidRequest,
+    UnknownApp,
+    NotVetted,
+    Paused,
+    Busy,
+    ConfigError,
+    AwsError,
+    DeployFailed,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// A refusal: the request was understood and said no to (the caller must change something);
+    /// every other error is a failure to act (AWS, configuration, a busy service).
+    pub fn is_refusal(self) -> bool {
+        matches!(self, ErrorType::NotVetted | ErrorType::Paused | ErrorType::InvalidRequest | ErrorType::UnknownApp)
+    }
+}
+
+impl Error {
+    /// The Lambda `errorType`.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            Error::InvalidEvent(_) => ErrorType::InvalidEvent,
+            Error::InvalidRequest(_) => ErrorType::InvalidRequest,
+            Error::UnknownApp { .. } => ErrorType::UnknownApp,
+            Error::NotVetted(_) => ErrorType::NotVetted,
+            Error::Paused { .. } => ErrorType::Paused,
+            Error::Ledger(LedgerError::Busy { .. }) => ErrorType::Busy,
+            Error::Ledger(_) | Error::Aws(_) => ErrorType::AwsError,
+            Error::Config(_) => ErrorType::ConfigError,
+            Error::Deploy(_) => ErrorType::DeployFailed,
         }
     }
 }
 
 impl From<Error> for Diagnostic {
     fn from(error: Error) -> Diagnostic {
-        Diagnostic { error_type: error.error_type().to_owned(), error_message: error.to_string() }
+        Diagnostic { error_type: error.error_type().as_str().to_owned(), error_message: error.to_string() }
     }
 }

@@ -309,12 +309,12 @@ impl Notifier {
             let mut remaining = Vec::new();
             for channel in &entry.channels {
                 let sent = match channel {
-                    Channel::Sns if !sns_down => self.publish(entry).await.map_err(|e| e.to_string()),
+                    Channel::Sns if !sns_down => self.publish(entry).await.map_err(Undelivered::from),
                     Channel::Slack if !slack_down => match &entry.slack_webhook_parameter {
                         Some(parameter) => self.post_to_slack(n, parameter).await,
                         None => Ok(()),
                     },
-                    _ => Err("channel down earlier in this delivery".to_owned()),
+                    _ => Err(Undelivered::ChannelDown),
                 };
                 if let Err(error) = sent {
                     tracing::error!(app = %n.app, outcome = %n.outcome, channel = ?channel, notification_id = %entry.id,
@@ -343,19 +343,34 @@ impl Notifier {
         self.sns.publish(topic, &n.subject(), &n.chatbot_message(&entry.id).to_string(), &attributes).await.map(drop)
     }
 
-    async fn post_to_slack(&self, notification: &Notification, parameter: &str) -> Result<(), String> {
+    async fn post_to_slack(&self, notification: &Notification, parameter: &str) -> Result<(), Undelivered> {
         let cached = self.webhooks.lock().await.get(parameter).cloned();
         let url = match cached {
             Some(url) => url,
             None => {
-                let secret = self.ssm.get(parameter, true).await.map_err(|e| e.to_string())?;
-                let url = secret.map(|p| p.value).ok_or_else(|| format!("parameter {parameter} does not exist"))?;
+                let secret = self.ssm.get(parameter, true).await?;
+                let url = secret.map(|p| p.value).ok_or_else(|| Undelivered::NoWebhook(parameter.to_owned()))?;
                 self.webhooks.lock().await.insert(parameter.to_owned(), url.clone());
                 url
             }
         };
-        slack::post(&self.http, &url, &slack::message(notification)).await.map_err(|e| e.to_string())
+        Ok(slack::post(&self.http, &url, &slack::message(notification)).await?)
     }
+}
+
+/// Why a notification did not reach a channel (it stays in the outbox).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Undelivered {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Slack(#[from] slack::SlackError),
+    /// The app's `slack_webhook_parameter` names no parameter.
+    #[error("parameter {0} does not exist")]
+    NoWebhook(String),
+    /// The channel failed earlier in this delivery: not tried again now.
+    #[error("channel down earlier in this delivery")]
+    ChannelDown,
 }
 
 #[cfg(test)]

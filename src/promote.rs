@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing::{info, instrument, warn};
 
 use crate::config::AppConfig;
-use crate::error::{DeployError, Error};
+use crate::error::{DeployError, Error, InvalidRequest, NotVetted, Promotable};
 use crate::ledger::{Failure, Held, ImageFacts, Item, ItemKey, LedgerError, TagItem};
 use crate::record::EnvState;
 use crate::rollout::start::{self, Candidate, ImageSource, Started};
@@ -85,30 +85,25 @@ pub struct Response {
     pub image: Option<String>,
 }
 
-fn text(field: &str, value: Option<String>) -> Result<Option<String>, Error> {
+fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, Error> {
     let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { return Ok(None) };
     if value.chars().count() > TEXT_LIMIT || value.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest(format!(
-            "`{field}` must be at most {TEXT_LIMIT} characters of text (no control characters)"
-        )));
+        return Err(InvalidRequest::Text { field, limit: TEXT_LIMIT }.into());
     }
     Ok(Some(value))
 }
 
 pub fn parse_request(payload: Value) -> Result<Request, Error> {
-    let invalid = |message: String| Error::InvalidRequest(message);
     if !payload.is_object() {
-        return Err(invalid(format!(
-            r#"expected a JSON object such as {{"app": "shop-api", "tag": "v1.4.2"}}, got {payload}"#
-        )));
+        return Err(InvalidRequest::NotAnObject { got: payload.to_string() }.into());
     }
-    let raw: RawRequest = serde_json::from_value(payload).map_err(|e| invalid(format!("{e}")))?;
-    let app = AppName::parse(raw.app).map_err(|e| invalid(e.to_string()))?;
+    let raw: RawRequest = serde_json::from_value(payload).map_err(|e| InvalidRequest::Shape(e.to_string()))?;
+    let app = AppName::parse(raw.app).map_err(InvalidRequest::from)?;
     let image = match (raw.tag, raw.digest) {
-        (Some(tag), None) => ImageRef::Tag(ImageTag::parse(tag).map_err(|e| invalid(e.to_string()))?),
-        (None, Some(digest)) => ImageRef::Digest(ImageDigest::parse(digest).map_err(|e| invalid(e.to_string()))?),
-        (Some(_), Some(_)) => return Err(invalid("give either `tag` or `digest`, not both".into())),
-        (None, None) => return Err(invalid("give the `tag` (or `digest`) to promote".into())),
+        (Some(tag), None) => ImageRef::Tag(ImageTag::parse(tag).map_err(InvalidRequest::from)?),
+        (None, Some(digest)) => ImageRef::Digest(ImageDigest::parse(digest).map_err(InvalidRequest::from)?),
+        (Some(_), Some(_)) => return Err(InvalidRequest::TagAndDigest.into()),
+        (None, None) => return Err(InvalidRequest::NoImage.into()),
     };
     Ok(Request {
         app,
@@ -126,7 +121,7 @@ pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation
     // Boxed, like every handler's work (see `stage::handle`).
     Box::pin(promote(conveyor, &request, invocation))
         .await
-        .inspect_err(|e| warn!(app = %request.app, error_type = e.error_type(), error = %e, "promote refused"))
+        .inspect_err(|e| warn!(app = %request.app, error_type = %e.error_type(), error = %e, "promote refused"))
 }
 
 /// What a request resolved to.
@@ -146,12 +141,8 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
         if let Some(invalid) = config.invalid_app(&parameter) {
             return Err(invalid.error.clone().into());
         }
-        let known: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
-        return Err(Error::UnknownApp(format!(
-            "no app {} (no parameter {parameter}); configured apps: {}",
-            request.app,
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-        )));
+        let known = config.apps.iter().map(|a| a.name.clone()).collect();
+        return Err(Error::UnknownApp { app: request.app.clone(), parameter, known });
     };
     let requested_by = request.requested_by.clone().or_else(|| invocation.identity.clone());
     let prod = ItemKey::env(&app.name, Environment::Prod);
@@ -168,14 +159,7 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
         let prod_item = items.remove(&prod);
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
-            return Err(Error::Paused(format!(
-                "{} prod is paused since {} by {}: {}. Resume it first (`conveyor resume {} --env prod`).",
-                app.name,
-                pause.at.format("%Y-%m-%d %H:%M UTC"),
-                pause.by,
-                pause.reason,
-                app.name
-            )));
+            return Err(Error::Paused { app: app.name.clone(), environment: Environment::Prod, pause: pause.clone() });
         }
         let resolved = Resolved { image: pull_source(conveyor, app, &resolved, invocation).await?, ..resolved };
         if request.dry_run {
@@ -335,8 +319,8 @@ async fn resolve(
     let (tag, digest, image, facts) = match &request.image {
         ImageRef::Tag(tag) => {
             let Some(item) = item.and_then(|item| serde_dynamo::from_item::<_, TagItem>(item).ok()) else {
-                let hint = promotable(conveyor, app).await?;
-                return Err(Error::NotVetted(format!("{} {tag} was never vetted in stage. {hint}", app.name)));
+                let promotable = promotable(conveyor, app).await?;
+                return Err(NotVetted::Never { app: app.name.clone(), image: tag.to_string(), promotable }.into());
             };
             // Whether it failed is checked as prod's lease is taken; with `force`, it matters now.
             let facts = if request.force { conveyor.ledger.image(&app.name, &item.digest).await? } else { None };
@@ -345,12 +329,13 @@ async fn resolve(
         ImageRef::Digest(digest) => {
             let facts = item.and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item).ok());
             let Some(facts) = facts.filter(|f| f.vetted_stage.is_some()) else {
-                let hint = promotable(conveyor, app).await?;
-                return Err(Error::NotVetted(format!("{} {digest} was never vetted in stage. {hint}", app.name)));
+                let promotable = promotable(conveyor, app).await?;
+                return Err(NotVetted::Never { app: app.name.clone(), image: digest.to_string(), promotable }.into());
             };
-            let tag = facts.last_tag.clone().ok_or_else(|| {
-                Error::NotVetted(format!("{} {digest} has no tag on record; promote it by tag", app.name))
-            })?;
+            let tag = facts
+                .last_tag
+                .clone()
+                .ok_or_else(|| NotVetted::Untagged { app: app.name.clone(), digest: digest.clone() })?;
             (tag, digest.clone(), facts.image.clone().unwrap_or_default(), Some(facts))
         }
     };
@@ -369,33 +354,28 @@ async fn refusal(
     digest: &ImageDigest,
     facts: Option<&ImageFacts>,
 ) -> Error {
-    let hint = match promotable(conveyor, app).await {
-        Ok(hint) => hint,
+    let promotable = match promotable(conveyor, app).await {
+        Ok(promotable) => promotable,
         Err(error) => return error,
     };
-    match facts.and_then(|f| f.failure()) {
-        Some((env, failure)) => Error::NotVetted(format!(
-            "{} {tag} ({digest}) failed in {env} at {}: {}. A digest that failed anywhere is never promoted (`force` overrides, on your responsibility). {hint}",
-            app.name,
-            failure.at.to_rfc3339(),
-            failure.reason
-        )),
-        None => Error::NotVetted(format!("{} {tag} ({digest}) was never vetted in stage. {hint}", app.name)),
-    }
+    let refusal = match facts.and_then(|f| f.failure()) {
+        Some((environment, failure)) => NotVetted::Failed {
+            app: app.name.clone(),
+            tag: tag.clone(),
+            digest: digest.clone(),
+            environment,
+            failure: failure.clone(),
+            promotable,
+        },
+        None => NotVetted::Never { app: app.name.clone(), image: format!("{tag} ({digest})"), promotable },
+    };
+    refusal.into()
 }
 
-/// "Promotable tags, newest first: v1.4.1 (sha256:...), ..." — what to do instead.
-async fn promotable(conveyor: &Conveyor, app: &AppConfig) -> Result<String, Error> {
+/// What can be promoted instead ("Promotable tags, newest first: v1.4.1 (sha256:...), ...").
+async fn promotable(conveyor: &Conveyor, app: &AppConfig) -> Result<Promotable, Error> {
     let listed = promotable_tags(conveyor, &app.name, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
-    let listed: Vec<String> = listed
-        .iter()
-        .map(|t| format!("{} ({}, vetted {})", t.tag, t.digest.short(), t.vetted_at.format("%Y-%m-%d %H:%M UTC")))
-        .collect();
-    Ok(if listed.is_empty() {
-        "No tag is promotable yet: push one and let stage verify it.".to_owned()
-    } else {
-        format!("Promotable tags, newest first: {}.", listed.join(", "))
-    })
+    Ok(Promotable(listed))
 }
 
 /// The tags stage verified whose image never failed, most recently vetted first.
@@ -440,7 +420,7 @@ async fn dry_run(conveyor: &Conveyor, app: &AppConfig, resolved: &Resolved) -> R
 /// task definition are `ConfigError`, a busy service `Busy`, everything else `AwsError`.
 fn deploy_error(app: &AppConfig, error: DeployError) -> Error {
     match error {
-        DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled { .. } => {
+        DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_) => {
             Error::Config(crate::config::ConfigError {
                 parameter: app.parameter.clone(),
                 key: "container".into(),
@@ -460,7 +440,7 @@ mod tests {
     #[track_caller]
     fn refused(payload: Value, needle: &str) {
         match parse_request(payload) {
-            Err(Error::InvalidRequest(message)) => assert!(message.contains(needle), "{message}"),
+            Err(Error::InvalidRequest(invalid)) => assert!(invalid.to_string().contains(needle), "{invalid}"),
             other => panic!("expected InvalidRequest containing {needle:?}, got {other:?}"),
         }
     }

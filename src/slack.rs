@@ -3,6 +3,7 @@
 //! The webhook URL is a secret: it is read decrypted from SSM, kept in memory, and never put in a
 //! log line, an error or a message.
 
+use crate::health::Unanswered;
 use serde_json::{json, Value};
 
 use crate::notify::Notification;
@@ -31,10 +32,13 @@ fn truncate(text: &str, limit: usize) -> String {
     text.chars().take(limit).collect()
 }
 
-/// Why a post failed, without the URL.
+/// Why a post failed, without the URL: no answer, or another status (with the start of the body).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("Slack webhook post failed: {0}")]
-pub struct SlackError(pub String);
+#[error("Slack webhook post failed: {answer}{}", .body.as_deref().map(|b| format!(": {b}")).unwrap_or_default())]
+pub struct SlackError {
+    pub answer: Unanswered,
+    pub body: Option<String>,
+}
 
 pub async fn post(client: &reqwest::Client, webhook_url: &str, message: &Value) -> Result<(), SlackError> {
     let response = client
@@ -43,12 +47,12 @@ pub async fn post(client: &reqwest::Client, webhook_url: &str, message: &Value) 
         .timeout(std::time::Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| SlackError(crate::health::describe(&e.without_url())))?;
+        .map_err(|e| SlackError { answer: Unanswered::from(&e.without_url()), body: None })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
         let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
-        Err(SlackError(format!("HTTP {}: {body}", status.as_u16())))
+        Err(SlackError { answer: Unanswered::Status { status: status.as_u16() }, body: Some(body) })
     }
 }

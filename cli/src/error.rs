@@ -1,5 +1,9 @@
 //! Why a command did not get done, and the exit code that says so.
 
+use std::str::FromStr;
+
+use conveyor::aws::source_chain;
+use conveyor::error::ErrorType;
 use conveyor::ledger::LedgerError;
 
 /// `0` done (with `--wait`: verified).
@@ -14,7 +18,8 @@ pub const TIMED_OUT: u8 = 3;
 pub const AWS_OR_CONFIG: u8 = 4;
 
 /// A command that ended without doing its job: what kind of failure, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
 pub struct CliError {
     pub exit_code: u8,
     /// `InvalidInput`, `NotVetted`, `Paused`, `UnknownApp`, `AwsError`, `ConfigError`, ...
@@ -37,33 +42,18 @@ impl CliError {
 
     /// A failed AWS call (the SDK's whole error chain in the message).
     pub fn aws(operation: &str, error: impl std::error::Error) -> Self {
-        let mut message = format!("{operation} failed: {error}");
-        let mut source = error.source();
-        while let Some(inner) = source {
-            message.push_str(&format!(": {inner}"));
-            source = inner.source();
-        }
-        CliError::new(AWS_OR_CONFIG, "AwsError", message)
+        CliError::new(AWS_OR_CONFIG, "AwsError", format!("{operation} failed: {}", source_chain(&error)))
     }
 
     /// A function error of the promote (or stage-deploy) function, by its `errorType`: a refusal
     /// is `1`; a busy service, an AWS or configuration problem (and anything unexpected) is `4`.
     pub fn function(error_type: &str, message: &str) -> Self {
-        let exit_code = match error_type {
-            "NotVetted" | "Paused" | "InvalidRequest" | "UnknownApp" => REFUSED,
-            _ => AWS_OR_CONFIG,
-        };
-        CliError::new(exit_code, error_type, message)
+        let refused = ErrorType::from_str(error_type).is_ok_and(ErrorType::is_refusal);
+        CliError::new(if refused { REFUSED } else { AWS_OR_CONFIG }, error_type, message)
     }
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "error": { "type": self.kind, "message": self.message, "exit_code": self.exit_code } })
-    }
-}
-
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
     }
 }
 
@@ -82,7 +72,7 @@ impl From<conveyor::aws::AwsError> for CliError {
 
 impl From<conveyor::Error> for CliError {
     fn from(error: conveyor::Error) -> Self {
-        CliError::function(error.error_type(), &error.to_string())
+        CliError::function(error.error_type().as_str(), &error.to_string())
     }
 }
 

@@ -138,9 +138,16 @@ impl Described {
 pub enum RegisterError {
     #[error(transparent)]
     Aws(#[from] AwsError),
-    /// The definition has members this build's SDK does not model: a copy would lose them.
-    #[error("task definition {arn} has members this Conveyor build does not know ({}): registering a copy would silently drop them; upgrade Conveyor (its AWS SDK) before deploying this service", .members.join(", "))]
-    Unmodeled { arn: String, members: Vec<String> },
+    #[error(transparent)]
+    Unmodeled(#[from] Unmodeled),
+}
+
+/// The definition has members this build's SDK does not model: a copy would lose them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task definition {arn} has members this Conveyor build does not know ({}): registering a copy would silently drop them; upgrade Conveyor (its AWS SDK) before deploying this service", .members.join(", "))]
+pub struct Unmodeled {
+    pub arn: String,
+    pub members: Vec<String>,
 }
 
 /// Lets the SDK retry a throttled call (it was refused, so nothing happened), but no other
@@ -247,10 +254,10 @@ impl Ecs {
             let request_tags = request.get_tags().clone();
             let Some(described) = source.raw.clone() else {
                 // Without what ECS sent, nothing proves the copy complete: refuse rather than guess.
-                return Err(RegisterError::Unmodeled {
+                return Err(RegisterError::Unmodeled(Unmodeled {
                     arn: source.arn().to_owned(),
                     members: vec!["(its definition as ECS sent it could not be read)".into()],
-                });
+                }));
             };
             let check = RequestCheck::new(move |body: &Value| {
                 let members = taskdef::unmodeled_members(&described, body);
@@ -274,7 +281,7 @@ impl Ecs {
                 }
                 Err(_) if check.refusal().is_some() => {
                     let members = check.refusal().unwrap_or_default().split(", ").map(str::to_owned).collect();
-                    return Err(RegisterError::Unmodeled { arn: source.arn().to_owned(), members });
+                    return Err(Unmodeled { arn: source.arn().to_owned(), members }.into());
                 }
                 Err(error) => AwsError::from_sdk("RegisterTaskDefinition", error),
             };

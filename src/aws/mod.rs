@@ -7,7 +7,9 @@ mod raw;
 mod sns;
 mod ssm;
 
-pub use ecs::{is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState};
+pub use ecs::{
+    is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState, Unmodeled,
+};
 pub use raw::RawCapture;
 pub use sns::Sns;
 pub use ssm::{Parameter, Ssm};
@@ -106,7 +108,8 @@ impl HttpStatus for aws_smithy_runtime_api::http::Response {
     }
 }
 
-fn source_chain(error: &dyn std::error::Error) -> String {
+/// An error and every error under it, `: `-separated (the SDK's own `Display` says only the top).
+pub fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

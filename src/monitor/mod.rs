@@ -164,14 +164,19 @@ async fn settle(
             Verification::Failed(reason) => reason,
             Verification::Healthy => match health(conveyor, app, env, invocation).await {
                 Ok(()) => return verified(conveyor, app, env, held, rollout).await,
-                Err(reason) => reason,
+                Err(unhealthy) => unhealthy.to_string(),
             },
         },
     };
     roll_back(conveyor, app, env, held, rollout, &service, reason).await
 }
 
-async fn health(conveyor: &Conveyor, app: &AppConfig, env: Environment, invocation: &Invocation) -> Result<(), String> {
+async fn health(
+    conveyor: &Conveyor,
+    app: &AppConfig,
+    env: Environment,
+    invocation: &Invocation,
+) -> Result<(), crate::health::Unhealthy> {
     let Some(url) = &app.target(env).health_url else { return Ok(()) };
     let budget = conveyor.health_budget.min(invocation.remaining(std::time::Duration::from_secs(15)));
     let checked = crate::health::check(&conveyor.http, url, budget).await;
@@ -286,7 +291,8 @@ async fn roll_back(
                 warn!(app = %app.name, environment = %env, error = %error, "rollback not issued yet: the invocation fails and is retried");
                 return Err(error.into());
             }
-            Err(DeployError::Aws(error)) => {
+            // Refused (not worth a retry), or a definition this build cannot copy: people must act.
+            Err(error @ (DeployError::Aws(_) | DeployError::Unmodeled(_))) => {
                 (RolloutState::Failed { at: now, reason: format!("{reason} (rollback to {to} failed: {error})") }, None)
             }
             Err(error) => return Err(error),
@@ -363,10 +369,7 @@ async fn issue_rollback(
         Err(error) if is_inactive_revision(&error) => {
             let source = conveyor.revision(ecs, to).await?;
             let copy = ImageSwap { container: &app.container, image: None, tags: Vec::new() };
-            let registered = ecs.register(&source, &copy).await.map_err(|e| match e {
-                crate::aws::RegisterError::Aws(aws) => aws,
-                other => AwsError::new("RegisterTaskDefinition", "Unmodeled", other.to_string()),
-            })?;
+            let registered = ecs.register(&source, &copy).await?;
             let arn = conveyor.revisions.keep(registered).arn().to_owned();
             info!(app = %app.name, environment = %env, deregistered = %to, task_definition_arn = %arn,
                 "the rollback target was deregistered: registered it again");

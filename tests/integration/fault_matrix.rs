@@ -743,7 +743,7 @@ async fn check(scene: &Scene, resend_allowed: bool, notes: &mut Vec<String>) -> 
     for (app, tag) in &scene.expect.unpromotable {
         let request = json!({ "app": app, "tag": tag });
         match conveyor::promote::handle(&conveyor(world), request, &invocation()).await {
-            Err(error) if error.error_type() == "NotVetted" => {}
+            Err(error) if error.error_type() == conveyor::error::ErrorType::NotVetted => {}
             Err(error) => problems.push(format!("promote {app} {tag}: {}, not NotVetted", error.error_type())),
             Ok(answer) => problems.push(format!("promote {app} {tag} was accepted: {}", answer.status)),
         }

@@ -1007,7 +1007,7 @@ impl Sequence {
                 let expected = self.model.promote(*app, tag, *force);
                 match (&real, &expected) {
                     (Ok(answer), Ok(status)) if answer.status.as_str() == *status => Ok(()),
-                    (Err(error), Err(allowed)) if allowed.contains(&error.error_type()) => Ok(()),
+                    (Err(error), Err(allowed)) if allowed.contains(&error.error_type().as_str()) => Ok(()),
                     _ => Err(format!(
                         "promote answered {:?}, the model expected {expected:?}",
                         real.map(|a| a.status).map_err(|e| format!("{}: {e}", e.error_type()))

@@ -18,7 +18,7 @@ async fn one_failing_app_does_not_stop_the_others_and_the_retry_finishes_the_job
     let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
 
     let error = conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.unwrap_err();
-    assert_eq!(error.error_type(), "DeployFailed");
+    assert_eq!(error.error_type(), conveyor::error::ErrorType::DeployFailed);
     assert!(error.to_string().contains("no container `web`"), "{error}");
     assert!(error.to_string().contains(&format!("{}/apps/shop-web", world.prefix)), "{error}");
     assert!(world.running_image(&good.stage).await.ends_with(&digest(1)));
