@@ -192,6 +192,18 @@ impl Notification {
     }
 
     /// The AWS Chatbot custom-notification document; `id` identifies this notification.
+    /// The same facts as a Slack message.
+    pub fn slack_message(&self) -> Value {
+        let (title, headline, description, context) =
+            (self.title(), self.headline(), self.description(), self.context());
+        slack::message(&slack::MessageView {
+            title: &title,
+            headline: &headline,
+            description: &description,
+            context: &context,
+        })
+    }
+
     pub fn chatbot_message(&self, id: &str) -> Value {
         let thread = match &self.digest {
             Some(digest) => format!("{}/{}", self.app, digest),
@@ -354,7 +366,7 @@ impl Notifier {
                 url
             }
         };
-        Ok(slack::post(&self.http, &url, &slack::message(notification)).await?)
+        Ok(slack::post(&self.http, &url, &notification.slack_message()).await?)
     }
 }
 

@@ -3,15 +3,26 @@
 //! The webhook URL is a secret: it is read decrypted from SSM, kept in memory, and never put in a
 //! log line, an error or a message.
 
-use crate::health::Unanswered;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::notify::Notification;
+use crate::health::Unanswered;
+
+/// What a Slack message shows: the notification's texts and facts, already written (and escaped)
+/// by the notification itself.
+pub struct MessageView<'a> {
+    /// Fallback text (notifications, screen readers).
+    pub title: &'a str,
+    pub headline: &'a str,
+    /// Markdown.
+    pub description: &'a str,
+    /// The facts (`tag`, `cluster`, ...): only a few are shown.
+    pub context: &'a Map<String, Value>,
+}
 
 /// The Slack message (Block Kit, with `text` as the fallback for notifications).
-pub fn message(notification: &Notification) -> Value {
-    let context: Vec<Value> = notification
-        .context()
+pub fn message(view: &MessageView<'_>) -> Value {
+    let context: Vec<Value> = view
+        .context
         .iter()
         // The description already has the reason and the task definitions.
         .filter(|(key, _)| matches!(key.as_str(), "tag" | "cluster" | "service" | "deployment_id"))
@@ -19,13 +30,13 @@ pub fn message(notification: &Notification) -> Value {
         .take(10) // Slack allows at most 10 elements in a context block
         .collect();
     let mut blocks = vec![
-        json!({ "type": "header", "text": { "type": "plain_text", "text": truncate(&notification.headline(), 150) } }),
-        json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(&notification.description(), 3000) } }),
+        json!({ "type": "header", "text": { "type": "plain_text", "text": truncate(view.headline, 150) } }),
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(view.description, 3000) } }),
     ];
     if !context.is_empty() {
         blocks.push(json!({ "type": "context", "elements": context }));
     }
-    json!({ "text": notification.title(), "blocks": blocks })
+    json!({ "text": view.title, "blocks": blocks })
 }
 
 fn truncate(text: &str, limit: usize) -> String {
