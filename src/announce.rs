@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::InvalidApp;
-use crate::ledger::{Change, ItemKey, LeasedState};
+use crate::ledger::{Change, Held, ItemKey, Lease, LeasedState, LedgerError};
 use crate::notify::{Announcement, Notification};
 use crate::vocabulary::{Outcome, Severity};
 use crate::{Conveyor, Invocation};
@@ -32,34 +32,32 @@ pub async fn config_error(conveyor: &Conveyor, invalid: &InvalidApp, invocation:
     if !conveyor.first_mention(parameter, invalid.version) {
         return;
     }
-    let key = ItemKey::config(parameter);
-    let mut held =
-        match conveyor.ledger.try_acquire::<ConfigNotice>(&key, "config check", invocation.lease_until()).await {
-            Ok(held) => held,
-            Err(error) => {
-                info!(parameter = %parameter, error = %error, "config error not announced now");
-                conveyor.forget_mention(parameter, invalid.version);
-                return;
+    let lease = Lease::new(ItemKey::config(parameter), "config check", invocation);
+    let announced = conveyor
+        .with_lease(lease, async |held: &mut Held<ConfigNotice>| {
+            if held.state.as_ref().is_some_and(|notice| notice.version >= invalid.version) {
+                return Ok::<_, LedgerError>(false);
             }
-        };
-    if held.state.as_ref().is_none_or(|notice| notice.version < invalid.version) {
-        let app = parameter.rsplit('/').next().unwrap_or(parameter);
-        let mut notification = Notification::new(app, None, Outcome::ConfigError, Severity::Error);
-        notification.reason = Some(format!(
-            "{} — this app is not deployed until the parameter is fixed (`conveyor config validate` checks it)",
-            invalid.error
-        ));
-        let mut change =
-            Change::new(ConfigNotice { parameter: parameter.clone(), version: invalid.version, at: Utc::now() });
-        change.announcements.push(Announcement { notification, slack_webhook_parameter: None });
-        match held.commit(&conveyor.ledger, change).await {
-            Ok(()) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key,
-                problem = %invalid.error.problem, "invalid app config announced"),
-            Err(error) => {
-                info!(parameter = %parameter, error = %error, "config error not announced now");
-                conveyor.forget_mention(parameter, invalid.version);
-            }
+            let app = parameter.rsplit('/').next().unwrap_or(parameter);
+            let mut notification = Notification::new(app, None, Outcome::ConfigError, Severity::Error);
+            notification.reason = Some(format!(
+                "{} — this app is not deployed until the parameter is fixed (`conveyor config validate` checks it)",
+                invalid.error
+            ));
+            let mut change =
+                Change::new(ConfigNotice { parameter: parameter.clone(), version: invalid.version, at: Utc::now() });
+            change.announcements.push(Announcement { notification, slack_webhook_parameter: None });
+            held.commit(&conveyor.ledger, change).await?;
+            Ok(true)
+        })
+        .await;
+    match announced {
+        Ok(true) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key,
+            problem = %invalid.error.problem, "invalid app config announced"),
+        Ok(false) => {}
+        Err(error) => {
+            info!(parameter = %parameter, error = %error, "config error not announced now");
+            conveyor.forget_mention(parameter, invalid.version);
         }
     }
-    conveyor.finish(held).await;
 }

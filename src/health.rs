@@ -1,7 +1,9 @@
 //! The `health_url` check: a completed rollout counts as verified only if it answers 2xx.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 
 /// How long the health check may keep trying (the contract's 30 s).
@@ -45,24 +47,35 @@ pub struct Unhealthy {
     pub last: Unanswered,
 }
 
-/// GETs `url` until it answers 2xx or `budget` is spent (backoff 0.5 s doubling to 5 s, each
-/// attempt bounded by the time left). Returns the final status, or why it never answered 2xx.
+/// GETs `url` until it answers 2xx or `budget` is spent (backoff 0.5 s doubling to 5 s, no pause
+/// that would end past the budget, each attempt bounded by the time left). Returns the final
+/// status, or why it never answered 2xx.
 pub async fn check(client: &reqwest::Client, url: &str, budget: Duration) -> Result<u16, Unhealthy> {
     let deadline = Instant::now() + budget;
-    let mut pause = Duration::from_millis(500);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
+    let attempts = AtomicU32::new(0);
+    let attempt = || async {
+        attempts.fetch_add(1, Ordering::Relaxed);
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let last = match client.get(url).timeout(left.min(Duration::from_secs(5))).send().await {
-            Ok(response) if response.status().is_success() => return Ok(response.status().as_u16()),
-            Ok(response) => Unanswered::Status { status: response.status().as_u16() },
-            Err(error) => Unanswered::from(&error),
-        };
-        if Instant::now() + pause >= deadline {
-            return Err(Unhealthy { url: url.to_owned(), attempts, seconds: budget.as_secs(), last });
+        match client.get(url).timeout(left.min(Duration::from_secs(5))).send().await {
+            Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
+            Ok(response) => Err(Unanswered::Status { status: response.status().as_u16() }),
+            Err(error) => Err(Unanswered::from(&error)),
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+    };
+    let pauses = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times();
+    attempt
+        .retry(pauses)
+        .sleep(tokio::time::sleep)
+        .adjust(|_, pause| pause.filter(|pause| Instant::now() + *pause < deadline))
+        .await
+        .map_err(|last| Unhealthy {
+            url: url.to_owned(),
+            attempts: attempts.load(Ordering::Relaxed),
+            seconds: budget.as_secs(),
+            last,
+        })
 }

@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 
 use aws::{AwsError, Clients, Described, Ecs};
 use config::{ConfigCache, ServiceTarget};
-use ledger::{Held, LeasedState, Ledger};
+use ledger::{Held, Lease, LeasedState, Ledger, LedgerError};
 use notify::Notifier;
 
 /// Default root of Conveyor's SSM parameters.
@@ -242,9 +242,25 @@ impl Conveyor {
         }
     }
 
-    /// Delivers what the held item's outbox holds, then releases the lease.
-    pub async fn finish<S: LeasedState>(&self, held: Held<S>) {
+    /// Takes `lease`, runs `work` under it, then, whatever `work` returned: emits the metric of
+    /// each transition it committed, delivers the outbox and releases the lease. The one way a
+    /// flow works under a lease, so that none forgets to announce or to release.
+    pub async fn with_lease<S, T, E>(
+        &self,
+        lease: Lease<'_>,
+        work: impl AsyncFnOnce(&mut Held<S>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        S: LeasedState,
+        E: From<LedgerError>,
+    {
+        let mut held = self.ledger.acquire(lease).await?;
+        let result = work(&mut held).await;
+        for transition in held.committed() {
+            metrics::transition(transition);
+        }
         let deliveries = self.notifier.deliver(&held.outbox).await;
         held.release(&self.ledger, &deliveries).await;
+        result
     }
 }

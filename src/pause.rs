@@ -7,15 +7,13 @@ use serde::Serialize;
 
 use crate::config::AppConfig;
 use crate::error::Error;
-use crate::ledger::{Change, Held, HistoryEntry, ItemKey};
+use crate::ledger::{Change, Held, HistoryEntry, ItemKey, Lease};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Pause, RecordedPush};
 use crate::rollout::start;
 use crate::types::Environment;
 use crate::vocabulary::{Outcome, Severity};
 use crate::{Conveyor, Invocation};
-
-const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What a pause or resume did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,12 +67,8 @@ async fn change_pause(
     by: &str,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
-    let key = ItemKey::env(&app.name, env);
-    let mut held: Held<EnvState> =
-        conveyor.ledger.acquire(&key, &format!("conveyor {by}"), invocation.lease_until(), LEASE_WAIT).await?;
-    let result = change_leased(conveyor, app, env, &mut held, pause, by).await;
-    conveyor.finish(held).await;
-    result
+    let lease = Lease::new(ItemKey::env(&app.name, env), format!("conveyor {by}"), invocation).patient();
+    conveyor.with_lease(lease, async |held| change_leased(conveyor, app, env, held, pause, by).await).await
 }
 
 async fn change_leased(

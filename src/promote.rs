@@ -11,7 +11,7 @@ use tracing::{info, instrument, warn};
 
 use crate::config::AppConfig;
 use crate::error::{DeployError, Error, InvalidRequest, NotVetted, Promotable};
-use crate::ledger::{Failure, Held, ImageFacts, Item, ItemKey, LedgerError, TagItem};
+use crate::ledger::{Failure, Held, Holder, ImageFacts, Item, ItemKey, Lease, LedgerError, TagItem};
 use crate::record::EnvState;
 use crate::rollout::start::{self, Candidate, ImageSource, Started};
 use crate::rollout::Origin;
@@ -24,8 +24,6 @@ use crate::{Conveyor, Invocation};
 const SUGGESTIONS: usize = 5;
 /// The longest `reason` or `requested_by` accepted.
 const TEXT_LIMIT: usize = 256;
-/// How long a promotion waits for prod's lease before answering `Busy`.
-const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The invoke payload, as sent.
 #[derive(Debug, Deserialize)]
@@ -147,9 +145,10 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
     let requested_by = request.requested_by.clone().or_else(|| invocation.identity.clone());
     let prod = ItemKey::env(&app.name, Environment::Prod);
     let owner = format!("promote by {}", requested_by.as_deref().unwrap_or("an unnamed caller"));
-    let token = crate::ledger::new_token();
-    let waited = tokio::time::Instant::now();
-    let (mut held, resolved) = loop {
+    // One lease (one token) for every attempt: an attempt whose answer was lost is recognised.
+    let lease = Lease::new(prod.clone(), owner, invocation).patient();
+    let mut pauses = lease.pauses();
+    let (answer, resolved) = loop {
         let wanted = match &request.image {
             ImageRef::Tag(tag) => ItemKey::tag(&app.name, tag),
             ImageRef::Digest(digest) => ItemKey::image(&app.name, digest),
@@ -173,25 +172,29 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
                 "attribute_exists(vetted_stage) AND attribute_not_exists(failed_stage) AND attribute_not_exists(failed_prod)",
             )]
         };
-        let lease = (owner.as_str(), token.as_str());
-        match conveyor.ledger.try_acquire_if(&prod, lease, invocation.lease_until(), prod_item.as_ref(), &checks).await
-        {
-            Ok(held) => break (held, resolved),
-            Err(LedgerError::Conflict { .. }) => {
+        let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
+        let promoted = conveyor.with_lease(lease, async |held| {
+            info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
+            promote_leased(conveyor, app, request, held, &resolved, requested_by.clone()).await
+        });
+        match promoted.await {
+            Ok(answer) => break (answer, resolved),
+            Err(DeployError::Ledger(LedgerError::Conflict { .. })) => {
                 // The image failed (or lost its verification) since it was read: refuse with why.
                 let facts = conveyor.ledger.image(&app.name, &resolved.digest).await?;
                 return Err(refusal(conveyor, app, &resolved.tag, &resolved.digest, facts.as_ref()).await);
             }
-            Err(LedgerError::Busy { .. } | LedgerError::LeaseLost { .. }) if waited.elapsed() < LEASE_WAIT => {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            // Held by another invocation, or changed since it was read: read it again.
+            Err(DeployError::Ledger(busy @ LedgerError::Busy { holder: Holder::Lease { .. }, .. })) => {
+                match pauses.next() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(busy.into()),
+                }
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(deploy_error(app, error)),
         }
     };
-    info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
-    let result = promote_leased(conveyor, app, request, &mut held, &resolved, requested_by.clone()).await;
-    conveyor.finish(held).await;
-    let (task_definition_arn, status, forced) = result.map_err(|e| deploy_error(app, e))?;
+    let (task_definition_arn, status, forced) = answer;
     Ok(Response {
         app: app.name.to_string(),
         environment: Environment::Prod,

@@ -13,7 +13,7 @@ use tracing::{error, info, instrument};
 use crate::config::{AppConfig, InvalidApp};
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
-use crate::ledger::{Change, Held, HistoryEntry, ImageUpdate, ItemKey, LedgerError, TagItem, Waiting};
+use crate::ledger::{Change, Held, HistoryEntry, ImageUpdate, ItemKey, Lease, TagItem, Waiting};
 use crate::record::{Arrival, EnvState, RecordedPush};
 use crate::rollout::start::{self, Candidate, ImageSource, Started};
 use crate::rollout::{Origin, RolloutState};
@@ -21,8 +21,6 @@ use crate::types::Environment;
 use crate::vocabulary::{Action, Outcome};
 use crate::{Conveyor, Invocation};
 
-/// How long an invocation waits for a service's lease before it gives up (Lambda retries it).
-const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// A queued newer push older than this is not trusted to still be waiting.
 const WAITING_FRESH: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -130,27 +128,20 @@ async fn deploy_app(
     }
     let key = ItemKey::env(&app.name, Environment::Stage);
     let owner = format!("stage-deploy {}", push.event_id.as_deref().unwrap_or(push.tag.as_str()));
-    let until = invocation.lease_until();
-    let mut held = match conveyor.ledger.try_acquire(&key, &owner, until).await {
-        Err(LedgerError::Busy { .. }) => {
-            // Queue: a holder working on an older push of this service leaves the rollout to us.
-            let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
-            if let Err(error) = conveyor.ledger.note_waiting(&key, &waiting).await {
-                info!(app = %app.name, error = %error, "could not queue the push (no coalescing)");
+    // Queued when busy: a holder working on an older push of this service leaves the rollout to us.
+    let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
+    let lease = Lease::new(key, owner, invocation).patient().queue(waiting);
+    conveyor
+        .with_lease(lease, async |held| {
+            let result = deploy_leased(conveyor, app, push, held).await;
+            if let Err(error) = &result {
+                if error.needs_people() {
+                    refuse(conveyor, app, push, held, error).await;
+                }
             }
-            let wait = LEASE_WAIT.min(invocation.remaining(std::time::Duration::from_secs(30)));
-            conveyor.ledger.acquire(&key, &owner, until, wait).await?
-        }
-        other => other?,
-    };
-    let result = deploy_leased(conveyor, app, push, &mut held).await;
-    if let Err(error) = &result {
-        if error.needs_people() {
-            refuse(conveyor, app, push, &mut held, error).await;
-        }
-    }
-    conveyor.finish(held).await;
-    result
+            result
+        })
+        .await
 }
 
 fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {

@@ -7,6 +7,7 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
 use aws_smithy_types::retry::ErrorKind;
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -153,6 +154,7 @@ pub struct Unmodeled {
 /// Lets the SDK retry a throttled call (it was refused, so nothing happened), but no other
 /// failure: after a 5xx or a lost connection the call may have been applied, and blindly sending
 /// `RegisterTaskDefinition` again would register a second revision.
+/// Kept hand-written: the SDK's classifiers retry throttling together with 5xx and transient errors.
 #[derive(Debug)]
 struct ThrottlingOnly;
 
@@ -187,8 +189,30 @@ impl ClassifyRetry for ThrottlingOnly {
     }
 }
 
-/// How often a registration whose outcome is unknown is tried again (after looking for it).
-const REGISTER_ATTEMPTS: u32 = 4;
+/// A registration whose outcome was unknown, looked for and not found, is tried again: four
+/// attempts in all, 300 ms apart doubling.
+fn register_retries() -> ExponentialBuilder {
+    ExponentialBuilder::new().with_min_delay(Duration::from_millis(300)).with_factor(2.0).with_max_times(3)
+}
+
+/// How an attempt of [`Ecs::register`] failed.
+#[derive(Debug, thiserror::Error)]
+enum Registration {
+    /// Not applied (looked for, not found): worth another attempt.
+    #[error(transparent)]
+    NotApplied(AwsError),
+    #[error(transparent)]
+    Failed(RegisterError),
+}
+
+impl Registration {
+    fn into_error(self) -> RegisterError {
+        match self {
+            Registration::NotApplied(error) => error.into(),
+            Registration::Failed(error) => error,
+        }
+    }
+}
 
 impl Ecs {
     pub fn new(client: aws_sdk_ecs::Client) -> Self {
@@ -246,61 +270,79 @@ impl Ecs {
     /// tags, registered since this call began, is taken as this registration.
     pub async fn register(&self, source: &Described, swap: &ImageSwap<'_>) -> Result<Described, RegisterError> {
         let started = Utc::now() - chrono::Duration::seconds(5);
-        let family = source.definition.family().unwrap_or_default();
-        let mut pause = Duration::from_millis(300);
-        for attempt in 1..=REGISTER_ATTEMPTS {
-            let request =
-                taskdef::registration(self.client.register_task_definition(), &source.definition, &source.tags, swap);
-            let request_tags = request.get_tags().clone();
-            let Some(described) = source.raw.clone() else {
-                // Without what ECS sent, nothing proves the copy complete: refuse rather than guess.
-                return Err(RegisterError::Unmodeled(Unmodeled {
+        (|| self.register_once(source, swap, started))
+            .retry(register_retries())
+            .sleep(tokio::time::sleep)
+            .when(|failed| matches!(failed, Registration::NotApplied(_)))
+            .notify(|failed, pause| {
+                tracing::warn!(error = %failed, pause_ms = pause.as_millis() as u64,
+                    "registration failed and was not applied: trying again");
+            })
+            .await
+            .map_err(Registration::into_error)
+    }
+
+    /// One attempt of [`Ecs::register`].
+    async fn register_once(
+        &self,
+        source: &Described,
+        swap: &ImageSwap<'_>,
+        started: DateTime<Utc>,
+    ) -> Result<Described, Registration> {
+        let request =
+            taskdef::registration(self.client.register_task_definition(), &source.definition, &source.tags, swap);
+        let request_tags = request.get_tags().clone();
+        let Some(described) = source.raw.clone() else {
+            // Without what ECS sent, nothing proves the copy complete: refuse rather than guess.
+            return Err(Registration::Failed(
+                Unmodeled {
                     arn: source.arn().to_owned(),
                     members: vec!["(its definition as ECS sent it could not be read)".into()],
-                }));
-            };
-            let check = RequestCheck::new(move |body: &Value| {
-                let members = taskdef::unmodeled_members(&described, body);
-                (!members.is_empty()).then(|| members.join(", "))
-            });
-            let raw = RawCapture::default();
-            let sent = request
-                .customize()
-                .config_override(aws_sdk_ecs::config::Builder::default().retry_classifier(ThrottlingOnly))
-                .interceptor(check.clone())
-                .interceptor(raw.clone())
-                .send()
-                .await;
-            let error = match sent {
-                Ok(output) => {
-                    // The tags are the ones just sent (some endpoints leave them out of the answer).
-                    let tags = output.tags.filter(|tags| !tags.is_empty()).or_else(|| request_tags.clone());
-                    return Described::from_parts(output.task_definition, tags, raw.take()).ok_or_else(|| {
-                        AwsError::new("RegisterTaskDefinition", "Empty", "no task definition returned").into()
-                    });
                 }
-                Err(_) if check.refusal().is_some() => {
-                    let members = check.refusal().unwrap_or_default().split(", ").map(str::to_owned).collect();
-                    return Err(Unmodeled { arn: source.arn().to_owned(), members }.into());
-                }
-                Err(error) => AwsError::from_sdk("RegisterTaskDefinition", error),
-            };
-            if error.rejected {
-                return Err(error.into());
+                .into(),
+            ));
+        };
+        let check = RequestCheck::new(move |body: &Value| {
+            let members = taskdef::unmodeled_members(&described, body);
+            (!members.is_empty()).then(|| members.join(", "))
+        });
+        let raw = RawCapture::default();
+        let sent = request
+            .customize()
+            .config_override(aws_sdk_ecs::config::Builder::default().retry_classifier(ThrottlingOnly))
+            .interceptor(check.clone())
+            .interceptor(raw.clone())
+            .send()
+            .await;
+        let error = match sent {
+            Ok(output) => {
+                // The tags are the ones just sent (some endpoints leave them out of the answer).
+                let tags = output.tags.filter(|tags| !tags.is_empty()).or_else(|| request_tags.clone());
+                return Described::from_parts(output.task_definition, tags, raw.take()).ok_or_else(|| {
+                    Registration::Failed(
+                        AwsError::new("RegisterTaskDefinition", "Empty", "no task definition returned").into(),
+                    )
+                });
             }
-            if let Some(found) = self.find_registered(family, swap, started).await? {
+            Err(_) if check.refusal().is_some() => {
+                let members = check.refusal().unwrap_or_default().split(", ").map(str::to_owned).collect();
+                return Err(Registration::Failed(Unmodeled { arn: source.arn().to_owned(), members }.into()));
+            }
+            Err(error) => AwsError::from_sdk("RegisterTaskDefinition", error),
+        };
+        if error.rejected {
+            return Err(Registration::Failed(error.into()));
+        }
+        let family = source.definition.family().unwrap_or_default();
+        match self.find_registered(family, swap, started).await {
+            Ok(Some(found)) => {
                 tracing::warn!(task_definition_arn = found.arn(), error = %error,
                     "registration answered with an error but was applied: using that revision");
-                return Ok(found);
+                Ok(found)
             }
-            if attempt == REGISTER_ATTEMPTS {
-                return Err(error.into());
-            }
-            tracing::warn!(attempt, error = %error, "registration failed and was not applied: trying again");
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+            Ok(None) => Err(Registration::NotApplied(error)),
+            Err(error) => Err(Registration::Failed(error.into())),
         }
-        unreachable!("the last attempt returns")
     }
 
     /// The newest revisions of `family` (at most three), looking for one registered since

@@ -31,15 +31,8 @@ pub struct AwsError {
     pub rejected: bool,
 }
 
-/// Error codes that mean "slow down" across the services Conveyor calls.
-const THROTTLING: [&str; 6] = [
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "ProvisionedThroughputExceededException",
-];
+/// Error codes that mean "slow down": the SDK's own list, the one its retry classifier uses.
+const THROTTLING: &[&str] = aws_runtime::retries::classifiers::THROTTLING_ERRORS;
 
 impl AwsError {
     /// An error Conveyor raises itself about an answer it cannot use (never retryable).

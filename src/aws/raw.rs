@@ -1,6 +1,7 @@
 //! What the SDK hides: the raw JSON of a response, and a last look at a request's serialized body
 //! before it is sent. The SDK drops members its model does not know (a newer ECS feature), so
 //! Conveyor reads the wire to make sure a rewrite never strips one silently.
+//! Kept hand-written: the SDK offers no raw body of a modeled response, only these interceptor hooks.
 
 use std::sync::{Arc, Mutex};
 

@@ -15,23 +15,35 @@
 //! Items with a rollout in flight or a notification not yet sent carry `pending`, which the sparse
 //! `pending` index lists for the sweep.
 
+mod commit;
+/// Kept hand-written: the SDK has no expression builder, and generated placeholders keep every
+/// attribute name clear of DynamoDB's reserved words.
 mod expr;
+mod intent;
 mod items;
 mod lease;
+mod outbox;
 
+pub use commit::Change;
+pub use intent::Intent;
 pub use items::{Failure, HistoryEntry, ImageFacts, ImageUpdate, Item, TagItem};
-pub use lease::{new_token, Change, Held, Waiting};
+pub use lease::{lease_wait, Held, Holder, Lease, Waiting, LEASE_RESERVE, LEASE_WAIT};
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, TransactWriteItem, Update};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::aws::AwsError;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use expr::Expr;
 
 /// How long images, tags and history entries are kept after their last change.
 pub const DEFAULT_RETENTION_DAYS: i64 = 400;
@@ -106,8 +118,8 @@ pub trait LeasedState: Serialize + DeserializeOwned + Clone + Send + Sync {
 pub enum LedgerError {
     #[error(transparent)]
     Aws(#[from] AwsError),
-    #[error("{item} is held by {owner} until {until}: another invocation is working on it; retry later")]
-    Busy { item: String, owner: String, until: DateTime<Utc> },
+    #[error("{item} is {holder}; retry later")]
+    Busy { item: String, holder: Holder },
     #[error("the lease on {item} expired and was taken over by another invocation: nothing was written")]
     LeaseLost { item: String },
     #[error("{item} changed while this invocation worked ({what}): nothing was written")]
@@ -143,8 +155,32 @@ where
     move |error| LedgerError::Aws(AwsError::from_sdk(operation, error))
 }
 
+fn invalid(operation: &'static str, error: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Aws(AwsError::new(operation, "InvalidRequest", error.to_string()))
+}
+
+/// The per-item reasons of a cancelled transaction (`"None"`: that item's condition held);
+/// `None` for any other error.
+fn cancellation_reasons(error: &SdkError<TransactWriteItemsError>) -> Option<Vec<String>> {
+    match error.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+            Some(cancelled.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_owned()).collect())
+        }
+        _ => None,
+    }
+}
+
 fn parse<T: DeserializeOwned>(key: &str, item: Item) -> Result<T, LedgerError> {
     serde_dynamo::from_item(item).map_err(|e| LedgerError::Corrupt { item: key.to_owned(), problem: e.to_string() })
+}
+
+/// The state and version stored on an item.
+fn state_of<S: DeserializeOwned>(key: &ItemKey, item: &Item) -> Result<Option<(S, u64)>, LedgerError> {
+    let Some(state) = item.get("state") else { return Ok(None) };
+    let state = serde_dynamo::from_attribute_value(state.clone())
+        .map_err(|e| LedgerError::Corrupt { item: key.label(), problem: e.to_string() })?;
+    let version = item.get("version").and_then(|v| v.as_n().ok()?.parse().ok()).unwrap_or(0);
+    Ok(Some((state, version)))
 }
 
 impl Ledger {
@@ -155,6 +191,33 @@ impl Ledger {
     /// When an item written now expires.
     fn expires_at(&self) -> i64 {
         (Utc::now() + self.retention).timestamp()
+    }
+
+    /// An `UpdateItem` of `key` by `expr` (its update, condition, names and values): the one place
+    /// an expression becomes a request.
+    fn update(&self, key: &ItemKey, expr: &Expr) -> UpdateItemFluentBuilder {
+        self.db
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attributes()))
+            .set_update_expression(expr.update_expression())
+            .set_condition_expression(expr.condition_expression())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+    }
+
+    /// The same update, as an item of a transaction.
+    fn transact_update(&self, key: &ItemKey, expr: &Expr) -> Result<TransactWriteItem, LedgerError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key.attributes()))
+            .set_update_expression(expr.update_expression())
+            .set_condition_expression(expr.condition_expression())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .build()
+            .map_err(|e| invalid("TransactWriteItems", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     /// One item's attributes (strongly consistent).
@@ -175,7 +238,7 @@ impl Ledger {
     pub async fn env<S: LeasedState>(&self, app: &AppName, env: Environment) -> Result<Option<(S, u64)>, LedgerError> {
         let key = ItemKey::env(app, env);
         match self.item(&key).await? {
-            Some(item) => lease::state_of(&key, &item),
+            Some(item) => state_of(&key, &item),
             None => Ok(None),
         }
     }
@@ -190,10 +253,16 @@ impl Ledger {
         self.item(&key).await?.map(|item| parse(&key.label(), item)).transpose()
     }
 
-    /// Several items in one call (strongly consistent), by key.
+    /// Several items in one call (strongly consistent), by key; the keys DynamoDB leaves
+    /// unprocessed are asked again after a pause (50 ms, doubling to 1 s), as AWS advises.
     pub async fn items(&self, keys: &[ItemKey]) -> Result<HashMap<ItemKey, Item>, LedgerError> {
         let mut found = HashMap::new();
         let mut wanted: Vec<HashMap<String, AttributeValue>> = keys.iter().map(ItemKey::attributes).collect();
+        let mut pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .build();
         while !wanted.is_empty() {
             let request = KeysAndAttributes::builder()
                 .set_keys(Some(std::mem::take(&mut wanted)))
@@ -214,13 +283,14 @@ impl Ledger {
             }
             if let Some(mut rest) = output.unprocessed_keys.filter(|rest| !rest.is_empty()) {
                 wanted = rest.remove(&self.table).map(|k| k.keys).unwrap_or_default();
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(1))).await;
             }
         }
         Ok(found)
     }
 
-    /// Items of an app whose sort key starts with `prefix`, in key order (every page).
+    /// Items of an app whose sort key is between `from` and `to`, in key order (every page, or
+    /// the first `limit` items).
     async fn query(
         &self,
         app: &AppName,
@@ -229,32 +299,26 @@ impl Ledger {
         newest_first: bool,
         limit: Option<usize>,
     ) -> Result<Vec<Item>, LedgerError> {
+        let mut pages = self
+            .db
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("APP#{app}")))
+            .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+            .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
+            .scan_index_forward(!newest_first)
+            .into_paginator()
+            .items()
+            .send();
         let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .db
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", AttributeValue::S(format!("APP#{app}")))
-                .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
-                .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
-                .scan_index_forward(!newest_first)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(aws("Query"))?;
-            items.extend(output.items.unwrap_or_default());
-            if limit.is_some_and(|limit| items.len() >= limit) {
-                items.truncate(limit.unwrap_or_default());
-                return Ok(items);
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(items);
+        while limit.is_none_or(|limit| items.len() < limit) {
+            match pages.next().await {
+                Some(item) => items.push(item.map_err(aws("Query"))?),
+                None => break,
             }
         }
+        Ok(items)
     }
 
     /// Every tag stage has verified for an app.
@@ -286,26 +350,18 @@ impl Ledger {
 
     /// Every item the sweep must look at (the sparse `pending` index; eventually consistent).
     pub async fn pending(&self) -> Result<Vec<Item>, LedgerError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .db
-                .query()
-                .table_name(&self.table)
-                .index_name("pending")
-                .key_condition_expression("pending = :p")
-                .expression_attribute_values(":p", AttributeValue::S(PENDING.into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(aws("Query"))?;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(items);
-            }
-        }
+        self.db
+            .query()
+            .table_name(&self.table)
+            .index_name("pending")
+            .key_condition_expression("pending = :p")
+            .expression_attribute_values(":p", AttributeValue::S(PENDING.into()))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(aws("Query"))
     }
 
     /// Applies an image update on its own (a tag recorded for an image, outside a transition);
@@ -318,15 +374,8 @@ impl Ledger {
             });
         };
         let key = ItemKey::image(app, digest);
-        let expr = update.expression(self.expires_at());
         let output = self
-            .db
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key.attributes()))
-            .set_update_expression(expr.update_expression())
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
+            .update(&key, &update.expression(self.expires_at()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await

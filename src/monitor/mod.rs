@@ -14,11 +14,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{error, info, instrument, warn};
 
+use crate::announce::ConfigNotice;
 use crate::aws::{is_inactive_revision, AwsError, ServiceState};
 use crate::config::{AppConfig, ConfigSet};
 use crate::error::{DeployError, Error};
 use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
-use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Item, ItemKey, TagItem};
+use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Intent, Item, ItemKey, Lease, TagItem};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Verified};
 use crate::rollout::start::{self, history_of};
@@ -29,8 +30,6 @@ use crate::vocabulary::{Action, Outcome, Severity};
 use crate::{Conveyor, Invocation};
 use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
 
-/// How long an event waits for a busy service before it gives up (Lambda retries it).
-const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Services the sweep works on at once.
 const SWEEP_CONCURRENCY: usize = 8;
 
@@ -96,16 +95,13 @@ async fn on_deployment(
         return Ok(Handled::of(&app.name, env, Action::Skipped, "deployment in progress"));
     }
     let failed = |error: DeployError| Error::Deploy(vec![(app.name.clone(), error)]);
-    let key = ItemKey::env(&app.name, env);
-    let wait = LEASE_WAIT.min(invocation.remaining(std::time::Duration::from_secs(45)));
-    let mut held = conveyor
-        .ledger
-        .acquire(&key, &format!("deploy-monitor {}", event.deployment_id), invocation.lease_until(), wait)
+    // Settling: an intent left by an attempt that stopped half-way is this flow's to settle.
+    let owner = format!("deploy-monitor {}", event.deployment_id);
+    let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
+    let handled = conveyor
+        .with_lease(lease, async |held| on_event_leased(conveyor, app, env, held, event, invocation).await)
         .await
-        .map_err(|e| failed(e.into()))?;
-    let result = on_event_leased(conveyor, app, env, &mut held, event, invocation).await;
-    conveyor.finish(held).await;
-    let handled = result.map_err(failed)?;
+        .map_err(failed)?;
     info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "event handled");
     Ok(handled)
 }
@@ -260,11 +256,7 @@ async fn roll_back(
     let ecs = conveyor.ecs(app, env).await?;
     let state = held.require_state()?.clone();
     let now = Utc::now();
-    let issued = held
-        .intent
-        .as_ref()
-        .filter(|intent| intent["rollout_id"] == rollout.id.as_str())
-        .and_then(|intent| intent["rollback_to"].as_str().map(str::to_owned));
+    let issued = held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).map(str::to_owned);
     let (settlement, watch) = match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
         FailurePlan::ChangedOutside => return changed_outside(conveyor, app, env, held).await,
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
@@ -362,7 +354,7 @@ async fn issue_rollback(
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
     };
-    let intent = |to: &str| serde_json::json!({ "rollout_id": rollout.id, "rollback_to": to });
+    let intent = |to: &str| Intent::rollback(&rollout.id, to);
     held.record_intent(&conveyor.ledger, intent(to)).await?;
     match ecs.update_service(&target.cluster, &target.service, to).await {
         Ok(updated) => Ok((to.to_owned(), deployment_of(&updated, to))),
@@ -515,12 +507,15 @@ async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocat
     }
 }
 
-/// Delivers an item's outbox if nobody holds it.
+/// Delivers an item's outbox if nobody holds it (read with its own type: an environment's state,
+/// or a config notice).
 async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) -> Option<Handled> {
-    let held =
-        conveyor.ledger.try_acquire::<Value>(key, "deploy-monitor sweep", invocation.lease_until()).await.ok()?;
-    let count = held.outbox.len();
-    conveyor.finish(held).await;
+    let lease = Lease::new(key.clone(), "deploy-monitor sweep", invocation).settling();
+    let count: Result<usize, crate::ledger::LedgerError> = match key.app_env() {
+        Some(_) => conveyor.with_lease(lease, async |held: &mut Held<EnvState>| Ok(held.outbox.len())).await,
+        None => conveyor.with_lease(lease, async |held: &mut Held<ConfigNotice>| Ok(held.outbox.len())).await,
+    };
+    let count = count.ok()?;
     (count > 0).then(|| Handled {
         app: None,
         environment: None,
@@ -562,18 +557,15 @@ async fn reconcile_item(
             return Ok(Some(Handled::of(&app.name, env, Action::Waiting, what)));
         }
     }
-    let key = ItemKey::env(&app.name, env);
-    let mut held =
-        match conveyor.ledger.try_acquire::<EnvState>(&key, "deploy-monitor sweep", invocation.lease_until()).await {
-            Ok(held) => held,
-            Err(crate::ledger::LedgerError::Busy { .. }) => {
-                return Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
-            }
-            Err(error) => return Err(error.into()),
-        };
-    let result = reconcile_leased(conveyor, app, env, &mut held, service, now, invocation).await;
-    conveyor.finish(held).await;
-    result.map(Some)
+    let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
+    let settled = conveyor
+        .with_lease(lease, async |held| reconcile_leased(conveyor, app, env, held, service, now, invocation).await);
+    match settled.await {
+        Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
+            Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
+        }
+        other => other.map(Some),
+    }
 }
 
 async fn reconcile_leased(

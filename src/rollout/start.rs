@@ -81,12 +81,12 @@ pub struct Plan {
     pub observed: Observed,
 }
 
-/// A new rollout id: time-ordered, unique.
+/// A new rollout id: time-ordered (its time first), unique (the random low bits of a UUIDv7 of
+/// that time), in the shape logs, history and the CLI's examples show: `20260101T120000000-0badcafe`.
 pub fn new_id(now: DateTime<Utc>) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_i64(now.timestamp_nanos_opt().unwrap_or_default());
-    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%S%3f"), hasher.finish() as u32)
+    let (seconds, nanos) = (now.timestamp().max(0) as u64, now.timestamp_subsec_nanos());
+    let uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, nanos));
+    format!("{}-{:08x}", now.format("%Y%m%dT%H%M%S%3f"), uuid.as_u128() as u32)
 }
 
 /// Reads the service and the revision it runs.

@@ -919,3 +919,136 @@ async fn every_call_of_every_flow_survives_every_fault() {
 async fn every_call_of_every_flow_survives_a_crash() {
     run_matrix(true).await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// A holder that stopped between UpdateService and its commit
+// ------------------------------------------------------------------------------------------------
+
+/// How the prod rollback's holder stops after its `UpdateService`, before its commit.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Its commit (`TransactWriteItems`) throttled past every retry: the invocation fails, and its
+    /// release keeps the rollback's intent.
+    Throttled,
+    /// The process killed when its commit arrives: its lease is left to expire.
+    Killed,
+}
+
+/// Who takes prod's lease next, once the stopped holder's lease expired.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// `promote` of the very image that failed.
+    PromoteFailed,
+    /// `promote` of another vetted image (the one prod went back to).
+    PromoteOther,
+    /// `conveyor pause` of prod (the library, as the CLI runs it).
+    Pause,
+    /// deploy-monitor's schedule.
+    Sweep,
+    /// Lambda's retry of the `FAILED` event.
+    MonitorRetry,
+}
+
+impl Next {
+    const ALL: [Next; 5] = [Next::PromoteFailed, Next::PromoteOther, Next::Pause, Next::Sweep, Next::MonitorRetry];
+}
+
+/// One cell: the `rollback` flow's holder stopped by `stop`, then `next`, then Lambda's retry of
+/// the event and a sweep. Returns its line, and its problems.
+async fn after_a_stopped_rollback(stop: Stop, next: Next) -> (String, Vec<String>) {
+    let scene = Flow::Rollback.arrange().await;
+    let world = &scene.world;
+    let mut notes = Vec::new();
+    let mut problems = Vec::new();
+    let failed_image = pinned(world, "shop-api", 2);
+    let prod = &scene.expect.envs[0].service;
+
+    // The rollback: `UpdateService` done, intent recorded, its commit never applied.
+    let deadline = if matches!(stop, Stop::Killed) { DOOMED_DEADLINE } else { DEADLINE };
+    let mut function = spawn("deploy-monitor", world, deadline).await;
+    let fault = Fault::on("TransactWriteItems").matching(world.id.clone());
+    let fault = match stop {
+        Stop::Throttled => fault.mode(FaultMode::Throttle).persistent(),
+        Stop::Killed => fault.mode(FaultMode::Kill { pid: function.pid().unwrap_or_default() }).count(1),
+    };
+    world.aws.fault(&fault).await;
+    let first = function.try_invoke(scene.event.clone(), ANSWER_TIMEOUT).await;
+    world.aws.clear_faults(&world.id).await;
+    notes.push(format!("first: {}", brief(&first)));
+    let item = world.item("APP#shop-api", "ENV#prod").await.unwrap_or_default();
+    if item.get("intent").is_none() || world.running_image(prod).await == failed_image {
+        problems.push(format!("the scene is not set: no rollback issued and left uncommitted ({item})"));
+    }
+    let waited = world.wait_for_leases(LEASE_CAP).await;
+    notes.push(format!("waited {:.1}s for the stopped holder's lease", waited.as_secs_f64()));
+
+    // Whoever comes next.
+    let promote_of = |tag: &str| json!({ "app": "shop-api", "tag": tag });
+    let answer = match next {
+        Next::PromoteFailed | Next::PromoteOther => {
+            let tag = if matches!(next, Next::PromoteFailed) { "v1.1.0" } else { "v1.0.0" };
+            let mut promote = spawn("promote", world, DEADLINE).await;
+            let answer = promote.try_invoke(promote_of(tag), ANSWER_TIMEOUT).await;
+            let busy = matches!(&answer, Ok(Invocation::Error { error_type, .. }) if error_type == "Busy");
+            if !busy {
+                problems.push(format!("promote {tag} while the rollback is unsettled: {}, not Busy", brief(&answer)));
+            }
+            brief(&answer)
+        }
+        Next::Pause => {
+            let conveyor = conveyor(world);
+            let config = conveyor.config.get(&conveyor.clients.ssm).await.unwrap();
+            let app = config.app(&conveyor::types::AppName::parse("shop-api").unwrap()).unwrap();
+            let prod = conveyor::types::Environment::Prod;
+            let paused = conveyor::pause::pause(&conveyor, app, prod, "incident", "tester", &invocation()).await;
+            if !matches!(&paused, Err(error) if error.error_type() == conveyor::error::ErrorType::Busy) {
+                problems.push(format!("pause of prod while the rollback is unsettled: {paused:?}, not Busy"));
+            }
+            format!("{:?}", paused.map_err(|e| e.to_string()))
+        }
+        Next::Sweep | Next::MonitorRetry => {
+            let event = if matches!(next, Next::Sweep) { world.schedule_event() } else { scene.event.clone() };
+            let mut monitor = spawn("deploy-monitor", world, DEADLINE).await;
+            brief(&monitor.try_invoke(event, ANSWER_TIMEOUT).await)
+        }
+    };
+    notes.push(format!("next: {answer}"));
+    if world.running_image(prod).await == failed_image {
+        problems.push("the failed image is back on prod".into());
+    }
+
+    // Lambda's retry of the failed invocation, then the sweep: the rollback is settled as Conveyor's.
+    function = spawn("deploy-monitor", world, DEADLINE).await;
+    notes.push(format!("retry: {}", brief(&function.try_invoke(scene.event.clone(), ANSWER_TIMEOUT).await)));
+    let swept = function.try_invoke(world.schedule_event(), ANSWER_TIMEOUT).await;
+    notes.push(format!("sweep: {}", brief(&swept)));
+    problems.extend(check(&scene, false, &mut notes).await);
+    let mark = if problems.is_empty() { "✓" } else { "✗" };
+    let mut line = format!("{mark} rollback stopped before its commit ({stop:?}), then {next:?}");
+    if !problems.is_empty() {
+        line.push_str(&format!("\n      why: {}\n      saw: {}", problems.join("; "), notes.join(" | ")));
+    }
+    (line, problems)
+}
+
+/// The `rollback` flow's holder stopped between its `UpdateService` and its commit (the commit
+/// throttled past every retry, or the process killed on it): once its lease expired, whoever takes
+/// prod's lease next (a promotion of the image that failed or of another one, a pause, the sweep,
+/// deploy-monitor's retry) never brings the failed image back to prod, and once Lambda's retry
+/// and a sweep ran, the `rollback` flow's invariants hold (rolled back by Conveyor, the image
+/// failed and unpromotable, one notification, nothing locked or left to send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoever_comes_after_a_rollback_stopped_before_its_commit_never_brings_the_failed_image_back() {
+    let mut jobs: Vec<Job<(String, Vec<String>)>> = Vec::new();
+    for stop in [Stop::Throttled, Stop::Killed] {
+        for next in Next::ALL {
+            jobs.push(Box::pin(after_a_stopped_rollback(stop, next)));
+        }
+    }
+    let results = bounded_by(jobs, SLOTS.clone()).await;
+    let lines: Vec<String> =
+        results.iter().map(|r| r.as_ref().map_or_else(|p| format!("✗ panicked: {p}"), |(l, _)| l.clone())).collect();
+    println!("{}", lines.join("\n"));
+    let failed = results.iter().filter(|r| r.as_ref().map_or(true, |(_, problems)| !problems.is_empty())).count();
+    assert_eq!(failed, 0, "{failed} cell(s) failed:\n{}", lines.join("\n"));
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::TaskDefinitionStatus;
 use chrono::{DateTime, Utc};
-use conveyor::ledger::{Change, ItemKey, Ledger, LedgerError};
+use conveyor::ledger::{Change, ItemKey, Lease, LeasedState, Ledger, LedgerError};
 use conveyor::vocabulary::{Action, PromoteStatus};
 use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
@@ -555,11 +555,24 @@ async fn a_lost_update_service_answer_keeps_the_revision_and_the_retry_records_t
 /// and its release deleted whichever lease was there, its successor's. v2's lease is one
 /// conditional write carrying a token: exactly one invocation takes an expired lease, a retried
 /// write recognises its own token, and every commit and release is conditional on the token.
+/// A state the lease test writes.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Written {
+    written_by: String,
+}
+
+impl LeasedState for Written {
+    fn in_flight(&self) -> bool {
+        false
+    }
+}
+
 #[tokio::test]
 async fn leases_are_taken_by_one_recognised_by_their_holder_and_useless_once_lost() {
     let world = World::new().await;
     let ledger = Ledger::new(world.dynamodb.clone(), world.table.clone());
     let soon = || Utc::now() + chrono::Duration::seconds(60);
+    let lease = |key: &ItemKey, owner: &str, until| Lease::until(key.clone(), owner, until);
 
     // (a) An expired lease (its holder crashed), taken over by 8 invocations at once: one gets it.
     // (DynamoDB applies conditional writes to an item one at a time. moto checks a condition and
@@ -567,11 +580,11 @@ async fn leases_are_taken_by_one_recognised_by_their_holder_and_useless_once_los
     // through, about once in fifty runs: a failure here naming two winners is worth a rerun
     // before it is taken for a fencing bug.)
     let key = ItemKey { pk: "APP#race".into(), sk: "ENV#stage".into() };
-    let crashed = ledger.try_acquire::<Value>(&key, "crashed", Utc::now() - chrono::Duration::seconds(1)).await;
+    let crashed = ledger.acquire::<Written>(lease(&key, "crashed", Utc::now() - chrono::Duration::seconds(1))).await;
     let _crashed = crashed.unwrap(); // never released: it expired
     let racers = (0..8).map(|n| {
-        let (ledger, key) = (ledger.clone(), key.clone());
-        async move { ledger.try_acquire::<Value>(&key, &format!("invocation {n}"), soon()).await }
+        let (ledger, lease) = (ledger.clone(), lease(&key, &format!("invocation {n}"), soon()));
+        async move { ledger.acquire::<Written>(lease).await }
     });
     let results = futures_util::future::join_all(racers).await;
     let outcomes: Vec<String> = results
@@ -597,17 +610,17 @@ async fn leases_are_taken_by_one_recognised_by_their_holder_and_useless_once_los
     // (c) A holder whose lease expired and was taken over can neither commit nor release.
     let key = ItemKey { pk: "APP#fenced".into(), sk: "ENV#prod".into() };
     let mut late =
-        ledger.try_acquire::<Value>(&key, "late", Utc::now() + chrono::Duration::milliseconds(300)).await.unwrap();
+        ledger.acquire::<Written>(lease(&key, "late", Utc::now() + chrono::Duration::milliseconds(300))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let mut successor = ledger.try_acquire::<Value>(&key, "successor", soon()).await.unwrap();
+    let mut successor = ledger.acquire::<Written>(lease(&key, "successor", soon())).await.unwrap();
     assert!(successor.took_over);
-    let lost = late.commit(&ledger, Change::new(json!({ "written_by": "late" }))).await;
+    let lost = late.commit(&ledger, Change::new(Written { written_by: "late".into() })).await;
     assert!(matches!(lost, Err(LedgerError::LeaseLost { .. })), "{:?}", lost.err());
     late.release(&ledger, &[]).await;
     let item = world.item(&key.pk, &key.sk).await.unwrap();
     assert_eq!(item["lease"]["token"], successor.token(), "the late holder released its successor's lease: {item}");
     assert!(item.get("state").is_none(), "the late holder wrote: {item}");
-    successor.commit(&ledger, Change::new(json!({ "written_by": "successor" }))).await.unwrap();
+    successor.commit(&ledger, Change::new(Written { written_by: "successor".into() })).await.unwrap();
     successor.release(&ledger, &[]).await;
     let item = world.item(&key.pk, &key.sk).await.unwrap();
     assert_eq!(item["state"], json!({ "written_by": "successor" }));

@@ -1,5 +1,7 @@
 //! A small seeded random generator (splitmix64) for reproducible test scenarios: the same seed
 //! gives the same sequence on every platform and every run.
+//! Kept hand-written: `rand`'s generators promise no stable sequence across versions, which a
+//! recorded seed needs.
 
 #[derive(Debug, Clone)]
 pub struct Rng {
