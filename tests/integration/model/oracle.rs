@@ -158,6 +158,14 @@ impl EnvModel {
         self.rollout.as_ref().filter(|r| r.state == RState::InProgress)
     }
 
+    /// The rollout in progress failed and ECS's circuit breaker went back to an earlier revision
+    /// (the failed deployment is still listed).
+    pub fn failed_by_circuit_breaker(&self) -> bool {
+        let Some(rollout) = self.in_progress() else { return false };
+        let failed = self.deps.iter().any(|d| d.id == rollout.dep && d.state == DepState::Failed);
+        failed && self.primary().id != rollout.dep && self.primary().rev < rollout.rev
+    }
+
     /// The revisions Conveyor's record names (what the library takes as its own doing).
     pub fn names(&self, rev: usize) -> bool {
         let rollout = self.rollout.iter().flat_map(|r| [Some(r.rev), Some(r.previous), r.rolled_back_to]);
@@ -414,7 +422,10 @@ impl Model {
         if self.env(app, env).running() == Some(digest) {
             return false;
         }
-        if let Some(rollout) = self.env(app, env).rollout.as_mut().filter(|r| r.state == RState::InProgress) {
+        if self.env(app, env).failed_by_circuit_breaker() {
+            // Its FAILED event not delivered yet: rolled back by the breaker all the same.
+            self.failed(app, env);
+        } else if let Some(rollout) = self.env(app, env).rollout.as_mut().filter(|r| r.state == RState::InProgress) {
             rollout.state = RState::Superseded;
             self.note(app, env, "superseded");
         }
