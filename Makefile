@@ -24,8 +24,8 @@ lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all --check
 	CARGO_INCREMENTAL=0 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit: ## fast unit tests of the pure logic, no network
-	cargo test --workspace --lib --locked
+unit: ## fast unit tests of the pure logic and the property tests, no network
+	cargo test --workspace --lib --locked && cargo test --locked --test properties
 
 demo: setup build ## the whole story on a local AWS: push → stage → verify → promote → rollback
 	target/debug/demo
@@ -41,8 +41,9 @@ test: setup lint build ## everything: lint, unit tests, integration tests agains
 # The long runs of the proofs (about an hour on 2 cores): the whole fault and crash matrix, 500
 # model sequences of 60 steps, 10,000 cases per property, the burst's 1.5x goal asserted.
 soak: setup build ## the long runs: full fault matrix, long model test, 10k property cases, strict burst
-	CONVEYOR_MATRIX=full CONVEYOR_MODEL=long PROPTEST_CASES=10000 CONVEYOR_BURST_STRICT=1 \
-	  cargo test --locked --test integration -- --nocapture --test-threads 2 fault_matrix:: model:: properties:: burst::
+	CONVEYOR_MATRIX=full CONVEYOR_MODEL=long CONVEYOR_BURST_STRICT=1 \
+	  cargo test --locked --test integration -- --nocapture --test-threads 2 fault_matrix:: model:: burst::
+	PROPTEST_CASES=10000 cargo test --locked --test properties -- --nocapture
 
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := push_event monitor_event app_config promote_request

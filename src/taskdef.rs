@@ -147,18 +147,9 @@ pub fn registration(
 }
 
 #[cfg(test)]
-#[path = "../tests/support/maximal_taskdef.rs"]
-mod maximal;
-
-#[cfg(test)]
-#[path = "../tests/support/debug_fields.rs"]
-mod debug_fields;
-
-#[cfg(test)]
 mod tests {
-    use super::debug_fields::debug_fields;
-    use super::maximal::{maximal_task_definition, APP_CONTAINER};
     use super::*;
+    use conveyor_testkit::taskdefs::{debug_fields, maximal_task_definition, APP_CONTAINER};
 
     fn offline_client() -> aws_sdk_ecs::Client {
         let config = aws_sdk_ecs::Config::builder()

@@ -120,7 +120,7 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
         if !ours && primary.task_definition != rollout.task_definition_arn {
             let by_conveyor = issued == Some(primary.task_definition.as_str());
             if by_conveyor
-                || rolled_back_by_circuit_breaker(rollout, service)
+                || rollout.circuit_breaker_went_back(service, true).is_some()
                 || primary.task_definition == rollout.previous.arn
                 || state.knows_revision(&primary.task_definition)
             {
@@ -137,29 +137,6 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
         Some(to) => FailurePlan::RollBack { to },
         None => FailurePlan::NothingToRollBackTo,
     }
-}
-
-/// ECS's circuit breaker failed this rollout's deployment and went back to the last deployment
-/// that completed: possibly the revision of an earlier rollout the record no longer names (a newer
-/// push superseded it before its COMPLETED event arrived). Not a change outside Conveyor, which
-/// registers a newer revision: the breaker only goes back to an earlier one of the same family.
-fn rolled_back_by_circuit_breaker(rollout: &Rollout, service: &ServiceState) -> bool {
-    let failed_by_breaker = |d: &crate::aws::Deployment| {
-        d.failed() && d.rollout_state_reason.as_deref().is_some_and(|r| r.starts_with("ECS deployment circuit breaker"))
-    };
-    let went_back = service.primary().is_some_and(|primary| {
-        match (family_revision(&primary.task_definition), family_revision(&rollout.task_definition_arn)) {
-            (Some((family, back)), Some((ours_family, ours))) => family == ours_family && back < ours,
-            _ => false,
-        }
-    });
-    went_back && rollout.deployment_id.as_deref().and_then(|id| service.deployment(id)).is_some_and(failed_by_breaker)
-}
-
-/// `…:task-definition/{family}:{revision}` → (family, revision).
-fn family_revision(arn: &str) -> Option<(&str, u32)> {
-    let (family, revision) = arn.rsplit_once('/')?.1.rsplit_once(':')?;
-    Some((family, revision.parse().ok()?))
 }
 
 /// What the sweep does with a rollout still in progress.
@@ -513,6 +490,44 @@ mod tests {
         // A newer revision is someone else's, whatever the failed deployment's reason says.
         let newer = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed], 2);
         assert_eq!(failure_plan(&state, &later, &newer, None), FailurePlan::ChangedOutside);
+    }
+
+    /// The model test's known bug: a push arriving before the FAILED event of a rollout the
+    /// circuit breaker sent back to an earlier revision the record no longer names (an earlier
+    /// rollout's, superseded before its COMPLETED arrived) took that revision for a lost record
+    /// and adopted it; the failed rollout was superseded, its image never marked failed.
+    #[test]
+    fn a_rollout_the_circuit_breaker_sent_back_is_rolled_back_whoever_comes_first() {
+        const TD5: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:5";
+        let later = rollout(TD5, "ecs-svc/5");
+        let state = state_with(later.clone());
+        let mut failed = deployment("ecs-svc/5", Active, Failed, TD5, 0);
+        failed.rollout_state_reason = Some("ECS deployment circuit breaker: task failed to start.".into());
+        let going_back = deployment("ecs-svc/8", Primary, InProgress, TD3, 0);
+        let breaker = service(vec![going_back.clone(), failed.clone()], 2);
+        // A push or a promotion finds it first: rolled back by the breaker, to the earlier revision.
+        assert_eq!(later.circuit_breaker_went_back(&breaker, false), Some(&going_back));
+        assert!(later.comes_after(TD3) && !later.comes_after(TERRAFORM) && !later.comes_after(TD5));
+        // The breaker's rollback completed before anything came: no failed deployment to see, so
+        // only a failure known otherwise (the FAILED event, late) says it.
+        let back = deployment("ecs-svc/8", Primary, Completed, TD3, 2);
+        let completed = service(vec![back.clone()], 2);
+        assert_eq!(later.circuit_breaker_went_back(&completed, false), None);
+        assert_eq!(later.circuit_breaker_went_back(&completed, true), Some(&back));
+        assert_eq!(
+            failure_plan(&state, &later, &completed, None),
+            FailurePlan::AlreadyRolledBack { to: TD3.into(), deployment_id: "ecs-svc/8".into(), by_conveyor: false }
+        );
+        // Not the breaker: a newer revision (Terraform), a deployment that failed and stayed
+        // primary, or one failed for another reason.
+        let newer = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed.clone()], 2);
+        assert_eq!(later.circuit_breaker_went_back(&newer, false), None);
+        let mut stayed = failed.clone();
+        stayed.status = Primary;
+        assert_eq!(later.circuit_breaker_went_back(&service(vec![stayed], 0), false), None);
+        let mut stopped = failed;
+        stopped.rollout_state_reason = Some("stopped by a person".into());
+        assert_eq!(later.circuit_breaker_went_back(&service(vec![going_back, stopped], 2), false), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod start;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::aws::{Deployment, ServiceState};
 use crate::types::{Environment, ImageDigest, ImageTag};
 use crate::vocabulary::{Outcome, Severity};
 
@@ -189,6 +190,47 @@ impl Rollout {
             Origin::Push => None,
         }
     }
+
+    /// Whether `arn` is an earlier revision of this rollout's task-definition family: one ECS may
+    /// go back to, never one registered for a later rollout (or by Terraform) since.
+    pub fn comes_after(&self, arn: &str) -> bool {
+        match (family_revision(arn), family_revision(&self.task_definition_arn)) {
+            (Some((family, earlier)), Some((ours_family, ours))) => family == ours_family && earlier < ours,
+            _ => false,
+        }
+    }
+
+    /// The deployment ECS's circuit breaker went back to after failing this rollout's, if it did:
+    /// the service's primary runs an earlier revision of the rollout's family (the breaker goes
+    /// back to the last deployment that completed; Conveyor, Terraform and people register newer
+    /// revisions), and the rollout's deployment is listed as failed by the breaker — or, when
+    /// the failure is known otherwise (`failure_seen`: a FAILED event in hand), no longer listed
+    /// (the breaker's rollback completed first). The revision may be one the record no longer
+    /// names: an earlier rollout's, superseded before its COMPLETED event arrived.
+    pub fn circuit_breaker_went_back<'s>(
+        &self,
+        service: &'s ServiceState,
+        failure_seen: bool,
+    ) -> Option<&'s Deployment> {
+        let primary = service.primary()?;
+        let went_back = self.comes_after(&primary.task_definition);
+        let failed_by_breaker = |d: &Deployment| {
+            d.failed()
+                && d.rollout_state_reason.as_deref().is_some_and(|r| r.starts_with("ECS deployment circuit breaker"))
+        };
+        let ours = self.deployment_id.as_deref().and_then(|id| service.deployment(id));
+        let failed = match ours {
+            Some(deployment) => failed_by_breaker(deployment),
+            None => failure_seen && self.deployment_id.is_some(),
+        };
+        (went_back && failed).then_some(primary)
+    }
+}
+
+/// `…:task-definition/{family}:{revision}` → (family, revision).
+fn family_revision(arn: &str) -> Option<(&str, u32)> {
+    let (family, revision) = arn.rsplit_once('/')?.1.rsplit_once(':')?;
+    Some((family, revision.parse().ok()?))
 }
 
 /// A rollback deployment (Conveyor's, or the circuit breaker's), watched until ECS completes it.

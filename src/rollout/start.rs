@@ -11,12 +11,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use super::{Origin, Revision, Rollout, RolloutState};
+use super::{Origin, Revision, RolledBackBy, Rollout, RolloutState};
 use crate::aws::{Described, Ecs, ServiceState};
 use crate::config::AppConfig;
 use crate::error::DeployError;
 use crate::image;
-use crate::ledger::{Change, Held, HistoryEntry};
+use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate};
 use crate::notify::{Announcement, Notification};
 use crate::record::{Drift, EnvState, Orphan};
 use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
@@ -146,7 +146,8 @@ pub async fn start(
         Err(RollOutError::Failed(error)) => return Err(error),
     };
     change.state.orphan = None;
-    supersede(app, env, &mut change, &format!("replaced by {} ({})", rollout.tag, rollout.digest.short()), now);
+    let replaced_by = format!("replaced by {} ({})", rollout.tag, rollout.digest.short());
+    settle_in_flight(app, env, &mut change, &observed.service, &replaced_by, now);
     change.state.rollback = None;
     begin(app, env, &mut change, rollout.clone());
     Ok(Plan { change, started: Started::Rolling(Box::new(rollout)), observed })
@@ -202,6 +203,44 @@ pub fn supersede(app: &AppConfig, env: Environment, change: &mut Change<EnvState
     }
 }
 
+/// Settles the rollout in progress (if any) that a new rollout replaces: `rolled_back` when ECS's
+/// circuit breaker failed it and went back (its FAILED event not handled yet — the image failed
+/// all the same, whichever comes first), else superseded.
+fn settle_in_flight(
+    app: &AppConfig,
+    env: Environment,
+    change: &mut Change<EnvState>,
+    service: &ServiceState,
+    reason: &str,
+    now: DateTime<Utc>,
+) {
+    let in_flight = change.state.rollout.as_mut().filter(|r| r.in_progress());
+    let Some((rollout, back)) = in_flight.and_then(|r| r.circuit_breaker_went_back(service, false).map(|b| (r, b)))
+    else {
+        return supersede(app, env, change, reason, now);
+    };
+    let failed = rollout.deployment_id.as_deref().and_then(|id| service.deployment(id));
+    let why = failed.and_then(|d| d.rollout_state_reason.as_deref()).unwrap_or("ECS reported the deployment FAILED");
+    let settlement = RolloutState::RolledBack {
+        at: now,
+        reason: format!("{why} (ECS circuit breaker already rolled back)"),
+        to: back.task_definition.clone(),
+        by: RolledBackBy::CircuitBreaker,
+    };
+    if rollout.settle(settlement).is_err() {
+        return;
+    }
+    let rollout = rollout.clone();
+    let failure = rollout.state.reason().unwrap_or_default().to_owned();
+    warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
+        deployment_id = rollout.deployment_id.as_deref(), reason = %failure, "rollout failed: rolled back by the circuit breaker");
+    let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
+    image.failed = Some((env, Failure { at: now, reason: failure }));
+    change.images.push((app.name.clone(), image));
+    change.history.push(history_of(&app.name, &rollout, env, now));
+    change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
+}
+
 /// Compares what runs with what the state knows: adopts a rollout whose record was lost (and
 /// returns it), notes and announces drift (superseding a rollout in flight).
 pub fn note_what_runs(
@@ -216,6 +255,11 @@ pub fn note_what_runs(
         return None;
     }
     let ours = observed.running.tag(TAG_APP) == Some(app.name.as_str());
+    if ours && change.state.rollout.as_ref().is_some_and(|r| r.comes_after(running)) {
+        // Conveyor's own earlier revision, which ECS went back to (its circuit breaker, to the
+        // last deployment that completed): neither a lost record (that one is newer) nor drift.
+        return None;
+    }
     let tag = observed.running.tag(TAG_IMAGE_TAG).and_then(|t| ImageTag::parse(t).ok());
     let digest = observed.running.tag(TAG_IMAGE_DIGEST).and_then(|d| ImageDigest::parse(d).ok());
     if let (true, Some(tag), Some(digest)) = (ours, tag, digest) {

@@ -6,57 +6,20 @@
 //! counted by the Chatbot message's `id`, Slack by what the webhook answered), in order per
 //! service.
 //!
-//! Library bugs these tests expose are listed in [`KNOWN_BUGS`]; a test that meets one prints it
-//! and carries on the way that still works, and asserts the correct behaviour everywhere else.
+//! A failure a listed known bug excuses (`conveyor_testkit::known_bugs`, situations
+//! `channels:*`) is printed and the test carries on the way that still works; every other check
+//! holds as written.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use conveyor_testkit::functions::Functions;
+use conveyor_testkit::known_bugs;
 use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, AppFixture};
-use conveyor_testkit::{Function, LocalHttp, World};
+use conveyor_testkit::{LocalHttp, World};
 use serde_json::{json, Value};
-
-/// Library bugs found here and not fixed yet: (name, what is wrong). Each is printed whenever a
-/// test meets it; nothing else is excused.
-const KNOWN_BUGS: &[(&str, &str)] = &[];
-
-/// `ok`, or a known bug (printed, `false`), or a failure.
-#[track_caller]
-fn expect(ok: bool, bug: &str, what: impl std::fmt::Display) -> bool {
-    if ok {
-        if KNOWN_BUGS.iter().any(|(name, _)| *name == bug) {
-            eprintln!("KNOWN BUG {bug} did not show this time: is it fixed? (remove it from KNOWN_BUGS)");
-        }
-        return true;
-    }
-    match KNOWN_BUGS.iter().find(|(name, _)| *name == bug) {
-        Some((name, description)) => {
-            eprintln!("KNOWN BUG {name} (not failing the test): {description}\n  seen: {what}");
-            false
-        }
-        None => panic!("{what}"),
-    }
-}
-
-/// The three functions, as Lambda runs them, against this world.
-struct Functions {
-    stage: Function,
-    monitor: Function,
-    promote: Function,
-}
-
-impl Functions {
-    async fn spawn(world: &World) -> Functions {
-        let env = world.function_env();
-        Functions {
-            stage: Function::spawn("stage-deploy", &env).await,
-            monitor: Function::spawn("deploy-monitor", &env).await,
-            promote: Function::spawn("promote", &env).await,
-        }
-    }
-}
 
 /// A push of `shop-api:{tag}` (image `n`), `minutes_ago`.
 async fn push(world: &World, functions: &Functions, tag: &str, n: u32, minutes_ago: i64) {
@@ -232,9 +195,9 @@ async fn sns_down_for_a_whole_run_then_every_notification_once_in_order() {
     let swept = sweep(&world, &functions).await;
     let mut notes = world.notifications().await;
     let delivered = sns_facts(&notes);
-    expect(
+    known_bugs::expect(
         delivered.len() == run.values().map(Vec::len).sum::<usize>(),
-        "sweep-skips-outbox-of-in-flight-item",
+        "channels:sweep-skips-outbox-of-in-flight-item",
         format!("the sweep delivered {} of 5 waiting notifications: {delivered:?}\nsweep: {swept}", delivered.len()),
     );
 
@@ -271,9 +234,9 @@ async fn slack_hanging_for_a_whole_run_then_every_post_once_in_order() {
     slack.set_delay(Duration::ZERO);
     let swept = sweep(&world, &functions).await;
     let posted = slack_facts(&slack.answered());
-    expect(
+    known_bugs::expect(
         posted.len() == run.values().map(Vec::len).sum::<usize>(),
-        "sweep-skips-outbox-of-in-flight-item",
+        "channels:sweep-skips-outbox-of-in-flight-item",
         format!("the sweep posted {} of 5 waiting Slack messages: {posted:?}\nsweep: {swept}", posted.len()),
     );
 

@@ -3,25 +3,11 @@
 
 use chrono::{Duration, Utc};
 use conveyor_testkit::accounts::{target_role, PROD_ACCOUNT};
+use conveyor_testkit::functions::Functions;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::digest;
-use conveyor_testkit::{Function, World};
+use conveyor_testkit::World;
 use serde_json::{json, Value};
-
-struct Functions {
-    stage: Function,
-    monitor: Function,
-    promote: Function,
-}
-
-async fn functions(world: &World) -> Functions {
-    let env = world.function_env();
-    Functions {
-        stage: Function::spawn("stage-deploy", &env).await,
-        monitor: Function::spawn("deploy-monitor", &env).await,
-        promote: Function::spawn("promote", &env).await,
-    }
-}
 
 fn action(report: &Value) -> &str {
     report["results"][0]["action"].as_str().unwrap_or_default()
@@ -41,7 +27,7 @@ async fn one_installation_deploys_to_services_of_several_clusters() {
     world
         .put_app("shop-batch", &json!({ "repository": "shop-web", "container": "api", "environments": batch_env }))
         .await;
-    let f = functions(&world).await;
+    let f = Functions::spawn(&world).await;
 
     let push = world.push_event("shop-web", "v1.0.0", &digest(1), Utc::now());
     let report = f.stage.invoke(push).await.response();
@@ -61,7 +47,7 @@ async fn one_installation_deploys_to_services_of_several_clusters() {
 async fn prod_in_another_account_gets_the_vetted_image_and_its_failures_roll_back_there() {
     let world = World::new().await;
     let app = world.seed_app_across("shop-api", "shop-api", PROD_ACCOUNT).await;
-    let f = functions(&world).await;
+    let f = Functions::spawn(&world).await;
     let vet = async |tag: &str, n: u32, minutes: i64| {
         let push = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes));
         assert_eq!(f.stage.invoke(push).await.response()["apps"][0]["status"], "deploying");

@@ -5,15 +5,14 @@ use chrono::{Duration, Utc};
 use conveyor::vocabulary::Action;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, AppFixture};
-use conveyor_testkit::{Function, LocalHttp, World};
+use conveyor_testkit::{functions, Function, LocalHttp, World};
 use serde_json::{json, Value};
 
 use crate::support::{conveyor, invocation};
 
+/// deploy-monitor, with a dead health endpoint failing a verification in 2 s.
 async fn deploy_monitor(world: &World) -> Function {
-    let mut env = world.function_env();
-    env.push(("CONVEYOR_HEALTH_TIMEOUT_SECONDS".into(), "2".into()));
-    Function::spawn("deploy-monitor", &env).await
+    functions::deploy_monitor(world, std::time::Duration::from_secs(2)).await
 }
 
 /// Pushes `tag` to stage through the library; returns the new task definition ARN.

@@ -45,9 +45,10 @@
 //! — about 3–4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call
 //! under every fault (380), `latency` on every call under the lease (64) and a crash on every call
 //! (76) — about 15 minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each
-//! flow's calls. Six worlds run at a time, across both tests. Cells failing because of a diagnosed
-//! library bug are listed in [`KNOWN_FAILURES`], printed as known failures with the diagnosis, and
-//! do not fail the test; any other failing cell does.
+//! flow's calls. Six worlds run at a time, across both tests. A cell failing in a situation a
+//! listed known bug excuses (`conveyor_testkit::known_bugs`: `fault_matrix:{flow}/{call}/{fault}`)
+//! is printed as a known failure with the diagnosis and does not fail the test; any other failing
+//! cell does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
@@ -55,6 +56,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use conveyor::vocabulary::{Action, PromoteStatus};
+use conveyor_testkit::known_bugs::{self, KnownBug};
 use conveyor_testkit::local_aws::{CallRecord, Fault, FaultMode, Settle};
 use conveyor_testkit::matrix::{bounded_by, CallSite, FaultKind, Job, LeaseSeen, Tally, Transition};
 use conveyor_testkit::runtime_api::{Invocation, DEFAULT_DEADLINE};
@@ -78,19 +80,6 @@ const LATENCY: Duration = Duration::from_secs(3);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
 /// The longest a cell waits for a lease to expire.
 const LEASE_CAP: Duration = Duration::from_secs(20);
-
-/// A library bug that makes cells fail, with where it lies.
-struct Bug {
-    name: &'static str,
-    diagnosis: &'static str,
-}
-
-/// Cells failing because of a library bug: (flow, call site, the faults that fail there, bug).
-/// Printed as known failures; they do not fail the test. Remove an entry once its cells pass.
-/// Empty: the four bugs the matrix found (a lost commit answer erasing its notification, a
-/// rollback's intent kept in memory only, a release that left the version as it was, and a
-/// release failing after its `Publish`, now an accepted re-send) are fixed or accounted for.
-const KNOWN_FAILURES: &[(&str, &str, &[&str], &Bug)] = &[];
 
 /// The faults that fail a call without applying it.
 const FAILS: &[&str] = &["throttle", "http500", "http503", "reset"];
@@ -423,13 +412,10 @@ impl Cell {
         )
     }
 
-    /// The bug this cell is known to fail on, if any.
-    fn known(&self) -> Option<&'static Bug> {
+    /// The listed bug that excuses this cell's failure, if any.
+    fn known(&self) -> Option<&'static KnownBug> {
         let (flow, site, kind) = self.key();
-        KNOWN_FAILURES
-            .iter()
-            .find(|(f, s, kinds, _)| *f == flow && *s == site && kinds.contains(&kind.as_str()))
-            .map(|(_, _, _, bug)| *bug)
+        known_bugs::excusing(&format!("fault_matrix:{flow}/{site}/{kind}"))
     }
 
     fn line(&self) -> String {
@@ -767,9 +753,9 @@ fn full() -> bool {
     std::env::var("CONVEYOR_MATRIX").is_ok_and(|v| v == "full")
 }
 
-/// `CONVEYOR_MATRIX=clean`: only the clean runs (to see each flow's calls).
+/// `CONVEYOR_MATRIX=clean`: only the clean runs (to see each flow's calls); ignored in CI.
 fn only_clean() -> bool {
-    std::env::var("CONVEYOR_MATRIX").is_ok_and(|v| v == "clean")
+    conveyor_testkit::knobs::shrinks("CONVEYOR_MATRIX", "clean")
 }
 
 /// The clean run of every flow (shared by both tests).
@@ -888,9 +874,7 @@ async fn run_matrix(crashes: bool) {
         by_kind.iter().map(|(k, (n, p))| format!("{k} {p}/{n}")).collect::<Vec<_>>().join(", "),
         started.elapsed().as_secs_f64()
     ));
-    let mut bugs: Vec<&Bug> = KNOWN_FAILURES.iter().map(|(_, _, _, bug)| *bug).collect();
-    bugs.dedup_by_key(|bug| bug.name);
-    for bug in bugs {
+    for bug in known_bugs::KNOWN_BUGS {
         let hit = cells.iter().filter(|c| !c.passed() && c.known().is_some_and(|b| b.name == bug.name)).count();
         if hit > 0 {
             lines.push(format!("known failure {} ({hit} cells): {}", bug.name, bug.diagnosis));

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use conveyor::taskdef::{registration, ImageSwap};
 use conveyor::types::{AppName, Environment};
+use conveyor_testkit::functions::{self, promote as promote_function, stage_deploy};
 use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
 use conveyor_testkit::{Function, World};
@@ -17,18 +18,9 @@ use crate::support::{assert_same_definition, conveyor, invocation};
 // Helpers
 // ------------------------------------------------------------------------------------------------
 
-async fn stage_deploy(world: &World) -> Function {
-    Function::spawn("stage-deploy", &world.function_env()).await
-}
-
+/// deploy-monitor, with a dead health endpoint failing a verification in 2 s.
 async fn deploy_monitor(world: &World) -> Function {
-    let mut env = world.function_env();
-    env.push(("CONVEYOR_HEALTH_TIMEOUT_SECONDS".into(), "2".into()));
-    Function::spawn("deploy-monitor", &env).await
-}
-
-async fn promote_function(world: &World) -> Function {
-    Function::spawn("promote", &world.function_env()).await
+    functions::deploy_monitor(world, std::time::Duration::from_secs(2)).await
 }
 
 fn minutes_ago(minutes: i64) -> DateTime<Utc> {

@@ -14,6 +14,7 @@ use aws_sdk_ecs::types::TaskDefinitionStatus;
 use chrono::{DateTime, Utc};
 use conveyor::ledger::{Change, ItemKey, Lease, LeasedState, Ledger, LedgerError};
 use conveyor::vocabulary::{Action, PromoteStatus};
+use conveyor_testkit::functions::{self, promote as promote_function, stage_deploy};
 use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
 use conveyor_testkit::{Function, LocalHttp, World};
@@ -25,18 +26,9 @@ use crate::support::{conveyor, invocation};
 // The scene: functions, pushes, settlements, notifications.
 // ------------------------------------------------------------------------------------------------
 
-async fn stage_deploy(world: &World) -> Function {
-    Function::spawn("stage-deploy", &world.function_env()).await
-}
-
+/// deploy-monitor, with a dead health endpoint failing a verification in 5 s.
 async fn deploy_monitor(world: &World) -> Function {
-    let mut env = world.function_env();
-    env.push(("CONVEYOR_HEALTH_TIMEOUT_SECONDS".into(), "5".into()));
-    Function::spawn("deploy-monitor", &env).await
-}
-
-async fn promote_function(world: &World) -> Function {
-    Function::spawn("promote", &world.function_env()).await
+    functions::deploy_monitor(world, Duration::from_secs(5)).await
 }
 
 /// A push time `seconds` after `base`.

@@ -15,7 +15,6 @@ mod holes_state;
 mod localaws_faults;
 mod model;
 mod promote;
-mod properties;
 mod real_taskdefs;
 mod routing;
 mod stage_deploy;

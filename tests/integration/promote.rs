@@ -2,16 +2,13 @@
 
 use chrono::{Duration, Utc};
 use conveyor::vocabulary::Action;
+use conveyor_testkit::functions::promote as promote_function;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
-use conveyor_testkit::{Function, World};
+use conveyor_testkit::World;
 use serde_json::{json, Value};
 
 use crate::support::{conveyor, invocation, tag_pairs};
-
-async fn promote_function(world: &World) -> Function {
-    Function::spawn("promote", &world.function_env()).await
-}
 
 /// Pushes `tag` to stage and lets the monitor verify it.
 async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {

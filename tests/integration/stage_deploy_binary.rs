@@ -1,15 +1,12 @@
 //! The real `stage-deploy` binary, driven through the Lambda Runtime API against the local AWS.
 
 use chrono::{Duration, Utc};
+use conveyor_testkit::functions::stage_deploy;
 use conveyor_testkit::world::digest;
-use conveyor_testkit::{Function, World};
+use conveyor_testkit::World;
 use serde_json::{json, Value};
 
 use crate::support::{assert_same_definition, tag_pairs};
-
-async fn stage_deploy(world: &World) -> Function {
-    Function::spawn("stage-deploy", &world.function_env()).await
-}
 
 #[tokio::test]
 async fn push_rolls_out_to_every_stage_service_fed_by_the_repository() {

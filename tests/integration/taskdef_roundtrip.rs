@@ -2,23 +2,21 @@
 
 use chrono::Utc;
 use conveyor::taskdef::{registration, ImageSwap};
+use conveyor_testkit::taskdefs::{maximal_task_definition, APP_CONTAINER};
 use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::json;
 
 use crate::support::{assert_same_definition, conveyor, invocation, tag_pairs};
 
-#[path = "../support/maximal_taskdef.rs"]
-mod maximal;
-
 #[tokio::test]
 async fn a_maximal_task_definition_survives_a_rollout() {
     let world = World::new().await;
     let family = world.name("maximal");
     let cluster = world.name("stage");
-    let (definition, tags) = maximal::maximal_task_definition(&family, "123456789012", "us-east-1");
+    let (definition, tags) = maximal_task_definition(&family, "123456789012", "us-east-1");
     let image = definition.container_definitions()[0].image().unwrap().to_owned();
-    let as_is = ImageSwap { container: maximal::APP_CONTAINER, image: Some(image), tags: Vec::new() };
+    let as_is = ImageSwap { container: APP_CONTAINER, image: Some(image), tags: Vec::new() };
     let registered =
         registration(world.ecs.register_task_definition(), &definition, &tags, &as_is).send().await.unwrap();
     let initial = registered.task_definition.unwrap().task_definition_arn.unwrap();

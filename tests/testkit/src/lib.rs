@@ -1,11 +1,17 @@
 //! Test kit for Conveyor: a real local AWS (moto server with a realistic ECS deployment
 //! lifecycle), a Lambda Runtime API host that drives the real function binaries, and fixtures
-//! that give every test its own resources so tests run in parallel.
+//! that give every test its own resources so tests run in parallel; and what every test binary
+//! shares: the function binaries spawned against a world ([`functions`]), the task-definition
+//! fixtures ([`taskdefs`]), the known-bug registry ([`known_bugs`]) and the knobs that size a
+//! run ([`knobs`]).
 #![allow(clippy::unwrap_used)] // test code: a failed setup step should stop the test loudly
 
 pub mod accounts;
 pub mod function;
+pub mod functions;
 pub mod http;
+pub mod knobs;
+pub mod known_bugs;
 pub mod lambda_api;
 pub mod local_aws;
 pub mod matrix;
@@ -14,6 +20,7 @@ pub mod rng;
 pub mod runtime_api;
 pub mod scenario;
 pub mod stack;
+pub mod taskdefs;
 pub mod world;
 
 pub use function::Function;

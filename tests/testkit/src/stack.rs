@@ -118,8 +118,7 @@ impl LocalStack {
             )
             .await;
 
-        let mut env = world.function_env();
-        env.push(("CONVEYOR_HEALTH_TIMEOUT_SECONDS".into(), "3".into()));
+        let env = crate::functions::with_health_timeout(world.function_env(), Duration::from_secs(3));
         let deliveries = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (rule, function) in ROUTES {

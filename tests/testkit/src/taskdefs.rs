@@ -1,9 +1,12 @@
-//! A task definition that sets every registrable field Conveyor must carry over: several
-//! containers (app, FireLens log router, Envoy sidecar), secrets, an empty-string environment
-//! value, health checks, dependsOn, ulimits, volumes, placement constraints, runtime platform,
-//! ephemeral storage, proxy configuration, ... Shared by the unit test of the rewrite and the
-//! round trip through the local AWS.
-#![allow(clippy::unwrap_used, dead_code, deprecated)]
+//! Task-definition fixtures shared by the unit test of the rewrite (`src/taskdef.rs`), the
+//! property tests and the round trip through the local AWS: a task definition that sets every
+//! registrable field Conveyor must carry over — several containers (app, FireLens log router, Envoy
+//! sidecar), secrets, an empty-string environment value, health checks, dependsOn, ulimits,
+//! volumes, placement constraints, runtime platform, ephemeral storage, proxy configuration, ... —
+//! and [`debug_fields`], to compare an SDK request with its source field by field.
+#![allow(deprecated)] // inference accelerators: deprecated by AWS, still carried over
+
+use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::*;
 
@@ -263,4 +266,27 @@ pub fn maximal_task_definition(family: &str, account: &str, region: &str) -> (Ta
         Tag::builder().key("conveyor:image-tag").value("v0.9.0").build(),
     ];
     (definition, tags)
+}
+
+/// Top-level fields of a `{:#?}` rendering: name => rendered value.
+pub fn debug_fields(pretty: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in pretty.lines().skip(1) {
+        let top_level = line.strip_prefix("    ").filter(|rest| !rest.starts_with(' '));
+        match top_level.and_then(|rest| rest.split_once(": ")) {
+            Some((name, value)) if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                fields.extend(current.take());
+                current = Some((name.to_owned(), value.to_owned()));
+            }
+            _ => {
+                if let Some((_, value)) = current.as_mut() {
+                    value.push('\n');
+                    value.push_str(line);
+                }
+            }
+        }
+    }
+    fields.extend(current);
+    fields
 }
