@@ -2,7 +2,7 @@
 //!
 //! | item | `pk` | `sk` | holds |
 //! |---|---|---|---|
-//! | environment | `APP#{app}` | `ENV#{stage\|prod}` | `state` (see [`crate::record::EnvState`]), `version`, the `lease` while held, the `outbox` of notifications not yet sent, `waiting` (the newest push queued behind the lease) |
+//! | environment | `APP#{app}` | `ENV#{stage\|prod}` | `state` (see [`crate::record::EnvState`]), `version`, the `lease` while held, the `outbox` of notifications not yet sent, `waiting` (the newest push queued behind the lease), `intent` (an action taken in AWS and not committed yet, see [`Intent`]), `last_commit` |
 //! | image | `APP#{app}` | `IMAGE#{digest}` | tags, first push, verdict per environment (`vetted_*`, `failed_*`) |
 //! | tag | `APP#{app}` | `TAG#{tag}` | the digest stage most recently verified under that tag |
 //! | history | `APP#{app}` | `HIST#{time}#{env}#{n}` | one entry per transition (what, when, why, who) |

@@ -13,7 +13,7 @@ use conveyor_testkit::function::binary;
 use conveyor_testkit::lambda_api::LambdaApi;
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, AppFixture, ServiceFixture};
-use conveyor_testkit::{Function, World};
+use conveyor_testkit::{functions, Function, World};
 use regex::Regex;
 use serde_json::{json, Value};
 
@@ -29,23 +29,34 @@ struct Setup {
     promote: Arc<Function>,
 }
 
+/// The promote and stage-deploy functions of `world` behind a local Lambda Invoke API (and the
+/// promote function, to set scenes with).
+pub async fn functions_behind_lambda(world: &World) -> (LambdaApi, Arc<Function>) {
+    let lambda = LambdaApi::start().await;
+    let promote = Arc::new(functions::promote(world).await);
+    lambda.add("promote", promote.clone());
+    lambda.add("stage-deploy", Arc::new(functions::stage_deploy(world).await));
+    (lambda, promote)
+}
+
+/// The CLI's environment: the world's names, the local AWS, the local Lambda endpoint.
+pub fn cli_env(world: &World, lambda: &LambdaApi) -> Vec<(String, String)> {
+    let mut env = world.function_env();
+    env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+    env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
+    env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), lambda.url()));
+    env
+}
+
 impl Setup {
     async fn new() -> Setup {
         let world = World::new().await;
-        let lambda = LambdaApi::start().await;
-        let promote = Arc::new(Function::spawn("promote", &world.function_env()).await);
-        lambda.add("promote", promote.clone());
-        lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &world.function_env()).await));
+        let (lambda, promote) = functions_behind_lambda(&world).await;
         Setup { world, lambda, promote }
     }
 
-    /// The CLI's environment: the world's names, the local AWS, the local Lambda endpoint.
     fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.world.function_env();
-        env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
-        env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
-        env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
-        env
+        cli_env(&self.world, &self.lambda)
     }
 
     async fn run(&self, args: &[&str]) -> Ran {
@@ -83,10 +94,10 @@ async fn settle(world: &World, service: &ServiceFixture, outcome: Settle, expect
 
 /// What a run of the CLI left.
 #[derive(Debug)]
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Ran {
@@ -122,7 +133,8 @@ fn command(env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
     command
 }
 
-async fn run(env: &[(String, String)], args: &[&str]) -> Ran {
+/// Runs the built `conveyor` with only `env` (and `PATH`).
+pub async fn run(env: &[(String, String)], args: &[&str]) -> Ran {
     let output = command(env, args).output().await.unwrap();
     finished(output)
 }
@@ -570,173 +582,4 @@ async fn usage_errors_and_missing_names_have_their_exit_codes() {
     env.push(("CONVEYOR_TABLE".into(), "no-such-table".into()));
     let missing = run(&env, &["history", "shop-api"]).await.exits(4);
     assert!(missing.stderr.contains("ResourceNotFoundException"), "{missing:?}");
-}
-
-/// The examples of `docs/cli.md` and `docs/day2-operations.md`, from the local stack (the
-/// template's routing, ECS deployments settling by themselves, the real binaries). Not a check:
-/// `cargo test --test integration cli::docs_examples -- --ignored` writes `target/cli-docs.md`.
-#[tokio::test]
-#[ignore = "writes the docs' examples; run on demand"]
-async fn docs_examples_from_the_local_stack() {
-    use conveyor_testkit::stack::{LocalStack, StackOptions};
-
-    let (moments, _timeline) = tokio::sync::mpsc::unbounded_channel();
-    let stack = LocalStack::start(World::new().await, StackOptions::default(), moments).await;
-    let world = &stack.world;
-    let (stage, prod) = (world.name("stage"), world.name("prod"));
-    let bad = digest(150);
-    // ECS: stage runs every image; prod's tasks fail to start with the v1.5.0 image.
-    world.aws.autopilot(&[stage.clone(), prod.clone()], &stack.bus, 1e9, &[], false).await;
-    world.aws.autopilot(std::slice::from_ref(&stage), &stack.bus, 1.0, &[], false).await;
-    world.aws.autopilot(std::slice::from_ref(&prod), &stack.bus, 1.5, std::slice::from_ref(&bad), false).await;
-    let lambda = LambdaApi::start().await;
-    lambda.add("promote", Arc::new(Function::spawn("promote", &world.function_env()).await));
-    lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &world.function_env()).await));
-    world.seed_app("shop-api", "shop-api", true, json!({ "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$" })).await;
-    world.seed_app("billing", "billing", false, json!({})).await;
-    let mut env = world.function_env();
-    env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
-    env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
-    env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), lambda.url()));
-
-    let mut doc = String::new();
-    let show = |doc: &mut String, args: &[&str], ran: &Ran| {
-        let quoted: Vec<String> =
-            args.iter().map(|a| if a.contains(' ') { format!("{a:?}") } else { (*a).to_owned() }).collect();
-        doc.push_str(&format!("$ conveyor {}\n", quoted.join(" ")));
-        if !ran.stderr.is_empty() {
-            doc.push_str(&format!("[stderr]\n{}", ran.stderr));
-        }
-        doc.push_str(&ran.stdout);
-        doc.push_str(&format!("[exit {}]\n\n", ran.code));
-    };
-    let cli = |args: Vec<&'static str>| {
-        let env = env.clone();
-        async move { (args.clone(), run(&env, &args).await) }
-    };
-    let ago = |hours: i64| Utc::now() - chrono::Duration::hours(hours);
-    let verified = |app: &'static str, tag: &'static str| stack.wait_for_state(app, "stage", tag, "verified");
-
-    stack.push("shop-api", "v1.4.0", &digest(140), ago(50)).await;
-    stack.push("billing", "v2.3.0", &digest(230), ago(30)).await;
-    verified("shop-api", "v1.4.0").await.unwrap();
-    verified("billing", "v2.3.0").await.unwrap();
-    for (args, ran) in [
-        cli(vec!["promote", "shop-api", "v1.4.0", "--reason", "spring release", "--wait"]).await,
-        cli(vec!["promote", "billing", "v2.3.0", "--wait"]).await,
-    ] {
-        show(&mut doc, &args, &ran);
-    }
-    stack.push("shop-api", "v1.4.1", &digest(141), ago(20)).await;
-    verified("shop-api", "v1.4.1").await.unwrap();
-    let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--dry-run"]).await;
-    show(&mut doc, &args, &ran);
-    let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--wait"]).await;
-    show(&mut doc, &args, &ran);
-    stack.push("shop-api", "v1.5.0", &bad, ago(6)).await;
-    verified("shop-api", "v1.5.0").await.unwrap();
-    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.0", "--reason", "new checkout", "--wait"]).await;
-    show(&mut doc, &args, &ran);
-    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.0"]).await;
-    show(&mut doc, &args, &ran);
-    stack.push("shop-api", "v1.5.1", &digest(151), ago(3)).await;
-    verified("shop-api", "v1.5.1").await.unwrap();
-    let (args, ran) = cli(vec!["promote", "shop-api", "v1.5.1", "--reason", "checkout fix", "--wait", "--json"]).await;
-    show(&mut doc, &args, &ran);
-
-    let (args, ran) =
-        cli(vec!["pause", "shop-api", "--env", "stage", "--reason", "INC-42 payment provider outage"]).await;
-    show(&mut doc, &args, &ran);
-    stack.push("shop-api", "v1.6.0", &digest(160), ago(1)).await;
-    stack
-        .wait_for("the held push", Duration::from_secs(20), || async {
-            let record = world.record("shop-api", "stage").await?;
-            (record["held_push"]["tag"] == "v1.6.0").then_some(())
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {:#?}", stack.deliveries().last()));
-    for args in [vec!["status"], vec!["status", "shop-api", "--json"], vec!["promote", "shop-api", "v1.6.0"]] {
-        let (args, ran) = cli(args).await;
-        show(&mut doc, &args, &ran);
-    }
-    let (args, ran) = cli(vec!["resume", "shop-api", "--env", "stage", "--deploy-latest"]).await;
-    show(&mut doc, &args, &ran);
-    verified("shop-api", "v1.6.0").await.unwrap();
-    for args in [
-        vec!["rollback", "shop-api", "--dry-run"],
-        vec!["rollback", "shop-api", "--reason", "INC-43 slow checkout", "--wait"],
-        vec!["status"],
-        vec!["status", "shop-api"],
-        vec!["history", "shop-api"],
-        vec!["history", "shop-api", "--env", "prod", "--limit", "6"],
-        vec!["history", "shop-api", "--env", "prod", "--limit", "3", "--json"],
-        vec!["metrics"],
-        vec!["metrics", "shop-api", "--json"],
-    ] {
-        let (args, ran) = cli(args).await;
-        show(&mut doc, &args, &ran);
-    }
-    let dir = std::env::temp_dir().join(format!("conveyor-docs-{}", world.id));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = json!({ "repository": "cart", "container": "api", "tags": "^v[0-9]+\\.[0-9]+\\.[0-9]+$",
-        "environments": { "stage": { "cluster": stage, "service": "cart" }, "prod": { "cluster": prod, "service": "cart" } } });
-    std::fs::write(dir.join("cart.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    // Claims shop-api's prod service; and one with a typo.
-    let mut thief = config.clone();
-    thief["environments"]["stage"]["service"] = json!("cart-web");
-    thief["environments"]["prod"]["service"] = json!("shop-api");
-    std::fs::write(dir.join("cart-web.json"), serde_json::to_string_pretty(&thief).unwrap()).unwrap();
-    let mut typo = config.clone();
-    typo["environments"]["stage"]["service"] = json!("cart-worker");
-    typo["environments"]["prod"]["service"] = json!("cart-worker");
-    typo["contianer"] = typo.as_object_mut().unwrap().remove("container").unwrap();
-    std::fs::write(dir.join("cart-worker.json"), serde_json::to_string_pretty(&typo).unwrap()).unwrap();
-    let file = |name: &str| dir.join(name).display().to_string();
-    let (cart, cart_web, cart_worker) = (file("cart.json"), file("cart-web.json"), file("cart-worker.json"));
-    for args in [
-        vec!["config", "validate", cart.as_str(), cart_web.as_str(), cart_worker.as_str()],
-        vec!["config", "put", cart.as_str()],
-        vec!["config", "put", cart_web.as_str()],
-        vec!["config", "validate"],
-    ] {
-        let ran = run(&env, &args).await;
-        show(&mut doc, &args, &ran);
-    }
-    let doc = doc.replace(&dir.display().to_string(), "apps");
-    let path = conveyor_testkit::repo_root().join("target/cli-docs.md");
-    std::fs::write(&path, realign(&doc.replace(&format!("-{}", world.id), ""))).unwrap();
-    println!("wrote {}", path.display());
-}
-
-/// Table lines (` APP  ENV ...`: one leading blank) with their columns padded again, after names
-/// got shorter.
-fn realign(text: &str) -> String {
-    let columns = Regex::new(r"\S(?: ?\S)*").unwrap();
-    let mut out: Vec<String> = Vec::new();
-    let mut block: Vec<Vec<String>> = Vec::new();
-    let flush = |block: &mut Vec<Vec<String>>, out: &mut Vec<String>| {
-        let widths: Vec<usize> = (0..block.iter().map(Vec::len).max().unwrap_or(0))
-            .map(|i| block.iter().filter_map(|row| row.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in block.drain(..) {
-            let cells: Vec<String> =
-                row.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = widths[i])).collect();
-            out.push(format!(" {}", cells.join("  ")).trim_end().to_owned());
-        }
-    };
-    for line in text.lines() {
-        let table_line = line.starts_with(' ') && !line.starts_with("  ") || line.starts_with("  TAG");
-        if table_line {
-            let mut cells: Vec<String> = columns.find_iter(line).map(|m| m.as_str().to_owned()).collect();
-            if line.starts_with("  TAG") {
-                cells.insert(0, String::new());
-            }
-            block.push(cells);
-        } else {
-            flush(&mut block, &mut out);
-            out.push(line.to_owned());
-        }
-    }
-    flush(&mut block, &mut out);
-    out.join("\n") + "\n"
 }

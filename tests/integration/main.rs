@@ -6,6 +6,7 @@ mod aws_calls;
 mod burst;
 mod channels;
 mod cli;
+mod cli_docs;
 mod cross_account;
 mod deploy_monitor;
 mod e2e;
