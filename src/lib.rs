@@ -23,6 +23,7 @@ pub mod record;
 pub mod rollout;
 pub mod slack;
 pub mod stage;
+pub mod start;
 pub mod taskdef;
 pub mod types;
 pub mod vocabulary;

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::ledger::{Change, Held, HistoryEntry, ItemKey, Lease};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Pause, RecordedPush};
-use crate::rollout::start;
+use crate::start;
 use crate::types::Environment;
 use crate::vocabulary::{Outcome, Severity};
 use crate::{Conveyor, Invocation};

@@ -1,6 +1,6 @@
 //! Everything Conveyor knows about one app in one environment, and the decisions that follow from
 //! it alone (ordering of pushes, drift, what a failed rollout goes back to). Stored as the `state`
-//! of that environment's item in the state table; see [`crate::ledger`].
+//! of that environment's item in the state table; kept by the state table (`ledger`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -41,13 +41,6 @@ pub struct EnvState {
     /// attempt for the same image and base uses it instead of registering another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphan: Option<Orphan>,
-}
-
-impl crate::ledger::LeasedState for EnvState {
-    /// A rollout or a rollback still waits for ECS: the sweep looks at it.
-    fn in_flight(&self) -> bool {
-        self.in_progress().is_some() || self.rollback.is_some()
-    }
 }
 
 /// The newest push time seen, and every push (image and tag) of that second (EventBridge times
@@ -125,6 +118,11 @@ pub enum Arrival {
 }
 
 impl EnvState {
+    /// A rollout or a rollback still waits for ECS: the sweep comes back to it.
+    pub fn in_flight(&self) -> bool {
+        self.in_progress().is_some() || self.rollback.is_some()
+    }
+
     /// The state of an environment Conveyor meets for the first time, running `running`.
     pub fn first(app: &AppName, env: Environment, cluster: &str, service: &str, running: Revision) -> Self {
         EnvState {

@@ -113,6 +113,12 @@ pub trait LeasedState: Serialize + DeserializeOwned + Clone + Send + Sync {
     fn in_flight(&self) -> bool;
 }
 
+impl LeasedState for crate::record::EnvState {
+    fn in_flight(&self) -> bool {
+        crate::record::EnvState::in_flight(self)
+    }
+}
+
 /// Reading or writing the state table failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {

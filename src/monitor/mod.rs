@@ -22,8 +22,8 @@ use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Sk
 use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Intent, Item, ItemKey, Lease, TagItem};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Verified};
-use crate::rollout::start::{self, history_of};
 use crate::rollout::{RollbackWatch, RolledBackBy, Rollout, RolloutState};
+use crate::start::{self, history_of};
 use crate::taskdef::ImageSwap;
 use crate::types::{AppName, Environment, ImageTag};
 use crate::vocabulary::{Action, Outcome, Severity};

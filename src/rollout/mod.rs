@@ -17,8 +17,6 @@
 //! deployment is watched on its own ([`RollbackWatch`]): if it fails as well, that is announced
 //! as `failed` without reopening the rollout.
 
-pub mod start;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

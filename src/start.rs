@@ -11,7 +11,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use super::{Origin, Revision, RolledBackBy, Rollout, RolloutState};
 use crate::aws::{Described, Ecs, ServiceState};
 use crate::config::AppConfig;
 use crate::error::DeployError;
@@ -19,6 +18,7 @@ use crate::image;
 use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate};
 use crate::notify::{Announcement, Notification};
 use crate::record::{Drift, EnvState, Orphan};
+use crate::rollout::{Origin, Revision, RolledBackBy, Rollout, RolloutState};
 use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::vocabulary::{Outcome, Severity};
