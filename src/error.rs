@@ -67,7 +67,7 @@ pub enum Error {
     UnknownApp { app: AppName, parameter: String, known: Vec<AppName> },
     /// Refused: stage never vetted it, or it failed somewhere.
     #[error("{0}")]
-    NotVetted(#[from] NotVetted),
+    NotVetted(Box<NotVetted>),
     /// Refused: the environment is paused.
     #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.by, .pause.reason)]
     Paused { app: AppName, environment: Environment, pause: Pause },
@@ -83,6 +83,14 @@ pub enum Error {
     /// and the retry skips what already succeeded.
     #[error("{}", summarize(.0))]
     Deploy(Vec<(AppName, DeployError)>),
+}
+
+impl From<NotVetted> for Error {
+    /// Boxed: a refusal carries what is promotable instead, and every `Result<_, Error>` would
+    /// otherwise be that large.
+    fn from(refusal: NotVetted) -> Self {
+        Error::NotVetted(Box::new(refusal))
+    }
 }
 
 fn list_or_none(known: &[AppName]) -> String {
