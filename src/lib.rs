@@ -111,6 +111,16 @@ impl Settings {
     }
 }
 
+/// The test and demo knob `CONVEYOR_HEALTH_TIMEOUT_SECONDS` (a shorter health-check budget than
+/// the contract's 30 s): unset or empty means the default; anything but whole seconds stops the
+/// function at start rather than being silently ignored.
+fn health_budget(value: Option<&str>) -> Result<Option<Duration>, SettingsError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+    value.parse().map(|seconds| Some(Duration::from_secs(seconds))).map_err(|_| {
+        SettingsError(format!("CONVEYOR_HEALTH_TIMEOUT_SECONDS is {value:?}: it must be a whole number of seconds"))
+    })
+}
+
 /// Task-definition revisions never change: what was described (or registered) once is kept, so
 /// a warm instance rolling a service forward reads nothing it already knows.
 #[derive(Default)]
@@ -187,9 +197,8 @@ impl Conveyor {
     pub async fn from_env() -> Result<Self, SettingsError> {
         let settings = Settings::from_env()?;
         let mut conveyor = Conveyor::new(Clients::from_env().await, settings);
-        // Test and demo knob: a shorter health-check budget than the contract's 30 s.
-        if let Some(seconds) = std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()) {
-            conveyor.health_budget = Duration::from_secs(seconds);
+        if let Some(budget) = health_budget(std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().as_deref())? {
+            conveyor.health_budget = budget;
         }
         Ok(conveyor)
     }
@@ -263,5 +272,21 @@ impl Conveyor {
         let deliveries = self.notifier.deliver(&held.outbox).await;
         held.release(&self.ledger, &deliveries).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_health_budget_that_does_not_parse_stops_the_start() {
+        assert_eq!(health_budget(None).unwrap(), None);
+        assert_eq!(health_budget(Some(" ")).unwrap(), None);
+        assert_eq!(health_budget(Some("5")).unwrap(), Some(Duration::from_secs(5)));
+        for bad in ["5s", "-1", "1.5", "five"] {
+            let error = health_budget(Some(bad)).unwrap_err();
+            assert!(error.0.contains("CONVEYOR_HEALTH_TIMEOUT_SECONDS"), "{error}");
+        }
     }
 }
