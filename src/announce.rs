@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config::InvalidApp;
+use crate::config::{Configs, InvalidApp};
+use crate::leased::Leases;
 use crate::ledger::{Change, Held, ItemKey, Lease, LeasedState, LedgerError};
 use crate::notify::{Announcement, Notification};
 use crate::vocabulary::{Outcome, Severity};
-use crate::{Conveyor, Invocation};
+use crate::Invocation;
 
 /// The last version of a parameter announced as invalid: `CONFIG` / `{parameter}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,14 +28,14 @@ impl LeasedState for ConfigNotice {
 
 /// Announces an invalid app config unless this parameter version was announced already. Best
 /// effort: a failure is logged and the next push or sweep tries again.
-pub async fn config_error(conveyor: &Conveyor, invalid: &InvalidApp, invocation: &Invocation) {
+pub async fn config_error(configs: &Configs, leases: Leases<'_>, invalid: &InvalidApp, invocation: &Invocation) {
     let parameter = &invalid.error.parameter;
-    if !conveyor.first_mention(parameter, invalid.version) {
+    if !configs.first_mention(parameter, invalid.version) {
         return;
     }
     let lease = Lease::new(ItemKey::config(parameter), "config check", invocation);
-    let announced = conveyor
-        .with_lease(lease, async |held: &mut Held<ConfigNotice>| {
+    let announced = leases
+        .with(lease, async |held: &mut Held<ConfigNotice>| {
             if held.state.as_ref().is_some_and(|notice| notice.version >= invalid.version) {
                 return Ok::<_, LedgerError>(false);
             }
@@ -47,7 +48,7 @@ pub async fn config_error(conveyor: &Conveyor, invalid: &InvalidApp, invocation:
             let mut change =
                 Change::new(ConfigNotice { parameter: parameter.clone(), version: invalid.version, at: Utc::now() });
             change.announcements.push(Announcement { notification, slack_webhook_parameter: None });
-            held.commit(&conveyor.ledger, change).await?;
+            held.commit(leases.ledger, change).await?;
             Ok(true)
         })
         .await;
@@ -57,7 +58,7 @@ pub async fn config_error(conveyor: &Conveyor, invalid: &InvalidApp, invocation:
         Ok(false) => {}
         Err(error) => {
             info!(parameter = %parameter, error = %error, "config error not announced now");
-            conveyor.forget_mention(parameter, invalid.version);
+            configs.forget_mention(parameter, invalid.version);
         }
     }
 }

@@ -440,27 +440,40 @@ fn repository_of(json: &str) -> Option<String> {
     serde_json::from_str::<Value>(json).ok()?.get("repository")?.as_str().map(str::to_owned)
 }
 
-/// Loads `{prefix}/apps/` and keeps it for [`CACHE_TTL`] across warm invocations.
-pub struct ConfigCache {
+/// The apps' configs, read from SSM Parameter Store and kept for [`CACHE_TTL`]; and which invalid
+/// config versions this process has already announced (saves a write per push).
+pub struct Configs {
+    ssm: Ssm,
     prefix: String,
-    ttl: Duration,
     cached: Mutex<Option<(Instant, Arc<ConfigSet>)>>,
+    mentioned: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
 }
 
-impl ConfigCache {
-    pub fn new(prefix: impl Into<String>, ttl: Duration) -> Self {
-        ConfigCache { prefix: prefix.into(), ttl, cached: Mutex::new(None) }
+impl Configs {
+    /// The configs under `{prefix}/apps/`.
+    pub fn new(ssm: Ssm, prefix: &str) -> Self {
+        Configs {
+            ssm,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            cached: Mutex::new(None),
+            mentioned: std::sync::Mutex::default(),
+        }
     }
 
-    pub async fn get(&self, ssm: &Ssm) -> Result<Arc<ConfigSet>, AwsError> {
+    /// The parameter that configures `app`.
+    pub fn parameter_of(&self, app: &AppName) -> String {
+        format!("{}/apps/{app}", self.prefix)
+    }
+
+    pub async fn get(&self) -> Result<Arc<ConfigSet>, AwsError> {
         let mut cached = self.cached.lock().await;
         if let Some((loaded, set)) = cached.as_ref() {
-            if loaded.elapsed() < self.ttl {
+            if loaded.elapsed() < CACHE_TTL {
                 return Ok(set.clone());
             }
         }
         let apps_path = format!("{}/apps/", self.prefix);
-        let parameters = ssm.parameters_by_path(&apps_path, false).await?;
+        let parameters = self.ssm.parameters_by_path(&apps_path, false).await?;
         let set = Arc::new(ConfigSet::from_parameters(
             &apps_path,
             parameters.iter().map(|p| RawApp {
@@ -477,6 +490,18 @@ impl ConfigCache {
         }
         *cached = Some((Instant::now(), set.clone()));
         Ok(set)
+    }
+
+    /// `true` the first time this process meets an invalid config's version.
+    pub fn first_mention(&self, parameter: &str, version: i64) -> bool {
+        self.mentioned.lock().map(|mut seen| seen.insert((parameter.to_owned(), version))).unwrap_or(true)
+    }
+
+    /// Forgets a mention whose announcement did not happen (the next one tries again).
+    pub fn forget_mention(&self, parameter: &str, version: i64) {
+        if let Ok(mut seen) = self.mentioned.lock() {
+            seen.remove(&(parameter.to_owned(), version));
+        }
     }
 }
 

@@ -9,6 +9,25 @@ use tokio::time::Instant;
 /// How long the health check may keep trying (the contract's 30 s).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(30);
 
+/// Checks a completed rollout's `health_url` within the budget the invocation leaves.
+pub struct Prober {
+    web: crate::web::Web,
+    budget: Duration,
+}
+
+impl Prober {
+    /// At most `budget` per check (the contract's [`DEFAULT_BUDGET`] unless a test shortens it).
+    pub fn new(web: crate::web::Web, budget: Duration) -> Self {
+        Prober { web, budget }
+    }
+
+    /// [`check`] within the budget, and never past 15 s before the invocation's deadline.
+    pub async fn probe(&self, url: &str, invocation: &crate::Invocation) -> Result<u16, Unhealthy> {
+        let budget = self.budget.min(invocation.remaining(Duration::from_secs(15)));
+        check(self.web.client(), url, budget).await
+    }
+}
+
 /// A health check (or a webhook post) that did not get a 2xx answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unanswered {

@@ -10,8 +10,10 @@ pub mod aws;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod health;
 pub mod image;
+pub mod leased;
 pub mod ledger;
 pub mod metrics;
 pub mod monitor;
@@ -27,18 +29,20 @@ pub mod start;
 pub mod taskdef;
 pub mod types;
 pub mod vocabulary;
+pub mod web;
 
 pub use error::{DeployError, Error};
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use aws::{AwsError, Clients, Described, Ecs};
-use config::{ConfigCache, ServiceTarget};
-use ledger::{Held, Lease, LeasedState, Ledger, LedgerError};
+use aws::{Sns, Ssm};
+use config::Configs;
+use fleet::Fleet;
+use health::Prober;
+use leased::Leases;
+use ledger::Ledger;
 use notify::Notifier;
 
 /// Default root of Conveyor's SSM parameters.
@@ -121,158 +125,81 @@ fn health_budget(value: Option<&str>) -> Result<Option<Duration>, SettingsError>
     })
 }
 
-/// Task-definition revisions never change: what was described (or registered) once is kept, so
-/// a warm instance rolling a service forward reads nothing it already knows.
-#[derive(Default)]
-pub struct RevisionCache {
-    entries: Mutex<VecDeque<Arc<Described>>>,
-}
-
-impl RevisionCache {
-    const CAPACITY: usize = 32;
-
-    pub fn get(&self, arn: &str) -> Option<Arc<Described>> {
-        let entries = self.entries.lock().ok()?;
-        entries.iter().find(|d| d.arn() == arn).cloned()
-    }
-
-    pub fn keep(&self, described: Described) -> Arc<Described> {
-        let described = Arc::new(described);
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|d| d.arn() != described.arn());
-            entries.push_front(described.clone());
-            entries.truncate(Self::CAPACITY);
-        }
-        described
-    }
-}
-
-/// Which role and region an ECS client works with, and for which app.
-type RemoteKey = (Option<String>, Option<String>, String);
-
-/// Everything an invocation needs, built once per cold start and reused while warm.
+/// What a Lambda function (or the CLI) works with, each part built once per cold start and
+/// reused while warm. A flow takes only the parts it uses: this is where they are built, not
+/// something a flow receives.
 pub struct Conveyor {
-    pub clients: Clients,
-    pub prefix: String,
-    pub config: ConfigCache,
+    pub configs: Configs,
+    pub fleet: Fleet,
     pub ledger: Ledger,
     pub notifier: Notifier,
-    /// For health checks and Slack (rustls, connection pool kept warm).
-    pub http: reqwest::Client,
-    /// How long a `health_url` check may keep trying.
-    pub health_budget: Duration,
-    pub revisions: RevisionCache,
-    /// Invalid config versions this instance has already seen announced (saves a write per push).
-    mentioned: Mutex<std::collections::HashSet<(String, i64)>>,
-    /// ECS clients of other accounts and regions, by (role, region).
-    remote: Mutex<std::collections::HashMap<RemoteKey, Ecs>>,
-    /// What this process does (the function's name, or `conveyor` for the CLI): names
-    /// assumed-role sessions.
-    pub operation: String,
+    pub prober: Prober,
 }
 
 impl Conveyor {
-    pub fn new(clients: Clients, settings: Settings) -> Self {
-        let prefix = settings.prefix.trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("conveyor/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+    /// Every part from one SDK configuration (its HTTP client shared by every AWS client).
+    pub fn new(config: &aws_config::SdkConfig, settings: Settings) -> Self {
+        Conveyor::with_health_budget(config, settings, health::DEFAULT_BUDGET)
+    }
+
+    fn with_health_budget(config: &aws_config::SdkConfig, settings: Settings, health_budget: Duration) -> Self {
+        let config = aws::with_retries(config);
+        let ssm = Ssm::new(&config);
+        let web = web::Web::default();
         Conveyor {
-            config: ConfigCache::new(&prefix, config::CACHE_TTL),
-            ledger: Ledger::new(clients.dynamodb.clone(), settings.table),
-            notifier: Notifier::new(clients.sns.clone(), clients.ssm.clone(), http.clone(), settings.topic_arn),
-            health_budget: health::DEFAULT_BUDGET,
-            revisions: RevisionCache::default(),
-            mentioned: Mutex::default(),
-            remote: Mutex::default(),
-            operation: std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "conveyor".into()),
-            http,
-            clients,
-            prefix,
+            configs: Configs::new(ssm.clone(), &settings.prefix),
+            fleet: Fleet::new(&config, operation()),
+            ledger: Ledger::from_config(&config, settings.table),
+            notifier: Notifier::new(Sns::new(&config), ssm, web.clone(), settings.topic_arn),
+            prober: Prober::new(web, health_budget),
         }
     }
 
     /// From the contract's environment variables and the standard AWS SDK settings.
     pub async fn from_env() -> Result<Self, SettingsError> {
         let settings = Settings::from_env()?;
-        let mut conveyor = Conveyor::new(Clients::from_env().await, settings);
-        if let Some(budget) = health_budget(std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().as_deref())? {
-            conveyor.health_budget = budget;
-        }
-        Ok(conveyor)
+        let budget = health_budget(std::env::var("CONVEYOR_HEALTH_TIMEOUT_SECONDS").ok().as_deref())?;
+        let budget = budget.unwrap_or(health::DEFAULT_BUDGET);
+        Ok(Conveyor::with_health_budget(&aws::load_config().await, settings, budget))
     }
 
-    /// The account and region Conveyor runs in, as far as this invocation knows.
-    pub fn home(&self, invocation: &Invocation) -> config::Home {
-        config::Home {
-            account: invocation.account.clone(),
-            region: self.clients.config.region().map(|r| r.as_ref().to_owned()),
-        }
+    /// Working under leases: the ledger and the notifier.
+    pub fn leases(&self) -> Leases<'_> {
+        Leases { ledger: &self.ledger, notifier: &self.notifier }
     }
 
-    /// The ECS client for an app's service in `env`: Conveyor's own, or one working in the
-    /// target's account and region with the target's role, assumed in a session named after the
-    /// app and this function (CloudTrail in that account says who did what), with credentials
-    /// cached and refreshed before they expire.
-    pub async fn ecs(&self, app: &config::AppConfig, env: types::Environment) -> Result<Ecs, AwsError> {
-        let target: &ServiceTarget = app.target(env);
-        if target.role_arn.is_none() && target.region.is_none() {
-            return Ok(self.clients.ecs.clone());
-        }
-        let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
-        if let Some(ecs) = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned()) {
-            return Ok(ecs);
-        }
-        let session = format!("{}-{}", app.name, self.operation);
-        let ecs = self.clients.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
-        if let Ok(mut clients) = self.remote.lock() {
-            clients.insert(key, ecs.clone());
-        }
-        Ok(ecs)
-    }
-
-    /// A task-definition revision, from the cache when this instance has seen it.
-    pub async fn revision(&self, ecs: &Ecs, arn: &str) -> Result<Arc<Described>, AwsError> {
-        if let Some(known) = self.revisions.get(arn) {
-            return Ok(known);
-        }
-        Ok(self.revisions.keep(ecs.task_definition(arn).await?))
-    }
-
-    /// `true` the first time this instance meets an invalid config's version.
-    pub fn first_mention(&self, parameter: &str, version: i64) -> bool {
-        self.mentioned.lock().map(|mut seen| seen.insert((parameter.to_owned(), version))).unwrap_or(true)
-    }
-
-    /// Forgets a mention whose announcement did not happen (the next one tries again).
-    pub fn forget_mention(&self, parameter: &str, version: i64) {
-        if let Ok(mut seen) = self.mentioned.lock() {
-            seen.remove(&(parameter.to_owned(), version));
-        }
-    }
-
-    /// Takes `lease`, runs `work` under it, then, whatever `work` returned: emits the metric of
-    /// each transition it committed, delivers the outbox and releases the lease. The one way a
-    /// flow works under a lease, so that none forgets to announce or to release.
-    pub async fn with_lease<S, T, E>(
+    /// stage-deploy's handler ([`stage::handle`]).
+    pub async fn stage(
         &self,
-        lease: Lease<'_>,
-        work: impl AsyncFnOnce(&mut Held<S>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        S: LeasedState,
-        E: From<LedgerError>,
-    {
-        let mut held = self.ledger.acquire(lease).await?;
-        let result = work(&mut held).await;
-        for transition in held.committed() {
-            metrics::transition(transition);
-        }
-        let deliveries = self.notifier.deliver(&held.outbox).await;
-        held.release(&self.ledger, &deliveries).await;
-        result
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<stage::StageReport, Error> {
+        stage::handle(&self.configs, &self.fleet, self.leases(), payload, invocation).await
     }
+
+    /// deploy-monitor's handler ([`monitor::handle`]).
+    pub async fn monitor(
+        &self,
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<monitor::MonitorReport, Error> {
+        monitor::handle(&self.configs, &self.fleet, self.leases(), &self.prober, payload, invocation).await
+    }
+
+    /// promote's handler ([`promote::handle`]).
+    pub async fn promote(
+        &self,
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<promote::Response, Error> {
+        promote::handle(&self.configs, &self.fleet, self.leases(), payload, invocation).await
+    }
+}
+
+/// What this process does (the function's name, or `conveyor` for the CLI): names assumed-role
+/// sessions.
+fn operation() -> String {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "conveyor".into())
 }
 
 #[cfg(test)]

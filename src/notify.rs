@@ -285,18 +285,18 @@ pub struct Delivery {
 pub struct Notifier {
     sns: Sns,
     ssm: Ssm,
-    http: reqwest::Client,
+    web: crate::web::Web,
     topic_arn: Option<String>,
     /// Webhook URLs by parameter name, read once per cold start (they are secrets: never logged).
     webhooks: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Notifier {
-    pub fn new(sns: Sns, ssm: Ssm, http: reqwest::Client, topic_arn: Option<String>) -> Self {
+    pub fn new(sns: Sns, ssm: Ssm, web: crate::web::Web, topic_arn: Option<String>) -> Self {
         if topic_arn.is_none() {
             tracing::warn!("CONVEYOR_TOPIC_ARN is not set: notifications are only logged");
         }
-        Notifier { sns, ssm, http, topic_arn, webhooks: Arc::default() }
+        Notifier { sns, ssm, web, topic_arn, webhooks: Arc::default() }
     }
 
     /// Delivers entries in order. A channel that fails is not tried again for later entries in
@@ -366,7 +366,7 @@ impl Notifier {
                 url
             }
         };
-        Ok(slack::post(&self.http, &url, &notification.slack_message()).await?)
+        Ok(slack::post(self.web.client(), &url, &notification.slack_message()).await?)
     }
 }
 

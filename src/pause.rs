@@ -7,13 +7,15 @@ use serde::Serialize;
 
 use crate::config::AppConfig;
 use crate::error::Error;
-use crate::ledger::{Change, Held, HistoryEntry, ItemKey, Lease};
+use crate::fleet::Fleet;
+use crate::leased::{Leased, Leases};
+use crate::ledger::{Change, HistoryEntry, ItemKey, Lease};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Pause, RecordedPush};
 use crate::start;
 use crate::types::Environment;
 use crate::vocabulary::{Outcome, Severity};
-use crate::{Conveyor, Invocation};
+use crate::Invocation;
 
 /// What a pause or resume did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,7 +32,8 @@ pub struct PauseReport {
 
 /// Pauses `app` in `env` (idempotent).
 pub async fn pause(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
+    leases: Leases<'_>,
     app: &AppConfig,
     env: Environment,
     reason: &str,
@@ -38,7 +41,8 @@ pub async fn pause(
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     change_pause(
-        conveyor,
+        fleet,
+        leases,
         app,
         env,
         Some(Pause { reason: reason.to_owned(), by: by.to_owned(), at: Utc::now() }),
@@ -50,17 +54,19 @@ pub async fn pause(
 
 /// Resumes `app` in `env` (idempotent); says which held push a resume can roll out.
 pub async fn resume(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
+    leases: Leases<'_>,
     app: &AppConfig,
     env: Environment,
     by: &str,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
-    change_pause(conveyor, app, env, None, by, invocation).await
+    change_pause(fleet, leases, app, env, None, by, invocation).await
 }
 
 async fn change_pause(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
+    leases: Leases<'_>,
     app: &AppConfig,
     env: Environment,
     pause: Option<Pause>,
@@ -68,26 +74,21 @@ async fn change_pause(
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     let lease = Lease::new(ItemKey::env(&app.name, env), format!("conveyor {by}"), invocation).patient();
-    conveyor.with_lease(lease, async |held| change_leased(conveyor, app, env, held, pause, by).await).await
+    let target = fleet.target(app, env).await;
+    leases.with_env(lease, app, env, target, async |here| change_leased(here, pause, by).await).await
 }
 
-async fn change_leased(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
-    pause: Option<Pause>,
-    by: &str,
-) -> Result<PauseReport, Error> {
+async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &str) -> Result<PauseReport, Error> {
+    let (app, env) = (here.app, here.env);
     let failed = |e: crate::DeployError| Error::Deploy(vec![(app.name.clone(), e)]);
-    if held.state.is_none() {
+    if here.held.state.is_none() {
         // First contact: record what runs as the baseline before anything else.
-        let observed = start::observe(conveyor, app, env).await.map_err(failed)?;
+        let observed = start::observe(&here.target, app, env).await.map_err(failed)?;
         let target = app.target(env);
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision);
-        held.commit(&conveyor.ledger, Change::new(first)).await?;
+        here.commit(Change::new(first)).await?;
     }
-    let state = held.require_state()?.clone();
+    let state = here.state()?.clone();
     let pausing = pause.is_some();
     let report = |changed: bool, state: &EnvState| PauseReport {
         app: app.name.to_string(),
@@ -119,6 +120,6 @@ async fn change_leased(
     notification.reason = reason.or_else(|| Some(format!("{env} deploys again")));
     notification.requested_by = Some(by.to_owned());
     change.announcements.push(Announcement::new(notification, app));
-    held.commit(&conveyor.ledger, change).await?;
-    Ok(report(true, held.require_state()?))
+    here.commit(change).await?;
+    Ok(report(true, here.state()?))
 }

@@ -9,16 +9,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Configs};
 use crate::error::{DeployError, Error, InvalidRequest, NotVetted, Promotable};
-use crate::ledger::{Failure, Held, Holder, ImageFacts, Item, ItemKey, Lease, LedgerError, TagItem};
+use crate::fleet::{Fleet, Target};
+use crate::leased::{Leased, Leases};
+use crate::ledger::{Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
 use crate::record::EnvState;
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, ImageSource, Started};
 use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::vocabulary::PromoteStatus;
-use crate::{Conveyor, Invocation};
+use crate::Invocation;
 
 /// How many promotable tags a refusal lists.
 const SUGGESTIONS: usize = 5;
@@ -114,10 +116,16 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
 }
 
 /// Handles one invocation.
-pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<Response, Error> {
+pub async fn handle(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    payload: Value,
+    invocation: &Invocation,
+) -> Result<Response, Error> {
     let request = parse_request(payload).inspect_err(|e| warn!(error = %e, "promote refused"))?;
     // Boxed, like every handler's work (see `stage::handle`).
-    Box::pin(promote(conveyor, &request, invocation))
+    Box::pin(promote(configs, fleet, leases, &request, invocation))
         .await
         .inspect_err(|e| warn!(app = %request.app, error_type = %e.error_type(), error = %e, "promote refused"))
 }
@@ -132,10 +140,17 @@ struct Resolved {
 }
 
 #[instrument(skip_all, fields(app = %request.app, dry_run = request.dry_run, force = request.force))]
-async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation) -> Result<Response, Error> {
-    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+async fn promote(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    request: &Request,
+    invocation: &Invocation,
+) -> Result<Response, Error> {
+    let ledger = leases.ledger;
+    let config = configs.get().await?;
     let Some(app) = config.app(&request.app) else {
-        let parameter = format!("{}/apps/{}", conveyor.prefix, request.app);
+        let parameter = configs.parameter_of(&request.app);
         if let Some(invalid) = config.invalid_app(&parameter) {
             return Err(invalid.error.clone().into());
         }
@@ -153,16 +168,17 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
             ImageRef::Tag(tag) => ItemKey::tag(&app.name, tag),
             ImageRef::Digest(digest) => ItemKey::image(&app.name, digest),
         };
-        let mut items = conveyor.ledger.items(&[wanted.clone(), prod.clone()]).await?;
-        let resolved = resolve(conveyor, app, request, items.remove(&wanted)).await?;
+        let mut items = ledger.items(&[wanted.clone(), prod.clone()]).await?;
+        let resolved = resolve(ledger, app, request, items.remove(&wanted)).await?;
         let prod_item = items.remove(&prod);
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
             return Err(Error::Paused { app: app.name.clone(), environment: Environment::Prod, pause: pause.clone() });
         }
-        let resolved = Resolved { image: pull_source(conveyor, app, &resolved, invocation).await?, ..resolved };
+        let resolved = Resolved { image: pull_source(fleet, app, &resolved, invocation).await?, ..resolved };
+        let target = fleet.target(app, Environment::Prod).await;
         if request.dry_run {
-            return dry_run(conveyor, app, &resolved).await.map_err(|e| deploy_error(app, e));
+            return dry_run(&target, app, &resolved).await.map_err(|e| deploy_error(app, e));
         }
         let checks = if request.force {
             vec![(ItemKey::image(&app.name, &resolved.digest), "attribute_exists(vetted_stage)")]
@@ -173,16 +189,16 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
             )]
         };
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
-        let promoted = conveyor.with_lease(lease, async |held| {
+        let promoted = leases.with_env(lease, app, Environment::Prod, target, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
-            promote_leased(conveyor, app, request, held, &resolved, requested_by.clone()).await
+            promote_leased(here, request, &resolved, requested_by.clone()).await
         });
         match promoted.await {
             Ok(answer) => break (answer, resolved),
             Err(DeployError::Ledger(LedgerError::Conflict { .. })) => {
                 // The image failed (or lost its verification) since it was read: refuse with why.
-                let facts = conveyor.ledger.image(&app.name, &resolved.digest).await?;
-                return Err(refusal(conveyor, app, &resolved.tag, &resolved.digest, facts.as_ref()).await);
+                let facts = ledger.image(&app.name, &resolved.digest).await?;
+                return Err(refusal(ledger, app, &resolved.tag, &resolved.digest, facts.as_ref()).await);
             }
             // Held by another invocation, or changed since it was read: read it again.
             Err(DeployError::Ledger(busy @ LedgerError::Busy { holder: Holder::Lease { .. }, .. })) => {
@@ -212,10 +228,8 @@ async fn promote(conveyor: &Conveyor, request: &Request, invocation: &Invocation
 }
 
 async fn promote_leased(
-    conveyor: &Conveyor,
-    app: &AppConfig,
+    here: &mut Leased<'_>,
     request: &Request,
-    held: &mut Held<EnvState>,
     resolved: &Resolved,
     requested_by: Option<String>,
 ) -> Result<(String, PromoteStatus, bool), DeployError> {
@@ -227,7 +241,7 @@ async fn promote_leased(
         event_time: Utc::now(),
         origin: Origin::Promotion { requested_by, reason: request.reason.clone(), forced },
     };
-    let plan = start::start(conveyor, app, Environment::Prod, held, &candidate).await?;
+    let plan = start::start(here, &candidate).await?;
     let answer = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
             info!(tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "prod already runs this digest");
@@ -240,7 +254,7 @@ async fn promote_leased(
         }
     };
     if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) {
-        held.commit(&conveyor.ledger, plan.change).await?;
+        here.commit(plan.change).await?;
     }
     Ok(answer)
 }
@@ -250,20 +264,20 @@ async fn promote_leased(
 /// replication); refused, saying what to add, when prod could not pull it at all. When the
 /// policy cannot be read (another account's registry), ECS is left to tell.
 async fn pull_source(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
     app: &AppConfig,
     resolved: &Resolved,
     invocation: &Invocation,
 ) -> Result<String, Error> {
     let prod = app.target(Environment::Prod);
-    let home = conveyor.home(invocation);
+    let home = fleet.home(invocation);
     let (Some(prod_account), Some(pushed)) = (prod.account.as_deref(), crate::image::ecr_parts(&resolved.image)) else {
         return Ok(resolved.image.clone());
     };
     if pushed.account == prod_account {
         return Ok(resolved.image.clone());
     }
-    let ecr = conveyor.clients.ecr_in(pushed.region);
+    let ecr = fleet.ecr_in(pushed.region);
     let policy =
         ecr.get_repository_policy().registry_id(pushed.account).repository_name(pushed.repository).send().await;
     let policy = match policy {
@@ -313,26 +327,21 @@ async fn replicated(ecr: &aws_sdk_ecr::Client, repository: &str, account: &str, 
 
 /// The tag, digest and image of what to promote, if stage vetted it (and, unless forced, it
 /// never failed).
-async fn resolve(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    request: &Request,
-    item: Option<Item>,
-) -> Result<Resolved, Error> {
+async fn resolve(ledger: &Ledger, app: &AppConfig, request: &Request, item: Option<Item>) -> Result<Resolved, Error> {
     let (tag, digest, image, facts) = match &request.image {
         ImageRef::Tag(tag) => {
             let Some(item) = item.and_then(|item| serde_dynamo::from_item::<_, TagItem>(item).ok()) else {
-                let promotable = promotable(conveyor, app).await?;
+                let promotable = promotable(ledger, app).await?;
                 return Err(NotVetted::Never { app: app.name.clone(), image: tag.to_string(), promotable }.into());
             };
             // Whether it failed is checked as prod's lease is taken; with `force`, it matters now.
-            let facts = if request.force { conveyor.ledger.image(&app.name, &item.digest).await? } else { None };
+            let facts = if request.force { ledger.image(&app.name, &item.digest).await? } else { None };
             (tag.clone(), item.digest, item.image, facts)
         }
         ImageRef::Digest(digest) => {
             let facts = item.and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item).ok());
             let Some(facts) = facts.filter(|f| f.vetted_stage.is_some()) else {
-                let promotable = promotable(conveyor, app).await?;
+                let promotable = promotable(ledger, app).await?;
                 return Err(NotVetted::Never { app: app.name.clone(), image: digest.to_string(), promotable }.into());
             };
             let tag = facts
@@ -344,20 +353,20 @@ async fn resolve(
     };
     let failure = facts.as_ref().and_then(|f| f.failure()).map(|(env, f)| (env, f.clone()));
     if failure.is_some() && !request.force {
-        return Err(refusal(conveyor, app, &tag, &digest, facts.as_ref()).await);
+        return Err(refusal(ledger, app, &tag, &digest, facts.as_ref()).await);
     }
     Ok(Resolved { tag, digest, image, failure })
 }
 
 /// `NotVetted`, saying why and what can be promoted instead.
 async fn refusal(
-    conveyor: &Conveyor,
+    ledger: &Ledger,
     app: &AppConfig,
     tag: &ImageTag,
     digest: &ImageDigest,
     facts: Option<&ImageFacts>,
 ) -> Error {
-    let promotable = match promotable(conveyor, app).await {
+    let promotable = match promotable(ledger, app).await {
         Ok(promotable) => promotable,
         Err(error) => return error,
     };
@@ -376,19 +385,19 @@ async fn refusal(
 }
 
 /// What can be promoted instead ("Promotable tags, newest first: v1.4.1 (sha256:...), ...").
-async fn promotable(conveyor: &Conveyor, app: &AppConfig) -> Result<Promotable, Error> {
-    let listed = promotable_tags(conveyor, &app.name, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
+async fn promotable(ledger: &Ledger, app: &AppConfig) -> Result<Promotable, Error> {
+    let listed = promotable_tags(ledger, &app.name, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
     Ok(Promotable(listed))
 }
 
 /// The tags stage verified whose image never failed, most recently vetted first.
-pub async fn promotable_tags(conveyor: &Conveyor, app: &AppName, limit: usize) -> Result<Vec<TagItem>, LedgerError> {
-    let mut tags = conveyor.ledger.tags(app).await?;
+pub async fn promotable_tags(ledger: &Ledger, app: &AppName, limit: usize) -> Result<Vec<TagItem>, LedgerError> {
+    let mut tags = ledger.tags(app).await?;
     tags.sort_by_key(|t| std::cmp::Reverse(t.vetted_at));
     let mut digests: Vec<ImageDigest> = tags.iter().map(|t| t.digest.clone()).collect();
     digests.dedup();
     let keys: Vec<ItemKey> = digests.iter().take(100).map(|d| ItemKey::image(app, d)).collect();
-    let images = conveyor.ledger.items(&keys).await?;
+    let images = ledger.items(&keys).await?;
     let failed = |digest: &ImageDigest| {
         images
             .get(&ItemKey::image(app, digest))
@@ -398,8 +407,8 @@ pub async fn promotable_tags(conveyor: &Conveyor, app: &AppName, limit: usize) -
     Ok(tags.into_iter().filter(|t| !failed(&t.digest)).take(limit).collect())
 }
 
-async fn dry_run(conveyor: &Conveyor, app: &AppConfig, resolved: &Resolved) -> Result<Response, DeployError> {
-    let observed = start::observe(conveyor, app, Environment::Prod).await?;
+async fn dry_run(target: &Target<'_>, app: &AppConfig, resolved: &Resolved) -> Result<Response, DeployError> {
+    let observed = start::observe(target, app, Environment::Prod).await?;
     let current = observed.app_image(app)?.to_owned();
     let already = observed.revision.digest.as_ref() == Some(&resolved.digest);
     info!(environment = "prod", tag = %resolved.tag, digest = %resolved.digest, current_image = %current, already_deployed = already, "dry run");

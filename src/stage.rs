@@ -10,16 +10,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{error, info, instrument};
 
-use crate::config::{AppConfig, InvalidApp};
+use crate::config::{AppConfig, Configs, InvalidApp};
 use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
-use crate::ledger::{Change, Held, HistoryEntry, ImageUpdate, ItemKey, Lease, TagItem, Waiting};
+use crate::fleet::Fleet;
+use crate::leased::{Leased, Leases};
+use crate::ledger::{Change, HistoryEntry, ImageUpdate, ItemKey, Lease, Ledger, TagItem, Waiting};
 use crate::record::{Arrival, EnvState, RecordedPush};
 use crate::rollout::{Origin, RolloutState};
 use crate::start::{self, Candidate, ImageSource, Started};
 use crate::types::Environment;
 use crate::vocabulary::{Action, Outcome};
-use crate::{Conveyor, Invocation};
+use crate::Invocation;
 
 /// A queued newer push older than this is not trusted to still be waiting.
 const WAITING_FRESH: chrono::Duration = chrono::Duration::seconds(60);
@@ -65,7 +67,13 @@ impl AppReport {
 
 /// Handles one EventBridge event. Fails (so Lambda retries, and the function's error alarm
 /// fires) if any matching app failed; the retry skips what already happened.
-pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<StageReport, Error> {
+pub async fn handle(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    payload: Value,
+    invocation: &Invocation,
+) -> Result<StageReport, Error> {
     let push = match events::push(payload) {
         Ok(Ok(push)) => push,
         Ok(Err(Skip(reason))) => {
@@ -79,16 +87,22 @@ pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation
     };
     // Boxed, like every handler's work: the whole future nests deeply enough through the SDK to
     // hit the compiler's layout depth limit in the binary.
-    Box::pin(deploy_push(conveyor, &push, invocation)).await
+    Box::pin(deploy_push(configs, fleet, leases, &push, invocation)).await
 }
 
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]
-async fn deploy_push(conveyor: &Conveyor, push: &Push, invocation: &Invocation) -> Result<StageReport, Error> {
-    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+async fn deploy_push(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    push: &Push,
+    invocation: &Invocation,
+) -> Result<StageReport, Error> {
+    let config = configs.get().await?;
     let concerned: Vec<&InvalidApp> =
         config.invalid.iter().filter(|i| i.repository.as_deref() == Some(push.repository.as_str())).collect();
     for invalid in concerned {
-        crate::announce::config_error(conveyor, invalid, invocation).await;
+        crate::announce::config_error(configs, leases, invalid, invocation).await;
     }
     let fed: Vec<&AppConfig> = config.fed_by(&push.repository).collect();
     if fed.is_empty() {
@@ -100,7 +114,7 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push, invocation: &Invocation) 
     let mut report = StageReport { skipped: None, apps: Vec::new() };
     let mut failures = Vec::new();
     for app in fed {
-        match deploy_app(conveyor, app, push, invocation).await {
+        match deploy_app(fleet, leases, app, push, invocation).await {
             Ok(app_report) => report.apps.push(app_report),
             Err(error) => {
                 error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
@@ -118,7 +132,8 @@ async fn deploy_push(conveyor: &Conveyor, push: &Push, invocation: &Invocation) 
 }
 
 async fn deploy_app(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
+    leases: Leases<'_>,
     app: &AppConfig,
     push: &Push,
     invocation: &Invocation,
@@ -131,12 +146,13 @@ async fn deploy_app(
     // Queued when busy: a holder working on an older push of this service leaves the rollout to us.
     let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
     let lease = Lease::new(key, owner, invocation).patient().queue(waiting);
-    conveyor
-        .with_lease(lease, async |held| {
-            let result = deploy_leased(conveyor, app, push, held).await;
+    let target = fleet.target(app, Environment::Stage).await;
+    leases
+        .with_env(lease, app, Environment::Stage, target, async |here| {
+            let result = deploy_leased(here, push).await;
             if let Err(error) = &result {
                 if error.needs_people() {
-                    refuse(conveyor, app, push, held, error).await;
+                    refuse(here, push, error).await;
                 }
             }
             result
@@ -209,27 +225,21 @@ pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, 
 }
 
 /// [`deploy_app`] under the service's lease: decide, roll out, commit.
-async fn deploy_leased(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    push: &Push,
-    held: &mut Held<EnvState>,
-) -> Result<AppReport, DeployError> {
-    let now = Utc::now();
-    let env = Environment::Stage;
-    let ours = held.waiting.as_ref().is_some_and(|w| w.time == push.time && w.digest == push.digest);
-    match decide(held.state.as_ref(), held.waiting.as_ref(), push, now) {
+async fn deploy_leased(here: &mut Leased<'_>, push: &Push) -> Result<AppReport, DeployError> {
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let ours = here.held.waiting.as_ref().is_some_and(|w| w.time == push.time && w.digest == push.digest);
+    match decide(here.held.state.as_ref(), here.held.waiting.as_ref(), push, now) {
         Decision::Nothing(detail) => Ok(skipped(app, push, detail)),
         Decision::Record(detail) => {
-            let mut change = Change::new(held.require_state()?.clone());
+            let mut change = Change::new(here.state()?.clone());
             change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
-            record_tag(conveyor, app, push, &mut change).await?;
-            held.commit(&conveyor.ledger, change).await?;
+            record_tag(here.ledger(), app, push, &mut change).await?;
+            here.commit(change).await?;
             Ok(skipped(app, push, detail))
         }
         Decision::Hold => {
-            let mut change = Change::new(held.require_state()?.clone());
+            let mut change = Change::new(here.state()?.clone());
             change.state.saw_push(push.time, &push.digest, &push.tag);
             change.state.held_push = Some(RecordedPush {
                 event_id: push.event_id.clone(),
@@ -246,13 +256,13 @@ async fn deploy_leased(
             entry.digest = Some(push.digest.clone());
             entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
             change.history.push(entry);
-            record_tag(conveyor, app, push, &mut change).await?;
-            held.commit(&conveyor.ledger, change).await?;
+            record_tag(here.ledger(), app, push, &mut change).await?;
+            here.commit(change).await?;
             info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, "push held: stage is paused");
             Ok(AppReport::of(app, Action::Paused, "stage is paused: the push is recorded, nothing rolled out"))
         }
         Decision::AddTag => {
-            let mut change = Change::new(held.require_state()?.clone());
+            let mut change = Change::new(here.state()?.clone());
             change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
             let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
@@ -263,20 +273,15 @@ async fn deploy_leased(
                 }
             }
             change.images.push((app.name.clone(), image_update(push)));
-            held.commit(&conveyor.ledger, change).await?;
+            here.commit(change).await?;
             Ok(skipped(app, push, format!("stage is already on {}: tag {} recorded", push.digest, push.tag)))
         }
-        Decision::Deploy => deploy(conveyor, app, push, held, ours).await,
+        Decision::Deploy => deploy(here, push, ours).await,
     }
 }
 
-async fn deploy(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    push: &Push,
-    held: &mut Held<EnvState>,
-    ours: bool,
-) -> Result<AppReport, DeployError> {
+async fn deploy(here: &mut Leased<'_>, push: &Push, ours: bool) -> Result<AppReport, DeployError> {
+    let app = here.app;
     let candidate = Candidate {
         tag: &push.tag,
         digest: &push.digest,
@@ -288,7 +293,7 @@ async fn deploy(
         event_time: push.time,
         origin: Origin::Push,
     };
-    let mut plan = start::start(conveyor, app, Environment::Stage, held, &candidate).await?;
+    let mut plan = start::start(here, &candidate).await?;
     plan.change.state.saw_push(push.time, &push.digest, &push.tag);
     plan.change.clear_waiting = ours;
     if plan.change.state.held_push.as_ref().is_some_and(|h| h.time <= push.time) {
@@ -296,7 +301,7 @@ async fn deploy(
     }
     let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
-            record_tag(conveyor, app, push, &mut plan.change).await?;
+            record_tag(here.ledger(), app, push, &mut plan.change).await?;
             skipped(app, push, format!("stage already runs {} ({task_definition_arn})", push.digest))
         }
         Started::Rolling(rollout) => {
@@ -313,7 +318,7 @@ async fn deploy(
             }
         }
     };
-    held.commit(&conveyor.ledger, plan.change).await?;
+    here.commit(plan.change).await?;
     if let Started::Rolling(rollout) = &plan.started {
         let metric = "PushToUpdateService";
         crate::metrics::latency(
@@ -346,15 +351,15 @@ fn tag_item(push: &Push, image: &str, vetted_at: DateTime<Utc>) -> TagItem {
 /// Records the push's tag on its image now; if stage verified that image already, the tag
 /// becomes promotable right away (unless it points to an image verified later).
 async fn record_tag(
-    conveyor: &Conveyor,
+    ledger: &Ledger,
     app: &AppConfig,
     push: &Push,
     change: &mut Change<EnvState>,
 ) -> Result<(), DeployError> {
-    let facts = conveyor.ledger.update_image(&app.name, &image_update(push)).await?;
+    let facts = ledger.update_image(&app.name, &image_update(push)).await?;
     if let (Some(vetted_at), Some(image)) = (facts.vetted_stage, facts.image.as_deref()) {
         let tag = tag_item(push, image, vetted_at);
-        let current = conveyor.ledger.tag(&app.name, &push.tag).await?;
+        let current = ledger.tag(&app.name, &push.tag).await?;
         if current.is_none_or(|c| c.vetted_at <= vetted_at) {
             change.tags.push((app.name.clone(), tag));
         }
@@ -364,8 +369,9 @@ async fn record_tag(
 
 /// A push that cannot be rolled out until people act (the app's container is missing, the task
 /// definition has members this build cannot copy): recorded, and announced once per push.
-async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut Held<EnvState>, error: &DeployError) {
-    let Some(state) = held.state.clone() else { return };
+async fn refuse(here: &mut Leased<'_>, push: &Push, error: &DeployError) {
+    let app = here.app;
+    let Some(state) = here.held.state.clone() else { return };
     let mut change = Change::new(state);
     change.state.saw_push(push.time, &push.digest, &push.tag);
     let now = Utc::now();
@@ -384,7 +390,7 @@ async fn refuse(conveyor: &Conveyor, app: &AppConfig, push: &Push, held: &mut He
     notification.digest = Some(push.digest.clone());
     notification.reason = Some(format!("not rolled out: {error}"));
     change.announcements.push(crate::notify::Announcement::new(notification, app));
-    if let Err(commit) = held.commit(&conveyor.ledger, change).await {
+    if let Err(commit) = here.commit(change).await {
         error!(app = %app.name, error = %commit, "could not record the refusal");
     }
 }

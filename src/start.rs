@@ -14,15 +14,16 @@ use tracing::{info, warn};
 use crate::aws::{Described, Ecs, ServiceState};
 use crate::config::AppConfig;
 use crate::error::DeployError;
+use crate::fleet::Target;
 use crate::image;
-use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate};
+use crate::leased::Leased;
+use crate::ledger::{Change, Failure, HistoryEntry, ImageUpdate};
 use crate::notify::{Announcement, Notification};
 use crate::record::{Drift, EnvState, Orphan};
 use crate::rollout::{Origin, Revision, RolledBackBy, Rollout, RolloutState};
 use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::vocabulary::{Outcome, Severity};
-use crate::Conveyor;
 
 /// Where the image URI comes from.
 #[derive(Debug, Clone)]
@@ -90,11 +91,10 @@ pub fn new_id(now: DateTime<Utc>) -> String {
 }
 
 /// Reads the service and the revision it runs.
-pub async fn observe(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> Result<Observed, DeployError> {
-    let target = app.target(env);
-    let ecs = conveyor.ecs(app, env).await?;
-    let service = ecs.service(&target.cluster, &target.service).await?;
-    let running = conveyor.revision(&ecs, &service.task_definition).await?;
+pub async fn observe(target: &Target<'_>, app: &AppConfig, env: Environment) -> Result<Observed, DeployError> {
+    let service_target = app.target(env);
+    let service = target.ecs.service(&service_target.cluster, &service_target.service).await?;
+    let running = target.revision(&service.task_definition).await?;
     let image = taskdef::container_image(&running.definition, &app.container).map(str::to_owned);
     let revision = Revision {
         arn: service.task_definition.clone(),
@@ -106,22 +106,17 @@ pub async fn observe(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> 
 /// Rolls `candidate` out to `env` of `app` unless the service already runs it. The state must be
 /// held; on first contact the state (with the service's current revision as baseline) is
 /// committed before anything changes.
-pub async fn start(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
-    candidate: &Candidate<'_>,
-) -> Result<Plan, DeployError> {
-    let observed = observe(conveyor, app, env).await?;
-    if held.state.is_none() {
+pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<Plan, DeployError> {
+    let (app, env) = (here.app, here.env);
+    let observed = observe(&here.target, app, env).await?;
+    if here.held.state.is_none() {
         let target = app.target(env);
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision.clone());
-        held.commit(&conveyor.ledger, Change::new(first)).await?;
+        here.commit(Change::new(first)).await?;
     }
     observed.app_image(app)?;
     let now = Utc::now();
-    let mut change = Change::new(held.require_state()?.clone());
+    let mut change = Change::new(here.state()?.clone());
     let adopted = note_what_runs(app, env, &mut change, &observed, now);
 
     if observed.revision.digest.as_ref() == Some(candidate.digest) {
@@ -132,13 +127,14 @@ pub async fn start(
         };
         return Ok(Plan { change, started, observed });
     }
-    let rollout = match roll_out(conveyor, app, env, &change.state, &observed, candidate, held.took_over).await {
+    let rollout = match roll_out(&here.target, app, env, &change.state, &observed, candidate, here.held.took_over).await
+    {
         Ok(rollout) => rollout,
         Err(RollOutError::Unclear { orphan, error }) => {
             // The revision exists and the service may or may not run it: remember it so the
             // retry uses it (or cleans it up) instead of registering another.
             change.state.orphan = Some(orphan);
-            if let Err(commit) = held.commit(&conveyor.ledger, change).await {
+            if let Err(commit) = here.commit(change).await {
                 warn!(app = %app.name, environment = %env, error = %commit, "could not record the unused revision");
             }
             return Err(error);
@@ -342,7 +338,7 @@ impl<E: Into<DeployError>> From<E> for RollOutError {
 
 /// Registers the candidate on top of what runs and points the service at it.
 async fn roll_out(
-    conveyor: &Conveyor,
+    target: &Target<'_>,
     app: &AppConfig,
     env: Environment,
     state: &EnvState,
@@ -350,8 +346,7 @@ async fn roll_out(
     candidate: &Candidate<'_>,
     took_over: bool,
 ) -> Result<Rollout, RollOutError> {
-    let target = app.target(env);
-    let ecs = &conveyor.ecs(app, env).await?;
+    let ecs = &target.ecs;
     let current_image = observed.app_image(app)?;
     let image = match candidate.source {
         ImageSource::Exact(uri) => uri.to_owned(),
@@ -382,20 +377,21 @@ async fn roll_out(
     let registered = match reusable {
         Some(orphan) => {
             info!(app = %app.name, environment = %env, task_definition_arn = %orphan.arn, "using the revision an earlier attempt registered");
-            conveyor.revision(ecs, &orphan.arn).await?
+            target.revision(&orphan.arn).await?
         }
         None => {
             if let Some(stale) = &state.orphan {
                 clean_up(ecs, &stale.arn, &observed.service).await;
             }
-            conveyor.revisions.keep(ecs.register(&observed.running, &swap).await?)
+            target.keep(ecs.register(&observed.running, &swap).await?)
         }
     };
     let arn = registered.arn().to_owned();
     if took_over && reusable.is_none() {
         clean_up_left_behind(ecs, app, &registered, &observed.service).await;
     }
-    let updated = match ecs.update_service(&target.cluster, &target.service, &arn).await {
+    let service = app.target(env);
+    let updated = match ecs.update_service(&service.cluster, &service.service, &arn).await {
         Ok(updated) => updated,
         Err(error) if error.rejected => {
             // ECS refused: the revision was never used. Remove it so a retry starts clean.

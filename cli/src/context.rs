@@ -2,8 +2,12 @@
 //! or the environment) and the clients, built when a command first needs them.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use conveyor::aws::{Clients, Ssm};
-use conveyor::{Conveyor, Settings, DEFAULT_PREFIX};
+use conveyor::aws::{Sns, Ssm};
+use conveyor::config::Configs;
+use conveyor::fleet::Fleet;
+use conveyor::ledger::Ledger;
+use conveyor::notify::Notifier;
+use conveyor::DEFAULT_PREFIX;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
@@ -147,20 +151,36 @@ impl Context {
             .await
     }
 
-    /// The library, wired to the installation's state table, SSM prefix and topic.
-    pub async fn conveyor(&self) -> Result<Conveyor, CliError> {
-        let sdk = self.sdk()?;
-        let names = self.names().await?;
-        let settings = Settings {
-            prefix: names.prefix.clone(),
-            topic_arn: names.topic_arn.clone(),
-            table: names.table()?.to_owned(),
-        };
-        Ok(Conveyor::new(Clients::from_config(sdk), settings))
+    /// The SDK settings with the retry policy Conveyor's functions use.
+    fn aws(&self) -> Result<SdkConfig, CliError> {
+        Ok(conveyor::aws::with_retries(self.sdk()?))
+    }
+
+    /// The installation's app configs.
+    pub async fn configs(&self) -> Result<Configs, CliError> {
+        Ok(Configs::new(self.ssm()?, &self.names().await?.prefix))
+    }
+
+    /// The installation's state table.
+    pub async fn ledger(&self) -> Result<Ledger, CliError> {
+        let table = self.names().await?.table()?.to_owned();
+        Ok(Ledger::from_config(&self.aws()?, table))
+    }
+
+    /// ECS where the apps run (other accounts' through their roles).
+    pub fn fleet(&self) -> Result<Fleet, CliError> {
+        Ok(Fleet::new(&self.aws()?, "conveyor"))
+    }
+
+    /// The installation's alert topic (and the apps' Slack webhooks).
+    pub async fn notifier(&self) -> Result<Notifier, CliError> {
+        let aws = self.aws()?;
+        let topic = self.names().await?.topic_arn.clone();
+        Ok(Notifier::new(Sns::new(&aws), Ssm::new(&aws), conveyor::web::Web::default(), topic))
     }
 
     pub fn ssm(&self) -> Result<Ssm, CliError> {
-        Ok(Clients::from_config(self.sdk()?).ssm)
+        Ok(Ssm::new(&self.aws()?))
     }
 
     pub fn lambda(&self) -> Result<aws_sdk_lambda::Client, CliError> {

@@ -3,6 +3,7 @@
 //! may a retry help, and did the request certainly not take effect.
 
 mod ecs;
+pub mod http;
 mod raw;
 mod sns;
 mod ssm;
@@ -113,77 +114,20 @@ pub fn source_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Every AWS client Conveyor uses, built once per cold start from the standard SDK settings
-/// (region, credentials, `AWS_ENDPOINT_URL`).
-#[derive(Clone)]
-pub struct Clients {
-    pub ecs: Ecs,
-    pub ssm: Ssm,
-    pub sns: Sns,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub ecr: aws_sdk_ecr::Client,
-    /// The SDK settings the clients were built from (cross-account clients start from them).
-    pub config: aws_config::SdkConfig,
+/// The standard SDK settings (region, credentials, `AWS_ENDPOINT_URL`), every client of the
+/// process on one HTTP client ([`http::shared_client`]).
+pub async fn load_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http::shared_client()).load().await
 }
 
-impl Clients {
-    /// An ECS client for another region, and (with `role_arn`) another account: every call made
-    /// with the role's credentials, assumed in a session named `conveyor-{session}`.
-    pub async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Ecs {
-        let mut config = self.config.to_builder();
-        if let Some(region) = region {
-            config = config.region(aws_config::Region::new(region.to_owned()));
-        }
-        if let Some(role) = role_arn {
-            let session: String = format!("conveyor-{session}")
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "=,.@-".contains(c) { c } else { '-' })
-                .take(64)
-                .collect();
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-                .session_name(session)
-                .configure(&self.config)
-                .build()
-                .await;
-            config = config.credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(provider));
-        }
-        Ecs::new(aws_sdk_ecs::Client::new(&config.build()))
-    }
-
-    /// An ECR client for a region (the registry an image was pushed to).
-    pub fn ecr_in(&self, region: &str) -> aws_sdk_ecr::Client {
-        if self.config.region().is_some_and(|home| home.as_ref() == region) {
-            return self.ecr.clone();
-        }
-        aws_sdk_ecr::Client::new(&self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build())
-    }
-
-    pub async fn from_env() -> Self {
-        Clients::from_config(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
-    }
-
-    /// Clients with Conveyor's retry policy: six attempts with exponential backoff from 0.2 s to
-    /// at most 5 s (a call throttled throughout gives up after about 6 s, well inside the
-    /// functions' timeouts, and the invocation is retried by Lambda; the adaptive mode's client-side
-    /// rate limiter was measured to keep one call retrying for 90 s), except for SNS: a
-    /// notification that cannot go out stays in the outbox and is sent later, so an outage of SNS
-    /// must not slow every deployment down.
-    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
-        let retry = aws_config::retry::RetryConfig::standard()
-            .with_max_attempts(6)
-            .with_initial_backoff(std::time::Duration::from_millis(200))
-            .with_max_backoff(std::time::Duration::from_secs(5));
-        let config = config.to_builder().retry_config(retry).build();
-        let sns_config = aws_sdk_sns::config::Builder::from(&config)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
-            .build();
-        Clients {
-            ecs: Ecs::new(aws_sdk_ecs::Client::new(&config)),
-            ssm: Ssm { client: aws_sdk_ssm::Client::new(&config) },
-            sns: Sns { client: aws_sdk_sns::Client::from_conf(sns_config) },
-            dynamodb: aws_sdk_dynamodb::Client::new(&config),
-            ecr: aws_sdk_ecr::Client::new(&config),
-            config,
-        }
-    }
+/// `config` with Conveyor's retry policy: six attempts with exponential backoff from 0.2 s to at
+/// most 5 s (a call throttled throughout gives up after about 6 s, well inside the functions'
+/// timeouts, and the invocation is retried by Lambda; the adaptive mode's client-side rate
+/// limiter was measured to keep one call retrying for 90 s). SNS has its own ([`Sns::new`]).
+pub fn with_retries(config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(6)
+        .with_initial_backoff(std::time::Duration::from_millis(200))
+        .with_max_backoff(std::time::Duration::from_secs(5));
+    config.to_builder().retry_config(retry).build()
 }

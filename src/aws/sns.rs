@@ -10,6 +10,15 @@ pub struct Sns {
 }
 
 impl Sns {
+    /// A notification that cannot go out stays in the outbox and is sent later: an outage of SNS
+    /// must not slow every deployment down, so two attempts only.
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        let config = aws_sdk_sns::config::Builder::from(config)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .build();
+        Sns { client: aws_sdk_sns::Client::from_conf(config) }
+    }
+
     pub async fn publish(
         &self,
         topic_arn: &str,

@@ -35,6 +35,10 @@ impl Parameter {
 }
 
 impl Ssm {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Ssm { client: aws_sdk_ssm::Client::new(config) }
+    }
+
     /// All parameters directly under `path` (every page).
     pub async fn parameters_by_path(&self, path: &str, decrypt: bool) -> Result<Vec<Parameter>, AwsError> {
         let mut pages = self

@@ -194,6 +194,11 @@ impl Ledger {
         Ledger { db, table: table.into(), retention: chrono::Duration::days(DEFAULT_RETENTION_DAYS) }
     }
 
+    /// The table `table`, reached with `config`'s settings.
+    pub fn from_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Ledger::new(aws_sdk_dynamodb::Client::new(config), table)
+    }
+
     /// When an item written now expires.
     fn expires_at(&self) -> i64 {
         (Utc::now() + self.retention).timestamp()

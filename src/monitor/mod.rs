@@ -16,9 +16,12 @@ use tracing::{error, info, instrument, warn};
 
 use crate::announce::ConfigNotice;
 use crate::aws::{is_inactive_revision, AwsError, ServiceState};
-use crate::config::{AppConfig, ConfigSet};
+use crate::config::{AppConfig, ConfigSet, Configs};
 use crate::error::{DeployError, Error};
 use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
+use crate::fleet::Fleet;
+use crate::health::Prober;
+use crate::leased::{Leased, Leases};
 use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Intent, Item, ItemKey, Lease, TagItem};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Verified};
@@ -27,7 +30,7 @@ use crate::start::{self, history_of};
 use crate::taskdef::ImageSwap;
 use crate::types::{AppName, Environment, ImageTag};
 use crate::vocabulary::{Action, Outcome, Severity};
-use crate::{Conveyor, Invocation};
+use crate::Invocation;
 use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
 
 /// Services the sweep works on at once.
@@ -60,14 +63,21 @@ impl Handled {
 }
 
 /// Handles one EventBridge event: a deployment state change or the sweep schedule.
-pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation) -> Result<MonitorReport, Error> {
+pub async fn handle(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    prober: &Prober,
+    payload: Value,
+    invocation: &Invocation,
+) -> Result<MonitorReport, Error> {
     match events::monitor(payload) {
         Ok(Ok(MonitorEvent::Deployment(event))) => {
             // Boxed, like every handler's work (see `stage::handle`).
-            let handled = Box::pin(on_deployment(conveyor, &event, invocation)).await?;
+            let handled = Box::pin(on_deployment(configs, fleet, leases, prober, &event, invocation)).await?;
             Ok(MonitorReport { results: vec![handled] })
         }
-        Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(conveyor, invocation)).await,
+        Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
         Ok(Err(Skip(reason))) => {
             info!(reason = %reason, "event skipped");
             Ok(MonitorReport { results: vec![Handled::skipped(reason)] })
@@ -81,12 +91,15 @@ pub async fn handle(conveyor: &Conveyor, payload: Value, invocation: &Invocation
 
 #[instrument(skip_all, fields(event_id = event.event_id.as_deref(), service = %event.service_arn, deployment_id = %event.deployment_id))]
 async fn on_deployment(
-    conveyor: &Conveyor,
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    prober: &Prober,
     event: &DeploymentEvent,
     invocation: &Invocation,
 ) -> Result<Handled, Error> {
-    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
-    let home = conveyor.home(invocation);
+    let config = configs.get().await?;
+    let home = fleet.home(invocation);
     let Some((app, env)) = config.owner_of(&event.place(), &home) else {
         info!(reason = "unmanaged service", "event skipped");
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
@@ -98,8 +111,9 @@ async fn on_deployment(
     // Settling: an intent left by an attempt that stopped half-way is this flow's to settle.
     let owner = format!("deploy-monitor {}", event.deployment_id);
     let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
-    let handled = conveyor
-        .with_lease(lease, async |held| on_event_leased(conveyor, app, env, held, event, invocation).await)
+    let target = fleet.target(app, env).await;
+    let handled = leases
+        .with_env(lease, app, env, target, async |here| on_event_leased(prober, here, event, invocation).await)
         .await
         .map_err(failed)?;
     info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "event handled");
@@ -107,46 +121,39 @@ async fn on_deployment(
 }
 
 async fn on_event_leased(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    prober: &Prober,
+    here: &mut Leased<'_>,
     event: &DeploymentEvent,
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
-    let Some(state) = held.state.as_ref() else {
+    let (app, env) = (here.app, here.env);
+    let Some(state) = here.held.state.as_ref() else {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "Conveyor has started no rollout on this service"));
     };
     match decide::on_event(state, event) {
         EventDecision::Skip(reason) => Ok(Handled::of(&app.name, env, Action::Skipped, reason)),
-        EventDecision::Rollout(rollout, finding) => {
-            settle(conveyor, app, env, held, &rollout, finding, None, invocation).await
-        }
-        EventDecision::Rollback(watch, finding) => rollback_ended(conveyor, app, env, held, &watch, finding).await,
-        EventDecision::Foreign => changed_outside(conveyor, app, env, held).await,
+        EventDecision::Rollout(rollout, finding) => settle(prober, here, &rollout, finding, None, invocation).await,
+        EventDecision::Rollback(watch, finding) => rollback_ended(here, &watch, finding).await,
+        EventDecision::Foreign => changed_outside(here).await,
     }
 }
 
 /// Settles a rollout in progress: verify a completion, or roll back a failure.
-#[allow(clippy::too_many_arguments)]
 async fn settle(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    prober: &Prober,
+    here: &mut Leased<'_>,
     rollout: &Rollout,
     finding: Finding,
     service: Option<ServiceState>,
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
     let target = app.target(env);
     let service = match service {
         Some(service) => service,
-        None => match conveyor.ecs(app, env).await?.service(&target.cluster, &target.service).await {
+        None => match here.target.ecs.service(&target.cluster, &target.service).await {
             Ok(service) => service,
-            Err(error) if error.code == "ServiceNotFound" => {
-                return service_gone(conveyor, app, env, held, rollout, &error).await
-            }
+            Err(error) if error.code == "ServiceNotFound" => return service_gone(here, rollout, &error).await,
             Err(error) => return Err(error.into()),
         },
     };
@@ -155,39 +162,32 @@ async fn settle(
         Finding::Completed => match decide::verify(rollout, &service) {
             Verification::Replaced(reason) => {
                 info!(app = %app.name, environment = %env, reason = %reason, "completion of a replaced deployment");
-                return changed_outside(conveyor, app, env, held).await;
+                return changed_outside(here).await;
             }
             Verification::Failed(reason) => reason,
-            Verification::Healthy => match health(conveyor, app, env, invocation).await {
-                Ok(()) => return verified(conveyor, app, env, held, rollout).await,
+            Verification::Healthy => match health(prober, app, env, invocation).await {
+                Ok(()) => return verified(here, rollout).await,
                 Err(unhealthy) => unhealthy.to_string(),
             },
         },
     };
-    roll_back(conveyor, app, env, held, rollout, &service, reason).await
+    roll_back(here, rollout, &service, reason).await
 }
 
 async fn health(
-    conveyor: &Conveyor,
+    prober: &Prober,
     app: &AppConfig,
     env: Environment,
     invocation: &Invocation,
 ) -> Result<(), crate::health::Unhealthy> {
     let Some(url) = &app.target(env).health_url else { return Ok(()) };
-    let budget = conveyor.health_budget.min(invocation.remaining(std::time::Duration::from_secs(15)));
-    let checked = crate::health::check(&conveyor.http, url, budget).await;
+    let checked = prober.probe(url, invocation).await;
     info!(app = %app.name, environment = %env, health_url = %url, healthy = checked.is_ok(), "health check");
     checked.map(drop)
 }
 
-async fn verified(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
-    rollout: &Rollout,
-) -> Result<Handled, DeployError> {
-    let now = Utc::now();
+async fn verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, DeployError> {
+    let (app, env, now) = (here.app, here.env, Utc::now());
     let mut rollout = rollout.clone();
     if rollout.settle(RolloutState::Verified { at: now }).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
@@ -195,7 +195,7 @@ async fn verified(
     // Stage makes every tag of the image promotable: commit only if the image has no tag this
     // rollout does not know (a push recorded one meanwhile), else learn them and commit again.
     for attempt in 0..3 {
-        let mut change = Change::new(held.require_state()?.clone());
+        let mut change = Change::new(here.state()?.clone());
         change.state.last_verified = Some(Verified {
             rollout_id: rollout.id.clone(),
             tag: rollout.tag.clone(),
@@ -225,10 +225,10 @@ async fn verified(
         let mut notification = Notification::of_rollout(app, env, &rollout);
         notification.reason = Some("deployment completed, every task running, health check passed".into());
         change.announcements.push(Announcement::new(notification, app));
-        match held.commit(&conveyor.ledger, change).await {
+        match here.commit(change).await {
             Ok(()) => break,
             Err(crate::ledger::LedgerError::Conflict { .. }) if attempt < 2 => {
-                let facts = conveyor.ledger.image(&app.name, &rollout.digest).await?;
+                let facts = here.ledger().image(&app.name, &rollout.digest).await?;
                 for tag in facts.iter().flat_map(|f| &f.tags).filter_map(|t| ImageTag::parse(t.as_str()).ok()) {
                     rollout.add_tag(&tag);
                 }
@@ -244,21 +244,19 @@ async fn verified(
 }
 
 async fn roll_back(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    here: &mut Leased<'_>,
     rollout: &Rollout,
     service: &ServiceState,
     reason: String,
 ) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
     let target = app.target(env);
-    let ecs = conveyor.ecs(app, env).await?;
-    let state = held.require_state()?.clone();
+    let ecs = here.target.ecs.clone();
+    let state = here.state()?.clone();
     let now = Utc::now();
-    let issued = held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).map(str::to_owned);
+    let issued = here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).map(str::to_owned);
     let (settlement, watch) = match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
-        FailurePlan::ChangedOutside => return changed_outside(conveyor, app, env, held).await,
+        FailurePlan::ChangedOutside => return changed_outside(here).await,
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
             let (by, how) = if by_conveyor {
                 (RolledBackBy::Conveyor, "rolled back by Conveyor")
@@ -269,7 +267,7 @@ async fn roll_back(
                 RolloutState::RolledBack { at: now, reason: format!("{reason} ({how})"), to: to.clone(), by };
             (settlement, Some((to, Some(deployment_id), by)))
         }
-        FailurePlan::RollBack { to } => match issue_rollback(conveyor, app, env, held, rollout, &to).await {
+        FailurePlan::RollBack { to } => match issue_rollback(here, rollout, &to).await {
             Ok((to, deployment_id)) => (
                 RolloutState::RolledBack {
                     at: now,
@@ -328,7 +326,7 @@ async fn roll_back(
     let mut notification = Notification::of_rollout(app, env, &rollout);
     notification.diagnostics = diagnostics;
     change.announcements.push(Announcement::new(notification, app));
-    held.commit(&conveyor.ledger, change).await?;
+    here.commit(change).await?;
     warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
         deployment_id = rollout.deployment_id.as_deref(), state = rollout.state.name(), reason = %failure_reason, "rollout failed");
     let action =
@@ -342,30 +340,28 @@ async fn roll_back(
 /// a crash or a lost `UpdateService` answer then knows the rollback it finds in place is
 /// Conveyor's, not the circuit breaker's.
 async fn issue_rollback(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    here: &mut Leased<'_>,
     rollout: &Rollout,
     to: &str,
 ) -> Result<(String, Option<String>), DeployError> {
+    let (app, env) = (here.app, here.env);
     let target = app.target(env);
-    let ecs = &conveyor.ecs(app, env).await?;
+    let ecs = &here.target.ecs.clone();
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
     };
     let intent = |to: &str| Intent::rollback(&rollout.id, to);
-    held.record_intent(&conveyor.ledger, intent(to)).await?;
+    here.record_intent(intent(to)).await?;
     match ecs.update_service(&target.cluster, &target.service, to).await {
         Ok(updated) => Ok((to.to_owned(), deployment_of(&updated, to))),
         Err(error) if is_inactive_revision(&error) => {
-            let source = conveyor.revision(ecs, to).await?;
+            let source = here.target.revision(to).await?;
             let copy = ImageSwap { container: &app.container, image: None, tags: Vec::new() };
             let registered = ecs.register(&source, &copy).await?;
-            let arn = conveyor.revisions.keep(registered).arn().to_owned();
+            let arn = here.target.keep(registered).arn().to_owned();
             info!(app = %app.name, environment = %env, deregistered = %to, task_definition_arn = %arn,
                 "the rollback target was deregistered: registered it again");
-            held.record_intent(&conveyor.ledger, intent(&arn)).await?;
+            here.record_intent(intent(&arn)).await?;
             let updated = ecs.update_service(&target.cluster, &target.service, &arn).await?;
             let deployment = deployment_of(&updated, &arn);
             Ok((arn, deployment))
@@ -377,15 +373,12 @@ async fn issue_rollback(
 /// A rollback deployment ECS finished: the service is back (restored), or the rollback failed
 /// too and people must act.
 async fn rollback_ended(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    here: &mut Leased<'_>,
     watch: &RollbackWatch,
     finding: Finding,
 ) -> Result<Handled, DeployError> {
-    let now = Utc::now();
-    let mut change = Change::new(held.require_state()?.clone());
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let mut change = Change::new(here.state()?.clone());
     change.state.rollback = None;
     let (event, action, reason) = match finding {
         Finding::Completed => {
@@ -413,7 +406,7 @@ async fn rollback_ended(
         notification.reason = Some(format!("{reason}: the service may be down, people must act"));
         change.announcements.push(Announcement::new(notification, app));
     }
-    held.commit(&conveyor.ledger, change).await?;
+    here.commit(change).await?;
     if event == Outcome::Failed {
         error!(app = %app.name, environment = %env, task_definition_arn = %watch.to, reason = %reason, "rollback failed");
     }
@@ -422,44 +415,33 @@ async fn rollback_ended(
 
 /// A deployment Conveyor did not start replaced the service's: drift, announced once; a rollout
 /// in flight is superseded (its image is not to blame).
-async fn changed_outside(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
-) -> Result<Handled, DeployError> {
-    let observed = start::observe(conveyor, app, env).await?;
-    let mut change = Change::new(held.require_state()?.clone());
+async fn changed_outside(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
+    let observed = start::observe(&here.target, app, env).await?;
+    let mut change = Change::new(here.state()?.clone());
     start::note_what_runs(app, env, &mut change, &observed, Utc::now());
     if change.history.is_empty() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "stale: the service runs a revision Conveyor knows"));
     }
-    held.commit(&conveyor.ledger, change).await?;
+    here.commit(change).await?;
     Ok(Handled::of(&app.name, env, Action::Drift, format!("the service runs {}", observed.service.task_definition)))
 }
 
 /// The service of a rollout in flight no longer exists: the rollout fails (announced once), but
 /// its image is not to blame.
-async fn service_gone(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
-    rollout: &Rollout,
-    error: &AwsError,
-) -> Result<Handled, DeployError> {
-    let now = Utc::now();
+async fn service_gone(here: &mut Leased<'_>, rollout: &Rollout, error: &AwsError) -> Result<Handled, DeployError> {
+    let (app, env, now) = (here.app, here.env, Utc::now());
     let mut rollout = rollout.clone();
     let reason = format!("the service no longer exists ({})", error.message);
     if rollout.settle(RolloutState::Failed { at: now, reason: reason.clone() }).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
-    let mut change = Change::new(held.require_state()?.clone());
+    let mut change = Change::new(here.state()?.clone());
     change.state.rollout = Some(rollout.clone());
     change.state.rollback = None;
     change.history.push(history_of(&app.name, &rollout, env, now));
     change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
-    held.commit(&conveyor.ledger, change).await?;
+    here.commit(change).await?;
     Ok(Handled::of(&app.name, env, Action::Failed, reason))
 }
 
@@ -468,14 +450,20 @@ async fn service_gone(
 /// outbox, and announces invalid app configs. Each item is handled on its own, several at once:
 /// one broken app never holds up or fails the others.
 #[instrument(skip_all)]
-async fn sweep(conveyor: &Conveyor, invocation: &Invocation) -> Result<MonitorReport, Error> {
-    let config = conveyor.config.get(&conveyor.clients.ssm).await?;
+async fn sweep(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    prober: &Prober,
+    invocation: &Invocation,
+) -> Result<MonitorReport, Error> {
+    let config = configs.get().await?;
     for invalid in &config.invalid {
-        crate::announce::config_error(conveyor, invalid, invocation).await;
+        crate::announce::config_error(configs, leases, invalid, invocation).await;
     }
-    let pending = conveyor.ledger.pending().await?;
+    let pending = leases.ledger.pending().await?;
     let results: Vec<Vec<Handled>> = futures_util::stream::iter(pending)
-        .map(|item| sweep_item(conveyor, &config, item, invocation))
+        .map(|item| sweep_item(fleet, leases, prober, &config, item, invocation))
         .buffer_unordered(SWEEP_CONCURRENCY)
         .collect()
         .await;
@@ -485,21 +473,28 @@ async fn sweep(conveyor: &Conveyor, invocation: &Invocation) -> Result<MonitorRe
     Ok(MonitorReport { results })
 }
 
-async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocation: &Invocation) -> Vec<Handled> {
+async fn sweep_item(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    prober: &Prober,
+    config: &ConfigSet,
+    item: Item,
+    invocation: &Invocation,
+) -> Vec<Handled> {
     let Some(key) = ItemKey::parse(&item) else { return Vec::new() };
     let target = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env)));
     let state: Option<EnvState> = crate::ledger::state_from_item(&item);
     let Some(((app, env), state)) = target.zip(state) else {
         // An announcement, or an app no longer configured: only its outbox is left to deliver.
-        return deliver(conveyor, &key, invocation).await.into_iter().collect();
+        return deliver(leases, &key, invocation).await.into_iter().collect();
     };
-    match reconcile_item(conveyor, app, env, &state, invocation).await {
+    match reconcile_item(fleet, leases, prober, app, env, &state, invocation).await {
         // Still waiting for ECS (no lease was taken): notifications left undelivered go out anyway.
         Ok(Some(handled)) if handled.action == Action::Waiting && item.contains_key("outbox") => {
-            std::iter::once(handled).chain(deliver(conveyor, &key, invocation).await).collect()
+            std::iter::once(handled).chain(deliver(leases, &key, invocation).await).collect()
         }
         Ok(Some(handled)) => vec![handled],
-        Ok(None) => deliver(conveyor, &key, invocation).await.into_iter().collect(),
+        Ok(None) => deliver(leases, &key, invocation).await.into_iter().collect(),
         Err(error) => {
             error!(app = %app.name, environment = %env, error = %error, "sweep could not reconcile");
             vec![Handled::of(&app.name, env, Action::Error, error.to_string())]
@@ -509,11 +504,11 @@ async fn sweep_item(conveyor: &Conveyor, config: &ConfigSet, item: Item, invocat
 
 /// Delivers an item's outbox if nobody holds it (read with its own type: an environment's state,
 /// or a config notice).
-async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) -> Option<Handled> {
+async fn deliver(leases: Leases<'_>, key: &ItemKey, invocation: &Invocation) -> Option<Handled> {
     let lease = Lease::new(key.clone(), "deploy-monitor sweep", invocation).settling();
     let count: Result<usize, crate::ledger::LedgerError> = match key.app_env() {
-        Some(_) => conveyor.with_lease(lease, async |held: &mut Held<EnvState>| Ok(held.outbox.len())).await,
-        None => conveyor.with_lease(lease, async |held: &mut Held<ConfigNotice>| Ok(held.outbox.len())).await,
+        Some(_) => leases.with(lease, async |held: &mut Held<EnvState>| Ok(held.outbox.len())).await,
+        None => leases.with(lease, async |held: &mut Held<ConfigNotice>| Ok(held.outbox.len())).await,
     };
     let count = count.ok()?;
     (count > 0).then(|| Handled {
@@ -527,7 +522,9 @@ async fn deliver(conveyor: &Conveyor, key: &ItemKey, invocation: &Invocation) ->
 /// What the sweep does for one environment; `None` when nothing is in flight. Decided first
 /// from what the index and ECS say; the lease is taken only when there is something to settle.
 async fn reconcile_item(
-    conveyor: &Conveyor,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    prober: &Prober,
     app: &AppConfig,
     env: Environment,
     state: &EnvState,
@@ -539,7 +536,8 @@ async fn reconcile_item(
     if rollout.is_none() && watch.is_none() {
         return Ok(None);
     }
-    let service = match conveyor.ecs(app, env).await?.service(&target.cluster, &target.service).await {
+    let reached = fleet.target(app, env).await;
+    let service = match reached.ecs.service(&target.cluster, &target.service).await {
         Ok(service) => Ok(service),
         Err(error) if error.code == "ServiceNotFound" => Err(error),
         Err(error) => return Err(error.into()),
@@ -558,8 +556,9 @@ async fn reconcile_item(
         }
     }
     let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
-    let settled = conveyor
-        .with_lease(lease, async |held| reconcile_leased(conveyor, app, env, held, service, now, invocation).await);
+    let settled = leases.with_env(lease, app, env, reached, async |here| {
+        reconcile_leased(prober, here, service, now, invocation).await
+    });
     match settled.await {
         Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
             Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
@@ -569,32 +568,31 @@ async fn reconcile_item(
 }
 
 async fn reconcile_leased(
-    conveyor: &Conveyor,
-    app: &AppConfig,
-    env: Environment,
-    held: &mut Held<EnvState>,
+    prober: &Prober,
+    here: &mut Leased<'_>,
     service: Result<ServiceState, AwsError>,
     now: chrono::DateTime<Utc>,
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
     // Read again under the lease: another invocation may have settled it meanwhile.
-    let Some(state) = held.state.clone() else { return Ok(Handled::of(&app.name, env, Action::Skipped, "no state")) };
+    let (app, env) = (here.app, here.env);
+    let Some(state) = here.held.state.clone() else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "no state"));
+    };
     if let Some(rollout) = state.in_progress() {
         let service = match service {
             Ok(service) => service,
-            Err(error) => return service_gone(conveyor, app, env, held, rollout, &error).await,
+            Err(error) => return service_gone(here, rollout, &error).await,
         };
         return match decide::reconcile(rollout, &service, now, app.rollout_timeout) {
             SweepAction::Wait => {
                 Ok(Handled::of(&app.name, env, Action::Waiting, format!("{} still in progress", rollout.tag)))
             }
-            SweepAction::Verify => {
-                settle(conveyor, app, env, held, rollout, Finding::Completed, Some(service), invocation).await
-            }
+            SweepAction::Verify => settle(prober, here, rollout, Finding::Completed, Some(service), invocation).await,
             SweepAction::Fail(reason) => {
-                settle(conveyor, app, env, held, rollout, Finding::Failed(reason), Some(service), invocation).await
+                settle(prober, here, rollout, Finding::Failed(reason), Some(service), invocation).await
             }
-            SweepAction::Replaced => changed_outside(conveyor, app, env, held).await,
+            SweepAction::Replaced => changed_outside(here).await,
         };
     }
     let Some(watch) = state.rollback.as_ref() else {
@@ -603,19 +601,19 @@ async fn reconcile_leased(
     let Ok(service) = service else {
         let mut change = Change::new(state.clone());
         change.state.rollback = None;
-        held.commit(&conveyor.ledger, change).await?;
+        here.commit(change).await?;
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the service no longer exists"));
     };
     match decide::reconcile_watch(watch, &service, now, app.rollout_timeout) {
         WatchAction::Wait => {
             Ok(Handled::of(&app.name, env, Action::Waiting, format!("rollback to {} in progress", watch.to)))
         }
-        WatchAction::Restored => rollback_ended(conveyor, app, env, held, watch, Finding::Completed).await,
-        WatchAction::Failed(reason) => rollback_ended(conveyor, app, env, held, watch, Finding::Failed(reason)).await,
+        WatchAction::Restored => rollback_ended(here, watch, Finding::Completed).await,
+        WatchAction::Failed(reason) => rollback_ended(here, watch, Finding::Failed(reason)).await,
         WatchAction::Gone => {
             let mut change = Change::new(state.clone());
             change.state.rollback = None;
-            held.commit(&conveyor.ledger, change).await?;
+            here.commit(change).await?;
             Ok(Handled::of(&app.name, env, Action::Skipped, "the rollback deployment was replaced"))
         }
     }

@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use crate::aws::{AwsError, ServiceState};
 use crate::config::AppConfig;
-use crate::ledger::LedgerError;
+use crate::fleet::Fleet;
+use crate::ledger::{Ledger, LedgerError};
 use crate::record::EnvState;
 use crate::rollout::{Origin, Rollout, RolloutKind};
 use crate::taskdef::{self, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::Environment;
-use crate::{image, notify, promote, Conveyor};
+use crate::{image, notify, promote};
 
 /// One app, both environments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -183,11 +184,11 @@ pub fn tag_of_image(image: &str) -> Option<&str> {
 }
 
 /// What a service runs: its revision, the app container's image, tag and digest.
-pub async fn running(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> Result<Running, AwsError> {
-    let target = app.target(env);
-    let ecs = conveyor.ecs(app, env).await?;
-    let service: ServiceState = ecs.service(&target.cluster, &target.service).await?;
-    let revision = conveyor.revision(&ecs, &service.task_definition).await?;
+pub async fn running(fleet: &Fleet, app: &AppConfig, env: Environment) -> Result<Running, AwsError> {
+    let service_target = app.target(env);
+    let target = fleet.target(app, env).await;
+    let service: ServiceState = target.ecs.service(&service_target.cluster, &service_target.service).await?;
+    let revision = target.revision(&service.task_definition).await?;
     let image = taskdef::container_image(&revision.definition, &app.container).map(str::to_owned);
     let digest = image.as_deref().and_then(image::digest_of).or_else(|| revision.tag(TAG_IMAGE_DIGEST));
     let tag = revision.tag(TAG_IMAGE_TAG).or_else(|| image.as_deref().and_then(tag_of_image));
@@ -215,17 +216,21 @@ pub async fn running(conveyor: &Conveyor, app: &AppConfig, env: Environment) -> 
 /// The status of an app: both environments (state table and ECS) and its promotable tags. An
 /// ECS service that cannot be read is reported in its environment's `error`; a state table
 /// that cannot be read fails the whole status.
-pub async fn app_status(conveyor: &Conveyor, app: &AppConfig, promotable: usize) -> Result<AppStatus, LedgerError> {
+pub async fn app_status(
+    ledger: &Ledger,
+    fleet: &Fleet,
+    app: &AppConfig,
+    promotable: usize,
+) -> Result<AppStatus, LedgerError> {
     let environment = |env: Environment| async move {
-        let (state, running) =
-            tokio::join!(conveyor.ledger.env::<EnvState>(&app.name, env), running(conveyor, app, env));
+        let (state, running) = tokio::join!(ledger.env::<EnvState>(&app.name, env), running(fleet, app, env));
         let state = state?.map(|(state, _)| state);
         Ok::<_, LedgerError>(env_status(app, env, state.as_ref(), running))
     };
     let (stage, prod, tags) = tokio::join!(
         environment(Environment::Stage),
         environment(Environment::Prod),
-        promote::promotable_tags(conveyor, &app.name, promotable)
+        promote::promotable_tags(ledger, &app.name, promotable)
     );
     Ok(AppStatus {
         app: app.name.to_string(),

@@ -43,27 +43,20 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     };
     let verify = async |service: &conveyor_testkit::world::ServiceFixture| {
         let completed = world.aws.settle(&service.cluster, &service.service, Settle::Complete).await;
-        calls_of(&world, async {
-            conveyor::monitor::handle(&conveyor, completed[0].clone(), &invocation()).await.map(drop).unwrap()
-        })
-        .await
+        calls_of(&world, async { conveyor.monitor(completed[0].clone(), &invocation()).await.map(drop).unwrap() }).await
     };
 
     // First push to a service (cold: config, the running revision, the baseline committed).
-    let first = calls_of(&world, async {
-        conveyor::stage::handle(&conveyor, stage("v1.0.0", 1, 30), &invocation()).await.map(drop).unwrap()
-    })
-    .await;
+    let first =
+        calls_of(&world, async { conveyor.stage(stage("v1.0.0", 1, 30), &invocation()).await.map(drop).unwrap() })
+            .await;
     println!("first push: {first:?}");
     let verified = verify(&app.stage).await;
     println!("verification: {verified:?}");
 
     // A push on a warm instance: everything it reads it had to read.
     let push = stage("v1.1.0", 2, 20);
-    let pushed = calls_of(&world, async {
-        conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.map(drop).unwrap()
-    })
-    .await;
+    let pushed = calls_of(&world, async { conveyor.stage(push.clone(), &invocation()).await.map(drop).unwrap() }).await;
     assert_eq!(
         pushed,
         expect(&[
@@ -78,9 +71,7 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     );
     assert!(total(&pushed) <= 7);
     // The same push again: the state says it is a repeated delivery.
-    let repeated =
-        calls_of(&world, async { conveyor::stage::handle(&conveyor, push, &invocation()).await.map(drop).unwrap() })
-            .await;
+    let repeated = calls_of(&world, async { conveyor.stage(push, &invocation()).await.map(drop).unwrap() }).await;
     assert_eq!(repeated, expect(&[("UpdateItem", 2)]), "repeated push");
 
     let verified = verify(&app.stage).await;
@@ -94,10 +85,7 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     // Promote to prod (twice: the second on a warm instance).
     let promote = async |tag: &str| {
         calls_of(&world, async {
-            conveyor::promote::handle(&conveyor, json!({ "app": "shop-api", "tag": tag }), &invocation())
-                .await
-                .map(drop)
-                .unwrap()
+            conveyor.promote(json!({ "app": "shop-api", "tag": tag }), &invocation()).await.map(drop).unwrap()
         })
         .await
     };
@@ -123,10 +111,8 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
     // FAILED in prod: diagnose, roll back, record, alert.
     let failed =
         world.aws.settle(&app.prod.cluster, &app.prod.service, Settle::Fail { circuit_breaker_rollback: false }).await;
-    let rolled_back = calls_of(&world, async {
-        conveyor::monitor::handle(&conveyor, failed[0].clone(), &invocation()).await.map(drop).unwrap()
-    })
-    .await;
+    let rolled_back =
+        calls_of(&world, async { conveyor.monitor(failed[0].clone(), &invocation()).await.map(drop).unwrap() }).await;
     assert_eq!(
         rolled_back,
         expect(&[

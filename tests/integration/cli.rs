@@ -76,7 +76,7 @@ impl Setup {
     async fn push(&self, app: &AppFixture, tag: &str, n: u32, hours_ago: i64) {
         let time = Utc::now() - chrono::Duration::hours(hours_ago);
         let event = self.world.push_event(&app.repository, tag, &digest(n), time);
-        conveyor::stage::handle(&conveyor(&self.world), event, &invocation()).await.unwrap();
+        conveyor(&self.world).stage(event, &invocation()).await.unwrap();
     }
 
     /// Promotes through the promote binary directly (setting the scene, not testing the CLI).
@@ -88,7 +88,7 @@ impl Setup {
 /// Settles the service's primary deployment and hands the event to the monitor.
 async fn settle(world: &World, service: &ServiceFixture, outcome: Settle, expected: Action) {
     let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
-    let report = conveyor::monitor::handle(&conveyor(world), events[0].clone(), &invocation()).await.unwrap();
+    let report = conveyor(world).monitor(events[0].clone(), &invocation()).await.unwrap();
     assert_eq!(report.results[0].action, expected, "{report:?}");
 }
 

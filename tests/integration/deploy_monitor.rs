@@ -18,7 +18,7 @@ async fn deploy_monitor(world: &World) -> Function {
 /// Pushes `tag` to stage through the library; returns the new task definition ARN.
 async fn push(world: &World, tag: &str, n: u32, minutes_ago: i64) -> String {
     let event = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes_ago));
-    let report = conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap();
+    let report = conveyor(world).stage(event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
     report.apps[0].task_definition_arn.clone().unwrap()
 }
@@ -223,7 +223,7 @@ async fn the_sweep_settles_rollouts_whose_events_never_came() {
     let monitor = deploy_monitor(&world).await;
     push(&world, "v1.0.0", 1, 1).await;
     let event = world.push_event("shop-web", "v2.0.0", &digest(2), Utc::now());
-    conveyor::stage::handle(&conveyor(&world), event, &invocation()).await.unwrap();
+    conveyor(&world).stage(event, &invocation()).await.unwrap();
     settle(&world, &done, Settle::Complete).await; // its event is lost
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // shop-web times out
     let _ = world.notifications().await;

@@ -347,13 +347,13 @@ fn pinned(world: &World, repository: &str, n: u32) -> String {
 /// Setup through the library: `tag` (`digest(n)`) pushed to the app's repository at `time`.
 async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<Utc>) {
     let event = world.push_event(&app.repository, tag, &digest(n), time);
-    let report = conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap();
+    let report = conveyor(world).stage(event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
 }
 
 /// Setup through the library: the monitor handles `event`; returns its action.
 async fn monitor(world: &World, event: Value) -> &'static str {
-    let report = conveyor::monitor::handle(&conveyor(world), event, &invocation()).await.unwrap();
+    let report = conveyor(world).monitor(event, &invocation()).await.unwrap();
     report.results[0].action.as_str()
 }
 
@@ -367,7 +367,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<
 /// Setup through the library: a promotion that starts a prod rollout.
 async fn promote(world: &World, tag: &str) {
     let request = json!({ "app": "shop-api", "tag": tag });
-    let answer = conveyor::promote::handle(&conveyor(world), request, &invocation()).await.unwrap();
+    let answer = conveyor(world).promote(request, &invocation()).await.unwrap();
     assert_eq!(answer.status, PromoteStatus::Deploying, "{answer:?}");
 }
 
@@ -728,7 +728,7 @@ async fn check(scene: &Scene, resend_allowed: bool, notes: &mut Vec<String>) -> 
     // A failed image stays unpromotable.
     for (app, tag) in &scene.expect.unpromotable {
         let request = json!({ "app": app, "tag": tag });
-        match conveyor::promote::handle(&conveyor(world), request, &invocation()).await {
+        match conveyor(world).promote(request, &invocation()).await {
             Err(error) if error.error_type() == conveyor::error::ErrorType::NotVetted => {}
             Err(error) => problems.push(format!("promote {app} {tag}: {}, not NotVetted", error.error_type())),
             Ok(answer) => problems.push(format!("promote {app} {tag} was accepted: {}", answer.status)),
@@ -981,10 +981,19 @@ async fn after_a_stopped_rollback(stop: Stop, next: Next) -> (String, Vec<String
         }
         Next::Pause => {
             let conveyor = conveyor(world);
-            let config = conveyor.config.get(&conveyor.clients.ssm).await.unwrap();
+            let config = conveyor.configs.get().await.unwrap();
             let app = config.app(&conveyor::types::AppName::parse("shop-api").unwrap()).unwrap();
             let prod = conveyor::types::Environment::Prod;
-            let paused = conveyor::pause::pause(&conveyor, app, prod, "incident", "tester", &invocation()).await;
+            let paused = conveyor::pause::pause(
+                &conveyor.fleet,
+                conveyor.leases(),
+                app,
+                prod,
+                "incident",
+                "tester",
+                &invocation(),
+            )
+            .await;
             if !matches!(&paused, Err(error) if error.error_type() == conveyor::error::ErrorType::Busy) {
                 problems.push(format!("pause of prod while the rollback is unsettled: {paused:?}, not Busy"));
             }

@@ -872,12 +872,32 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
     push_deploying(&world, &stage, "v1.1.0", 2, minutes_ago(8)).await; // in flight when paused
     let _ = world.notifications().await;
     let c = conveyor(&world);
-    let config = c.config.get(&c.clients.ssm).await.unwrap();
+    let config = c.configs.get().await.unwrap();
     let app_config = config.app(&AppName::parse("shop-api").unwrap()).unwrap();
 
     // Pause stage: announced once.
-    conveyor::pause::pause(&c, app_config, Environment::Stage, "release freeze", "ana", &invocation()).await.unwrap();
-    conveyor::pause::pause(&c, app_config, Environment::Stage, "release freeze", "ana", &invocation()).await.unwrap();
+    conveyor::pause::pause(
+        &c.fleet,
+        c.leases(),
+        app_config,
+        Environment::Stage,
+        "release freeze",
+        "ana",
+        &invocation(),
+    )
+    .await
+    .unwrap();
+    conveyor::pause::pause(
+        &c.fleet,
+        c.leases(),
+        app_config,
+        Environment::Stage,
+        "release freeze",
+        "ana",
+        &invocation(),
+    )
+    .await
+    .unwrap();
     let notes = world.notifications().await;
     assert_eq!(notes.len(), 1, "{:#?}", summary(&notes));
     assert_eq!(one(&notes, "paused")["MessageAttributes"]["severity"], "warning");
@@ -912,7 +932,9 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
     assert!(notes.is_empty(), "{:#?}", summary(&notes));
 
     // Prod paused: promote refuses, prod unchanged.
-    conveyor::pause::pause(&c, app_config, Environment::Prod, "incident INC-7", "ana", &invocation()).await.unwrap();
+    conveyor::pause::pause(&c.fleet, c.leases(), app_config, Environment::Prod, "incident INC-7", "ana", &invocation())
+        .await
+        .unwrap();
     let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "Paused", "{message}");
     assert!(message.contains("incident INC-7"), "{message}");
@@ -921,8 +943,10 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
     one(&world.notifications().await, "paused");
 
     // Resume stage: announced once; the held push, delivered again, rolls out.
-    let resumed = conveyor::pause::resume(&c, app_config, Environment::Stage, "ana", &invocation()).await.unwrap();
-    conveyor::pause::resume(&c, app_config, Environment::Stage, "ana", &invocation()).await.unwrap();
+    let resumed = conveyor::pause::resume(&c.fleet, c.leases(), app_config, Environment::Stage, "ana", &invocation())
+        .await
+        .unwrap();
+    conveyor::pause::resume(&c.fleet, c.leases(), app_config, Environment::Stage, "ana", &invocation()).await.unwrap();
     assert_eq!(resumed.held_push.as_ref().map(|p| p.tag.to_string()).as_deref(), Some("v1.2.0"));
     let notes = world.notifications().await;
     assert_eq!(notes.len(), 1, "{:#?}", summary(&notes));

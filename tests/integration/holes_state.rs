@@ -45,7 +45,7 @@ fn an_hour_ago() -> DateTime<Utc> {
 /// Setup through the library: `tag` (the image `digest(n)`) pushed to `app`'s repository at `time`.
 async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<Utc>) -> conveyor::stage::StageReport {
     let event = world.push_event(&app.repository, tag, &digest(n), time);
-    conveyor::stage::handle(&conveyor(world), event, &invocation()).await.unwrap()
+    conveyor(world).stage(event, &invocation()).await.unwrap()
 }
 
 /// Completes or fails the service's primary deployment: the events ECS would send.
@@ -55,7 +55,7 @@ async fn settle(world: &World, service: &ServiceFixture, outcome: Settle) -> Vec
 
 /// Setup through the library: the monitor handles `event`; returns its action.
 async fn monitor_handles(world: &World, event: Value) -> &'static str {
-    let report = conveyor::monitor::handle(&conveyor(world), event, &invocation()).await.unwrap();
+    let report = conveyor(world).monitor(event, &invocation()).await.unwrap();
     report.results[0].action.as_str()
 }
 
@@ -70,7 +70,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<
 /// Setup through the library: a promotion that must start a prod rollout.
 async fn promote_lib(world: &World, tag: &str) {
     let request = json!({ "app": "shop-api", "tag": tag });
-    let answer = conveyor::promote::handle(&conveyor(world), request, &invocation()).await.unwrap();
+    let answer = conveyor(world).promote(request, &invocation()).await.unwrap();
     assert_eq!(answer.status, PromoteStatus::Deploying, "{answer:?}");
 }
 

@@ -14,7 +14,7 @@ use crate::support::{conveyor, invocation, tag_pairs};
 async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {
     let conveyor = conveyor(world);
     let event = world.push_event(&app.repository, tag, &digest(n), Utc::now() - Duration::minutes(60 - i64::from(n)));
-    conveyor::stage::handle(&conveyor, event, &invocation()).await.unwrap();
+    conveyor.stage(event, &invocation()).await.unwrap();
     settle_and_monitor(world, &app.stage, Settle::Complete, Action::Verified).await;
 }
 
@@ -22,7 +22,7 @@ async fn vet(world: &World, app: &AppFixture, tag: &str, n: u32) {
 async fn settle_and_monitor(world: &World, service: &ServiceFixture, outcome: Settle, expected: Action) {
     let conveyor = conveyor(world);
     let events = world.aws.settle(&service.cluster, &service.service, outcome).await;
-    let report = conveyor::monitor::handle(&conveyor, events[0].clone(), &invocation()).await.unwrap();
+    let report = conveyor.monitor(events[0].clone(), &invocation()).await.unwrap();
     assert_eq!(report.results[0].action, expected, "{report:?}");
 }
 
@@ -96,7 +96,7 @@ async fn refusals_name_the_problem_and_leave_prod_unchanged() {
     vet(&world, &app, "v1.1.0", 2).await;
     // Pushed, never verified.
     let event = world.push_event("shop-api", "v1.2.0", &digest(3), Utc::now());
-    conveyor::stage::handle(&conveyor(&world), event, &invocation()).await.unwrap();
+    conveyor(&world).stage(event, &invocation()).await.unwrap();
     let promote = promote_function(&world).await;
     let before = prod_state(&world, &app).await;
 

@@ -17,7 +17,7 @@ async fn one_failing_app_does_not_stop_the_others_and_the_retry_finishes_the_job
     let conveyor = conveyor(&world);
     let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
 
-    let error = conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.unwrap_err();
+    let error = conveyor.stage(push.clone(), &invocation()).await.unwrap_err();
     assert_eq!(error.error_type(), conveyor::error::ErrorType::DeployFailed);
     assert!(error.to_string().contains("no container `web`"), "{error}");
     assert!(error.to_string().contains(&format!("{}/apps/shop-web", world.prefix)), "{error}");
@@ -42,7 +42,7 @@ async fn one_failing_app_does_not_stop_the_others_and_the_retry_finishes_the_job
         .contains("no container `web`"));
 
     // Lambda retries the event: nothing is deployed or announced twice.
-    conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
+    conveyor.stage(push, &invocation()).await.unwrap();
     assert_eq!(world.revisions(&good.stage.family).await.len(), 2);
     assert!(world.notifications().await.is_empty());
 }
@@ -55,13 +55,8 @@ async fn an_invalid_app_config_never_blocks_valid_apps() {
     world.put_parameter(&format!("{}/apps/not-json", world.prefix), "{").await;
     let conveyor = conveyor(&world);
 
-    let report = conveyor::stage::handle(
-        &conveyor,
-        world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()),
-        &invocation(),
-    )
-    .await
-    .unwrap();
+    let report =
+        conveyor.stage(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()), &invocation()).await.unwrap();
     assert_eq!(report.apps.len(), 1);
     assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert!(world.running_image(&good.stage).await.ends_with(&digest(1)));
@@ -75,7 +70,7 @@ async fn a_refused_update_service_leaves_no_half_done_deployment() {
     let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
 
     world.aws.inject_fault("UpdateService", &world.id, "InvalidParameterException", 400, 1).await;
-    let error = conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.unwrap_err();
+    let error = conveyor.stage(push.clone(), &invocation()).await.unwrap_err();
     assert!(
         matches!(&error, Error::Deploy(failures) if failures[0].1.to_string().contains("UpdateService")),
         "{error}"
@@ -90,7 +85,7 @@ async fn a_refused_update_service_leaves_no_half_done_deployment() {
     assert_eq!(record["baseline"]["arn"], app.stage.initial_task_definition.as_str());
 
     // The retry deploys.
-    let report = conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
+    let report = conveyor.stage(push, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert!(world.running_image(&app.stage).await.ends_with(&digest(1)));
 }
@@ -102,13 +97,8 @@ async fn throttling_is_retried_by_the_sdk() {
     let conveyor = conveyor(&world);
 
     world.aws.inject_fault("RegisterTaskDefinition", &world.id, "ThrottlingException", 400, 2).await;
-    let report = conveyor::stage::handle(
-        &conveyor,
-        world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()),
-        &invocation(),
-    )
-    .await
-    .unwrap();
+    let report =
+        conveyor.stage(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()), &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status.as_str(), "deploying");
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2);
 }
@@ -125,11 +115,11 @@ async fn a_rollout_whose_record_was_lost_is_recorded_on_retry() {
     let commit =
         Fault::on("TransactWriteItems").matching(world.table.clone()).mode(FaultMode::Http500).after(1).persistent();
     world.aws.fault(&commit).await;
-    let error = conveyor::stage::handle(&conveyor, push.clone(), &invocation()).await.unwrap_err();
+    let error = conveyor.stage(push.clone(), &invocation()).await.unwrap_err();
     assert!(error.to_string().contains("TransactWriteItems"), "{error}");
     world.aws.clear_faults(&world.table).await;
 
-    let report = conveyor::stage::handle(&conveyor, push, &invocation()).await.unwrap();
+    let report = conveyor.stage(push, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status.as_str(), "deploying", "{report:?}");
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2, "no second revision for the same push");
     let record = world.record("shop-api", "stage").await.unwrap();
@@ -155,7 +145,7 @@ async fn a_burst_of_out_of_order_pushes_ends_with_the_newest_image() {
     for n in order {
         let event =
             world.push_event("shop-api", &format!("v1.0.{n}"), &digest(n), start + Duration::minutes(i64::from(n)));
-        conveyor::stage::handle(&conveyor, event, &invocation()).await.unwrap();
+        conveyor.stage(event, &invocation()).await.unwrap();
     }
     assert!(world.running_image(&app.stage).await.ends_with(&digest(9)));
     // Only pushes newer than everything before them were rolled out: 3, 7, 9.
@@ -183,8 +173,7 @@ async fn concurrent_invocations_never_roll_a_service_back() {
         );
         // The newer one may start first: Lambda runs them at once, in any order.
         let (one, two) = (invocation(), invocation());
-        let (a, b) =
-            tokio::join!(conveyor::stage::handle(&first, newer, &one), conveyor::stage::handle(&second, older, &two));
+        let (a, b) = tokio::join!(first.stage(newer, &one), second.stage(older, &two));
         a.unwrap();
         b.unwrap();
         assert!(world.running_image(&app.stage).await.ends_with(&digest(10 * round + 2)), "round {round}");

@@ -1,12 +1,11 @@
 //! Shared helpers of the integration tests.
 
-use conveyor::aws::Clients;
 use conveyor::{Conveyor, Invocation};
 use conveyor_testkit::World;
 
 /// The library, wired to this world exactly as the binaries wire it to AWS.
 pub fn conveyor(world: &World) -> Conveyor {
-    Conveyor::new(Clients::from_config(&world.config), world.settings())
+    Conveyor::new(&world.config, world.settings())
 }
 
 /// An invocation with a minute to go, as Lambda would give it.

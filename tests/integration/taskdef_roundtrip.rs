@@ -32,13 +32,10 @@ async fn a_maximal_task_definition_survives_a_rollout() {
         )
         .await;
 
-    let report = conveyor::stage::handle(
-        &conveyor(&world),
-        world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()),
-        &invocation(),
-    )
-    .await
-    .unwrap();
+    let report = conveyor(&world)
+        .stage(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()), &invocation())
+        .await
+        .unwrap();
     let new_arn = report.apps[0].task_definition_arn.clone().unwrap();
 
     let (before, before_tags) = world.task_definition(&initial).await;

@@ -11,8 +11,7 @@ use crate::output::{self, or_dash, render, Report, Style};
 
 pub async fn run(ctx: &Context, app: &str, env: Option<Environment>, limit: usize) -> Result<Report, CliError> {
     let app = app_name(app)?;
-    let conveyor = ctx.conveyor().await?;
-    let entries = history::recent(&conveyor.ledger, &app, env, limit).await?;
+    let entries = history::recent(&ctx.ledger().await?, &app, env, limit).await?;
     let rows: Vec<HistoryRow> = entries.iter().map(HistoryRow::from).collect();
     let text = if rows.is_empty() {
         format!("no history for {app}{}", env.map(|e| format!(" in {e}")).unwrap_or_default())

@@ -11,17 +11,17 @@ use crate::error::CliError;
 use crate::output::{self, render, Report, Style};
 
 pub async fn run(ctx: &Context, app: Option<&str>, days: u32) -> Result<Report, CliError> {
-    let conveyor = ctx.conveyor().await?;
+    let ledger = ctx.ledger().await?;
     let apps: Vec<AppName> = match app {
         Some(name) => vec![app_name(name)?],
-        None => configs(&conveyor).await?.apps.iter().map(|a| a.name.clone()).collect(),
+        None => configs(ctx).await?.apps.iter().map(|a| a.name.clone()).collect(),
     };
     let until = Utc::now();
     let since = metrics::window(days, until);
     let mut all = Samples::default();
     let mut per_app = Vec::new();
     for app in &apps {
-        let samples = metrics::app_samples(&conveyor.ledger, app, since, until).await?;
+        let samples = metrics::app_samples(&ledger, app, since, until).await?;
         per_app.push((app.to_string(), Dora::of(&samples, since, until, days)));
         all.merge(samples);
     }

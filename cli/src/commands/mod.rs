@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use conveyor::config::{AppConfig, ConfigSet};
 use conveyor::types::AppName;
-use conveyor::Conveyor;
 
 use crate::args::{Command, ConfigCommand};
 use crate::context::Context;
@@ -38,8 +37,8 @@ pub fn app_name(text: &str) -> Result<AppName, CliError> {
 }
 
 /// Every app config in SSM, read as the functions read it.
-pub async fn configs(conveyor: &Conveyor) -> Result<Arc<ConfigSet>, CliError> {
-    Ok(conveyor.config.get(&conveyor.clients.ssm).await?)
+pub async fn configs(ctx: &Context) -> Result<Arc<ConfigSet>, CliError> {
+    Ok(ctx.configs().await?.get().await?)
 }
 
 /// A configured app: unknown is a refusal (`1`), an invalid config a configuration error (`4`).

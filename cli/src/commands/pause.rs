@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::SecondsFormat;
+use conveyor::leased::Leases;
 use conveyor::pause::PauseReport;
 use conveyor::record::RecordedPush;
 use conveyor::stage::StageReport;
@@ -76,13 +77,14 @@ pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> 
     if reason.is_empty() {
         return Err(CliError::invalid("--reason must say why (it is shown in status, the history and the alert)"));
     }
-    let conveyor = ctx.conveyor().await?;
-    let set = configs(&conveyor).await?;
-    let app = find_app(&set, app, &conveyor.prefix)?;
+    let set = configs(ctx).await?;
+    let app = find_app(&set, app, &ctx.names().await?.prefix)?;
     let by = ctx.identity().await?;
+    let (ledger, notifier, fleet) = (ctx.ledger().await?, ctx.notifier().await?, ctx.fleet()?);
+    let leases = Leases { ledger: &ledger, notifier: &notifier };
     let mut outcomes = Vec::new();
     for env in environments(env) {
-        let report = conveyor::pause::pause(&conveyor, app, env, reason, &by, &invocation()).await?;
+        let report = conveyor::pause::pause(&fleet, leases, app, env, reason, &by, &invocation()).await?;
         outcomes.push(EnvOutcome::from(report));
     }
     let output = PauseOutput {
@@ -127,15 +129,16 @@ pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: b
             "--deploy-latest rolls out the push held in stage; prod changes only by promotion",
         ));
     }
-    let conveyor = ctx.conveyor().await?;
     let names = ctx.names().await?;
     let stage_deploy = if deploy_latest { Some(names.stage_deploy_function()?) } else { None };
-    let set = configs(&conveyor).await?;
-    let app = find_app(&set, app, &conveyor.prefix)?;
+    let set = configs(ctx).await?;
+    let app = find_app(&set, app, &names.prefix)?;
     let by = ctx.identity().await?;
+    let (ledger, notifier, fleet) = (ctx.ledger().await?, ctx.notifier().await?, ctx.fleet()?);
+    let leases = Leases { ledger: &ledger, notifier: &notifier };
     let mut outcomes = Vec::new();
     for env in environments(env) {
-        let report = conveyor::pause::resume(&conveyor, app, env, &by, &invocation()).await?;
+        let report = conveyor::pause::resume(&fleet, leases, app, env, &by, &invocation()).await?;
         outcomes.push(EnvOutcome::from(report));
     }
     let held = outcomes.iter().find(|o| o.environment == Environment::Stage).and_then(|o| o.held_push.clone());

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use conveyor::config::AppConfig;
+use conveyor::fleet::Fleet;
+use conveyor::ledger::Ledger;
 use conveyor::notify::short_arn;
 use conveyor::ops::follow;
 use conveyor::ops::{history, status};
@@ -13,7 +15,6 @@ use conveyor::record::EnvState;
 use conveyor::rollout::RolloutState;
 use conveyor::types::{Environment, ImageDigest};
 use conveyor::vocabulary::PromoteStatus;
-use conveyor::Conveyor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -163,10 +164,9 @@ pub async fn promote(ctx: &Context, args: PromoteArgs) -> Result<Report, CliErro
 
 pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliError> {
     ctx.names().await?.promote_function()?;
-    let conveyor = ctx.conveyor().await?;
-    let set = configs(&conveyor).await?;
-    let app = find_app(&set, &args.app, &conveyor.prefix)?;
-    let running = status::running(&conveyor, app, Environment::Prod).await?;
+    let set = configs(ctx).await?;
+    let app = find_app(&set, &args.app, &ctx.names().await?.prefix)?;
+    let running = status::running(&ctx.fleet()?, app, Environment::Prod).await?;
     let from = Release { tag: running.tag.clone(), digest: running.digest.clone() };
     let mut payload = json!({ "app": app.name, "dry_run": args.dry_run });
     let target = match &args.to {
@@ -175,7 +175,7 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
             tag.clone()
         }
         None => {
-            let entries = history::all(&conveyor.ledger, &app.name).await?;
+            let entries = history::all(&ctx.ledger().await?, &app.name).await?;
             let running_digest = running.digest.as_deref().and_then(|d| ImageDigest::parse(d).ok());
             let Some(previous) = history::previous_release(&entries, running_digest.as_ref()) else {
                 return Err(CliError::new(
@@ -243,10 +243,10 @@ async fn execute(
     };
     let mut exit_code = DONE;
     if wait.wait && !dry_run {
-        let conveyor = ctx.conveyor().await?;
-        let set = configs(&conveyor).await?;
-        let config = find_app(&set, app, &conveyor.prefix)?;
-        let outcome = follow_rollout(&conveyor, config, &response, wait.timeout).await?;
+        let set = configs(ctx).await?;
+        let config = find_app(&set, app, &ctx.names().await?.prefix)?;
+        let (ledger, fleet) = (ctx.ledger().await?, ctx.fleet()?);
+        let outcome = follow_rollout(&ledger, &fleet, config, &response, wait.timeout).await?;
         exit_code = outcome.exit_code();
         output.wait = Some(outcome);
     }
@@ -258,7 +258,8 @@ async fn execute(
 /// Follows the prod rollout a promotion started (the state table and ECS) until it settles or
 /// `timeout` passes; progress goes to stderr.
 async fn follow_rollout(
-    conveyor: &Conveyor,
+    ledger: &Ledger,
+    fleet: &Fleet,
     app: &AppConfig,
     response: &conveyor::promote::Response,
     timeout: Duration,
@@ -282,7 +283,7 @@ async fn follow_rollout(
     }
     let mut said = String::new();
     let outcome = loop {
-        let state = conveyor.ledger.env::<EnvState>(&app.name, Environment::Prod).await?.map(|(state, _)| state);
+        let state = ledger.env::<EnvState>(&app.name, Environment::Prod).await?.map(|(state, _)| state);
         let progress = follow::progress(state.as_ref(), &response.task_definition_arn, &digest);
         let seconds = started.elapsed().as_secs();
         let settled = |outcome: Waited, reason: Option<String>, to: Option<String>| WaitOutcome {
@@ -313,7 +314,7 @@ async fn follow_rollout(
                 None,
             );
         }
-        let ecs = match status::running(conveyor, app, Environment::Prod).await {
+        let ecs = match status::running(fleet, app, Environment::Prod).await {
             Ok(running) => match &running.deployment {
                 Some(d) => format!(
                     "deployment {} {}/{} running{}",

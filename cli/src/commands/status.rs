@@ -11,15 +11,15 @@ use crate::error::{CliError, AWS_OR_CONFIG, DONE};
 use crate::output::{self, or_dash, render, Report, Style, Tone};
 
 pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<Report, CliError> {
-    let conveyor = ctx.conveyor().await?;
-    let set = configs(&conveyor).await?;
+    let set = configs(ctx).await?;
+    let (ledger, fleet) = (ctx.ledger().await?, ctx.fleet()?);
     let apps: Vec<&AppConfig> = match app {
-        Some(name) => vec![find_app(&set, name, &conveyor.prefix)?],
+        Some(name) => vec![find_app(&set, name, &ctx.names().await?.prefix)?],
         None => set.apps.iter().collect(),
     };
     let mut statuses = Vec::new();
     for app in apps {
-        statuses.push(status::app_status(&conveyor, app, promotable).await?);
+        statuses.push(status::app_status(&ledger, &fleet, app, promotable).await?);
     }
     let invalid: Vec<serde_json::Value> = if app.is_some() {
         Vec::new()
@@ -40,7 +40,7 @@ pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<
         text.push_str(&notes.join("\n"));
     }
     if statuses.is_empty() {
-        text = format!("no app configured under {}/apps/", conveyor.prefix);
+        text = format!("no app configured under {}/apps/", ctx.names().await?.prefix);
         if !notes.is_empty() {
             text.push_str(&format!("\n\n{}", notes.join("\n")));
         }

@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let deployer = &conveyor::Conveyor::from_env().await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let invocation = conveyor::Invocation::from_context(&event.context);
-        conveyor::monitor::handle(deployer, event.payload, &invocation).await
+        deployer.monitor(event.payload, &invocation).await
     }))
     .await
 }

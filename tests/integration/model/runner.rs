@@ -138,7 +138,9 @@ impl Sequence {
                 self.deliver_event(&emitted).await
             }
             Op::Sweep => {
-                let report = conveyor::monitor::handle(&self.conveyor, self.world.schedule_event(), &invocation())
+                let report = self
+                    .conveyor
+                    .monitor(self.world.schedule_event(), &invocation())
                     .await
                     .map_err(|e| format!("the sweep failed: {e}"))?;
                 if let Some(error) = report.results.iter().find(|r| r.action == conveyor::vocabulary::Action::Error) {
@@ -149,7 +151,7 @@ impl Sequence {
             }
             Op::Promote { app, tag, force } => {
                 let request = json!({ "app": APPS[*app], "tag": tag, "force": force });
-                let real = conveyor::promote::handle(&self.conveyor, request, &invocation()).await;
+                let real = self.conveyor.promote(request, &invocation()).await;
                 let expected = self.model.promote(*app, tag, *force);
                 match (&real, &expected) {
                     (Ok(answer), Ok(status)) if answer.status.as_str() == *status => Ok(()),
@@ -161,20 +163,35 @@ impl Sequence {
                 }
             }
             Op::Pause { app, env } => {
-                let config = self.conveyor.config.get(&self.conveyor.clients.ssm).await.unwrap();
+                let config = self.conveyor.configs.get().await.unwrap();
                 let app_config = config.app(&AppName::parse(APPS[*app]).unwrap()).unwrap();
-                conveyor::pause::pause(&self.conveyor, app_config, *env, "model", "model-test", &invocation())
-                    .await
-                    .map_err(|e| format!("pause failed: {e}"))?;
+                conveyor::pause::pause(
+                    &self.conveyor.fleet,
+                    self.conveyor.leases(),
+                    app_config,
+                    *env,
+                    "model",
+                    "model-test",
+                    &invocation(),
+                )
+                .await
+                .map_err(|e| format!("pause failed: {e}"))?;
                 self.model.pause(*app, *env);
                 Ok(())
             }
             Op::Resume { app, env, deploy_latest } => {
-                let config = self.conveyor.config.get(&self.conveyor.clients.ssm).await.unwrap();
+                let config = self.conveyor.configs.get().await.unwrap();
                 let app_config = config.app(&AppName::parse(APPS[*app]).unwrap()).unwrap();
-                let report = conveyor::pause::resume(&self.conveyor, app_config, *env, "model-test", &invocation())
-                    .await
-                    .map_err(|e| format!("resume failed: {e}"))?;
+                let report = conveyor::pause::resume(
+                    &self.conveyor.fleet,
+                    self.conveyor.leases(),
+                    app_config,
+                    *env,
+                    "model-test",
+                    &invocation(),
+                )
+                .await
+                .map_err(|e| format!("resume failed: {e}"))?;
                 let expected = self.model.resume(*app, *env);
                 let real = report.held_push.as_ref().map(|h| (h.tag.to_string(), h.digest.to_string()));
                 let wanted = expected.as_ref().map(|h| (h.tag.clone(), digest(h.digest)));
@@ -190,7 +207,9 @@ impl Sequence {
     }
 
     async fn deliver_push(&mut self, push: &Push) -> Result<(), String> {
-        let report = conveyor::stage::handle(&self.conveyor, self.push_json(push), &invocation())
+        let report = self
+            .conveyor
+            .stage(self.push_json(push), &invocation())
             .await
             .map_err(|e| format!("stage-deploy failed: {e}"))?;
         let expected = self.model.push(push);
@@ -211,7 +230,8 @@ impl Sequence {
                 return Err(format!("event for {real_id}, the model's deployment is {known}"));
             }
         }
-        conveyor::monitor::handle(&self.conveyor, emitted.json.clone(), &invocation())
+        self.conveyor
+            .monitor(emitted.json.clone(), &invocation())
             .await
             .map_err(|e| format!("deploy-monitor failed on {}: {e}", emitted.json["detail"]))?;
         self.model.on_event(emitted.event);

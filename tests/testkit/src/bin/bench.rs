@@ -88,7 +88,7 @@ impl Bench {
             let name = format!("app{n:02}");
             fixtures.push(world.seed_app(&name, &format!("repo{n:02}"), true, json!({})).await);
         }
-        let conveyor = conveyor::Conveyor::new(conveyor::aws::Clients::from_config(&world.config), world.settings());
+        let conveyor = conveyor::Conveyor::new(&world.config, world.settings());
         Bench { world, apps: fixtures, conveyor, pushes: 0, start: Utc::now() - chrono::Duration::hours(2) }
     }
 
@@ -107,7 +107,7 @@ impl Bench {
     /// A stage rollout of a new tag of app 0, through the library (as stage-deploy would do it).
     async fn stage_rollout(&mut self, tag: &str) {
         let event = self.push_event(0, tag);
-        let report = conveyor::stage::handle(&self.conveyor, event, &Self::invocation()).await.expect("stage rollout");
+        let report = self.conveyor.stage(event, &Self::invocation()).await.expect("stage rollout");
         assert_eq!(report.apps[0].status, conveyor::vocabulary::Action::Deploying, "{report:?}");
     }
 
@@ -117,8 +117,7 @@ impl Bench {
         let events = self.world.aws.settle(&service.cluster, &service.service, outcome).await;
         let event = events.first().cloned().expect("a deployment event");
         if let Some(expected) = handle {
-            let report =
-                conveyor::monitor::handle(&self.conveyor, event.clone(), &Self::invocation()).await.expect("monitor");
+            let report = self.conveyor.monitor(event.clone(), &Self::invocation()).await.expect("monitor");
             let report = serde_json::to_value(&report).expect("a report");
             assert_eq!(report["results"][0]["action"], expected, "{report}");
         }

@@ -1,0 +1,148 @@
+//! The ECS services Conveyor deploys to, reached per target: Conveyor's own account and region,
+//! or another (account, region, role) that an app's environment names.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::aws::{AwsError, Described, Ecs};
+use crate::config::{AppConfig, Home};
+use crate::types::Environment;
+use crate::Invocation;
+
+/// Task-definition revisions never change: what was described (or registered) once is kept, so
+/// a warm instance rolling a service forward reads nothing it already knows.
+#[derive(Default)]
+pub struct RevisionCache {
+    entries: Mutex<VecDeque<Arc<Described>>>,
+}
+
+impl RevisionCache {
+    const CAPACITY: usize = 32;
+
+    pub fn get(&self, arn: &str) -> Option<Arc<Described>> {
+        let entries = self.entries.lock().ok()?;
+        entries.iter().find(|d| d.arn() == arn).cloned()
+    }
+
+    pub fn keep(&self, described: Described) -> Arc<Described> {
+        let described = Arc::new(described);
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|d| d.arn() != described.arn());
+            entries.push_front(described.clone());
+            entries.truncate(Self::CAPACITY);
+        }
+        described
+    }
+}
+
+/// Which role and region an ECS client works with, and for which app.
+type RemoteKey = (Option<String>, Option<String>, String);
+
+/// ECS wherever the apps run, built once per process and reused while warm.
+pub struct Fleet {
+    /// The SDK settings (with Conveyor's retries) other targets' clients start from.
+    config: aws_config::SdkConfig,
+    home: Ecs,
+    /// ECS clients of other accounts and regions, by (role, region, app).
+    remote: Mutex<HashMap<RemoteKey, Ecs>>,
+    revisions: RevisionCache,
+    /// What this process does (the function's name, or `conveyor` for the CLI): names
+    /// assumed-role sessions.
+    operation: String,
+}
+
+impl Fleet {
+    pub fn new(config: &aws_config::SdkConfig, operation: impl Into<String>) -> Self {
+        Fleet {
+            home: Ecs::new(aws_sdk_ecs::Client::new(config)),
+            config: config.clone(),
+            remote: Mutex::default(),
+            revisions: RevisionCache::default(),
+            operation: operation.into(),
+        }
+    }
+
+    /// The account and region Conveyor runs in, as far as this invocation knows.
+    pub fn home(&self, invocation: &Invocation) -> Home {
+        Home { account: invocation.account.clone(), region: self.config.region().map(|r| r.as_ref().to_owned()) }
+    }
+
+    /// ECS where `app` runs in `env`: Conveyor's own client, or one working in the target's
+    /// account and region with the target's role, assumed in a session named after the app and
+    /// this process (CloudTrail in that account says who did what), with credentials cached and
+    /// refreshed before they expire. Builds a client, calls nothing.
+    pub async fn target(&self, app: &AppConfig, env: Environment) -> Target<'_> {
+        let target = app.target(env);
+        if target.role_arn.is_none() && target.region.is_none() {
+            return Target { ecs: self.home.clone(), revisions: &self.revisions };
+        }
+        let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
+        let known = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned());
+        let ecs = match known {
+            Some(ecs) => ecs,
+            None => {
+                let session = format!("{}-{}", app.name, self.operation);
+                let ecs = self.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
+                if let Ok(mut clients) = self.remote.lock() {
+                    clients.insert(key, ecs.clone());
+                }
+                ecs
+            }
+        };
+        Target { ecs, revisions: &self.revisions }
+    }
+
+    /// An ECS client for another region, and (with `role_arn`) another account: every call made
+    /// with the role's credentials, assumed in a session named `conveyor-{session}`.
+    async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Ecs {
+        let mut config = self.config.to_builder();
+        if let Some(region) = region {
+            config = config.region(aws_config::Region::new(region.to_owned()));
+        }
+        if let Some(role) = role_arn {
+            let session: String = format!("conveyor-{session}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "=,.@-".contains(c) { c } else { '-' })
+                .take(64)
+                .collect();
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name(session)
+                .configure(&self.config)
+                .build()
+                .await;
+            config = config.credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(provider));
+        }
+        Ecs::new(aws_sdk_ecs::Client::new(&config.build()))
+    }
+
+    /// An ECR client for a region (the registry an image was pushed to).
+    pub fn ecr_in(&self, region: &str) -> aws_sdk_ecr::Client {
+        let mut config = self.config.to_builder();
+        if self.config.region().is_none_or(|home| home.as_ref() != region) {
+            config = config.region(aws_config::Region::new(region.to_owned()));
+        }
+        aws_sdk_ecr::Client::new(&config.build())
+    }
+}
+
+/// ECS where one environment of one app runs, with the revisions this process already knows.
+#[derive(Clone)]
+pub struct Target<'a> {
+    pub ecs: Ecs,
+    revisions: &'a RevisionCache,
+}
+
+impl Target<'_> {
+    /// A task-definition revision, from the cache when this process has seen it.
+    pub async fn revision(&self, arn: &str) -> Result<Arc<Described>, AwsError> {
+        if let Some(known) = self.revisions.get(arn) {
+            return Ok(known);
+        }
+        Ok(self.revisions.keep(self.ecs.task_definition(arn).await?))
+    }
+
+    /// Remembers a revision just registered.
+    pub fn keep(&self, described: Described) -> Arc<Described> {
+        self.revisions.keep(described)
+    }
+}
