@@ -2,8 +2,11 @@
 //!
 //! An ECR push deploys to stage ([`stage`]); deployment events are verified or rolled back
 //! ([`monitor`]); vetted images are promoted to prod ([`promote`]). Every decision lives in this
-//! library; the Lambda binaries under `functions/` only build a [`Conveyor`] once and hand it each
-//! event. What Conveyor knows is kept in one DynamoDB table ([`ledger`]).
+//! library; the Lambda binaries under `functions/` only build the ports once ([`Conveyor`]) and
+//! hand each event to its flow, which takes only the ports it uses: the app configs
+//! ([`config::Configs`]), ECS per target ([`fleet::Fleet`]), the state table ([`ledger::Ledger`],
+//! one DynamoDB table), the notifier ([`notify::Notifier`]) and the health prober
+//! ([`health::Prober`]).
 
 pub mod announce;
 pub mod aws;
