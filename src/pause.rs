@@ -2,7 +2,7 @@
 //! pushes are recorded but nothing is rolled out; while prod is paused, promote refuses. The
 //! monitor keeps verifying and rolling back either way. Pausing and resuming each announce once.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::AppConfig;
@@ -88,29 +88,34 @@ async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &str) ->
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision);
         here.commit(Change::new(first)).await?;
     }
-    let state = here.state()?.clone();
-    let pausing = pause.is_some();
-    let report = |changed: bool, state: &EnvState| PauseReport {
-        app: app.name.to_string(),
-        environment: env,
-        changed,
-        paused: state.paused.is_some(),
-        held_push: state
-            .held_push
-            .clone()
-            .filter(|push| state.rollout.as_ref().is_none_or(|r| r.event_time < push.time)),
+    let Some(change) = transition(app, env, here.state()?, pause, by, Utc::now()) else {
+        return Ok(report(app, env, false, here.state()?));
     };
+    here.commit(change).await?;
+    Ok(report(app, env, true, here.state()?))
+}
+
+/// What pausing (`Some`) or resuming (`None`) changes: nothing when it is already so; else the
+/// state, its history entry and its notification (announced once).
+fn transition(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    pause: Option<Pause>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Option<Change<EnvState>> {
+    let pausing = pause.is_some();
     if state.paused.is_some() == pausing {
-        return Ok(report(false, &state));
+        return None;
     }
-    let now = Utc::now();
     let (event, outcome, severity) = if pausing {
         (Outcome::Paused, Outcome::Paused, Severity::Warning)
     } else {
         (Outcome::Resumed, Outcome::Resumed, Severity::Info)
     };
     let reason = pause.as_ref().map(|p| p.reason.clone());
-    let mut change = Change::new(state);
+    let mut change = Change::new(state.clone());
     change.state.paused = pause;
     let mut entry = HistoryEntry::new(&app.name, env, event, now);
     entry.reason = reason.clone();
@@ -120,6 +125,158 @@ async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &str) ->
     notification.reason = reason.or_else(|| Some(format!("{env} deploys again")));
     notification.requested_by = Some(by.to_owned());
     change.announcements.push(Announcement::new(notification, app));
-    here.commit(change).await?;
-    Ok(report(true, here.state()?))
+    Some(change)
+}
+
+/// What a pause or resume reports: whether `env` is paused now, and the newest push held while
+/// paused that no rollout has started from since (what a resume can roll out).
+fn report(app: &AppConfig, env: Environment, changed: bool, state: &EnvState) -> PauseReport {
+    PauseReport {
+        app: app.name.to_string(),
+        environment: env,
+        changed,
+        paused: state.paused.is_some(),
+        held_push: state
+            .held_push
+            .clone()
+            .filter(|push| state.rollout.as_ref().is_none_or(|r| r.event_time < push.time)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{Origin, Revision, Rollout, RolloutState};
+    use crate::types::{AppName, ImageDigest, ImageTag};
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
+    }
+
+    fn digest(n: char) -> ImageDigest {
+        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
+    }
+
+    fn app() -> AppConfig {
+        let json = r#"{"repository": "shop", "container": "api",
+            "environments": {"stage": {"cluster": "stage", "service": "shop"},
+                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
+        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
+    }
+
+    fn state() -> EnvState {
+        EnvState::first(
+            &AppName::parse("shop").unwrap(),
+            Environment::Stage,
+            "stage",
+            "shop",
+            Revision { arn: "td:1".into(), digest: Some(digest('1')) },
+        )
+    }
+
+    fn load_test() -> Pause {
+        Pause { reason: "load test".into(), by: "alice".into(), at: at(0) }
+    }
+
+    fn paused() -> EnvState {
+        EnvState { paused: Some(load_test()), ..state() }
+    }
+
+    /// A push of image `d` held while paused, `minutes` after the fixtures' epoch.
+    fn held(minutes: i64, d: char) -> RecordedPush {
+        RecordedPush {
+            event_id: None,
+            time: at(minutes),
+            repository: "shop".into(),
+            account: None,
+            region: None,
+            tag: ImageTag::parse(format!("v{d}")).unwrap(),
+            digest: digest(d),
+        }
+    }
+
+    /// A rollout started by a push `minutes` after the fixtures' epoch.
+    fn rollout_of_push_at(minutes: i64) -> Rollout {
+        Rollout {
+            id: "r".into(),
+            tag: ImageTag::parse("v2").unwrap(),
+            tags: vec![ImageTag::parse("v2").unwrap()],
+            digest: digest('2'),
+            image: "shop@sha256:2".into(),
+            task_definition_arn: "td:2".into(),
+            previous: Revision { arn: "td:1".into(), digest: Some(digest('1')) },
+            deployment_id: None,
+            event_time: at(minutes),
+            started_at: at(minutes),
+            origin: Origin::Push,
+            state: RolloutState::InProgress,
+        }
+    }
+
+    #[test]
+    fn pausing_records_who_and_why_and_announces_a_warning() {
+        let change = transition(&app(), Environment::Stage, &state(), Some(load_test()), "alice", at(5)).unwrap();
+        assert_eq!(change.state.paused, Some(load_test()));
+        let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
+        assert_eq!((entry.event, entry.at), (Outcome::Paused, at(5)));
+        assert_eq!((entry.reason.as_deref(), entry.requested_by.as_deref()), (Some("load test"), Some("alice")));
+        let [announcement] = &change.announcements[..] else { panic!("one announcement") };
+        let n = &announcement.notification;
+        assert_eq!((n.outcome, n.severity), (Outcome::Paused, Severity::Warning));
+        assert_eq!((n.reason.as_deref(), n.requested_by.as_deref()), (Some("load test"), Some("alice")));
+    }
+
+    #[test]
+    fn resuming_records_who_and_announces_that_deploys_start_again() {
+        let change = transition(&app(), Environment::Prod, &paused(), None, "bob", at(5)).unwrap();
+        assert_eq!(change.state.paused, None);
+        let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
+        assert_eq!(
+            (entry.event, entry.reason.as_deref(), entry.requested_by.as_deref()),
+            (Outcome::Resumed, None, Some("bob"))
+        );
+        let [announcement] = &change.announcements[..] else { panic!("one announcement") };
+        let n = &announcement.notification;
+        assert_eq!((n.outcome, n.severity), (Outcome::Resumed, Severity::Info));
+        assert_eq!(n.reason.as_deref(), Some("prod deploys again"));
+    }
+
+    #[test]
+    fn pausing_what_is_paused_or_resuming_what_runs_changes_nothing() {
+        let another = Pause { reason: "another reason".into(), by: "bob".into(), at: at(3) };
+        assert!(transition(&app(), Environment::Stage, &paused(), Some(another), "bob", at(5)).is_none());
+        assert!(transition(&app(), Environment::Stage, &state(), None, "bob", at(5)).is_none());
+    }
+
+    #[test]
+    fn the_report_offers_the_held_push_only_when_no_rollout_started_from_it_or_later() {
+        let mut state = state();
+        state.held_push = Some(held(10, '3'));
+        assert_eq!(report(&app(), Environment::Stage, true, &state).held_push, Some(held(10, '3')));
+        state.rollout = Some(rollout_of_push_at(5));
+        assert_eq!(report(&app(), Environment::Stage, true, &state).held_push, Some(held(10, '3')), "an older rollout");
+        for since in [10, 20] {
+            state.rollout = Some(rollout_of_push_at(since));
+            assert_eq!(
+                report(&app(), Environment::Stage, true, &state).held_push,
+                None,
+                "a rollout of a push at {since}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_report_says_whether_it_changed_and_where_it_stands() {
+        let report = report(&app(), Environment::Stage, false, &paused());
+        assert_eq!(
+            report,
+            PauseReport {
+                app: "shop".into(),
+                environment: Environment::Stage,
+                changed: false,
+                paused: true,
+                held_push: None
+            }
+        );
+    }
 }

@@ -240,22 +240,8 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push) -> Result<AppReport, 
         }
         Decision::Hold => {
             let mut change = Change::new(here.state()?.clone());
-            change.state.saw_push(push.time, &push.digest, &push.tag);
-            change.state.held_push = Some(RecordedPush {
-                event_id: push.event_id.clone(),
-                time: push.time,
-                repository: push.repository.clone(),
-                account: push.account.clone(),
-                region: push.region.clone(),
-                tag: push.tag.clone(),
-                digest: push.digest.clone(),
-            });
+            hold(app, env, &mut change, push, now);
             change.clear_waiting = ours;
-            let mut entry = HistoryEntry::new(&app.name, env, Outcome::Held, now);
-            entry.tag = Some(push.tag.clone());
-            entry.digest = Some(push.digest.clone());
-            entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
-            change.history.push(entry);
             record_tag(here.ledger(), app, push, &mut change).await?;
             here.commit(change).await?;
             info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, "push held: stage is paused");
@@ -263,21 +249,47 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push) -> Result<AppReport, 
         }
         Decision::AddTag => {
             let mut change = Change::new(here.state()?.clone());
-            change.state.saw_push(push.time, &push.digest, &push.tag);
+            add_tag(app, &mut change, push);
             change.clear_waiting = ours;
-            let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
-            if let Some(rollout) = rollout {
-                rollout.add_tag(&push.tag);
-                if let RolloutState::Verified { at } = rollout.state {
-                    change.tags.push((app.name.clone(), tag_item(push, &rollout.image, at)));
-                }
-            }
-            change.images.push((app.name.clone(), image_update(push)));
             here.commit(change).await?;
             Ok(skipped(app, push, format!("stage is already on {}: tag {} recorded", push.digest, push.tag)))
         }
         Decision::Deploy => deploy(here, push, ours).await,
     }
+}
+
+/// What holding `push` (stage is paused) changes: it is seen, kept as the push a resume can roll
+/// out, and its history says why nothing rolled out.
+fn hold(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, push: &Push, now: DateTime<Utc>) {
+    change.state.saw_push(push.time, &push.digest, &push.tag);
+    change.state.held_push = Some(RecordedPush {
+        event_id: push.event_id.clone(),
+        time: push.time,
+        repository: push.repository.clone(),
+        account: push.account.clone(),
+        region: push.region.clone(),
+        tag: push.tag.clone(),
+        digest: push.digest.clone(),
+    });
+    let mut entry = HistoryEntry::new(&app.name, env, Outcome::Held, now);
+    entry.tag = Some(push.tag.clone());
+    entry.digest = Some(push.digest.clone());
+    entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
+    change.history.push(entry);
+}
+
+/// What a push of the digest stage is rolling out or runs changes: its tag joins that rollout
+/// (promotable at once if the rollout is verified) and the image's tags.
+fn add_tag(app: &AppConfig, change: &mut Change<EnvState>, push: &Push) {
+    change.state.saw_push(push.time, &push.digest, &push.tag);
+    let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
+    if let Some(rollout) = rollout {
+        rollout.add_tag(&push.tag);
+        if let RolloutState::Verified { at } = rollout.state {
+            change.tags.push((app.name.clone(), tag_item(push, &rollout.image, at)));
+        }
+    }
+    change.images.push((app.name.clone(), image_update(push)));
 }
 
 async fn deploy(here: &mut Leased<'_>, push: &Push, ours: bool) -> Result<AppReport, DeployError> {
@@ -294,11 +306,8 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, ours: bool) -> Result<AppRep
         origin: Origin::Push,
     };
     let mut plan = start::start(here, &candidate).await?;
-    plan.change.state.saw_push(push.time, &push.digest, &push.tag);
+    starting(&mut plan.change.state, push);
     plan.change.clear_waiting = ours;
-    if plan.change.state.held_push.as_ref().is_some_and(|h| h.time <= push.time) {
-        plan.change.state.held_push = None;
-    }
     let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
             record_tag(here.ledger(), app, push, &mut plan.change).await?;
@@ -331,6 +340,15 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, ours: bool) -> Result<AppRep
         );
     }
     Ok(report)
+}
+
+/// Notes `push` as seen by a start (rolling it out, or finding it running): a push held while
+/// paused is no longer waiting for a resume once it, or a newer push, got this far.
+fn starting(state: &mut EnvState, push: &Push) {
+    state.saw_push(push.time, &push.digest, &push.tag);
+    if state.held_push.as_ref().is_some_and(|h| h.time <= push.time) {
+        state.held_push = None;
+    }
 }
 
 /// The image facts a push adds: its tag, and when it was first pushed.
@@ -392,5 +410,321 @@ async fn refuse(here: &mut Leased<'_>, push: &Push, error: &DeployError) {
     change.announcements.push(crate::notify::Announcement::new(notification, app));
     if let Err(commit) = here.commit(change).await {
         error!(app = %app.name, error = %commit, "could not record the refusal");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Pause;
+    use crate::rollout::{Revision, Rollout};
+    use crate::types::{AppName, ImageDigest, ImageTag};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn digest(n: char) -> ImageDigest {
+        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
+    }
+
+    fn tag(t: &str) -> ImageTag {
+        ImageTag::parse(t).unwrap()
+    }
+
+    fn app() -> AppConfig {
+        let json = r#"{"repository": "shop", "container": "api",
+            "environments": {"stage": {"cluster": "stage", "service": "shop"},
+                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
+        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
+    }
+
+    /// A push of `tag` of image `d`, `seconds` after the fixtures' epoch.
+    fn push(seconds: i64, d: char, t: &str) -> Push {
+        Push {
+            event_id: Some(format!("event-{seconds}-{d}-{t}")),
+            time: at(seconds),
+            account: Some("123456789012".into()),
+            region: Some("us-east-1".into()),
+            repository: "shop".into(),
+            digest: digest(d),
+            tag: tag(t),
+        }
+    }
+
+    fn state() -> EnvState {
+        EnvState::first(
+            &AppName::parse("shop").unwrap(),
+            Environment::Stage,
+            "stage",
+            "shop",
+            Revision { arn: "td:1".into(), digest: Some(digest('0')) },
+        )
+    }
+
+    /// Stage, having seen `pushes`.
+    fn having_seen(pushes: &[&Push]) -> EnvState {
+        let mut state = state();
+        for p in pushes {
+            state.saw_push(p.time, &p.digest, &p.tag);
+        }
+        state
+    }
+
+    fn rollout_of(p: &Push, state: RolloutState) -> Rollout {
+        Rollout {
+            id: "r".into(),
+            tag: p.tag.clone(),
+            tags: vec![p.tag.clone()],
+            digest: p.digest.clone(),
+            image: format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/shop@{}", p.digest),
+            task_definition_arn: "td:2".into(),
+            previous: Revision { arn: "td:1".into(), digest: Some(digest('0')) },
+            deployment_id: Some("ecs-svc/2".into()),
+            event_time: p.time,
+            started_at: p.time,
+            origin: Origin::Push,
+            state,
+        }
+    }
+
+    fn paused() -> Pause {
+        Pause { reason: "load test".into(), by: "alice".into(), at: at(0) }
+    }
+
+    fn held(p: &Push) -> RecordedPush {
+        RecordedPush {
+            event_id: p.event_id.clone(),
+            time: p.time,
+            repository: p.repository.clone(),
+            account: p.account.clone(),
+            region: p.region.clone(),
+            tag: p.tag.clone(),
+            digest: p.digest.clone(),
+        }
+    }
+
+    /// Another invocation's push, queued for the lease since `since`.
+    fn waiting(p: &Push, since: DateTime<Utc>) -> Waiting {
+        Waiting { time: p.time, digest: p.digest.clone(), since }
+    }
+
+    fn settled() -> [RolloutState; 3] {
+        [
+            RolloutState::RolledBack {
+                at: at(5),
+                reason: "unhealthy".into(),
+                to: "td:1".into(),
+                by: crate::rollout::RolledBackBy::Conveyor,
+            },
+            RolloutState::Failed { at: at(5), reason: "nothing to go back to".into() },
+            RolloutState::Superseded { at: at(5), reason: "replaced".into() },
+        ]
+    }
+
+    const NOW: i64 = 100;
+
+    #[test]
+    fn the_first_push_to_a_service_is_deployed() {
+        assert_eq!(decide(None, None, &push(10, '1', "v1"), at(NOW)), Decision::Deploy);
+        assert_eq!(decide(Some(&state()), None, &push(10, '1', "v1"), at(NOW)), Decision::Deploy);
+    }
+
+    #[test]
+    fn a_push_newer_than_any_seen_is_deployed() {
+        let state = having_seen(&[&push(10, '1', "v1")]);
+        assert_eq!(decide(Some(&state), None, &push(11, '2', "v2"), at(NOW)), Decision::Deploy);
+        // Another image in the same second is newer too: it was never seen.
+        assert_eq!(decide(Some(&state), None, &push(10, '2', "v2"), at(NOW)), Decision::Deploy);
+    }
+
+    #[test]
+    fn a_late_push_is_recorded_and_never_rolls_stage_back() {
+        let state = having_seen(&[&push(20, '2', "v2")]);
+        let decision = decide(Some(&state), None, &push(10, '1', "v1"), at(NOW));
+        assert!(
+            matches!(&decision, Decision::Record(d) if d.contains("older than the newest one seen")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn the_same_push_delivered_again_does_nothing() {
+        let v1 = push(10, '1', "v1");
+        let mut state = having_seen(&[&v1]);
+        state.rollout = Some(rollout_of(&v1, RolloutState::InProgress));
+        let decision = decide(Some(&state), None, &v1, at(NOW));
+        assert!(matches!(&decision, Decision::Nothing(d) if d.contains("repeated delivery")), "{decision:?}");
+    }
+
+    #[test]
+    fn another_tag_of_an_image_pushed_in_the_same_second_is_recorded() {
+        let state = having_seen(&[&push(10, '1', "v1")]);
+        let decision = decide(Some(&state), None, &push(10, '1', "0a1b2c3"), at(NOW));
+        assert!(matches!(&decision, Decision::Record(d) if d.contains("tag 0a1b2c3 recorded")), "{decision:?}");
+    }
+
+    #[test]
+    fn another_tag_of_the_image_rolling_out_or_verified_joins_that_rollout() {
+        let v1 = push(10, '1', "v1");
+        let sha = push(10, '1', "0a1b2c3");
+        let mut state = having_seen(&[&v1]);
+        for rolling in [RolloutState::InProgress, RolloutState::Verified { at: at(50) }] {
+            state.rollout = Some(rollout_of(&v1, rolling));
+            assert_eq!(decide(Some(&state), None, &sha, at(NOW)), Decision::AddTag);
+        }
+        // A rollout of the image that did not stay: the tag is recorded only.
+        for gone in settled() {
+            state.rollout = Some(rollout_of(&v1, gone));
+            assert!(matches!(decide(Some(&state), None, &sha, at(NOW)), Decision::Record(_)));
+        }
+    }
+
+    #[test]
+    fn a_push_queued_behind_a_newer_one_is_coalesced() {
+        let state = having_seen(&[&push(10, '1', "v1")]);
+        let newer = waiting(&push(30, '3', "v3"), at(NOW - 5));
+        let decision = decide(Some(&state), Some(&newer), &push(20, '2', "v2"), at(NOW));
+        assert!(matches!(&decision, Decision::Record(d) if d.contains("coalesced")), "{decision:?}");
+    }
+
+    #[test]
+    fn a_queued_push_waiting_for_a_minute_or_more_is_not_trusted() {
+        let state = having_seen(&[&push(10, '1', "v1")]);
+        let v2 = push(20, '2', "v2");
+        let v3 = push(30, '3', "v3");
+        assert!(matches!(decide(Some(&state), Some(&waiting(&v3, at(NOW - 59))), &v2, at(NOW)), Decision::Record(_)));
+        assert_eq!(decide(Some(&state), Some(&waiting(&v3, at(NOW - 60))), &v2, at(NOW)), Decision::Deploy);
+        assert_eq!(decide(Some(&state), Some(&waiting(&v3, at(NOW - 600))), &v2, at(NOW)), Decision::Deploy);
+    }
+
+    #[test]
+    fn only_a_newer_push_of_another_image_coalesces() {
+        let state = having_seen(&[&push(10, '1', "v1")]);
+        let v2 = push(20, '2', "v2");
+        let since = at(NOW - 5);
+        // The push itself, queued (its own hint, found when it gets the lease).
+        assert_eq!(decide(Some(&state), Some(&waiting(&v2, since)), &v2, at(NOW)), Decision::Deploy);
+        // An older one.
+        assert_eq!(decide(Some(&state), Some(&waiting(&push(15, '5', "v5"), since)), &v2, at(NOW)), Decision::Deploy);
+        // A newer push of the same image (another tag a second later).
+        assert_eq!(
+            decide(Some(&state), Some(&waiting(&push(21, '2', "latest2"), since)), &v2, at(NOW)),
+            Decision::Deploy
+        );
+    }
+
+    #[test]
+    fn a_push_while_stage_is_paused_is_held() {
+        let mut state = having_seen(&[&push(10, '1', "v1")]);
+        state.paused = Some(paused());
+        assert_eq!(decide(Some(&state), None, &push(20, '2', "v2"), at(NOW)), Decision::Hold);
+    }
+
+    #[test]
+    fn coalescing_comes_before_holding() {
+        let mut state = having_seen(&[&push(10, '1', "v1")]);
+        state.paused = Some(paused());
+        let newer = waiting(&push(30, '3', "v3"), at(NOW - 5));
+        assert!(matches!(decide(Some(&state), Some(&newer), &push(20, '2', "v2"), at(NOW)), Decision::Record(_)));
+    }
+
+    #[test]
+    fn a_held_push_delivered_again_after_resume_is_deployed() {
+        let v2 = push(20, '2', "v2");
+        let mut state = having_seen(&[&push(10, '1', "v1"), &v2]);
+        state.held_push = Some(held(&v2));
+        assert_eq!(decide(Some(&state), None, &v2, at(NOW)), Decision::Deploy);
+    }
+
+    #[test]
+    fn a_held_push_delivered_again_while_still_paused_is_a_repeat() {
+        let v2 = push(20, '2', "v2");
+        let mut state = having_seen(&[&v2]);
+        state.held_push = Some(held(&v2));
+        state.paused = Some(paused());
+        assert!(matches!(decide(Some(&state), None, &v2, at(NOW)), Decision::Nothing(_)));
+    }
+
+    #[test]
+    fn a_repeat_of_a_push_that_was_not_the_held_one_does_nothing_after_resume() {
+        let (v2, v3) = (push(20, '2', "v2"), push(20, '3', "v3"));
+        let mut state = having_seen(&[&v2, &v3]);
+        state.held_push = Some(held(&v3));
+        assert!(matches!(decide(Some(&state), None, &v2, at(NOW)), Decision::Nothing(_)));
+    }
+
+    #[test]
+    fn a_newer_push_of_the_digest_already_rolling_out_or_verified_only_adds_its_tag() {
+        let v1 = push(10, '1', "v1");
+        let again = push(40, '1', "v1-again");
+        let mut state = having_seen(&[&v1]);
+        for rolling in [RolloutState::InProgress, RolloutState::Verified { at: at(50) }] {
+            state.rollout = Some(rollout_of(&v1, rolling));
+            assert_eq!(decide(Some(&state), None, &again, at(NOW)), Decision::AddTag);
+        }
+        // The digest's rollout failed, was rolled back or replaced: it is rolled out again.
+        for gone in settled() {
+            state.rollout = Some(rollout_of(&v1, gone));
+            assert_eq!(decide(Some(&state), None, &again, at(NOW)), Decision::Deploy);
+        }
+    }
+
+    #[test]
+    fn holding_a_push_keeps_it_for_the_resume_and_says_why_in_history() {
+        let v2 = push(20, '2', "v2");
+        let mut change = Change::new(having_seen(&[&push(10, '1', "v1")]));
+        change.state.paused = Some(paused());
+        hold(&app(), Environment::Stage, &mut change, &v2, at(NOW));
+        assert_eq!(change.state.held_push, Some(held(&v2)));
+        assert_eq!(change.state.arrival(v2.time, &v2.digest, &v2.tag), crate::record::Arrival::Repeated);
+        let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
+        assert_eq!(entry.event, Outcome::Held);
+        assert_eq!((entry.tag.as_ref(), entry.digest.as_ref()), (Some(&v2.tag), Some(&v2.digest)));
+        assert_eq!(entry.reason.as_deref(), Some("stage is paused: load test"));
+        assert!(change.announcements.is_empty(), "a held push is not announced");
+    }
+
+    #[test]
+    fn a_tag_added_to_a_verified_rollout_is_promotable_at_once() {
+        let v1 = push(10, '1', "v1");
+        let sha = push(10, '1', "0a1b2c3");
+        let mut change = Change::new(having_seen(&[&v1]));
+        change.state.rollout = Some(rollout_of(&v1, RolloutState::Verified { at: at(50) }));
+        add_tag(&app(), &mut change, &sha);
+        let rollout = change.state.rollout.as_ref().unwrap();
+        assert_eq!(rollout.tags, vec![tag("v1"), tag("0a1b2c3")]);
+        let [(_, promotable)] = &change.tags[..] else { panic!("one tag item: {:?}", change.tags) };
+        assert_eq!((&promotable.tag, &promotable.digest, promotable.vetted_at), (&sha.tag, &sha.digest, at(50)));
+        assert_eq!(promotable.image, rollout.image);
+        let [(_, image)] = &change.images[..] else { panic!("one image update") };
+        assert_eq!(image.add_tags, vec![tag("0a1b2c3")]);
+    }
+
+    #[test]
+    fn a_tag_added_to_a_rollout_in_progress_waits_for_its_verification() {
+        let v1 = push(10, '1', "v1");
+        let mut change = Change::new(having_seen(&[&v1]));
+        change.state.rollout = Some(rollout_of(&v1, RolloutState::InProgress));
+        add_tag(&app(), &mut change, &push(10, '1', "0a1b2c3"));
+        assert_eq!(change.state.rollout.as_ref().unwrap().tags, vec![tag("v1"), tag("0a1b2c3")]);
+        assert!(change.tags.is_empty(), "not promotable before stage verifies it");
+        assert_eq!(change.images.len(), 1);
+    }
+
+    #[test]
+    fn a_start_releases_the_held_push_it_or_a_newer_one_replaces() {
+        let (v2, v3) = (push(20, '2', "v2"), push(30, '3', "v3"));
+        let mut state = having_seen(&[&v2]);
+        state.held_push = Some(held(&v2));
+        starting(&mut state, &v2);
+        assert_eq!(state.held_push, None, "the held push itself, delivered again after resume");
+        state.held_push = Some(held(&v2));
+        starting(&mut state, &v3);
+        assert_eq!(state.held_push, None, "a newer push went out instead");
+        assert_eq!(state.arrival(v3.time, &v3.digest, &v3.tag), crate::record::Arrival::Repeated);
+        state.held_push = Some(held(&v3));
+        starting(&mut state, &v2);
+        assert_eq!(state.held_push, Some(held(&v3)), "an older push leaves a newer held one waiting");
     }
 }

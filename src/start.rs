@@ -119,12 +119,7 @@ pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<P
     let mut change = Change::new(here.state()?.clone());
     let adopted = note_what_runs(app, env, &mut change, &observed, now);
 
-    if observed.revision.digest.as_ref() == Some(candidate.digest) {
-        // Running already: this very rollout, when its record was lost and it was just adopted.
-        let started = match adopted.filter(|r| &r.digest == candidate.digest) {
-            Some(rollout) => Started::Rolling(Box::new(rollout)),
-            None => Started::AlreadyRunning { task_definition_arn: observed.service.task_definition.clone() },
-        };
+    if let Some(started) = already_running(&observed, candidate.digest, adopted) {
         return Ok(Plan { change, started, observed });
     }
     let rollout = match roll_out(&here.target, app, env, &change.state, &observed, candidate, here.held.took_over).await
@@ -147,6 +142,19 @@ pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<P
     change.state.rollback = None;
     begin(app, env, &mut change, rollout.clone());
     Ok(Plan { change, started: Started::Rolling(Box::new(rollout)), observed })
+}
+
+/// How a start ends without rolling anything out, when the service runs `digest` already: this
+/// very rollout, when its record was lost and it was just `adopted`, else nothing to do. `None`:
+/// the service runs something else, roll out.
+fn already_running(observed: &Observed, digest: &ImageDigest, adopted: Option<Rollout>) -> Option<Started> {
+    if observed.revision.digest.as_ref() != Some(digest) {
+        return None;
+    }
+    Some(match adopted.filter(|r| &r.digest == digest) {
+        Some(rollout) => Started::Rolling(Box::new(rollout)),
+        None => Started::AlreadyRunning { task_definition_arn: observed.service.task_definition.clone() },
+    })
 }
 
 /// Records a rollout as started: state, history, notification.
@@ -464,4 +472,349 @@ pub fn app_container_image<'a>(
         found: taskdef::container_names(definition).join(", "),
         parameter: app.parameter.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ecs::types::{ContainerDefinition, DeploymentRolloutState, Tag, TaskDefinition};
+
+    use super::*;
+    use crate::aws::{Deployment, DeploymentStatus};
+
+    const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
+    const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
+    const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
+    const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
+    }
+
+    fn digest(n: char) -> ImageDigest {
+        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
+    }
+
+    fn tag(t: &str) -> ImageTag {
+        ImageTag::parse(t).unwrap()
+    }
+
+    fn image(d: char) -> String {
+        format!("1.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest(d))
+    }
+
+    fn app() -> AppConfig {
+        let json = r#"{"repository": "shop", "container": "api",
+            "environments": {"stage": {"cluster": "stage", "service": "shop"},
+                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
+        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
+    }
+
+    /// Stage met on `TD1` running image `1`, nothing rolled out yet.
+    fn state() -> EnvState {
+        EnvState::first(
+            &AppName::parse("shop").unwrap(),
+            Environment::Stage,
+            "stage",
+            "shop",
+            Revision { arn: TD1.into(), digest: Some(digest('1')) },
+        )
+    }
+
+    /// A rollout of image `d` (tag `v{d}`) onto `td`, from `TD1`, as deployment `ecs-svc/{d}`.
+    fn rollout(td: &str, d: char, state: RolloutState) -> Rollout {
+        Rollout {
+            id: format!("r{d}"),
+            tag: tag(&format!("v{d}")),
+            tags: vec![tag(&format!("v{d}"))],
+            digest: digest(d),
+            image: image(d),
+            task_definition_arn: td.into(),
+            previous: Revision { arn: TD1.into(), digest: Some(digest('1')) },
+            deployment_id: Some(format!("ecs-svc/{d}")),
+            event_time: at(0),
+            started_at: at(0),
+            origin: Origin::Push,
+            state,
+        }
+    }
+
+    fn deployment(id: &str, status: DeploymentStatus, state: DeploymentRolloutState, td: &str) -> Deployment {
+        Deployment {
+            id: id.into(),
+            status,
+            rollout_state: Some(state),
+            rollout_state_reason: None,
+            task_definition: td.into(),
+            desired: 2,
+            running: 2,
+            failed_tasks: 0,
+        }
+    }
+
+    fn service(deployments: Vec<Deployment>) -> ServiceState {
+        ServiceState {
+            arn: "arn:aws:ecs:us-east-1:1:service/stage/shop".into(),
+            task_definition: deployments[0].task_definition.clone(),
+            desired: 2,
+            running: 2,
+            deployments,
+        }
+    }
+
+    /// The service runs `td` (its primary deployment `ecs-svc/running`), whose app container runs
+    /// image `d`, the revision carrying `tags`.
+    fn observed(td: &str, d: char, tags: &[(&str, &str)]) -> Observed {
+        let container = ContainerDefinition::builder().name("api").image(image(d)).build();
+        let definition =
+            TaskDefinition::builder().task_definition_arn(td).family("shop").container_definitions(container);
+        let tags = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect();
+        Observed {
+            service: service(vec![deployment(
+                "ecs-svc/running",
+                DeploymentStatus::Primary,
+                DeploymentRolloutState::InProgress,
+                td,
+            )]),
+            running: Arc::new(Described { definition: definition.build(), tags, raw: None }),
+            revision: Revision { arn: td.into(), digest: Some(digest(d)) },
+            image: Some(image(d)),
+        }
+    }
+
+    /// The tags Conveyor puts on the revision it registers for image `d` (tag `v{d}`).
+    fn conveyors(d: char) -> Vec<(&'static str, String)> {
+        vec![(TAG_APP, "shop".into()), (TAG_IMAGE_TAG, format!("v{d}")), (TAG_IMAGE_DIGEST, digest(d).to_string())]
+    }
+
+    fn observed_ours(td: &str, d: char) -> Observed {
+        let tags = conveyors(d);
+        observed(td, d, &tags.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())
+    }
+
+    fn events(change: &Change<EnvState>) -> Vec<Outcome> {
+        change.history.iter().map(|h| h.event).collect()
+    }
+
+    fn announced(change: &Change<EnvState>) -> Vec<Outcome> {
+        change.announcements.iter().map(|a| a.notification.outcome).collect()
+    }
+
+    #[test]
+    fn a_revision_the_state_knows_is_neither_adopted_nor_drift() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD2, '2', RolloutState::Verified { at: at(1) }));
+        for running in [observed(TD1, '1', &[]), observed_ours(TD2, '2')] {
+            let mut change = Change::new(state.clone());
+            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, at(5)), None);
+            assert_eq!(change.state, state);
+            assert!(change.history.is_empty() && change.announcements.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_rollout_whose_record_was_lost_is_adopted_not_started_again() {
+        let mut change = Change::new(state());
+        let adopted =
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), at(5)).expect("adopted");
+        assert_eq!(
+            (&adopted.tag, &adopted.digest, adopted.task_definition_arn.as_str()),
+            (&tag("v2"), &digest('2'), TD2)
+        );
+        assert_eq!(adopted.image, image('2'));
+        assert_eq!(
+            adopted.previous,
+            Revision { arn: TD1.into(), digest: Some(digest('1')) },
+            "the known-good revision"
+        );
+        assert_eq!(adopted.deployment_id.as_deref(), Some("ecs-svc/running"), "the primary deployment running it");
+        assert_eq!((adopted.origin.clone(), adopted.state.clone()), (Origin::Push, RolloutState::InProgress));
+        assert_eq!(change.state.rollout.as_ref(), Some(&adopted));
+        assert_eq!(change.state.drift, None);
+        assert_eq!(events(&change), [Outcome::Deploying]);
+        assert_eq!(change.history[0].reason.as_deref(), Some("adopted: the rollout happened but its record was lost"));
+        assert_eq!(announced(&change), [Outcome::Deploying]);
+    }
+
+    #[test]
+    fn adopting_a_lost_rollout_supersedes_the_one_in_flight_and_follows_it() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD2, '2', RolloutState::InProgress));
+        let mut change = Change::new(state);
+        let adopted =
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD3, '3'), at(5)).expect("adopted");
+        assert_eq!(adopted.previous, Revision { arn: TD2.into(), digest: Some(digest('2')) });
+        assert_eq!(events(&change), [Outcome::Superseded, Outcome::Deploying]);
+        assert_eq!(change.history[0].reason.as_deref(), Some("replaced by an earlier attempt's rollout"));
+        assert_eq!(announced(&change), [Outcome::Superseded, Outcome::Deploying]);
+    }
+
+    #[test]
+    fn a_lost_rollout_adopted_in_prod_is_a_promotion() {
+        let mut change = Change::new(state());
+        let adopted =
+            note_what_runs(&app(), Environment::Prod, &mut change, &observed_ours(TD2, '2'), at(5)).expect("adopted");
+        assert_eq!(adopted.origin, Origin::Promotion { requested_by: None, reason: None, forced: false });
+        assert_eq!(announced(&change), [Outcome::Promoted]);
+    }
+
+    #[test]
+    fn an_earlier_revision_of_conveyors_that_ecs_went_back_to_is_neither_lost_nor_drift() {
+        // The rollout onto :3 failed and the circuit breaker went back to :2, an earlier rollout's
+        // revision the state no longer names.
+        let mut state = state();
+        state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
+        let mut change = Change::new(state.clone());
+        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), at(5)), None);
+        assert_eq!(change.state, state);
+        assert!(change.history.is_empty() && change.announcements.is_empty());
+    }
+
+    #[test]
+    fn a_revision_nobody_told_conveyor_about_is_drift_announced_once() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD2, '2', RolloutState::InProgress));
+        let mut change = Change::new(state);
+        assert_eq!(
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed(TERRAFORM, '2', &[]), at(5)),
+            None
+        );
+        assert_eq!(change.state.drift, Some(Drift { revision: TERRAFORM.into(), seen_at: at(5) }));
+        assert_eq!(change.state.rollback, None);
+        assert_eq!(events(&change), [Outcome::Drift, Outcome::Superseded]);
+        assert_eq!(change.history[0].task_definition_arn.as_deref(), Some(TERRAFORM));
+        assert_eq!(change.history[0].digest, Some(digest('2')));
+        assert_eq!(announced(&change), [Outcome::Drift, Outcome::Superseded]);
+        assert_eq!(change.announcements[0].notification.severity, Severity::Info);
+        let rollout = change.state.rollout.as_ref().unwrap();
+        assert!(
+            matches!(&rollout.state, RolloutState::Superseded { reason, .. } if reason.contains("changed outside Conveyor"))
+        );
+
+        // Seen again: known now, nothing more to say.
+        let mut again = Change::new(change.state.clone());
+        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut again, &observed(TERRAFORM, '2', &[]), at(6)), None);
+        assert!(again.history.is_empty() && again.announcements.is_empty());
+    }
+
+    #[test]
+    fn a_revision_tagged_for_another_app_or_without_its_image_tags_is_drift() {
+        let d2 = digest('2').to_string();
+        let another_app = [(TAG_APP, "cart"), (TAG_IMAGE_TAG, "v2"), (TAG_IMAGE_DIGEST, d2.as_str())];
+        let no_digest = [(TAG_APP, "shop"), (TAG_IMAGE_TAG, "v2")];
+        for tags in [&another_app[..], &no_digest[..]] {
+            let mut change = Change::new(state());
+            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &observed(TD2, '2', tags), at(5)), None);
+            assert!(change.state.drift.is_some(), "{tags:?}");
+            assert_eq!(events(&change), [Outcome::Drift]);
+        }
+    }
+
+    #[test]
+    fn a_rollout_the_circuit_breaker_failed_and_went_back_from_is_rolled_back_not_superseded() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
+        let mut failed = deployment("ecs-svc/3", DeploymentStatus::Active, DeploymentRolloutState::Failed, TD3);
+        failed.rollout_state_reason = Some("ECS deployment circuit breaker: tasks failed to start.".into());
+        let back = deployment("ecs-svc/9", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD2);
+        let mut change = Change::new(state);
+        settle_in_flight(
+            &app(),
+            Environment::Stage,
+            &mut change,
+            &service(vec![back, failed]),
+            "replaced by v4",
+            at(5),
+        );
+        let rollout = change.state.rollout.as_ref().unwrap();
+        let RolloutState::RolledBack { at: when, reason, to, by } = &rollout.state else {
+            panic!("rolled back: {:?}", rollout.state)
+        };
+        assert_eq!((*when, to.as_str(), *by), (at(5), TD2, RolledBackBy::CircuitBreaker));
+        assert_eq!(
+            reason,
+            "ECS deployment circuit breaker: tasks failed to start. (ECS circuit breaker already rolled back)"
+        );
+        let [(_, image)] = &change.images[..] else { panic!("the image's failure: {:?}", change.images) };
+        assert_eq!(
+            image.failed.as_ref().map(|(env, failure)| (*env, failure.reason.as_str())),
+            Some((Environment::Stage, reason.as_str()))
+        );
+        assert_eq!(events(&change), [Outcome::RolledBack]);
+        assert_eq!(change.history[0].rollback_task_definition_arn.as_deref(), Some(TD2));
+        assert_eq!(announced(&change), [Outcome::RolledBack]);
+    }
+
+    #[test]
+    fn a_rollout_in_flight_that_ecs_did_not_fail_is_superseded() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
+        let rolling = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD3);
+        let mut change = Change::new(state);
+        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![rolling]), "replaced by v4", at(5));
+        assert_eq!(
+            change.state.rollout.as_ref().unwrap().state,
+            RolloutState::Superseded { at: at(5), reason: "replaced by v4".into() }
+        );
+        assert!(change.images.is_empty());
+        assert_eq!(events(&change), [Outcome::Superseded]);
+        assert_eq!(announced(&change), [Outcome::Superseded]);
+    }
+
+    #[test]
+    fn a_settled_rollout_is_not_settled_again() {
+        let mut state = state();
+        state.rollout = Some(rollout(TD3, '3', RolloutState::Verified { at: at(1) }));
+        let running = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::Completed, TD3);
+        let mut change = Change::new(state.clone());
+        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![running]), "replaced by v4", at(5));
+        supersede(&app(), Environment::Stage, &mut change, "replaced by v4", at(5));
+        assert_eq!(change.state, state);
+        assert!(change.history.is_empty() && change.announcements.is_empty());
+    }
+
+    #[test]
+    fn a_rollout_begins_as_deploying_in_stage_and_promoted_with_its_reason_in_prod() {
+        let mut change = Change::new(state());
+        begin(&app(), Environment::Stage, &mut change, rollout(TD2, '2', RolloutState::InProgress));
+        assert_eq!(events(&change), [Outcome::Deploying]);
+        assert_eq!(announced(&change), [Outcome::Deploying]);
+        assert_eq!(change.state.rollout.as_ref().map(|r| r.task_definition_arn.as_str()), Some(TD2));
+
+        let mut promotion = rollout(TD2, '2', RolloutState::InProgress);
+        promotion.origin =
+            Origin::Promotion { requested_by: Some("alice".into()), reason: Some("hotfix".into()), forced: true };
+        let mut change = Change::new(state());
+        begin(&app(), Environment::Prod, &mut change, promotion);
+        assert_eq!(events(&change), [Outcome::Promoted]);
+        let entry = &change.history[0];
+        assert_eq!(
+            (entry.reason.as_deref(), entry.requested_by.as_deref(), entry.forced),
+            (Some("hotfix"), Some("alice"), true)
+        );
+        assert_eq!(announced(&change), [Outcome::Promoted]);
+    }
+
+    #[test]
+    fn a_service_running_another_image_is_rolled_out() {
+        let running = observed(TD2, '2', &[]);
+        assert!(already_running(&running, &digest('3'), None).is_none());
+        let adopted = rollout(TD2, '2', RolloutState::InProgress);
+        assert!(already_running(&running, &digest('3'), Some(adopted)).is_none());
+        let mut unpinned = observed(TD2, '2', &[]);
+        unpinned.revision.digest = None;
+        assert!(already_running(&unpinned, &digest('2'), None).is_none(), "an image by tag is not known to be it");
+    }
+
+    #[test]
+    fn a_service_running_the_candidate_already_changes_nothing() {
+        let started = already_running(&observed(TD2, '2', &[]), &digest('2'), None);
+        assert!(matches!(started, Some(Started::AlreadyRunning { task_definition_arn }) if task_definition_arn == TD2));
+    }
+
+    #[test]
+    fn the_candidates_lost_rollout_just_adopted_is_the_start() {
+        let adopted = rollout(TD2, '2', RolloutState::InProgress);
+        let started = already_running(&observed_ours(TD2, '2'), &digest('2'), Some(adopted.clone()));
+        assert!(matches!(started, Some(Started::Rolling(rollout)) if *rollout == adopted));
+    }
 }
