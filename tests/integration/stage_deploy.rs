@@ -1,6 +1,7 @@
 //! stage-deploy through the library against the local AWS: failures, retries, bursts.
 
 use chrono::{Duration, Utc};
+use conveyor::vocabulary::Action;
 use conveyor::Error;
 use conveyor_testkit::local_aws::{Fault, FaultMode};
 use conveyor_testkit::world::digest;
@@ -58,7 +59,7 @@ async fn an_invalid_app_config_never_blocks_valid_apps() {
     let report =
         conveyor.stage(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()), &invocation()).await.unwrap();
     assert_eq!(report.apps.len(), 1);
-    assert_eq!(report.apps[0].status.as_str(), "deploying");
+    assert_eq!(report.apps[0].status, Action::Deploying);
     assert!(world.running_image(&good.stage).await.ends_with(&digest(1)));
 }
 
@@ -86,7 +87,7 @@ async fn a_refused_update_service_leaves_no_half_done_deployment() {
 
     // The retry deploys.
     let report = conveyor.stage(push, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status.as_str(), "deploying");
+    assert_eq!(report.apps[0].status, Action::Deploying);
     assert!(world.running_image(&app.stage).await.ends_with(&digest(1)));
 }
 
@@ -99,7 +100,7 @@ async fn throttling_is_retried_by_the_sdk() {
     world.aws.inject_fault("RegisterTaskDefinition", &world.id, "ThrottlingException", 400, 2).await;
     let report =
         conveyor.stage(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now()), &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status.as_str(), "deploying");
+    assert_eq!(report.apps[0].status, Action::Deploying);
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2);
 }
 
@@ -120,7 +121,7 @@ async fn a_rollout_whose_record_was_lost_is_recorded_on_retry() {
     world.aws.clear_faults(&world.table).await;
 
     let report = conveyor.stage(push, &invocation()).await.unwrap();
-    assert_eq!(report.apps[0].status.as_str(), "deploying", "{report:?}");
+    assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
     assert_eq!(world.revisions(&app.stage.family).await.len(), 2, "no second revision for the same push");
     let record = world.record("shop-api", "stage").await.unwrap();
     assert_eq!(record["rollout"]["digest"], digest(1).as_str());
