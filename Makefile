@@ -30,7 +30,9 @@ unit: ## fast unit tests of the pure logic and the property tests, no network
 demo: setup build ## the whole story on a local AWS: push → stage → verify → promote → rollback
 	target/debug/demo
 
-bench: setup ## cold start, latency and memory of the release binaries (x86_64, against local AWS)
+# The cold push is also measured against the same job in Python/boto3 (tests/testkit/bench/), run
+# on the Python and boto3 that `setup` installs into .venv (moto's).
+bench: setup ## cold start, latency and memory of the release binaries, cold push vs Python/boto3 (x86_64, local AWS)
 	cargo build --release --locked -p stage-deploy -p deploy-monitor -p promote
 	cargo build --locked -p conveyor-testkit --bin bench
 	target/debug/bench

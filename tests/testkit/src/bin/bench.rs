@@ -17,9 +17,17 @@
 //! one invocation as the local AWS counted them (first / warm). The state each invocation needs
 //! (a rollout in flight, a verified tag...) is prepared in this process with the library, untimed,
 //! as the other functions would have left it.
+//!
+//! Then the **cold push** against a yardstick: a fresh process from spawn to the answer of its
+//! first invocation (queued before the spawn, as Lambda's first invocation of a new sandbox is),
+//! for `stage-deploy` and for `tests/testkit/bench/push_boto3.py` — the same job written in Python
+//! with boto3, run by a minimal Python runtime loop (`tests/testkit/bench/bootstrap`) against the
+//! same Runtime API host and local AWS — on the same event and the same arranged state, the two
+//! alternating. Both must make the very same AWS calls, or there is no number.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -32,6 +40,8 @@ use serde_json::{json, Value};
 const COLD: usize = 5;
 /// Timed invocations on one warm process per flow (after one untimed warm-up).
 const WARM: usize = 20;
+/// The issue's goal for a cold push: Rust at least this many times faster than Python/boto3.
+const COLD_PUSH_GOAL: f64 = 20.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -176,15 +186,99 @@ fn total(calls: &BTreeMap<String, u64>) -> u64 {
     calls.values().sum()
 }
 
+/// A function program, run as Lambda runs it: a release binary, or the Python yardstick.
+struct Program {
+    /// The function's name (what the tables show).
+    name: &'static str,
+    /// What it is written in and runs on.
+    runtime: String,
+    path: PathBuf,
+    /// Variables besides the world's.
+    env: Vec<(String, String)>,
+}
+
+impl Program {
+    fn release(function: &'static str) -> Program {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| conveyor_testkit::repo_root().join("target"), PathBuf::from);
+        let path = target.join("release").join(function);
+        assert!(path.exists(), "{} is missing: `make bench` builds it", path.display());
+        Program { name: function, runtime: "Rust, release binary".into(), path, env: Vec::new() }
+    }
+
+    /// `push_boto3.py` under its runtime loop, on the Python and boto3 of `.venv` (the local
+    /// AWS's): `bootstrap` finds that Python first on `PATH`. No bytecode is written: on Lambda the
+    /// function's own module is compiled at every cold start (its code is read-only), the
+    /// libraries' bytecode ships with them (pip compiled `.venv`'s).
+    fn python() -> Program {
+        let root = conveyor_testkit::repo_root();
+        let venv = root.join(".venv/bin");
+        let version = Command::new(venv.join("python"))
+            .args(["-c", "import sys, boto3; print(f'Python {sys.version.split()[0]}, boto3 {boto3.__version__}')"])
+            .output()
+            .expect("the Python of .venv (`make setup` installs it)");
+        assert!(version.status.success(), "boto3 is missing from .venv: {}", String::from_utf8_lossy(&version.stderr));
+        let path = std::env::join_paths(
+            std::iter::once(venv).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        )
+        .expect("a PATH");
+        Program {
+            name: "push_boto3.py",
+            runtime: format!("{}, minimal runtime loop", String::from_utf8_lossy(&version.stdout).trim()),
+            path: root.join("tests/testkit/bench/bootstrap"),
+            env: vec![
+                ("PATH".into(), path.to_string_lossy().into_owned()),
+                ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+                ("_HANDLER".into(), "push_boto3.handler".into()),
+            ],
+        }
+    }
+
+    async fn spawn(&self, world: &World) -> Function {
+        let mut env = world.function_env();
+        env.extend(self.env.iter().cloned());
+        Function::spawn_binary(self.name, &self.path, &env).await
+    }
+}
+
+/// What fresh processes measured: each one's init, first invocation and cold push (spawn →
+/// answer), its AWS calls; the peak RSS of all.
+#[derive(Default)]
+struct Cold {
+    inits: Vec<Duration>,
+    firsts: Vec<Duration>,
+    pushes: Vec<Duration>,
+    calls: Vec<BTreeMap<String, u64>>,
+    peak_rss_kib: u64,
+}
+
+impl Cold {
+    /// A fresh process of `program` on a fresh world, invoked with run 0 of `flow`: the invocation
+    /// is queued before the spawn, as Lambda's first invocation of a new sandbox waits for it.
+    async fn run(&mut self, flow: Flow, program: &Program) {
+        let mut bench = Bench::new(flow.apps(1)).await;
+        let payload = bench.prepare(flow, 0).await;
+        let before = bench.calls().await;
+        let function = program.spawn(&bench.world).await;
+        let answer = function.invoke(payload).await;
+        let push = function.spawned_at.elapsed();
+        let init = function.init_duration().await;
+        let after = bench.calls().await;
+        self.peak_rss_kib = self.peak_rss_kib.max(function.peak_rss_kib().unwrap_or(0));
+        bench.finish(flow, &answer.response()).await;
+        self.inits.push(init);
+        self.firsts.push(push - init);
+        self.pushes.push(push);
+        self.calls.push(delta(&before, &after));
+    }
+}
+
 /// One flow's measurements.
 #[derive(Default)]
 struct Measured {
-    inits: Vec<Duration>,
-    firsts: Vec<Duration>,
-    first_calls: Vec<BTreeMap<String, u64>>,
+    cold: Cold,
     warm: Vec<Duration>,
     warm_calls: Vec<BTreeMap<String, u64>>,
-    peak_rss_kib: u64,
 }
 
 /// Invokes `function` with run `run` of `flow` on `bench`; returns the latency and the calls.
@@ -201,36 +295,50 @@ async fn run_once(bench: &mut Bench, function: &Function, flow: Flow, run: usize
 }
 
 async fn measure(flow: Flow) -> Measured {
-    let binary = release_binary(flow.function());
+    let program = Program::release(flow.function());
     let mut measured = Measured::default();
     for _ in 0..COLD {
-        let mut bench = Bench::new(flow.apps(1)).await;
-        let function = Function::spawn_binary(flow.function(), &binary, &bench.world.function_env()).await;
-        measured.inits.push(function.init_duration().await);
-        let (first, calls) = run_once(&mut bench, &function, flow, 0).await;
-        measured.firsts.push(first);
-        measured.first_calls.push(calls);
-        measured.peak_rss_kib = measured.peak_rss_kib.max(function.peak_rss_kib().unwrap_or(0));
+        measured.cold.run(flow, &program).await;
     }
     let mut bench = Bench::new(flow.apps(WARM + 1)).await;
-    let function = Function::spawn_binary(flow.function(), &binary, &bench.world.function_env()).await;
-    measured.inits.push(function.init_duration().await);
+    let function = program.spawn(&bench.world).await;
+    measured.cold.inits.push(function.init_duration().await);
     run_once(&mut bench, &function, flow, 0).await; // warm-up
     for run in 1..=WARM {
         let (latency, calls) = run_once(&mut bench, &function, flow, run).await;
         measured.warm.push(latency);
         measured.warm_calls.push(calls);
     }
-    measured.peak_rss_kib = measured.peak_rss_kib.max(function.peak_rss_kib().unwrap_or(0));
+    measured.cold.peak_rss_kib = measured.cold.peak_rss_kib.max(function.peak_rss_kib().unwrap_or(0));
     measured
 }
 
-fn release_binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| conveyor_testkit::repo_root().join("target"), PathBuf::from);
-    let path = target.join("release").join(name);
-    assert!(path.exists(), "{} is missing: `make bench` builds it", path.display());
-    path
+/// Cold pushes (a first deploy) of `stage-deploy` and of the Python yardstick: `COLD` fresh
+/// processes each, alternating so that load drifting on a shared machine hits both alike, after
+/// one untimed run of each (the page cache holds both programs, as it would a warm Lambda host's).
+/// Both must have made the same AWS calls.
+async fn compare() -> [(Program, Cold); 2] {
+    let mut programs = [Program::release("stage-deploy"), Program::python()].map(|p| (p, Cold::default()));
+    for (program, _) in &programs {
+        Cold::default().run(Flow::FirstDeploy, program).await;
+    }
+    for _ in 0..COLD {
+        for (program, cold) in &mut programs {
+            cold.run(Flow::FirstDeploy, program).await;
+        }
+    }
+    let [(rust, rust_cold), (python, python_cold)] = &programs;
+    let (rust_calls, python_calls) = (typical(&rust_cold.calls), typical(&python_cold.calls));
+    assert_eq!(
+        rust_calls,
+        python_calls,
+        "{} and {} must make the same AWS calls: {} vs {}",
+        rust.name,
+        python.name,
+        breakdown(rust_calls),
+        breakdown(python_calls)
+    );
+    programs
 }
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
@@ -277,6 +385,8 @@ async fn main() {
         eprintln!("bench: {} ({COLD} cold processes, {WARM} warm runs)...", flow.name());
         results.push((flow, measure(flow).await));
     }
+    eprintln!("bench: cold push, Rust vs Python/boto3 ({COLD} cold processes each)...");
+    let compared = compare().await;
 
     println!(
         "Release binaries (x86_64, `[profile.release]`), {} against moto server on loopback; {COLD} fresh processes and \
@@ -291,12 +401,12 @@ async fn main() {
             "| {} | `{}` | {} | {} | {} | {} | {} | {} / {} |",
             flow.name(),
             flow.function(),
-            ms(percentile(&m.inits, 0.5)),
-            ms(percentile(&m.firsts, 0.5)),
+            ms(percentile(&m.cold.inits, 0.5)),
+            ms(percentile(&m.cold.firsts, 0.5)),
             ms(percentile(&m.warm, 0.5)),
             ms(percentile(&m.warm, 0.9)),
-            mib(m.peak_rss_kib),
-            total(typical(&m.first_calls)),
+            mib(m.cold.peak_rss_kib),
+            total(typical(&m.cold.calls)),
             total(typical(&m.warm_calls)),
         );
     }
@@ -305,13 +415,52 @@ async fn main() {
         println!(
             "- {} — first: {}; warm: {}",
             flow.name(),
-            breakdown(typical(&m.first_calls)),
+            breakdown(typical(&m.cold.calls)),
             breakdown(typical(&m.warm_calls))
         );
     }
+
+    println!(
+        "\nCold push against Python/boto3: a fresh process from spawn to the answer of its first invocation (a first \
+         deploy of one app), `stage-deploy` and the same job in Python (`tests/testkit/bench/push_boto3.py`), on the same \
+         event, the same arranged state and the same Runtime API host, making the same AWS calls; {COLD} fresh processes \
+         each, alternating, after one untimed run of each. Python's init is the interpreter's start, `import boto3` and \
+         four clients; its runtime is a minimal loop (`tests/testkit/bench/bootstrap`).\n"
+    );
+    println!("| function | runtime | init p50 | first invocation p50 | cold push p50 | peak RSS | AWS calls |");
+    println!("|---|---|---|---|---|---|---|");
+    for (program, cold) in &compared {
+        println!(
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
+            program.name,
+            program.runtime,
+            ms(percentile(&cold.inits, 0.5)),
+            ms(percentile(&cold.firsts, 0.5)),
+            ms(percentile(&cold.pushes, 0.5)),
+            mib(cold.peak_rss_kib),
+            breakdown(typical(&cold.calls)),
+        );
+    }
+    let [(rust, rust_cold), (python, python_cold)] = &compared;
+    let p50_ratio = |of: fn(&Cold) -> &[Duration]| {
+        let (rust, python) = (percentile(of(rust_cold), 0.5), percentile(of(python_cold), 0.5));
+        (rust, python, python.as_secs_f64() / rust.as_secs_f64())
+    };
+    let (rust_push, python_push, ratio) = p50_ratio(|cold| &cold.pushes);
+    let (.., init_ratio) = p50_ratio(|cold| &cold.inits);
+    println!(
+        "\nCold push p50: `{}` {}, `{}` {}: **{ratio:.1}× faster** in Rust (goal: ≥ {COLD_PUSH_GOAL}×, {}); init p50 \
+         alone: {init_ratio:.1}× faster.",
+        rust.name,
+        ms(rust_push),
+        python.name,
+        ms(python_push),
+        if ratio >= COLD_PUSH_GOAL { "met" } else { "not met" }
+    );
+
     println!("\nBinary sizes:");
     for function in ["stage-deploy", "deploy-monitor", "promote"] {
-        let size = std::fs::metadata(release_binary(function)).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(Program::release(function).path).map(|m| m.len()).unwrap_or(0);
         println!("- `{function}`: {:.1} MiB", size as f64 / 1_048_576.0);
     }
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
