@@ -7,7 +7,7 @@ VENV := .venv
 INFRA_VENV := .venv-infra
 INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup infra-tools build lint test unit demo bench soak fuzz infra release size clean
+.PHONY: help setup infra-tools infra-check build lint test unit demo bench soak fuzz infra release size clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -62,23 +62,27 @@ fuzz: ## cargo fuzz each parser for FUZZ_SECONDS (nightly; not in CI; see fuzz/R
 infra-tools: ## SAM CLI, cfn-lint, checkov, cargo-lambda into .venv-infra
 	tests/localaws/setup.sh --infra
 
-# sam build targets arm64; where Rust's aarch64 target cannot be installed, it builds x86_64.
-infra: infra-tools ## validate both templates (sam validate --lint, cfn-lint, checkov) and sam build Conveyor's
+# The Lambda builds target arm64; where Rust's aarch64 target cannot be installed, x86_64.
+AARCH64 := rustup target list --installed | grep -qx aarch64-unknown-linux-gnu
+
+release: infra-tools ## Lambda release builds of the three functions (a bootstrap each), one cargo-lambda run
+	if $(AARCH64) || rustup target add aarch64-unknown-linux-gnu; then arch=--arm64; \
+	else echo "release: no aarch64 Rust target here: building x86_64"; arch=--x86-64; fi; \
+	$(INFRA_PATH) cargo lambda build --release $$arch --locked -p stage-deploy -p deploy-monitor -p promote
+
+infra-check: infra-tools ## validate both templates: sam validate --lint, cfn-lint, checkov
 	$(INFRA_PATH) sam validate --lint
 	$(INFRA_PATH) cfn-lint infra/template.yaml infra/target-account.yaml
 	$(INFRA_PATH) checkov -d infra --framework cloudformation --quiet --compact --skip-download
-	if rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu; then \
-	  $(INFRA_PATH) sam build; \
-	else \
-	  echo "infra: no aarch64 Rust target here: building x86_64"; \
-	  $(INFRA_PATH) sam build --parameter-overrides Architecture=x86_64; \
-	fi
+
+# sam build runs cargo-lambda once per function, one after the other (three link-time optimised
+# links in a row); after `release` built all three in one cargo run (two links at a time), its
+# cargo runs find everything up to date and it only copies the bootstraps into .aws-sam.
+infra: infra-check release ## the template checks, then sam build Conveyor's (reusing `make release`)
+	if $(AARCH64); then $(INFRA_PATH) sam build; \
+	else $(INFRA_PATH) sam build --parameter-overrides Architecture=x86_64; fi
 	@file .aws-sam/build/*/bootstrap
 	@ls -l .aws-sam/build/*/bootstrap
-
-release: infra-tools ## Lambda release builds for arm64 (a bootstrap per function) with cargo-lambda
-	rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
-	$(INFRA_PATH) cargo lambda build --release --arm64 --locked -p stage-deploy -p deploy-monitor -p promote
 
 size: release ## release binary sizes
 	@ls -l target/lambda/*/bootstrap | awk '{printf "%-40s %6.1f MiB\n", $$9, $$5/1048576}'
