@@ -22,10 +22,10 @@ pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 /// a push from further in the future was not sent by ECR (a direct invoke) and, once recorded,
 /// would make every real push before that time "late".
 pub const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(5);
-/// The longest event `id` kept (EventBridge's are 36-character UUIDs).
-pub const MAX_EVENT_ID: usize = 128;
-/// The longest `account` or `region` kept (AWS's are 12 digits, and at most about 20 characters).
-pub const MAX_ACCOUNT_OR_REGION: usize = 64;
+/// The longest event `id`, `account` or `region` kept, in characters (EventBridge's ids are
+/// 36-character UUIDs, accounts 12 digits, regions about 20 characters): far more than AWS
+/// sends, far less than a DynamoDB item can hold.
+pub const MAX_ENVELOPE_MEMBER: usize = 128;
 
 /// A payload that is not a well-formed event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,10 +102,10 @@ pub fn push(payload: Value) -> Result<Result<Push, Skip>, InvalidEvent> {
         .time
         .ok_or_else(|| InvalidEvent("ECR push event without `time`: pushes are applied in event-time order".into()))?;
     Ok(Ok(Push {
-        event_id: bounded("id", event.id, MAX_EVENT_ID)?,
+        event_id: bounded("id", event.id, MAX_ENVELOPE_MEMBER)?,
         time,
-        account: bounded("account", event.account.filter(|a| !a.is_empty()), MAX_ACCOUNT_OR_REGION)?,
-        region: bounded("region", event.region.filter(|r| !r.is_empty()), MAX_ACCOUNT_OR_REGION)?,
+        account: bounded("account", event.account.filter(|a| !a.is_empty()), MAX_ENVELOPE_MEMBER)?,
+        region: bounded("region", event.region.filter(|r| !r.is_empty()), MAX_ENVELOPE_MEMBER)?,
         repository,
         digest,
         tag,
@@ -358,9 +358,8 @@ mod tests {
 
     #[test]
     fn envelope_members_kept_are_bounded() {
-        for (field, limit) in
-            [("id", MAX_EVENT_ID), ("account", MAX_ACCOUNT_OR_REGION), ("region", MAX_ACCOUNT_OR_REGION)]
-        {
+        let limit = MAX_ENVELOPE_MEMBER;
+        for field in ["id", "account", "region"] {
             let mut at_limit = shop_push();
             at_limit[field] = json!("é".repeat(limit));
             assert!(push(at_limit).unwrap().is_ok(), "{field} of {limit} characters refused");
