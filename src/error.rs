@@ -124,6 +124,20 @@ pub enum InvalidRequest {
     Text { field: &'static str, limit: usize },
 }
 
+/// The longest free text a user may give (a promotion's `reason` and `requested_by`, a pause's
+/// reason): it is stored in the state table and shown in notifications.
+pub const TEXT_LIMIT: usize = 256;
+
+/// Free text from a user, trimmed (`None` when empty): at most [`TEXT_LIMIT`] characters and no
+/// control characters (a newline would start a line of its own in a notification's markdown).
+pub fn user_text(field: &'static str, value: Option<String>) -> Result<Option<String>, InvalidRequest> {
+    let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { return Ok(None) };
+    if value.chars().count() > TEXT_LIMIT || value.chars().any(char::is_control) {
+        return Err(InvalidRequest::Text { field, limit: TEXT_LIMIT });
+    }
+    Ok(Some(value))
+}
+
 /// Why an image may not be promoted, with what may be instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotVetted {
@@ -207,5 +221,26 @@ impl Error {
 impl From<Error> for Diagnostic {
     fn from(error: Error) -> Diagnostic {
         Diagnostic { error_type: error.error_type().as_str().to_owned(), error_message: error.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_text_is_bounded_and_single_line() {
+        assert_eq!(user_text("reason", None), Ok(None));
+        assert_eq!(user_text("reason", Some("  ".into())), Ok(None));
+        assert_eq!(user_text("reason", Some(" load test ".into())), Ok(Some("load test".into())));
+        let longest = "é".repeat(TEXT_LIMIT);
+        assert_eq!(user_text("reason", Some(longest.clone())), Ok(Some(longest)));
+        for bad in
+            ["x".repeat(TEXT_LIMIT + 1), "x".repeat(1 << 20), "a\n*Requested by:* admin".into(), "a\u{0}b".into()]
+        {
+            let error = user_text("reason", Some(bad)).unwrap_err();
+            assert_eq!(error, InvalidRequest::Text { field: "reason", limit: TEXT_LIMIT });
+            assert_eq!(error.to_string(), "`reason` must be at most 256 characters of text (no control characters)");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! [`InvalidEvent`]; anything that is simply not for Conveyor is a [`Skip`].
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,6 +17,15 @@ pub const ECS_SOURCE: &str = "aws.ecs";
 pub const ECS_DEPLOYMENT_STATE_CHANGE: &str = "ECS Deployment State Change";
 pub const SCHEDULE_SOURCE: &str = "aws.events";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
+
+/// How far ahead of now a push's `time` may be: EventBridge stamps events with AWS's clock, so
+/// a push from further in the future was not sent by ECR (a direct invoke) and, once recorded,
+/// would make every real push before that time "late".
+pub const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(5);
+/// The longest event `id`, `account` or `region` kept, in characters (EventBridge's ids are
+/// 36-character UUIDs, accounts 12 digits, regions about 20 characters): far more than AWS
+/// sends, far less than a DynamoDB item can hold.
+pub const MAX_ENVELOPE_MEMBER: usize = 128;
 
 /// A payload that is not a well-formed event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,14 +102,41 @@ pub fn push(payload: Value) -> Result<Result<Push, Skip>, InvalidEvent> {
         .time
         .ok_or_else(|| InvalidEvent("ECR push event without `time`: pushes are applied in event-time order".into()))?;
     Ok(Ok(Push {
-        event_id: event.id,
+        event_id: bounded("id", event.id, MAX_ENVELOPE_MEMBER)?,
         time,
-        account: event.account.filter(|a| !a.is_empty()),
-        region: event.region.filter(|r| !r.is_empty()),
+        account: bounded("account", event.account.filter(|a| !a.is_empty()), MAX_ENVELOPE_MEMBER)?,
+        region: bounded("region", event.region.filter(|r| !r.is_empty()), MAX_ENVELOPE_MEMBER)?,
         repository,
         digest,
         tag,
     }))
+}
+
+/// An envelope member kept in the state table: at most `limit` characters, so that no item can
+/// grow past DynamoDB's limits (the value itself is not repeated in the error).
+fn bounded(field: &str, value: Option<String>, limit: usize) -> Result<Option<String>, InvalidEvent> {
+    match value {
+        Some(value) if value.chars().count() > limit => Err(InvalidEvent(format!(
+            "ECR push event whose `{field}` is {} characters long (at most {limit})",
+            value.chars().count()
+        ))),
+        value => Ok(value),
+    }
+}
+
+/// Refuses a push stamped more than [`MAX_CLOCK_AHEAD`] after `now`: no ECR push is, and one
+/// recorded would make every real push until its time "late" (recorded, never rolled out).
+pub fn not_ahead_of(push: &Push, now: DateTime<Utc>) -> Result<(), InvalidEvent> {
+    if push.time > now + MAX_CLOCK_AHEAD {
+        return Err(InvalidEvent(format!(
+            "ECR push event from the future: its time {} is more than {} minutes after now ({}); \
+             EventBridge never sends such a push",
+            push.time.to_rfc3339(),
+            MAX_CLOCK_AHEAD.num_minutes(),
+            now.to_rfc3339()
+        )));
+    }
+    Ok(())
 }
 
 /// What an "ECS Deployment State Change" event says happened.
@@ -318,6 +354,44 @@ mod tests {
         let mut no_time = shop_push();
         no_time.as_object_mut().unwrap().remove("time");
         assert_invalid(no_time, "time");
+    }
+
+    #[test]
+    fn envelope_members_kept_are_bounded() {
+        let limit = MAX_ENVELOPE_MEMBER;
+        for field in ["id", "account", "region"] {
+            let mut at_limit = shop_push();
+            at_limit[field] = json!("é".repeat(limit));
+            assert!(push(at_limit).unwrap().is_ok(), "{field} of {limit} characters refused");
+            let mut over = shop_push();
+            over[field] = json!("1".repeat(limit + 1));
+            assert_invalid(over, &format!("`{field}` is {} characters long (at most {limit})", limit + 1));
+            let mut huge = shop_push();
+            huge[field] = json!("x".repeat(1 << 20));
+            match push(huge) {
+                Err(InvalidEvent(message)) => {
+                    assert!(message.len() < 200, "the value is not echoed: {}", message.len())
+                }
+                other => panic!("a megabyte {field} accepted: {other:?}"),
+            }
+        }
+        let mut huge_digest = shop_push();
+        huge_digest["detail"]["image-digest"] = json!(format!("sha256:{}", "a".repeat(1 << 20)));
+        assert_invalid(huge_digest, "image digest");
+    }
+
+    #[test]
+    fn a_push_from_the_future_is_refused() {
+        let push = push(shop_push()).unwrap().unwrap();
+        let pushed = push.time;
+        // Up to 5 minutes ahead of our clock: clock skew, accepted.
+        for now in [pushed, pushed + TimeDelta::hours(1), pushed - MAX_CLOCK_AHEAD] {
+            assert_eq!(not_ahead_of(&push, now), Ok(()), "now = {now}");
+        }
+        for now in [pushed - MAX_CLOCK_AHEAD - TimeDelta::seconds(1), pushed - TimeDelta::hours(1)] {
+            let InvalidEvent(message) = not_ahead_of(&push, now).unwrap_err();
+            assert!(message.contains("from the future") && message.contains("5 minutes"), "{message}");
+        }
     }
 
     #[test]

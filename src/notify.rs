@@ -139,7 +139,7 @@ impl Notification {
             Severity::Error => ":red_circle:",
             Severity::Critical => ":rotating_light:",
         };
-        format!("{icon} {}", self.headline())
+        format!("{icon} {}", slack::escape(&self.headline()))
     }
 
     /// `shop-api prod: rolled back v1.4.2`
@@ -149,28 +149,39 @@ impl Notification {
         format!("{} {}: {}{what}{forced}", self.app, self.environment_name(), self.outcome.headline())
     }
 
-    /// Markdown body: every fact on its own line, so Slack and email both read well.
+    /// Markdown body: every fact on its own line, so Slack and email both read well. Every value
+    /// is escaped ([`slack::escape`]): reasons and names are written by users, diagnostics by the
+    /// app's containers.
     pub fn description(&self) -> String {
+        use slack::escape;
         let mut lines = Vec::new();
         if let Some(reason) = &self.reason {
-            lines.push(format!("*Reason:* {reason}"));
+            lines.push(format!("*Reason:* {}", escape(reason)));
         }
         let facts: [(&str, Option<String>); 8] = [
-            ("Image", self.digest.as_ref().map(|d| format!("`{d}`"))),
-            ("Service", self.cluster.as_ref().zip(self.service.as_ref()).map(|(c, s)| format!("`{c}/{s}`"))),
-            ("Task definition", self.task_definition_arn.as_ref().map(|t| format!("`{}`", short_arn(t)))),
-            ("Rolled back to", self.rollback_task_definition_arn.as_ref().map(|t| format!("`{}`", short_arn(t)))),
-            ("Deployment", self.deployment_id.as_ref().map(|d| format!("`{d}`"))),
-            ("Requested by", self.requested_by.clone()),
+            ("Image", self.digest.as_ref().map(|d| format!("`{}`", escape(d.as_str())))),
+            (
+                "Service",
+                self.cluster.as_ref().zip(self.service.as_ref()).map(|(c, s)| format!("`{}/{}`", escape(c), escape(s))),
+            ),
+            ("Task definition", self.task_definition_arn.as_ref().map(|t| format!("`{}`", escape(short_arn(t))))),
+            (
+                "Rolled back to",
+                self.rollback_task_definition_arn.as_ref().map(|t| format!("`{}`", escape(short_arn(t)))),
+            ),
+            ("Deployment", self.deployment_id.as_ref().map(|d| format!("`{}`", escape(d)))),
+            ("Requested by", self.requested_by.as_deref().map(escape)),
             ("Forced", self.forced.then(|| "yes: the image failed before".to_owned())),
             ("Severity", Some(self.severity.to_string())),
         ];
         lines.extend(facts.into_iter().filter_map(|(name, value)| value.map(|v| format!("*{name}:* {v}"))));
-        lines.extend(self.diagnostics.iter().map(|d| format!("• {d}")));
+        lines.extend(self.diagnostics.iter().map(|d| format!("• {}", escape(d))));
         lines.join("\n")
     }
 
-    /// `additionalContext`: every fact that applies, as strings.
+    /// `additionalContext`: every fact that applies, as strings, as they are (not escaped):
+    /// Chatbot does not render this metadata as markdown — it is data for filters and custom
+    /// actions' variables, which must get the values themselves.
     pub fn context(&self) -> Map<String, Value> {
         let facts = [
             ("app", Some(self.app.clone())),
@@ -429,6 +440,33 @@ mod tests {
         assert!(context.get("rollback_task_definition_arn").is_none());
         assert!(context.get("forced").is_none());
         assert!(message["content"]["description"].as_str().unwrap().contains("shop-api:8"));
+    }
+
+    #[test]
+    fn text_from_users_is_escaped_in_every_markdown_field_and_kept_as_is_in_the_context() {
+        let mut n = deploying();
+        n.reason = Some("<!channel> see <https://evil.example|Approve> & sign".into());
+        n.requested_by = Some("<@U123>".into());
+        n.cluster = Some("c<&>".into());
+        n.diagnostics = vec!["exit <!here>".into()];
+        let message = n.chatbot_message("id");
+        let description = message["content"]["description"].as_str().unwrap();
+        assert!(
+            description.contains("*Reason:* &lt;!channel&gt; see &lt;https://evil.example|Approve&gt; &amp; sign"),
+            "{description}"
+        );
+        assert!(description.contains("*Requested by:* &lt;@U123&gt;"), "{description}");
+        assert!(description.contains("`c&lt;&amp;&gt;/shop-api`"), "{description}");
+        assert!(description.contains("• exit &lt;!here&gt;"), "{description}");
+        let slack = n.slack_message();
+        for markdown in [message["content"]["title"].to_string(), description.to_owned(), slack.to_string()] {
+            assert!(!markdown.contains('<') && !markdown.contains('>'), "unescaped markdown: {markdown}");
+        }
+        assert_eq!(slack["blocks"][1]["text"]["text"], description, "the same description on both channels");
+        // The metadata is data, not markdown: as written.
+        let context = &message["metadata"]["additionalContext"];
+        assert_eq!(context["reason"], "<!channel> see <https://evil.example|Approve> & sign");
+        assert_eq!(context["requested_by"], "<@U123>");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::AppConfig;
-use crate::error::Error;
+use crate::error::{user_text, Error};
 use crate::fleet::Fleet;
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Change, HistoryEntry, ItemKey, Lease};
@@ -30,7 +30,8 @@ pub struct PauseReport {
     pub held_push: Option<RecordedPush>,
 }
 
-/// Pauses `app` in `env` (idempotent).
+/// Pauses `app` in `env` (idempotent). The reason is free text ([`user_text`]: at most
+/// [`crate::error::TEXT_LIMIT`] characters, no control characters), else `InvalidRequest`.
 pub async fn pause(
     fleet: &Fleet,
     leases: Leases<'_>,
@@ -40,16 +41,9 @@ pub async fn pause(
     by: &str,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
-    change_pause(
-        fleet,
-        leases,
-        app,
-        env,
-        Some(Pause { reason: reason.to_owned(), by: by.to_owned(), at: Utc::now() }),
-        by,
-        invocation,
-    )
-    .await
+    let reason = user_text("reason", Some(reason.to_owned()))?.unwrap_or_default();
+    change_pause(fleet, leases, app, env, Some(Pause { reason, by: by.to_owned(), at: Utc::now() }), by, invocation)
+        .await
 }
 
 /// Resumes `app` in `env` (idempotent); says which held push a resume can roll out.

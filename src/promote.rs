@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing::{info, instrument, warn};
 
 use crate::config::{AppConfig, Configs};
-use crate::error::{DeployError, Error, InvalidRequest, NotVetted, Promotable};
+use crate::error::{user_text, DeployError, Error, InvalidRequest, NotVetted, Promotable};
 use crate::fleet::{Fleet, Target};
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
@@ -24,8 +24,6 @@ use crate::Invocation;
 
 /// How many promotable tags a refusal lists.
 const SUGGESTIONS: usize = 5;
-/// The longest `reason` or `requested_by` accepted.
-const TEXT_LIMIT: usize = 256;
 
 /// The invoke payload, as sent.
 #[derive(Debug, Deserialize)]
@@ -85,14 +83,6 @@ pub struct Response {
     pub image: Option<String>,
 }
 
-fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, Error> {
-    let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { return Ok(None) };
-    if value.chars().count() > TEXT_LIMIT || value.chars().any(char::is_control) {
-        return Err(InvalidRequest::Text { field, limit: TEXT_LIMIT }.into());
-    }
-    Ok(Some(value))
-}
-
 pub fn parse_request(payload: Value) -> Result<Request, Error> {
     if !payload.is_object() {
         return Err(InvalidRequest::NotAnObject { got: payload.to_string() }.into());
@@ -110,8 +100,8 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         image,
         dry_run: raw.dry_run,
         force: raw.force,
-        reason: text("reason", raw.reason)?,
-        requested_by: text("requested_by", raw.requested_by)?,
+        reason: user_text("reason", raw.reason)?,
+        requested_by: user_text("requested_by", raw.requested_by)?,
     })
 }
 

@@ -7,15 +7,34 @@ use serde_json::{json, Map, Value};
 
 use crate::health::Unanswered;
 
-/// What a Slack message shows: the notification's texts and facts, already written (and escaped)
-/// by the notification itself.
+/// Text made safe for Slack's `mrkdwn` (and Chatbot's `client-markdown`, which Chatbot renders
+/// as Slack markdown): `&`, `<` and `>` escaped as Slack documents, so text users wrote (a reason,
+/// a name) can neither mention (`<!channel>`, `<@U123>`) nor disguise a link (`<https://x|Approve>`).
+/// Every value a notification puts in markdown goes through here, once.
+pub fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// What a Slack message shows: the notification's texts and facts. The title and description are
+/// markdown already written (and escaped) by the notification itself; the headline is shown as
+/// plain text; the facts are plain values, escaped here.
 pub struct MessageView<'a> {
-    /// Fallback text (notifications, screen readers).
+    /// Fallback text (notifications, screen readers): markdown.
     pub title: &'a str,
+    /// Plain text (a `plain_text` header: Slack does not parse it).
     pub headline: &'a str,
     /// Markdown.
     pub description: &'a str,
-    /// The facts (`tag`, `cluster`, ...): only a few are shown.
+    /// The facts (`tag`, `cluster`, ...), unescaped: only a few are shown.
     pub context: &'a Map<String, Value>,
 }
 
@@ -26,7 +45,7 @@ pub fn message(view: &MessageView<'_>) -> Value {
         .iter()
         // The description already has the reason and the task definitions.
         .filter(|(key, _)| matches!(key.as_str(), "tag" | "cluster" | "service" | "deployment_id"))
-        .map(|(key, value)| json!({ "type": "mrkdwn", "text": format!("*{key}:* {}", value.as_str().unwrap_or_default()) }))
+        .map(|(key, value)| json!({ "type": "mrkdwn", "text": format!("*{key}:* {}", escape(value.as_str().unwrap_or_default())) }))
         .take(10) // Slack allows at most 10 elements in a context block
         .collect();
     let mut blocks = vec![
@@ -65,5 +84,33 @@ pub async fn post(client: &reqwest::Client, webhook_url: &str, message: &Value) 
     } else {
         let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
         Err(SlackError { answer: Unanswered::Status { status: status.as_u16() }, body: Some(body) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_follows_slack_escaping() {
+        assert_eq!(
+            escape("<!channel> <https://evil|Approve> & <@U123>"),
+            "&lt;!channel&gt; &lt;https://evil|Approve&gt; &amp; &lt;@U123&gt;"
+        );
+        // `&` first: an escape written by a user stays visible as written.
+        assert_eq!(escape("&lt;"), "&amp;lt;");
+        for plain in ["", "load test", "ana@example.com", "*bold* `code` _it_ :emoji: é€"] {
+            assert_eq!(escape(plain), plain);
+        }
+    }
+
+    #[test]
+    fn facts_shown_in_the_context_block_are_escaped() {
+        let mut context = Map::new();
+        context.insert("service".into(), json!("<!here>"));
+        context.insert("reason".into(), json!("not shown"));
+        let message = message(&MessageView { title: "t", headline: "h", description: "d", context: &context });
+        let shown = message["blocks"][2]["elements"].to_string();
+        assert!(shown.contains("&lt;!here&gt;") && !shown.contains("<!here>"), "{shown}");
     }
 }

@@ -74,7 +74,10 @@ pub async fn handle(
     payload: Value,
     invocation: &Invocation,
 ) -> Result<StageReport, Error> {
-    let push = match events::push(payload) {
+    let push = match events::push(payload).and_then(|parsed| match parsed {
+        Ok(push) => events::not_ahead_of(&push, Utc::now()).map(|()| Ok(push)),
+        skip => Ok(skip),
+    }) {
         Ok(Ok(push)) => push,
         Ok(Err(Skip(reason))) => {
             info!(reason = %reason, "event skipped");

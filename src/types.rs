@@ -72,11 +72,13 @@ string_newtype!(
 );
 
 string_newtype!(
-    /// A content digest (`sha256:...`), the only way Conveyor ever refers to an image.
+    /// A content digest (`sha256:...`), the only way Conveyor ever refers to an image: the OCI
+    /// grammar, bounded (an algorithm of at most 4 components of 1-32 characters, an encoded part
+    /// of 32-128 characters: sha512's hex is 128), so a digest is at most 260 characters.
     ImageDigest,
     "image digest",
-    r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$",
-    "must be an OCI digest such as sha256:<hex>"
+    r"^[a-z0-9]{1,32}(?:[.+_-][a-z0-9]{1,32}){0,3}:[a-zA-Z0-9=_-]{32,128}$",
+    "must be an OCI digest such as sha256:<64 hex> (algorithm of at most 4 parts of 1-32 characters, 32-128 characters after ':')"
 );
 
 string_newtype!(
@@ -146,6 +148,27 @@ mod tests {
         assert_eq!(digest.short(), format!("sha256:{}", "ab".repeat(6)));
         for bad in ["", "sha256:", "latest", "sha256:xyz", "sha256:abc/def"] {
             assert!(ImageDigest::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn digests_are_bounded() {
+        for good in [
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha512:{}", "f".repeat(128)),
+            format!("{}:{}", "a".repeat(32), "b".repeat(32)),
+            format!("multihash+base58:{}", "Qm".repeat(23)),
+        ] {
+            assert!(ImageDigest::parse(&good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            format!("sha256:{}", "a".repeat(129)),
+            format!("sha256:{}", "a".repeat(1 << 20)),
+            format!("{}:{}", "a".repeat(33), "b".repeat(64)),
+            format!("a.b.c.d.e:{}", "b".repeat(64)),
+        ] {
+            let error = ImageDigest::parse(&bad).unwrap_err();
+            assert!(error.rule.contains("32-128"), "{error}");
         }
     }
 

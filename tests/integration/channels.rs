@@ -249,3 +249,48 @@ async fn slack_hanging_for_a_whole_run_then_every_post_once_in_order() {
     let logs = [functions.stage.logs(), functions.monitor.logs(), functions.promote.logs()].concat().join("\n");
     assert!(!logs.contains("/services/T0/B0/hook"), "the webhook URL leaked into the logs");
 }
+
+#[tokio::test]
+async fn text_users_write_is_escaped_in_the_chatbot_markdown_and_the_slack_post() {
+    let world = World::new().await;
+    let slack = LocalHttp::start(200).await;
+    let parameter = format!("{}/secrets/slack-webhook", world.prefix);
+    world.put_secure_parameter(&parameter, &slack.url("/services/T0/B0/hook")).await;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({ "slack_webhook_parameter": parameter })).await;
+    let functions = Functions::spawn(&world).await;
+    push(&world, &functions, "v1.0.0", 1, 10).await;
+    assert_eq!(action(&settle(&world, &functions, &app, "stage", Settle::Complete).await), "verified");
+    let _ = world.notifications().await;
+    let posted_before = slack.answered().len();
+
+    // A mention of the whole channel and a link disguised as a button, in the reason and the name.
+    let reason = "<!channel> urgent: <https://evil.example/approve|Approve> & ship";
+    let request = json!({ "app": "shop-api", "tag": "v1.0.0", "reason": reason, "requested_by": "<@U0ADMIN>" });
+    let promoted = functions.promote.invoke(request).await.response();
+    assert_eq!(promoted["status"], "deploying", "{promoted}");
+
+    let escaped = "&lt;!channel&gt; urgent: &lt;https://evil.example/approve|Approve&gt; &amp; ship";
+    let notes = world.notifications().await;
+    let note = notes
+        .iter()
+        .find(|n| n["Message"]["metadata"]["additionalContext"]["outcome"] == "promoted")
+        .unwrap_or_else(|| panic!("no promoted notification: {notes:#?}"));
+    let content = &note["Message"]["content"];
+    let description = content["description"].as_str().unwrap();
+    assert!(description.contains(&format!("*Reason:* {escaped}")), "{description}");
+    assert!(description.contains("*Requested by:* &lt;@U0ADMIN&gt;"), "{description}");
+    for markdown in [content["title"].as_str().unwrap(), description] {
+        assert!(!markdown.contains('<') && !markdown.contains('>'), "unescaped: {markdown}");
+    }
+    // The metadata is not rendered: it keeps the values as written (for filters, custom actions).
+    let context = &note["Message"]["metadata"]["additionalContext"];
+    assert_eq!((context["reason"].as_str(), context["requested_by"].as_str()), (Some(reason), Some("<@U0ADMIN>")));
+
+    let posts = slack.answered();
+    let [post] = &posts[posted_before..] else { panic!("one Slack post for the promotion: {posts:#?}") };
+    let message: Value = serde_json::from_str(&post.body).unwrap();
+    assert_eq!(message["blocks"][1]["text"]["text"], description, "the same markdown as Chatbot's");
+    for text in [&post.body, message["text"].as_str().unwrap()] {
+        assert!(!text.contains("<!channel>") && !text.contains("<https://") && !text.contains("<@U0ADMIN>"), "{text}");
+    }
+}

@@ -583,3 +583,26 @@ async fn usage_errors_and_missing_names_have_their_exit_codes() {
     let missing = run(&env, &["history", "shop-api"]).await.exits(4);
     assert!(missing.stderr.contains("ResourceNotFoundException"), "{missing:?}");
 }
+
+#[tokio::test]
+async fn a_pause_reason_is_bounded_and_escaped_in_the_notification() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    let _ = world.notifications().await;
+
+    let long = "x".repeat(257);
+    let refused = setup.run(&["pause", "shop-api", "--env", "stage", "--reason", &long, "--json"]).await.exits(1);
+    assert_eq!(refused.json()["error"]["type"], "InvalidRequest", "{refused:?}");
+    assert!(world.record("shop-api", "stage").await.unwrap()["paused"].is_null(), "paused anyway");
+    assert!(world.notifications().await.is_empty());
+
+    let reason = "<!channel> <https://x.example|y> & more";
+    setup.run(&["pause", "shop-api", "--env", "stage", "--reason", reason]).await.ok();
+    let notes = world.notifications().await;
+    let [note] = &notes[..] else { panic!("one notification: {notes:#?}") };
+    let description = note["Message"]["content"]["description"].as_str().unwrap();
+    assert!(description.contains("*Reason:* &lt;!channel&gt; &lt;https://x.example|y&gt; &amp; more"), "{description}");
+    assert_eq!(note["Message"]["metadata"]["additionalContext"]["reason"], reason);
+}

@@ -175,3 +175,28 @@ async fn malformed_payloads_are_invalid_events_and_change_nothing() {
     // The process survived every one of them (no panic): it still deploys.
     assert_eq!(function.invoke(good).await.response()["apps"][0]["status"], "deploying");
 }
+
+#[tokio::test]
+async fn a_push_from_the_future_is_refused_and_the_real_push_right_after_still_deploys() {
+    let world = World::new().await;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    let function = stage_deploy(&world).await;
+
+    // A direct invoke stamped an hour ahead: recorded, it would make every real push of the
+    // coming hour "late". It is refused, and nothing is recorded or announced.
+    let forged = world.push_event("shop-api", "v9.9.9", &digest(9), Utc::now() + Duration::hours(1));
+    let (error_type, message) = function.invoke(forged).await.error();
+    assert_eq!(error_type, "InvalidEvent", "{message}");
+    assert!(message.contains("from the future") && message.contains("5 minutes"), "{message}");
+    assert_eq!(world.revisions(&app.stage.family).await.len(), 1);
+    assert!(world.record("shop-api", "stage").await.is_none(), "the future push was recorded");
+    assert!(world.image_record("shop-api", &digest(9)).await.is_none());
+    assert!(world.notifications().await.is_empty());
+    let logs = function.logs().join("\n");
+    assert!(logs.contains("invalid event") && logs.contains("from the future"), "not logged:\n{logs}");
+
+    // ECR's real push, right after: rolled out, not taken for a late one.
+    let report = function.invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now())).await.response();
+    assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
+    assert!(world.running_image(&app.stage).await.ends_with(&digest(1)));
+}
