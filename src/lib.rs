@@ -34,6 +34,9 @@ pub mod types;
 pub mod vocabulary;
 pub mod web;
 
+#[cfg(test)]
+mod fixtures;
+
 pub use error::{DeployError, Error};
 
 use std::time::Duration;

@@ -140,32 +140,16 @@ fn report(app: &AppConfig, env: Environment, changed: bool, state: &EnvState) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{app, digest};
     use crate::rollout::{Origin, Revision, Rollout, RolloutState};
-    use crate::types::{AppName, ImageDigest, ImageTag};
+    use crate::types::ImageTag;
+
+    fn state() -> EnvState {
+        crate::fixtures::stage_met("td:1", '1')
+    }
 
     fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
-    }
-
-    fn digest(n: char) -> ImageDigest {
-        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
-    }
-
-    fn app() -> AppConfig {
-        let json = r#"{"repository": "shop", "container": "api",
-            "environments": {"stage": {"cluster": "stage", "service": "shop"},
-                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
-        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
-    }
-
-    fn state() -> EnvState {
-        EnvState::first(
-            &AppName::parse("shop").unwrap(),
-            Environment::Stage,
-            "stage",
-            "shop",
-            Revision { arn: "td:1".into(), digest: Some(digest('1')) },
-        )
     }
 
     fn load_test() -> Pause {

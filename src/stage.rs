@@ -419,27 +419,16 @@ async fn refuse(here: &mut Leased<'_>, push: &Push, error: &DeployError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{app, digest, tag};
     use crate::record::Pause;
     use crate::rollout::{Revision, Rollout};
-    use crate::types::{AppName, ImageDigest, ImageTag};
+
+    fn state() -> EnvState {
+        crate::fixtures::stage_met("td:1", '0')
+    }
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
-    }
-
-    fn digest(n: char) -> ImageDigest {
-        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
-    }
-
-    fn tag(t: &str) -> ImageTag {
-        ImageTag::parse(t).unwrap()
-    }
-
-    fn app() -> AppConfig {
-        let json = r#"{"repository": "shop", "container": "api",
-            "environments": {"stage": {"cluster": "stage", "service": "shop"},
-                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
-        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
     }
 
     /// A push of `tag` of image `d`, `seconds` after the fixtures' epoch.
@@ -453,16 +442,6 @@ mod tests {
             digest: digest(d),
             tag: tag(t),
         }
-    }
-
-    fn state() -> EnvState {
-        EnvState::first(
-            &AppName::parse("shop").unwrap(),
-            Environment::Stage,
-            "stage",
-            "shop",
-            Revision { arn: "td:1".into(), digest: Some(digest('0')) },
-        )
     }
 
     /// Stage, having seen `pushes`.

@@ -480,44 +480,23 @@ mod tests {
 
     use super::*;
     use crate::aws::{Deployment, DeploymentStatus};
+    use crate::fixtures::{app, digest, tag};
 
     const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
     const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
     const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
     const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
 
+    fn state() -> EnvState {
+        crate::fixtures::stage_met(TD1, '1')
+    }
+
     fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
     }
 
-    fn digest(n: char) -> ImageDigest {
-        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
-    }
-
-    fn tag(t: &str) -> ImageTag {
-        ImageTag::parse(t).unwrap()
-    }
-
     fn image(d: char) -> String {
         format!("1.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest(d))
-    }
-
-    fn app() -> AppConfig {
-        let json = r#"{"repository": "shop", "container": "api",
-            "environments": {"stage": {"cluster": "stage", "service": "shop"},
-                             "prod": {"cluster": "prod", "service": "shop"}}}"#;
-        AppConfig::parse("/conveyor/apps/shop", "shop", json).unwrap()
-    }
-
-    /// Stage met on `TD1` running image `1`, nothing rolled out yet.
-    fn state() -> EnvState {
-        EnvState::first(
-            &AppName::parse("shop").unwrap(),
-            Environment::Stage,
-            "stage",
-            "shop",
-            Revision { arn: TD1.into(), digest: Some(digest('1')) },
-        )
     }
 
     /// A rollout of image `d` (tag `v{d}`) onto `td`, from `TD1`, as deployment `ecs-svc/{d}`.
