@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use crate::aws::{AwsError, Ssm};
-use crate::types::{AppName, Environment, ImageTag};
+use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 
 /// How long a loaded configuration serves warm invocations before it is read again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -96,6 +96,26 @@ impl ServiceTarget {
     }
 }
 
+/// The ECR registry an app's repository lives in: the only place its images are deployed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    pub account: String,
+    pub region: String,
+}
+
+impl Registry {
+    /// `{account}.dkr.ecr.{region}.amazonaws.com/{repository}@{digest}`: the image Conveyor deploys.
+    pub fn image(&self, repository: &str, digest: &ImageDigest) -> String {
+        crate::image::pinned(&crate::image::ecr_registry(&self.account, &self.region), repository, digest)
+    }
+
+    /// Whether a push event's envelope (which any invoker of stage-deploy can write) names this
+    /// registry; what it leaves out does not rule it out.
+    pub fn admits(&self, account: Option<&str>, region: Option<&str>) -> bool {
+        account.is_none_or(|a| a == self.account) && region.is_none_or(|r| r == self.region)
+    }
+}
+
 /// Which pushed tags an app deploys.
 #[derive(Debug, Clone)]
 pub enum TagPolicy {
@@ -126,9 +146,19 @@ pub struct AppConfig {
     pub prod: ServiceTarget,
     pub slack_webhook_parameter: Option<String>,
     pub rollout_timeout: Duration,
+    /// The registry of `repository` when it is not Conveyor's own account and region.
+    pub registry: Option<Registry>,
 }
 
 impl AppConfig {
+    /// The registry the app's images come from: its `registry`, else Conveyor's own account and
+    /// region (`None` only where Conveyor's account is unknown: outside Lambda, without a config).
+    pub fn registry(&self, home: &Home) -> Option<Registry> {
+        self.registry
+            .clone()
+            .or_else(|| Some(Registry { account: home.account.clone()?, region: home.region.clone()? }))
+    }
+
     pub fn target(&self, env: Environment) -> &ServiceTarget {
         match env {
             Environment::Stage => &self.stage,
@@ -151,6 +181,7 @@ impl AppConfig {
             "environments",
             "slack_webhook_parameter",
             "rollout_timeout_seconds",
+            "registry",
         ])?;
 
         let repository = fields.string("repository", true, &REPOSITORY, "an ECR repository name")?;
@@ -179,6 +210,17 @@ impl AppConfig {
             },
         };
 
+        let registry = match fields.get("registry") {
+            None => None,
+            Some(value) => {
+                let mut registry = Fields::new(value, "registry.", &problem)?;
+                registry.only(&["account", "region"])?;
+                let account = registry.string("account", true, &ACCOUNT, "a 12-digit AWS account id")?;
+                let region = registry.string("region", true, &REGION, "an AWS region such as eu-west-1")?;
+                Some(Registry { account: account.unwrap_or_default(), region: region.unwrap_or_default() })
+            }
+        };
+
         let environments = fields.required("environments")?;
         let mut environments = Fields::new(environments, "environments.", &problem)?;
         environments.only(&["stage", "prod"])?;
@@ -201,6 +243,7 @@ impl AppConfig {
             prod,
             slack_webhook_parameter,
             rollout_timeout,
+            registry,
         })
     }
 }
@@ -533,6 +576,36 @@ mod tests {
 
     fn tag(t: &str) -> ImageTag {
         ImageTag::parse(t).unwrap()
+    }
+
+    #[test]
+    fn images_come_from_the_apps_registry_or_conveyors_own() {
+        let home = Home { account: Some("111122223333".into()), region: Some("eu-west-1".into()) };
+        let own = parse(EXAMPLE).unwrap().registry(&home).unwrap();
+        assert_eq!(own, Registry { account: "111122223333".into(), region: "eu-west-1".into() });
+        let named =
+            parse(&edit(|v| v["registry"] = serde_json::json!({"account": "444455556666", "region": "us-east-2"})))
+                .unwrap()
+                .registry(&home)
+                .unwrap();
+        let digest = ImageDigest::parse(format!("sha256:{}", "a".repeat(64))).unwrap();
+        assert_eq!(
+            named.image("shop-api", &digest),
+            format!("444455556666.dkr.ecr.us-east-2.amazonaws.com/shop-api@{digest}")
+        );
+        assert!(named.admits(Some("444455556666"), Some("us-east-2")));
+        assert!(named.admits(None, None), "what the event leaves out does not rule it out");
+        assert!(!named.admits(Some("111122223333"), Some("us-east-2")), "another account");
+        assert!(!named.admits(Some("444455556666"), Some("eu-west-1")), "another region");
+        assert_eq!(parse(EXAMPLE).unwrap().registry(&Home::default()), None, "outside Lambda, with no registry named");
+        for (registry, key) in [
+            (serde_json::json!({"account": "4444", "region": "us-east-2"}), "registry.account"),
+            (serde_json::json!({"account": "444455556666"}), "registry.region"),
+            (serde_json::json!({"account": "444455556666", "region": "us-east-2", "host": "evil.io"}), "registry.host"),
+        ] {
+            let error = parse(&edit(|v| v["registry"] = registry.clone())).unwrap_err();
+            assert_eq!(error.key, key, "{registry}");
+        }
     }
 
     #[test]

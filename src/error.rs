@@ -16,8 +16,9 @@ use crate::types::{AppName, Environment, ImageDigest, ImageTag, InvalidValue};
 pub enum DeployError {
     #[error("task definition {task_definition} has no container `{container}` (it has: {found}); fix `container` in {parameter}")]
     ContainerNotFound { container: String, task_definition: String, found: String, parameter: String },
-    #[error("cannot tell which ECR registry to deploy from: the event has no account and container `{container}` runs {image:?}, not an ECR image")]
-    NoRegistry { container: String, image: String },
+    /// Only outside Lambda (which tells a function its account): never taken from the event.
+    #[error("cannot tell which ECR registry app {app}'s images come from: Conveyor's account is unknown here; name it in `registry` of {parameter}")]
+    NoRegistry { app: AppName, parameter: String },
     /// The service's task definition has members this build cannot copy.
     #[error(transparent)]
     Unmodeled(#[from] Unmodeled),

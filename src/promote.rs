@@ -16,7 +16,7 @@ use crate::leased::{Leased, Leases};
 use crate::ledger::{Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
 use crate::record::EnvState;
 use crate::rollout::Origin;
-use crate::start::{self, Candidate, ImageSource, Started};
+use crate::start::{self, Candidate, Started};
 use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::vocabulary::PromoteStatus;
@@ -165,6 +165,7 @@ async fn promote(
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
             return Err(Error::Paused { app: app.name.clone(), environment: Environment::Prod, pause: pause.clone() });
         }
+        let resolved = Resolved { image: own_image(app, &fleet.home(invocation), &resolved)?, ..resolved };
         let resolved = Resolved { image: pull_source(fleet, app, &resolved, invocation).await?, ..resolved };
         let target = fleet.target(app, Environment::Prod).await;
         if request.dry_run {
@@ -227,7 +228,7 @@ async fn promote_leased(
     let candidate = Candidate {
         tag: &resolved.tag,
         digest: &resolved.digest,
-        source: ImageSource::Exact(&resolved.image),
+        image: &resolved.image,
         event_time: Utc::now(),
         origin: Origin::Promotion { requested_by, reason: request.reason.clone(), forced },
     };
@@ -247,6 +248,22 @@ async fn promote_leased(
         here.commit(plan.change).await?;
     }
     Ok(answer)
+}
+
+/// The image stage verified, rebuilt from the app's registry and repository and the vetted
+/// digest: the image string stored beside a tag is never what prod gets, so an item written by
+/// anyone but Conveyor cannot choose prod's image (a forged item pointing at another digest is
+/// refused by the vetting check on that digest's own item).
+fn own_image(app: &AppConfig, home: &crate::config::Home, resolved: &Resolved) -> Result<String, Error> {
+    let registry = app.registry(home).ok_or_else(|| {
+        deploy_error(app, DeployError::NoRegistry { app: app.name.clone(), parameter: app.parameter.clone() })
+    })?;
+    let image = registry.image(&app.repository, &resolved.digest);
+    if resolved.image != image {
+        warn!(tag = %resolved.tag, digest = %resolved.digest, stored = %resolved.image, image = %image,
+            "the image recorded for this tag is not the app's own: ignored, the app's registry image is promoted");
+    }
+    Ok(image)
 }
 
 /// The image prod pulls: the very image stage ran when prod's account may pull it (same account,

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{error, info, instrument};
+use tracing::{error, info, instrument, warn};
 
 use crate::config::{AppConfig, Configs, InvalidApp};
 use crate::error::{DeployError, Error};
@@ -18,7 +18,7 @@ use crate::leased::{Leased, Leases};
 use crate::ledger::{Change, HistoryEntry, ImageUpdate, ItemKey, Lease, Ledger, TagItem, Waiting};
 use crate::record::{Arrival, EnvState, RecordedPush};
 use crate::rollout::{Origin, RolloutState};
-use crate::start::{self, Candidate, ImageSource, Started};
+use crate::start::{self, Candidate, Started};
 use crate::types::Environment;
 use crate::vocabulary::{Action, Outcome};
 use crate::Invocation;
@@ -144,6 +144,23 @@ async fn deploy_app(
     if !app.tags.admits(&push.tag) {
         return Ok(skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag)));
     }
+    // The image is built from the app's own registry, never from the event: anyone allowed to
+    // invoke stage-deploy (or to forward events to Conveyor's bus) writes the envelope.
+    let registry = app
+        .registry(&fleet.home(invocation))
+        .ok_or_else(|| DeployError::NoRegistry { app: app.name.clone(), parameter: app.parameter.clone() })?;
+    if !registry.admits(push.account.as_deref(), push.region.as_deref()) {
+        let detail = format!(
+            "pushed to account {} in {}, but the app's repository is in account {} in {}: not the app's registry",
+            push.account.as_deref().unwrap_or("?"),
+            push.region.as_deref().unwrap_or("?"),
+            registry.account,
+            registry.region
+        );
+        warn!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "foreign push skipped");
+        return Ok(AppReport::of(app, Action::Skipped, detail));
+    }
+    let image = registry.image(&app.repository, &push.digest);
     let key = ItemKey::env(&app.name, Environment::Stage);
     let owner = format!("stage-deploy {}", push.event_id.as_deref().unwrap_or(push.tag.as_str()));
     // Queued when busy: a holder working on an older push of this service leaves the rollout to us.
@@ -152,7 +169,7 @@ async fn deploy_app(
     let target = fleet.target(app, Environment::Stage).await;
     leases
         .with_env(lease, app, Environment::Stage, target, async |here| {
-            let result = deploy_leased(here, push).await;
+            let result = deploy_leased(here, push, &image).await;
             if let Err(error) = &result {
                 if error.needs_people() {
                     refuse(here, push, error).await;
@@ -228,7 +245,7 @@ pub fn decide(state: Option<&EnvState>, waiting: Option<&Waiting>, push: &Push, 
 }
 
 /// [`deploy_app`] under the service's lease: decide, roll out, commit.
-async fn deploy_leased(here: &mut Leased<'_>, push: &Push) -> Result<AppReport, DeployError> {
+async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Result<AppReport, DeployError> {
     let (app, env, now) = (here.app, here.env, Utc::now());
     let ours = here.held.waiting.as_ref().is_some_and(|w| w.time == push.time && w.digest == push.digest);
     match decide(here.held.state.as_ref(), here.held.waiting.as_ref(), push, now) {
@@ -257,7 +274,7 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push) -> Result<AppReport, 
             here.commit(change).await?;
             Ok(skipped(app, push, format!("stage is already on {}: tag {} recorded", push.digest, push.tag)))
         }
-        Decision::Deploy => deploy(here, push, ours).await,
+        Decision::Deploy => deploy(here, push, image, ours).await,
     }
 }
 
@@ -295,19 +312,10 @@ fn add_tag(app: &AppConfig, change: &mut Change<EnvState>, push: &Push) {
     change.images.push((app.name.clone(), image_update(push)));
 }
 
-async fn deploy(here: &mut Leased<'_>, push: &Push, ours: bool) -> Result<AppReport, DeployError> {
+async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> Result<AppReport, DeployError> {
     let app = here.app;
-    let candidate = Candidate {
-        tag: &push.tag,
-        digest: &push.digest,
-        source: ImageSource::Pushed {
-            account: push.account.as_deref(),
-            region: push.region.as_deref(),
-            repository: &push.repository,
-        },
-        event_time: push.time,
-        origin: Origin::Push,
-    };
+    let candidate =
+        Candidate { tag: &push.tag, digest: &push.digest, image, event_time: push.time, origin: Origin::Push };
     let mut plan = start::start(here, &candidate).await?;
     starting(&mut plan.change.state, push);
     plan.change.clear_waiting = ours;

@@ -21,26 +21,17 @@ use crate::ledger::{Change, Failure, HistoryEntry, ImageUpdate};
 use crate::notify::{Announcement, Notification};
 use crate::record::{Drift, EnvState, Orphan};
 use crate::rollout::{Origin, Revision, RolledBackBy, Rollout, RolloutState};
-use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
+use crate::taskdef::{self, ImageSwap, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG, TAG_LEASE};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
 use crate::vocabulary::{Outcome, Severity};
-
-/// Where the image URI comes from.
-#[derive(Debug, Clone)]
-pub enum ImageSource<'a> {
-    /// A push: `{account}.dkr.ecr.{region}.amazonaws.com/{repository}@{digest}`, falling back to
-    /// the registry of the container's current ECR image when the event lacks account or region.
-    Pushed { account: Option<&'a str>, region: Option<&'a str>, repository: &'a str },
-    /// Exactly this URI (promote deploys the very image stage verified).
-    Exact(&'a str),
-}
 
 /// What to roll out.
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
     pub tag: &'a ImageTag,
     pub digest: &'a ImageDigest,
-    pub source: ImageSource<'a>,
+    /// The digest-pinned image in the app's own registry (see [`AppConfig::registry`]).
+    pub image: &'a str,
     /// The triggering event's time, for ordering.
     pub event_time: DateTime<Utc>,
     pub origin: Origin,
@@ -117,13 +108,17 @@ pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<P
     observed.app_image(app)?;
     let now = Utc::now();
     let mut change = Change::new(here.state()?.clone());
-    let adopted = note_what_runs(app, env, &mut change, &observed, now);
+    let provenance = Provenance { tokens: here.held.adoptable() };
+    let adopted = note_what_runs(app, env, &mut change, &observed, &provenance, now);
+    here.held.settle_unsettled();
 
     if let Some(started) = already_running(&observed, candidate.digest, adopted) {
         return Ok(Plan { change, started, observed });
     }
-    let rollout = match roll_out(&here.target, app, env, &change.state, &observed, candidate, here.held.took_over).await
-    {
+    here.held.acting();
+    let token = here.held.token().to_owned();
+    let holder = Holder { token: &token, took_over: here.held.took_over };
+    let rollout = match roll_out(&here.target, app, env, &change.state, &observed, candidate, holder).await {
         Ok(rollout) => rollout,
         Err(RollOutError::Unclear { orphan, error }) => {
             // The revision exists and the service may or may not run it: remember it so the
@@ -245,6 +240,30 @@ fn settle_in_flight(
     change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
 }
 
+/// What makes a revision found running Conveyor's own lost rollout rather than someone else's
+/// revision tagged like one (anyone who may register task definitions can set `conveyor:*` tags).
+pub struct Provenance<'a> {
+    /// Tokens of the holders that registered revisions under this environment's lease and
+    /// stopped before committing them ([`crate::ledger::Held::adoptable`]).
+    pub tokens: &'a [String],
+}
+
+impl Provenance<'_> {
+    /// Whether Conveyor put `observed`'s revision in place for `digest`: registered under a lease
+    /// it recorded (its token, or the orphan the state names), running an ECR image of the app's
+    /// repository pinned to that digest.
+    fn vouches_for(&self, app: &AppConfig, state: &EnvState, observed: &Observed, digest: &ImageDigest) -> bool {
+        let arn = &observed.service.task_definition;
+        let registered = state.orphan.as_ref().is_some_and(|orphan| &orphan.arn == arn)
+            || observed.running.tag(TAG_LEASE).is_some_and(|token| self.tokens.iter().any(|t| t == token));
+        let own_image = observed.image.as_deref().is_some_and(|running| {
+            image::digest_of(running) == Some(digest.as_str())
+                && image::ecr_parts(running).is_some_and(|parts| parts.repository == app.repository)
+        });
+        registered && own_image
+    }
+}
+
 /// Compares what runs with what the state knows: adopts a rollout whose record was lost (and
 /// returns it), notes and announces drift (superseding a rollout in flight).
 pub fn note_what_runs(
@@ -252,6 +271,7 @@ pub fn note_what_runs(
     env: Environment,
     change: &mut Change<EnvState>,
     observed: &Observed,
+    provenance: &Provenance<'_>,
     now: DateTime<Utc>,
 ) -> Option<Rollout> {
     let running = &observed.service.task_definition;
@@ -266,7 +286,12 @@ pub fn note_what_runs(
     }
     let tag = observed.running.tag(TAG_IMAGE_TAG).and_then(|t| ImageTag::parse(t).ok());
     let digest = observed.running.tag(TAG_IMAGE_DIGEST).and_then(|d| ImageDigest::parse(d).ok());
-    if let (true, Some(tag), Some(digest)) = (ours, tag, digest) {
+    let vouched = digest.as_ref().is_some_and(|digest| provenance.vouches_for(app, &change.state, observed, digest));
+    if ours && !vouched {
+        warn!(app = %app.name, environment = %env, task_definition_arn = %running,
+            "a revision tagged as Conveyor's that Conveyor did not register under its lease: not adopted, drift");
+    }
+    if let (true, Some(tag), Some(digest)) = (ours && vouched, tag, digest) {
         // A rollout of Conveyor's whose commit never happened (its invocation died or failed
         // after UpdateService): adopt it, so it is verified or rolled back like any other.
         let previous = change.state.rollout.as_ref().map_or_else(
@@ -344,6 +369,13 @@ impl<E: Into<DeployError>> From<E> for RollOutError {
     }
 }
 
+/// The lease a rollout happens under: its token, tagged on the revision so that a later holder
+/// can adopt it ([`Provenance`]), and whether it was taken over from a holder that died.
+struct Holder<'a> {
+    token: &'a str,
+    took_over: bool,
+}
+
 /// Registers the candidate on top of what runs and points the service at it.
 async fn roll_out(
     target: &Target<'_>,
@@ -352,25 +384,11 @@ async fn roll_out(
     state: &EnvState,
     observed: &Observed,
     candidate: &Candidate<'_>,
-    took_over: bool,
+    holder: Holder<'_>,
 ) -> Result<Rollout, RollOutError> {
     let ecs = &target.ecs;
-    let current_image = observed.app_image(app)?;
-    let image = match candidate.source {
-        ImageSource::Exact(uri) => uri.to_owned(),
-        ImageSource::Pushed { account, region, repository } => {
-            let registry = match (account, region) {
-                (Some(account), Some(region)) => image::ecr_registry(account, region),
-                _ => image::ecr_registry_of(current_image)
-                    .ok_or_else(|| DeployError::NoRegistry {
-                        container: app.container.clone(),
-                        image: current_image.to_owned(),
-                    })?
-                    .to_owned(),
-            };
-            image::pinned(&registry, repository, candidate.digest)
-        }
-    };
+    observed.app_image(app)?;
+    let image = candidate.image.to_owned();
     let swap = ImageSwap {
         container: &app.container,
         image: Some(image.clone()),
@@ -378,6 +396,7 @@ async fn roll_out(
             (TAG_APP, app.name.to_string()),
             (TAG_IMAGE_TAG, candidate.tag.to_string()),
             (TAG_IMAGE_DIGEST, candidate.digest.to_string()),
+            (TAG_LEASE, holder.token.to_owned()),
         ],
     };
     let base = observed.service.task_definition.clone();
@@ -395,7 +414,7 @@ async fn roll_out(
         }
     };
     let arn = registered.arn().to_owned();
-    if took_over && reusable.is_none() {
+    if holder.took_over && reusable.is_none() {
         clean_up_left_behind(ecs, app, &registered, &observed.service).await;
     }
     let service = app.target(env);
@@ -476,6 +495,8 @@ pub fn app_container_image<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use aws_sdk_ecs::types::{ContainerDefinition, DeploymentRolloutState, Tag, TaskDefinition};
 
     use super::*;
@@ -496,7 +517,7 @@ mod tests {
     }
 
     fn image(d: char) -> String {
-        format!("1.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest(d))
+        format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest(d))
     }
 
     /// A rollout of image `d` (tag `v{d}`) onto `td`, from `TD1`, as deployment `ecs-svc/{d}`.
@@ -560,9 +581,23 @@ mod tests {
         }
     }
 
-    /// The tags Conveyor puts on the revision it registers for image `d` (tag `v{d}`).
+    /// The token of a holder that registered a revision and died before committing it.
+    const DEAD: &str = "0190c0ffee";
+
+    fn dead_holder() -> Provenance<'static> {
+        static TOKENS: LazyLock<Vec<String>> = LazyLock::new(|| vec![DEAD.to_owned()]);
+        Provenance { tokens: &TOKENS }
+    }
+
+    /// The tags Conveyor puts on the revision it registers for image `d` (tag `v{d}`), under the
+    /// lease of the holder that died.
     fn conveyors(d: char) -> Vec<(&'static str, String)> {
-        vec![(TAG_APP, "shop".into()), (TAG_IMAGE_TAG, format!("v{d}")), (TAG_IMAGE_DIGEST, digest(d).to_string())]
+        vec![
+            (TAG_APP, "shop".into()),
+            (TAG_IMAGE_TAG, format!("v{d}")),
+            (TAG_IMAGE_DIGEST, digest(d).to_string()),
+            (TAG_LEASE, DEAD.into()),
+        ]
     }
 
     fn observed_ours(td: &str, d: char) -> Observed {
@@ -584,7 +619,7 @@ mod tests {
         state.rollout = Some(rollout(TD2, '2', RolloutState::Verified { at: at(1) }));
         for running in [observed(TD1, '1', &[]), observed_ours(TD2, '2')] {
             let mut change = Change::new(state.clone());
-            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, at(5)), None);
+            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
             assert_eq!(change.state, state);
             assert!(change.history.is_empty() && change.announcements.is_empty());
         }
@@ -594,7 +629,8 @@ mod tests {
     fn a_rollout_whose_record_was_lost_is_adopted_not_started_again() {
         let mut change = Change::new(state());
         let adopted =
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), at(5)).expect("adopted");
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
+                .expect("adopted");
         assert_eq!(
             (&adopted.tag, &adopted.digest, adopted.task_definition_arn.as_str()),
             (&tag("v2"), &digest('2'), TD2)
@@ -620,7 +656,8 @@ mod tests {
         state.rollout = Some(rollout(TD2, '2', RolloutState::InProgress));
         let mut change = Change::new(state);
         let adopted =
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD3, '3'), at(5)).expect("adopted");
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD3, '3'), &dead_holder(), at(5))
+                .expect("adopted");
         assert_eq!(adopted.previous, Revision { arn: TD2.into(), digest: Some(digest('2')) });
         assert_eq!(events(&change), [Outcome::Superseded, Outcome::Deploying]);
         assert_eq!(change.history[0].reason.as_deref(), Some("replaced by an earlier attempt's rollout"));
@@ -631,7 +668,8 @@ mod tests {
     fn a_lost_rollout_adopted_in_prod_is_a_promotion() {
         let mut change = Change::new(state());
         let adopted =
-            note_what_runs(&app(), Environment::Prod, &mut change, &observed_ours(TD2, '2'), at(5)).expect("adopted");
+            note_what_runs(&app(), Environment::Prod, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
+                .expect("adopted");
         assert_eq!(adopted.origin, Origin::Promotion { requested_by: None, reason: None, forced: false });
         assert_eq!(announced(&change), [Outcome::Promoted]);
     }
@@ -643,7 +681,10 @@ mod tests {
         let mut state = state();
         state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
         let mut change = Change::new(state.clone());
-        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), at(5)), None);
+        assert_eq!(
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5)),
+            None
+        );
         assert_eq!(change.state, state);
         assert!(change.history.is_empty() && change.announcements.is_empty());
     }
@@ -654,7 +695,14 @@ mod tests {
         state.rollout = Some(rollout(TD2, '2', RolloutState::InProgress));
         let mut change = Change::new(state);
         assert_eq!(
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed(TERRAFORM, '2', &[]), at(5)),
+            note_what_runs(
+                &app(),
+                Environment::Stage,
+                &mut change,
+                &observed(TERRAFORM, '2', &[]),
+                &dead_holder(),
+                at(5)
+            ),
             None
         );
         assert_eq!(change.state.drift, Some(Drift { revision: TERRAFORM.into(), seen_at: at(5) }));
@@ -671,8 +719,55 @@ mod tests {
 
         // Seen again: known now, nothing more to say.
         let mut again = Change::new(change.state.clone());
-        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut again, &observed(TERRAFORM, '2', &[]), at(6)), None);
+        assert_eq!(
+            note_what_runs(
+                &app(),
+                Environment::Stage,
+                &mut again,
+                &observed(TERRAFORM, '2', &[]),
+                &dead_holder(),
+                at(6)
+            ),
+            None
+        );
         assert!(again.history.is_empty() && again.announcements.is_empty());
+    }
+
+    #[test]
+    fn a_revision_tagged_like_conveyors_but_not_registered_under_its_lease_is_drift() {
+        let d2 = digest('2').to_string();
+        let forged =
+            [(TAG_APP, "shop"), (TAG_IMAGE_TAG, "v2"), (TAG_IMAGE_DIGEST, d2.as_str()), (TAG_LEASE, "guessed")];
+        let untokened = [(TAG_APP, "shop"), (TAG_IMAGE_TAG, "v2"), (TAG_IMAGE_DIGEST, d2.as_str())];
+        for tags in [&forged[..], &untokened[..]] {
+            let mut change = Change::new(state());
+            let running = observed(TD2, '2', tags);
+            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+            assert!(change.state.drift.is_some(), "{tags:?}");
+        }
+    }
+
+    #[test]
+    fn a_revision_of_a_recorded_lease_running_another_image_is_drift() {
+        let mut running = observed_ours(TD2, '2');
+        running.image = Some(format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/evil@{}", digest('2')));
+        let mut change = Change::new(state());
+        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        let mut running = observed_ours(TD2, '2');
+        running.image = Some(image('3'));
+        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        assert!(change.state.drift.is_some());
+    }
+
+    #[test]
+    fn the_orphan_the_state_recorded_is_adopted_whoever_registered_it() {
+        let mut state = state();
+        state.orphan = Some(Orphan { arn: TD2.into(), digest: digest('2'), base: TD1.into() });
+        let mut change = Change::new(state);
+        let nobody = Provenance { tokens: &[] };
+        assert!(
+            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &nobody, at(5)).is_some()
+        );
     }
 
     #[test]
@@ -682,7 +777,17 @@ mod tests {
         let no_digest = [(TAG_APP, "shop"), (TAG_IMAGE_TAG, "v2")];
         for tags in [&another_app[..], &no_digest[..]] {
             let mut change = Change::new(state());
-            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &observed(TD2, '2', tags), at(5)), None);
+            assert_eq!(
+                note_what_runs(
+                    &app(),
+                    Environment::Stage,
+                    &mut change,
+                    &observed(TD2, '2', tags),
+                    &dead_holder(),
+                    at(5)
+                ),
+                None
+            );
             assert!(change.state.drift.is_some(), "{tags:?}");
             assert_eq!(events(&change), [Outcome::Drift]);
         }

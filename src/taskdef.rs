@@ -9,6 +9,9 @@ use aws_sdk_ecs::types::{Tag, TaskDefinition};
 pub const TAG_APP: &str = "conveyor:app";
 pub const TAG_IMAGE_TAG: &str = "conveyor:image-tag";
 pub const TAG_IMAGE_DIGEST: &str = "conveyor:image-digest";
+/// The token of the lease under which Conveyor registered the revision: what lets a later holder
+/// tell its own lost rollout from a revision someone else tagged like Conveyor's.
+pub const TAG_LEASE: &str = "conveyor:lease";
 
 /// The one change Conveyor makes to a task definition.
 #[derive(Debug, Clone)]

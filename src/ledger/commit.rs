@@ -126,6 +126,11 @@ impl<S: LeasedState> Held<S> {
         self.outbox = outbox;
         self.in_flight = in_flight;
         self.intent = None;
+        self.acting = false;
+        if self.settle {
+            self.unsettled.clear();
+            self.settle = false;
+        }
         self.state = Some(change.state);
         Ok(())
     }
@@ -210,6 +215,9 @@ impl<S: LeasedState> Held<S> {
             expr.remove("waiting");
         }
         expr.remove("intent");
+        if self.settle {
+            expr.remove(super::lease::UNSETTLED);
+        }
         fence(&mut expr, &self.token, self.version);
         let mut items = vec![ledger.transact_update(&self.key, &expr)?];
         let put = |item: Item| -> Result<TransactWriteItem, LedgerError> {
@@ -269,6 +277,9 @@ mod tests {
             intent: Some(Intent::rollback("r1", "arn:td/api:1")),
             in_flight: true,
             committed: Vec::new(),
+            unsettled: Vec::new(),
+            acting: false,
+            settle: false,
         }
     }
 

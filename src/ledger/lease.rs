@@ -212,11 +212,30 @@ pub struct Held<S> {
     pub(super) in_flight: bool,
     /// The transitions committed under this lease, for the flow's metrics.
     pub(super) committed: Vec<Notification>,
+    /// Tokens of earlier holders that may have put a revision in place without committing it:
+    /// the holder this lease was taken over from, and those earlier releases named. A revision
+    /// is adopted as Conveyor's own only if it carries one of them (see [`Held::adoptable`]).
+    pub(super) unsettled: Vec<String>,
+    /// This holder may have put a revision in place that no commit recorded yet.
+    pub(super) acting: bool,
+    /// The next commit records that what [`Held::unsettled`] named was examined.
+    pub(super) settle: bool,
 }
 
 /// A token no other lease holder has (a UUIDv7: unique, and ordered by when it was made).
 pub(super) fn new_token() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The attribute naming the tokens of holders that may have put a revision in place without
+/// committing it (a string set: released holders add to it, a settling commit removes it).
+pub(super) const UNSETTLED: &str = "unsettled_leases";
+
+fn unsettled_of(item: &Item) -> Vec<String> {
+    match item.get(UNSETTLED) {
+        Some(AttributeValue::Ss(tokens)) => tokens.clone(),
+        _ => Vec::new(),
+    }
 }
 
 fn stamp_of(item: &Item) -> Option<Stamp> {
@@ -414,7 +433,8 @@ impl<S: LeasedState> Held<S> {
     /// The lease `lease` took, on the item as it was.
     fn taken(lease: &Lease<'_>, item: &Item) -> Result<Self, LedgerError> {
         let key = &lease.key;
-        let took_over = stamp_of(item).is_some_and(|previous| previous.token != lease.token);
+        let previous = stamp_of(item).map(|stamp| stamp.token).filter(|token| *token != lease.token);
+        let took_over = previous.is_some();
         if took_over {
             tracing::warn!(item = %key.label(), "took over an expired lease: its holder may have died half-way");
         }
@@ -433,6 +453,9 @@ impl<S: LeasedState> Held<S> {
             state,
             took_over,
             committed: Vec::new(),
+            unsettled: unsettled_of(item).into_iter().chain(previous).collect(),
+            acting: false,
+            settle: false,
         })
     }
 
@@ -450,6 +473,15 @@ impl<S: LeasedState> Held<S> {
         expr.remove("lease");
         if let Some(intent) = self.intent.as_ref().and_then(|i| serde_dynamo::to_attribute_value(i).ok()) {
             expr.set("intent", intent);
+        }
+        // Kept for the next holder: this holder's token if it acted without committing, and what
+        // it took over unless a commit of its own settled it.
+        let mut unsettled = self.unsettled.clone();
+        if self.acting {
+            unsettled.push(self.token.clone());
+        }
+        if !unsettled.is_empty() {
+            expr.add(UNSETTLED, AttributeValue::Ss(unsettled));
         }
         if remaining.is_empty() {
             expr.remove("outbox");
@@ -521,6 +553,23 @@ impl<S> Held<S> {
     /// The lease's token (logged, never secret).
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Marks that this holder is about to put a revision tagged with its token in place: until a
+    /// commit records it, the release keeps the token for the next holder to adopt it by.
+    pub fn acting(&mut self) {
+        self.acting = true;
+    }
+
+    /// The tokens a revision found in place may carry to be adopted as Conveyor's own: holders
+    /// that registered it under this item's lease and stopped before their commit.
+    pub fn adoptable(&self) -> &[String] {
+        &self.unsettled
+    }
+
+    /// What [`Held::adoptable`] named was examined: the next commit forgets it.
+    pub fn settle_unsettled(&mut self) {
+        self.settle = true;
     }
 
     /// What a holder did in AWS and has not committed yet: left by a previous holder that stopped

@@ -22,3 +22,4 @@ mod stage_deploy;
 mod stage_deploy_binary;
 mod support;
 mod taskdef_roundtrip;
+mod trust_boundary;

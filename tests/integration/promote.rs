@@ -55,7 +55,11 @@ async fn a_vetted_tag_reaches_prod_byte_for_byte_with_prods_own_task_definition(
     assert_eq!(after.container_definitions()[0].environment(), before.container_definitions()[0].environment());
     assert_eq!(after.container_definitions()[1], before.container_definitions()[1], "the sidecar changed");
     assert!(tag_pairs(&after_tags).contains(&("env".to_owned(), "prod".to_owned())));
-    assert_eq!(tag_pairs(&after_tags).len(), tag_pairs(&before_tags).len() + 3);
+    assert_eq!(
+        tag_pairs(&after_tags).len(),
+        tag_pairs(&before_tags).len() + 4,
+        "conveyor:app, image-tag, image-digest and lease"
+    );
     let notes = world.notifications().await;
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0]["Subject"], "[conveyor] shop-api prod: promoted v1.0.0");

@@ -6,7 +6,7 @@ use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::{json, Value};
 
-use crate::support::{assert_same_definition, tag_pairs};
+use crate::support::{assert_same_definition, registered_tag_pairs, tag_pairs};
 
 #[tokio::test]
 async fn push_rolls_out_to_every_stage_service_fed_by_the_repository() {
@@ -43,7 +43,7 @@ async fn push_rolls_out_to_every_stage_service_fed_by_the_repository() {
             ("conveyor:image-tag".to_owned(), "v1.0.0".to_owned()),
             ("conveyor:image-digest".to_owned(), pushed.clone()),
         ]);
-        assert_eq!(tag_pairs(&after_tags), expected_tags);
+        assert_eq!(registered_tag_pairs(&after_tags), expected_tags);
         // The rollout is a new PRIMARY deployment of that revision.
         let primary = &service.deployments()[0];
         assert_eq!((primary.status(), primary.task_definition()), (Some("PRIMARY"), Some(new_arn)));

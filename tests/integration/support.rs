@@ -8,9 +8,11 @@ pub fn conveyor(world: &World) -> Conveyor {
     Conveyor::new(&world.config, world.settings())
 }
 
-/// An invocation with a minute to go, as Lambda would give it.
+/// An invocation with a minute to go, in the local AWS's account, as Lambda would give it.
 pub fn invocation() -> Invocation {
-    Invocation::lasting(std::time::Duration::from_secs(60))
+    let mut invocation = Invocation::lasting(std::time::Duration::from_secs(60));
+    invocation.account = Some(conveyor_testkit::local_aws::ACCOUNT.to_owned());
+    invocation
 }
 
 /// A task definition without what must differ between two revisions (identity, the `api` image).
@@ -49,4 +51,14 @@ pub fn assert_same_definition(after: &aws_sdk_ecs::types::TaskDefinition, before
 /// `(key, value)` pairs of ECS tags, for assertions.
 pub fn tag_pairs(tags: &[aws_sdk_ecs::types::Tag]) -> Vec<(String, String)> {
     tags.iter().map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned())).collect()
+}
+
+/// The tags of a revision Conveyor registered, as pairs, without `conveyor:lease` (a token new
+/// for every lease), which must be there.
+pub fn registered_tag_pairs(tags: &[aws_sdk_ecs::types::Tag]) -> Vec<(String, String)> {
+    let mut pairs = tag_pairs(tags);
+    let before = pairs.len();
+    pairs.retain(|(key, value)| !(key == "conveyor:lease" && value.len() == 32));
+    assert_eq!(pairs.len() + 1, before, "one conveyor:lease tag holding a token: {tags:?}");
+    pairs
 }

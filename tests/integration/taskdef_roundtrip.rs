@@ -7,7 +7,7 @@ use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::json;
 
-use crate::support::{assert_same_definition, conveyor, invocation, tag_pairs};
+use crate::support::{assert_same_definition, conveyor, invocation, registered_tag_pairs, tag_pairs};
 
 #[tokio::test]
 async fn a_maximal_task_definition_survives_a_rollout() {
@@ -63,5 +63,5 @@ async fn a_maximal_task_definition_survives_a_rollout() {
         ("conveyor:image-tag".to_owned(), "v1.0.0".to_owned()),
         ("conveyor:image-digest".to_owned(), digest(1)),
     ]);
-    assert_eq!(tag_pairs(&after_tags), expected);
+    assert_eq!(registered_tag_pairs(&after_tags), expected);
 }

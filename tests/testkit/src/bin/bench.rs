@@ -103,7 +103,9 @@ impl Bench {
     }
 
     fn invocation() -> conveyor::Invocation {
-        conveyor::Invocation::lasting(Duration::from_secs(60))
+        let mut invocation = conveyor::Invocation::lasting(Duration::from_secs(60));
+        invocation.account = Some(conveyor_testkit::local_aws::ACCOUNT.to_owned());
+        invocation
     }
 
     /// An ECR push of a new image of app `n`, later than every earlier one.
