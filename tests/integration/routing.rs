@@ -7,22 +7,25 @@ use std::time::Duration;
 use conveyor_testkit::World;
 use serde_json::{json, Value};
 
+/// moto's account: the `account` of every event put locally.
+const MOTO_ACCOUNT: &str = "123456789012";
+
 fn sample(name: &str) -> Value {
     let path = conveyor_testkit::repo_root().join(format!("tests/fixtures/events/{name}"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Which rules' queues received each event, keyed by a label.
+/// Which rules' queues received each event put on `bus`, keyed by a label.
 async fn route(
     world: &World,
+    bus: &str,
     queues: &HashMap<String, String>,
     events: Vec<(&str, Value)>,
 ) -> HashMap<String, Vec<String>> {
-    let bus = world.name("samples");
     let mut matched: HashMap<String, Vec<String>> = HashMap::new();
     for (label, mut event) in events {
         event["detail"]["label"] = json!(label);
-        world.aws.put_events(&bus, "us-west-2", &[event]).await;
+        world.aws.put_events(bus, "us-west-2", &[event]).await;
         matched.insert(label.to_owned(), Vec::new());
     }
     let sqs = aws_sdk_sqs::Client::from_conf(
@@ -50,7 +53,7 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
             &["EcrPushRule", "EcsDeploymentRule"],
             parameters,
             "us-west-2",
-            "123456789012", // moto's: the account of every event put locally
+            MOTO_ACCOUNT,
         )
         .await;
 
@@ -61,6 +64,7 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
 
     let matched = route(
         &world,
+        &world.name("samples"),
         &queues,
         vec![
             ("push", sample("ecr-image-action-push.json")),
@@ -105,17 +109,41 @@ async fn the_deployment_rule_takes_events_of_this_account_and_the_target_account
 async fn a_repository_list_limits_the_push_rule() {
     let world = World::new().await;
     let parameters = json!({ "StageClusterNames": "default", "ProdClusterNames": "prod", "TaskRoleArns": "r", "RepositoryNames": "shop-api,billing" });
-    let queues = world
-        .aws
-        .install_rules(&world.name("samples"), &["EcrPushRule"], parameters, "us-west-2", "111122223333")
-        .await;
+    let queues =
+        world.aws.install_rules(&world.name("samples"), &["EcrPushRule"], parameters, "us-west-2", MOTO_ACCOUNT).await;
     let push = |repository: &str| {
         let mut event = sample("ecr-image-action-push.json");
         event["detail"]["repository-name"] = json!(repository);
         event
     };
-    let matched =
-        route(&world, &queues, vec![("listed", push("billing")), ("unlisted", push("my-repository-name"))]).await;
+    let matched = route(
+        &world,
+        &world.name("samples"),
+        &queues,
+        vec![("listed", push("billing")), ("unlisted", push("my-repository-name"))],
+    )
+    .await;
     assert_eq!(matched["listed"], ["EcrPushRule"]);
     assert!(matched["unlisted"].is_empty());
+}
+
+/// An administrator of a target account who pushes to their own repository and forwards the event
+/// gets nothing deployed: the push rule takes only Conveyor's account and the registry accounts it
+/// lists. Every event put locally comes from moto's account: here it plays the foreign account
+/// (Conveyor being installed in 111122223333), then a registry account Conveyor lists.
+#[tokio::test]
+async fn a_push_from_another_account_reaches_stage_deploy_only_from_a_listed_registry_account() {
+    let world = World::new().await;
+    let conveyor = "111122223333";
+    let target = json!({ "StageClusterNames": "default", "ProdClusterNames": "prod", "TaskRoleArns": "r",
+                         "TargetAccountIds": MOTO_ACCOUNT });
+    let mut registry = target.clone();
+    registry["RegistryAccountIds"] = json!(MOTO_ACCOUNT);
+
+    for (bus, parameters, expected) in [("target", target, &[][..]), ("registry", registry, &["EcrPushRule"][..])] {
+        let bus = world.name(bus);
+        let queues = world.aws.install_rules(&bus, &["EcrPushRule"], parameters, "us-west-2", conveyor).await;
+        let matched = route(&world, &bus, &queues, vec![("push", sample("ecr-image-action-push.json"))]).await;
+        assert_eq!(matched["push"], expected, "a push from {MOTO_ACCOUNT} as a {bus} account");
+    }
 }
