@@ -69,7 +69,7 @@ pub enum Error {
     #[error("{0}")]
     NotVetted(Box<NotVetted>),
     /// Refused: the environment is paused.
-    #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.by, .pause.reason)]
+    #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.requester(), .pause.reason)]
     Paused { app: AppName, environment: Environment, pause: Pause },
     /// The state table refused or failed: another operation holds the service ([`Error::error_type`]
     /// `Busy`, retry), or an AWS error.

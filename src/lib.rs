@@ -62,7 +62,8 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 pub struct Invocation {
     /// When Lambda stops the invocation.
     pub deadline: DateTime<Utc>,
-    /// The caller's identity, when Lambda provides one (Cognito).
+    /// The caller's identity as AWS verified it, when Lambda provides one (a Cognito identity):
+    /// what Conveyor records as who asked ([`types::Requester`]).
     pub identity: Option<String>,
     /// The account the function runs in (from its ARN).
     pub account: Option<String>,

@@ -471,7 +471,7 @@ mod tests {
     }
 
     fn paused() -> Pause {
-        Pause { reason: "load test".into(), by: "alice".into(), at: at(0) }
+        Pause { reason: "load test".into(), by: Some("alice".into()), on_behalf_of: None, at: at(0) }
     }
 
     fn held(p: &Push) -> RecordedPush {

@@ -242,7 +242,8 @@ async fn status_and_history_show_what_runs_where_and_what_happened() {
     let doc = history.json();
     let events: Vec<&str> = doc["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["rolled_back", "promoted"], "{doc}");
-    assert_eq!(doc["entries"][1]["requested_by"], "arn:aws:sts::123456789012:assumed-role/dev/ana");
+    assert_eq!(doc["entries"][1]["requested_by"], Value::Null, "a name in the request is not an identity");
+    assert_eq!(doc["entries"][1]["on_behalf_of"], "arn:aws:sts::123456789012:assumed-role/dev/ana");
     assert_eq!(doc["entries"][1]["reason"], "checkout v2");
     insta::assert_snapshot!("history_json", stable_json(&doc));
 

@@ -8,7 +8,7 @@ use conveyor::leased::Leases;
 use conveyor::pause::PauseReport;
 use conveyor::record::RecordedPush;
 use conveyor::stage::StageReport;
-use conveyor::types::Environment;
+use conveyor::types::{Environment, Requester};
 use conveyor::vocabulary::{Action, Outcome};
 use conveyor::Invocation;
 use serde::Serialize;
@@ -68,6 +68,11 @@ impl From<PauseReport> for EnvOutcome {
     }
 }
 
+/// The caller, as STS verified the credentials this process writes with.
+fn verified(by: &str) -> Requester {
+    Requester { verified: Some(by.to_owned()), on_behalf_of: None }
+}
+
 fn invocation() -> Invocation {
     Invocation::lasting(Duration::from_secs(60))
 }
@@ -84,7 +89,7 @@ pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> 
     let leases = Leases { ledger: &ledger, notifier: &notifier };
     let mut outcomes = Vec::new();
     for env in environments(env) {
-        let report = conveyor::pause::pause(&fleet, leases, app, env, reason, &by, &invocation()).await?;
+        let report = conveyor::pause::pause(&fleet, leases, app, env, reason, &verified(&by), &invocation()).await?;
         outcomes.push(EnvOutcome::from(report));
     }
     let output = PauseOutput {
@@ -138,7 +143,7 @@ pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: b
     let leases = Leases { ledger: &ledger, notifier: &notifier };
     let mut outcomes = Vec::new();
     for env in environments(env) {
-        let report = conveyor::pause::resume(&fleet, leases, app, env, &by, &invocation()).await?;
+        let report = conveyor::pause::resume(&fleet, leases, app, env, &verified(&by), &invocation()).await?;
         outcomes.push(EnvOutcome::from(report));
     }
     let held = outcomes.iter().find(|o| o.environment == Environment::Stage).and_then(|o| o.held_push.clone());
