@@ -106,7 +106,7 @@ fn summarize(failures: &[(AppName, DeployError)]) -> String {
     format!("{} app(s) failed: {}", failures.len(), parts.join("; "))
 }
 
-/// Why a promote request is not well-formed.
+/// Why a request to the promote function (a promotion, a pause, a resume) is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {
     #[error(r#"expected a JSON object such as {{"app": "shop-api", "tag": "v1.4.2"}}, got {got}"#)]
@@ -122,6 +122,10 @@ pub enum InvalidRequest {
     NoImage,
     #[error("`{field}` must be at most {limit} characters of text (no control characters)")]
     Text { field: &'static str, limit: usize },
+    #[error("a pause needs a `reason` (it is shown in status, the history and the alert)")]
+    NoReason,
+    #[error("`deploy_latest` rolls out the push held in stage; prod changes only by promotion")]
+    DeployLatestInProd,
 }
 
 /// The longest free text a user may give (a promotion's `reason` and `requested_by`, a pause's

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod operate;
 pub mod ops;
 pub mod pause;
 pub mod promote;
@@ -191,6 +192,15 @@ impl Conveyor {
         invocation: &Invocation,
     ) -> Result<monitor::MonitorReport, Error> {
         monitor::handle(&self.configs, &self.fleet, self.leases(), &self.prober, payload, invocation).await
+    }
+
+    /// The promote function's handler: a promotion, a pause or a resume ([`operate::handle`]).
+    pub async fn promote_function(
+        &self,
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<operate::Answer, Error> {
+        operate::handle(&self.configs, &self.fleet, self.leases(), payload, invocation).await
     }
 
     /// promote's handler ([`promote::handle`]).

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Push;
 use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
 
@@ -100,6 +101,21 @@ pub struct Pause {
 impl Pause {
     pub fn requester(&self) -> Requester {
         Requester { verified: self.by.clone(), on_behalf_of: self.on_behalf_of.clone() }
+    }
+}
+
+impl From<&RecordedPush> for Push {
+    /// The push as it was recorded: its registry account and region as the event gave them.
+    fn from(push: &RecordedPush) -> Self {
+        Push {
+            event_id: push.event_id.clone(),
+            time: push.time,
+            account: push.account.clone(),
+            region: push.region.clone(),
+            repository: push.repository.clone(),
+            digest: push.digest.clone(),
+            tag: push.tag.clone(),
+        }
     }
 }
 
