@@ -522,6 +522,27 @@ async fn a_name_in_a_request_is_kept_on_behalf_of_never_as_the_verified_identity
     }
     let text = setup.run(&["history", "shop-api", "--env", "prod"]).await.ok();
     assert!(text.stdout.contains("user/admin (unverified)"), "{text:?}");
+
+    // When Lambda gives the invocation a verified identity, that is who asked; the name stays
+    // what it was on behalf of.
+    let verified = "us-east-1:0f6c1e2a-ana";
+    setup.promote.set_identity(Some(verified));
+    let paused = setup
+        .promote(json!({ "operation": "pause", "app": "shop-api", "environment": "stage", "reason": "freeze",
+                         "by": admin }))
+        .await;
+    assert_eq!((paused["by"].as_str(), paused["on_behalf_of"].as_str()), (Some(verified), Some(admin)), "{paused}");
+    let record = world.record("shop-api", "stage").await.unwrap();
+    assert_eq!(
+        (record["paused"]["by"].as_str(), record["paused"]["on_behalf_of"].as_str()),
+        (Some(verified), Some(admin))
+    );
+    let history = setup.run(&["history", "shop-api", "--env", "stage", "--json"]).await.ok().json();
+    let entry = &history["entries"][0];
+    assert_eq!((entry["event"].as_str(), entry["requested_by"].as_str()), (Some("paused"), Some(verified)), "{entry}");
+    assert_eq!(entry["on_behalf_of"], admin);
+    let status = setup.run(&["status", "shop-api"]).await.ok();
+    assert!(status.stdout.contains(&format!("by {verified} on behalf of user/admin: freeze")), "{status:?}");
 }
 
 #[tokio::test]
