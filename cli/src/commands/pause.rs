@@ -28,7 +28,7 @@ pub struct PauseOutput {
     /// `resume --deploy-latest`: the held push rolled out again (as its event), and stage-deploy's
     /// answer.
     pub deployed: Option<Deployed>,
-    /// No alert topic is known: the notification was only logged.
+    /// `false`: the promote function has no alert topic, the notification was only logged.
     pub notified: bool,
 }
 
@@ -156,7 +156,8 @@ fn report(style: &Style, output: PauseOutput) -> Report {
     }
     if output.environments.iter().any(|e| e.changed) && !output.notified {
         lines.push(
-            "note: no alert topic is known (CONVEYOR_TOPIC_ARN or --stack): the notification was only logged".into(),
+            "note: the promote function has no alert topic (its CONVEYOR_TOPIC_ARN): the notification was only logged"
+                .into(),
         );
     }
     let json = serde_json::to_value(&output).unwrap_or(Value::Null);
