@@ -70,7 +70,7 @@ pub enum Error {
     #[error("{0}")]
     NotVetted(Box<NotVetted>),
     /// Refused: the environment is paused.
-    #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.by, .pause.reason)]
+    #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.requester(), .pause.reason)]
     Paused { app: AppName, environment: Environment, pause: Pause },
     /// The state table refused or failed: another operation holds the service ([`Error::error_type`]
     /// `Busy`, retry), or an AWS error.
@@ -107,7 +107,7 @@ fn summarize(failures: &[(AppName, DeployError)]) -> String {
     format!("{} app(s) failed: {}", failures.len(), parts.join("; "))
 }
 
-/// Why a promote request is not well-formed.
+/// Why a request to the promote function (a promotion, a pause, a resume) is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {
     #[error(r#"expected a JSON object such as {{"app": "shop-api", "tag": "v1.4.2"}}, got {got}"#)]
@@ -123,6 +123,14 @@ pub enum InvalidRequest {
     NoImage,
     #[error("`{field}` must be at most {limit} characters of text (no control characters)")]
     Text { field: &'static str, limit: usize },
+    #[error("a pause needs a `reason` (it is shown in status, the history and the alert)")]
+    NoReason,
+    #[error("`deploy_latest` rolls out the push held in stage; prod changes only by promotion")]
+    DeployLatestInProd,
+    /// Each function changes its own environment only (stage-deploy stage, promote prod), so the
+    /// roles of the two stay apart.
+    #[error("{environment} is paused and resumed through the {function} function, not this one")]
+    OtherFunction { environment: Environment, function: &'static str },
 }
 
 /// The longest free text a user may give (a promotion's `reason` and `requested_by`, a pause's

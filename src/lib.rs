@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod operate;
 pub mod ops;
 pub mod pause;
 pub mod promote;
@@ -62,7 +63,8 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 pub struct Invocation {
     /// When Lambda stops the invocation.
     pub deadline: DateTime<Utc>,
-    /// The caller's identity, when Lambda provides one (Cognito).
+    /// The caller's identity as AWS verified it, when Lambda provides one (a Cognito identity):
+    /// what Conveyor records as who asked ([`types::Requester`]).
     pub identity: Option<String>,
     /// The account the function runs in (from its ARN).
     pub account: Option<String>,
@@ -190,6 +192,26 @@ impl Conveyor {
         invocation: &Invocation,
     ) -> Result<monitor::MonitorReport, Error> {
         monitor::handle(&self.configs, &self.fleet, self.leases(), &self.prober, payload, invocation).await
+    }
+
+    /// The promote function's handler: a promotion, or a pause or resume of prod
+    /// ([`operate::promote_function`]).
+    pub async fn promote_function(
+        &self,
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<operate::Answer, Error> {
+        operate::promote_function(&self.configs, &self.fleet, self.leases(), payload, invocation).await
+    }
+
+    /// stage-deploy's handler: an EventBridge event, or a pause or resume of stage
+    /// ([`operate::stage_function`]).
+    pub async fn stage_function(
+        &self,
+        payload: serde_json::Value,
+        invocation: &Invocation,
+    ) -> Result<operate::Answer, Error> {
+        operate::stage_function(&self.configs, &self.fleet, self.leases(), payload, invocation).await
     }
 
     /// promote's handler ([`promote::handle`]).

@@ -48,9 +48,12 @@ pub struct Notification {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_task_definition_arn: Option<String>,
-    /// Who asked (promotions, pauses).
+    /// Who asked (promotions, pauses): the identity AWS verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The name the request gave (unverified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     /// A promotion that overrode an earlier failure of the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
@@ -76,6 +79,7 @@ impl Notification {
             reason: None,
             rollback_task_definition_arn: None,
             requested_by: None,
+            on_behalf_of: None,
             forced: false,
             diagnostics: Vec::new(),
         }
@@ -100,6 +104,7 @@ impl Notification {
         notification.deployment_id = rollout.deployment_id.clone();
         notification.reason = rollout.state.reason().map(str::to_owned);
         notification.requested_by = rollout.requested_by().map(str::to_owned);
+        notification.on_behalf_of = rollout.on_behalf_of().map(str::to_owned);
         if let crate::rollout::Origin::Promotion { reason, forced, .. } = &rollout.origin {
             notification.forced = *forced;
             if rollout.in_progress() {
@@ -158,7 +163,7 @@ impl Notification {
         if let Some(reason) = &self.reason {
             lines.push(format!("*Reason:* {}", escape(reason)));
         }
-        let facts: [(&str, Option<String>); 8] = [
+        let facts: [(&str, Option<String>); 9] = [
             ("Image", self.digest.as_ref().map(|d| format!("`{}`", escape(d.as_str())))),
             (
                 "Service",
@@ -171,6 +176,7 @@ impl Notification {
             ),
             ("Deployment", self.deployment_id.as_ref().map(|d| format!("`{}`", escape(d)))),
             ("Requested by", self.requested_by.as_deref().map(escape)),
+            ("On behalf of", self.on_behalf_of.as_deref().map(|name| format!("{} (unverified)", escape(name)))),
             ("Forced", self.forced.then(|| "yes: the image failed before".to_owned())),
             ("Severity", Some(self.severity.to_string())),
         ];
@@ -197,6 +203,7 @@ impl Notification {
             ("reason", self.reason.clone()),
             ("rollback_task_definition_arn", self.rollback_task_definition_arn.clone()),
             ("requested_by", self.requested_by.clone()),
+            ("on_behalf_of", self.on_behalf_of.clone()),
             ("forced", self.forced.then(|| "true".to_owned())),
         ];
         facts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), Value::String(v)))).collect()
@@ -312,6 +319,11 @@ impl Notifier {
 
     /// Delivers entries in order. A channel that fails is not tried again for later entries in
     /// this call (they stay in the outbox): an outage costs one failed attempt, not one each.
+    /// Whether notifications go to a topic (else they are only logged).
+    pub fn has_topic(&self) -> bool {
+        self.topic_arn.is_some()
+    }
+
     pub async fn deliver(&self, entries: &[OutboxEntry]) -> Vec<Delivery> {
         let (mut sns_down, mut slack_down) = (false, false);
         let mut deliveries = Vec::new();

@@ -13,7 +13,7 @@ use crate::ledger::{Change, HistoryEntry, ItemKey, Lease};
 use crate::notify::{Announcement, Notification};
 use crate::record::{EnvState, Pause, RecordedPush};
 use crate::start;
-use crate::types::Environment;
+use crate::types::{Environment, Requester};
 use crate::vocabulary::{Outcome, Severity};
 use crate::Invocation;
 
@@ -38,12 +38,12 @@ pub async fn pause(
     app: &AppConfig,
     env: Environment,
     reason: &str,
-    by: &str,
+    by: &Requester,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     let reason = user_text("reason", Some(reason.to_owned()))?.unwrap_or_default();
-    change_pause(fleet, leases, app, env, Some(Pause { reason, by: by.to_owned(), at: Utc::now() }), by, invocation)
-        .await
+    let pause = Pause { reason, by: by.verified.clone(), on_behalf_of: by.on_behalf_of.clone(), at: Utc::now() };
+    change_pause(fleet, leases, app, env, Some(pause), by, invocation).await
 }
 
 /// Resumes `app` in `env` (idempotent); says which held push a resume can roll out.
@@ -52,7 +52,7 @@ pub async fn resume(
     leases: Leases<'_>,
     app: &AppConfig,
     env: Environment,
-    by: &str,
+    by: &Requester,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     change_pause(fleet, leases, app, env, None, by, invocation).await
@@ -64,7 +64,7 @@ async fn change_pause(
     app: &AppConfig,
     env: Environment,
     pause: Option<Pause>,
-    by: &str,
+    by: &Requester,
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     let lease = Lease::new(ItemKey::env(&app.name, env), format!("conveyor {by}"), invocation).patient();
@@ -72,7 +72,7 @@ async fn change_pause(
     leases.with_env(lease, app, env, target, async |here| change_leased(here, pause, by).await).await
 }
 
-async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &str) -> Result<PauseReport, Error> {
+async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &Requester) -> Result<PauseReport, Error> {
     let (app, env) = (here.app, here.env);
     let failed = |e: crate::DeployError| Error::Deploy(vec![(app.name.clone(), e)]);
     if here.held.state.is_none() {
@@ -96,7 +96,7 @@ fn transition(
     env: Environment,
     state: &EnvState,
     pause: Option<Pause>,
-    by: &str,
+    by: &Requester,
     now: DateTime<Utc>,
 ) -> Option<Change<EnvState>> {
     let pausing = pause.is_some();
@@ -113,11 +113,13 @@ fn transition(
     change.state.paused = pause;
     let mut entry = HistoryEntry::new(&app.name, env, event, now);
     entry.reason = reason.clone();
-    entry.requested_by = Some(by.to_owned());
+    entry.requested_by = by.verified.clone();
+    entry.on_behalf_of = by.on_behalf_of.clone();
     change.history.push(entry);
     let mut notification = Notification::of_service(app, env, outcome, severity);
     notification.reason = reason.or_else(|| Some(format!("{env} deploys again")));
-    notification.requested_by = Some(by.to_owned());
+    notification.requested_by = by.verified.clone();
+    notification.on_behalf_of = by.on_behalf_of.clone();
     change.announcements.push(Announcement::new(notification, app));
     Some(change)
 }
@@ -153,7 +155,11 @@ mod tests {
     }
 
     fn load_test() -> Pause {
-        Pause { reason: "load test".into(), by: "alice".into(), at: at(0) }
+        Pause { reason: "load test".into(), by: Some("alice".into()), on_behalf_of: None, at: at(0) }
+    }
+
+    fn verified(name: &str) -> Requester {
+        Requester { verified: Some(name.into()), on_behalf_of: None }
     }
 
     fn paused() -> EnvState {
@@ -193,7 +199,8 @@ mod tests {
 
     #[test]
     fn pausing_records_who_and_why_and_announces_a_warning() {
-        let change = transition(&app(), Environment::Stage, &state(), Some(load_test()), "alice", at(5)).unwrap();
+        let change =
+            transition(&app(), Environment::Stage, &state(), Some(load_test()), &verified("alice"), at(5)).unwrap();
         assert_eq!(change.state.paused, Some(load_test()));
         let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
         assert_eq!((entry.event, entry.at), (Outcome::Paused, at(5)));
@@ -206,7 +213,7 @@ mod tests {
 
     #[test]
     fn resuming_records_who_and_announces_that_deploys_start_again() {
-        let change = transition(&app(), Environment::Prod, &paused(), None, "bob", at(5)).unwrap();
+        let change = transition(&app(), Environment::Prod, &paused(), None, &verified("bob"), at(5)).unwrap();
         assert_eq!(change.state.paused, None);
         let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
         assert_eq!(
@@ -220,10 +227,23 @@ mod tests {
     }
 
     #[test]
+    fn a_name_the_request_gave_is_kept_on_behalf_of_never_as_who_paused() {
+        let forged = Requester { verified: None, on_behalf_of: Some("arn:aws:iam::1:user/admin".into()) };
+        let change = transition(&app(), Environment::Stage, &state(), Some(load_test()), &forged, at(5)).unwrap();
+        let [entry] = &change.history[..] else { panic!("one history entry") };
+        assert_eq!(
+            (entry.requested_by.as_deref(), entry.on_behalf_of.as_deref()),
+            (None, Some("arn:aws:iam::1:user/admin"))
+        );
+        let n = &change.announcements[0].notification;
+        assert_eq!((n.requested_by.as_deref(), n.on_behalf_of.as_deref()), (None, Some("arn:aws:iam::1:user/admin")));
+    }
+
+    #[test]
     fn pausing_what_is_paused_or_resuming_what_runs_changes_nothing() {
-        let another = Pause { reason: "another reason".into(), by: "bob".into(), at: at(3) };
-        assert!(transition(&app(), Environment::Stage, &paused(), Some(another), "bob", at(5)).is_none());
-        assert!(transition(&app(), Environment::Stage, &state(), None, "bob", at(5)).is_none());
+        let another = Pause { reason: "another reason".into(), by: Some("bob".into()), on_behalf_of: None, at: at(3) };
+        assert!(transition(&app(), Environment::Stage, &paused(), Some(another), &verified("bob"), at(5)).is_none());
+        assert!(transition(&app(), Environment::Stage, &state(), None, &verified("bob"), at(5)).is_none());
     }
 
     #[test]

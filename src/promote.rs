@@ -18,7 +18,7 @@ use crate::record::EnvState;
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, Started};
 use crate::taskdef::TAG_IMAGE_TAG;
-use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
 use crate::vocabulary::PromoteStatus;
 use crate::Invocation;
 
@@ -48,7 +48,8 @@ pub struct Request {
     pub dry_run: bool,
     pub force: bool,
     pub reason: Option<String>,
-    pub requested_by: Option<String>,
+    /// The payload's `requested_by`: a name the caller gave, kept as `on_behalf_of` (unverified).
+    pub on_behalf_of: Option<String>,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -70,8 +71,12 @@ pub struct Response {
     /// Promoted despite an earlier failure of the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// The identity AWS verified for the caller, when Lambda gives one (what the history records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The request's `requested_by` (unverified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     /// Dry run: what prod's container runs now, and what it would get.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_image: Option<String>,
@@ -101,7 +106,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         dry_run: raw.dry_run,
         force: raw.force,
         reason: user_text("reason", raw.reason)?,
-        requested_by: user_text("requested_by", raw.requested_by)?,
+        on_behalf_of: user_text("requested_by", raw.requested_by)?,
     })
 }
 
@@ -114,8 +119,19 @@ pub async fn handle(
     invocation: &Invocation,
 ) -> Result<Response, Error> {
     let request = parse_request(payload).inspect_err(|e| warn!(error = %e, "promote refused"))?;
+    run(configs, fleet, leases, &request, invocation).await
+}
+
+/// Carries out a valid request.
+pub async fn run(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    request: &Request,
+    invocation: &Invocation,
+) -> Result<Response, Error> {
     // Boxed, like every handler's work (see `stage::handle`).
-    Box::pin(promote(configs, fleet, leases, &request, invocation))
+    Box::pin(promote(configs, fleet, leases, request, invocation))
         .await
         .inspect_err(|e| warn!(app = %request.app, error_type = %e.error_type(), error = %e, "promote refused"))
 }
@@ -147,9 +163,9 @@ async fn promote(
         let known = config.apps.iter().map(|a| a.name.clone()).collect();
         return Err(Error::UnknownApp { app: request.app.clone(), parameter, known });
     };
-    let requested_by = request.requested_by.clone().or_else(|| invocation.identity.clone());
+    let requester = Requester::of(invocation, request.on_behalf_of.clone());
     let prod = ItemKey::env(&app.name, Environment::Prod);
-    let owner = format!("promote by {}", requested_by.as_deref().unwrap_or("an unnamed caller"));
+    let owner = format!("promote by {requester}");
     // One lease (one token) for every attempt: an attempt whose answer was lost is recognised.
     let lease = Lease::new(prod.clone(), owner, invocation).patient();
     let mut pauses = lease.pauses();
@@ -182,7 +198,7 @@ async fn promote(
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
         let promoted = leases.with_env(lease, app, Environment::Prod, target, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
-            promote_leased(here, request, &resolved, requested_by.clone()).await
+            promote_leased(here, request, &resolved, &requester).await
         });
         match promoted.await {
             Ok(answer) => break (answer, resolved),
@@ -210,7 +226,8 @@ async fn promote(
         task_definition_arn,
         status,
         forced,
-        requested_by,
+        requested_by: requester.verified,
+        on_behalf_of: requester.on_behalf_of,
         current_image: None,
         current_digest: None,
         current_tag: None,
@@ -222,7 +239,7 @@ async fn promote_leased(
     here: &mut Leased<'_>,
     request: &Request,
     resolved: &Resolved,
-    requested_by: Option<String>,
+    requester: &Requester,
 ) -> Result<(String, PromoteStatus, bool), DeployError> {
     let forced = request.force && resolved.failure.is_some();
     let candidate = Candidate {
@@ -230,7 +247,12 @@ async fn promote_leased(
         digest: &resolved.digest,
         image: &resolved.image,
         event_time: Utc::now(),
-        origin: Origin::Promotion { requested_by, reason: request.reason.clone(), forced },
+        origin: Origin::Promotion {
+            requested_by: requester.verified.clone(),
+            on_behalf_of: requester.on_behalf_of.clone(),
+            reason: request.reason.clone(),
+            forced,
+        },
     };
     let plan = start::start(here, &candidate).await?;
     let answer = match &plan.started {
@@ -428,6 +450,7 @@ async fn dry_run(target: &Target<'_>, app: &AppConfig, resolved: &Resolved) -> R
         status: if already { PromoteStatus::AlreadyDeployed } else { PromoteStatus::DryRun },
         forced: resolved.failure.is_some(),
         requested_by: None,
+        on_behalf_of: None,
         current_digest: observed.revision.digest.as_ref().map(ToString::to_string),
         current_tag: observed.running.tag(TAG_IMAGE_TAG).map(str::to_owned),
         current_image: Some(current),
@@ -476,7 +499,7 @@ mod tests {
         assert_eq!(request.image, ImageRef::Digest(ImageDigest::parse(digest).unwrap()));
         assert!(request.dry_run && request.force);
         assert_eq!(request.reason.as_deref(), Some("hotfix for INC-42"));
-        assert_eq!(request.requested_by.as_deref(), Some("arn:aws:sts::1:assumed-role/dev/ana"));
+        assert_eq!(request.on_behalf_of.as_deref(), Some("arn:aws:sts::1:assumed-role/dev/ana"));
     }
 
     #[test]

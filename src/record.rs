@@ -5,8 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Push;
 use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState};
-use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
 
 /// The state of one app in one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,11 +84,39 @@ pub struct Verified {
     pub at: DateTime<Utc>,
 }
 
+/// An environment paused, why and by whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
     pub reason: String,
-    pub by: String,
+    /// The identity AWS verified for whoever paused (none for an invocation Lambda names no
+    /// caller of). Before v3, the name the CLI sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The name the request gave (unverified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     pub at: DateTime<Utc>,
+}
+
+impl Pause {
+    pub fn requester(&self) -> Requester {
+        Requester { verified: self.by.clone(), on_behalf_of: self.on_behalf_of.clone() }
+    }
+}
+
+impl From<&RecordedPush> for Push {
+    /// The push as it was recorded: its registry account and region as the event gave them.
+    fn from(push: &RecordedPush) -> Self {
+        Push {
+            event_id: push.event_id.clone(),
+            time: push.time,
+            account: push.account.clone(),
+            region: push.region.clone(),
+            repository: push.repository.clone(),
+            digest: push.digest.clone(),
+            tag: push.tag.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

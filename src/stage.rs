@@ -93,6 +93,19 @@ pub async fn handle(
     Box::pin(deploy_push(configs, fleet, leases, &push, invocation)).await
 }
 
+/// Rolls out a push recorded earlier (the one a pause held), as its event would: `resume` with
+/// `deploy_latest` asks for it by app, and the push is the one the state table recorded, with the
+/// registry account and region it arrived with.
+pub async fn replay(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    push: &RecordedPush,
+    invocation: &Invocation,
+) -> Result<StageReport, Error> {
+    Box::pin(deploy_push(configs, fleet, leases, &Push::from(push), invocation)).await
+}
+
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]
 async fn deploy_push(
     configs: &Configs,
@@ -479,7 +492,7 @@ mod tests {
     }
 
     fn paused() -> Pause {
-        Pause { reason: "load test".into(), by: "alice".into(), at: at(0) }
+        Pause { reason: "load test".into(), by: Some("alice".into()), on_behalf_of: None, at: at(0) }
     }
 
     fn held(p: &Push) -> RecordedPush {

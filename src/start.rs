@@ -181,6 +181,7 @@ pub fn history_of(app: &AppName, rollout: &Rollout, env: Environment, at: DateTi
     entry.deployment_id = rollout.deployment_id.clone();
     entry.reason = rollout.state.reason().map(str::to_owned);
     entry.requested_by = rollout.requested_by().map(str::to_owned);
+    entry.on_behalf_of = rollout.on_behalf_of().map(str::to_owned);
     entry.forced = matches!(rollout.origin, Origin::Promotion { forced: true, .. });
     if let RolloutState::RolledBack { to, .. } = &rollout.state {
         entry.rollback_task_definition_arn = Some(to.clone());
@@ -314,7 +315,7 @@ pub fn note_what_runs(
             event_time: now,
             started_at: now,
             origin: if env == Environment::Prod {
-                Origin::Promotion { requested_by: None, reason: None, forced: false }
+                Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
             } else {
                 Origin::Push
             },
@@ -670,7 +671,10 @@ mod tests {
         let adopted =
             note_what_runs(&app(), Environment::Prod, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
                 .expect("adopted");
-        assert_eq!(adopted.origin, Origin::Promotion { requested_by: None, reason: None, forced: false });
+        assert_eq!(
+            adopted.origin,
+            Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
+        );
         assert_eq!(announced(&change), [Outcome::Promoted]);
     }
 
@@ -865,8 +869,12 @@ mod tests {
         assert_eq!(change.state.rollout.as_ref().map(|r| r.task_definition_arn.as_str()), Some(TD2));
 
         let mut promotion = rollout(TD2, '2', RolloutState::InProgress);
-        promotion.origin =
-            Origin::Promotion { requested_by: Some("alice".into()), reason: Some("hotfix".into()), forced: true };
+        promotion.origin = Origin::Promotion {
+            requested_by: Some("alice".into()),
+            on_behalf_of: None,
+            reason: Some("hotfix".into()),
+            forced: true,
+        };
         let mut change = Change::new(state());
         begin(&app(), Environment::Prod, &mut change, promotion);
         assert_eq!(events(&change), [Outcome::Promoted]);

@@ -127,9 +127,49 @@ impl fmt::Display for Environment {
     }
 }
 
+/// Who asked for a change (a promotion, a pause, a resume): the identity AWS verified for the
+/// invocation, when there is one, and the name the request itself gave. The name is kept as
+/// `on_behalf_of` and never taken for the verified identity: anyone allowed to invoke may write
+/// any name there (contract, *Trust boundary*).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub verified: Option<String>,
+    pub on_behalf_of: Option<String>,
+}
+
+impl Requester {
+    /// The invocation's verified identity (if Lambda gives one), and the request's name.
+    pub fn of(invocation: &crate::Invocation, on_behalf_of: Option<String>) -> Self {
+        Requester { verified: invocation.identity.clone(), on_behalf_of }
+    }
+}
+
+impl fmt::Display for Requester {
+    /// `arn:...`, `arn:... on behalf of ana`, `ana (unverified)`, `an unidentified caller`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.verified, &self.on_behalf_of) {
+            (Some(verified), Some(name)) => write!(f, "{verified} on behalf of {name}"),
+            (Some(verified), None) => f.write_str(verified),
+            (None, Some(name)) => write!(f, "{name} (unverified)"),
+            (None, None) => f.write_str("an unidentified caller"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requester_says_what_was_verified_and_what_was_only_claimed() {
+        let who = |verified: Option<&str>, name: Option<&str>| {
+            Requester { verified: verified.map(str::to_owned), on_behalf_of: name.map(str::to_owned) }.to_string()
+        };
+        assert_eq!(who(Some("arn:aws:sts::1:assumed-role/dev/ana"), None), "arn:aws:sts::1:assumed-role/dev/ana");
+        assert_eq!(who(Some("ana"), Some("bob")), "ana on behalf of bob");
+        assert_eq!(who(None, Some("arn:aws:iam::1:user/admin")), "arn:aws:iam::1:user/admin (unverified)");
+        assert_eq!(who(None, None), "an unidentified caller");
+    }
 
     #[test]
     fn app_names_follow_the_contract() {

@@ -9,10 +9,10 @@ use conveyor::types::Environment;
 /// Operate Conveyor: what runs where, the release history, promote and roll back prod, pause
 /// auto-deploys, check app configs, DORA metrics.
 ///
-/// Runs with your own AWS credentials. Changes prod only by invoking the promote function.
+/// Runs with your own AWS credentials and only reads Conveyor's state: promotions, rollbacks,
+/// pauses and resumes are made by invoking the promote function.
 /// Names: --stack NAME (read from the stack's outputs), or CONVEYOR_TABLE,
-/// CONVEYOR_PROMOTE_FUNCTION, CONVEYOR_SSM_PREFIX (and CONVEYOR_STAGE_DEPLOY_FUNCTION,
-/// CONVEYOR_TOPIC_ARN for pause and resume).
+/// CONVEYOR_PROMOTE_FUNCTION, CONVEYOR_SSM_PREFIX.
 ///
 /// Exit codes: 0 done (with --wait: verified), 1 refused or invalid input, 2 rolled back or failed,
 /// 3 timed out waiting, 4 AWS or configuration error.
@@ -72,7 +72,7 @@ impl From<Env> for Environment {
     }
 }
 
-/// The environments an optional `--env` names: that one, or both.
+/// `--env`: that environment, or every environment in pipeline order.
 pub fn environments(env: Option<Env>) -> Vec<Environment> {
     env.map_or_else(|| Environment::ALL.to_vec(), |env| vec![env.into()])
 }
@@ -105,7 +105,7 @@ pub enum Command {
     /// promotable tag), through the promote function
     Rollback(RollbackArgs),
     /// Pause an app: stage records pushes but rolls nothing out, prod refuses promotions (both
-    /// environments unless --env)
+    /// environments unless --env), through the promote function
     Pause {
         app: String,
         /// Only this environment (default: both)
@@ -115,13 +115,13 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
-    /// Resume a paused app (both environments unless --env)
+    /// Resume a paused app (both environments unless --env), through the promote function
     Resume {
         app: String,
         /// Only this environment (default: both)
         #[arg(long, value_enum)]
         env: Option<Env>,
-        /// Stage: roll out the newest push held while paused (delivers it to stage-deploy again)
+        /// Stage: roll out the newest push held while paused (the promote function replays it)
         #[arg(long)]
         deploy_latest: bool,
     },

@@ -2,11 +2,10 @@
 //! or the environment) and the clients, built when a command first needs them.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use conveyor::aws::{Sns, Ssm};
+use conveyor::aws::Ssm;
 use conveyor::config::Configs;
 use conveyor::fleet::Fleet;
 use conveyor::ledger::Ledger;
-use conveyor::notify::Notifier;
 use conveyor::DEFAULT_PREFIX;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -21,29 +20,27 @@ pub struct Names {
     pub table: Option<String>,
     pub promote_function: Option<String>,
     pub stage_deploy_function: Option<String>,
-    pub topic_arn: Option<String>,
     pub prefix: String,
     /// `stack NAME` or `environment`.
     pub source: String,
 }
 
 impl Names {
-    /// From `CONVEYOR_TABLE`, `CONVEYOR_PROMOTE_FUNCTION`, `CONVEYOR_STAGE_DEPLOY_FUNCTION`,
-    /// `CONVEYOR_TOPIC_ARN` and `CONVEYOR_SSM_PREFIX`.
+    /// From `CONVEYOR_TABLE`, `CONVEYOR_PROMOTE_FUNCTION`, `CONVEYOR_STAGE_DEPLOY_FUNCTION` and
+    /// `CONVEYOR_SSM_PREFIX`.
     pub fn from_env() -> Names {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
         Names {
             table: var("CONVEYOR_TABLE"),
             promote_function: var("CONVEYOR_PROMOTE_FUNCTION"),
             stage_deploy_function: var("CONVEYOR_STAGE_DEPLOY_FUNCTION"),
-            topic_arn: var("CONVEYOR_TOPIC_ARN"),
             prefix: var("CONVEYOR_SSM_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
             source: "environment".into(),
         }
     }
 
-    /// From a stack's outputs (`StateTableName`, `PromoteFunctionName`, `StageDeployFunctionName`,
-    /// `AlertTopicArn`) and its `SsmPrefix` (an output of that name, else the parameter).
+    /// From a stack's outputs (`StateTableName`, `PromoteFunctionName`, `StageDeployFunctionName`)
+    /// and its `SsmPrefix` (an output of that name, else the parameter).
     pub fn from_stack(stack: &str, outputs: &[(String, String)], parameters: &[(String, String)]) -> Names {
         let output = |key: &str| outputs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let parameter = |key: &str| parameters.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -51,7 +48,6 @@ impl Names {
             table: output("StateTableName"),
             promote_function: output("PromoteFunctionName"),
             stage_deploy_function: output("StageDeployFunctionName"),
-            topic_arn: output("AlertTopicArn"),
             prefix: output("SsmPrefix").or_else(|| parameter("SsmPrefix")).unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
             source: format!("stack {stack}"),
         }
@@ -76,6 +72,7 @@ impl Names {
             .ok_or_else(|| self.missing("promote function", "PromoteFunctionName", "CONVEYOR_PROMOTE_FUNCTION"))
     }
 
+    /// Where stage is paused and resumed (each function changes its own environment only).
     pub fn stage_deploy_function(&self) -> Result<&str, CliError> {
         self.stage_deploy_function.as_deref().ok_or_else(|| {
             self.missing("stage-deploy function", "StageDeployFunctionName", "CONVEYOR_STAGE_DEPLOY_FUNCTION")
@@ -172,13 +169,6 @@ impl Context {
         Ok(Fleet::new(&self.aws()?, "conveyor"))
     }
 
-    /// The installation's alert topic (and the apps' Slack webhooks).
-    pub async fn notifier(&self) -> Result<Notifier, CliError> {
-        let aws = self.aws()?;
-        let topic = self.names().await?.topic_arn.clone();
-        Ok(Notifier::new(Sns::new(&aws), Ssm::new(&aws), conveyor::web::Web::default(), topic))
-    }
-
     pub fn ssm(&self) -> Result<Ssm, CliError> {
         Ok(Ssm::new(&self.aws()?))
     }
@@ -214,9 +204,9 @@ mod tests {
         assert_eq!(names.table().unwrap(), "conveyor-StateTable-1");
         assert_eq!(names.promote_function().unwrap(), "conveyor-Promote-1");
         assert_eq!(names.apps_path(), "/deploy/apps/");
-        let missing = names.stage_deploy_function().unwrap_err();
+        let missing = Names::from_stack("conveyor", &[], &[]).promote_function().unwrap_err();
         assert_eq!(missing.exit_code, crate::error::AWS_OR_CONFIG);
-        assert!(missing.message.contains("stack conveyor has no output StageDeployFunctionName"), "{missing}");
+        assert!(missing.message.contains("stack conveyor has no output PromoteFunctionName"), "{missing}");
         assert_eq!(Names::from_stack("c", &[], &[]).prefix, "/conveyor");
     }
 }

@@ -210,6 +210,17 @@ pub fn who(arn: &str) -> &str {
     }
 }
 
+/// Who asked, for people: the verified identity ([`who`]), else the name the request gave, marked
+/// as unverified (`user/moto (unverified)`); `-` when neither is known.
+pub fn requester(verified: Option<&str>, on_behalf_of: Option<&str>) -> String {
+    match (verified, on_behalf_of) {
+        (Some(verified), Some(name)) if name != verified => format!("{} on behalf of {}", who(verified), who(name)),
+        (Some(verified), _) => who(verified).to_owned(),
+        (None, Some(name)) => format!("{} (unverified)", who(name)),
+        (None, None) => "-".to_owned(),
+    }
+}
+
 pub fn or_dash(text: Option<&str>) -> &str {
     text.filter(|t| !t.is_empty()).unwrap_or("-")
 }
@@ -229,6 +240,10 @@ mod tests {
         assert_eq!(short_digest("sha256:abc"), "sha256:abc");
         assert_eq!(who("arn:aws:sts::123456789012:assumed-role/dev/ana"), "assumed-role/dev/ana");
         assert_eq!(who("ana"), "ana");
+        assert_eq!(requester(Some("arn:aws:sts::1:assumed-role/dev/ana"), None), "assumed-role/dev/ana");
+        assert_eq!(requester(None, Some("arn:aws:sts::1:user/moto")), "user/moto (unverified)");
+        assert_eq!(requester(Some("ana"), Some("bob")), "ana on behalf of bob");
+        assert_eq!(requester(None, None), "-");
     }
 
     #[test]

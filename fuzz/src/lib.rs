@@ -94,7 +94,7 @@ pub fn app_config(data: &[u8]) {
 pub fn promote_request(data: &[u8]) {
     let Ok(payload) = serde_json::from_slice::<Value>(data) else { return };
     if let Ok(request) = conveyor::promote::parse_request(payload) {
-        for text in [&request.reason, &request.requested_by].into_iter().flatten() {
+        for text in [&request.reason, &request.on_behalf_of].into_iter().flatten() {
             assert!(text.chars().count() <= 256 && !text.chars().any(char::is_control));
             assert!(!text.is_empty() && text.trim() == text);
         }

@@ -146,8 +146,12 @@ pub struct HistoryEntry {
     pub deployment_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The identity AWS verified for whoever asked (a promotion, a pause, a resume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The name the request gave (unverified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
     /// When the rollout this entry settles started (durations, DORA lead times).
@@ -170,6 +174,7 @@ impl HistoryEntry {
             deployment_id: None,
             reason: None,
             requested_by: None,
+            on_behalf_of: None,
             forced: false,
             started_at: None,
         }

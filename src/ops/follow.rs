@@ -47,7 +47,7 @@ mod tests {
             deployment_id: None,
             event_time: DateTime::UNIX_EPOCH,
             started_at: DateTime::UNIX_EPOCH,
-            origin: Origin::Promotion { requested_by: None, reason: None, forced: false },
+            origin: Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false },
             state,
         }
     }

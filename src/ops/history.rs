@@ -20,8 +20,10 @@ pub struct HistoryRow {
     pub reason: Option<String>,
     /// From the start of the rollout this entry settles (or of the rollback it ends).
     pub duration_seconds: Option<i64>,
-    /// Who asked (promotions, pauses): an AWS identity.
+    /// Who asked (promotions, pauses): the identity AWS verified.
     pub requested_by: Option<String>,
+    /// The name the request gave (unverified).
+    pub on_behalf_of: Option<String>,
     /// Promoted despite an earlier failure of the image.
     pub forced: bool,
     pub rollout_id: Option<String>,
@@ -41,6 +43,7 @@ impl From<&HistoryEntry> for HistoryRow {
             reason: entry.reason.clone(),
             duration_seconds: entry.duration_seconds(),
             requested_by: entry.requested_by.clone(),
+            on_behalf_of: entry.on_behalf_of.clone(),
             forced: entry.forced,
             rollout_id: entry.rollout_id.clone(),
             task_definition_arn: entry.task_definition_arn.clone(),
@@ -147,7 +150,7 @@ mod tests {
         assert_eq!(row["duration_seconds"], 95);
         assert_eq!(row["event"], "verified");
         let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 13, "{keys:?}");
-        assert!(row["requested_by"].is_null() && row["forced"] == false);
+        assert_eq!(keys.len(), 14, "{keys:?}");
+        assert!(row["requested_by"].is_null() && row["on_behalf_of"].is_null() && row["forced"] == false);
     }
 }

@@ -92,7 +92,10 @@ pub struct RolloutStatus {
     pub settled_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<i64>,
     pub task_definition_arn: String,
+    /// A promotion: the identity AWS verified for whoever asked.
     pub requested_by: Option<String>,
+    /// A promotion: the name its request gave (unverified).
+    pub on_behalf_of: Option<String>,
     pub forced: bool,
 }
 
@@ -107,7 +110,10 @@ pub struct VerifiedStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PauseStatus {
     pub reason: String,
-    pub by: String,
+    /// The identity AWS verified for whoever paused.
+    pub by: Option<String>,
+    /// The name the request gave (unverified).
+    pub on_behalf_of: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -131,6 +137,7 @@ impl From<&Rollout> for RolloutStatus {
             duration_seconds: rollout.duration().map(|d| d.num_seconds()),
             task_definition_arn: rollout.task_definition_arn.clone(),
             requested_by: rollout.requested_by().map(str::to_owned),
+            on_behalf_of: rollout.on_behalf_of().map(str::to_owned),
             forced: matches!(rollout.origin, Origin::Promotion { forced: true, .. }),
         }
     }
@@ -163,6 +170,7 @@ pub fn env_status(
         paused: state.and_then(|s| s.paused.as_ref()).map(|p| PauseStatus {
             reason: p.reason.clone(),
             by: p.by.clone(),
+            on_behalf_of: p.on_behalf_of.clone(),
             at: p.at,
         }),
         held_push: state.and_then(|s| s.held_push.as_ref()).map(|h| HeldPush {

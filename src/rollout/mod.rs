@@ -38,10 +38,13 @@ pub struct Revision {
 pub enum Origin {
     /// An ECR push (stage).
     Push,
-    /// A promotion (prod): who asked, why, and whether it overrode an earlier failure.
+    /// A promotion (prod): who asked (the identity AWS verified, and the name the request gave),
+    /// why, and whether it overrode an earlier failure.
     Promotion {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
         #[serde(default)]
@@ -185,6 +188,14 @@ impl Rollout {
     pub fn requested_by(&self) -> Option<&str> {
         match &self.origin {
             Origin::Promotion { requested_by, .. } => requested_by.as_deref(),
+            Origin::Push => None,
+        }
+    }
+
+    /// The name a promotion's request gave (unverified), for notifications and history.
+    pub fn on_behalf_of(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Promotion { on_behalf_of, .. } => on_behalf_of.as_deref(),
             Origin::Push => None,
         }
     }

@@ -278,13 +278,13 @@ async fn text_users_write_is_escaped_in_the_chatbot_markdown_and_the_slack_post(
     let content = &note["Message"]["content"];
     let description = content["description"].as_str().unwrap();
     assert!(description.contains(&format!("*Reason:* {escaped}")), "{description}");
-    assert!(description.contains("*Requested by:* &lt;@U0ADMIN&gt;"), "{description}");
+    assert!(description.contains("*On behalf of:* &lt;@U0ADMIN&gt; (unverified)"), "{description}");
     for markdown in [content["title"].as_str().unwrap(), description] {
         assert!(!markdown.contains('<') && !markdown.contains('>'), "unescaped: {markdown}");
     }
     // The metadata is not rendered: it keeps the values as written (for filters, custom actions).
     let context = &note["Message"]["metadata"]["additionalContext"];
-    assert_eq!((context["reason"].as_str(), context["requested_by"].as_str()), (Some(reason), Some("<@U0ADMIN>")));
+    assert_eq!((context["reason"].as_str(), context["on_behalf_of"].as_str()), (Some(reason), Some("<@U0ADMIN>")));
 
     let posts = slack.answered();
     let [post] = &posts[posted_before..] else { panic!("one Slack post for the promotion: {posts:#?}") };

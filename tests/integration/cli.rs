@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 
 use crate::support::{conveyor, invocation};
 
-/// The identity moto's STS gives the test credentials: what the CLI sends as `requested_by`.
+/// The identity moto's STS gives the test credentials: what the CLI sends as `requested_by` (and
+/// pause's `by`), which the functions keep as `on_behalf_of` (no identity verified by AWS: the
+/// Lambda Invoke API names no caller).
 const CALLER: &str = "arn:aws:sts::123456789012:user/moto";
 
 /// A local AWS slice with the promote and stage-deploy functions behind a Lambda Invoke API.
@@ -242,7 +244,8 @@ async fn status_and_history_show_what_runs_where_and_what_happened() {
     let doc = history.json();
     let events: Vec<&str> = doc["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["rolled_back", "promoted"], "{doc}");
-    assert_eq!(doc["entries"][1]["requested_by"], "arn:aws:sts::123456789012:assumed-role/dev/ana");
+    assert_eq!(doc["entries"][1]["requested_by"], Value::Null, "a name in the request is not an identity");
+    assert_eq!(doc["entries"][1]["on_behalf_of"], "arn:aws:sts::123456789012:assumed-role/dev/ana");
     assert_eq!(doc["entries"][1]["reason"], "checkout v2");
     insta::assert_snapshot!("history_json", stable_json(&doc));
 
@@ -409,12 +412,18 @@ async fn pause_holds_pushes_and_refuses_promotions_until_resume_deploys_the_held
     assert_eq!(doc["environments"][0]["held_push"]["tag"], "v1.1.0");
     assert_eq!(doc["deployed"]["report"]["apps"][0]["status"], "deploying", "{doc}");
     insta::assert_snapshot!("resume_deploy_latest_json", stable_json(&doc));
-    // stage-deploy got the push's own event again: same id and time, through the Invoke API.
-    let delivered = setup.lambda.invoked().into_iter().find(|i| i.function == "stage-deploy").unwrap();
+    // The promote function replayed the push the table held (the request names the app, nothing
+    // else): the push's own event, same id and time; stage-deploy was not invoked.
+    let invoked = setup.lambda.invoked();
+    assert!(invoked.iter().all(|i| i.function == "promote"), "{invoked:?}");
+    assert_eq!(
+        invoked.last().unwrap().payload,
+        json!({ "operation": "resume", "app": "shop-api", "environment": "stage", "deploy_latest": true, "by": CALLER })
+    );
     let original = world.push_event("shop-api", "v1.1.0", &digest(2), Utc::now());
-    assert_eq!(delivered.payload["detail"], original["detail"]);
-    assert_eq!(delivered.payload["account"], original["account"]);
-    assert!(delivered.payload["id"].as_str().unwrap().starts_with(&format!("push-{}-v1.1.0-", world.id)));
+    let replayed = &doc["deployed"]["event"];
+    assert_eq!((&replayed["detail"], &replayed["account"]), (&original["detail"], &original["account"]));
+    assert!(replayed["id"].as_str().unwrap().starts_with(&format!("push-{}-v1.1.0-", world.id)));
     assert!(world.running_image(&app.stage).await.ends_with(&digest(2)));
     let resumed = setup.run(&["resume", "shop-api"]).await.ok();
     insta::assert_snapshot!("resume", stable(&resumed.stdout));
@@ -432,9 +441,108 @@ async fn pause_holds_pushes_and_refuses_promotions_until_resume_deploys_the_held
     let history = setup.run(&["history", "shop-api", "--json"]).await.ok().json();
     let pause = history["entries"].as_array().unwrap().iter().find(|e| e["event"] == "paused").unwrap();
     assert_eq!(
-        (pause["requested_by"].as_str(), pause["reason"].as_str()),
-        (Some(CALLER), Some("INC-42 payment outage"))
+        (pause["requested_by"].as_str(), pause["on_behalf_of"].as_str(), pause["reason"].as_str()),
+        (None, Some(CALLER), Some("INC-42 payment outage"))
     );
+}
+
+/// The CLI's environment with its own access key id: the local AWS logs which key signed each
+/// call (`credential=KEY`), so the operator's calls are told apart from the functions'.
+fn as_operator(setup: &Setup, key: &str) -> Vec<(String, String)> {
+    let mut env: Vec<_> = setup.env().into_iter().filter(|(k, _)| k != "AWS_ACCESS_KEY_ID").collect();
+    env.push(("AWS_ACCESS_KEY_ID".into(), key.to_owned()));
+    env
+}
+
+#[tokio::test]
+async fn pause_and_resume_write_the_state_table_only_through_the_promote_function() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    let key = format!("OPERATOR{}", world.id.to_uppercase());
+    let operator = as_operator(&setup, &key);
+
+    run(&operator, &["pause", "shop-api", "--reason", "INC-9 load test"]).await.ok();
+    setup.push(&app, "v1.1.0", 2, 1).await;
+    let paused = run(&operator, &["status", "shop-api", "--json"]).await.ok().json();
+    assert_eq!(paused["apps"][0]["environments"][0]["held_push"]["tag"], "v1.1.0", "{paused}");
+    let resumed = run(&operator, &["resume", "shop-api", "--deploy-latest", "--json"]).await.ok().json();
+    assert_eq!(resumed["deployed"]["report"]["apps"][0]["status"], "deploying", "{resumed}");
+    assert!(world.running_image(&app.stage).await.ends_with(&digest(2)));
+
+    // With the operator's credentials: who am I, and reads. Every write was the function's.
+    let calls = world.aws.calls(&format!("credential={key}")).await;
+    let writes = ["PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "Publish"];
+    assert!(calls.keys().all(|op| !writes.contains(&op.as_str())), "the operator wrote: {calls:?}");
+    assert!(calls.contains_key("GetCallerIdentity"), "the operator's calls are logged: {calls:?}");
+    let functions = world.aws.calls("credential=test").await;
+    assert!(functions.keys().any(|op| writes.contains(&op.as_str())), "the functions wrote: {functions:?}");
+    let invoked = setup.lambda.invoked();
+    let operations: Vec<&str> = invoked.iter().filter_map(|i| i.payload["operation"].as_str()).collect();
+    assert_eq!(operations, ["pause", "resume"]);
+}
+
+#[tokio::test]
+async fn a_name_in_a_request_is_kept_on_behalf_of_never_as_the_verified_identity() {
+    let setup = Setup::new().await;
+    let world = &setup.world;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    setup.vet(&app, "v1.0.0", 1, 3).await;
+    let _ = world.notifications().await;
+    let admin = "arn:aws:iam::123456789012:user/admin";
+
+    // A pause whose request claims to be by the admin.
+    let paused = setup
+        .promote(json!({ "operation": "pause", "app": "shop-api", "environment": "prod", "reason": "freeze",
+                         "by": admin }))
+        .await;
+    assert_eq!((&paused["by"], paused["on_behalf_of"].as_str()), (&Value::Null, Some(admin)), "{paused}");
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!((record["paused"].get("by"), record["paused"]["on_behalf_of"].as_str()), (None, Some(admin)));
+    let notes = world.notifications().await;
+    let [note] = &notes[..] else { panic!("one notification: {notes:#?}") };
+    let context = &note["Message"]["metadata"]["additionalContext"];
+    assert_eq!((context.get("requested_by"), context["on_behalf_of"].as_str()), (None, Some(admin)), "{context}");
+    let description = note["Message"]["content"]["description"].as_str().unwrap();
+    assert!(description.contains("*On behalf of:* arn:aws:iam::123456789012:user/admin (unverified)"), "{description}");
+    assert!(!description.contains("Requested by"), "{description}");
+    let status = setup.run(&["status", "shop-api"]).await.ok();
+    assert!(status.stdout.contains("paused since"), "{status:?}");
+    assert!(status.stdout.contains("by user/admin (unverified): freeze"), "{status:?}");
+
+    // A promotion whose request claims the same.
+    setup.promote(json!({ "operation": "resume", "app": "shop-api", "environment": "prod", "by": admin })).await;
+    let promoted = setup.promote(json!({ "app": "shop-api", "tag": "v1.0.0", "requested_by": admin })).await;
+    assert_eq!((promoted.get("requested_by"), promoted["on_behalf_of"].as_str()), (None, Some(admin)), "{promoted}");
+    let history = setup.run(&["history", "shop-api", "--json"]).await.ok().json();
+    for event in ["paused", "resumed", "promoted"] {
+        let entry = history["entries"].as_array().unwrap().iter().find(|e| e["event"] == event).unwrap();
+        assert_eq!((&entry["requested_by"], entry["on_behalf_of"].as_str()), (&Value::Null, Some(admin)), "{entry}");
+    }
+    let text = setup.run(&["history", "shop-api", "--env", "prod"]).await.ok();
+    assert!(text.stdout.contains("user/admin (unverified)"), "{text:?}");
+
+    // When Lambda gives the invocation a verified identity, that is who asked; the name stays
+    // what it was on behalf of.
+    let verified = "us-east-1:0f6c1e2a-ana";
+    setup.promote.set_identity(Some(verified));
+    let paused = setup
+        .promote(json!({ "operation": "pause", "app": "shop-api", "environment": "stage", "reason": "freeze",
+                         "by": admin }))
+        .await;
+    assert_eq!((paused["by"].as_str(), paused["on_behalf_of"].as_str()), (Some(verified), Some(admin)), "{paused}");
+    let record = world.record("shop-api", "stage").await.unwrap();
+    assert_eq!(
+        (record["paused"]["by"].as_str(), record["paused"]["on_behalf_of"].as_str()),
+        (Some(verified), Some(admin))
+    );
+    let history = setup.run(&["history", "shop-api", "--env", "stage", "--json"]).await.ok().json();
+    let entry = &history["entries"][0];
+    assert_eq!((entry["event"].as_str(), entry["requested_by"].as_str()), (Some("paused"), Some(verified)), "{entry}");
+    assert_eq!(entry["on_behalf_of"], admin);
+    let status = setup.run(&["status", "shop-api"]).await.ok();
+    assert!(status.stdout.contains(&format!("by {verified} on behalf of user/admin: freeze")), "{status:?}");
 }
 
 #[tokio::test]

@@ -990,7 +990,7 @@ async fn after_a_stopped_rollback(stop: Stop, next: Next) -> (String, Vec<String
                 app,
                 prod,
                 "incident",
-                "tester",
+                &conveyor::types::Requester::default(),
                 &invocation(),
             )
             .await;

@@ -882,7 +882,7 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
         app_config,
         Environment::Stage,
         "release freeze",
-        "ana",
+        &conveyor::types::Requester::default(),
         &invocation(),
     )
     .await
@@ -893,7 +893,7 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
         app_config,
         Environment::Stage,
         "release freeze",
-        "ana",
+        &conveyor::types::Requester::default(),
         &invocation(),
     )
     .await
@@ -932,9 +932,17 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
     assert!(notes.is_empty(), "{:#?}", summary(&notes));
 
     // Prod paused: promote refuses, prod unchanged.
-    conveyor::pause::pause(&c.fleet, c.leases(), app_config, Environment::Prod, "incident INC-7", "ana", &invocation())
-        .await
-        .unwrap();
+    conveyor::pause::pause(
+        &c.fleet,
+        c.leases(),
+        app_config,
+        Environment::Prod,
+        "incident INC-7",
+        &conveyor::types::Requester::default(),
+        &invocation(),
+    )
+    .await
+    .unwrap();
     let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "Paused", "{message}");
     assert!(message.contains("incident INC-7"), "{message}");
@@ -943,10 +951,26 @@ async fn a_pause_holds_pushes_and_promotions_but_never_a_rollback() {
     one(&world.notifications().await, "paused");
 
     // Resume stage: announced once; the held push, delivered again, rolls out.
-    let resumed = conveyor::pause::resume(&c.fleet, c.leases(), app_config, Environment::Stage, "ana", &invocation())
-        .await
-        .unwrap();
-    conveyor::pause::resume(&c.fleet, c.leases(), app_config, Environment::Stage, "ana", &invocation()).await.unwrap();
+    let resumed = conveyor::pause::resume(
+        &c.fleet,
+        c.leases(),
+        app_config,
+        Environment::Stage,
+        &conveyor::types::Requester::default(),
+        &invocation(),
+    )
+    .await
+    .unwrap();
+    conveyor::pause::resume(
+        &c.fleet,
+        c.leases(),
+        app_config,
+        Environment::Stage,
+        &conveyor::types::Requester::default(),
+        &invocation(),
+    )
+    .await
+    .unwrap();
     assert_eq!(resumed.held_push.as_ref().map(|p| p.tag.to_string()).as_deref(), Some("v1.2.0"));
     let notes = world.notifications().await;
     assert_eq!(notes.len(), 1, "{:#?}", summary(&notes));

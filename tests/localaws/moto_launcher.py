@@ -17,7 +17,8 @@ is deployments, so this launcher patches moto's ECS backend to behave like ECS d
 * ``POST /_conveyor/dynamodb/install`` creates a table from the SAM template's definition.
 
 Wire-level faults and limits, all scoped by ``match`` (a substring of the request body; every
-test's resources carry its unique id):
+test's resources carry its unique id; ``credential=KEY`` matches the calls signed with access key
+id ``KEY``):
 
 * ``POST /_conveyor/faults`` ``{operation, match, mode, after, count, persistent, rate, seed, ...}``
   with ``mode`` one of ``throttle`` (the protocol's own throttling error: awsJson
@@ -49,6 +50,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -548,9 +550,13 @@ def _operation(request: Request) -> str | None:
 
 def _haystack(request: Request, body: bytes) -> bytes:
     """The request body, plus its decoded form for query-protocol requests (so a `match` with
-    '/' or ':' finds an SNS topic ARN or an SSM path in `Name=%2Fconveyor...`)."""
+    '/' or ':' finds an SNS topic ARN or an SSM path in `Name=%2Fconveyor...`), plus the access key
+    id that signed it (`credential=KEY`), so a test can tell whose credentials made a call."""
     if request.mimetype == "application/x-www-form-urlencoded":
-        return body + b"\n" + urllib.parse.unquote_plus(body.decode("utf-8", "replace")).encode()
+        body = body + b"\n" + urllib.parse.unquote_plus(body.decode("utf-8", "replace")).encode()
+    signed = re.search(r"Credential=([^/,\s]+)/", request.headers.get("Authorization", ""))
+    if signed:
+        body = body + b"\ncredential=" + signed.group(1).encode()
     return body
 
 

@@ -72,6 +72,12 @@ pub const KEYS: &[&str] = &[
     "dry_run",
     "force",
     "requested_by",
+    "operation",
+    "pause",
+    "resume",
+    "environment",
+    "deploy_latest",
+    "by",
     "",
 ];
 

@@ -32,7 +32,7 @@ pub fn table(style: &Style, rows: &[HistoryRow]) -> String {
             style.cell(or_dash(row.tag.as_deref()), None),
             style.cell(or_dash(row.digest.as_deref().map(output::short_digest)), None),
             style.cell(&row.duration_seconds.map(output::duration).unwrap_or_else(|| "-".into()), None),
-            style.cell(or_dash(row.requested_by.as_deref().map(output::who)), None),
+            style.cell(&output::requester(row.requested_by.as_deref(), row.on_behalf_of.as_deref()), None),
             style.cell(row.reason.as_deref().unwrap_or(""), None),
         ]);
     }

@@ -1,20 +1,19 @@
-//! `conveyor pause` and `conveyor resume`: the library's own pause and resume, run with the
-//! user's credentials (they write the state table and publish through the notification outbox).
-
-use std::time::Duration;
+//! `conveyor pause` and `conveyor resume`: both invoke the function of each environment —
+//! stage-deploy for stage, promote for prod — so only Conveyor's functions write the state table,
+//! each function changes its own environment only, and who may pause stays an IAM decision on
+//! those functions; `resume --deploy-latest` asks stage-deploy to roll out the push stage held,
+//! which it reads from the table.
 
 use chrono::SecondsFormat;
-use conveyor::leased::Leases;
-use conveyor::pause::PauseReport;
+use conveyor::operate::{self, EnvOutcome};
 use conveyor::record::RecordedPush;
 use conveyor::stage::StageReport;
 use conveyor::types::Environment;
 use conveyor::vocabulary::{Action, Outcome};
-use conveyor::Invocation;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{configs, find_app};
+use super::app_name;
 use crate::args::{environments, Env};
 use crate::context::Context;
 use crate::error::{CliError, AWS_OR_CONFIG};
@@ -25,31 +24,19 @@ use crate::output::{self, Report, Style};
 pub struct PauseOutput {
     pub app: String,
     pub action: PauseAction,
+    /// The caller's AWS identity (what the CLI sends as `by`).
     pub by: String,
     pub reason: Option<String>,
     pub environments: Vec<EnvOutcome>,
-    /// `resume --deploy-latest`: the held push delivered again, and stage-deploy's answer.
+    /// `resume --deploy-latest`: the held push rolled out again (as its event), and stage-deploy's
+    /// answer.
     pub deployed: Option<Deployed>,
-    /// No alert topic is known: the notification was only logged.
+    /// `false`: a function has no alert topic, the notification was only logged.
     pub notified: bool,
 }
 
 /// Which command ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PauseAction {
-    Pause,
-    Resume,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EnvOutcome {
-    pub environment: Environment,
-    /// `false`: it already was so (nothing announced).
-    pub changed: bool,
-    pub paused: bool,
-    pub held_push: Option<RecordedPush>,
-}
+pub type PauseAction = operate::OperationName;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Deployed {
@@ -57,45 +44,66 @@ pub struct Deployed {
     pub report: StageReport,
 }
 
-impl From<PauseReport> for EnvOutcome {
-    fn from(report: PauseReport) -> Self {
-        EnvOutcome {
-            environment: report.environment,
-            changed: report.changed,
-            paused: report.paused,
-            held_push: report.held_push,
-        }
-    }
-}
-
-fn invocation() -> Invocation {
-    Invocation::lasting(Duration::from_secs(60))
-}
-
 pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> Result<Report, CliError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(CliError::invalid("--reason must say why (it is shown in status, the history and the alert)"));
     }
-    let set = configs(ctx).await?;
-    let app = find_app(&set, app, &ctx.names().await?.prefix)?;
-    let by = ctx.identity().await?;
-    let (ledger, notifier, fleet) = (ctx.ledger().await?, ctx.notifier().await?, ctx.fleet()?);
-    let leases = Leases { ledger: &ledger, notifier: &notifier };
-    let mut outcomes = Vec::new();
-    for env in environments(env) {
-        let report = conveyor::pause::pause(&fleet, leases, app, env, reason, &by, &invocation()).await?;
-        outcomes.push(EnvOutcome::from(report));
+    let payload = json!({ "operation": "pause", "app": app_name(app)?, "reason": reason });
+    operate(ctx, env, payload).await
+}
+
+pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: bool) -> Result<Report, CliError> {
+    if deploy_latest && env == Some(Env::Prod) {
+        return Err(CliError::invalid(
+            "--deploy-latest rolls out the push held in stage; prod changes only by promotion",
+        ));
     }
-    let output = PauseOutput {
-        app: app.name.to_string(),
-        action: PauseAction::Pause,
-        by,
-        reason: Some(reason.to_owned()),
-        environments: outcomes,
-        deployed: None,
-        notified: ctx.names().await?.topic_arn.is_some(),
-    };
+    let payload = json!({ "operation": "resume", "app": app_name(app)?, "deploy_latest": deploy_latest });
+    operate(ctx, env, payload).await
+}
+
+/// Invokes the function of each environment (`--env`, else stage then prod) with the operation,
+/// as the caller (`by`), and puts the answers together.
+async fn operate(ctx: &Context, env: Option<Env>, mut payload: Value) -> Result<Report, CliError> {
+    let names = ctx.names().await?;
+    let by = ctx.identity().await?;
+    payload["by"] = json!(by);
+    let lambda = ctx.lambda()?;
+    let mut output: Option<PauseOutput> = None;
+    for env in environments(env) {
+        let function = match env {
+            Environment::Stage => names.stage_deploy_function()?,
+            Environment::Prod => names.promote_function()?,
+        };
+        payload["environment"] = json!(env);
+        if env == Environment::Prod {
+            payload.as_object_mut().map(|p| p.remove("deploy_latest"));
+        }
+        let answer = super::promote::invoke(&lambda, function, &payload).await?;
+        let response: operate::Response = serde_json::from_value(answer.clone())
+            .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
+        let deployed = response.deployed.map(|d| Deployed { event: push_event(&d.push), report: d.report });
+        match &mut output {
+            None => {
+                output = Some(PauseOutput {
+                    app: response.app,
+                    action: response.operation,
+                    by: by.clone(),
+                    reason: response.reason,
+                    environments: response.environments,
+                    deployed,
+                    notified: response.notified,
+                })
+            }
+            Some(output) => {
+                output.environments.extend(response.environments);
+                output.deployed = output.deployed.take().or(deployed);
+                output.notified &= response.notified;
+            }
+        }
+    }
+    let output = output.ok_or_else(|| CliError::invalid("no environment to pause or resume"))?;
     Ok(report(&ctx.style, output))
 }
 
@@ -121,45 +129,6 @@ pub fn push_event(push: &RecordedPush) -> Value {
         }
     }
     event
-}
-
-pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: bool) -> Result<Report, CliError> {
-    if deploy_latest && env == Some(Env::Prod) {
-        return Err(CliError::invalid(
-            "--deploy-latest rolls out the push held in stage; prod changes only by promotion",
-        ));
-    }
-    let names = ctx.names().await?;
-    let stage_deploy = if deploy_latest { Some(names.stage_deploy_function()?) } else { None };
-    let set = configs(ctx).await?;
-    let app = find_app(&set, app, &names.prefix)?;
-    let by = ctx.identity().await?;
-    let (ledger, notifier, fleet) = (ctx.ledger().await?, ctx.notifier().await?, ctx.fleet()?);
-    let leases = Leases { ledger: &ledger, notifier: &notifier };
-    let mut outcomes = Vec::new();
-    for env in environments(env) {
-        let report = conveyor::pause::resume(&fleet, leases, app, env, &by, &invocation()).await?;
-        outcomes.push(EnvOutcome::from(report));
-    }
-    let held = outcomes.iter().find(|o| o.environment == Environment::Stage).and_then(|o| o.held_push.clone());
-    let mut deployed = None;
-    if let (Some(function), Some(push)) = (stage_deploy, held) {
-        let event = push_event(&push);
-        let answer = super::promote::invoke(&ctx.lambda()?, function, &event).await?;
-        let report = serde_json::from_value(answer.clone())
-            .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
-        deployed = Some(Deployed { event, report });
-    }
-    let output = PauseOutput {
-        app: app.name.to_string(),
-        action: PauseAction::Resume,
-        by,
-        reason: None,
-        environments: outcomes,
-        deployed,
-        notified: names.topic_arn.is_some(),
-    };
-    Ok(report(&ctx.style, output))
 }
 
 fn report(style: &Style, output: PauseOutput) -> Report {
@@ -207,7 +176,8 @@ fn report(style: &Style, output: PauseOutput) -> Report {
     }
     if output.environments.iter().any(|e| e.changed) && !output.notified {
         lines.push(
-            "note: no alert topic is known (CONVEYOR_TOPIC_ARN or --stack): the notification was only logged".into(),
+            "note: a function has no alert topic (its CONVEYOR_TOPIC_ARN): the notification was only logged"
+                .into(),
         );
     }
     let json = serde_json::to_value(&output).unwrap_or(Value::Null);

@@ -121,7 +121,7 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
                 notes.push(format!(
                     "{at}: paused since {} by {}: {}",
                     output::time(pause.at),
-                    output::who(&pause.by),
+                    output::requester(pause.by.as_deref(), pause.on_behalf_of.as_deref()),
                     pause.reason
                 ));
             }

@@ -1,4 +1,5 @@
-//! Lambda: an ECR push rolls out to the stage ECS service of every app fed by that repository.
+//! Lambda: an ECR push rolls out to the stage ECS service of every app fed by that repository;
+//! an operator's request pauses or resumes stage.
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -9,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let deployer = &conveyor::Conveyor::from_env().await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let invocation = conveyor::Invocation::from_context(&event.context);
-        deployer.stage(event.payload, &invocation).await
+        deployer.stage_function(event.payload, &invocation).await
     }))
     .await
 }

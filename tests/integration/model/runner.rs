@@ -171,7 +171,7 @@ impl Sequence {
                     app_config,
                     *env,
                     "model",
-                    "model-test",
+                    &conveyor::types::Requester::default(),
                     &invocation(),
                 )
                 .await
@@ -187,7 +187,7 @@ impl Sequence {
                     self.conveyor.leases(),
                     app_config,
                     *env,
-                    "model-test",
+                    &conveyor::types::Requester::default(),
                     &invocation(),
                 )
                 .await

@@ -117,6 +117,12 @@ impl Function {
         self.api.set_deadline(budget);
     }
 
+    /// Gives each later invocation the caller identity `id`, as Lambda does for a caller it
+    /// verified (see [`RuntimeApi::set_identity`]); `None`: no identity, as a plain invoke.
+    pub fn set_identity(&self, id: Option<&str>) {
+        self.api.set_identity(id);
+    }
+
     /// Invokes the function and waits at most `timeout` for its answer, or for the process to die
     /// (killed by a [`crate::local_aws::FaultMode::Kill`] fault, say): `Err` says which, with the
     /// logs' last lines. Unlike [`Function::invoke`], never panics.

@@ -53,6 +53,8 @@ struct State {
     init_error: Mutex<Option<String>>,
     /// Milliseconds from the start of an invocation to its deadline (see [`RuntimeApi::set_deadline`]).
     budget_ms: AtomicU64,
+    /// The caller identity Lambda verified, if any (see [`RuntimeApi::set_identity`]).
+    identity: std::sync::Mutex<Option<String>>,
 }
 
 /// The time Lambda gives an invocation by default here: the functions' 60 s timeout.
@@ -75,6 +77,7 @@ impl RuntimeApi {
             answers: Mutex::default(),
             init_error: Mutex::default(),
             budget_ms: AtomicU64::new(DEFAULT_DEADLINE.as_millis() as u64),
+            identity: std::sync::Mutex::default(),
         });
         let served = state.clone();
         let addr = crate::http::serve(move |request| route(served.clone(), request)).await;
@@ -105,6 +108,13 @@ impl RuntimeApi {
     /// changes: nothing stops an invocation at its deadline (Lambda would).
     pub fn set_deadline(&self, budget: Duration) {
         self.state.budget_ms.store(budget.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Hands each invocation from now on the caller identity `id` (`None`: none), in the
+    /// `Lambda-Runtime-Cognito-Identity` header, as Lambda does for a caller it verified through
+    /// Cognito; the function sees it as the context's `identity`.
+    pub fn set_identity(&self, id: Option<&str>) {
+        *self.state.identity.lock().unwrap() = id.map(str::to_owned);
     }
 
     /// When the function first polled for an invocation, if it has.
@@ -145,6 +155,11 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Result<Response
             "arn:aws:lambda:us-east-1:123456789012:function:conveyor-local".parse().unwrap(),
         );
         headers.insert("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".parse().unwrap());
+        let identity = state.identity.lock().unwrap().clone();
+        if let Some(id) = identity {
+            let header = json!({ "cognitoIdentityId": id, "cognitoIdentityPoolId": "us-east-1:conveyor-local" });
+            headers.insert("lambda-runtime-cognito-identity", header.to_string().parse().unwrap());
+        }
         return Ok(response);
     }
     if method == Method::POST && path == "/2018-06-01/runtime/init/error" {
