@@ -139,6 +139,8 @@ impl LocalStack {
         let promote = Arc::new(Function::spawn("promote", &env).await);
         let lambda = crate::lambda_api::LambdaApi::start().await;
         lambda.add("promote", promote.clone());
+        // The CLI pauses and resumes stage through stage-deploy (EventBridge's copies run above).
+        lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &env).await));
         LocalStack { world, bus, slack, promote, lambda, deliveries, alerts, moments, tasks }
     }
 
@@ -146,6 +148,7 @@ impl LocalStack {
     pub async fn cli(&self, args: &[&str]) -> CliRun {
         let mut env = self.world.function_env();
         env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+        env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
         env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
         let output = tokio::process::Command::new(crate::function::binary("conveyor"))
             .args(args)
