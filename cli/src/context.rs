@@ -7,6 +7,7 @@ use conveyor::config::Configs;
 use conveyor::fleet::Fleet;
 use conveyor::ledger::Ledger;
 use conveyor::notify::Notifier;
+use conveyor::web::Endpoints;
 use conveyor::DEFAULT_PREFIX;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -176,7 +177,14 @@ impl Context {
     pub async fn notifier(&self) -> Result<Notifier, CliError> {
         let aws = self.aws()?;
         let topic = self.names().await?.topic_arn.clone();
-        Ok(Notifier::new(Sns::new(&aws), Ssm::new(&aws), conveyor::web::Web::default(), topic))
+        Ok(Notifier::new(Sns::new(&aws), Ssm::new(&aws), conveyor::web::Web::new(self.endpoints()?), topic))
+    }
+
+    /// What the functions may call, as they are told (`CONVEYOR_ALLOW_LOCAL_ENDPOINTS`: tests and
+    /// the local playground only): configs are judged, and Slack is posted to, by the same rule.
+    pub fn endpoints(&self) -> Result<Endpoints, CliError> {
+        Endpoints::from_variable(std::env::var(conveyor::web::LOCAL_ENDPOINTS_VARIABLE).ok().as_deref())
+            .map_err(CliError::config)
     }
 
     pub fn ssm(&self) -> Result<Ssm, CliError> {
