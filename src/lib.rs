@@ -158,7 +158,7 @@ impl Conveyor {
         let ssm = Ssm::new(&config);
         let web = web::Web::new(settings.endpoints);
         Conveyor {
-            configs: Configs::new(ssm.clone(), &settings.prefix),
+            configs: Configs::new(ssm.clone(), &settings.prefix, settings.endpoints),
             fleet: Fleet::new(&config, operation()),
             ledger: Ledger::from_config(&config, settings.table),
             notifier: Notifier::new(Sns::new(&config), ssm, web.clone(), settings.topic_arn),

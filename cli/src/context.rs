@@ -159,7 +159,7 @@ impl Context {
 
     /// The installation's app configs.
     pub async fn configs(&self) -> Result<Configs, CliError> {
-        Ok(Configs::new(self.ssm()?, &self.names().await?.prefix))
+        Ok(Configs::new(self.ssm()?, &self.names().await?.prefix, self.endpoints()?))
     }
 
     /// The installation's state table.
