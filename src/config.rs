@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::aws::{AwsError, Ssm};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::web::Endpoints;
 
 /// How long a loaded configuration serves warm invocations before it is read again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -33,7 +34,11 @@ pub struct ConfigError {
 pub struct ServiceTarget {
     pub cluster: String,
     pub service: String,
+    /// https (plain http only with `health_allow_http`, or to this machine with
+    /// [`Endpoints::Local`]), never to a loopback, link-local, unspecified or metadata address.
     pub health_url: Option<String>,
+    /// `health_allow_http`: the config allows a plain-http `health_url`.
+    pub health_allow_http: bool,
     /// Another AWS account, reached through `role_arn` (`None`: Conveyor's own account).
     pub account: Option<String>,
     /// Another region (`None`: Conveyor's own region).
@@ -166,8 +171,9 @@ impl AppConfig {
         }
     }
 
-    /// Parses and validates one app's parameter.
-    pub fn parse(parameter: &str, app: &str, json: &str) -> Result<Self, ConfigError> {
+    /// Parses and validates one app's parameter, for functions that call only what `endpoints`
+    /// admits (a `health_url` on this machine is valid only with [`Endpoints::Local`]).
+    pub fn parse(parameter: &str, app: &str, json: &str, endpoints: Endpoints) -> Result<Self, ConfigError> {
         let problem =
             |key: &str, problem: String| ConfigError { parameter: parameter.to_owned(), key: key.to_owned(), problem };
         let name = AppName::parse(app).map_err(|e| problem("(parameter name)", e.to_string()))?;
@@ -224,8 +230,8 @@ impl AppConfig {
         let environments = fields.required("environments")?;
         let mut environments = Fields::new(environments, "environments.", &problem)?;
         environments.only(&["stage", "prod"])?;
-        let stage = ServiceTarget::parse(environments.required("stage")?, "environments.stage.", &problem)?;
-        let prod = ServiceTarget::parse(environments.required("prod")?, "environments.prod.", &problem)?;
+        let stage = ServiceTarget::parse(environments.required("stage")?, "environments.stage.", endpoints, &problem)?;
+        let prod = ServiceTarget::parse(environments.required("prod")?, "environments.prod.", endpoints, &problem)?;
         if stage.same_service(&prod) {
             return Err(problem(
                 "environments",
@@ -249,15 +255,19 @@ impl AppConfig {
 }
 
 impl ServiceTarget {
-    fn parse<P>(value: &Value, path: &str, problem: &P) -> Result<Self, ConfigError>
+    fn parse<P>(value: &Value, path: &str, endpoints: Endpoints, problem: &P) -> Result<Self, ConfigError>
     where
         P: Fn(&str, String) -> ConfigError,
     {
         let mut fields = Fields::new(value, path, problem)?;
-        fields.only(&["cluster", "service", "health_url", "account", "region", "role_arn"])?;
+        fields.only(&["cluster", "service", "health_url", "health_allow_http", "account", "region", "role_arn"])?;
         let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)")?;
         let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)")?;
-        let health_url = fields.string("health_url", false, &HTTP_URL, "an http:// or https:// URL")?;
+        let allow_http = fields.boolean("health_allow_http")?.unwrap_or(false);
+        let health_url = fields.string("health_url", false, &HTTP_URL, "an https:// URL")?;
+        if let Some(url) = &health_url {
+            health_url_rule(url, allow_http, endpoints, path).map_err(|p| problem(&format!("{path}health_url"), p))?;
+        }
         let account = fields.string("account", false, &ACCOUNT, "a 12-digit AWS account id")?;
         let region = fields.string("region", false, &REGION, "an AWS region such as eu-west-1")?;
         let role_arn =
@@ -283,10 +293,34 @@ impl ServiceTarget {
             cluster: cluster.unwrap_or_default(),
             service: service.unwrap_or_default(),
             health_url,
+            health_allow_http: allow_http,
             account,
             region,
             role_arn,
         })
+    }
+}
+
+/// Where a `health_url` may point: https, or plain http with `health_allow_http` (or to this
+/// machine with [`Endpoints::Local`]); never a loopback (unless local), link-local, unspecified or
+/// metadata address. Names are checked again when they are resolved ([`crate::web::Guarded`]).
+fn health_url_rule(url: &str, allow_http: bool, endpoints: Endpoints, path: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} names no host"));
+    }
+    if let Some(refused) = crate::web::refused_host(&parsed, endpoints) {
+        return Err(format!(
+            "{url:?} points to {refused}: Conveyor never calls loopback, link-local or metadata addresses"
+        ));
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http || (endpoints == Endpoints::Local && crate::web::is_loopback_host(&parsed)) => Ok(()),
+        "http" => Err(format!(
+            "{url:?} is plain http: health_url must be https:// (to check over http, set `{path}health_allow_http` to true)"
+        )),
+        other => Err(format!("{url:?} is {other}: health_url must be https://")),
     }
 }
 
@@ -360,6 +394,14 @@ where
         }
     }
 
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(*value)),
+            Some(other) => Err((self.problem)(&self.key(key), format!("must be true or false, got {}", kind(other)))),
+        }
+    }
+
     fn string(&self, key: &str, required: bool, pattern: &Regex, what: &str) -> Result<Option<String>, ConfigError> {
         let text = match (self.optional_str(key)?, required) {
             (Some(text), _) => text,
@@ -413,13 +455,18 @@ pub struct ConfigSet {
 }
 
 impl ConfigSet {
-    /// Builds the set from the parameters under `{prefix}/apps/`.
-    pub fn from_parameters<'a>(apps_path: &str, parameters: impl IntoIterator<Item = RawApp<'a>>) -> Self {
+    /// Builds the set from the parameters under `{prefix}/apps/`, for functions that call only what
+    /// `endpoints` admits.
+    pub fn from_parameters<'a>(
+        apps_path: &str,
+        parameters: impl IntoIterator<Item = RawApp<'a>>,
+        endpoints: Endpoints,
+    ) -> Self {
         let mut set = ConfigSet::default();
         let mut valid = Vec::new();
         for raw in parameters {
             let app = raw.parameter.strip_prefix(apps_path).unwrap_or(raw.parameter);
-            match AppConfig::parse(raw.parameter, app, raw.value) {
+            match AppConfig::parse(raw.parameter, app, raw.value, endpoints) {
                 Ok(config) => valid.push((raw, config)),
                 Err(error) => {
                     set.invalid.push(InvalidApp { error, version: raw.version, repository: repository_of(raw.value) })
@@ -488,16 +535,18 @@ fn repository_of(json: &str) -> Option<String> {
 pub struct Configs {
     ssm: Ssm,
     prefix: String,
+    endpoints: Endpoints,
     cached: Mutex<Option<(Instant, Arc<ConfigSet>)>>,
     mentioned: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
 }
 
 impl Configs {
-    /// The configs under `{prefix}/apps/`.
-    pub fn new(ssm: Ssm, prefix: &str) -> Self {
+    /// The configs under `{prefix}/apps/`, for functions that call only what `endpoints` admits.
+    pub fn new(ssm: Ssm, prefix: &str, endpoints: Endpoints) -> Self {
         Configs {
             ssm,
             prefix: prefix.trim_end_matches('/').to_owned(),
+            endpoints,
             cached: Mutex::new(None),
             mentioned: std::sync::Mutex::default(),
         }
@@ -525,6 +574,7 @@ impl Configs {
                 version: p.version,
                 modified: p.modified,
             }),
+            self.endpoints,
         ));
         for invalid in &set.invalid {
             let error = &invalid.error;
@@ -558,14 +608,14 @@ mod tests {
       "tags": "^(v[0-9]+\\.[0-9]+\\.[0-9]+|[0-9a-f]{7,40})$",
       "environments": {
         "stage": { "cluster": "stage-cluster", "service": "shop-api",
-                   "health_url": "http://stage.internal/health" },
+                   "health_url": "https://stage.internal/health" },
         "prod":  { "cluster": "prod-cluster",  "service": "shop-api" }
       },
       "slack_webhook_parameter": "/conveyor/secrets/slack-webhook"
     }"#;
 
     fn parse(json: &str) -> Result<AppConfig, ConfigError> {
-        AppConfig::parse("/conveyor/apps/shop-api", "shop-api", json)
+        AppConfig::parse("/conveyor/apps/shop-api", "shop-api", json, Endpoints::Public)
     }
 
     fn edit(f: impl FnOnce(&mut Value)) -> String {
@@ -613,7 +663,7 @@ mod tests {
         let app = parse(EXAMPLE).unwrap();
         assert_eq!(app.name.as_str(), "shop-api");
         assert_eq!(app.repository, "shop-api");
-        assert_eq!(app.stage.health_url.as_deref(), Some("http://stage.internal/health"));
+        assert_eq!(app.stage.health_url.as_deref(), Some("https://stage.internal/health"));
         assert_eq!(app.prod.health_url, None);
         assert_eq!(app.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT);
         assert!(app.tags.admits(&tag("v1.2.3")));
@@ -705,9 +755,73 @@ mod tests {
         assert_rejected("{", "(document)", "not valid JSON");
     }
 
+    fn health(url: &str, allow_http: Option<bool>, endpoints: Endpoints) -> Result<AppConfig, ConfigError> {
+        let json = edit(|v| {
+            v["environments"]["stage"]["health_url"] = url.into();
+            if let Some(allow) = allow_http {
+                v["environments"]["stage"]["health_allow_http"] = allow.into();
+            }
+        });
+        AppConfig::parse("/conveyor/apps/shop-api", "shop-api", &json, endpoints)
+    }
+
+    #[test]
+    fn a_health_url_is_https_unless_http_is_allowed_by_its_key() {
+        assert!(health("https://shop.example.com/health", None, Endpoints::Public).is_ok());
+        assert!(health("https://10.0.3.7:8443/health", None, Endpoints::Public).is_ok(), "private addresses are fine");
+        let error = health("http://shop.example.com/health", None, Endpoints::Public).unwrap_err();
+        assert_eq!(error.key, "environments.stage.health_url");
+        assert!(error.problem.contains("https://"), "{error}");
+        assert!(error.problem.contains("environments.stage.health_allow_http"), "says how to allow it: {error}");
+        assert!(health("http://shop.example.com/health", Some(false), Endpoints::Public).is_err());
+        let allowed = health("http://shop.example.com/health", Some(true), Endpoints::Public).unwrap();
+        assert_eq!(allowed.stage.health_url.as_deref(), Some("http://shop.example.com/health"));
+        assert!(
+            health("http://shop.example.com/health", None, Endpoints::Local).is_err(),
+            "the local switch is for this machine only"
+        );
+        for other in ["ftp://shop.example.com/health", "file:///etc/passwd"] {
+            let error = health(other, Some(true), Endpoints::Public).unwrap_err();
+            assert_eq!(error.key, "environments.stage.health_url", "{other}");
+        }
+        let error = parse(&edit(|v| v["environments"]["prod"]["health_allow_http"] = "yes".into())).unwrap_err();
+        assert_eq!(error.key, "environments.prod.health_allow_http");
+        assert!(error.problem.contains("true or false"), "{error}");
+    }
+
+    #[test]
+    fn a_health_url_never_points_to_loopback_link_local_or_metadata_addresses() {
+        for url in [
+            "https://127.0.0.1/health",
+            "https://2130706433/health",
+            "https://[::1]/health",
+            "https://localhost:8443/health",
+            "https://api.localhost/health",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://169.254.170.2/v2/credentials",
+            "https://[fd00:ec2::254]/",
+            "https://169.254.10.10/",
+            "https://[fe80::1]/",
+            "https://0.0.0.0/",
+        ] {
+            for allow_http in [None, Some(true)] {
+                let error = health(url, allow_http, Endpoints::Public).unwrap_err();
+                assert_eq!(error.key, "environments.stage.health_url", "{url}");
+                assert!(error.problem.contains("address"), "{error}");
+            }
+        }
+        // The local switch admits this machine (over http too, without the key), nothing else.
+        for url in ["http://127.0.0.1:8080/health", "https://[::1]/health", "http://localhost/health"] {
+            assert!(health(url, None, Endpoints::Local).is_ok(), "{url}");
+        }
+        for url in ["http://169.254.169.254/", "https://169.254.170.2/", "http://[fe80::1]/"] {
+            assert!(health(url, Some(true), Endpoints::Local).is_err(), "{url}");
+        }
+    }
+
     #[test]
     fn bad_app_name_is_reported() {
-        let error = AppConfig::parse("/conveyor/apps/Shop", "Shop", EXAMPLE).unwrap_err();
+        let error = AppConfig::parse("/conveyor/apps/Shop", "Shop", EXAMPLE, Endpoints::Public).unwrap_err();
         assert_eq!(error.key, "(parameter name)");
     }
 
@@ -728,6 +842,7 @@ mod tests {
         let set = ConfigSet::from_parameters(
             "/c/apps/",
             [raw("/c/apps/shop-api", EXAMPLE, 0), raw("/c/apps/broken", "{}", 1), raw("/c/apps/shop-web", &web, 2)],
+            Endpoints::Public,
         );
         assert_eq!(set.apps.len(), 2);
         assert_eq!(set.invalid.len(), 1);
@@ -753,6 +868,7 @@ mod tests {
         let set = ConfigSet::from_parameters(
             "/c/apps/",
             [raw("/c/apps/zz-first", EXAMPLE, 0), raw("/c/apps/aa-second", EXAMPLE, 5)],
+            Endpoints::Public,
         );
         assert_eq!(set.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["zz-first"]);
         let error = &set.invalid[0].error;
@@ -824,7 +940,7 @@ mod tests {
     #[test]
     fn an_invalid_config_keeps_its_repository_for_the_announcement() {
         let typo = edit(|v| v["contianer"] = "api".into());
-        let set = ConfigSet::from_parameters("/c/apps/", [raw("/c/apps/cart", &typo, 0)]);
+        let set = ConfigSet::from_parameters("/c/apps/", [raw("/c/apps/cart", &typo, 0)], Endpoints::Public);
         assert_eq!(set.invalid[0].error.key, "contianer");
         assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
     }

@@ -19,7 +19,7 @@ pub fn app() -> AppConfig {
     let json = r#"{"repository": "shop", "container": "api",
         "environments": {"stage": {"cluster": "stage", "service": "shop"},
                          "prod": {"cluster": "prod", "service": "shop"}}}"#;
-    AppConfig::parse("/conveyor/apps/shop", "shop", json).expect("the app config")
+    AppConfig::parse("/conveyor/apps/shop", "shop", json, crate::web::Endpoints::Public).expect("the app config")
 }
 
 /// Stage of `shop` met for the first time, running `arn` with image `running`.

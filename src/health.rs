@@ -24,7 +24,13 @@ impl Prober {
     /// [`check`] within the budget, and never past 15 s before the invocation's deadline.
     pub async fn probe(&self, url: &str, invocation: &crate::Invocation) -> Result<u16, Unhealthy> {
         let budget = self.budget.min(invocation.remaining(Duration::from_secs(15)));
-        check(self.web.client(), url, budget).await
+        let client = self.web.client().map_err(|unavailable| Unhealthy {
+            url: url.to_owned(),
+            attempts: 0,
+            seconds: budget.as_secs(),
+            last: Unanswered::Transport(unavailable.to_string()),
+        })?;
+        check(client, url, budget).await
     }
 }
 
@@ -34,9 +40,24 @@ pub enum Unanswered {
     /// The server answered with another status.
     #[error("HTTP {status}")]
     Status { status: u16 },
+    /// The server answered with a redirect: never followed (it could lead anywhere, past the
+    /// checks a configured URL passed), so the URL itself must answer 2xx.
+    #[error("HTTP {status}, a redirect: not followed (the URL itself must answer 2xx)")]
+    Redirect { status: u16 },
     /// No answer at all (the transport error in a few words, never the URL).
     #[error("{0}")]
     Transport(String),
+}
+
+impl Unanswered {
+    /// A status other than 2xx.
+    pub fn of_status(status: reqwest::StatusCode) -> Self {
+        if status.is_redirection() {
+            Unanswered::Redirect { status: status.as_u16() }
+        } else {
+            Unanswered::Status { status: status.as_u16() }
+        }
+    }
 }
 
 impl From<&reqwest::Error> for Unanswered {
@@ -77,7 +98,7 @@ pub async fn check(client: &reqwest::Client, url: &str, budget: Duration) -> Res
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         match client.get(url).timeout(left.min(Duration::from_secs(5))).send().await {
             Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
-            Ok(response) => Err(Unanswered::Status { status: response.status().as_u16() }),
+            Ok(response) => Err(Unanswered::of_status(response.status())),
             Err(error) => Err(Unanswered::from(&error)),
         }
     };

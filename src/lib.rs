@@ -101,6 +101,8 @@ pub struct Settings {
     pub prefix: String,
     pub topic_arn: Option<String>,
     pub table: String,
+    /// Which endpoints health checks and Slack webhooks may reach (`CONVEYOR_ALLOW_LOCAL_ENDPOINTS`).
+    pub endpoints: web::Endpoints,
 }
 
 /// A missing or invalid setting: the function cannot start.
@@ -109,7 +111,8 @@ pub struct Settings {
 pub struct SettingsError(pub String);
 
 impl Settings {
-    /// From `CONVEYOR_SSM_PREFIX`, `CONVEYOR_TOPIC_ARN` and `CONVEYOR_TABLE` (required).
+    /// From `CONVEYOR_SSM_PREFIX`, `CONVEYOR_TOPIC_ARN`, `CONVEYOR_TABLE` (required) and
+    /// `CONVEYOR_ALLOW_LOCAL_ENDPOINTS` (tests and the local playground only).
     pub fn from_env() -> Result<Self, SettingsError> {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let table = var("CONVEYOR_TABLE").ok_or_else(|| {
@@ -119,6 +122,8 @@ impl Settings {
             prefix: var("CONVEYOR_SSM_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
             topic_arn: var("CONVEYOR_TOPIC_ARN"),
             table,
+            endpoints: web::Endpoints::from_variable(var(web::LOCAL_ENDPOINTS_VARIABLE).as_deref())
+                .map_err(SettingsError)?,
         })
     }
 }
@@ -153,9 +158,9 @@ impl Conveyor {
     fn with_health_budget(config: &aws_config::SdkConfig, settings: Settings, health_budget: Duration) -> Self {
         let config = aws::with_retries(config);
         let ssm = Ssm::new(&config);
-        let web = web::Web::default();
+        let web = web::Web::new(settings.endpoints);
         Conveyor {
-            configs: Configs::new(ssm.clone(), &settings.prefix),
+            configs: Configs::new(ssm.clone(), &settings.prefix, settings.endpoints),
             fleet: Fleet::new(&config, operation()),
             ledger: Ledger::from_config(&config, settings.table),
             notifier: Notifier::new(Sns::new(&config), ssm, web.clone(), settings.topic_arn),

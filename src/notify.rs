@@ -351,7 +351,11 @@ impl Notifier {
                     },
                     _ => Err(Undelivered::ChannelDown),
                 };
-                if let Err(error) = sent {
+                if let Err(error @ Undelivered::NotSlack(_)) = &sent {
+                    // Not a delivery that failed: one that must never happen. Nothing to retry.
+                    tracing::error!(app = %n.app, outcome = %n.outcome, channel = ?channel, notification_id = %entry.id,
+                        error = %error, "notification not posted to Slack: the webhook parameter does not hold a Slack URL");
+                } else if let Err(error) = sent {
                     tracing::error!(app = %n.app, outcome = %n.outcome, channel = ?channel, notification_id = %entry.id,
                         error = %error, "notification not delivered: it stays in the outbox and is sent later");
                     match channel {
@@ -389,7 +393,14 @@ impl Notifier {
                 url
             }
         };
-        Ok(slack::post(self.web.client(), &url, &notification.slack_message()).await?)
+        if !slack::is_webhook(&url, self.web.endpoints()) {
+            return Err(Undelivered::NotSlack(parameter.to_owned()));
+        }
+        let client = self.web.client().map_err(|unavailable| slack::SlackError {
+            answer: crate::health::Unanswered::Transport(unavailable.to_string()),
+            body: None,
+        })?;
+        Ok(slack::post(client, &url, &notification.slack_message()).await?)
     }
 }
 
@@ -403,6 +414,10 @@ pub enum Undelivered {
     /// The app's `slack_webhook_parameter` names no parameter.
     #[error("parameter {0} does not exist")]
     NoWebhook(String),
+    /// The app's `slack_webhook_parameter` holds a URL that is not Slack's ([`slack::is_webhook`]):
+    /// never posted to, and not kept for later. The URL is a secret: only the parameter is named.
+    #[error("parameter {0} does not hold a Slack webhook URL (https://hooks.slack.com/... or https://hooks.slack-gov.com/...): not posted to; the URL is not shown, it is a secret")]
+    NotSlack(String),
     /// The channel failed earlier in this delivery: not tried again now.
     #[error("channel down earlier in this delivery")]
     ChannelDown,

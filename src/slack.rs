@@ -1,11 +1,39 @@
 //! Slack incoming webhooks: the same facts as the SNS notification, as a Slack message.
 //!
 //! The webhook URL is a secret: it is read decrypted from SSM, kept in memory, and never put in a
-//! log line, an error or a message.
+//! log line, an error or a message. It must be Slack's ([`is_webhook`]): a parameter holding any
+//! other URL is never posted to.
 
 use serde_json::{json, Map, Value};
 
 use crate::health::Unanswered;
+use crate::web::Endpoints;
+
+/// The hosts of Slack's incoming webhooks (commercial and GovSlack).
+pub const WEBHOOK_HOSTS: [&str; 2] = ["hooks.slack.com", "hooks.slack-gov.com"];
+
+/// Whether `url` is a Slack webhook Conveyor may post to: `https://hooks.slack.com/...` or
+/// `https://hooks.slack-gov.com/...` (default port, no credentials). With [`Endpoints::Local`]
+/// (tests and the local playground), any https URL, or http to this machine — never a
+/// link-local, unspecified or metadata address.
+pub fn is_webhook(url: &str, endpoints: Endpoints) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return false };
+    let plain = url.username().is_empty() && url.password().is_none();
+    match endpoints {
+        Endpoints::Public => {
+            plain
+                && url.scheme() == "https"
+                && url.port().is_none()
+                && url.host_str().is_some_and(|host| WEBHOOK_HOSTS.contains(&host))
+        }
+        Endpoints::Local => {
+            plain
+                && url.host_str().is_some_and(|host| !host.is_empty())
+                && crate::web::refused_host(&url, endpoints).is_none()
+                && (url.scheme() == "https" || (url.scheme() == "http" && crate::web::is_loopback_host(&url)))
+        }
+    }
+}
 
 /// Text made safe for Slack's `mrkdwn` (and Chatbot's `client-markdown`, which Chatbot renders
 /// as Slack markdown): `&`, `<` and `>` escaped as Slack documents, so text users wrote (a reason,
@@ -83,13 +111,44 @@ pub async fn post(client: &reqwest::Client, webhook_url: &str, message: &Value) 
         Ok(())
     } else {
         let body: String = response.text().await.unwrap_or_default().chars().take(200).collect();
-        Err(SlackError { answer: Unanswered::Status { status: status.as_u16() }, body: Some(body) })
+        Err(SlackError { answer: Unanswered::of_status(status), body: Some(body) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_slack_hosts_are_webhooks() {
+        for slack in [
+            "https://hooks.slack.com/services/T000/B000/XXXX",
+            "https://HOOKS.SLACK.COM/services/T000/B000/XXXX",
+            "https://hooks.slack.com:443/triggers/T000/1/abc",
+            "https://hooks.slack-gov.com/services/T000/B000/XXXX",
+        ] {
+            assert!(is_webhook(slack, Endpoints::Public), "{slack}");
+        }
+        for other in [
+            "http://hooks.slack.com/services/T000/B000/XXXX",
+            "https://hooks.slack.com.evil.example/services/x",
+            "https://evil.example/hooks.slack.com/services/x",
+            "https://hooks.slack.com:8443/services/x",
+            "https://user@hooks.slack.com/services/x",
+            "https://slack.com/services/x",
+            "https://169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:8080/services/x",
+            "hooks.slack.com/services/x",
+            "",
+        ] {
+            assert!(!is_webhook(other, Endpoints::Public), "{other}");
+        }
+        // The local switch: this machine's test servers, never the metadata service.
+        assert!(is_webhook("http://127.0.0.1:8080/services/x", Endpoints::Local));
+        assert!(is_webhook("https://hooks.slack.com/services/x", Endpoints::Local));
+        assert!(!is_webhook("http://169.254.169.254/latest/meta-data/", Endpoints::Local));
+        assert!(!is_webhook("http://example.com/hook", Endpoints::Local));
+    }
 
     #[test]
     fn escape_follows_slack_escaping() {

@@ -6,6 +6,7 @@ use conveyor::aws::Ssm;
 use conveyor::config::Configs;
 use conveyor::fleet::Fleet;
 use conveyor::ledger::Ledger;
+use conveyor::web::Endpoints;
 use conveyor::DEFAULT_PREFIX;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -155,7 +156,7 @@ impl Context {
 
     /// The installation's app configs.
     pub async fn configs(&self) -> Result<Configs, CliError> {
-        Ok(Configs::new(self.ssm()?, &self.names().await?.prefix))
+        Ok(Configs::new(self.ssm()?, &self.names().await?.prefix, self.endpoints()?))
     }
 
     /// The installation's state table.
@@ -167,6 +168,13 @@ impl Context {
     /// ECS where the apps run (other accounts' through their roles).
     pub fn fleet(&self) -> Result<Fleet, CliError> {
         Ok(Fleet::new(&self.aws()?, "conveyor"))
+    }
+
+    /// What the functions may call, as they are told (`CONVEYOR_ALLOW_LOCAL_ENDPOINTS`: tests and
+    /// the local playground only): configs are judged, and Slack is posted to, by the same rule.
+    pub fn endpoints(&self) -> Result<Endpoints, CliError> {
+        Endpoints::from_variable(std::env::var(conveyor::web::LOCAL_ENDPOINTS_VARIABLE).ok().as_deref())
+            .map_err(CliError::config)
     }
 
     pub fn ssm(&self) -> Result<Ssm, CliError> {

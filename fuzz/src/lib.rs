@@ -9,6 +9,7 @@ use std::path::Path;
 
 use conveyor::config::{AppConfig, ConfigSet, RawApp};
 use conveyor::events::{self, MonitorEvent};
+use conveyor::web::Endpoints;
 use serde_json::Value;
 
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -67,7 +68,7 @@ pub fn monitor_event(data: &[u8]) {
 pub fn app_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let parameter = "/conveyor/apps/shop-api";
-    match AppConfig::parse(parameter, "shop-api", text) {
+    match AppConfig::parse(parameter, "shop-api", text, Endpoints::Public) {
         Ok(app) => {
             assert!(!app.stage.same_service(&app.prod), "stage and prod are one service");
             assert!(!app.repository.is_empty() && !app.container.is_empty());
@@ -85,6 +86,7 @@ pub fn app_config(data: &[u8]) {
             RawApp { parameter: "/conveyor/apps/first", value: text, version: 1, modified: at(0) },
             RawApp { parameter: "/conveyor/apps/second", value: text, version: 1, modified: at(1) },
         ],
+        Endpoints::Public,
     );
     assert_eq!(set.apps.len() + set.invalid.len(), 2);
     assert!(set.apps.iter().all(|app| app.name.as_str() != "second"), "the later app claims the same services");

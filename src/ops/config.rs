@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::aws::Parameter;
 use crate::config::{ConfigSet, RawApp};
+use crate::web::Endpoints;
 
 /// An app config to check: the app's name and its JSON (from a file, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +53,15 @@ fn verdicts<'a>(set: &ConfigSet, apps_path: &str, parameters: impl Iterator<Item
 
 /// Checks `candidates` as if they were written to `{apps_path}{app}` at `now`, alongside the
 /// apps already there (`existing`, whose parameters the candidates replace): a candidate that
-/// claims a service another app already has is invalid, as the functions would find it.
-pub fn check(apps_path: &str, existing: &[Parameter], candidates: &[Candidate], now: DateTime<Utc>) -> Vec<Verdict> {
+/// claims a service another app already has is invalid, as the functions would find it (functions
+/// that call only what `endpoints` admits).
+pub fn check(
+    apps_path: &str,
+    existing: &[Parameter],
+    candidates: &[Candidate],
+    now: DateTime<Utc>,
+    endpoints: Endpoints,
+) -> Vec<Verdict> {
     let names: Vec<String> = candidates.iter().map(|c| format!("{apps_path}{}", c.app)).collect();
     let kept = existing.iter().filter(|p| !names.contains(&p.name)).map(|p| RawApp {
         parameter: &p.name,
@@ -67,12 +75,12 @@ pub fn check(apps_path: &str, existing: &[Parameter], candidates: &[Candidate], 
         version: 0,
         modified: Some(now),
     });
-    let set = ConfigSet::from_parameters(apps_path, kept.chain(new));
+    let set = ConfigSet::from_parameters(apps_path, kept.chain(new), endpoints);
     verdicts(&set, apps_path, names.iter().map(String::as_str))
 }
 
 /// Checks every app stored under `apps_path`, as the functions read them.
-pub fn check_stored(apps_path: &str, existing: &[Parameter]) -> Vec<Verdict> {
+pub fn check_stored(apps_path: &str, existing: &[Parameter], endpoints: Endpoints) -> Vec<Verdict> {
     let set = ConfigSet::from_parameters(
         apps_path,
         existing.iter().map(|p| RawApp {
@@ -81,6 +89,7 @@ pub fn check_stored(apps_path: &str, existing: &[Parameter]) -> Vec<Verdict> {
             version: p.version,
             modified: p.modified,
         }),
+        endpoints,
     );
     let mut names: Vec<&str> = existing.iter().map(|p| p.name.as_str()).collect();
     names.sort_unstable();
@@ -118,7 +127,7 @@ mod tests {
             Candidate { app: "cart".into(), json: json!({ "repository": "cart", "contianer": "api" }).to_string() },
             Candidate { app: "Bad_Name".into(), json: config("main", "bad") },
         ];
-        let verdicts = check("/c/apps/", &existing, &candidates, now);
+        let verdicts = check("/c/apps/", &existing, &candidates, now, Endpoints::Public);
         let summary: Vec<(&str, bool, Option<&str>)> =
             verdicts.iter().map(|v| (v.app.as_str(), v.valid, v.key.as_deref())).collect();
         assert_eq!(
@@ -138,6 +147,7 @@ mod tests {
             &existing,
             &[Candidate { app: "shop-api".into(), json: config("main", "shop-api") }],
             now,
+            Endpoints::Public,
         );
         assert!(again[0].valid, "{again:?}");
     }
@@ -149,7 +159,7 @@ mod tests {
             stored("aa-first", config("main", "shop-api"), 0), // written first: it keeps the service
             stored("broken", "{".into(), 1),
         ];
-        let verdicts = check_stored("/c/apps/", &existing);
+        let verdicts = check_stored("/c/apps/", &existing, Endpoints::Public);
         let summary: Vec<(&str, bool)> = verdicts.iter().map(|v| (v.app.as_str(), v.valid)).collect();
         assert_eq!(summary, [("aa-first", true), ("broken", false), ("shop-api", false)]);
     }

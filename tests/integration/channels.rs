@@ -294,3 +294,34 @@ async fn text_users_write_is_escaped_in_the_chatbot_markdown_and_the_slack_post(
         assert!(!text.contains("<!channel>") && !text.contains("<https://") && !text.contains("<@U0ADMIN>"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_webhook_parameter_that_is_not_slack_is_never_posted_to_and_sns_still_gets_everything() {
+    let world = World::new().await;
+    let elsewhere = LocalHttp::start(200).await;
+    let parameter = format!("{}/secrets/slack-webhook", world.prefix);
+    let secret = elsewhere.url("/services/T0/B0/not-slack-secret");
+    world.put_secure_parameter(&parameter, &secret).await;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({ "slack_webhook_parameter": parameter })).await;
+    // A real installation: no local switch, so only Slack's hosts are webhooks.
+    let env: Vec<(String, String)> =
+        world.function_env().into_iter().filter(|(name, _)| name != conveyor::web::LOCAL_ENDPOINTS_VARIABLE).collect();
+    let monitor = conveyor_testkit::Function::spawn("deploy-monitor", &env).await;
+    let settings = conveyor::Settings { endpoints: conveyor::web::Endpoints::Public, ..world.settings() };
+    let stage = conveyor::Conveyor::new(&world.config, settings);
+
+    let event = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - chrono::Duration::minutes(1));
+    stage.stage(event, &crate::support::invocation()).await.unwrap();
+    let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(report["results"][0]["action"], "verified", "{report}");
+
+    assert!(elsewhere.received().is_empty(), "posted to a webhook that is not Slack's");
+    let outcomes: Vec<Value> =
+        world.notifications().await.iter().map(|n| n["MessageAttributes"]["outcome"].clone()).collect();
+    assert_eq!(outcomes, [json!("deploying"), json!("verified")], "SNS gets every notification");
+    assert!(outboxes(&world).await.is_empty(), "a refused webhook is not retried: {:?}", outboxes(&world).await);
+    let logs = monitor.logs().join("\n");
+    assert!(logs.contains("does not hold a Slack webhook URL") && logs.contains(&parameter), "{logs}");
+    assert!(!logs.contains("not-slack-secret"), "the webhook URL leaked into the logs");
+}

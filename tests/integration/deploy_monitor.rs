@@ -294,3 +294,53 @@ async fn slack_gets_the_alert_and_the_webhook_url_never_appears_in_logs() {
         assert!(!note.to_string().contains("very-secret-token"));
     }
 }
+
+#[tokio::test]
+async fn a_health_check_answered_by_a_redirect_is_not_followed_and_fails() {
+    let world = World::new().await;
+    let elsewhere = LocalHttp::start(200).await;
+    let health = LocalHttp::start(200).await;
+    health.redirect_to(302, &elsewhere.url("/health"));
+    let app = seed_with_health_url(&world, &health).await;
+    let monitor = deploy_monitor(&world).await;
+    push(&world, "v1.0.0", 1, 1).await;
+    let _ = world.notifications().await;
+
+    let events = settle(&world, &app, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(only(&report)["action"], "rolled_back", "{report}");
+    assert!(!health.received().is_empty());
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+    let notes = world.notifications().await;
+    let reason = notes[0]["Message"]["metadata"]["additionalContext"]["reason"].as_str().unwrap();
+    assert!(reason.contains("HTTP 302") && reason.contains("redirect"), "{reason}");
+    let image = world.image_record("shop-api", &digest(1)).await.unwrap();
+    assert!(image.get("vetted_stage").is_none(), "{image}");
+}
+
+#[tokio::test]
+async fn a_health_url_on_the_metadata_address_is_an_invalid_config_even_with_local_endpoints() {
+    let world = World::new().await;
+    let environments = json!({
+        "stage": { "cluster": world.name("stage"), "service": "shop-api",
+                   "health_url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+                   "health_allow_http": true },
+        "prod": { "cluster": world.name("prod"), "service": "shop-api" },
+    });
+    let app = world.seed_app("shop-api", "shop-api", false, json!({ "environments": environments })).await;
+    let monitor = deploy_monitor(&world).await;
+
+    monitor.invoke(world.schedule_event()).await.response();
+    let notes = world.notifications().await;
+    let note = notes
+        .iter()
+        .find(|n| n["MessageAttributes"]["outcome"] == "config_error")
+        .unwrap_or_else(|| panic!("no config_error: {notes:#?}"));
+    let reason = note["Message"]["metadata"]["additionalContext"]["reason"].as_str().unwrap();
+    assert!(reason.contains("environments.stage.health_url") && reason.contains("metadata address"), "{reason}");
+
+    // Its pushes deploy nothing.
+    let event = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now());
+    let _ = conveyor(&world).stage(event, &invocation()).await;
+    assert_eq!(world.revisions(&app.stage.family).await, std::slice::from_ref(&app.stage.initial_task_definition));
+}

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::DateTime;
 use conveyor::config::{ConfigSet, RawApp};
+use conveyor::web::Endpoints;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -60,6 +61,7 @@ fn config_set(cases: &[ParameterCase]) -> ConfigSet {
             version: p.version,
             modified: p.minute.and_then(|m| DateTime::from_timestamp(1_700_000_000 + m * 60, 0)),
         }),
+        Endpoints::Public,
     )
 }
 

@@ -3,6 +3,7 @@
 
 use conveyor::config::{AppConfig, ConfigSet, RawApp};
 use conveyor::events;
+use conveyor::web::Endpoints;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
@@ -78,7 +79,7 @@ fn sample_deployment() -> Value {
 fn parse_text(kind: &str, text: &str) -> Result<(), TestCaseError> {
     match kind {
         "config" => {
-            match AppConfig::parse(PARAMETER, "shop-api", text) {
+            match AppConfig::parse(PARAMETER, "shop-api", text, Endpoints::Public) {
                 Ok(_) => {}
                 Err(error) => {
                     prop_assert_eq!(&error.parameter, PARAMETER);
@@ -88,6 +89,7 @@ fn parse_text(kind: &str, text: &str) -> Result<(), TestCaseError> {
             let set = ConfigSet::from_parameters(
                 "/conveyor/apps/",
                 [RawApp { parameter: PARAMETER, value: text, version: 1, modified: None }],
+                Endpoints::Public,
             );
             prop_assert_eq!(set.apps.len() + set.invalid.len(), 1);
         }

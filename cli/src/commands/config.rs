@@ -41,7 +41,7 @@ pub async fn validate(ctx: &Context, files: &[PathBuf], local: bool) -> Result<R
     let checked: Vec<Checked> = if files.is_empty() {
         let names = ctx.names().await?;
         let existing = stored(ctx, names).await?;
-        config::check_stored(&names.apps_path(), &existing)
+        config::check_stored(&names.apps_path(), &existing, ctx.endpoints()?)
             .into_iter()
             .map(|verdict| Checked { file: None, verdict })
             .collect()
@@ -53,7 +53,7 @@ pub async fn validate(ctx: &Context, files: &[PathBuf], local: bool) -> Result<R
             let names = ctx.names().await?;
             (names.apps_path(), stored(ctx, names).await?)
         };
-        config::check(&apps_path, &existing, &candidates, Utc::now())
+        config::check(&apps_path, &existing, &candidates, Utc::now(), ctx.endpoints()?)
             .into_iter()
             .zip(files)
             .map(|(verdict, file)| Checked { file: Some(file.display().to_string()), verdict })
@@ -84,10 +84,11 @@ pub async fn put(ctx: &Context, file: &Path) -> Result<Report, CliError> {
     let candidate = candidate(file)?;
     let names = ctx.names().await?;
     let existing = stored(ctx, names).await?;
-    let verdict = config::check(&names.apps_path(), &existing, std::slice::from_ref(&candidate), Utc::now())
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::invalid("nothing to check"))?;
+    let verdict =
+        config::check(&names.apps_path(), &existing, std::slice::from_ref(&candidate), Utc::now(), ctx.endpoints()?)
+            .into_iter()
+            .next()
+            .ok_or_else(|| CliError::invalid("nothing to check"))?;
     let mut put = Put { file: file.display().to_string(), verdict, written: false, version: None };
     if !put.verdict.valid {
         let text = format!("not written: {}", put.verdict.error.as_deref().unwrap_or("invalid"));

@@ -176,8 +176,7 @@ fn report(style: &Style, output: PauseOutput) -> Report {
     }
     if output.environments.iter().any(|e| e.changed) && !output.notified {
         lines.push(
-            "note: a function has no alert topic (its CONVEYOR_TOPIC_ARN): the notification was only logged"
-                .into(),
+            "note: a function has no alert topic (its CONVEYOR_TOPIC_ARN): the notification was only logged".into(),
         );
     }
     let json = serde_json::to_value(&output).unwrap_or(Value::Null);

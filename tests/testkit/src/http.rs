@@ -32,6 +32,8 @@ struct State {
     delay_ms: AtomicU64,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// A `Location` header on every answer (a redirect, with a 3xx status).
+    location: Mutex<Option<String>>,
 }
 
 pub struct LocalHttp {
@@ -48,6 +50,7 @@ impl LocalHttp {
             delay_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            location: Mutex::default(),
         });
         let served = state.clone();
         let addr = serve(move |request| answer(served.clone(), request)).await;
@@ -60,6 +63,12 @@ impl LocalHttp {
 
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers `status` with `Location: location` from now on (a redirect).
+    pub fn redirect_to(&self, status: u16, location: &str) {
+        *self.state.location.lock().unwrap() = Some(location.to_owned());
+        self.set_status(status);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -138,5 +147,8 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = status;
+    if let Some(location) = state.location.lock().unwrap().as_deref().and_then(|l| l.parse().ok()) {
+        response.headers_mut().insert(hyper::header::LOCATION, location);
+    }
     Ok(response)
 }

@@ -103,12 +103,14 @@ impl World {
         format!("{base}-{}", self.id)
     }
 
-    /// The variables a function binary needs to run against this world.
+    /// The variables a function binary needs to run against this world (health URLs and Slack
+    /// webhooks are local HTTP servers here: `CONVEYOR_ALLOW_LOCAL_ENDPOINTS`).
     pub fn function_env(&self) -> Vec<(String, String)> {
         let mut env = self.aws.env();
         env.push(("CONVEYOR_SSM_PREFIX".into(), self.prefix.clone()));
         env.push(("CONVEYOR_TOPIC_ARN".into(), self.topic_arn.clone()));
         env.push(("CONVEYOR_TABLE".into(), self.table.clone()));
+        env.push((conveyor::web::LOCAL_ENDPOINTS_VARIABLE.into(), "1".into()));
         env
     }
 
@@ -118,6 +120,7 @@ impl World {
             prefix: self.prefix.clone(),
             topic_arn: Some(self.topic_arn.clone()),
             table: self.table.clone(),
+            endpoints: conveyor::web::Endpoints::Local,
         }
     }
 
