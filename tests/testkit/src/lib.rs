@@ -15,6 +15,7 @@ pub mod known_bugs;
 pub mod lambda_api;
 pub mod local_aws;
 pub mod matrix;
+pub mod principals;
 pub mod queue;
 pub mod rng;
 pub mod runtime_api;

@@ -103,13 +103,25 @@ impl World {
         format!("{base}-{}", self.id)
     }
 
-    /// The variables a function binary needs to run against this world.
+    /// The variables a function binary needs to run against this world; its credentials are
+    /// scoped to this world ([`crate::principals`]: [`crate::Function`] puts its name in them).
     pub fn function_env(&self) -> Vec<(String, String)> {
         let mut env = self.aws.env();
+        for (name, value) in &mut env {
+            if name == "AWS_ACCESS_KEY_ID" {
+                *value = crate::principals::access_key("conveyor", &self.id);
+            }
+        }
         env.push(("CONVEYOR_SSM_PREFIX".into(), self.prefix.clone()));
         env.push(("CONVEYOR_TOPIC_ARN".into(), self.topic_arn.clone()));
         env.push(("CONVEYOR_TABLE".into(), self.table.clone()));
         env
+    }
+
+    /// The variables the `conveyor` CLI runs with against this world: the functions' names and
+    /// the operator's own credentials.
+    pub fn operator_env(&self) -> Vec<(String, String)> {
+        crate::principals::act_as(&self.function_env(), crate::principals::OPERATOR)
     }
 
     /// The Conveyor settings of this world (as the functions read them from `function_env`).
