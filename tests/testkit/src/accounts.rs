@@ -52,6 +52,7 @@ impl World {
         let task_definition = b
             .register_task_definition()
             .family(&family)
+            .execution_role_arn(crate::world::execution_role(account))
             .cpu("256")
             .memory("512")
             .container_definitions(

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod function;
 pub mod functions;
 pub mod http;
+pub mod iam;
 pub mod knobs;
 pub mod known_bugs;
 pub mod lambda_api;

@@ -197,6 +197,18 @@ impl LocalAws {
         counts.as_object().unwrap().iter().map(|(op, n)| (op.clone(), n.as_u64().unwrap())).collect()
     }
 
+    /// From now on, keeps every call made with credentials of `scope` (`{principal}@{scope}`, or
+    /// a role assumed with them) with its caller, request and region, for the IAM test.
+    pub async fn iam_watch(&self, scope: &str) {
+        self.control("iam/watch", json!({ "scope": scope })).await;
+    }
+
+    /// Evaluates the templates' policies against the calls kept for `spec["scope"]`
+    /// (`tests/localaws/iam_policy.py`): every call's verdict, and what each statement was needed for.
+    pub async fn iam_evaluate(&self, spec: &Value) -> Value {
+        self.control("iam/evaluate", spec.clone()).await
+    }
+
     /// Removes every fault injected for requests containing `matching` (the `matching` they were
     /// injected with), persistent ones included.
     pub async fn clear_faults(&self, matching: &str) {

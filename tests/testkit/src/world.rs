@@ -46,6 +46,12 @@ pub struct World {
     pub table: String,
 }
 
+/// The execution role of the seeded apps' task definitions in `account`, as Fargate services have
+/// one: every revision Conveyor registers passes it again (`iam:PassRole`, which the IAM test checks).
+pub fn execution_role(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/shop-task-execution")
+}
+
 /// A digest that looks like ECR's (64 pseudo-random hex digits), distinct per `n`.
 pub fn digest(n: u32) -> String {
     // splitmix64: four well-mixed words from `n`.
@@ -138,12 +144,13 @@ impl World {
     }
 
     /// Registers a task definition with the app container `api`, optionally a sidecar, an
-    /// environment (with an empty value) and tags.
+    /// environment (with an empty value), tags and the apps' execution role.
     pub async fn register(&self, family: &str, image: &str, env_name: &str, sidecar: bool) -> String {
         let mut request = self
             .ecs
             .register_task_definition()
             .family(family)
+            .execution_role_arn(execution_role(ACCOUNT))
             .cpu("256")
             .memory("512")
             .container_definitions(
