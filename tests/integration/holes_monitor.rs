@@ -573,7 +573,12 @@ async fn a_rollback_deployment_that_fails_too_is_found_by_the_sweep() {
 /// and rolls back to that.
 #[tokio::test]
 async fn a_deregistered_rollback_target_is_registered_again() {
-    let world = World::new().await;
+    deregistered_rollback_target(World::new().await).await;
+}
+
+/// The scenario of [`a_deregistered_rollback_target_is_registered_again`] in `world` (the IAM test
+/// runs it too).
+pub(crate) async fn deregistered_rollback_target(world: World) {
     let app = world.seed_app("shop-api", "shop-api", true, json!({})).await;
     let (stage, monitor) = (stage_deploy(&world).await, deploy_monitor(&world).await);
     let good = arn_of(&push_deploying(&world, &stage, "v1.0.0", 1, minutes_ago(10)).await);

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::accounts::PROD_ACCOUNT;
+use crate::accounts::{OTHER_REGION, PROD_ACCOUNT};
 use crate::local_aws::{ACCOUNT, REGION};
 use crate::world::{execution_role, World};
 use crate::{repo_root, LocalAws};
@@ -38,11 +38,13 @@ impl World {
     }
 
     /// The templates as deployed for this world: Conveyor's stack in the home account (its
-    /// clusters, the apps' execution role, the second account as a target) and the target
-    /// account's stack in [`PROD_ACCOUNT`]; the physical names of the template's resources.
+    /// clusters, in [`OTHER_REGION`] too, the apps' execution role, the second account as a
+    /// target) and the target account's stack in [`PROD_ACCOUNT`]; the physical names of the
+    /// template's resources.
     pub fn iam_spec(&self) -> Value {
         let root = repo_root();
         let stage_clusters = [self.name("stage"), self.name("stage-batch")].join(",");
+        let prod_clusters = [self.name("prod"), self.name(&format!("prod-{OTHER_REGION}"))].join(",");
         json!({
             "scope": self.id,
             "region": REGION,
@@ -50,7 +52,7 @@ impl World {
             "template": root.join("infra/template.yaml"),
             "parameters": {
                 "StageClusterNames": stage_clusters,
-                "ProdClusterNames": self.name("prod"),
+                "ProdClusterNames": prod_clusters,
                 "TaskRoleArns": execution_role(ACCOUNT),
                 "TargetAccountIds": PROD_ACCOUNT,
                 "SsmPrefix": self.prefix,

@@ -108,7 +108,19 @@ impl LocalAws {
 
     /// [`LocalAws::settle`] for a service of another account.
     pub async fn settle_in(&self, account: &str, cluster: &str, service: &str, outcome: Settle) -> Vec<Value> {
-        let mut body = json!({ "cluster": cluster, "service": service, "region": REGION, "account": account });
+        self.settle_at(account, REGION, cluster, service, outcome).await
+    }
+
+    /// [`LocalAws::settle`] for a service of any account and region.
+    pub async fn settle_at(
+        &self,
+        account: &str,
+        region: &str,
+        cluster: &str,
+        service: &str,
+        outcome: Settle,
+    ) -> Vec<Value> {
+        let mut body = json!({ "cluster": cluster, "service": service, "region": region, "account": account });
         match outcome {
             Settle::Complete => body["outcome"] = json!("COMPLETED"),
             Settle::Fail { circuit_breaker_rollback } => {
