@@ -55,7 +55,7 @@ pub(crate) async fn prod_in_another_account(world: World) {
     let app = world.seed_app_across("shop-api", "shop-api", PROD_ACCOUNT).await;
     let f = Functions::spawn(&world).await;
     let vet = async |tag: &str, n: u32, minutes: i64| {
-        let push = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes));
+        let push = world.push_event(&app.repository, tag, &digest(n), Utc::now() - Duration::minutes(minutes));
         assert_eq!(f.stage.invoke(push).await.response()["apps"][0]["status"], "deploying");
         let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
         assert_eq!(action(&f.monitor.invoke(events[0].clone()).await.response()), "verified");
@@ -66,10 +66,10 @@ pub(crate) async fn prod_in_another_account(world: World) {
     let (error_type, message) = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "ConfigError", "{message}");
     assert!(message.contains(PROD_ACCOUNT) && message.contains("ecr:BatchGetImage"), "{message}");
-    assert!(world.image_in(PROD_ACCOUNT, &app.prod).await.ends_with("shop-api:v0.9.0"));
+    assert!(world.image_in(PROD_ACCOUNT, &app.prod).await.ends_with(&format!("{}:v0.9.0", app.repository)));
 
     // Allowed: promote registers prod's revision in account B and rolls B's service onto it.
-    world.allow_pull("shop-api", PROD_ACCOUNT).await;
+    world.allow_pull(&app.repository, PROD_ACCOUNT).await;
     let _ = world.notifications().await;
     let answer = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
     assert_eq!(answer["status"], "deploying", "{answer}");

@@ -47,8 +47,10 @@ impl World {
 
     /// Seeds an app whose stage is here and whose prod runs in `account`: the prod cluster,
     /// service and task definition are created there (through the role), and the config names
-    /// the role. The ECR repository is created here, without a policy.
+    /// the role. The ECR repository, `{repository}-{id}` (the fixture's `repository`: the registry
+    /// and repository policies are shared by every test), is created here, without a policy.
     pub async fn seed_app_across(&self, app: &str, repository: &str, account: &str) -> AppFixture {
+        let repository = &self.name(repository);
         let mut fixture = self.seed_app(app, repository, false, json!({})).await;
         let b = self.ecs_in(account).await;
         fixture.prod = self.prod_service(&b, app, repository, account, "prod-b").await;
