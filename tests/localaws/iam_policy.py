@@ -335,3 +335,16 @@ def evaluate(spec: dict, records: list[dict]) -> dict:
                   if s.body.get("Effect") == "Allow"]
     return {"calls": len(records), "authorizations": evaluated, "denied": denied, "unknown": unknown,
             "unmapped": unmapped, "statements": statements}
+
+
+def decide(spec: dict, question: dict) -> dict:
+    """What the templates decide for one call no scenario makes (a function reaching past its
+    side): ``question`` is ``{principal, role_arn?, action, resource, region?, context?}``."""
+    policies = Policies(spec)
+    role_arn = question.get("role_arn")
+    record = {"principal": question["principal"], "role_arn": role_arn,
+              "region": question.get("region", policies.region),
+              "account": role_arn.split(":")[4] if role_arn else policies.account}
+    auth = Authorization(question["action"], question["resource"], question.get("context", {}))
+    verdict, why = policies.decide(policies.principal(record), auth, record)
+    return {"verdict": verdict, "why": why}

@@ -36,7 +36,8 @@ test's resources carry its unique id):
   are of that scope (``{principal}@{scope}``, or assumed with such) is kept with its caller, request
   and region (``iam_calls``); ``/_conveyor/iam/calls`` ``{scope}`` lists them;
   ``/_conveyor/iam/evaluate`` ``{scope, template, parameters, resources, ...}`` evaluates the
-  templates' policies against them (``iam_policy``).
+  templates' policies against them (``iam_policy``); ``/_conveyor/iam/decide`` ``{spec, question}``
+  decides one call no scenario makes.
 
 Usage: ``python moto_launcher.py [--port N] [--port-file PATH]``; prints ``READY <url>`` when up.
 """
@@ -858,6 +859,10 @@ class Control:
                 from iam_policy import evaluate
 
                 return _json(200, evaluate(body, IAM_CALLS.of(body["scope"])))
+            if request.path == "/_conveyor/iam/decide":
+                from iam_policy import decide
+
+                return _json(200, decide(body["spec"], body["question"]))
             if request.path == "/_conveyor/health":
                 return _json(200, {"ok": True})
             return _json(404, {"error": f"unknown control path {request.path}"})

@@ -71,6 +71,14 @@ impl World {
         })
     }
 
+    /// What the templates decide when `principal` (a function's name, or the operator) asks for
+    /// `action` on `resource` with the condition keys `context`: `allowed`, `denied` or `unknown`.
+    pub async fn iam_decide(&self, principal: &str, action: &str, resource: &str, context: Value) -> String {
+        let question = json!({ "principal": principal, "action": action, "resource": resource, "context": context });
+        let answer = self.aws.iam_decide(&self.iam_spec(), question).await;
+        answer["verdict"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// The templates' verdict on every call this (watched) world's binaries and CLI made.
     pub async fn iam_verdict(&self) -> Verdict {
         verdict(self.aws, &self.iam_spec()).await

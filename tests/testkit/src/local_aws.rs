@@ -221,6 +221,12 @@ impl LocalAws {
         self.control("iam/evaluate", spec.clone()).await
     }
 
+    /// What the templates of `spec` decide for one call no scenario makes: `question` is
+    /// `{principal, role_arn?, action, resource, region?, context?}`; the answer `{verdict, why}`.
+    pub async fn iam_decide(&self, spec: &Value, question: Value) -> Value {
+        self.control("iam/decide", json!({ "spec": spec, "question": question })).await
+    }
+
     /// Removes every fault injected for requests containing `matching` (the `matching` they were
     /// injected with), persistent ones included.
     pub async fn clear_faults(&self, matching: &str) {
