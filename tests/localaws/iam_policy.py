@@ -4,7 +4,8 @@ Who has which policy, read from the templates resolved for a test's parameters a
 
 * a function binary ``{name}`` is the ``AWS::Serverless::Function`` whose ``FunctionName`` is
   ``{stack}-{name}`` in ``infra/template.yaml``: its role's statements (SAM's ``Policies``
-  written as statements, or an explicit ``Role`` of the template);
+  written as statements, or an explicit ``Role`` of the template with its inline policies and the
+  template's managed policies it attaches);
 * a role assumed in another account is the ``AWS::IAM::Role`` of ``infra/target-account.yaml``
   (resolved for that account) with that ``RoleName``; ``sts:AssumeRole`` needs the caller's own
   policy and that role's trust policy;
@@ -13,7 +14,8 @@ Who has which policy, read from the templates resolved for a test's parameters a
   evaluated for it.
 
 The evaluation is IAM's for one account plus AssumeRole: an explicit Deny wins, then an Allow of
-the identity policy or of the resource's policy (topic, table) grants. Action and Resource
+the identity policy or of the resource's policy (topic; table, which covers its indexes) grants.
+Resources the test does not name get placeholder ARNs that no call matches. Action and Resource
 wildcards, NotAction/NotResource, and the condition operators below; an operator or a policy form it
 does not know is an error (say what it means before relying on it), never a silent allow.
 """
@@ -151,12 +153,29 @@ def _sam_statements(template: Template, function: str, policies: list) -> list[d
     return statements
 
 
+# AWS managed policies a role may carry whose actions no recorded call needs (logs, network
+# interfaces): they grant nothing the evaluation looks at.
+_AWS_MANAGED = {"AWSLambdaBasicExecutionRole", "AWSLambdaVPCAccessExecutionRole"}
+
+
+def _local_arn(account: str, kind: str, name: str) -> str:
+    """The ARN a role or customer managed policy of the template gets (`{kind}/{name}`)."""
+    return f"arn:aws:iam::{account}:{kind}/{name}"
+
+
 def _role_statements(role: dict, template: Template) -> list[dict]:
+    """A role's inline policies and the managed policies it attaches (the template's own, by the
+    ARN `_local_arn` gave them; AWS's, only the harmless ones)."""
     statements = []
     for policy in template.resolve(role["Properties"].get("Policies", [])):
         statements += _list(policy["PolicyDocument"]["Statement"])
-    for managed in template.resolve(role["Properties"].get("ManagedPolicyArns", [])):
-        raise ValueError(f"managed policy {managed} is not modelled by tests/localaws/iam_policy.py")
+    managed = {template.attribute(name, "Ref"): res for name, res in template.doc["Resources"].items()
+               if res["Type"] == "AWS::IAM::ManagedPolicy"}
+    for arn in template.resolve(role["Properties"].get("ManagedPolicyArns", [])):
+        if arn in managed:
+            statements += _list(template.resolve(managed[arn]["Properties"]["PolicyDocument"])["Statement"])
+        elif arn.rsplit("/", 1)[-1] not in _AWS_MANAGED:
+            raise ValueError(f"managed policy {arn} is not modelled by tests/localaws/iam_policy.py")
     return statements
 
 
@@ -167,7 +186,29 @@ def _statements(principal: str, source: str, role: str, bodies: list[dict]) -> l
 
 def function_role_arn(account: str, stack: str, function: str) -> str:
     """The role SAM creates for a function: `{stack}-{Function}Role-{suffix}` (suffix local)."""
-    return f"arn:aws:iam::{account}:role/{stack}-{function}Role-LOCAL"
+    return _local_arn(account, "role", f"{stack}-{function}Role-LOCAL")
+
+
+def _name_resources(template: Template, account: str, stack: str) -> None:
+    """Gives the template's roles (its own, and those SAM makes for functions without one) and
+    customer managed policies the ARNs and names a deployment would, for `!Ref` and `!GetAtt`."""
+    for logical, res in template.doc["Resources"].items():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::IAM::Role":
+            if "Condition" in res and not template.condition(res["Condition"]):
+                continue
+            name = template.resolve(props["RoleName"]) if "RoleName" in props else f"{stack}-{logical}-LOCAL"
+            template.resources.setdefault(logical, {"Ref": name, "Arn": _local_arn(account, "role", name)})
+        elif res["Type"] == "AWS::IAM::ManagedPolicy":
+            name = template.resolve(props["ManagedPolicyName"]) if "ManagedPolicyName" in props else logical
+            template.resources.setdefault(logical, {"Ref": _local_arn(account, "policy", name)})
+        elif res["Type"] == _FUNCTION_TYPE and "Role" not in props:
+            arn = function_role_arn(account, stack, logical)
+            template.resources.setdefault(f"{logical}Role", {"Ref": arn.rsplit("/", 1)[1], "Arn": arn})
+    # Every other resource the test did not name (rules, queues, alarms): a placeholder that no
+    # call's resource matches, so that a policy naming one resolves and a call on one is denied.
+    for logical in template.doc["Resources"]:
+        template.resources.setdefault(logical, {"Ref": logical, "Arn": f"arn:aws:placeholder:::{logical}"})
 
 
 class Policies:
@@ -179,11 +220,9 @@ class Policies:
         self.stack = spec.get("stack", "conveyor")
         resources = dict(spec.get("resources", {}))
         self.main = Template(spec["template"], spec.get("parameters", {}), self.region, self.account, resources)
-        functions = {name: res for name, res in self.main.doc["Resources"].items() if res["Type"] == _FUNCTION_TYPE}
-        for logical in functions:
-            arn = function_role_arn(self.account, self.stack, logical)
-            resources.setdefault(f"{logical}Role", {"Arn": arn, "Ref": arn.rsplit("/", 1)[1]})
-        self.functions = functions
+        self.functions = {name: res for name, res in self.main.doc["Resources"].items()
+                          if res["Type"] == _FUNCTION_TYPE}
+        _name_resources(self.main, self.account, self.stack)
         self.target_template = spec.get("target_template")
         self.target_parameters = spec.get("target_parameters", {})
         self.principals: dict[str, Principal] = {}
@@ -233,11 +272,9 @@ class Policies:
             role = props["Role"]
             if not (isinstance(role, dict) and "Fn::GetAtt" in role):
                 raise ValueError(f"{logical}: Role {role!r} is not a role of the template")
-            role_name = role["Fn::GetAtt"][0]
-            role_res = self.main.doc["Resources"][role_name]
-            arn = self.main.resolve({"Fn::GetAtt": [role_name, "Arn"]}) if role_name in self.main.resources else \
-                f"arn:aws:iam::{self.account}:role/{self.main.resolve(role_res['Properties'].get('RoleName', role_name))}"
-            bodies, source = _role_statements(role_res, self.main), role_name
+            source = role["Fn::GetAtt"][0]
+            arn = self.main.attribute(source, "Arn")
+            bodies = _role_statements(self.main.doc["Resources"][source], self.main)
         else:
             arn = function_role_arn(self.account, self.stack, logical)
             bodies = _sam_statements(self.main, logical, self.main.resolve(props.get("Policies", [])))
@@ -246,7 +283,8 @@ class Policies:
 
     def _target_role(self, role_arn: str) -> Principal:
         account, role_name = role_arn.split(":")[4], role_arn.rsplit("/", 1)[1]
-        template = Template(self.target_template, self.target_parameters, self.region, account)
+        template = Template(self.target_template, self.target_parameters, self.region, account, {})
+        _name_resources(template, account, self.stack)
         for logical, res in template.doc["Resources"].items():
             if res["Type"] != "AWS::IAM::Role" or "RoleName" not in res.get("Properties", {}):
                 continue
@@ -275,7 +313,10 @@ class Policies:
         context = {k.lower(): v for k, v in auth.context.items()}
         context.update({"aws:requestedregion": record["region"], "aws:principalarn": principal.arn,
                         "aws:principalaccount": principal.account, "aws:securetransport": "true"})
-        attached = [s for s in self.resource_policies.get(auth.resource, []) if _principal_matches(s, principal)]
+        # A table's policy covers its indexes too (`table/x/index/y`).
+        attached = [s for arn, statements in self.resource_policies.items()
+                    if auth.resource == arn or auth.resource.startswith(arn + "/")
+                    for s in statements if _principal_matches(s, principal)]
         identity = principal.statements or []
         for body in [s.body for s in identity] + attached:
             if body["Effect"] == "Deny" and _applies(body, auth.action, auth.resource, context):

@@ -40,7 +40,7 @@ impl World {
     /// The templates as deployed for this world: Conveyor's stack in the home account (its
     /// clusters, in [`OTHER_REGION`] too, the apps' execution role, the second account as a
     /// target) and the target account's stack in [`PROD_ACCOUNT`]; the physical names of the
-    /// template's resources.
+    /// template's resources (the others get placeholders no call matches).
     pub fn iam_spec(&self) -> Value {
         let root = repo_root();
         let stage_clusters = [self.name("stage"), self.name("stage-batch")].join(",");
@@ -55,6 +55,7 @@ impl World {
                 "ProdClusterNames": prod_clusters,
                 "TaskRoleArns": execution_role(ACCOUNT),
                 "TargetAccountIds": PROD_ACCOUNT,
+                "DeployRegions": OTHER_REGION,
                 "SsmPrefix": self.prefix,
             },
             "resources": {
@@ -63,9 +64,13 @@ impl World {
                 "AlertTopicKey": { "Ref": "alert-topic-key", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/alert-topic-key") },
             },
             "target_template": root.join("infra/target-account.yaml"),
+            // Only prod runs in the target account. (A parameter the template does not declare
+            // is ignored: ClusterNames for one role, Stage/ProdClusterNames for a role per side.)
             "target_parameters": {
                 "ConveyorAccountId": ACCOUNT,
                 "ClusterNames": self.name("prod-b"),
+                "StageClusterNames": "",
+                "ProdClusterNames": self.name("prod-b"),
                 "TaskRoleArns": execution_role(PROD_ACCOUNT),
             },
         })
