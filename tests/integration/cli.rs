@@ -43,7 +43,7 @@ pub async fn functions_behind_lambda(world: &World) -> (LambdaApi, Arc<Function>
 
 /// The CLI's environment: the world's names, the local AWS, the local Lambda endpoint.
 pub fn cli_env(world: &World, lambda: &LambdaApi) -> Vec<(String, String)> {
-    let mut env = world.function_env();
+    let mut env = world.operator_env();
     env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
     env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
     env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), lambda.url()));
@@ -686,7 +686,7 @@ async fn usage_errors_and_missing_names_have_their_exit_codes() {
     let no_region = run(&no_region, &["status"]).await.exits(4);
     assert!(no_region.stderr.contains("no AWS region"), "{no_region:?}");
     // A table that does not exist: an AWS error.
-    let mut env = world.function_env();
+    let mut env = world.operator_env();
     env.push(("CONVEYOR_TABLE".into(), "no-such-table".into()));
     let missing = run(&env, &["history", "shop-api"]).await.exits(4);
     assert!(missing.stderr.contains("ResourceNotFoundException"), "{missing:?}");

@@ -34,7 +34,7 @@ const DOC: &str = "docs/cli.md";
 
 #[tokio::test]
 async fn the_examples_of_the_cli_docs_are_what_the_cli_prints() {
-    let transcript = story().await;
+    let transcript = story(World::new().await).await;
     let root = conveyor_testkit::repo_root();
     std::fs::write(root.join("target/cli-docs.md"), &transcript).unwrap();
     let printed = printed(&transcript);
@@ -56,12 +56,12 @@ async fn the_examples_of_the_cli_docs_are_what_the_cli_prints() {
     );
 }
 
-/// Runs the docs' story on a local stack; the transcript: each command (`$ conveyor ...`), what it
-/// printed (`[stderr]` first, then stdout) and `[exit N]`, with the world's names shortened and
-/// tables realigned.
-async fn story() -> String {
+/// Runs the docs' story on a local stack for `world`; the transcript: each command
+/// (`$ conveyor ...`), what it printed (`[stderr]` first, then stdout) and `[exit N]`, with the
+/// world's names shortened and tables realigned. The IAM test runs it too.
+pub(crate) async fn story(world: World) -> String {
     let (moments, _timeline) = tokio::sync::mpsc::unbounded_channel();
-    let stack = LocalStack::start(World::new().await, StackOptions::default(), moments).await;
+    let stack = LocalStack::start(world, StackOptions::default(), moments).await;
     let world = &stack.world;
     let (stage, prod) = (world.name("stage"), world.name("prod"));
     let bad = digest(150);

@@ -1,10 +1,11 @@
-//! Environments anywhere: several clusters in one installation, and prod in another AWS account
-//! (Conveyor assumes that account's role for every ECS call there), through the real binaries.
+//! Environments anywhere: several clusters in one installation, prod in another AWS account
+//! (Conveyor assumes that account's role for every ECS call there), and prod in another region of
+//! Conveyor's own account, through the real binaries.
 
 use chrono::{Duration, Utc};
-use conveyor_testkit::accounts::{target_role, PROD_ACCOUNT};
+use conveyor_testkit::accounts::{target_role, OTHER_REGION, PROD_ACCOUNT};
 use conveyor_testkit::functions::Functions;
-use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::local_aws::{Settle, ACCOUNT};
 use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::{json, Value};
@@ -45,11 +46,16 @@ async fn one_installation_deploys_to_services_of_several_clusters() {
 
 #[tokio::test]
 async fn prod_in_another_account_gets_the_vetted_image_and_its_failures_roll_back_there() {
-    let world = World::new().await;
+    prod_in_another_account(World::new().await).await;
+}
+
+/// The scenario of [`prod_in_another_account_gets_the_vetted_image_and_its_failures_roll_back_there`]
+/// in `world` (the IAM test runs it too).
+pub(crate) async fn prod_in_another_account(world: World) {
     let app = world.seed_app_across("shop-api", "shop-api", PROD_ACCOUNT).await;
     let f = Functions::spawn(&world).await;
     let vet = async |tag: &str, n: u32, minutes: i64| {
-        let push = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes));
+        let push = world.push_event(&app.repository, tag, &digest(n), Utc::now() - Duration::minutes(minutes));
         assert_eq!(f.stage.invoke(push).await.response()["apps"][0]["status"], "deploying");
         let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
         assert_eq!(action(&f.monitor.invoke(events[0].clone()).await.response()), "verified");
@@ -60,10 +66,10 @@ async fn prod_in_another_account_gets_the_vetted_image_and_its_failures_roll_bac
     let (error_type, message) = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "ConfigError", "{message}");
     assert!(message.contains(PROD_ACCOUNT) && message.contains("ecr:BatchGetImage"), "{message}");
-    assert!(world.image_in(PROD_ACCOUNT, &app.prod).await.ends_with("shop-api:v0.9.0"));
+    assert!(world.image_in(PROD_ACCOUNT, &app.prod).await.ends_with(&format!("{}:v0.9.0", app.repository)));
 
     // Allowed: promote registers prod's revision in account B and rolls B's service onto it.
-    world.allow_pull("shop-api", PROD_ACCOUNT).await;
+    world.allow_pull(&app.repository, PROD_ACCOUNT).await;
     let _ = world.notifications().await;
     let answer = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
     assert_eq!(answer["status"], "deploying", "{answer}");
@@ -94,4 +100,30 @@ async fn prod_in_another_account_gets_the_vetted_image_and_its_failures_roll_bac
     let prod = world.record("shop-api", "prod").await.unwrap();
     assert_eq!(prod["rollout"]["state"]["kind"], "rolled_back");
     assert_eq!(target_role(PROD_ACCOUNT), "arn:aws:iam::210987654321:role/conveyor-conveyor-target");
+}
+
+#[tokio::test]
+async fn prod_in_another_region_gets_the_vetted_image_and_is_verified_there() {
+    prod_in_another_region(World::new().await).await;
+}
+
+/// Prod in another region of Conveyor's own account (the config's `region`): promote and the
+/// monitor work there (the IAM test runs it too: the region is no reason for a denial).
+pub(crate) async fn prod_in_another_region(world: World) {
+    let app = world.seed_app_in_region("shop-api", "shop-api", OTHER_REGION).await;
+    let f = Functions::spawn(&world).await;
+    let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(30));
+    assert_eq!(f.stage.invoke(push).await.response()["apps"][0]["status"], "deploying");
+    let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
+    assert_eq!(action(&f.monitor.invoke(events[0].clone()).await.response()), "verified");
+
+    let answer = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
+    assert_eq!(answer["status"], "deploying", "{answer}");
+    let revision = answer["task_definition_arn"].as_str().unwrap();
+    assert!(revision.contains(&format!(":{OTHER_REGION}:")), "{revision}");
+    let events =
+        world.aws.settle_at(ACCOUNT, OTHER_REGION, &app.prod.cluster, &app.prod.service, Settle::Complete).await;
+    assert_eq!(events[0]["region"], OTHER_REGION);
+    assert_eq!(action(&f.monitor.invoke(events[0].clone()).await.response()), "verified");
+    assert_eq!(world.record("shop-api", "prod").await.unwrap()["rollout"]["state"]["kind"], "verified");
 }

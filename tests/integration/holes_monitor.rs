@@ -353,7 +353,12 @@ async fn a_rollout_replaced_outside_conveyor_is_superseded_when_its_completed_ev
 /// blamed). It must be `superseded` with drift announced once, and the service left alone.
 #[tokio::test]
 async fn a_rollout_replaced_outside_conveyor_is_superseded_by_the_sweep() {
-    let world = World::new().await;
+    superseded_by_the_sweep(World::new().await).await;
+}
+
+/// The scenario of [`a_rollout_replaced_outside_conveyor_is_superseded_by_the_sweep`] in `world`
+/// (the IAM test runs it too: the sweep's query, a revision changed outside Conveyor).
+pub(crate) async fn superseded_by_the_sweep(world: World) {
     let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
     let (stage, monitor) = (stage_deploy(&world).await, deploy_monitor(&world).await);
     let report = push_deploying(&world, &stage, "v1.0.0", 1, minutes_ago(5)).await;
@@ -573,7 +578,12 @@ async fn a_rollback_deployment_that_fails_too_is_found_by_the_sweep() {
 /// and rolls back to that.
 #[tokio::test]
 async fn a_deregistered_rollback_target_is_registered_again() {
-    let world = World::new().await;
+    deregistered_rollback_target(World::new().await).await;
+}
+
+/// The scenario of [`a_deregistered_rollback_target_is_registered_again`] in `world` (the IAM test
+/// runs it too).
+pub(crate) async fn deregistered_rollback_target(world: World) {
     let app = world.seed_app("shop-api", "shop-api", true, json!({})).await;
     let (stage, monitor) = (stage_deploy(&world).await, deploy_monitor(&world).await);
     let good = arn_of(&push_deploying(&world, &stage, "v1.0.0", 1, minutes_ago(10)).await);

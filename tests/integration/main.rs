@@ -13,6 +13,7 @@ mod e2e;
 mod fault_matrix;
 mod holes_monitor;
 mod holes_state;
+mod iam;
 mod localaws_faults;
 mod model;
 mod promote;

@@ -33,6 +33,12 @@ id ``KEY``):
 * ``POST /_conveyor/calls`` ``{match}``: calls by operation; ``/_conveyor/calls/log``
   ``{match, since}``: the calls in order, ``[{seq, operation, fault}]``. Faulted calls are logged
   too; the launcher's own calls (rules, tables, autopilot events) are not.
+* ``POST /_conveyor/iam/watch`` ``{scope}``: from then on, every served call whose credentials
+  are of that scope (``{principal}@{scope}``, or assumed with such) is kept with its caller, request
+  and region (``iam_calls``); ``/_conveyor/iam/calls`` ``{scope}`` lists them;
+  ``/_conveyor/iam/evaluate`` ``{scope, template, parameters, resources, ...}`` evaluates the
+  templates' policies against them (``iam_policy``); ``/_conveyor/iam/decide`` ``{spec, question}``
+  decides one call no scenario makes.
 
 Usage: ``python moto_launcher.py [--port N] [--port-file PATH]``; prints ``READY <url>`` when up.
 """
@@ -61,6 +67,7 @@ import uuid
 import weakref
 from xml.sax.saxutils import escape
 
+from iam_calls import CallLog, caller_of
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
 from moto.ecs.exceptions import EcsClientException, TaskDefinitionNotFoundException
@@ -74,6 +81,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 ACCOUNT_ID = "123456789012"
+IAM_CALLS = CallLog(ACCOUNT_ID)
 LOCK = threading.RLock()
 DYNAMODB_LOCK = threading.Lock()
 
@@ -741,12 +749,12 @@ class Control:
         if fault is None and RATE_LIMITS and _rate_limited(operation, haystack):
             fault = {"mode": "throttle", "log": "ratelimit"}
         if fault is None:
-            return self.serve(request, operation, body, environ, start_response)
+            return self.attributed(request, operation, body, environ, start_response)
         record["fault"] = fault.get("log", fault["mode"])
         mode = fault["mode"]
         if mode == "latency":
             time.sleep(float(fault["latency_ms"]) / 1000.0)
-            return self.serve(request, operation, body, environ, start_response)
+            return self.attributed(request, operation, body, environ, start_response)
         if mode == "kill":
             try:
                 os.kill(int(fault["pid"]), signal.SIGKILL)
@@ -760,6 +768,15 @@ class Control:
             # moto applies the request; its answer is lost on the way back.
             Response.from_app(lambda e, s: self.serve(request, operation, body, e, s), environ, buffered=True)
         return _fault_error(request, fault)(environ, start_response)
+
+    def attributed(self, request: Request, operation: str | None, body: bytes, environ, start_response):
+        """Serves the call; keeps it with its caller when the caller's scope is watched (IAM test)."""
+        caller = caller_of(request.headers)
+        if not operation or not IAM_CALLS.watched(caller):
+            return self.serve(request, operation, body, environ, start_response)
+        answer = Response.from_app(lambda e, s: self.serve(request, operation, body, e, s), environ, buffered=True)
+        IAM_CALLS.record(caller, operation, request.mimetype, body, answer.status_code, answer.get_data())
+        return answer(environ, start_response)
 
     def serve(self, request: Request, operation: str | None, body: bytes, environ, start_response):
         target = request.headers.get("X-Amz-Target", "")
@@ -839,6 +856,19 @@ class Control:
                     log = [{"seq": c["seq"], "operation": c["operation"], "fault": c["fault"]}
                            for c in CALLS if c["seq"] > since and marker in c["haystack"]]
                 return _json(200, {"calls": log})
+            if request.path == "/_conveyor/iam/watch":
+                IAM_CALLS.watch(body["scope"])
+                return _json(200, {"ok": True})
+            if request.path == "/_conveyor/iam/calls":
+                return _json(200, {"calls": IAM_CALLS.of(body["scope"])})
+            if request.path == "/_conveyor/iam/evaluate":
+                from iam_policy import evaluate
+
+                return _json(200, evaluate(body, IAM_CALLS.of(body["scope"])))
+            if request.path == "/_conveyor/iam/decide":
+                from iam_policy import decide
+
+                return _json(200, decide(body["spec"], body["question"]))
             if request.path == "/_conveyor/health":
                 return _json(200, {"ok": True})
             return _json(404, {"error": f"unknown control path {request.path}"})

@@ -1,7 +1,9 @@
 """Reads resources out of the SAM template (EventBridge rule patterns, the state table's
-properties), resolving the few CloudFormation intrinsics they use (Ref, Sub, If, Join, Equals, Not,
-And, Or, Select, Split) against given parameter values, so local tests use exactly what production
-uses. A parameter without a value and without a default is an error only where it is used."""
+properties, the functions' policies), resolving the few CloudFormation intrinsics they use (Ref,
+Sub, If, Join, Equals, Not, And, Or, Select, Split, GetAtt, AWS::NoValue) against given parameter
+values, so local tests use exactly what production uses. A parameter without a value and without a
+default is an error only where it is used; so is a resource's Ref or attribute that was not given
+(``resources``: logical id => {"Ref": ..., "Arn": ...}, the physical names of a test's resources)."""
 
 from __future__ import annotations
 
@@ -35,13 +37,18 @@ for _tag in ["Ref", "Sub", "If", "Join", "Equals", "Not", "GetAtt", "Split", "Se
     _Loader.add_constructor(f"!{_tag}", _intrinsic(_tag))
 
 
+NO_VALUE = object()  # AWS::NoValue: the list item or property is dropped
+
+
 class _Missing:
     def __init__(self, name: str):
         self.name = name
 
 
 class Template:
-    def __init__(self, path: str, parameters: dict[str, str], region: str, account: str = ACCOUNT_ID):
+    def __init__(self, path: str, parameters: dict[str, str], region: str, account: str = ACCOUNT_ID,
+                 resources: dict[str, dict] | None = None):
+        self.resources = resources or {}
         with open(path) as handle:
             self.doc = yaml.load(handle, Loader=_Loader)
         self.values: dict[str, object] = {
@@ -63,25 +70,40 @@ class Template:
         return bool(self.resolve(self.doc["Conditions"][name]))
 
     def value(self, name: str):
+        if name == "AWS::NoValue":
+            return NO_VALUE
         if name not in self.values:
+            if name in self.doc.get("Resources", {}):
+                return self.attribute(name, "Ref")
             raise ValueError(f"{name} is not a template parameter or pseudo parameter")
         value = self.values[name]
         if isinstance(value, _Missing):
             raise ValueError(f"template parameter {name} needs a value")
         return value
 
+    def attribute(self, resource: str, attribute: str):
+        """`!Ref resource` (attribute `Ref`) or `!GetAtt resource.attribute`, from `resources`."""
+        known = self.resources.get(resource, {})
+        if attribute not in known:
+            raise ValueError(f"resource {resource}'s {attribute} needs a value (resources)")
+        return known[attribute]
+
     def _sub(self, value) -> str:
         text, variables = (value, {}) if isinstance(value, str) else (value[0], self.resolve(value[1]))
 
         def replace(match: re.Match) -> str:
             name = match.group(1)
-            return str(variables[name]) if name in variables else str(self.value(name))
+            if name in variables:
+                return str(variables[name])
+            if "." in name and name not in self.values:
+                return str(self.attribute(*name.split(".", 1)))
+            return str(self.value(name))
 
         return re.sub(r"\$\{([^}!]+)\}", replace, text)
 
     def resolve(self, node):
         if isinstance(node, list):
-            return [self.resolve(item) for item in node]
+            return [item for item in (self.resolve(item) for item in node) if item is not NO_VALUE]
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
@@ -113,7 +135,10 @@ class Template:
                 return text.split(separator)
             if key == "Condition":
                 return self.condition(value)
-        return {key: self.resolve(value) for key, value in node.items()}
+            if key == "Fn::GetAtt":
+                return self.attribute(*value)
+        resolved = {key: self.resolve(value) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value is not NO_VALUE}
 
     def event_pattern(self, rule: str) -> dict:
         resource = self.doc["Resources"][rule]

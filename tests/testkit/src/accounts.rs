@@ -1,14 +1,19 @@
 //! A second AWS account in the local AWS: moto serves requests made with the credentials of a
 //! role assumed in account B from B's own backends (clusters, services, task definitions), so a
-//! cross-account deployment runs end to end on one moto.
+//! cross-account deployment runs end to end on one moto; and another region of Conveyor's own
+//! account (moto keeps a backend per region).
 
 use aws_sdk_ecs::config::Credentials;
 use serde_json::{json, Value};
 
+use crate::local_aws::ACCOUNT;
 use crate::world::{AppFixture, ServiceFixture, World};
 
 /// The prod account of the cross-account scenarios.
 pub const PROD_ACCOUNT: &str = "210987654321";
+
+/// A region of Conveyor's own account other than its home region, for prod elsewhere.
+pub const OTHER_REGION: &str = "eu-west-1";
 
 /// The role Conveyor assumes in `account` (what infra/target-account.yaml creates for the stack
 /// `conveyor`).
@@ -42,16 +47,50 @@ impl World {
 
     /// Seeds an app whose stage is here and whose prod runs in `account`: the prod cluster,
     /// service and task definition are created there (through the role), and the config names
-    /// the role. The ECR repository is created here, without a policy.
+    /// the role. The ECR repository, `{repository}-{id}` (the fixture's `repository`: the registry
+    /// and repository policies are shared by every test), is created here, without a policy.
     pub async fn seed_app_across(&self, app: &str, repository: &str, account: &str) -> AppFixture {
+        let repository = &self.name(repository);
         let mut fixture = self.seed_app(app, repository, false, json!({})).await;
         let b = self.ecs_in(account).await;
+        fixture.prod = self.prod_service(&b, app, repository, account, "prod-b").await;
+        let prod = json!({ "cluster": fixture.prod.cluster, "service": app, "role_arn": target_role(account) });
+        self.put_app(app, &self.config_with_prod(repository, &fixture, prod)).await;
+        let ecr = aws_sdk_ecr::Client::new(&self.config);
+        ecr.create_repository().repository_name(repository).send().await.unwrap();
+        fixture
+    }
+
+    /// Seeds an app whose stage is here and whose prod runs in this account's `region` (the
+    /// config names the region): the prod cluster, service and task definition are created there.
+    pub async fn seed_app_in_region(&self, app: &str, repository: &str, region: &str) -> AppFixture {
+        let mut fixture = self.seed_app(app, repository, false, json!({})).await;
+        let ecs = aws_sdk_ecs::Client::new(
+            &self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
+        );
+        fixture.prod = self.prod_service(&ecs, app, repository, ACCOUNT, &format!("prod-{region}")).await;
+        let prod = json!({ "cluster": fixture.prod.cluster, "service": app, "region": region });
+        self.put_app(app, &self.config_with_prod(repository, &fixture, prod)).await;
+        fixture
+    }
+
+    /// Registers prod's task definition, creates its cluster (`{cluster}-{id}`) and service with
+    /// `ecs` (a client of another account or region), running `repository:v0.9.0` by tag.
+    async fn prod_service(
+        &self,
+        ecs: &aws_sdk_ecs::Client,
+        app: &str,
+        repository: &str,
+        account: &str,
+        cluster: &str,
+    ) -> ServiceFixture {
         let image = format!("{}/{repository}:v0.9.0", self.registry());
-        let family = self.name(&format!("{app}-prod-b"));
-        let cluster = self.name("prod-b");
-        let task_definition = b
+        let family = self.name(&format!("{app}-{cluster}"));
+        let cluster = self.name(cluster);
+        let task_definition = ecs
             .register_task_definition()
             .family(&family)
+            .execution_role_arn(crate::world::execution_role(account))
             .cpu("256")
             .memory("512")
             .container_definitions(
@@ -70,8 +109,8 @@ impl World {
             .task_definition_arn
             .unwrap();
         assert!(task_definition.contains(account), "moto put the revision in {task_definition}, not account {account}");
-        b.create_cluster().cluster_name(&cluster).send().await.unwrap();
-        b.create_service()
+        ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+        ecs.create_service()
             .cluster(&cluster)
             .service_name(app)
             .task_definition(&task_definition)
@@ -79,24 +118,19 @@ impl World {
             .send()
             .await
             .unwrap();
-        fixture.prod = ServiceFixture {
-            cluster: cluster.clone(),
-            service: app.to_owned(),
-            family,
-            initial_task_definition: task_definition,
-        };
-        let config = json!({
+        ServiceFixture { cluster, service: app.to_owned(), family, initial_task_definition: task_definition }
+    }
+
+    /// The config of a seeded app with `prod` as its prod environment.
+    fn config_with_prod(&self, repository: &str, fixture: &AppFixture, prod: Value) -> Value {
+        json!({
             "repository": repository,
             "container": "api",
             "environments": {
                 "stage": { "cluster": fixture.stage.cluster, "service": fixture.stage.service },
-                "prod": { "cluster": cluster, "service": app, "role_arn": target_role(account) },
+                "prod": prod,
             },
-        });
-        self.put_app(app, &config).await;
-        let ecr = aws_sdk_ecr::Client::new(&self.config);
-        ecr.create_repository().repository_name(repository).send().await.unwrap();
-        fixture
+        })
     }
 
     /// Lets `account` pull `repository` (the statement promote asks for).

@@ -40,8 +40,10 @@ impl Function {
         Function::spawn_binary(name, &binary(name), env).await
     }
 
-    /// Starts the binary at `path` (e.g. a release build) as function `name`.
+    /// Starts the binary at `path` (e.g. a release build) as function `name`, with its own
+    /// credentials (the function's name in the access key id: [`crate::principals`]).
     pub async fn spawn_binary(name: &str, path: &std::path::Path, env: &[(String, String)]) -> Function {
+        let env = crate::principals::act_as(env, name);
         let api = RuntimeApi::start().await;
         let mut command = Command::new(path);
         command

@@ -108,7 +108,19 @@ impl LocalAws {
 
     /// [`LocalAws::settle`] for a service of another account.
     pub async fn settle_in(&self, account: &str, cluster: &str, service: &str, outcome: Settle) -> Vec<Value> {
-        let mut body = json!({ "cluster": cluster, "service": service, "region": REGION, "account": account });
+        self.settle_at(account, REGION, cluster, service, outcome).await
+    }
+
+    /// [`LocalAws::settle`] for a service of any account and region.
+    pub async fn settle_at(
+        &self,
+        account: &str,
+        region: &str,
+        cluster: &str,
+        service: &str,
+        outcome: Settle,
+    ) -> Vec<Value> {
+        let mut body = json!({ "cluster": cluster, "service": service, "region": region, "account": account });
         match outcome {
             Settle::Complete => body["outcome"] = json!("COMPLETED"),
             Settle::Fail { circuit_breaker_rollback } => {
@@ -195,6 +207,24 @@ impl LocalAws {
     pub async fn calls(&self, matching: &str) -> std::collections::BTreeMap<String, u64> {
         let counts = self.control("calls", json!({ "match": matching })).await;
         counts.as_object().unwrap().iter().map(|(op, n)| (op.clone(), n.as_u64().unwrap())).collect()
+    }
+
+    /// From now on, keeps every call made with credentials of `scope` (`{principal}@{scope}`, or
+    /// a role assumed with them) with its caller, request and region, for the IAM test.
+    pub async fn iam_watch(&self, scope: &str) {
+        self.control("iam/watch", json!({ "scope": scope })).await;
+    }
+
+    /// Evaluates the templates' policies against the calls kept for `spec["scope"]`
+    /// (`tests/localaws/iam_policy.py`): every call's verdict, and what each statement was needed for.
+    pub async fn iam_evaluate(&self, spec: &Value) -> Value {
+        self.control("iam/evaluate", spec.clone()).await
+    }
+
+    /// What the templates of `spec` decide for one call no scenario makes: `question` is
+    /// `{principal, role_arn?, action, resource, region?, context?}`; the answer `{verdict, why}`.
+    pub async fn iam_decide(&self, spec: &Value, question: Value) -> Value {
+        self.control("iam/decide", json!({ "spec": spec, "question": question })).await
     }
 
     /// Removes every fault injected for requests containing `matching` (the `matching` they were

@@ -37,8 +37,8 @@ fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 /// Seeds the apps: shop-api (with a FireLens sidecar and a Slack webhook), with a stage and a prod
-/// service here; billing, whose prod runs in another AWS account (Conveyor assumes the role
-/// `infra/target-account.yaml` creates there).
+/// service here; billing (repository `billing-{id}`), whose prod runs in another AWS account
+/// (Conveyor assumes the role `infra/target-account.yaml` creates there).
 pub async fn seed(stack: &LocalStack) {
     let world = &stack.world;
     let webhook = format!("{}/secrets/slack-webhook", world.prefix);
@@ -82,7 +82,7 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
 
     stack.say(MomentKind::Step, "push shop-api:v1.0.0 and billing:v2.3.0 to ECR");
     stack.push("shop-api", "v1.0.0", &good(), now - chrono::Duration::seconds(60)).await;
-    stack.push("billing", "v2.3.0", &billing(), now - chrono::Duration::seconds(60)).await;
+    stack.push(&world.name("billing"), "v2.3.0", &billing(), now - chrono::Duration::seconds(60)).await;
     stack.wait_for_state("shop-api", "stage", "v1.0.0", "verified").await?;
     stack.wait_for_state("billing", "stage", "v2.3.0", "verified").await?;
     let stage_image = world.app_image("shop-api", "stage").await;
@@ -100,7 +100,7 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
         format!("the refusal does not say what to add: {}{}", refused.stdout, refused.stderr)
     })?;
     stack.say(MomentKind::Step, format!("let account {PROD_ACCOUNT} pull billing (the statement promote asked for)"));
-    world.allow_pull("billing", PROD_ACCOUNT).await;
+    world.allow_pull(&world.name("billing"), PROD_ACCOUNT).await;
     operator(stack, &["promote", "billing", "v2.3.0", "--wait"], 0).await?;
     let billing_prod = world.image_in(PROD_ACCOUNT, &billing_prod(stack)).await;
     check(billing_prod.ends_with(&billing()), || format!("billing prod (account {PROD_ACCOUNT}) runs {billing_prod}"))?;

@@ -146,7 +146,7 @@ impl LocalStack {
 
     /// Runs the `conveyor` CLI (the debug build) against this stack, as an operator would.
     pub async fn cli(&self, args: &[&str]) -> CliRun {
-        let mut env = self.world.function_env();
+        let mut env = self.world.operator_env();
         env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
         env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
         env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));

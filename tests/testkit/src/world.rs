@@ -46,6 +46,12 @@ pub struct World {
     pub table: String,
 }
 
+/// The execution role of the seeded apps' task definitions in `account`, as Fargate services have
+/// one: every revision Conveyor registers passes it again (`iam:PassRole`, which the IAM test checks).
+pub fn execution_role(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/shop-task-execution")
+}
+
 /// A digest that looks like ECR's (64 pseudo-random hex digits), distinct per `n`.
 pub fn digest(n: u32) -> String {
     // splitmix64: four well-mixed words from `n`.
@@ -103,15 +109,27 @@ impl World {
         format!("{base}-{}", self.id)
     }
 
-    /// The variables a function binary needs to run against this world (health URLs and Slack
-    /// webhooks are local HTTP servers here: `CONVEYOR_ALLOW_LOCAL_ENDPOINTS`).
+    /// The variables a function binary needs to run against this world: its credentials are
+    /// scoped to this world ([`crate::principals`]: [`crate::Function`] puts its name in them);
+    /// health URLs and Slack webhooks are local HTTP servers here (`CONVEYOR_ALLOW_LOCAL_ENDPOINTS`).
     pub fn function_env(&self) -> Vec<(String, String)> {
         let mut env = self.aws.env();
+        for (name, value) in &mut env {
+            if name == "AWS_ACCESS_KEY_ID" {
+                *value = crate::principals::access_key("conveyor", &self.id);
+            }
+        }
         env.push(("CONVEYOR_SSM_PREFIX".into(), self.prefix.clone()));
         env.push(("CONVEYOR_TOPIC_ARN".into(), self.topic_arn.clone()));
         env.push(("CONVEYOR_TABLE".into(), self.table.clone()));
         env.push((conveyor::web::LOCAL_ENDPOINTS_VARIABLE.into(), "1".into()));
         env
+    }
+
+    /// The variables the `conveyor` CLI runs with against this world: the functions' names and
+    /// the operator's own credentials.
+    pub fn operator_env(&self) -> Vec<(String, String)> {
+        crate::principals::act_as(&self.function_env(), crate::principals::OPERATOR)
     }
 
     /// The Conveyor settings of this world (as the functions read them from `function_env`).
@@ -129,12 +147,13 @@ impl World {
     }
 
     /// Registers a task definition with the app container `api`, optionally a sidecar, an
-    /// environment (with an empty value) and tags.
+    /// environment (with an empty value), tags and the apps' execution role.
     pub async fn register(&self, family: &str, image: &str, env_name: &str, sidecar: bool) -> String {
         let mut request = self
             .ecs
             .register_task_definition()
             .family(family)
+            .execution_role_arn(execution_role(ACCOUNT))
             .cpu("256")
             .memory("512")
             .container_definitions(
