@@ -412,10 +412,10 @@ async fn pause_holds_pushes_and_refuses_promotions_until_resume_deploys_the_held
     assert_eq!(doc["environments"][0]["held_push"]["tag"], "v1.1.0");
     assert_eq!(doc["deployed"]["report"]["apps"][0]["status"], "deploying", "{doc}");
     insta::assert_snapshot!("resume_deploy_latest_json", stable_json(&doc));
-    // The promote function replayed the push the table held (the request names the app, nothing
-    // else): the push's own event, same id and time; stage-deploy was not invoked.
+    // stage-deploy replayed the push the table held (the request names the app, nothing else):
+    // the push's own event, same id and time.
     let invoked = setup.lambda.invoked();
-    assert!(invoked.iter().all(|i| i.function == "promote"), "{invoked:?}");
+    assert_eq!(invoked.last().unwrap().function, "stage-deploy", "{invoked:?}");
     assert_eq!(
         invoked.last().unwrap().payload,
         json!({ "operation": "resume", "app": "shop-api", "environment": "stage", "deploy_latest": true, "by": CALLER })
@@ -455,7 +455,7 @@ fn as_operator(setup: &Setup, key: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn pause_and_resume_write_the_state_table_only_through_the_promote_function() {
+async fn pause_and_resume_write_the_state_table_only_through_the_functions() {
     let setup = Setup::new().await;
     let world = &setup.world;
     let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
@@ -476,11 +476,30 @@ async fn pause_and_resume_write_the_state_table_only_through_the_promote_functio
     let writes = ["PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "Publish"];
     assert!(calls.keys().all(|op| !writes.contains(&op.as_str())), "the operator wrote: {calls:?}");
     assert!(calls.contains_key("GetCallerIdentity"), "the operator's calls are logged: {calls:?}");
-    let functions = world.aws.calls("credential=test").await;
-    assert!(functions.keys().any(|op| writes.contains(&op.as_str())), "the functions wrote: {functions:?}");
+    for function in ["stage-deploy", "promote"] {
+        let calls = world
+            .aws
+            .calls(&format!("credential={}", conveyor_testkit::principals::access_key(function, &world.id)))
+            .await;
+        assert!(calls.keys().any(|op| writes.contains(&op.as_str())), "{function} wrote: {calls:?}");
+    }
+    // Each environment through its own function: stage-deploy for stage, promote for prod.
     let invoked = setup.lambda.invoked();
-    let operations: Vec<&str> = invoked.iter().filter_map(|i| i.payload["operation"].as_str()).collect();
-    assert_eq!(operations, ["pause", "resume"]);
+    let operations: Vec<(&str, &str, &str)> = invoked
+        .iter()
+        .filter_map(|i| {
+            Some((i.function.as_str(), i.payload["operation"].as_str()?, i.payload["environment"].as_str()?))
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            ("stage-deploy", "pause", "stage"),
+            ("promote", "pause", "prod"),
+            ("stage-deploy", "resume", "stage"),
+            ("promote", "resume", "prod")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -528,16 +547,16 @@ async fn a_name_in_a_request_is_kept_on_behalf_of_never_as_the_verified_identity
     let verified = "us-east-1:0f6c1e2a-ana";
     setup.promote.set_identity(Some(verified));
     let paused = setup
-        .promote(json!({ "operation": "pause", "app": "shop-api", "environment": "stage", "reason": "freeze",
+        .promote(json!({ "operation": "pause", "app": "shop-api", "environment": "prod", "reason": "freeze",
                          "by": admin }))
         .await;
     assert_eq!((paused["by"].as_str(), paused["on_behalf_of"].as_str()), (Some(verified), Some(admin)), "{paused}");
-    let record = world.record("shop-api", "stage").await.unwrap();
+    let record = world.record("shop-api", "prod").await.unwrap();
     assert_eq!(
         (record["paused"]["by"].as_str(), record["paused"]["on_behalf_of"].as_str()),
         (Some(verified), Some(admin))
     );
-    let history = setup.run(&["history", "shop-api", "--env", "stage", "--json"]).await.ok().json();
+    let history = setup.run(&["history", "shop-api", "--env", "prod", "--json"]).await.ok().json();
     let entry = &history["entries"][0];
     assert_eq!((entry["event"].as_str(), entry["requested_by"].as_str()), (Some("paused"), Some(verified)), "{entry}");
     assert_eq!(entry["on_behalf_of"], admin);

@@ -99,7 +99,7 @@ pub(crate) async fn prod_in_another_account(world: World) {
     // What Conveyor recorded says where prod is.
     let prod = world.record("shop-api", "prod").await.unwrap();
     assert_eq!(prod["rollout"]["state"]["kind"], "rolled_back");
-    assert_eq!(target_role(PROD_ACCOUNT), "arn:aws:iam::210987654321:role/conveyor-conveyor-target");
+    assert_eq!(target_role(PROD_ACCOUNT), "arn:aws:iam::210987654321:role/conveyor-conveyor-prod");
 }
 
 #[tokio::test]

@@ -27,14 +27,14 @@ use conveyor_testkit::world::execution_role;
 use conveyor_testkit::World;
 use serde_json::{json, Value};
 
-/// Denials known and left to another change: principal, action, why. Listed in the summary each
-/// time; every other denial fails.
-const KNOWN_DENIALS: &[(&str, &str, &str)] = &[(
+/// Denials the boundary means: principal, action, why. Listed in the summary each time; every
+/// other denial fails.
+const DENIED_BY_DESIGN: &[(&str, &str, &str)] = &[(
     OPERATOR,
     "sts:AssumeRole",
-    "issue 20, finding 7: operators cannot assume the target role, so the CLI cannot read prod's service in \
-     another account (`status`, `promote --wait`, `rollback`, the first `pause`); left to the change that \
-     moves those reads and writes behind the functions (widening the role's trust would undo finding 5)",
+    "a target account's stage and prod roles trust only Conveyor's functions (issue 20, finding 5): the CLI \
+     cannot read a service in another account, says so and goes on (the demo story's cross-account promote \
+     with --wait passes); a read-only role there for operators is left to the adoption work",
 )];
 
 #[tokio::test]
@@ -83,7 +83,7 @@ struct Report {
     authorizations: u64,
     denied: Vec<String>,
     unmapped: Vec<String>,
-    /// Known denials (principal, action) => how many calls.
+    /// Denials by design (principal, action) => how many calls.
     known: BTreeMap<(String, String), u64>,
     /// The operator's calls: action and resource => (write, verdict, scenarios).
     operator: BTreeMap<(String, String), (bool, String, BTreeSet<String>)>,
@@ -103,9 +103,9 @@ impl Report {
         self.authorizations += verdict.authorizations;
         for denial in &verdict.denied {
             let (principal, action) = (text(&denial["principal"]), text(&denial["action"]));
-            let known = KNOWN_DENIALS.iter().any(|(p, a, _)| principal == *p && *a == action);
+            let known = DENIED_BY_DESIGN.iter().any(|(p, a, _)| principal == *p && *a == action);
             if principal == OPERATOR {
-                self.note_operator(scenario, id, denial, if known { "DENIED, known" } else { "DENIED" });
+                self.note_operator(scenario, id, denial, if known { "DENIED, by design" } else { "DENIED" });
             }
             if known {
                 *self.known.entry((principal, action)).or_default() += 1;
@@ -152,8 +152,8 @@ impl Report {
             self.unmapped.len()
         )];
         for ((principal, action), calls) in &self.known {
-            let why = KNOWN_DENIALS.iter().find(|(p, a, _)| p == principal && a == action).map_or("", |k| k.2);
-            lines.push(format!("Known denial, {calls} call(s): {principal} {action}: {why}"));
+            let why = DENIED_BY_DESIGN.iter().find(|(p, a, _)| p == principal && a == action).map_or("", |k| k.2);
+            lines.push(format!("Denied by design, {calls} call(s): {principal} {action}: {why}"));
         }
         lines.push("Statements no call needed:".into());
         for (id, (actions, used)) in &self.statements {

@@ -15,10 +15,10 @@ pub const PROD_ACCOUNT: &str = "210987654321";
 /// A region of Conveyor's own account other than its home region, for prod elsewhere.
 pub const OTHER_REGION: &str = "eu-west-1";
 
-/// The role Conveyor assumes in `account` (what infra/target-account.yaml creates for the stack
-/// `conveyor`).
+/// The prod role Conveyor assumes in `account` (what infra/target-account.yaml creates for the
+/// stack `conveyor`: `conveyor-{stack}-prod`, trusted by promote and deploy-monitor only).
 pub fn target_role(account: &str) -> String {
-    format!("arn:aws:iam::{account}:role/conveyor-conveyor-target")
+    format!("arn:aws:iam::{account}:role/conveyor-conveyor-prod")
 }
 
 impl World {
