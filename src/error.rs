@@ -40,10 +40,7 @@ impl DeployError {
 
     /// A problem with the app's configuration or its task definition, which people must fix.
     pub fn needs_people(&self) -> bool {
-        matches!(
-            self,
-            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_)
-        )
+        matches!(self, DeployError::ContainerNotFound { .. } | DeployError::Unmodeled(_))
     }
 }
 
@@ -107,7 +104,7 @@ fn summarize(failures: &[(AppName, DeployError)]) -> String {
     format!("{} app(s) failed: {}", failures.len(), parts.join("; "))
 }
 
-/// Why a request to the promote function (a promotion, a pause, a resume) is not well-formed.
+/// Why a request to a function (a promotion; a pause or a resume) is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {
     #[error(r#"expected a JSON object such as {{"app": "shop-api", "tag": "v1.4.2"}}, got {got}"#)]

@@ -317,13 +317,13 @@ impl Notifier {
         Notifier { sns, ssm, web, topic_arn, webhooks: Arc::default() }
     }
 
-    /// Delivers entries in order. A channel that fails is not tried again for later entries in
-    /// this call (they stay in the outbox): an outage costs one failed attempt, not one each.
     /// Whether notifications go to a topic (else they are only logged).
     pub fn has_topic(&self) -> bool {
         self.topic_arn.is_some()
     }
 
+    /// Delivers entries in order. A channel that fails is not tried again for later entries in
+    /// this call (they stay in the outbox): an outage costs one failed attempt, not one each.
     pub async fn deliver(&self, entries: &[OutboxEntry]) -> Vec<Delivery> {
         let (mut sns_down, mut slack_down) = (false, false);
         let mut deliveries = Vec::new();

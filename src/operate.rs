@@ -257,7 +257,7 @@ async fn operate(
     let mut deployed = None;
     if let (Kind::Resume { deploy_latest: true }, Some(push)) = (&operation.kind, outcome.held_push.clone()) {
         info!(tag = %push.tag, digest = %push.digest, "held push rolled out again");
-        let report = crate::stage::replay(configs, fleet, leases, &push, invocation).await?;
+        let report = crate::stage::replay(fleet, leases, app, &push, invocation).await;
         deployed = Some(Deployed { push, report });
     }
     let (name, reason) = match &operation.kind {

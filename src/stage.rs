@@ -93,17 +93,27 @@ pub async fn handle(
     Box::pin(deploy_push(configs, fleet, leases, &push, invocation)).await
 }
 
-/// Rolls out a push recorded earlier (the one a pause held), as its event would: `resume` with
-/// `deploy_latest` asks for it by app, and the push is the one the state table recorded, with the
-/// registry account and region it arrived with.
+/// Rolls out a push recorded earlier (the one a pause held) to `app` alone, as its event would:
+/// `resume` with `deploy_latest` asks for it by app, and the push is the one the state table
+/// recorded. Other apps fed by the repository are theirs to resume. A failure is reported in the
+/// answer (the resume itself is done).
 pub async fn replay(
-    configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
+    app: &AppConfig,
     push: &RecordedPush,
     invocation: &Invocation,
-) -> Result<StageReport, Error> {
-    Box::pin(deploy_push(configs, fleet, leases, &Push::from(push), invocation)).await
+) -> StageReport {
+    let push = Push::from(push);
+    let report = match Box::pin(deploy_app(fleet, leases, app, &push, invocation)).await {
+        Ok(report) => report,
+        Err(error) => {
+            error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
+                "the held push could not be rolled out");
+            AppReport::of(app, Action::Failed, error.to_string())
+        }
+    };
+    StageReport { skipped: None, apps: vec![report] }
 }
 
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]

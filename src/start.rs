@@ -108,19 +108,19 @@ pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<P
     observed.app_image(app)?;
     let now = Utc::now();
     let mut change = Change::new(here.state()?.clone());
-    let provenance = Provenance { tokens: here.held.adoptable() };
+    let provenance = Provenance { tokens: here.held.adoptable(), image: Some(candidate.image) };
     let adopted = note_what_runs(app, env, &mut change, &observed, &provenance, now);
     here.held.settle_unsettled();
 
     if let Some(started) = already_running(&observed, candidate.digest, adopted) {
         return Ok(Plan { change, started, observed });
     }
-    here.held.acting();
     let token = here.held.token().to_owned();
     let holder = Holder { token: &token, took_over: here.held.took_over };
     let rollout = match roll_out(&here.target, app, env, &change.state, &observed, candidate, holder).await {
         Ok(rollout) => rollout,
         Err(RollOutError::Unclear { orphan, error }) => {
+            here.held.acting();
             // The revision exists and the service may or may not run it: remember it so the
             // retry uses it (or cleans it up) instead of registering another.
             change.state.orphan = Some(orphan);
@@ -131,6 +131,10 @@ pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<P
         }
         Err(RollOutError::Failed(error)) => return Err(error),
     };
+    // The service runs a revision tagged with this lease's token until a commit records it: if
+    // that commit never happens, the release keeps the token for the next holder to adopt by.
+    // (A holder that dies here leaves its token on the lease it held, which is taken over.)
+    here.held.acting();
     change.state.orphan = None;
     let replaced_by = format!("replaced by {} ({})", rollout.tag, rollout.digest.short());
     settle_in_flight(app, env, &mut change, &observed.service, &replaced_by, now);
@@ -247,6 +251,9 @@ pub struct Provenance<'a> {
     /// Tokens of the holders that registered revisions under this environment's lease and
     /// stopped before committing them ([`crate::ledger::Held::adoptable`]).
     pub tokens: &'a [String],
+    /// The image being rolled out now, when there is one: an earlier attempt pulled from the same
+    /// registry (account and region).
+    pub image: Option<&'a str>,
 }
 
 impl Provenance<'_> {
@@ -257,9 +264,13 @@ impl Provenance<'_> {
         let arn = &observed.service.task_definition;
         let registered = state.orphan.as_ref().is_some_and(|orphan| &orphan.arn == arn)
             || observed.running.tag(TAG_LEASE).is_some_and(|token| self.tokens.iter().any(|t| t == token));
+        fn registry(image: &str) -> Option<(&str, &str)> {
+            image::ecr_parts(image).map(|parts| (parts.account, parts.region))
+        }
         let own_image = observed.image.as_deref().is_some_and(|running| {
             image::digest_of(running) == Some(digest.as_str())
                 && image::ecr_parts(running).is_some_and(|parts| parts.repository == app.repository)
+                && self.image.is_none_or(|now| registry(now) == registry(running))
         });
         registered && own_image
     }
@@ -587,7 +598,8 @@ mod tests {
 
     fn dead_holder() -> Provenance<'static> {
         static TOKENS: LazyLock<Vec<String>> = LazyLock::new(|| vec![DEAD.to_owned()]);
-        Provenance { tokens: &TOKENS }
+        static IMAGE: LazyLock<String> = LazyLock::new(|| image('9'));
+        Provenance { tokens: &TOKENS, image: Some(IMAGE.as_str()) }
     }
 
     /// The tags Conveyor puts on the revision it registers for image `d` (tag `v{d}`), under the
@@ -758,6 +770,9 @@ mod tests {
         let mut change = Change::new(state());
         assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
         let mut running = observed_ours(TD2, '2');
+        running.image = Some(format!("999999999999.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest('2')));
+        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        let mut running = observed_ours(TD2, '2');
         running.image = Some(image('3'));
         assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
         assert!(change.state.drift.is_some());
@@ -768,7 +783,7 @@ mod tests {
         let mut state = state();
         state.orphan = Some(Orphan { arn: TD2.into(), digest: digest('2'), base: TD1.into() });
         let mut change = Change::new(state);
-        let nobody = Provenance { tokens: &[] };
+        let nobody = Provenance { tokens: &[], image: None };
         assert!(
             note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &nobody, at(5)).is_some()
         );

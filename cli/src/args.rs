@@ -10,9 +10,10 @@ use conveyor::types::Environment;
 /// auto-deploys, check app configs, DORA metrics.
 ///
 /// Runs with your own AWS credentials and only reads Conveyor's state: promotions, rollbacks,
-/// pauses and resumes are made by invoking the promote function.
+/// pauses and resumes are made by invoking Conveyor's functions (promote for prod, stage-deploy
+/// for stage).
 /// Names: --stack NAME (read from the stack's outputs), or CONVEYOR_TABLE,
-/// CONVEYOR_PROMOTE_FUNCTION, CONVEYOR_SSM_PREFIX.
+/// CONVEYOR_PROMOTE_FUNCTION, CONVEYOR_STAGE_DEPLOY_FUNCTION, CONVEYOR_SSM_PREFIX.
 ///
 /// Exit codes: 0 done (with --wait: verified), 1 refused or invalid input, 2 rolled back or failed,
 /// 3 timed out waiting, 4 AWS or configuration error.
@@ -105,7 +106,7 @@ pub enum Command {
     /// promotable tag), through the promote function
     Rollback(RollbackArgs),
     /// Pause an app: stage records pushes but rolls nothing out, prod refuses promotions (both
-    /// environments unless --env), through the promote function
+    /// environments unless --env), through stage-deploy (stage) and promote (prod)
     Pause {
         app: String,
         /// Only this environment (default: both)
@@ -115,13 +116,14 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
-    /// Resume a paused app (both environments unless --env), through the promote function
+    /// Resume a paused app (both environments unless --env), through stage-deploy (stage) and
+    /// promote (prod)
     Resume {
         app: String,
         /// Only this environment (default: both)
         #[arg(long, value_enum)]
         env: Option<Env>,
-        /// Stage: roll out the newest push held while paused (the promote function replays it)
+        /// Stage: roll out the newest push held while paused (stage-deploy replays it)
         #[arg(long)]
         deploy_latest: bool,
     },

@@ -217,6 +217,10 @@ impl<S: LeasedState> Held<S> {
         expr.remove("intent");
         if self.settle {
             expr.remove(super::lease::UNSETTLED);
+        } else if let Some(tokens) = super::lease::token_set(self.unsettled.iter().cloned()) {
+            // Kept on the item now, not only at release: a holder that dies after this commit
+            // must not take the tokens it took over with it.
+            expr.add(super::lease::UNSETTLED, tokens);
         }
         fence(&mut expr, &self.token, self.version);
         let mut items = vec![ledger.transact_update(&self.key, &expr)?];

@@ -231,6 +231,13 @@ pub(super) fn new_token() -> String {
 /// committing it (a string set: released holders add to it, a settling commit removes it).
 pub(super) const UNSETTLED: &str = "unsettled_leases";
 
+/// `tokens` as a DynamoDB string set (no duplicates, which DynamoDB refuses); `None` when empty
+/// (an empty set cannot be written).
+pub(super) fn token_set(tokens: impl IntoIterator<Item = String>) -> Option<AttributeValue> {
+    let tokens: std::collections::BTreeSet<String> = tokens.into_iter().collect();
+    (!tokens.is_empty()).then(|| AttributeValue::Ss(tokens.into_iter().collect()))
+}
+
 fn unsettled_of(item: &Item) -> Vec<String> {
     match item.get(UNSETTLED) {
         Some(AttributeValue::Ss(tokens)) => tokens.clone(),
@@ -476,12 +483,9 @@ impl<S: LeasedState> Held<S> {
         }
         // Kept for the next holder: this holder's token if it acted without committing, and what
         // it took over unless a commit of its own settled it.
-        let mut unsettled = self.unsettled.clone();
-        if self.acting {
-            unsettled.push(self.token.clone());
-        }
-        if !unsettled.is_empty() {
-            expr.add(UNSETTLED, AttributeValue::Ss(unsettled));
+        let own = self.acting.then(|| self.token.clone());
+        if let Some(tokens) = token_set(self.unsettled.iter().cloned().chain(own)) {
+            expr.add(UNSETTLED, tokens);
         }
         if remaining.is_empty() {
             expr.remove("outbox");

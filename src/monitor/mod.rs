@@ -419,7 +419,7 @@ async fn changed_outside(here: &mut Leased<'_>) -> Result<Handled, DeployError> 
     let (app, env) = (here.app, here.env);
     let observed = start::observe(&here.target, app, env).await?;
     let mut change = Change::new(here.state()?.clone());
-    let provenance = start::Provenance { tokens: here.held.adoptable() };
+    let provenance = start::Provenance { tokens: here.held.adoptable(), image: None };
     start::note_what_runs(app, env, &mut change, &observed, &provenance, Utc::now());
     here.held.settle_unsettled();
     if change.history.is_empty() {
