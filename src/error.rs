@@ -208,6 +208,17 @@ impl ErrorType {
 }
 
 impl Error {
+    /// Why `name` is not among the valid apps of `set`: its config is invalid (that error), or
+    /// there is no config (`UnknownApp`, listing the apps there are).
+    pub fn no_app(configs: &crate::config::Configs, set: &crate::config::ConfigSet, name: &AppName) -> Error {
+        let parameter = configs.parameter_of(name);
+        if let Some(invalid) = set.invalid_app(&parameter) {
+            return invalid.error.clone().into();
+        }
+        let known = set.apps.iter().map(|a| a.name.clone()).collect();
+        Error::UnknownApp { app: name.clone(), parameter, known }
+    }
+
     /// The Lambda `errorType`.
     pub fn error_type(&self) -> ErrorType {
         match self {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::config::{AppConfig, ConfigSet, Configs};
+use crate::config::Configs;
 use crate::error::{user_text, Error, InvalidRequest};
 use crate::fleet::Fleet;
 use crate::leased::Leases;
@@ -246,7 +246,9 @@ async fn operate(
     invocation: &Invocation,
 ) -> Result<Response, Error> {
     let config = configs.get().await?;
-    let app = find_app(configs, &config, &operation.app)?;
+    let Some(app) = config.app(&operation.app) else {
+        return Err(Error::no_app(configs, &config, &operation.app));
+    };
     let by = Requester::of(invocation, operation.on_behalf_of.clone());
     let report = match &operation.kind {
         Kind::Pause { reason } => crate::pause::pause(fleet, leases, app, env, reason, &by, invocation).await?,
@@ -274,19 +276,6 @@ async fn operate(
         deployed,
         notified: leases.notifier.has_topic(),
     })
-}
-
-/// The app's valid config: unknown is `UnknownApp`, an invalid config `ConfigError`.
-fn find_app<'a>(configs: &Configs, config: &'a ConfigSet, name: &AppName) -> Result<&'a AppConfig, Error> {
-    if let Some(app) = config.app(name) {
-        return Ok(app);
-    }
-    let parameter = configs.parameter_of(name);
-    if let Some(invalid) = config.invalid_app(&parameter) {
-        return Err(invalid.error.clone().into());
-    }
-    let known = config.apps.iter().map(|a| a.name.clone()).collect();
-    Err(Error::UnknownApp { app: name.clone(), parameter, known })
 }
 
 #[cfg(test)]

@@ -156,12 +156,7 @@ async fn promote(
     let ledger = leases.ledger;
     let config = configs.get().await?;
     let Some(app) = config.app(&request.app) else {
-        let parameter = configs.parameter_of(&request.app);
-        if let Some(invalid) = config.invalid_app(&parameter) {
-            return Err(invalid.error.clone().into());
-        }
-        let known = config.apps.iter().map(|a| a.name.clone()).collect();
-        return Err(Error::UnknownApp { app: request.app.clone(), parameter, known });
+        return Err(Error::no_app(configs, &config, &request.app));
     };
     let requester = Requester::of(invocation, request.on_behalf_of.clone());
     let prod = ItemKey::env(&app.name, Environment::Prod);
