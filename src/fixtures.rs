@@ -1,5 +1,9 @@
-//! What the library's unit tests share: one app, its digests and tags, stage met for the first time.
+//! What the library's unit tests share: one app, its digests and tags, stage met for the first
+//! time, its revisions, and the ECS deployments of its service.
 
+use aws_sdk_ecs::types::DeploymentRolloutState;
+
+use crate::aws::{Deployment, DeploymentStatus, ServiceState};
 use crate::config::AppConfig;
 use crate::record::EnvState;
 use crate::rollout::Revision;
@@ -32,4 +36,42 @@ pub fn stage_met(arn: &str, running: char) -> EnvState {
         "shop",
         Revision { arn: arn.into(), digest: Some(digest(running)) },
     )
+}
+
+/// Revisions of `shop`: Conveyor's, in order, and one registered outside it.
+pub const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
+pub const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
+pub const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
+pub const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
+
+/// A deployment of `td` wanting 2 tasks, `running` of them running.
+pub fn deployment(
+    id: &str,
+    status: DeploymentStatus,
+    state: DeploymentRolloutState,
+    td: &str,
+    running: i32,
+) -> Deployment {
+    Deployment {
+        id: id.into(),
+        status,
+        rollout_state: Some(state),
+        rollout_state_reason: None,
+        task_definition: td.into(),
+        desired: 2,
+        running,
+        failed_tasks: 0,
+    }
+}
+
+/// Stage's `shop` service with `deployments` (the first one's revision is the service's), 2 tasks
+/// wanted, `running` running.
+pub fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
+    ServiceState {
+        arn: "arn:aws:ecs:us-east-1:1:service/stage/shop".into(),
+        task_definition: deployments[0].task_definition.clone(),
+        desired: 2,
+        running,
+        deployments,
+    }
 }

@@ -512,13 +512,8 @@ mod tests {
     use aws_sdk_ecs::types::{ContainerDefinition, DeploymentRolloutState, Tag, TaskDefinition};
 
     use super::*;
-    use crate::aws::{Deployment, DeploymentStatus};
-    use crate::fixtures::{app, digest, tag};
-
-    const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
-    const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
-    const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
-    const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
+    use crate::aws::DeploymentStatus;
+    use crate::fixtures::{app, deployment, digest, service, tag, TD1, TD2, TD3, TERRAFORM};
 
     fn state() -> EnvState {
         crate::fixtures::stage_met(TD1, '1')
@@ -550,29 +545,6 @@ mod tests {
         }
     }
 
-    fn deployment(id: &str, status: DeploymentStatus, state: DeploymentRolloutState, td: &str) -> Deployment {
-        Deployment {
-            id: id.into(),
-            status,
-            rollout_state: Some(state),
-            rollout_state_reason: None,
-            task_definition: td.into(),
-            desired: 2,
-            running: 2,
-            failed_tasks: 0,
-        }
-    }
-
-    fn service(deployments: Vec<Deployment>) -> ServiceState {
-        ServiceState {
-            arn: "arn:aws:ecs:us-east-1:1:service/stage/shop".into(),
-            task_definition: deployments[0].task_definition.clone(),
-            desired: 2,
-            running: 2,
-            deployments,
-        }
-    }
-
     /// The service runs `td` (its primary deployment `ecs-svc/running`), whose app container runs
     /// image `d`, the revision carrying `tags`.
     fn observed(td: &str, d: char, tags: &[(&str, &str)]) -> Observed {
@@ -581,12 +553,16 @@ mod tests {
             TaskDefinition::builder().task_definition_arn(td).family("shop").container_definitions(container);
         let tags = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect();
         Observed {
-            service: service(vec![deployment(
-                "ecs-svc/running",
-                DeploymentStatus::Primary,
-                DeploymentRolloutState::InProgress,
-                td,
-            )]),
+            service: service(
+                vec![deployment(
+                    "ecs-svc/running",
+                    DeploymentStatus::Primary,
+                    DeploymentRolloutState::InProgress,
+                    td,
+                    2,
+                )],
+                2,
+            ),
             running: Arc::new(Described { definition: definition.build(), tags, raw: None }),
             revision: Revision { arn: td.into(), digest: Some(digest(d)) },
             image: Some(image(d)),
@@ -816,15 +792,15 @@ mod tests {
     fn a_rollout_the_circuit_breaker_failed_and_went_back_from_is_rolled_back_not_superseded() {
         let mut state = state();
         state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
-        let mut failed = deployment("ecs-svc/3", DeploymentStatus::Active, DeploymentRolloutState::Failed, TD3);
+        let mut failed = deployment("ecs-svc/3", DeploymentStatus::Active, DeploymentRolloutState::Failed, TD3, 2);
         failed.rollout_state_reason = Some("ECS deployment circuit breaker: tasks failed to start.".into());
-        let back = deployment("ecs-svc/9", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD2);
+        let back = deployment("ecs-svc/9", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD2, 2);
         let mut change = Change::new(state);
         settle_in_flight(
             &app(),
             Environment::Stage,
             &mut change,
-            &service(vec![back, failed]),
+            &service(vec![back, failed], 2),
             "replaced by v4",
             at(5),
         );
@@ -851,9 +827,9 @@ mod tests {
     fn a_rollout_in_flight_that_ecs_did_not_fail_is_superseded() {
         let mut state = state();
         state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
-        let rolling = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD3);
+        let rolling = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD3, 2);
         let mut change = Change::new(state);
-        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![rolling]), "replaced by v4", at(5));
+        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![rolling], 2), "replaced by v4", at(5));
         assert_eq!(
             change.state.rollout.as_ref().unwrap().state,
             RolloutState::Superseded { at: at(5), reason: "replaced by v4".into() }
@@ -867,9 +843,9 @@ mod tests {
     fn a_settled_rollout_is_not_settled_again() {
         let mut state = state();
         state.rollout = Some(rollout(TD3, '3', RolloutState::Verified { at: at(1) }));
-        let running = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::Completed, TD3);
+        let running = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::Completed, TD3, 2);
         let mut change = Change::new(state.clone());
-        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![running]), "replaced by v4", at(5));
+        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![running], 2), "replaced by v4", at(5));
         supersede(&app(), Environment::Stage, &mut change, "replaced by v4", at(5));
         assert_eq!(change.state, state);
         assert!(change.history.is_empty() && change.announcements.is_empty());

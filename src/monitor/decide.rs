@@ -239,22 +239,14 @@ mod tests {
     use aws_sdk_ecs::types::DeploymentRolloutState;
 
     use super::*;
-    use crate::aws::{Deployment, DeploymentStatus};
+    use crate::aws::DeploymentStatus;
+    use crate::fixtures::{deployment, digest, service, TD1, TD2, TD3, TERRAFORM};
     use crate::record::Verified;
     use crate::rollout::{Origin, Revision, RolledBackBy, RolloutState};
-    use crate::types::{AppName, Environment, ImageDigest, ImageTag};
-
-    const TD1: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:1";
-    const TD2: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:2";
-    const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
-    const TERRAFORM: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:9";
+    use crate::types::{AppName, Environment, ImageTag};
 
     fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + minutes * 60, 0).unwrap()
-    }
-
-    fn digest(n: char) -> ImageDigest {
-        ImageDigest::parse(format!("sha256:{}", n.to_string().repeat(64))).unwrap()
     }
 
     fn rollout(td: &str, id: &str) -> Rollout {
@@ -286,37 +278,8 @@ mod tests {
         state
     }
 
-    fn deployment(
-        id: &str,
-        status: DeploymentStatus,
-        state: DeploymentRolloutState,
-        td: &str,
-        running: i32,
-    ) -> Deployment {
-        Deployment {
-            id: id.into(),
-            status,
-            rollout_state: Some(state),
-            rollout_state_reason: None,
-            task_definition: td.into(),
-            desired: 2,
-            running,
-            failed_tasks: 0,
-        }
-    }
-
     use DeploymentRolloutState::{Completed, Failed, InProgress};
     use DeploymentStatus::{Active, Primary};
-
-    fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
-        ServiceState {
-            arn: "arn".into(),
-            task_definition: deployments[0].task_definition.clone(),
-            desired: 2,
-            running,
-            deployments,
-        }
-    }
 
     fn event(name: DeploymentEventName, id: &str) -> DeploymentEvent {
         DeploymentEvent {
@@ -477,7 +440,6 @@ mod tests {
         // The circuit breaker went back to a revision the record no longer names (an earlier
         // rollout, superseded before its COMPLETED event arrived): rolled back, not changed outside.
         const TD5: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:5";
-        const TD3: &str = "arn:aws:ecs:us-east-1:1:task-definition/shop:3";
         let later = rollout(TD5, "ecs-svc/5");
         let state = state_with(later.clone());
         let mut failed = deployment("ecs-svc/5", Active, Failed, TD5, 0);
