@@ -324,7 +324,8 @@ fn check(doc: &str, printed: &[Printed]) -> (Vec<String>, String) {
     (problems, blessed.join("\n") + "\n")
 }
 
-/// Lines with what changes from run to run redacted (times, ids, durations, running counts) and
+/// Lines with what changes from run to run redacted (times, ids, durations, running counts, ECS
+/// rollout states) and
 /// runs of spaces inside a line (table columns) shortened, each with the index of its source
 /// line; a line repeated right after itself once (a progress line printed again as a count
 /// moved).
@@ -338,6 +339,9 @@ fn normalized<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, usize)> 
             (r"\b\d+(s|m\d{2}s|h\d{2}m|d\d{2}h)\b", "[dur]"),
             (r#""(\w*seconds)": \d+"#, r#""$1": [n]"#),
             (r"\d+/\d+ running", "[n]/[n] running"),
+            // ECS may mark a rollout FAILED before Conveyor has acted on it: how often the watch
+            // prints a progress line before the rollback depends on timing.
+            (r"running, (IN_PROGRESS|FAILED|COMPLETED)$", "running, [rollout state]"),
             (r"(\S) {2,}", "$1  "),
         ]
         .into_iter()
@@ -406,6 +410,8 @@ fn an_elided_example_matches_what_it_abridges_and_nothing_else() {
     assert!(matched("{\n  \"a\": 1,\n  ...\n  ...\n}").is_some());
     let at = |time: &str| lines(&format!("verified at {time} after 2s, ecs-svc/123 0/3 running"));
     assert_eq!(at("2026-11-22T05:32:45Z")[0].0, at("2027-01-01T00:00:00.123+00:00")[0].0);
+    let progress = |state: &str| format!("a prod v1 a-prod:4: in_progress; deployment ecs-svc/1 0/3 running, {state}");
+    assert_eq!(lines(&[progress("IN_PROGRESS"), progress("FAILED")].join("\n")).len(), 1);
 }
 
 /// Table lines (` APP  ENV ...`: one leading blank) with their columns padded again, after names
