@@ -53,8 +53,8 @@ pub async fn config_error(configs: &Configs, leases: Leases<'_>, invalid: &Inval
         })
         .await;
     match announced {
-        Ok(true) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key,
-            problem = %invalid.error.problem, "invalid app config announced"),
+        Ok(true) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key(),
+            problem = %invalid.error.problem(), "invalid app config announced"),
         Ok(false) => {}
         Err(error) => {
             info!(parameter = %parameter, error = %error, "config error not announced now");

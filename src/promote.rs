@@ -327,14 +327,14 @@ async fn pull_source(
         "Principal": { "AWS": format!("arn:aws:iam::{prod_account}:root") },
         "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
     });
-    Err(Error::Config(crate::config::ConfigError {
-        parameter: app.parameter.clone(),
-        key: "environments.prod.account".into(),
-        problem: format!(
+    Err(Error::Config(crate::config::ConfigError::one(
+        &app.parameter,
+        "environments.prod.account",
+        format!(
             "prod runs in account {prod_account}, which cannot pull {} from account {}'s registry ({}): add this statement to the repository policy of {} there — {statement} — or replicate the repository to account {prod_account} in {prod_region}; nothing was changed",
             pushed.repository, pushed.account, pushed.region, pushed.repository
         ),
-    }))
+    )))
 }
 
 /// Whether ECR replicates `repository` to `account` in `region`.
@@ -458,11 +458,7 @@ async fn dry_run(target: &Target<'_>, app: &AppConfig, resolved: &Resolved) -> R
 fn deploy_error(app: &AppConfig, error: DeployError) -> Error {
     match error {
         DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_) => {
-            Error::Config(crate::config::ConfigError {
-                parameter: app.parameter.clone(),
-                key: "container".into(),
-                problem: error.to_string(),
-            })
+            Error::Config(crate::config::ConfigError::one(&app.parameter, "container", error.to_string()))
         }
         DeployError::Aws(aws) => Error::Aws(aws),
         DeployError::Ledger(ledger) => ledger.into(),

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::Parameter;
-use crate::config::{ConfigSet, RawApp};
+use crate::config::{ConfigSet, Problem, RawApp};
 use crate::web::Endpoints;
 
 /// An app config to check: the app's name and its JSON (from a file, say).
@@ -28,6 +28,9 @@ pub struct Verdict {
     pub problem: Option<String>,
     /// The whole error, naming the parameter and the key.
     pub error: Option<String>,
+    /// Every problem of the config, each with its key (the first is `key` and `problem`); empty
+    /// when valid.
+    pub problems: Vec<Problem>,
 }
 
 fn verdicts<'a>(set: &ConfigSet, apps_path: &str, parameters: impl Iterator<Item = &'a str>) -> Vec<Verdict> {
@@ -39,13 +42,20 @@ fn verdicts<'a>(set: &ConfigSet, apps_path: &str, parameters: impl Iterator<Item
                     app,
                     parameter: parameter.to_owned(),
                     valid: false,
-                    key: Some(invalid.error.key.clone()),
-                    problem: Some(invalid.error.problem.clone()),
+                    key: Some(invalid.error.key().to_owned()),
+                    problem: Some(invalid.error.problem().to_owned()),
                     error: Some(invalid.error.to_string()),
+                    problems: invalid.error.problems.clone(),
                 },
-                None => {
-                    Verdict { app, parameter: parameter.to_owned(), valid: true, key: None, problem: None, error: None }
-                }
+                None => Verdict {
+                    app,
+                    parameter: parameter.to_owned(),
+                    valid: true,
+                    key: None,
+                    problem: None,
+                    error: None,
+                    problems: Vec::new(),
+                },
             }
         })
         .collect()

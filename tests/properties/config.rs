@@ -180,7 +180,7 @@ fn check_config_result(result: &Result<AppConfig, conveyor::config::ConfigError>
             let repository = r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*";
             prop_assert!(matches(repository, &app.repository), "repository {:?}", app.repository);
             prop_assert!(matches(name, &app.container), "container {:?}", app.container);
-            for target in [&app.stage, &app.prod] {
+            for (_, _, target) in app.pipeline.targets() {
                 prop_assert!(matches(name, &target.cluster), "cluster {:?}", target.cluster);
                 prop_assert!(matches(name, &target.service), "service {:?}", target.service);
                 if let Some(url) = &target.health_url {
@@ -199,14 +199,20 @@ fn check_config_result(result: &Result<AppConfig, conveyor::config::ConfigError>
                     prop_assert!(role_there, "role {:?} not in account {}", target.role_arn, account);
                 }
             }
-            prop_assert!(!app.stage.same_service(&app.prod));
+            let targets: Vec<_> = app.pipeline.targets().map(|(_, _, t)| t).collect();
+            for (i, target) in targets.iter().enumerate() {
+                prop_assert!(!targets[..i].iter().any(|other| other.same_service(target)), "a service named twice");
+            }
             prop_assert!((1..=86_400).contains(&app.rollout_timeout.as_secs()));
             prop_assert_eq!(&app.parameter, PARAMETER);
         }
         Err(error) => {
             prop_assert_eq!(&error.parameter, PARAMETER);
+            prop_assert!(!error.problems.is_empty());
             // Only an unknown key that is the empty string is named as such.
-            prop_assert!(!error.key.is_empty() || error.problem.contains("unknown key"), "{}", error);
+            for problem in &error.problems {
+                prop_assert!(!problem.key.is_empty() || problem.problem.contains("unknown key"), "{}", error);
+            }
             let message = error.to_string();
             prop_assert!(message.contains(PARAMETER), "{}", message);
         }
@@ -221,8 +227,8 @@ fn local_admits_what_public_admits(
 ) -> Result<(), TestCaseError> {
     if let (Ok(public), local) = (public, local) {
         let local = local.as_ref().map_err(|e| TestCaseError::fail(format!("refused only locally: {e}")))?;
-        prop_assert_eq!(&public.stage, &local.stage);
-        prop_assert_eq!(&public.prod, &local.prod);
+        let targets = |app: &AppConfig| app.pipeline.targets().map(|(_, _, t)| t.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(targets(public), targets(local));
     }
     Ok(())
 }
@@ -273,8 +279,8 @@ proptest! {
         }
         let error = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), Endpoints::Public)
             .map(|_| ()).expect_err("a refused address");
-        prop_assert_eq!(error.key, format!("environments.{env}.health_url"));
-        prop_assert!(error.problem.contains("address"), "{}", error.problem);
+        prop_assert_eq!(error.key(), format!("environments.{env}.health_url"));
+        prop_assert!(error.problem().contains("address"), "{}", error);
         let local = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), Endpoints::Local);
         prop_assert_eq!(local.is_ok(), loopback, "{} locally: {:?}", url, local.map(|_| ()));
     }
@@ -291,12 +297,12 @@ proptest! {
         }
         let error = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), endpoints)
             .map(|_| ()).expect_err("plain http");
-        prop_assert_eq!(&error.key, "environments.prod.health_url");
-        prop_assert!(error.problem.contains("environments.prod.health_allow_http"), "{}", error.problem);
+        prop_assert_eq!(error.key(), "environments.prod.health_url");
+        prop_assert!(error.problem().contains("environments.prod.health_allow_http"), "{}", error);
         document["environments"]["prod"]["health_allow_http"] = json!(true);
         let app = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), endpoints)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert!(app.prod.health_allow_http);
+        prop_assert!(app.target(conveyor::types::Environment::Prod).health_allow_http);
     }
 
     /// Any text as the parameter's value, any text as the app's name.
@@ -322,7 +328,10 @@ proptest! {
         prop_assert_eq!(&app.container, &case.container);
         prop_assert_eq!(&app.slack_webhook_parameter, &case.slack);
         prop_assert_eq!(app.rollout_timeout.as_secs(), case.timeout.unwrap_or(1800));
-        for (target, expected) in [(&app.stage, &case.stage), (&app.prod, &case.prod)] {
+        for (target, expected) in [
+            (app.target(conveyor::types::Environment::Stage), &case.stage),
+            (app.target(conveyor::types::Environment::Prod), &case.prod),
+        ] {
             prop_assert_eq!(&target.cluster, &expected.cluster);
             prop_assert_eq!(&target.service, &expected.service);
             prop_assert_eq!(&target.health_url, &expected.health_url);
@@ -363,8 +372,14 @@ proptest! {
         };
         apply(&mut document, &path, &Edit::Set(value));
         let error = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), Endpoints::Public).expect_err("an unknown key");
-        prop_assert_eq!(error.key, path.join("."));
-        prop_assert!(error.problem.contains("unknown key"));
+        let key = path.join(".");
+        if level == 1 {
+            // Under `environments`, any name is an environment: refused as a name, a shape, or
+            // an environment this release does not run.
+            prop_assert!(error.problems.iter().any(|p| p.key.starts_with(&key)), "{}", error);
+        } else {
+            prop_assert!(error.problems.iter().any(|p| p.key == key && p.problem.contains("unknown key")), "{}", error);
+        }
     }
 
     /// Any `tags` text: a regular expression or an error on `tags`, never a panic (nor a
@@ -375,7 +390,7 @@ proptest! {
         document["tags"] = json!(pattern);
         match AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), Endpoints::Public) {
             Ok(_) => prop_assert!(regex::Regex::new(&pattern).is_ok() || pattern.len() > 1000),
-            Err(error) => prop_assert_eq!(error.key, "tags"),
+            Err(error) => prop_assert_eq!(error.key(), "tags"),
         }
     }
 
@@ -389,7 +404,7 @@ proptest! {
             _ if value.is_null() => prop_assert_eq!(result.map(|a| a.rollout_timeout.as_secs()).ok(), Some(1800)),
             Some(seconds @ 1..=86_400) => prop_assert_eq!(result.map(|a| a.rollout_timeout.as_secs()).ok(), Some(seconds)),
             _ => {
-                let key = result.map_err(|e| e.key).err();
+                let key = result.map_err(|e| e.key().to_owned()).err();
                 prop_assert_eq!(key.as_deref(), Some("rollout_timeout_seconds"));
             }
         }

@@ -68,7 +68,7 @@ fn config_set(cases: &[ParameterCase]) -> ConfigSet {
 /// Which parameters were valid, which invalid (and why, by key).
 fn partition(set: &ConfigSet) -> (BTreeSet<String>, BTreeMap<String, String>) {
     let valid = set.apps.iter().map(|a| a.parameter.clone()).collect();
-    let invalid = set.invalid.iter().map(|i| (i.error.parameter.clone(), i.error.key.clone())).collect();
+    let invalid = set.invalid.iter().map(|i| (i.error.parameter.clone(), i.error.key().to_owned())).collect();
     (valid, invalid)
 }
 
@@ -88,7 +88,7 @@ proptest! {
         // No service belongs to two apps (nor to both environments of one).
         let mut claimed = Vec::new();
         for app in &set.apps {
-            for target in [&app.stage, &app.prod] {
+            for (_, _, target) in app.pipeline.targets() {
                 prop_assert!(!claimed.iter().any(|other: &&conveyor::config::ServiceTarget| other.same_service(target)),
                     "{} claimed twice", target.label());
                 claimed.push(target);

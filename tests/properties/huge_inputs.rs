@@ -83,7 +83,7 @@ fn parse_text(kind: &str, text: &str) -> Result<(), TestCaseError> {
                 Ok(_) => {}
                 Err(error) => {
                     prop_assert_eq!(&error.parameter, PARAMETER);
-                    prop_assert!(!error.key.is_empty());
+                    prop_assert!(!error.key().is_empty());
                 }
             }
             let set = ConfigSet::from_parameters(

@@ -102,20 +102,20 @@ pub async fn put(ctx: &Context, file: &Path) -> Result<Report, CliError> {
     Ok(Report::done(serde_json::to_value(&put).unwrap_or(Value::Null), text))
 }
 
+/// One row per valid config, one per problem of an invalid one (as a linter lists them).
 fn table(style: &Style, checked: &[Checked]) -> String {
     let mut table = style.table(&["APP", "SOURCE", "RESULT", "PROBLEM"]);
     for c in checked {
         let result = if c.verdict.valid { "valid" } else { "invalid" };
-        let problem = match (&c.verdict.key, &c.verdict.problem) {
-            (Some(key), Some(problem)) => format!("`{key}`: {problem}"),
-            _ => String::new(),
-        };
-        table.add_row(vec![
-            style.cell(&c.verdict.app, None),
-            style.cell(c.file.as_deref().unwrap_or(&c.verdict.parameter), None),
-            style.state(result, Tone::verdict(c.verdict.valid)),
-            style.cell(&problem, None),
-        ]);
+        let problems: Vec<String> = c.verdict.problems.iter().map(|p| format!("`{}`: {}", p.key, p.problem)).collect();
+        for problem in problems.iter().map(String::as_str).chain(problems.is_empty().then_some("")) {
+            table.add_row(vec![
+                style.cell(&c.verdict.app, None),
+                style.cell(c.file.as_deref().unwrap_or(&c.verdict.parameter), None),
+                style.state(result, Tone::verdict(c.verdict.valid)),
+                style.cell(problem, None),
+            ]);
+        }
     }
     render(&table)
 }

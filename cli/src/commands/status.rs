@@ -27,7 +27,7 @@ pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<
         set.invalid
             .iter()
             .map(|i| {
-                json!({ "parameter": i.error.parameter, "key": i.error.key, "problem": i.error.problem,
+                json!({ "parameter": i.error.parameter, "key": i.error.key(), "problem": i.error.problem(),
                         "error": i.error.to_string() })
             })
             .collect()

@@ -1,18 +1,30 @@
 //! App configuration: one JSON `String` parameter per app at `{prefix}/apps/{app}`.
 //!
 //! Validation is strict (unknown keys are errors, so a typo never silently disables a feature)
-//! and per app: one invalid app is reported and skipped, the others keep deploying.
+//! and per app: one invalid app is reported and skipped, the others keep deploying. Every problem
+//! of a config is reported at once, each with its JSON path.
+
+mod fields;
+mod pipeline;
+mod target;
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
+pub use self::fields::{parse_duration, show as show_duration, Problem};
+use self::fields::{Fields, Problems};
+pub use self::pipeline::{
+    Approval, ArnPattern, EnvironmentConfig, Pipeline, Promotion, Source, Waves, DEFAULT_APPROVAL_TIMEOUT,
+};
+use self::target::NAME;
+pub use self::target::{Home, Place, Registry, ServiceTarget};
 use crate::aws::{AwsError, Ssm};
-use crate::types::{AppName, Environment, ImageDigest, ImageTag};
+use crate::types::{AppName, Environment, ImageTag};
 use crate::web::Endpoints;
 
 /// How long a loaded configuration serves warm invocations before it is read again.
@@ -20,104 +32,43 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Default `rollout_timeout_seconds`.
 pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// One invalid app configuration: which parameter, which key, what is wrong.
+/// An invalid app configuration: which parameter, and every problem found in it (at least one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid app config in parameter {parameter}, key `{key}`: {problem}")]
+#[error("invalid app config in parameter {parameter}, {}", describe(problems))]
 pub struct ConfigError {
     pub parameter: String,
-    pub key: String,
-    pub problem: String,
+    /// In the order found; never empty.
+    pub problems: Vec<Problem>,
 }
 
-/// Where an app runs in one environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceTarget {
-    pub cluster: String,
-    pub service: String,
-    /// https (plain http only with `health_allow_http`, or to this machine with
-    /// [`Endpoints::Local`]), never to a loopback, link-local, unspecified or metadata address.
-    pub health_url: Option<String>,
-    /// `health_allow_http`: the config allows a plain-http `health_url`.
-    pub health_allow_http: bool,
-    /// Another AWS account, reached through `role_arn` (`None`: Conveyor's own account).
-    pub account: Option<String>,
-    /// Another region (`None`: Conveyor's own region).
-    pub region: Option<String>,
-    /// The role Conveyor assumes for every ECS call of this environment.
-    pub role_arn: Option<String>,
-}
-
-/// Where a service lives, as its ARN says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place<'a> {
-    pub account: Option<&'a str>,
-    pub region: Option<&'a str>,
-    /// `None` for old short-format service ARNs, which carry no cluster.
-    pub cluster: Option<&'a str>,
-    pub service: &'a str,
-}
-
-/// The account and region Conveyor itself runs in (what a target without `account` or `region`
-/// means), when known.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Home {
-    pub account: Option<String>,
-    pub region: Option<String>,
-}
-
-impl ServiceTarget {
-    /// The same service as `other` (account, region, cluster and name).
-    pub fn same_service(&self, other: &ServiceTarget) -> bool {
-        self.account == other.account
-            && self.region == other.region
-            && self.cluster == other.cluster
-            && self.service == other.service
+fn describe(problems: &[Problem]) -> String {
+    match problems {
+        [one] => format!("key `{}`: {}", one.key, one.problem),
+        several => format!(
+            "{} problems: {}",
+            several.len(),
+            several.iter().map(|p| format!("`{}`: {}", p.key, p.problem)).collect::<Vec<_>>().join("; ")
+        ),
     }
+}
 
-    /// Whether the service at `place` is this one; a target without account or region means
-    /// Conveyor's own (`home`), and what is unknown on either side does not rule it out.
-    pub fn is_at(&self, place: &Place<'_>, home: &Home) -> bool {
-        let matches = |wanted: Option<&str>, own: Option<&str>, seen: Option<&str>| match (wanted.or(own), seen) {
-            (Some(wanted), Some(seen)) => wanted == seen,
-            _ => true,
-        };
-        self.service == place.service
-            && place.cluster.is_none_or(|cluster| cluster == self.cluster)
-            && matches(self.account.as_deref(), home.account.as_deref(), place.account)
-            && matches(self.region.as_deref(), home.region.as_deref(), place.region)
-    }
-
-    /// `cluster/service`, with the account and region when they are not Conveyor's own.
-    pub fn label(&self) -> String {
-        match (&self.account, &self.region) {
-            (None, None) => format!("{}/{}", self.cluster, self.service),
-            (account, region) => format!(
-                "{}/{} ({})",
-                self.cluster,
-                self.service,
-                [account.as_deref(), region.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(", ")
-            ),
+impl ConfigError {
+    /// A config with one problem.
+    pub fn one(parameter: &str, key: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            parameter: parameter.to_owned(),
+            problems: vec![Problem { key: key.to_owned(), problem: problem.into() }],
         }
     }
-}
 
-/// The ECR registry an app's repository lives in: the only place its images are deployed from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registry {
-    pub account: String,
-    pub region: String,
-}
-
-impl Registry {
-    /// `{account}.dkr.ecr.{region}.amazonaws.com/{repository}@{digest}`: the image Conveyor deploys.
-    pub fn image(&self, repository: &str, digest: &ImageDigest) -> String {
-        crate::image::pinned(&crate::image::ecr_registry(&self.account, &self.region), repository, digest)
+    /// The key of the first problem.
+    pub fn key(&self) -> &str {
+        self.problems.first().map_or("(document)", |p| p.key.as_str())
     }
 
-    /// Whether a push event's envelope (which any invoker of stage-deploy can write) names this
-    /// registry; what it leaves out does not rule it out.
-    pub fn admits(&self, account: Option<&str>, region: Option<&str>) -> bool {
-        account.is_none_or(|a| a == self.account) && region.is_none_or(|r| r == self.region)
+    /// The first problem.
+    pub fn problem(&self) -> &str {
+        self.problems.first().map_or("invalid", |p| p.problem.as_str())
     }
 }
 
@@ -147,13 +98,18 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    pub stage: ServiceTarget,
-    pub prod: ServiceTarget,
+    /// The app's environments. In this release: `stage` (the entry) then `prod` (from stage,
+    /// promoted by hand), one target each, without gates ([`runs_in_this_release`]).
+    pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
     pub rollout_timeout: Duration,
     /// The registry of `repository` when it is not Conveyor's own account and region.
     pub registry: Option<Registry>,
 }
+
+/// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
+/// with this, at the key that goes beyond (never accepted and then half-run).
+pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys the pipeline stage → prod (prod promoted by hand), one target per environment, without soak, alarms or approvals";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -164,163 +120,121 @@ impl AppConfig {
             .or_else(|| Some(Registry { account: home.account.clone()?, region: home.region.clone()? }))
     }
 
+    /// Where the app runs in `env`.
     pub fn target(&self, env: Environment) -> &ServiceTarget {
-        match env {
-            Environment::Stage => &self.stage,
-            Environment::Prod => &self.prod,
-        }
+        // By construction (`runs_in_this_release`): stage then prod, one target each.
+        let index = match env {
+            Environment::Stage => 0,
+            Environment::Prod => 1,
+        };
+        &self.pipeline.environments[index].targets[0]
     }
 
     /// Parses and validates one app's parameter, for functions that call only what `endpoints`
     /// admits (a `health_url` on this machine is valid only with [`Endpoints::Local`]).
     pub fn parse(parameter: &str, app: &str, json: &str, endpoints: Endpoints) -> Result<Self, ConfigError> {
-        let problem =
-            |key: &str, problem: String| ConfigError { parameter: parameter.to_owned(), key: key.to_owned(), problem };
-        let name = AppName::parse(app).map_err(|e| problem("(parameter name)", e.to_string()))?;
-        let root: Value =
-            serde_json::from_str(json).map_err(|e| problem("(document)", format!("not valid JSON: {e}")))?;
-        let mut fields = Fields::new(&root, "", &problem)?;
-        fields.only(&[
-            "repository",
-            "container",
-            "tags",
-            "environments",
-            "slack_webhook_parameter",
-            "rollout_timeout_seconds",
-            "registry",
-        ])?;
-
-        let repository = fields.string("repository", true, &REPOSITORY, "an ECR repository name")?;
-        let container = fields.string("container", true, &NAME, "a container name")?;
-        let tags = match fields.optional_str("tags")? {
-            None => TagPolicy::AllButLatest,
-            Some(pattern) => TagPolicy::Matching(
-                regex::RegexBuilder::new(pattern)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| problem("tags", format!("not a valid regular expression: {e}")))?,
-            ),
-        };
-        let slack_webhook_parameter =
-            fields.string("slack_webhook_parameter", false, &PARAMETER, "an SSM parameter name")?;
-        let rollout_timeout = match fields.get("rollout_timeout_seconds") {
-            None => DEFAULT_ROLLOUT_TIMEOUT,
-            Some(value) => match value.as_u64() {
-                Some(seconds @ 1..=86_400) => Duration::from_secs(seconds),
-                _ => {
-                    return Err(problem(
-                        "rollout_timeout_seconds",
-                        format!("must be a whole number of seconds from 1 to 86400, got {value}"),
-                    ))
-                }
-            },
-        };
-
-        let registry = match fields.get("registry") {
-            None => None,
-            Some(value) => {
-                let mut registry = Fields::new(value, "registry.", &problem)?;
-                registry.only(&["account", "region"])?;
-                let account = registry.string("account", true, &ACCOUNT, "a 12-digit AWS account id")?;
-                let region = registry.string("region", true, &REGION, "an AWS region such as eu-west-1")?;
-                Some(Registry { account: account.unwrap_or_default(), region: region.unwrap_or_default() })
-            }
-        };
-
-        let environments = fields.required("environments")?;
-        let mut environments = Fields::new(environments, "environments.", &problem)?;
-        environments.only(&["stage", "prod"])?;
-        let stage = ServiceTarget::parse(environments.required("stage")?, "environments.stage.", endpoints, &problem)?;
-        let prod = ServiceTarget::parse(environments.required("prod")?, "environments.prod.", endpoints, &problem)?;
-        if stage.same_service(&prod) {
-            return Err(problem(
+        let problems = Problems::default();
+        let name = AppName::parse(app).map_err(|e| problems.add("(parameter name)", e.to_string())).ok();
+        let root: Value = serde_json::from_str(json)
+            .map_err(|e| ConfigError::one(parameter, "(document)", format!("not valid JSON: {e}")))?;
+        let parsed = Fields::new(&root, String::new(), &problems).and_then(|fields| {
+            fields.only(&[
+                "repository",
+                "container",
+                "tags",
                 "environments",
-                "stage and prod name the same service: prod would receive every push".into(),
-            ));
+                "slack_webhook_parameter",
+                "rollout_timeout_seconds",
+                "registry",
+            ]);
+            let repository = fields.string("repository", true, &REPOSITORY, "an ECR repository name");
+            let container = fields.string("container", true, &NAME, "a container name");
+            let tags = match fields.str("tags") {
+                None => Some(TagPolicy::AllButLatest),
+                Some(pattern) => match regex::RegexBuilder::new(pattern).size_limit(1 << 20).build() {
+                    Ok(pattern) => Some(TagPolicy::Matching(pattern)),
+                    Err(e) => {
+                        fields.problem("tags", format!("not a valid regular expression: {e}"));
+                        None
+                    }
+                },
+            };
+            let slack_webhook_parameter =
+                fields.string("slack_webhook_parameter", false, &PARAMETER, "an SSM parameter name");
+            let rollout_timeout = match fields.get("rollout_timeout_seconds") {
+                None => DEFAULT_ROLLOUT_TIMEOUT,
+                Some(value) => match value.as_u64() {
+                    Some(seconds @ 1..=86_400) => Duration::from_secs(seconds),
+                    _ => {
+                        fields.problem(
+                            "rollout_timeout_seconds",
+                            format!("must be a whole number of seconds from 1 to 86400, got {value}"),
+                        );
+                        DEFAULT_ROLLOUT_TIMEOUT
+                    }
+                },
+            };
+            let registry =
+                fields.get("registry").and_then(|value| Registry::parse(value, fields.key("registry"), &problems));
+            let pipeline =
+                fields.object("environments", true).and_then(|environments| Pipeline::parse(&environments, endpoints));
+            if let Some(pipeline) = &pipeline {
+                runs_in_this_release(pipeline, &problems);
+            }
+            Some(AppConfig {
+                name: name?,
+                parameter: parameter.to_owned(),
+                repository: repository?,
+                container: container?,
+                tags: tags?,
+                pipeline: pipeline?,
+                slack_webhook_parameter,
+                rollout_timeout,
+                registry,
+            })
+        });
+        match parsed {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { parameter: parameter.to_owned(), problems: problems.into_vec() }),
         }
-
-        Ok(AppConfig {
-            name,
-            parameter: parameter.to_owned(),
-            repository: repository.unwrap_or_default(),
-            container: container.unwrap_or_default(),
-            tags,
-            stage,
-            prod,
-            slack_webhook_parameter,
-            rollout_timeout,
-            registry,
-        })
     }
 }
 
-impl ServiceTarget {
-    fn parse<P>(value: &Value, path: &str, endpoints: Endpoints, problem: &P) -> Result<Self, ConfigError>
-    where
-        P: Fn(&str, String) -> ConfigError,
-    {
-        let mut fields = Fields::new(value, path, problem)?;
-        fields.only(&["cluster", "service", "health_url", "health_allow_http", "account", "region", "role_arn"])?;
-        let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)")?;
-        let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)")?;
-        let allow_http = fields.boolean("health_allow_http")?.unwrap_or(false);
-        let health_url = fields.string("health_url", false, &HTTP_URL, "an https:// URL")?;
-        if let Some(url) = &health_url {
-            health_url_rule(url, allow_http, endpoints, path).map_err(|p| problem(&format!("{path}health_url"), p))?;
+/// Records every part of a valid pipeline that this release does not run ([`NOT_IN_THIS_RELEASE`]).
+fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
+    for name in ["stage", "prod"] {
+        if pipeline.environment(name).is_none() {
+            problems.add(format!("environments.{name}"), "missing required key");
         }
-        let account = fields.string("account", false, &ACCOUNT, "a 12-digit AWS account id")?;
-        let region = fields.string("region", false, &REGION, "an AWS region such as eu-west-1")?;
-        let role_arn =
-            fields.string("role_arn", false, &ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)")?;
-        let role_account = role_arn.as_deref().and_then(|arn| ROLE_ARN.captures(arn)).map(|c| c[1].to_owned());
-        let account = match (account, role_account) {
-            (Some(account), Some(role)) if account != role => {
-                return Err(problem(
-                    &format!("{path}role_arn"),
-                    format!("the role is in account {role}, not in `account` {account}: Conveyor assumes a role in the account it deploys to"),
-                ))
+    }
+    for env in &pipeline.environments {
+        let key = |key: &str| format!("environments.{}.{key}", env.name);
+        if !["stage", "prod"].contains(&env.name.as_str()) {
+            problems.add(format!("environments.{}", env.name), NOT_IN_THIS_RELEASE);
+            continue;
+        }
+        match (&env.source, env.name.as_str()) {
+            (Source::Entry, "stage") => {}
+            (Source::From { environment, promotion, approval }, "prod") if environment == "stage" => {
+                if *promotion == Promotion::Auto {
+                    problems.add(key("promotion"), NOT_IN_THIS_RELEASE);
+                }
+                if approval.is_some() {
+                    problems.add(key("approval"), NOT_IN_THIS_RELEASE);
+                }
             }
-            (None, Some(role)) => Some(role),
-            (Some(_), None) => {
-                return Err(problem(
-                    &format!("{path}role_arn"),
-                    "missing: with `account`, Conveyor needs the role to assume there (deploy infra/target-account.yaml in that account)".into(),
-                ))
-            }
-            (account, _) => account,
-        };
-        Ok(ServiceTarget {
-            cluster: cluster.unwrap_or_default(),
-            service: service.unwrap_or_default(),
-            health_url,
-            health_allow_http: allow_http,
-            account,
-            region,
-            role_arn,
-        })
-    }
-}
-
-/// Where a `health_url` may point: https, or plain http with `health_allow_http` (or to this
-/// machine with [`Endpoints::Local`]); never a loopback (unless local), link-local, unspecified or
-/// metadata address. Names are checked again when they are resolved ([`crate::web::Guarded`]).
-fn health_url_rule(url: &str, allow_http: bool, endpoints: Endpoints, path: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{url:?} names no host"));
-    }
-    if let Some(refused) = crate::web::refused_host(&parsed, endpoints) {
-        return Err(format!(
-            "{url:?} points to {refused}: Conveyor never calls loopback, link-local or metadata addresses"
-        ));
-    }
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if allow_http || (endpoints == Endpoints::Local && crate::web::is_loopback_host(&parsed)) => Ok(()),
-        "http" => Err(format!(
-            "{url:?} is plain http: health_url must be https:// (to check over http, set `{path}health_allow_http` to true)"
-        )),
-        other => Err(format!("{url:?} is {other}: health_url must be https://")),
+            (Source::Entry, _) => problems.add(format!("environments.{}", env.name), NOT_IN_THIS_RELEASE),
+            (Source::From { .. }, _) => problems.add(key("from"), NOT_IN_THIS_RELEASE),
+        }
+        if env.targets.len() > 1 {
+            problems.add(key("targets"), NOT_IN_THIS_RELEASE);
+        }
+        if !env.soak.is_zero() {
+            problems.add(key("soak"), NOT_IN_THIS_RELEASE);
+        }
+        if !env.alarms.is_empty() {
+            problems.add(key("alarms"), NOT_IN_THIS_RELEASE);
+        }
     }
 }
 
@@ -328,104 +242,7 @@ fn health_url_rule(url: &str, allow_http: bool, endpoints: Endpoints, path: &str
 static REPOSITORY: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$").unwrap());
 #[allow(clippy::unwrap_used)]
-static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{1,255}$").unwrap());
-#[allow(clippy::unwrap_used)]
 static PARAMETER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^/?[A-Za-z0-9_.\-/]{1,1011}$").unwrap());
-#[allow(clippy::unwrap_used)]
-static ACCOUNT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[0-9]{12}$").unwrap());
-#[allow(clippy::unwrap_used)]
-static REGION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$").unwrap());
-#[allow(clippy::unwrap_used)]
-static ROLE_ARN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^arn:aws[a-z-]*:iam::([0-9]{12}):role/[A-Za-z0-9+=,.@_/-]{1,512}$").unwrap());
-#[allow(clippy::unwrap_used)]
-static HTTP_URL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^https?://[^\s/?#]+[^\s]*$").unwrap());
-
-/// A JSON object being validated, key by key, with the key path in every error.
-struct Fields<'a, P> {
-    map: &'a Map<String, Value>,
-    path: &'a str,
-    problem: &'a P,
-}
-
-impl<'a, P> Fields<'a, P>
-where
-    P: Fn(&str, String) -> ConfigError,
-{
-    fn new(value: &'a Value, path: &'a str, problem: &'a P) -> Result<Self, ConfigError> {
-        match value {
-            Value::Object(map) => Ok(Fields { map, path, problem }),
-            other => Err(problem(
-                match path.trim_end_matches('.') {
-                    "" => "(document)",
-                    key => key,
-                },
-                format!("must be a JSON object, got {}", kind(other)),
-            )),
-        }
-    }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.path)
-    }
-
-    fn only(&mut self, allowed: &[&str]) -> Result<(), ConfigError> {
-        match self.map.keys().find(|key| !allowed.contains(&key.as_str())) {
-            Some(unknown) => {
-                Err((self.problem)(&self.key(unknown), format!("unknown key (allowed: {})", allowed.join(", "))))
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|value| !value.is_null())
-    }
-
-    fn required(&self, key: &str) -> Result<&'a Value, ConfigError> {
-        self.get(key).ok_or_else(|| (self.problem)(&self.key(key), "missing required key".into()))
-    }
-
-    fn optional_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err((self.problem)(&self.key(key), format!("must be a string, got {}", kind(other)))),
-        }
-    }
-
-    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(value)) => Ok(Some(*value)),
-            Some(other) => Err((self.problem)(&self.key(key), format!("must be true or false, got {}", kind(other)))),
-        }
-    }
-
-    fn string(&self, key: &str, required: bool, pattern: &Regex, what: &str) -> Result<Option<String>, ConfigError> {
-        let text = match (self.optional_str(key)?, required) {
-            (Some(text), _) => text,
-            (None, true) => return Err((self.problem)(&self.key(key), "missing required key".into())),
-            (None, false) => return Ok(None),
-        };
-        if pattern.is_match(text) {
-            Ok(Some(text.to_owned()))
-        } else {
-            Err((self.problem)(&self.key(key), format!("{text:?} is not {what}")))
-        }
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// One app-config parameter as read from SSM.
 #[derive(Debug, Clone, Copy)]
@@ -476,26 +293,31 @@ impl ConfigSet {
         // Two apps naming one service: the one written first keeps it.
         valid.sort_by(|(a, _), (b, _)| (a.modified, a.parameter).cmp(&(b.modified, b.parameter)));
         for (raw, config) in valid {
-            let claimed = Environment::ALL.iter().find_map(|env| {
-                let target = config.target(*env);
+            let claimed = config.pipeline.targets().find_map(|(env, index, target)| {
                 set.apps.iter().find_map(|other: &AppConfig| {
-                    Environment::ALL.iter().find_map(|other_env| {
-                        other.target(*other_env).same_service(target).then(|| (*env, other.name.clone(), *other_env))
-                    })
+                    other.pipeline.targets().find(|(_, _, theirs)| theirs.same_service(target)).map(
+                        |(other_env, other_index, _)| {
+                            (
+                                env.target_path(index),
+                                target.label(),
+                                other.name.clone(),
+                                other_env.target_path(other_index),
+                            )
+                        },
+                    )
                 })
             });
             match claimed {
                 None => set.apps.push(config),
-                Some((env, other, other_env)) => {
-                    let target = config.target(env);
-                    let error = ConfigError {
-                        parameter: raw.parameter.to_owned(),
-                        key: format!("environments.{env}.service"),
-                        problem: format!(
-                            "service {} is already {other}'s {other_env} service (its parameter was written earlier); one service belongs to one app",
-                            target.label()
+                Some((path, label, other, other_path)) => {
+                    let other_path = other_path.strip_prefix("environments.").unwrap_or(&other_path);
+                    let error = ConfigError::one(
+                        raw.parameter,
+                        &format!("{path}.service"),
+                        format!(
+                            "service {label} is already {other}'s {other_path} service (its parameter was written earlier); one service belongs to one app"
                         ),
-                    };
+                    );
                     set.invalid.push(InvalidApp { error, version: raw.version, repository: Some(config.repository) });
                 }
             }
@@ -578,7 +400,7 @@ impl Configs {
         ));
         for invalid in &set.invalid {
             let error = &invalid.error;
-            tracing::error!(parameter = %error.parameter, key = %error.key, problem = %error.problem,
+            tracing::error!(parameter = %error.parameter, key = %error.key(), problem = %error.problem(),
                 version = invalid.version, "invalid app config skipped");
         }
         *cached = Some((Instant::now(), set.clone()));
@@ -601,6 +423,7 @@ impl Configs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ImageDigest;
 
     const EXAMPLE: &str = r#"{
       "repository": "shop-api",
@@ -654,7 +477,7 @@ mod tests {
             (serde_json::json!({"account": "444455556666", "region": "us-east-2", "host": "evil.io"}), "registry.host"),
         ] {
             let error = parse(&edit(|v| v["registry"] = registry.clone())).unwrap_err();
-            assert_eq!(error.key, key, "{registry}");
+            assert_eq!(error.key(), key, "{registry}");
         }
     }
 
@@ -663,8 +486,8 @@ mod tests {
         let app = parse(EXAMPLE).unwrap();
         assert_eq!(app.name.as_str(), "shop-api");
         assert_eq!(app.repository, "shop-api");
-        assert_eq!(app.stage.health_url.as_deref(), Some("https://stage.internal/health"));
-        assert_eq!(app.prod.health_url, None);
+        assert_eq!(app.target(Environment::Stage).health_url.as_deref(), Some("https://stage.internal/health"));
+        assert_eq!(app.target(Environment::Prod).health_url, None);
         assert_eq!(app.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT);
         assert!(app.tags.admits(&tag("v1.2.3")));
         assert!(app.tags.admits(&tag("0a1b2c3")));
@@ -682,12 +505,12 @@ mod tests {
         assert!(!app.tags.admits(&tag("latest")));
     }
 
+    /// The config is invalid, and one of its problems is at `key` and says `needle`.
     #[track_caller]
     fn assert_rejected(json: &str, key: &str, needle: &str) {
         let error = parse(json).unwrap_err();
         assert_eq!(error.parameter, "/conveyor/apps/shop-api");
-        assert_eq!(error.key, key, "{error}");
-        assert!(error.problem.contains(needle), "{error}");
+        assert!(error.problems.iter().any(|p| p.key == key && p.problem.contains(needle)), "{key}: {needle}: {error}");
         assert!(error.to_string().contains("/conveyor/apps/shop-api"));
     }
 
@@ -700,9 +523,12 @@ mod tests {
             "unknown key",
         );
         assert_rejected(
-            &edit(|v| v["environments"]["qa"] = v["environments"]["stage"].clone()),
+            &edit(|v| {
+                v["environments"]["qa"] = v["environments"]["stage"].clone();
+                v["environments"]["qa"]["service"] = "shop-api-qa".into();
+            }),
             "environments.qa",
-            "unknown key",
+            "not run by this release",
         );
         assert_rejected(&edit(|v| v["tags"] = "(unclosed".into()), "tags", "regular expression");
         assert_rejected(&edit(|v| v["tags"] = 5.into()), "tags", "must be a string");
@@ -748,8 +574,8 @@ mod tests {
         assert_rejected(&edit(|v| v["rollout_timeout_seconds"] = 0.into()), "rollout_timeout_seconds", "whole number");
         assert_rejected(
             &edit(|v| v["environments"]["prod"] = v["environments"]["stage"].clone()),
-            "environments",
-            "same service",
+            "environments.prod.service",
+            "is already environments.stage",
         );
         assert_rejected("[1]", "(document)", "JSON object");
         assert_rejected("{", "(document)", "not valid JSON");
@@ -770,23 +596,23 @@ mod tests {
         assert!(health("https://shop.example.com/health", None, Endpoints::Public).is_ok());
         assert!(health("https://10.0.3.7:8443/health", None, Endpoints::Public).is_ok(), "private addresses are fine");
         let error = health("http://shop.example.com/health", None, Endpoints::Public).unwrap_err();
-        assert_eq!(error.key, "environments.stage.health_url");
-        assert!(error.problem.contains("https://"), "{error}");
-        assert!(error.problem.contains("environments.stage.health_allow_http"), "says how to allow it: {error}");
+        assert_eq!(error.key(), "environments.stage.health_url");
+        assert!(error.problem().contains("https://"), "{error}");
+        assert!(error.problem().contains("environments.stage.health_allow_http"), "says how to allow it: {error}");
         assert!(health("http://shop.example.com/health", Some(false), Endpoints::Public).is_err());
         let allowed = health("http://shop.example.com/health", Some(true), Endpoints::Public).unwrap();
-        assert_eq!(allowed.stage.health_url.as_deref(), Some("http://shop.example.com/health"));
+        assert_eq!(allowed.target(Environment::Stage).health_url.as_deref(), Some("http://shop.example.com/health"));
         assert!(
             health("http://shop.example.com/health", None, Endpoints::Local).is_err(),
             "the local switch is for this machine only"
         );
         for other in ["ftp://shop.example.com/health", "file:///etc/passwd"] {
             let error = health(other, Some(true), Endpoints::Public).unwrap_err();
-            assert_eq!(error.key, "environments.stage.health_url", "{other}");
+            assert_eq!(error.key(), "environments.stage.health_url", "{other}");
         }
         let error = parse(&edit(|v| v["environments"]["prod"]["health_allow_http"] = "yes".into())).unwrap_err();
-        assert_eq!(error.key, "environments.prod.health_allow_http");
-        assert!(error.problem.contains("true or false"), "{error}");
+        assert_eq!(error.key(), "environments.prod.health_allow_http");
+        assert!(error.problem().contains("true or false"), "{error}");
     }
 
     #[test]
@@ -806,8 +632,8 @@ mod tests {
         ] {
             for allow_http in [None, Some(true)] {
                 let error = health(url, allow_http, Endpoints::Public).unwrap_err();
-                assert_eq!(error.key, "environments.stage.health_url", "{url}");
-                assert!(error.problem.contains("address"), "{error}");
+                assert_eq!(error.key(), "environments.stage.health_url", "{url}");
+                assert!(error.problem().contains("address"), "{error}");
             }
         }
         // The local switch admits this machine (over http too, without the key), nothing else.
@@ -822,7 +648,7 @@ mod tests {
     #[test]
     fn bad_app_name_is_reported() {
         let error = AppConfig::parse("/conveyor/apps/Shop", "Shop", EXAMPLE, Endpoints::Public).unwrap_err();
-        assert_eq!(error.key, "(parameter name)");
+        assert_eq!(error.key(), "(parameter name)");
     }
 
     fn raw<'a>(parameter: &'a str, value: &'a str, minute: i64) -> RawApp<'a> {
@@ -873,8 +699,8 @@ mod tests {
         assert_eq!(set.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["zz-first"]);
         let error = &set.invalid[0].error;
         assert_eq!(error.parameter, "/c/apps/aa-second");
-        assert_eq!(error.key, "environments.stage.service");
-        assert!(error.problem.contains("zz-first"), "{error}");
+        assert_eq!(error.key(), "environments.stage.service");
+        assert!(error.problem().contains("zz-first"), "{error}");
         assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
     }
 
@@ -883,8 +709,8 @@ mod tests {
         let prod = serde_json::json!({ "cluster": "prod", "service": "shop-api", "region": "eu-west-1",
             "role_arn": "arn:aws:iam::210987654321:role/conveyor-target" });
         let app = parse(&edit(|v| v["environments"]["prod"] = prod.clone())).unwrap();
-        assert_eq!(app.prod.account.as_deref(), Some("210987654321"), "the role's account");
-        assert_eq!(app.prod.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(app.target(Environment::Prod).account.as_deref(), Some("210987654321"), "the role's account");
+        assert_eq!(app.target(Environment::Prod).region.as_deref(), Some("eu-west-1"));
         let home = Home { account: Some("123456789012".into()), region: Some("us-east-1".into()) };
         let place = |account, region| Place {
             account: Some(account),
@@ -892,17 +718,20 @@ mod tests {
             cluster: Some("prod"),
             service: "shop-api",
         };
-        assert!(app.prod.is_at(&place("210987654321", "eu-west-1"), &home));
-        assert!(!app.prod.is_at(&place("123456789012", "eu-west-1"), &home), "same names in Conveyor's own account");
-        assert!(!app.prod.is_at(&place("210987654321", "us-east-1"), &home));
+        assert!(app.target(Environment::Prod).is_at(&place("210987654321", "eu-west-1"), &home));
+        assert!(
+            !app.target(Environment::Prod).is_at(&place("123456789012", "eu-west-1"), &home),
+            "same names in Conveyor's own account"
+        );
+        assert!(!app.target(Environment::Prod).is_at(&place("210987654321", "us-east-1"), &home));
         let stage_place = Place {
             account: Some("123456789012"),
             region: Some("us-east-1"),
             cluster: Some("stage-cluster"),
             service: "shop-api",
         };
-        assert!(app.stage.is_at(&stage_place, &home));
-        assert!(!app.stage.is_at(&Place { account: Some("999999999999"), ..stage_place }, &home));
+        assert!(app.target(Environment::Stage).is_at(&stage_place, &home));
+        assert!(!app.target(Environment::Stage).is_at(&Place { account: Some("999999999999"), ..stage_place }, &home));
 
         let mismatch = edit(|v| {
             v["environments"]["prod"] = prod.clone();
@@ -938,10 +767,61 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_of_a_config_is_reported_at_once() {
+        let error = parse(&edit(|v| {
+            v["contianer"] = v.as_object_mut().unwrap().remove("container").unwrap();
+            v["tags"] = "(unclosed".into();
+            v["environments"]["prod"]["region"] = "Europe".into();
+        }))
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["contianer", "container", "tags", "environments.prod.region"]);
+        assert_eq!(error.key(), "contianer");
+        assert!(error.to_string().contains("4 problems: `contianer`: unknown key"), "{error}");
+        let one = parse(&edit(|v| v["colour"] = "red".into())).unwrap_err();
+        assert!(one.to_string().ends_with("key `colour`: unknown key (allowed: repository, container, tags, environments, slack_webhook_parameter, rollout_timeout_seconds, registry)"), "{one}");
+    }
+
+    #[test]
+    fn a_valid_pipeline_this_release_does_not_run_is_refused_at_the_key_that_goes_beyond() {
+        let three = edit(|v| {
+            v["environments"]["dev"] = serde_json::json!({ "cluster": "dev", "service": "shop-api" });
+            v["environments"]["stage"]["from"] = "dev".into();
+            v["environments"]["prod"]["from"] = "stage".into();
+        });
+        assert_rejected(&three, "environments.dev", "not run by this release");
+        assert_rejected(&three, "environments.stage.from", "not run by this release");
+        for (key, value) in [
+            ("soak", serde_json::json!("30m")),
+            ("alarms", serde_json::json!(["shop-api-5xx"])),
+            ("approval", serde_json::json!(true)),
+            ("promotion", serde_json::json!("auto")),
+        ] {
+            let json = edit(|v| {
+                v["environments"]["prod"]["from"] = "stage".into();
+                v["environments"]["prod"][key] = value.clone();
+            });
+            assert_rejected(&json, &format!("environments.prod.{key}"), "not run by this release");
+        }
+        let two_regions = edit(|v| {
+            v["environments"]["prod"] = serde_json::json!({ "targets": [
+                { "cluster": "prod", "service": "shop-api", "region": "eu-west-1" },
+                { "cluster": "prod", "service": "shop-api", "region": "us-east-1" } ] });
+        });
+        assert_rejected(&two_regions, "environments.prod.targets", "not run by this release");
+        // What this release runs, written the v3 way.
+        let explicit = edit(|v| {
+            v["environments"]["prod"] = serde_json::json!({ "from": "stage", "promotion": "manual",
+                "targets": [{ "cluster": "prod-cluster", "service": "shop-api" }] });
+        });
+        assert_eq!(parse(&explicit).unwrap().target(Environment::Prod).cluster, "prod-cluster");
+    }
+
+    #[test]
     fn an_invalid_config_keeps_its_repository_for_the_announcement() {
         let typo = edit(|v| v["contianer"] = "api".into());
         let set = ConfigSet::from_parameters("/c/apps/", [raw("/c/apps/cart", &typo, 0)], Endpoints::Public);
-        assert_eq!(set.invalid[0].error.key, "contianer");
+        assert_eq!(set.invalid[0].error.key(), "contianer");
         assert_eq!(set.invalid[0].repository.as_deref(), Some("shop-api"));
     }
 }
