@@ -54,7 +54,7 @@ pub async fn config_error(configs: &Configs, leases: Leases<'_>, invalid: &Inval
         .await;
     match announced {
         Ok(true) => warn!(parameter = %parameter, version = invalid.version, key = %invalid.error.key(),
-            problem = %invalid.error.problem(), "invalid app config announced"),
+            problem = %invalid.error.problem(), problems = invalid.error.problems.len(), "invalid app config announced"),
         Ok(false) => {}
         Err(error) => {
             info!(parameter = %parameter, error = %error, "config error not announced now");

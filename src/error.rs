@@ -22,6 +22,9 @@ pub enum DeployError {
     /// The service's task definition has members this build cannot copy.
     #[error(transparent)]
     Unmodeled(#[from] Unmodeled),
+    /// A record or request names an environment the app's config no longer (or never) had.
+    #[error(transparent)]
+    NoEnvironment(#[from] crate::config::NoSuchEnvironment),
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error(transparent)]
@@ -34,7 +37,10 @@ impl DeployError {
         match self {
             DeployError::Aws(aws) => aws.retryable,
             DeployError::Ledger(ledger) => ledger.retryable(),
-            DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_) => false,
+            DeployError::ContainerNotFound { .. }
+            | DeployError::NoRegistry { .. }
+            | DeployError::Unmodeled(_)
+            | DeployError::NoEnvironment(_) => false,
         }
     }
 
@@ -68,7 +74,7 @@ pub enum Error {
     NotVetted(Box<NotVetted>),
     /// Refused: the environment is paused.
     #[error("{app} {environment} is paused since {} by {}: {}. Resume it first (`conveyor resume {app} --env {environment}`).", .pause.at.format("%Y-%m-%d %H:%M UTC"), .pause.requester(), .pause.reason)]
-    Paused { app: AppName, environment: Environment, pause: Pause },
+    Paused { app: AppName, environment: Environment, pause: Box<Pause> },
     /// The state table refused or failed: another operation holds the service ([`Error::error_type`]
     /// `Busy`, retry), or an AWS error.
     #[error("{0}")]
@@ -81,6 +87,12 @@ pub enum Error {
     /// and the retry skips what already succeeded.
     #[error("{}", summarize(.0))]
     Deploy(Vec<(AppName, DeployError)>),
+}
+
+impl From<crate::config::NoSuchEnvironment> for Error {
+    fn from(error: crate::config::NoSuchEnvironment) -> Self {
+        Error::InvalidRequest(error.into())
+    }
 }
 
 impl From<NotVetted> for Error {
@@ -122,12 +134,19 @@ pub enum InvalidRequest {
     Text { field: &'static str, limit: usize },
     #[error("a pause needs a `reason` (it is shown in status, the history and the alert)")]
     NoReason,
-    #[error("`deploy_latest` rolls out the push held in stage; prod changes only by promotion")]
+    #[error("`deploy_latest` rolls out the push held in an entry environment (stage); the others (prod) change only by promotion")]
     DeployLatestInProd,
     /// Each function changes its own environment only (stage-deploy stage, promote prod), so the
     /// roles of the two stay apart.
     #[error("{environment} is paused and resumed through the {function} function, not this one")]
     OtherFunction { environment: Environment, function: &'static str },
+    #[error("app {app} promotes into several environments: give `to` (one of {into})")]
+    WhichEnvironment { app: AppName, into: String },
+    #[error("{environment} is an entry environment: pushes roll out to it, nothing is promoted into it (promote into one of: {into})")]
+    EntryEnvironment { environment: Environment, into: String },
+    /// The request names an environment the app does not have.
+    #[error(transparent)]
+    NoEnvironment(#[from] crate::config::NoSuchEnvironment),
 }
 
 /// The longest free text a user may give (a promotion's `reason` and `requested_by`, a pause's
@@ -148,8 +167,8 @@ pub fn user_text(field: &'static str, value: Option<String>) -> Result<Option<St
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotVetted {
     /// `image`: the tag or digest asked for.
-    #[error("{app} {image} was never vetted in stage. {promotable}")]
-    Never { app: AppName, image: String, promotable: Promotable },
+    #[error("{app} {image} was never vetted in {environment}. {promotable}")]
+    Never { app: AppName, environment: Environment, image: String, promotable: Promotable },
     #[error("{app} {digest} has no tag on record; promote it by tag")]
     Untagged { app: AppName, digest: ImageDigest },
     #[error("{app} {tag} ({digest}) failed in {environment} at {}: {}. A digest that failed anywhere is never promoted (`force` overrides, on your responsibility). {promotable}", .failure.at.to_rfc3339(), .failure.reason)]

@@ -31,7 +31,7 @@ pub fn stage_met(arn: &str, running: char) -> EnvState {
     let app = AppName::parse("shop").expect("an app name");
     EnvState::first(
         &app,
-        Environment::Stage,
+        Environment::STAGE,
         "stage",
         "shop",
         Revision { arn: arn.into(), digest: Some(digest(running)) },

@@ -5,8 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::aws::{AwsError, Described, Ecs};
-use crate::config::{AppConfig, Home};
-use crate::types::Environment;
+use crate::config::{AppConfig, Home, ServiceTarget};
 use crate::Invocation;
 
 /// Task-definition revisions never change: what was described (or registered) once is kept, so
@@ -71,10 +70,9 @@ impl Fleet {
     /// account and region with the target's role, assumed in a session named after the app and
     /// this process (CloudTrail in that account says who did what), with credentials cached and
     /// refreshed before they expire. Builds a client, calls nothing.
-    pub async fn target(&self, app: &AppConfig, env: Environment) -> Target<'_> {
-        let target = app.target(env);
+    pub async fn target<'a>(&'a self, app: &AppConfig, target: &'a ServiceTarget) -> Target<'a> {
         if target.role_arn.is_none() && target.region.is_none() {
-            return Target { ecs: self.home.clone(), revisions: &self.revisions };
+            return Target { ecs: self.home.clone(), revisions: &self.revisions, service: target };
         }
         let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
         let known = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned());
@@ -89,7 +87,7 @@ impl Fleet {
                 ecs
             }
         };
-        Target { ecs, revisions: &self.revisions }
+        Target { ecs, revisions: &self.revisions, service: target }
     }
 
     /// An ECS client for another region, and (with `role_arn`) another account: every call made
@@ -130,6 +128,8 @@ impl Fleet {
 pub struct Target<'a> {
     pub ecs: Ecs,
     revisions: &'a RevisionCache,
+    /// The service there, as the app's config names it.
+    pub service: &'a ServiceTarget,
 }
 
 impl Target<'_> {

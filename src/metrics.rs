@@ -88,7 +88,7 @@ fn write(document: &Value) {
 
 /// Counts a committed transition.
 pub fn transition(notification: &Notification) {
-    let environment = notification.environment.map_or("all", |e| e.as_str());
+    let environment = notification.environment.map_or_else(|| "all".to_owned(), |e| e.to_string());
     let mut properties = vec![("outcome", notification.outcome.as_str())];
     let (tag, digest) =
         (notification.tag.as_ref().map(ToString::to_string), notification.digest.as_ref().map(ToString::to_string));
@@ -99,7 +99,7 @@ pub fn transition(notification: &Notification) {
         properties.push(("digest", digest));
     }
     let metric = outcome_metric(notification.outcome);
-    write(&document(&notification.app, environment, &[(&metric, Unit::Count, 1.0)], &properties, Utc::now()));
+    write(&document(&notification.app, &environment, &[(&metric, Unit::Count, 1.0)], &properties, Utc::now()));
 }
 
 /// A duration between two moments of a deployment.
@@ -159,11 +159,11 @@ mod tests {
             Outcome::ConfigError,
         ];
         for outcome in outcomes {
-            let env = (outcome != Outcome::ConfigError).then_some(Environment::Prod);
+            let env = (outcome != Outcome::ConfigError).then_some(Environment::PROD);
             let notification = Notification::new("shop-api", env, outcome, Severity::Info);
             let document = document(
                 &notification.app,
-                env.map_or("all", |e| e.as_str()),
+                &env.map_or_else(|| "all".to_owned(), |e| e.to_string()),
                 &[(&outcome_metric(outcome), Unit::Count, 1.0)],
                 &[("outcome", outcome.as_str())],
                 Utc::now(),

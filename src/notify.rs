@@ -87,16 +87,17 @@ impl Notification {
 
     /// About `app`'s service in `env`.
     pub fn of_service(app: &AppConfig, env: Environment, outcome: Outcome, severity: Severity) -> Self {
-        let target = app.target(env);
         let mut notification = Notification::new(app.name.as_str(), Some(env), outcome, severity);
-        notification.cluster = Some(target.cluster.clone());
-        notification.service = Some(target.service.clone());
+        if let Ok(target) = app.target(env) {
+            notification.cluster = Some(target.cluster.clone());
+            notification.service = Some(target.service.clone());
+        }
         notification
     }
 
     /// The facts of a rollout, with the outcome its state calls for.
     pub fn of_rollout(app: &AppConfig, env: Environment, rollout: &Rollout) -> Self {
-        let (outcome, severity) = rollout.outcome(env);
+        let (outcome, severity) = rollout.outcome(app.pipeline.is_last(env));
         let mut notification = Notification::of_service(app, env, outcome, severity);
         notification.tag = Some(rollout.tag.clone());
         notification.digest = Some(rollout.digest.clone());
@@ -117,8 +118,8 @@ impl Notification {
         notification
     }
 
-    fn environment_name(&self) -> &'static str {
-        self.environment.map_or("all", Environment::as_str)
+    fn environment_name(&self) -> String {
+        self.environment.map_or_else(|| "all".to_owned(), |env| env.to_string())
     }
 
     /// `[conveyor] {app} {environment}: {outcome} {tag}`, at most 100 characters (SNS's limit).
@@ -375,7 +376,7 @@ impl Notifier {
         let n = &entry.notification;
         let attributes = [
             ("app", n.app.as_str()),
-            ("environment", n.environment_name()),
+            ("environment", &n.environment_name()),
             ("outcome", n.outcome.as_str()),
             ("severity", n.severity.as_str()),
         ];
@@ -428,7 +429,7 @@ mod tests {
     use super::*;
 
     fn deploying() -> Notification {
-        let mut n = Notification::new("shop-api", Some(Environment::Stage), Outcome::Deploying, Severity::Info);
+        let mut n = Notification::new("shop-api", Some(Environment::STAGE), Outcome::Deploying, Severity::Info);
         n.tag = Some(ImageTag::parse("v1.0.0").unwrap());
         n.digest = Some(ImageDigest::parse(format!("sha256:{}", "a".repeat(64))).unwrap());
         n.cluster = Some("stage-cluster".into());

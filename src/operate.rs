@@ -1,7 +1,8 @@
 //! What people ask Conveyor's functions for besides their events and promotions: pausing and
 //! resuming an app (contract, *Pausing an app*), so that only Conveyor's functions write the
-//! state table (*Trust boundary*). Each function changes its own environment only — stage-deploy
-//! stage, promote prod — so neither role needs the other environment's rights. The request is
+//! state table (*Trust boundary*). Each function changes its own environments only — stage-deploy
+//! the entry environments (stage), promote the ones images are promoted into (prod) — so neither
+//! role needs the other's rights. The request is
 //! parsed here, at the boundary, into a [`Request`]; the pause itself is [`crate::pause`]'s, and
 //! `resume` with `deploy_latest` (stage-deploy) replays the push the pause held, as recorded,
 //! through stage-deploy's own flow ([`crate::stage::replay`]).
@@ -11,15 +12,15 @@
 //! { "operation": "resume", "app": "shop-api", "environment": null, "deploy_latest": false, "by": "..." }
 //! ```
 //!
-//! `environment`, absent or `null` for the function's own (stage-deploy: `stage`, promote:
-//! `prod`), must be the function's own; `by` is a name the caller gives, kept as `on_behalf_of`
+//! `environment`, absent or `null` for the function's own when the app has one of its kind
+//! (stage-deploy: `stage`, promote: `prod`, in a v2 pipeline), must be one of the function's own; `by` is a name the caller gives, kept as `on_behalf_of`
 //! (unverified): who paused is the identity AWS verified, if any.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::config::Configs;
+use crate::config::{AppConfig, Configs, Source};
 use crate::error::{user_text, Error, InvalidRequest};
 use crate::fleet::Fleet;
 use crate::leased::Leases;
@@ -147,7 +148,7 @@ pub fn parse(payload: Value) -> Result<Request, Error> {
             (app, environment, Kind::Pause { reason }, by)
         }
         RawOperation::Resume { app, environment, deploy_latest, by } => {
-            if deploy_latest && environment == Some(Environment::Prod) {
+            if deploy_latest && environment == Some(Environment::PROD) {
                 return Err(InvalidRequest::DeployLatestInProd.into());
             }
             (app, environment, Kind::Resume { deploy_latest }, by)
@@ -183,7 +184,32 @@ pub async fn promote_function(
             promote::run(configs, fleet, leases, &request, invocation).await.map(Answer::Promoted)
         }
         Request::Operate(operation) => {
-            operated(configs, fleet, leases, &operation, Environment::Prod, invocation).await
+            operated(configs, fleet, leases, &operation, Serves::PromotedInto, invocation).await
+        }
+    }
+}
+
+/// Which environments a function changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    /// stage-deploy: where pushes roll out.
+    Entries,
+    /// promote: where images are promoted into.
+    PromotedInto,
+}
+
+impl Serves {
+    fn function(self) -> &'static str {
+        match self {
+            Serves::Entries => "stage-deploy",
+            Serves::PromotedInto => "promote",
+        }
+    }
+
+    fn of(app: &AppConfig, env: Environment) -> Option<Serves> {
+        match app.pipeline.source(env)? {
+            Source::Entry => Some(Serves::Entries),
+            Source::From { .. } => Some(Serves::PromotedInto),
         }
     }
 }
@@ -201,35 +227,58 @@ pub async fn stage_function(
         return crate::stage::handle(configs, fleet, leases, payload, invocation).await.map(Answer::Staged);
     }
     match parse(payload).inspect_err(|e| warn!(error = %e, "request refused"))? {
-        Request::Operate(operation) => {
-            operated(configs, fleet, leases, &operation, Environment::Stage, invocation).await
-        }
+        Request::Operate(operation) => operated(configs, fleet, leases, &operation, Serves::Entries, invocation).await,
         // `parse` reads a payload naming an operation as one, or refuses it.
         Request::Promote(_) => Err(InvalidRequest::Shape("stage-deploy does not promote".into()).into()),
     }
 }
 
-/// Runs `operation` in `serves`, the calling function's own environment.
+/// Runs `operation` in one of the environments the calling function `serves`.
 async fn operated(
     configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
     operation: &Operation,
-    serves: Environment,
+    serves: Serves,
     invocation: &Invocation,
 ) -> Result<Answer, Error> {
-    let result = match operation.environment {
-        Some(other) if other != serves => Err(InvalidRequest::OtherFunction {
-            environment: other,
-            function: if other == Environment::Stage { "stage-deploy" } else { "promote" },
+    let result = async {
+        let config = configs.get().await?;
+        let Some(app) = config.app(&operation.app) else {
+            return Err(Error::no_app(configs, &config, &operation.app));
+        };
+        let env = match operation.environment {
+            Some(env) => match Serves::of(app, env) {
+                None => return Err(app.no_such(env).into()),
+                Some(other) if other != serves => {
+                    return Err(InvalidRequest::OtherFunction { environment: env, function: other.function() }.into())
+                }
+                Some(_) => env,
+            },
+            None => {
+                let own: Vec<Environment> = app
+                    .pipeline
+                    .environments
+                    .iter()
+                    .map(|e| e.name)
+                    .filter(|e| Serves::of(app, *e) == Some(serves))
+                    .collect();
+                match own[..] {
+                    [one] => one,
+                    _ => {
+                        let own = own.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                        return Err(InvalidRequest::WhichEnvironment { app: app.name.clone(), into: own }.into());
+                    }
+                }
+            }
+        };
+        if serves == Serves::PromotedInto && matches!(operation.kind, Kind::Resume { deploy_latest: true }) {
+            return Err(InvalidRequest::DeployLatestInProd.into());
         }
-        .into()),
-        _ if serves == Environment::Prod && matches!(operation.kind, Kind::Resume { deploy_latest: true }) => {
-            Err(InvalidRequest::DeployLatestInProd.into())
-        }
-        _ => Box::pin(operate(configs, fleet, leases, operation, serves, invocation)).await,
+        Box::pin(operate(fleet, leases, app, operation, env, invocation)).await
     };
     result
+        .await
         .inspect_err(|e| warn!(app = %operation.app, error_type = %e.error_type(), error = %e, "operation refused"))
         .map(Answer::Operated)
 }
@@ -238,17 +287,13 @@ async fn operated(
 /// waiting.
 #[instrument(skip_all, fields(app = %operation.app, environment = %env))]
 async fn operate(
-    configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
+    app: &AppConfig,
     operation: &Operation,
     env: Environment,
     invocation: &Invocation,
 ) -> Result<Response, Error> {
-    let config = configs.get().await?;
-    let Some(app) = config.app(&operation.app) else {
-        return Err(Error::no_app(configs, &config, &operation.app));
-    };
     let by = Requester::of(invocation, operation.on_behalf_of.clone());
     let report = match &operation.kind {
         Kind::Pause { reason } => crate::pause::pause(fleet, leases, app, env, reason, &by, invocation).await?,
@@ -318,7 +363,7 @@ mod tests {
             pause,
             Operation {
                 app: AppName::parse("shop-api").unwrap(),
-                environment: Some(Environment::Stage),
+                environment: Some(Environment::STAGE),
                 kind: Kind::Pause { reason: "INC-42 outage".into() },
                 on_behalf_of: Some("arn:aws:sts::1:user/ana".into()),
             }
@@ -335,7 +380,7 @@ mod tests {
     #[test]
     fn resumes_parse_and_deploy_latest_defaults_to_false() {
         let resume = operation(json!({"operation": "resume", "app": "shop-api", "environment": "prod"}));
-        assert_eq!((resume.environment, resume.kind), (Some(Environment::Prod), Kind::Resume { deploy_latest: false }));
+        assert_eq!((resume.environment, resume.kind), (Some(Environment::PROD), Kind::Resume { deploy_latest: false }));
         let resume = operation(json!({"operation": "resume", "app": "shop-api", "deploy_latest": true}));
         assert_eq!((resume.environment, resume.kind), (None, Kind::Resume { deploy_latest: true }));
     }
@@ -353,7 +398,7 @@ mod tests {
         refused(json!({"operation": "pause", "app": "shop-api", "reason": "  "}), "needs a `reason`");
         refused(json!({"operation": "pause", "app": "shop-api", "reason": "x".repeat(257)}), "at most 256");
         refused(json!({"operation": "pause", "app": "shop-api", "reason": "x", "by": "a\nb"}), "`by`");
-        refused(json!({"operation": "pause", "app": "shop-api", "reason": "x", "environment": "staging"}), "staging");
+        refused(json!({"operation": "pause", "app": "shop-api", "reason": "x", "environment": "Staging"}), "Staging");
         refused(json!({"operation": "resume", "app": "Shop API"}), "app name");
         refused(json!({"operation": "resume"}), "missing field `app`");
         refused(

@@ -68,7 +68,8 @@ async fn change_pause(
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     let lease = Lease::new(ItemKey::env(&app.name, env), format!("conveyor {by}"), invocation).patient();
-    let target = fleet.target(app, env).await;
+    let target =
+        fleet.target(app, app.target(env).map_err(|e| Error::Deploy(vec![(app.name.clone(), e.into())]))?).await;
     leases.with_env(lease, app, env, target, async |here| change_leased(here, pause, by).await).await
 }
 
@@ -77,8 +78,8 @@ async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &Request
     let failed = |e: crate::DeployError| Error::Deploy(vec![(app.name.clone(), e)]);
     if here.held.state.is_none() {
         // First contact: record what runs as the baseline before anything else.
-        let observed = start::observe(&here.target, app, env).await.map_err(failed)?;
-        let target = app.target(env);
+        let observed = start::observe(&here.target, app).await.map_err(failed)?;
+        let target = here.target.service;
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision);
         here.commit(Change::new(first)).await?;
     }
@@ -200,7 +201,7 @@ mod tests {
     #[test]
     fn pausing_records_who_and_why_and_announces_a_warning() {
         let change =
-            transition(&app(), Environment::Stage, &state(), Some(load_test()), &verified("alice"), at(5)).unwrap();
+            transition(&app(), Environment::STAGE, &state(), Some(load_test()), &verified("alice"), at(5)).unwrap();
         assert_eq!(change.state.paused, Some(load_test()));
         let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
         assert_eq!((entry.event, entry.at), (Outcome::Paused, at(5)));
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn resuming_records_who_and_announces_that_deploys_start_again() {
-        let change = transition(&app(), Environment::Prod, &paused(), None, &verified("bob"), at(5)).unwrap();
+        let change = transition(&app(), Environment::PROD, &paused(), None, &verified("bob"), at(5)).unwrap();
         assert_eq!(change.state.paused, None);
         let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
         assert_eq!(
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn a_name_the_request_gave_is_kept_on_behalf_of_never_as_who_paused() {
         let forged = Requester { verified: None, on_behalf_of: Some("arn:aws:iam::1:user/admin".into()) };
-        let change = transition(&app(), Environment::Stage, &state(), Some(load_test()), &forged, at(5)).unwrap();
+        let change = transition(&app(), Environment::STAGE, &state(), Some(load_test()), &forged, at(5)).unwrap();
         let [entry] = &change.history[..] else { panic!("one history entry") };
         assert_eq!(
             (entry.requested_by.as_deref(), entry.on_behalf_of.as_deref()),
@@ -242,21 +243,21 @@ mod tests {
     #[test]
     fn pausing_what_is_paused_or_resuming_what_runs_changes_nothing() {
         let another = Pause { reason: "another reason".into(), by: Some("bob".into()), on_behalf_of: None, at: at(3) };
-        assert!(transition(&app(), Environment::Stage, &paused(), Some(another), &verified("bob"), at(5)).is_none());
-        assert!(transition(&app(), Environment::Stage, &state(), None, &verified("bob"), at(5)).is_none());
+        assert!(transition(&app(), Environment::STAGE, &paused(), Some(another), &verified("bob"), at(5)).is_none());
+        assert!(transition(&app(), Environment::STAGE, &state(), None, &verified("bob"), at(5)).is_none());
     }
 
     #[test]
     fn the_report_offers_the_held_push_only_when_no_rollout_started_from_it_or_later() {
         let mut state = state();
         state.held_push = Some(held(10, '3'));
-        assert_eq!(report(&app(), Environment::Stage, true, &state).held_push, Some(held(10, '3')));
+        assert_eq!(report(&app(), Environment::STAGE, true, &state).held_push, Some(held(10, '3')));
         state.rollout = Some(rollout_of_push_at(5));
-        assert_eq!(report(&app(), Environment::Stage, true, &state).held_push, Some(held(10, '3')), "an older rollout");
+        assert_eq!(report(&app(), Environment::STAGE, true, &state).held_push, Some(held(10, '3')), "an older rollout");
         for since in [10, 20] {
             state.rollout = Some(rollout_of_push_at(since));
             assert_eq!(
-                report(&app(), Environment::Stage, true, &state).held_push,
+                report(&app(), Environment::STAGE, true, &state).held_push,
                 None,
                 "a rollout of a push at {since}"
             );
@@ -265,12 +266,12 @@ mod tests {
 
     #[test]
     fn the_report_says_whether_it_changed_and_where_it_stands() {
-        let report = report(&app(), Environment::Stage, false, &paused());
+        let report = report(&app(), Environment::STAGE, false, &paused());
         assert_eq!(
             report,
             PauseReport {
                 app: "shop".into(),
-                environment: Environment::Stage,
+                environment: Environment::STAGE,
                 changed: false,
                 paused: true,
                 held_push: None

@@ -1,19 +1,20 @@
-//! promote: deploy the very digest stage vetted to prod, and refuse anything else.
+//! promote: deploy the very digest an environment vetted to the environment that takes its images
+//! from it (`to`; prod from stage, in a v2 pipeline), and refuse anything else.
 //!
-//! A digest is promotable when stage verified it and it never failed anywhere (`force`
-//! overrides an earlier failure, never a missing verification). The check is made again, in the
-//! same transaction that takes prod's lease, so a failure recorded meanwhile still refuses.
+//! A digest is promotable into `to` when `to`'s `from` vetted it and it never failed anywhere
+//! (`force` overrides an earlier failure, never a missing vetting). The check is made again, in
+//! the same transaction that takes `to`'s lease, so a failure recorded meanwhile still refuses.
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::config::{AppConfig, Configs};
+use crate::config::{AppConfig, Configs, Promotion, Source};
 use crate::error::{user_text, DeployError, Error, InvalidRequest, NotVetted, Promotable};
 use crate::fleet::{Fleet, Target};
 use crate::leased::{Leased, Leases};
-use crate::ledger::{Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
+use crate::ledger::{Check, Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
 use crate::record::EnvState;
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, Started};
@@ -38,6 +39,7 @@ struct RawRequest {
     force: bool,
     reason: Option<String>,
     requested_by: Option<String>,
+    to: Option<String>,
 }
 
 /// A valid promote request.
@@ -50,6 +52,8 @@ pub struct Request {
     pub reason: Option<String>,
     /// The payload's `requested_by`: a name the caller gave, kept as `on_behalf_of` (unverified).
     pub on_behalf_of: Option<String>,
+    /// The environment to promote into (`None`: the app's one environment promoted by hand).
+    pub to: Option<Environment>,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -107,6 +111,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         force: raw.force,
         reason: user_text("reason", raw.reason)?,
         on_behalf_of: user_text("requested_by", raw.requested_by)?,
+        to: raw.to.map(|to| Environment::parse(&to)).transpose().map_err(InvalidRequest::from)?,
     })
 }
 
@@ -159,39 +164,40 @@ async fn promote(
         return Err(Error::no_app(configs, &config, &request.app));
     };
     let requester = Requester::of(invocation, request.on_behalf_of.clone());
-    let prod = ItemKey::env(&app.name, Environment::Prod);
+    let (into, from) = destination(app, request.to)?;
+    let prod = ItemKey::env(&app.name, into);
     let owner = format!("promote by {requester}");
     // One lease (one token) for every attempt: an attempt whose answer was lost is recognised.
     let lease = Lease::new(prod.clone(), owner, invocation).patient();
     let mut pauses = lease.pauses();
     let (answer, resolved) = loop {
         let wanted = match &request.image {
-            ImageRef::Tag(tag) => ItemKey::tag(&app.name, tag),
+            ImageRef::Tag(tag) => ItemKey::tag(&app.name, from, tag),
             ImageRef::Digest(digest) => ItemKey::image(&app.name, digest),
         };
         let mut items = ledger.items(&[wanted.clone(), prod.clone()]).await?;
-        let resolved = resolve(ledger, app, request, items.remove(&wanted)).await?;
+        let resolved = resolve(ledger, app, from, request, items.remove(&wanted)).await?;
         let prod_item = items.remove(&prod);
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
-            return Err(Error::Paused { app: app.name.clone(), environment: Environment::Prod, pause: pause.clone() });
+            return Err(Error::Paused { app: app.name.clone(), environment: into, pause: Box::new(pause.clone()) });
         }
         let resolved = Resolved { image: own_image(app, &fleet.home(invocation), &resolved)?, ..resolved };
-        let resolved = Resolved { image: pull_source(fleet, app, &resolved, invocation).await?, ..resolved };
-        let target = fleet.target(app, Environment::Prod).await;
+        let resolved = Resolved { image: pull_source(fleet, app, into, &resolved, invocation).await?, ..resolved };
+        let target = fleet.target(app, app.target(into)?).await;
         if request.dry_run {
-            return dry_run(&target, app, &resolved).await.map_err(|e| deploy_error(app, e));
+            return dry_run(&target, app, into, &resolved).await.map_err(|e| deploy_error(app, e));
         }
-        let checks = if request.force {
-            vec![(ItemKey::image(&app.name, &resolved.digest), "attribute_exists(vetted_stage)")]
-        } else {
-            vec![(
-                ItemKey::image(&app.name, &resolved.digest),
-                "attribute_exists(vetted_stage) AND attribute_not_exists(failed_stage) AND attribute_not_exists(failed_prod)",
-            )]
-        };
+        // Vetted in `from`, and (unless forced) failed in none of the app's environments.
+        let failed_anywhere =
+            app.pipeline.environments.iter().map(|env| format!("failed_{}", env.name)).collect::<Vec<_>>();
+        let checks = [Check {
+            key: ItemKey::image(&app.name, &resolved.digest),
+            present: vec![format!("vetted_{from}")],
+            absent: if request.force { Vec::new() } else { failed_anywhere },
+        }];
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
-        let promoted = leases.with_env(lease, app, Environment::Prod, target, async |here| {
+        let promoted = leases.with_env(lease, app, into, target, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
             promote_leased(here, request, &resolved, &requester).await
         });
@@ -200,7 +206,7 @@ async fn promote(
             Err(DeployError::Ledger(LedgerError::Conflict { .. })) => {
                 // The image failed (or lost its verification) since it was read: refuse with why.
                 let facts = ledger.image(&app.name, &resolved.digest).await?;
-                return Err(refusal(ledger, app, &resolved.tag, &resolved.digest, facts.as_ref()).await);
+                return Err(refusal(ledger, app, from, &resolved.tag, &resolved.digest, facts.as_ref()).await);
             }
             // Held by another invocation, or changed since it was read: read it again.
             Err(DeployError::Ledger(busy @ LedgerError::Busy { holder: Holder::Lease { .. }, .. })) => {
@@ -215,7 +221,7 @@ async fn promote(
     let (task_definition_arn, status, forced) = answer;
     Ok(Response {
         app: app.name.to_string(),
-        environment: Environment::Prod,
+        environment: into,
         tag: resolved.tag.to_string(),
         digest: resolved.digest.to_string(),
         task_definition_arn,
@@ -252,11 +258,11 @@ async fn promote_leased(
     let plan = start::start(here, &candidate).await?;
     let answer = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
-            info!(tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "prod already runs this digest");
+            info!(environment = %here.env, tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "the environment already runs this digest");
             (task_definition_arn.clone(), PromoteStatus::AlreadyDeployed, false)
         }
         Started::Rolling(rollout) => {
-            info!(environment = "prod", tag = %rollout.tag, digest = %rollout.digest, task_definition_arn = %rollout.task_definition_arn,
+            info!(environment = %here.env, tag = %rollout.tag, digest = %rollout.digest, task_definition_arn = %rollout.task_definition_arn,
                 deployment_id = rollout.deployment_id.as_deref(), forced, "promotion started");
             (rollout.task_definition_arn.clone(), PromoteStatus::Deploying, forced)
         }
@@ -290,10 +296,11 @@ fn own_image(app: &AppConfig, home: &crate::config::Home, resolved: &Resolved) -
 async fn pull_source(
     fleet: &Fleet,
     app: &AppConfig,
+    into: Environment,
     resolved: &Resolved,
     invocation: &Invocation,
 ) -> Result<String, Error> {
-    let prod = app.target(Environment::Prod);
+    let prod = app.target(into)?;
     let home = fleet.home(invocation);
     let (Some(prod_account), Some(pushed)) = (prod.account.as_deref(), crate::image::ecr_parts(&resolved.image)) else {
         return Ok(resolved.image.clone());
@@ -329,9 +336,9 @@ async fn pull_source(
     });
     Err(Error::Config(crate::config::ConfigError::one(
         &app.parameter,
-        "environments.prod.account",
+        &format!("environments.{into}.account"),
         format!(
-            "prod runs in account {prod_account}, which cannot pull {} from account {}'s registry ({}): add this statement to the repository policy of {} there — {statement} — or replicate the repository to account {prod_account} in {prod_region}; nothing was changed",
+            "{into} runs in account {prod_account}, which cannot pull {} from account {}'s registry ({}): add this statement to the repository policy of {} there — {statement} — or replicate the repository to account {prod_account} in {prod_region}; nothing was changed",
             pushed.repository, pushed.account, pushed.region, pushed.repository
         ),
     )))
@@ -349,14 +356,60 @@ async fn replicated(ecr: &aws_sdk_ecr::Client, repository: &str, account: &str, 
     })
 }
 
-/// The tag, digest and image of what to promote, if stage vetted it (and, unless forced, it
+/// The environment a request promotes into, and the one that environment takes its images from:
+/// `to`, else the app's one environment promoted by hand.
+fn destination(app: &AppConfig, to: Option<Environment>) -> Result<(Environment, Environment), Error> {
+    let promoted_into = |env: &&crate::config::EnvironmentConfig| matches!(env.source, Source::From { .. });
+    let named = |envs: Vec<&crate::config::EnvironmentConfig>| {
+        envs.iter().map(|e| e.name.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let into = match to {
+        Some(to) => app.target(to).map(|_| to)?,
+        None => {
+            let manual: Vec<_> = app
+                .pipeline
+                .environments
+                .iter()
+                .filter(|e| matches!(e.source, Source::From { promotion: Promotion::Manual, .. }))
+                .collect();
+            match manual[..] {
+                [one] => one.name,
+                _ => {
+                    let into: Vec<_> = app.pipeline.environments.iter().filter(promoted_into).collect();
+                    return Err(InvalidRequest::WhichEnvironment { app: app.name.clone(), into: named(into) }.into());
+                }
+            }
+        }
+    };
+    match app.pipeline.source(into) {
+        Some(Source::From { environment, .. }) => Ok((into, *environment)),
+        _ => {
+            let into_ones: Vec<_> = app.pipeline.environments.iter().filter(promoted_into).collect();
+            Err(InvalidRequest::EntryEnvironment { environment: into, into: named(into_ones) }.into())
+        }
+    }
+}
+
+/// The tag, digest and image of what to promote, if `from` vetted it (and, unless forced, it
 /// never failed).
-async fn resolve(ledger: &Ledger, app: &AppConfig, request: &Request, item: Option<Item>) -> Result<Resolved, Error> {
+async fn resolve(
+    ledger: &Ledger,
+    app: &AppConfig,
+    from: Environment,
+    request: &Request,
+    item: Option<Item>,
+) -> Result<Resolved, Error> {
     let (tag, digest, image, facts) = match &request.image {
         ImageRef::Tag(tag) => {
             let Some(item) = item.and_then(|item| serde_dynamo::from_item::<_, TagItem>(item).ok()) else {
-                let promotable = promotable(ledger, app).await?;
-                return Err(NotVetted::Never { app: app.name.clone(), image: tag.to_string(), promotable }.into());
+                let promotable = promotable(ledger, app, from).await?;
+                return Err(NotVetted::Never {
+                    app: app.name.clone(),
+                    environment: from,
+                    image: tag.to_string(),
+                    promotable,
+                }
+                .into());
             };
             // Whether it failed is checked as prod's lease is taken; with `force`, it matters now.
             let facts = if request.force { ledger.image(&app.name, &item.digest).await? } else { None };
@@ -364,9 +417,15 @@ async fn resolve(ledger: &Ledger, app: &AppConfig, request: &Request, item: Opti
         }
         ImageRef::Digest(digest) => {
             let facts = item.and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item).ok());
-            let Some(facts) = facts.filter(|f| f.vetted_stage.is_some()) else {
-                let promotable = promotable(ledger, app).await?;
-                return Err(NotVetted::Never { app: app.name.clone(), image: digest.to_string(), promotable }.into());
+            let Some(facts) = facts.filter(|f| f.vetted(from).is_some()) else {
+                let promotable = promotable(ledger, app, from).await?;
+                return Err(NotVetted::Never {
+                    app: app.name.clone(),
+                    environment: from,
+                    image: digest.to_string(),
+                    promotable,
+                }
+                .into());
             };
             let tag = facts
                 .last_tag
@@ -375,9 +434,9 @@ async fn resolve(ledger: &Ledger, app: &AppConfig, request: &Request, item: Opti
             (tag, digest.clone(), facts.image.clone().unwrap_or_default(), Some(facts))
         }
     };
-    let failure = facts.as_ref().and_then(|f| f.failure()).map(|(env, f)| (env, f.clone()));
+    let failure = facts.as_ref().and_then(ImageFacts::failure);
     if failure.is_some() && !request.force {
-        return Err(refusal(ledger, app, &tag, &digest, facts.as_ref()).await);
+        return Err(refusal(ledger, app, from, &tag, &digest, facts.as_ref()).await);
     }
     Ok(Resolved { tag, digest, image, failure })
 }
@@ -386,11 +445,12 @@ async fn resolve(ledger: &Ledger, app: &AppConfig, request: &Request, item: Opti
 async fn refusal(
     ledger: &Ledger,
     app: &AppConfig,
+    from: Environment,
     tag: &ImageTag,
     digest: &ImageDigest,
     facts: Option<&ImageFacts>,
 ) -> Error {
-    let promotable = match promotable(ledger, app).await {
+    let promotable = match promotable(ledger, app, from).await {
         Ok(promotable) => promotable,
         Err(error) => return error,
     };
@@ -400,23 +460,34 @@ async fn refusal(
             tag: tag.clone(),
             digest: digest.clone(),
             environment,
-            failure: failure.clone(),
+            failure,
             promotable,
         },
-        None => NotVetted::Never { app: app.name.clone(), image: format!("{tag} ({digest})"), promotable },
+        None => NotVetted::Never {
+            app: app.name.clone(),
+            environment: from,
+            image: format!("{tag} ({digest})"),
+            promotable,
+        },
     };
     refusal.into()
 }
 
 /// What can be promoted instead ("Promotable tags, newest first: v1.4.1 (sha256:...), ...").
-async fn promotable(ledger: &Ledger, app: &AppConfig) -> Result<Promotable, Error> {
-    let listed = promotable_tags(ledger, &app.name, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
+async fn promotable(ledger: &Ledger, app: &AppConfig, from: Environment) -> Result<Promotable, Error> {
+    let listed =
+        promotable_tags(ledger, &app.name, from, SUGGESTIONS).await.map_err(|e| deploy_error(app, e.into()))?;
     Ok(Promotable(listed))
 }
 
-/// The tags stage verified whose image never failed, most recently vetted first.
-pub async fn promotable_tags(ledger: &Ledger, app: &AppName, limit: usize) -> Result<Vec<TagItem>, LedgerError> {
-    let mut tags = ledger.tags(app).await?;
+/// The tags `from` vetted whose image never failed, most recently vetted first.
+pub async fn promotable_tags(
+    ledger: &Ledger,
+    app: &AppName,
+    from: Environment,
+    limit: usize,
+) -> Result<Vec<TagItem>, LedgerError> {
+    let mut tags = ledger.tags(app, from).await?;
     tags.sort_by_key(|t| std::cmp::Reverse(t.vetted_at));
     let mut digests: Vec<ImageDigest> = tags.iter().map(|t| t.digest.clone()).collect();
     digests.dedup();
@@ -431,14 +502,19 @@ pub async fn promotable_tags(ledger: &Ledger, app: &AppName, limit: usize) -> Re
     Ok(tags.into_iter().filter(|t| !failed(&t.digest)).take(limit).collect())
 }
 
-async fn dry_run(target: &Target<'_>, app: &AppConfig, resolved: &Resolved) -> Result<Response, DeployError> {
-    let observed = start::observe(target, app, Environment::Prod).await?;
+async fn dry_run(
+    target: &Target<'_>,
+    app: &AppConfig,
+    into: Environment,
+    resolved: &Resolved,
+) -> Result<Response, DeployError> {
+    let observed = start::observe(target, app).await?;
     let current = observed.app_image(app)?.to_owned();
     let already = observed.revision.digest.as_ref() == Some(&resolved.digest);
-    info!(environment = "prod", tag = %resolved.tag, digest = %resolved.digest, current_image = %current, already_deployed = already, "dry run");
+    info!(environment = %into, tag = %resolved.tag, digest = %resolved.digest, current_image = %current, already_deployed = already, "dry run");
     Ok(Response {
         app: app.name.to_string(),
-        environment: Environment::Prod,
+        environment: into,
         tag: resolved.tag.to_string(),
         digest: resolved.digest.to_string(),
         task_definition_arn: observed.service.task_definition.clone(),
@@ -457,7 +533,10 @@ async fn dry_run(target: &Target<'_>, app: &AppConfig, resolved: &Resolved) -> R
 /// task definition are `ConfigError`, a busy service `Busy`, everything else `AwsError`.
 fn deploy_error(app: &AppConfig, error: DeployError) -> Error {
     match error {
-        DeployError::ContainerNotFound { .. } | DeployError::NoRegistry { .. } | DeployError::Unmodeled(_) => {
+        DeployError::ContainerNotFound { .. }
+        | DeployError::NoRegistry { .. }
+        | DeployError::Unmodeled(_)
+        | DeployError::NoEnvironment(_) => {
             Error::Config(crate::config::ConfigError::one(&app.parameter, "container", error.to_string()))
         }
         DeployError::Aws(aws) => Error::Aws(aws),

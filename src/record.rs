@@ -259,7 +259,7 @@ mod tests {
     fn state() -> EnvState {
         EnvState::first(
             &AppName::parse("shop").unwrap(),
-            Environment::Stage,
+            Environment::STAGE,
             "c",
             "s",
             Revision { arn: "td:1".into(), digest: Some(digest(1)) },

@@ -1,6 +1,7 @@
-//! stage-deploy: an ECR push rolls out to the stage service of every app fed by that repository.
+//! stage-deploy: an ECR push rolls out to every entry environment (stage, in a v2 pipeline) of
+//! every app fed by that repository.
 //!
-//! Under the stage lease of each app: a push older than one already seen is late, the very same
+//! Under the lease of each app's entry environment: a push older than one already seen is late, the very same
 //! push again is a repeat; a push queued behind a newer one is coalesced (its tag recorded, no
 //! revision registered); while stage is paused the push is recorded and held; a push of the digest
 //! already rolling out or running only adds its tag. Everything else starts a rollout.
@@ -38,6 +39,9 @@ pub struct StageReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppReport {
     pub app: String,
+    /// The entry environment (none when the push concerns no environment of the app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
     /// [`Action::Deploying`], [`Action::Skipped`], [`Action::Paused`] or [`Action::Failed`].
     pub status: Action,
     pub detail: String,
@@ -57,6 +61,7 @@ impl AppReport {
     fn of(app: &AppConfig, status: Action, detail: impl Into<String>) -> Self {
         AppReport {
             app: app.name.to_string(),
+            environment: None,
             status,
             detail: detail.into(),
             task_definition_arn: None,
@@ -105,15 +110,15 @@ pub async fn replay(
     invocation: &Invocation,
 ) -> StageReport {
     let push = Push::from(push);
-    let report = match Box::pin(deploy_app(fleet, leases, app, &push, invocation)).await {
-        Ok(report) => report,
+    let reports = match Box::pin(deploy_app(fleet, leases, app, &push, invocation)).await {
+        Ok(reports) => reports,
         Err(error) => {
-            error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
+            error!(app = %app.name, tag = %push.tag, digest = %push.digest, error = %error,
                 "the held push could not be rolled out");
-            AppReport::of(app, Action::Failed, error.to_string())
+            vec![AppReport::of(app, Action::Failed, error.to_string())]
         }
     };
-    StageReport { skipped: None, apps: vec![report] }
+    StageReport { skipped: None, apps: reports }
 }
 
 #[instrument(skip_all, fields(event_id = push.event_id.as_deref(), repository = %push.repository, tag = %push.tag, digest = %push.digest))]
@@ -141,9 +146,9 @@ async fn deploy_push(
     let mut failures = Vec::new();
     for app in fed {
         match deploy_app(fleet, leases, app, push, invocation).await {
-            Ok(app_report) => report.apps.push(app_report),
+            Ok(app_reports) => report.apps.extend(app_reports),
             Err(error) => {
-                error!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, error = %error,
+                error!(app = %app.name, tag = %push.tag, digest = %push.digest, error = %error,
                     retryable = error.retryable(), "stage deploy failed");
                 report.apps.push(AppReport::of(app, Action::Failed, error.to_string()));
                 failures.push((app.name.clone(), error));
@@ -157,15 +162,17 @@ async fn deploy_push(
     }
 }
 
+/// Rolls `push` out to each entry environment of `app`, in pipeline order; the first that fails
+/// stops the others (the retry goes on from there: each step is idempotent).
 async fn deploy_app(
     fleet: &Fleet,
     leases: Leases<'_>,
     app: &AppConfig,
     push: &Push,
     invocation: &Invocation,
-) -> Result<AppReport, DeployError> {
+) -> Result<Vec<AppReport>, DeployError> {
     if !app.tags.admits(&push.tag) {
-        return Ok(skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag)));
+        return Ok(vec![skipped(app, push, format!("tag {} does not match the app's tag pattern", push.tag))]);
     }
     // The image is built from the app's own registry, never from the event: anyone allowed to
     // invoke stage-deploy (or to forward events to Conveyor's bus) writes the envelope.
@@ -180,19 +187,37 @@ async fn deploy_app(
             registry.account,
             registry.region
         );
-        warn!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "foreign push skipped");
-        return Ok(AppReport::of(app, Action::Skipped, detail));
+        warn!(app = %app.name, tag = %push.tag, digest = %push.digest, reason = %detail, "foreign push skipped");
+        return Ok(vec![AppReport::of(app, Action::Skipped, detail)]);
     }
     let image = registry.image(&app.repository, &push.digest);
-    let key = ItemKey::env(&app.name, Environment::Stage);
+    let mut reports = Vec::new();
+    for entry in app.pipeline.entries() {
+        let report = deploy_env(fleet, leases, app, entry.name, push, &image, invocation).await?;
+        reports.push(AppReport { environment: Some(entry.name), ..report });
+    }
+    Ok(reports)
+}
+
+/// [`deploy_app`] in one entry environment.
+async fn deploy_env(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    app: &AppConfig,
+    env: Environment,
+    push: &Push,
+    image: &str,
+    invocation: &Invocation,
+) -> Result<AppReport, DeployError> {
+    let key = ItemKey::env(&app.name, env);
     let owner = format!("stage-deploy {}", push.event_id.as_deref().unwrap_or(push.tag.as_str()));
     // Queued when busy: a holder working on an older push of this service leaves the rollout to us.
     let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
     let lease = Lease::new(key, owner, invocation).patient().queue(waiting);
-    let target = fleet.target(app, Environment::Stage).await;
+    let target = fleet.target(app, app.target(env)?).await;
     leases
-        .with_env(lease, app, Environment::Stage, target, async |here| {
-            let result = deploy_leased(here, push, &image).await;
+        .with_env(lease, app, env, target, async |here| {
+            let result = deploy_leased(here, push, image).await;
             if let Err(error) = &result {
                 if error.needs_people() {
                     refuse(here, push, error).await;
@@ -204,7 +229,7 @@ async fn deploy_app(
 }
 
 fn skipped(app: &AppConfig, push: &Push, detail: String) -> AppReport {
-    info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
+    info!(app = %app.name, tag = %push.tag, digest = %push.digest, reason = %detail, "app skipped");
     AppReport::of(app, Action::Skipped, detail)
 }
 
@@ -277,7 +302,7 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Resul
             let mut change = Change::new(here.state()?.clone());
             change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
-            record_tag(here.ledger(), app, push, &mut change).await?;
+            record_tag(here.ledger(), app, env, push, &mut change).await?;
             here.commit(change).await?;
             Ok(skipped(app, push, detail))
         }
@@ -285,17 +310,17 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Resul
             let mut change = Change::new(here.state()?.clone());
             hold(app, env, &mut change, push, now);
             change.clear_waiting = ours;
-            record_tag(here.ledger(), app, push, &mut change).await?;
+            record_tag(here.ledger(), app, env, push, &mut change).await?;
             here.commit(change).await?;
-            info!(app = %app.name, environment = "stage", tag = %push.tag, digest = %push.digest, "push held: stage is paused");
-            Ok(AppReport::of(app, Action::Paused, "stage is paused: the push is recorded, nothing rolled out"))
+            info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, "push held: the environment is paused");
+            Ok(AppReport::of(app, Action::Paused, format!("{env} is paused: the push is recorded, nothing rolled out")))
         }
         Decision::AddTag => {
             let mut change = Change::new(here.state()?.clone());
-            add_tag(app, &mut change, push);
+            add_tag(app, env, &mut change, push);
             change.clear_waiting = ours;
             here.commit(change).await?;
-            Ok(skipped(app, push, format!("stage is already on {}: tag {} recorded", push.digest, push.tag)))
+            Ok(skipped(app, push, format!("{env} is already on {}: tag {} recorded", push.digest, push.tag)))
         }
         Decision::Deploy => deploy(here, push, image, ours).await,
     }
@@ -317,26 +342,26 @@ fn hold(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, push: 
     let mut entry = HistoryEntry::new(&app.name, env, Outcome::Held, now);
     entry.tag = Some(push.tag.clone());
     entry.digest = Some(push.digest.clone());
-    entry.reason = change.state.paused.as_ref().map(|p| format!("stage is paused: {}", p.reason));
+    entry.reason = change.state.paused.as_ref().map(|p| format!("{env} is paused: {}", p.reason));
     change.history.push(entry);
 }
 
 /// What a push of the digest stage is rolling out or runs changes: its tag joins that rollout
 /// (promotable at once if the rollout is verified) and the image's tags.
-fn add_tag(app: &AppConfig, change: &mut Change<EnvState>, push: &Push) {
+fn add_tag(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, push: &Push) {
     change.state.saw_push(push.time, &push.digest, &push.tag);
     let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
     if let Some(rollout) = rollout {
         rollout.add_tag(&push.tag);
         if let RolloutState::Verified { at } = rollout.state {
-            change.tags.push((app.name.clone(), tag_item(push, &rollout.image, at)));
+            change.tags.push((app.name.clone(), tag_item(env, push, &rollout.image, at)));
         }
     }
     change.images.push((app.name.clone(), image_update(push)));
 }
 
 async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> Result<AppReport, DeployError> {
-    let app = here.app;
+    let (app, env) = (here.app, here.env);
     let candidate =
         Candidate { tag: &push.tag, digest: &push.digest, image, event_time: push.time, origin: Origin::Push };
     let mut plan = start::start(here, &candidate).await?;
@@ -344,16 +369,17 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> 
     plan.change.clear_waiting = ours;
     let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
-            record_tag(here.ledger(), app, push, &mut plan.change).await?;
-            skipped(app, push, format!("stage already runs {} ({task_definition_arn})", push.digest))
+            record_tag(here.ledger(), app, env, push, &mut plan.change).await?;
+            skipped(app, push, format!("{env} already runs {} ({task_definition_arn})", push.digest))
         }
         Started::Rolling(rollout) => {
             plan.change.images.push((app.name.clone(), image_update(push)));
-            info!(app = %app.name, environment = "stage", tag = %rollout.tag, digest = %rollout.digest,
+            info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
                 task_definition_arn = %rollout.task_definition_arn, deployment_id = rollout.deployment_id.as_deref(),
                 "rollout started");
             AppReport {
                 app: app.name.to_string(),
+                environment: Some(env),
                 status: Action::Deploying,
                 detail: format!("{} => {}", rollout.previous.arn, rollout.task_definition_arn),
                 task_definition_arn: Some(rollout.task_definition_arn.clone()),
@@ -366,7 +392,7 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> 
         let metric = "PushToUpdateService";
         crate::metrics::latency(
             app.name.as_str(),
-            "stage",
+            env.as_str(),
             metric,
             crate::metrics::Unit::Milliseconds,
             push.time,
@@ -396,22 +422,23 @@ fn image_update(push: &Push) -> ImageUpdate {
     }
 }
 
-fn tag_item(push: &Push, image: &str, vetted_at: DateTime<Utc>) -> TagItem {
-    TagItem { tag: push.tag.clone(), digest: push.digest.clone(), image: image.to_owned(), vetted_at }
+fn tag_item(env: Environment, push: &Push, image: &str, vetted_at: DateTime<Utc>) -> TagItem {
+    TagItem { environment: env, tag: push.tag.clone(), digest: push.digest.clone(), image: image.to_owned(), vetted_at }
 }
 
-/// Records the push's tag on its image now; if stage verified that image already, the tag
-/// becomes promotable right away (unless it points to an image verified later).
+/// Records the push's tag on its image now; if `env` vetted that image already, the tag becomes
+/// promotable right away (unless it points to an image vetted later).
 async fn record_tag(
     ledger: &Ledger,
     app: &AppConfig,
+    env: Environment,
     push: &Push,
     change: &mut Change<EnvState>,
 ) -> Result<(), DeployError> {
     let facts = ledger.update_image(&app.name, &image_update(push)).await?;
-    if let (Some(vetted_at), Some(image)) = (facts.vetted_stage, facts.image.as_deref()) {
-        let tag = tag_item(push, image, vetted_at);
-        let current = ledger.tag(&app.name, &push.tag).await?;
+    if let (Some(vetted_at), Some(image)) = (facts.vetted(env), facts.image.as_deref()) {
+        let tag = tag_item(env, push, image, vetted_at);
+        let current = ledger.tag(&app.name, env, &push.tag).await?;
         if current.is_none_or(|c| c.vetted_at <= vetted_at) {
             change.tags.push((app.name.clone(), tag));
         }
@@ -422,19 +449,19 @@ async fn record_tag(
 /// A push that cannot be rolled out until people act (the app's container is missing, the task
 /// definition has members this build cannot copy): recorded, and announced once per push.
 async fn refuse(here: &mut Leased<'_>, push: &Push, error: &DeployError) {
-    let app = here.app;
+    let (app, env) = (here.app, here.env);
     let Some(state) = here.held.state.clone() else { return };
     let mut change = Change::new(state);
     change.state.saw_push(push.time, &push.digest, &push.tag);
     let now = Utc::now();
-    let mut entry = HistoryEntry::new(&app.name, Environment::Stage, Outcome::Failed, now);
+    let mut entry = HistoryEntry::new(&app.name, env, Outcome::Failed, now);
     entry.tag = Some(push.tag.clone());
     entry.digest = Some(push.digest.clone());
     entry.reason = Some(format!("not rolled out: {error}"));
     change.history.push(entry);
     let mut notification = crate::notify::Notification::of_service(
         app,
-        Environment::Stage,
+        env,
         crate::vocabulary::Outcome::Failed,
         crate::vocabulary::Severity::Error,
     );
@@ -688,7 +715,7 @@ mod tests {
         let v2 = push(20, '2', "v2");
         let mut change = Change::new(having_seen(&[&push(10, '1', "v1")]));
         change.state.paused = Some(paused());
-        hold(&app(), Environment::Stage, &mut change, &v2, at(NOW));
+        hold(&app(), Environment::STAGE, &mut change, &v2, at(NOW));
         assert_eq!(change.state.held_push, Some(held(&v2)));
         assert_eq!(change.state.arrival(v2.time, &v2.digest, &v2.tag), crate::record::Arrival::Repeated);
         let [entry] = &change.history[..] else { panic!("one history entry: {:?}", change.history) };
@@ -704,7 +731,7 @@ mod tests {
         let sha = push(10, '1', "0a1b2c3");
         let mut change = Change::new(having_seen(&[&v1]));
         change.state.rollout = Some(rollout_of(&v1, RolloutState::Verified { at: at(50) }));
-        add_tag(&app(), &mut change, &sha);
+        add_tag(&app(), Environment::STAGE, &mut change, &sha);
         let rollout = change.state.rollout.as_ref().unwrap();
         assert_eq!(rollout.tags, vec![tag("v1"), tag("0a1b2c3")]);
         let [(_, promotable)] = &change.tags[..] else { panic!("one tag item: {:?}", change.tags) };
@@ -719,7 +746,7 @@ mod tests {
         let v1 = push(10, '1', "v1");
         let mut change = Change::new(having_seen(&[&v1]));
         change.state.rollout = Some(rollout_of(&v1, RolloutState::InProgress));
-        add_tag(&app(), &mut change, &push(10, '1', "0a1b2c3"));
+        add_tag(&app(), Environment::STAGE, &mut change, &push(10, '1', "0a1b2c3"));
         assert_eq!(change.state.rollout.as_ref().unwrap().tags, vec![tag("v1"), tag("0a1b2c3")]);
         assert!(change.tags.is_empty(), "not promotable before stage verifies it");
         assert_eq!(change.images.len(), 1);

@@ -82,8 +82,8 @@ pub fn new_id(now: DateTime<Utc>) -> String {
 }
 
 /// Reads the service and the revision it runs.
-pub async fn observe(target: &Target<'_>, app: &AppConfig, env: Environment) -> Result<Observed, DeployError> {
-    let service_target = app.target(env);
+pub async fn observe(target: &Target<'_>, app: &AppConfig) -> Result<Observed, DeployError> {
+    let service_target = target.service;
     let service = target.ecs.service(&service_target.cluster, &service_target.service).await?;
     let running = target.revision(&service.task_definition).await?;
     let image = taskdef::container_image(&running.definition, &app.container).map(str::to_owned);
@@ -99,9 +99,9 @@ pub async fn observe(target: &Target<'_>, app: &AppConfig, env: Environment) -> 
 /// committed before anything changes.
 pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<Plan, DeployError> {
     let (app, env) = (here.app, here.env);
-    let observed = observe(&here.target, app, env).await?;
+    let observed = observe(&here.target, app).await?;
     if here.held.state.is_none() {
-        let target = app.target(env);
+        let target = here.target.service;
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision.clone());
         here.commit(Change::new(first)).await?;
     }
@@ -159,7 +159,7 @@ fn already_running(observed: &Observed, digest: &ImageDigest, adopted: Option<Ro
 /// Records a rollout as started: state, history, notification.
 pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, rollout: Rollout) {
     let mut entry = history_of(&app.name, &rollout, env, rollout.started_at);
-    entry.event = if env == Environment::Prod { Outcome::Promoted } else { Outcome::Deploying };
+    entry.event = if env == Environment::PROD { Outcome::Promoted } else { Outcome::Deploying };
     if let Origin::Promotion { reason, .. } = &rollout.origin {
         entry.reason = reason.clone();
     }
@@ -325,7 +325,7 @@ pub fn note_what_runs(
             deployment_id,
             event_time: now,
             started_at: now,
-            origin: if env == Environment::Prod {
+            origin: if env == Environment::PROD {
                 Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
             } else {
                 Origin::Push
@@ -352,8 +352,8 @@ pub fn note_what_runs(
     notification.digest = observed.revision.digest.clone();
     notification.reason = Some(format!(
         "{}/{} runs {}, which Conveyor did not deploy (Terraform, the console, a person?); the next rollout builds on it",
-        app.target(env).cluster,
-        app.target(env).service,
+        change.state.cluster,
+        change.state.service,
         crate::notify::short_arn(running)
     ));
     change.announcements.push(Announcement::new(notification, app));
@@ -429,7 +429,7 @@ async fn roll_out(
     if holder.took_over && reusable.is_none() {
         clean_up_left_behind(ecs, app, &registered, &observed.service).await;
     }
-    let service = app.target(env);
+    let service = target.service;
     let updated = match ecs.update_service(&service.cluster, &service.service, &arn).await {
         Ok(updated) => updated,
         Err(error) if error.rejected => {
@@ -608,7 +608,7 @@ mod tests {
         state.rollout = Some(rollout(TD2, '2', RolloutState::Verified { at: at(1) }));
         for running in [observed(TD1, '1', &[]), observed_ours(TD2, '2')] {
             let mut change = Change::new(state.clone());
-            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+            assert_eq!(note_what_runs(&app(), Environment::STAGE, &mut change, &running, &dead_holder(), at(5)), None);
             assert_eq!(change.state, state);
             assert!(change.history.is_empty() && change.announcements.is_empty());
         }
@@ -618,7 +618,7 @@ mod tests {
     fn a_rollout_whose_record_was_lost_is_adopted_not_started_again() {
         let mut change = Change::new(state());
         let adopted =
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
+            note_what_runs(&app(), Environment::STAGE, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
                 .expect("adopted");
         assert_eq!(
             (&adopted.tag, &adopted.digest, adopted.task_definition_arn.as_str()),
@@ -645,7 +645,7 @@ mod tests {
         state.rollout = Some(rollout(TD2, '2', RolloutState::InProgress));
         let mut change = Change::new(state);
         let adopted =
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD3, '3'), &dead_holder(), at(5))
+            note_what_runs(&app(), Environment::STAGE, &mut change, &observed_ours(TD3, '3'), &dead_holder(), at(5))
                 .expect("adopted");
         assert_eq!(adopted.previous, Revision { arn: TD2.into(), digest: Some(digest('2')) });
         assert_eq!(events(&change), [Outcome::Superseded, Outcome::Deploying]);
@@ -657,7 +657,7 @@ mod tests {
     fn a_lost_rollout_adopted_in_prod_is_a_promotion() {
         let mut change = Change::new(state());
         let adopted =
-            note_what_runs(&app(), Environment::Prod, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
+            note_what_runs(&app(), Environment::PROD, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5))
                 .expect("adopted");
         assert_eq!(
             adopted.origin,
@@ -674,7 +674,7 @@ mod tests {
         state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
         let mut change = Change::new(state.clone());
         assert_eq!(
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5)),
+            note_what_runs(&app(), Environment::STAGE, &mut change, &observed_ours(TD2, '2'), &dead_holder(), at(5)),
             None
         );
         assert_eq!(change.state, state);
@@ -689,7 +689,7 @@ mod tests {
         assert_eq!(
             note_what_runs(
                 &app(),
-                Environment::Stage,
+                Environment::STAGE,
                 &mut change,
                 &observed(TERRAFORM, '2', &[]),
                 &dead_holder(),
@@ -714,7 +714,7 @@ mod tests {
         assert_eq!(
             note_what_runs(
                 &app(),
-                Environment::Stage,
+                Environment::STAGE,
                 &mut again,
                 &observed(TERRAFORM, '2', &[]),
                 &dead_holder(),
@@ -734,7 +734,7 @@ mod tests {
         for tags in [&forged[..], &untokened[..]] {
             let mut change = Change::new(state());
             let running = observed(TD2, '2', tags);
-            assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+            assert_eq!(note_what_runs(&app(), Environment::STAGE, &mut change, &running, &dead_holder(), at(5)), None);
             assert!(change.state.drift.is_some(), "{tags:?}");
         }
     }
@@ -744,13 +744,13 @@ mod tests {
         let mut running = observed_ours(TD2, '2');
         running.image = Some(format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/evil@{}", digest('2')));
         let mut change = Change::new(state());
-        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        assert_eq!(note_what_runs(&app(), Environment::STAGE, &mut change, &running, &dead_holder(), at(5)), None);
         let mut running = observed_ours(TD2, '2');
         running.image = Some(format!("999999999999.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest('2')));
-        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        assert_eq!(note_what_runs(&app(), Environment::STAGE, &mut change, &running, &dead_holder(), at(5)), None);
         let mut running = observed_ours(TD2, '2');
         running.image = Some(image('3'));
-        assert_eq!(note_what_runs(&app(), Environment::Stage, &mut change, &running, &dead_holder(), at(5)), None);
+        assert_eq!(note_what_runs(&app(), Environment::STAGE, &mut change, &running, &dead_holder(), at(5)), None);
         assert!(change.state.drift.is_some());
     }
 
@@ -761,7 +761,7 @@ mod tests {
         let mut change = Change::new(state);
         let nobody = Provenance { tokens: &[], image: None };
         assert!(
-            note_what_runs(&app(), Environment::Stage, &mut change, &observed_ours(TD2, '2'), &nobody, at(5)).is_some()
+            note_what_runs(&app(), Environment::STAGE, &mut change, &observed_ours(TD2, '2'), &nobody, at(5)).is_some()
         );
     }
 
@@ -775,7 +775,7 @@ mod tests {
             assert_eq!(
                 note_what_runs(
                     &app(),
-                    Environment::Stage,
+                    Environment::STAGE,
                     &mut change,
                     &observed(TD2, '2', tags),
                     &dead_holder(),
@@ -798,7 +798,7 @@ mod tests {
         let mut change = Change::new(state);
         settle_in_flight(
             &app(),
-            Environment::Stage,
+            Environment::STAGE,
             &mut change,
             &service(vec![back, failed], 2),
             "replaced by v4",
@@ -816,7 +816,7 @@ mod tests {
         let [(_, image)] = &change.images[..] else { panic!("the image's failure: {:?}", change.images) };
         assert_eq!(
             image.failed.as_ref().map(|(env, failure)| (*env, failure.reason.as_str())),
-            Some((Environment::Stage, reason.as_str()))
+            Some((Environment::STAGE, reason.as_str()))
         );
         assert_eq!(events(&change), [Outcome::RolledBack]);
         assert_eq!(change.history[0].rollback_task_definition_arn.as_deref(), Some(TD2));
@@ -829,7 +829,7 @@ mod tests {
         state.rollout = Some(rollout(TD3, '3', RolloutState::InProgress));
         let rolling = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::InProgress, TD3, 2);
         let mut change = Change::new(state);
-        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![rolling], 2), "replaced by v4", at(5));
+        settle_in_flight(&app(), Environment::STAGE, &mut change, &service(vec![rolling], 2), "replaced by v4", at(5));
         assert_eq!(
             change.state.rollout.as_ref().unwrap().state,
             RolloutState::Superseded { at: at(5), reason: "replaced by v4".into() }
@@ -845,8 +845,8 @@ mod tests {
         state.rollout = Some(rollout(TD3, '3', RolloutState::Verified { at: at(1) }));
         let running = deployment("ecs-svc/3", DeploymentStatus::Primary, DeploymentRolloutState::Completed, TD3, 2);
         let mut change = Change::new(state.clone());
-        settle_in_flight(&app(), Environment::Stage, &mut change, &service(vec![running], 2), "replaced by v4", at(5));
-        supersede(&app(), Environment::Stage, &mut change, "replaced by v4", at(5));
+        settle_in_flight(&app(), Environment::STAGE, &mut change, &service(vec![running], 2), "replaced by v4", at(5));
+        supersede(&app(), Environment::STAGE, &mut change, "replaced by v4", at(5));
         assert_eq!(change.state, state);
         assert!(change.history.is_empty() && change.announcements.is_empty());
     }
@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn a_rollout_begins_as_deploying_in_stage_and_promoted_with_its_reason_in_prod() {
         let mut change = Change::new(state());
-        begin(&app(), Environment::Stage, &mut change, rollout(TD2, '2', RolloutState::InProgress));
+        begin(&app(), Environment::STAGE, &mut change, rollout(TD2, '2', RolloutState::InProgress));
         assert_eq!(events(&change), [Outcome::Deploying]);
         assert_eq!(announced(&change), [Outcome::Deploying]);
         assert_eq!(change.state.rollout.as_ref().map(|r| r.task_definition_arn.as_str()), Some(TD2));
@@ -867,7 +867,7 @@ mod tests {
             forced: true,
         };
         let mut change = Change::new(state());
-        begin(&app(), Environment::Prod, &mut change, promotion);
+        begin(&app(), Environment::PROD, &mut change, promotion);
         assert_eq!(events(&change), [Outcome::Promoted]);
         let entry = &change.history[0];
         assert_eq!(

@@ -102,28 +102,78 @@ impl ImageDigest {
     }
 }
 
-/// The two environments every app has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    Stage,
-    Prod,
+/// The name of one of an app's environments (`dev`, `stage`, `prod-eu`): `^[a-z][a-z0-9-]{0,30}$`
+/// (contract, *Pipelines*). Held inline, so it is `Copy` like the enum it replaced, and it needs
+/// no allocation to pass around.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Environment {
+    len: u8,
+    name: [u8; Environment::MAX_LEN],
 }
 
 impl Environment {
-    pub const ALL: [Environment; 2] = [Environment::Stage, Environment::Prod];
+    /// The longest name.
+    pub const MAX_LEN: usize = 31;
+    /// The entry environment of a v2 config.
+    pub const STAGE: Environment = Environment::known("stage");
+    /// The environment a v2 config promotes to.
+    pub const PROD: Environment = Environment::known("prod");
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Stage => "stage",
-            Environment::Prod => "prod",
+    const fn known(name: &str) -> Self {
+        let bytes = name.as_bytes();
+        let mut inline = [0u8; Environment::MAX_LEN];
+        let mut i = 0;
+        while i < bytes.len() {
+            inline[i] = bytes[i];
+            i += 1;
         }
+        Environment { len: bytes.len() as u8, name: inline }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+        static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+            #[allow(clippy::unwrap_used)] // a literal pattern, covered by tests
+            Regex::new(r"^[a-z][a-z0-9-]{0,30}$").unwrap()
+        });
+        if PATTERN.is_match(value) {
+            Ok(Environment::known(value))
+        } else {
+            Err(InvalidValue {
+                what: "environment",
+                value: value.chars().take(64).collect(),
+                rule: "a-z, 0-9 and -, starting with a letter, at most 31 characters",
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII goes in (`parse`, `known`).
+        std::str::from_utf8(&self.name[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
 impl fmt::Display for Environment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for Environment {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Environment::parse(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -225,6 +275,11 @@ mod tests {
     #[test]
     fn newtypes_deserialize_through_parse() {
         assert!(serde_json::from_str::<AppName>("\"Bad\"").is_err());
-        assert_eq!(serde_json::from_str::<Environment>("\"prod\"").unwrap(), Environment::Prod);
+        assert_eq!(serde_json::from_str::<Environment>("\"prod\"").unwrap(), Environment::PROD);
+        assert_eq!(serde_json::to_string(&Environment::parse("prod-eu").unwrap()).unwrap(), "\"prod-eu\"");
+        for bad in ["", "Prod", "9x", "a_b", &"x".repeat(32)] {
+            assert!(Environment::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Environment::parse(&"x".repeat(31)).unwrap().as_str().len(), 31);
     }
 }

@@ -58,24 +58,9 @@ pub enum ColorMode {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Env {
-    Stage,
-    Prod,
-}
-
-impl From<Env> for Environment {
-    fn from(env: Env) -> Self {
-        match env {
-            Env::Stage => Environment::Stage,
-            Env::Prod => Environment::Prod,
-        }
-    }
-}
-
-/// `--env`: that environment, or every environment in pipeline order.
-pub fn environments(env: Option<Env>) -> Vec<Environment> {
-    env.map_or_else(|| Environment::ALL.to_vec(), |env| vec![env.into()])
+/// `--env NAME`: one of an app's environments (`stage`, `prod`, `dev`, ...).
+pub fn environment(name: &str) -> Result<Environment, String> {
+    Environment::parse(name).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,8 +79,8 @@ pub enum Command {
     History {
         app: String,
         /// Only this environment
-        #[arg(long, value_enum)]
-        env: Option<Env>,
+        #[arg(long, value_parser = environment, value_name = "ENV")]
+        env: Option<Environment>,
         /// At most this many entries
         #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
@@ -105,24 +90,25 @@ pub enum Command {
     /// Put prod back on the verified prod release before the current one (or on a given
     /// promotable tag), through the promote function
     Rollback(RollbackArgs),
-    /// Pause an app: stage records pushes but rolls nothing out, prod refuses promotions (both
-    /// environments unless --env), through stage-deploy (stage) and promote (prod)
+    /// Pause an app: stage records pushes but rolls nothing out, prod refuses promotions (every
+    /// environment unless --env), through stage-deploy (entry environments: stage) and promote
+    /// (the others: prod)
     Pause {
         app: String,
-        /// Only this environment (default: both)
-        #[arg(long, value_enum)]
-        env: Option<Env>,
+        /// Only this environment (default: every one)
+        #[arg(long, value_parser = environment, value_name = "ENV")]
+        env: Option<Environment>,
         /// Why (shown in status, the history and the notification)
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
-    /// Resume a paused app (both environments unless --env), through stage-deploy (stage) and
-    /// promote (prod)
+    /// Resume a paused app (every environment unless --env), through stage-deploy (entry
+    /// environments: stage) and promote (the others: prod)
     Resume {
         app: String,
-        /// Only this environment (default: both)
-        #[arg(long, value_enum)]
-        env: Option<Env>,
+        /// Only this environment (default: every one)
+        #[arg(long, value_parser = environment, value_name = "ENV")]
+        env: Option<Environment>,
         /// Stage: roll out the newest push held while paused (stage-deploy replays it)
         #[arg(long)]
         deploy_latest: bool,
@@ -150,6 +136,10 @@ pub struct PromoteArgs {
     /// Promote this digest (sha256:...) instead of a tag
     #[arg(long, value_name = "DIGEST")]
     pub digest: Option<String>,
+    /// The environment to promote into (default: the app's one environment promoted by hand:
+    /// prod)
+    #[arg(long, value_parser = environment, value_name = "ENV")]
+    pub to: Option<Environment>,
     /// Show what the new prod revision would change; change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -72,6 +72,16 @@ impl ConfigError {
     }
 }
 
+/// An environment the app's config does not name (a request's, or a record's left from an
+/// older config).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("app {app} has no environment {environment} (it has: {known})")]
+pub struct NoSuchEnvironment {
+    pub app: AppName,
+    pub environment: Environment,
+    pub known: String,
+}
+
 /// Which pushed tags an app deploys.
 #[derive(Debug, Clone)]
 pub enum TagPolicy {
@@ -98,8 +108,8 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    /// The app's environments. In this release: `stage` (the entry) then `prod` (from stage,
-    /// promoted by hand), one target each, without gates ([`runs_in_this_release`]).
+    /// The app's environments. In this release: one target each, promoted by hand, without gates
+    /// ([`runs_in_this_release`]).
     pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
     pub rollout_timeout: Duration,
@@ -109,7 +119,7 @@ pub struct AppConfig {
 
 /// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
 /// with this, at the key that goes beyond (never accepted and then half-run).
-pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys the pipeline stage → prod (prod promoted by hand), one target per environment, without soak, alarms or approvals";
+pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys one target per environment, promoted by hand, without soak, alarms or approvals";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -121,13 +131,18 @@ impl AppConfig {
     }
 
     /// Where the app runs in `env`.
-    pub fn target(&self, env: Environment) -> &ServiceTarget {
-        // By construction (`runs_in_this_release`): stage then prod, one target each.
-        let index = match env {
-            Environment::Stage => 0,
-            Environment::Prod => 1,
-        };
-        &self.pipeline.environments[index].targets[0]
+    pub fn target(&self, env: Environment) -> Result<&ServiceTarget, NoSuchEnvironment> {
+        // This release runs one target per environment (`runs_in_this_release`).
+        self.pipeline.environment(env).and_then(|env| env.targets.first()).ok_or_else(|| self.no_such(env))
+    }
+
+    /// The error for `env`, which is not one of the app's environments.
+    pub fn no_such(&self, env: Environment) -> NoSuchEnvironment {
+        NoSuchEnvironment {
+            app: self.name.clone(),
+            environment: env,
+            known: self.pipeline.environments.iter().map(|e| e.name.to_string()).collect::<Vec<_>>().join(", "),
+        }
     }
 
     /// Parses and validates one app's parameter, for functions that call only what `endpoints`
@@ -202,29 +217,15 @@ impl AppConfig {
 
 /// Records every part of a valid pipeline that this release does not run ([`NOT_IN_THIS_RELEASE`]).
 fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
-    for name in ["stage", "prod"] {
-        if pipeline.environment(name).is_none() {
-            problems.add(format!("environments.{name}"), "missing required key");
-        }
-    }
     for env in &pipeline.environments {
         let key = |key: &str| format!("environments.{}.{key}", env.name);
-        if !["stage", "prod"].contains(&env.name.as_str()) {
-            problems.add(format!("environments.{}", env.name), NOT_IN_THIS_RELEASE);
-            continue;
-        }
-        match (&env.source, env.name.as_str()) {
-            (Source::Entry, "stage") => {}
-            (Source::From { environment, promotion, approval }, "prod") if environment == "stage" => {
-                if *promotion == Promotion::Auto {
-                    problems.add(key("promotion"), NOT_IN_THIS_RELEASE);
-                }
-                if approval.is_some() {
-                    problems.add(key("approval"), NOT_IN_THIS_RELEASE);
-                }
+        if let Source::From { approval, promotion, .. } = &env.source {
+            if *promotion == Promotion::Auto {
+                problems.add(key("promotion"), NOT_IN_THIS_RELEASE);
             }
-            (Source::Entry, _) => problems.add(format!("environments.{}", env.name), NOT_IN_THIS_RELEASE),
-            (Source::From { .. }, _) => problems.add(key("from"), NOT_IN_THIS_RELEASE),
+            if approval.is_some() {
+                problems.add(key("approval"), NOT_IN_THIS_RELEASE);
+            }
         }
         if env.targets.len() > 1 {
             problems.add(key("targets"), NOT_IN_THIS_RELEASE);
@@ -342,7 +343,7 @@ impl ConfigSet {
     /// The app and environment that own the ECS service at `place`, if any.
     pub fn owner_of(&self, place: &Place<'_>, home: &Home) -> Option<(&AppConfig, Environment)> {
         self.apps.iter().find_map(|app| {
-            Environment::ALL.into_iter().find_map(|env| app.target(env).is_at(place, home).then_some((app, env)))
+            app.pipeline.targets().find(|(_, _, target)| target.is_at(place, home)).map(|(env, _, _)| (app, env.name))
         })
     }
 }
@@ -401,7 +402,7 @@ impl Configs {
         for invalid in &set.invalid {
             let error = &invalid.error;
             tracing::error!(parameter = %error.parameter, key = %error.key(), problem = %error.problem(),
-                version = invalid.version, "invalid app config skipped");
+                problems = error.problems.len(), error = %error, version = invalid.version, "invalid app config skipped");
         }
         *cached = Some((Instant::now(), set.clone()));
         Ok(set)
@@ -486,8 +487,11 @@ mod tests {
         let app = parse(EXAMPLE).unwrap();
         assert_eq!(app.name.as_str(), "shop-api");
         assert_eq!(app.repository, "shop-api");
-        assert_eq!(app.target(Environment::Stage).health_url.as_deref(), Some("https://stage.internal/health"));
-        assert_eq!(app.target(Environment::Prod).health_url, None);
+        assert_eq!(
+            app.target(Environment::STAGE).unwrap().health_url.as_deref(),
+            Some("https://stage.internal/health")
+        );
+        assert_eq!(app.target(Environment::PROD).unwrap().health_url, None);
         assert_eq!(app.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT);
         assert!(app.tags.admits(&tag("v1.2.3")));
         assert!(app.tags.admits(&tag("0a1b2c3")));
@@ -523,12 +527,9 @@ mod tests {
             "unknown key",
         );
         assert_rejected(
-            &edit(|v| {
-                v["environments"]["qa"] = v["environments"]["stage"].clone();
-                v["environments"]["qa"]["service"] = "shop-api-qa".into();
-            }),
-            "environments.qa",
-            "not run by this release",
+            &edit(|v| v["environments"]["QA"] = v["environments"]["stage"].clone()),
+            "environments.QA",
+            "not an environment name",
         );
         assert_rejected(&edit(|v| v["tags"] = "(unclosed".into()), "tags", "regular expression");
         assert_rejected(&edit(|v| v["tags"] = 5.into()), "tags", "must be a string");
@@ -548,10 +549,11 @@ mod tests {
         );
         assert_rejected(
             &edit(|v| {
-                v["environments"].as_object_mut().unwrap().remove("prod");
+                v["environments"]["stage"]["from"] = "prod".into();
+                v["environments"]["prod"]["from"] = "stage".into();
             }),
-            "environments.prod",
-            "missing",
+            "environments",
+            "no entry environment",
         );
         assert_rejected(
             &edit(|v| {
@@ -601,7 +603,10 @@ mod tests {
         assert!(error.problem().contains("environments.stage.health_allow_http"), "says how to allow it: {error}");
         assert!(health("http://shop.example.com/health", Some(false), Endpoints::Public).is_err());
         let allowed = health("http://shop.example.com/health", Some(true), Endpoints::Public).unwrap();
-        assert_eq!(allowed.target(Environment::Stage).health_url.as_deref(), Some("http://shop.example.com/health"));
+        assert_eq!(
+            allowed.target(Environment::STAGE).unwrap().health_url.as_deref(),
+            Some("http://shop.example.com/health")
+        );
         assert!(
             health("http://shop.example.com/health", None, Endpoints::Local).is_err(),
             "the local switch is for this machine only"
@@ -683,9 +688,9 @@ mod tests {
         };
         let home = Home::default();
         let (app, env) = set.owner_of(&at(Some("prod-cluster"), "shop-api"), &home).unwrap();
-        assert_eq!((app.name.as_str(), env), ("shop-api", Environment::Prod));
+        assert_eq!((app.name.as_str(), env), ("shop-api", Environment::PROD));
         assert!(set.owner_of(&at(Some("prod-cluster"), "nope"), &home).is_none());
-        assert_eq!(set.owner_of(&at(None, "shop-api"), &home).map(|(_, env)| env), Some(Environment::Stage));
+        assert_eq!(set.owner_of(&at(None, "shop-api"), &home).map(|(_, env)| env), Some(Environment::STAGE));
         assert!(set.owner_of(&at(Some("other-cluster"), "shop-api"), &home).is_none());
     }
 
@@ -709,8 +714,12 @@ mod tests {
         let prod = serde_json::json!({ "cluster": "prod", "service": "shop-api", "region": "eu-west-1",
             "role_arn": "arn:aws:iam::210987654321:role/conveyor-target" });
         let app = parse(&edit(|v| v["environments"]["prod"] = prod.clone())).unwrap();
-        assert_eq!(app.target(Environment::Prod).account.as_deref(), Some("210987654321"), "the role's account");
-        assert_eq!(app.target(Environment::Prod).region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            app.target(Environment::PROD).unwrap().account.as_deref(),
+            Some("210987654321"),
+            "the role's account"
+        );
+        assert_eq!(app.target(Environment::PROD).unwrap().region.as_deref(), Some("eu-west-1"));
         let home = Home { account: Some("123456789012".into()), region: Some("us-east-1".into()) };
         let place = |account, region| Place {
             account: Some(account),
@@ -718,20 +727,23 @@ mod tests {
             cluster: Some("prod"),
             service: "shop-api",
         };
-        assert!(app.target(Environment::Prod).is_at(&place("210987654321", "eu-west-1"), &home));
+        assert!(app.target(Environment::PROD).unwrap().is_at(&place("210987654321", "eu-west-1"), &home));
         assert!(
-            !app.target(Environment::Prod).is_at(&place("123456789012", "eu-west-1"), &home),
+            !app.target(Environment::PROD).unwrap().is_at(&place("123456789012", "eu-west-1"), &home),
             "same names in Conveyor's own account"
         );
-        assert!(!app.target(Environment::Prod).is_at(&place("210987654321", "us-east-1"), &home));
+        assert!(!app.target(Environment::PROD).unwrap().is_at(&place("210987654321", "us-east-1"), &home));
         let stage_place = Place {
             account: Some("123456789012"),
             region: Some("us-east-1"),
             cluster: Some("stage-cluster"),
             service: "shop-api",
         };
-        assert!(app.target(Environment::Stage).is_at(&stage_place, &home));
-        assert!(!app.target(Environment::Stage).is_at(&Place { account: Some("999999999999"), ..stage_place }, &home));
+        assert!(app.target(Environment::STAGE).unwrap().is_at(&stage_place, &home));
+        assert!(!app
+            .target(Environment::STAGE)
+            .unwrap()
+            .is_at(&Place { account: Some("999999999999"), ..stage_place }, &home));
 
         let mismatch = edit(|v| {
             v["environments"]["prod"] = prod.clone();
@@ -783,14 +795,22 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_pipeline_this_release_does_not_run_is_refused_at_the_key_that_goes_beyond() {
+    fn a_pipeline_of_any_environments_runs_and_what_this_release_does_not_is_refused_at_its_key() {
         let three = edit(|v| {
             v["environments"]["dev"] = serde_json::json!({ "cluster": "dev", "service": "shop-api" });
             v["environments"]["stage"]["from"] = "dev".into();
             v["environments"]["prod"]["from"] = "stage".into();
         });
-        assert_rejected(&three, "environments.dev", "not run by this release");
-        assert_rejected(&three, "environments.stage.from", "not run by this release");
+        let app = parse(&three).unwrap();
+        let names: Vec<String> = app.pipeline.environments.iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["dev", "stage", "prod"]);
+        let dev = Environment::parse("dev").unwrap();
+        assert_eq!(app.target(dev).unwrap().cluster, "dev");
+        assert!(app
+            .target(Environment::parse("qa").unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("it has: dev, stage, prod"));
         for (key, value) in [
             ("soak", serde_json::json!("30m")),
             ("alarms", serde_json::json!(["shop-api-5xx"])),
@@ -809,12 +829,12 @@ mod tests {
                 { "cluster": "prod", "service": "shop-api", "region": "us-east-1" } ] });
         });
         assert_rejected(&two_regions, "environments.prod.targets", "not run by this release");
-        // What this release runs, written the v3 way.
+        // v2, written the v3 way.
         let explicit = edit(|v| {
             v["environments"]["prod"] = serde_json::json!({ "from": "stage", "promotion": "manual",
                 "targets": [{ "cluster": "prod-cluster", "service": "shop-api" }] });
         });
-        assert_eq!(parse(&explicit).unwrap().target(Environment::Prod).cluster, "prod-cluster");
+        assert_eq!(parse(&explicit).unwrap().target(Environment::PROD).unwrap().cluster, "prod-cluster");
     }
 
     #[test]

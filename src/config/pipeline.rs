@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::fields::{Fields, Problems};
 use super::target::{ServiceTarget, TARGET_KEYS};
+use crate::types::Environment;
 use crate::web::Endpoints;
 
 /// At most this many environments per app.
@@ -50,7 +51,7 @@ pub enum Source {
     /// Pushes roll out here.
     Entry,
     /// Images vetted in `environment` move here.
-    From { environment: String, promotion: Promotion, approval: Option<Approval> },
+    From { environment: Environment, promotion: Promotion, approval: Option<Approval> },
 }
 
 /// How an environment's targets are rolled out.
@@ -65,7 +66,7 @@ pub enum Waves {
 /// One environment of an app's pipeline.
 #[derive(Debug, Clone)]
 pub struct EnvironmentConfig {
-    pub name: String,
+    pub name: Environment,
     pub source: Source,
     /// One or more, in rollout order.
     pub targets: Vec<ServiceTarget>,
@@ -97,8 +98,31 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn environment(&self, name: &str) -> Option<&EnvironmentConfig> {
+    pub fn environment(&self, name: Environment) -> Option<&EnvironmentConfig> {
         self.environments.iter().find(|env| env.name == name)
+    }
+
+    /// Where `env` gets its images from, if it is one of the app's environments.
+    pub fn source(&self, env: Environment) -> Option<&Source> {
+        self.environment(env).map(|e| &e.source)
+    }
+
+    /// The environments pushes roll out to.
+    pub fn entries(&self) -> impl Iterator<Item = &EnvironmentConfig> {
+        self.environments.iter().filter(|env| matches!(env.source, Source::Entry))
+    }
+
+    /// The environments that take their images from `env`.
+    pub fn fed_from(&self, env: Environment) -> impl Iterator<Item = &EnvironmentConfig> {
+        self.environments
+            .iter()
+            .filter(move |e| matches!(&e.source, Source::From { environment, .. } if *environment == env))
+    }
+
+    /// Whether no environment takes its images from `env` (prod, in a v2 pipeline): a rollback
+    /// there is critical.
+    pub fn is_last(&self, env: Environment) -> bool {
+        self.fed_from(env).next().is_none()
     }
 
     /// Every target of every environment, with its environment and index.
@@ -116,14 +140,10 @@ impl Pipeline {
         let mut parsed: Vec<EnvironmentConfig> = Vec::new();
         for (name, value) in fields.entries() {
             let path = fields.key(name);
-            if !ENVIRONMENT_NAME.is_match(name) {
-                problems.add(
-                    &path,
-                    format!("{name:?} is not an environment name (a-z, 0-9 and -, starting with a letter, at most 31)"),
-                );
-            }
-            if let Some(env) = environment(name, value, path, endpoints, problems) {
-                parsed.push(env);
+            let name = Environment::parse(name)
+                .map_err(|e| problems.add(&path, format!("{name:?} is not an environment name: {}", e.rule)));
+            if let (Some(env), Ok(name)) = (environment(value, path, endpoints, problems), name) {
+                parsed.push(EnvironmentConfig { name, ..env });
             }
         }
         if parsed.len() != count {
@@ -131,11 +151,12 @@ impl Pipeline {
         }
         let v2_shape = count == 2
             && parsed.iter().all(|env| matches!(env.source, Source::Entry))
-            && ["stage", "prod"].iter().all(|name| parsed.iter().any(|env| env.name == *name));
+            && [Environment::STAGE, Environment::PROD].iter().all(|name| parsed.iter().any(|env| env.name == *name));
         if v2_shape {
             // Contract, *Compatibility*: the v2 shape is stage → prod, promoted by hand.
-            for env in parsed.iter_mut().filter(|env| env.name == "prod") {
-                env.source = Source::From { environment: "stage".into(), promotion: Promotion::Manual, approval: None };
+            for env in parsed.iter_mut().filter(|env| env.name == Environment::PROD) {
+                env.source =
+                    Source::From { environment: Environment::STAGE, promotion: Promotion::Manual, approval: None };
             }
         }
         let ordered = order(parsed, problems)?;
@@ -144,14 +165,8 @@ impl Pipeline {
     }
 }
 
-/// One environment's keys.
-fn environment(
-    name: &str,
-    value: &Value,
-    path: String,
-    endpoints: Endpoints,
-    problems: &Problems,
-) -> Option<EnvironmentConfig> {
+/// One environment's keys (its `name` is the caller's to set).
+fn environment(value: &Value, path: String, endpoints: Endpoints, problems: &Problems) -> Option<EnvironmentConfig> {
     let fields = Fields::new(value, path, problems)?;
     let gates =
         ["targets", "parallel", "from", "promotion", "approval", "approvers", "approval_timeout", "soak", "alarms"];
@@ -179,7 +194,13 @@ fn environment(
         _ => Waves::OneByOne,
     };
 
-    let from = fields.str("from").map(str::to_owned);
+    let from = fields.str("from").and_then(|name| match Environment::parse(name) {
+        Ok(env) => Some(env),
+        Err(e) => {
+            fields.problem("from", format!("{name:?} is not an environment name: {}", e.rule));
+            None
+        }
+    });
     let only_with_from = |key: &str| {
         if from.is_none() && fields.has(key) {
             fields.problem(key, "only with `from` (an entry environment gets every push)");
@@ -234,28 +255,28 @@ fn environment(
         })
         .unwrap_or_default();
 
-    Some(EnvironmentConfig { name: name.to_owned(), source, targets: targets?, listed, waves, soak, alarms })
+    Some(EnvironmentConfig { name: Environment::STAGE, source, targets: targets?, listed, waves, soak, alarms })
 }
 
 /// The environments in pipeline order, after checking that every `from` names another
 /// environment, that following `from` never comes back (no cycles), and that some environment
 /// is an entry. `None` when it cannot be ordered.
 fn order(environments: Vec<EnvironmentConfig>, problems: &Problems) -> Option<Vec<EnvironmentConfig>> {
-    let from: BTreeMap<&str, &str> = environments
+    let from: BTreeMap<Environment, Environment> = environments
         .iter()
         .filter_map(|env| match &env.source {
-            Source::From { environment, .. } => Some((env.name.as_str(), environment.as_str())),
+            Source::From { environment, .. } => Some((env.name, *environment)),
             Source::Entry => None,
         })
         .collect();
-    let names: BTreeSet<&str> = environments.iter().map(|env| env.name.as_str()).collect();
+    let names: BTreeSet<Environment> = environments.iter().map(|env| env.name).collect();
     let mut orderable = true;
     for (name, source) in &from {
         if name == source {
             problems.add(format!("environments.{name}.from"), "names the environment itself");
             orderable = false;
         } else if !names.contains(source) {
-            let known: Vec<&str> = names.iter().copied().filter(|n| n != name).collect();
+            let known: Vec<&str> = names.iter().filter(|n| *n != name).map(Environment::as_str).collect();
             problems.add(
                 format!("environments.{name}.from"),
                 format!("{source:?} is not an environment of this app (it has: {})", known.join(", ")),
@@ -267,7 +288,7 @@ fn order(environments: Vec<EnvironmentConfig>, problems: &Problems) -> Option<Ve
         return None;
     }
     // Each environment has one `from` at most: a cycle is a walk that comes back to where it was.
-    let mut in_cycle: BTreeSet<&str> = BTreeSet::new();
+    let mut in_cycle: BTreeSet<Environment> = BTreeSet::new();
     for start in from.keys() {
         let mut walk = vec![*start];
         while let Some(&next) = walk.last().and_then(|at| from.get(at)) {
@@ -276,7 +297,8 @@ fn order(environments: Vec<EnvironmentConfig>, problems: &Problems) -> Option<Ve
                 if cycle.iter().all(|name| !in_cycle.contains(name)) {
                     // Shown from its first name, following `from`.
                     let first = cycle.iter().position(|n| Some(n) == cycle.iter().min()).unwrap_or(0);
-                    let mut shown: Vec<&str> = cycle[first..].iter().chain(&cycle[..first]).copied().collect();
+                    let mut shown: Vec<&str> =
+                        cycle[first..].iter().chain(&cycle[..first]).map(Environment::as_str).collect();
                     shown.push(shown[0]);
                     problems.add(
                         format!("environments.{}.from", shown[0]),
@@ -297,18 +319,17 @@ fn order(environments: Vec<EnvironmentConfig>, problems: &Problems) -> Option<Ve
     if !orderable {
         return None;
     }
-    let depth = |name: &str| {
+    let depth = |name: Environment| {
         let mut depth = 0;
         let mut at = name;
-        while let Some(next) = from.get(at) {
+        while let Some(next) = from.get(&at) {
             depth += 1;
-            at = next;
+            at = *next;
         }
         depth
     };
-    let depths: BTreeMap<String, usize> = environments.iter().map(|env| (env.name.clone(), depth(&env.name))).collect();
     let mut ordered = environments;
-    ordered.sort_by_key(|env| (depths.get(&env.name).copied().unwrap_or(0), env.name.clone()));
+    ordered.sort_by_key(|env| (depth(env.name), env.name));
     Some(ordered)
 }
 
@@ -358,8 +379,6 @@ impl ArnPattern {
 }
 
 #[allow(clippy::unwrap_used)] // literal patterns, covered by tests
-static ENVIRONMENT_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9-]{0,30}$").unwrap());
-#[allow(clippy::unwrap_used)]
 static ALARM_NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^\x00-\x1f\x7f]{1,255}$").unwrap());
 #[allow(clippy::unwrap_used)]
 static ARN_PATTERN: LazyLock<Regex> = LazyLock::new(|| {
@@ -404,7 +423,7 @@ mod tests {
         assert!(matches!(pipeline.environments[0].source, Source::Entry));
         assert!(matches!(
             &pipeline.environments[1].source,
-            Source::From { environment, promotion: Promotion::Manual, approval: None } if environment == "stage"
+            Source::From { environment, promotion: Promotion::Manual, approval: None } if *environment == Environment::STAGE
         ));
     }
 
@@ -424,13 +443,13 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(names(&pipeline), ["dev", "stage", "prod"]);
-        let stage = pipeline.environment("stage").unwrap();
+        let stage = pipeline.environment(Environment::parse("stage").unwrap()).unwrap();
         assert!(matches!(stage.source, Source::From { promotion: Promotion::Auto, approval: None, .. }));
         assert_eq!(
             (stage.soak, stage.alarms.as_slice()),
             (Duration::from_secs(1800), &["shop-api-stage-5xx".to_owned()][..])
         );
-        let prod = pipeline.environment("prod").unwrap();
+        let prod = pipeline.environment(Environment::parse("prod").unwrap()).unwrap();
         let Source::From { approval: Some(approval), promotion: Promotion::Manual, .. } = &prod.source else {
             panic!("{:?}", prod.source)
         };
@@ -531,7 +550,7 @@ mod tests {
             "already environments.dev",
         );
         let parallel = pipeline(with(json!({}))).unwrap();
-        assert_eq!(parallel.environment("prod").unwrap().waves, Waves::OneByOne);
+        assert_eq!(parallel.environment(Environment::parse("prod").unwrap()).unwrap().waves, Waves::OneByOne);
     }
 
     #[test]

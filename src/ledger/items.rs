@@ -1,6 +1,6 @@
 //! The items besides the environment records: images, tags, history entries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -36,28 +36,29 @@ pub struct ImageFacts {
     pub last_tag: Option<ImageTag>,
     #[serde(default)]
     pub first_pushed_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub vetted_stage: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub vetted_prod: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub failed_stage: Option<Failure>,
-    #[serde(default)]
-    pub failed_prod: Option<Failure>,
+    /// The item's other attributes, among them what happened in each environment:
+    /// `vetted_{env}` (when the image was vetted there) and `failed_{env}` (a [`Failure`]). Kept
+    /// as top-level attributes, which v2 wrote too, so that each is set by an update of its own
+    /// that commutes with the others.
+    #[serde(flatten, default, skip_serializing)]
+    others: BTreeMap<String, serde_json::Value>,
 }
 
 impl ImageFacts {
+    /// When the image was vetted in `env`.
     pub fn vetted(&self, env: Environment) -> Option<DateTime<Utc>> {
-        match env {
-            Environment::Stage => self.vetted_stage,
-            Environment::Prod => self.vetted_prod,
-        }
+        self.others.get(&format!("vetted_{env}")).and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 
     /// The newest failure anywhere: such an image is never promotable (without `force`).
-    pub fn failure(&self) -> Option<(Environment, &Failure)> {
-        let failures = [(Environment::Stage, &self.failed_stage), (Environment::Prod, &self.failed_prod)];
-        failures.into_iter().filter_map(|(env, f)| Some((env, f.as_ref()?))).max_by_key(|(_, f)| f.at)
+    pub fn failure(&self) -> Option<(Environment, Failure)> {
+        self.others
+            .iter()
+            .filter_map(|(key, value)| {
+                let env = Environment::parse(key.strip_prefix("failed_")?).ok()?;
+                Some((env, serde_json::from_value::<Failure>(value.clone()).ok()?))
+            })
+            .max_by_key(|(_, failure)| failure.at)
     }
 }
 
@@ -119,10 +120,17 @@ impl ImageUpdate {
 /// The digest stage most recently verified under a tag: `TAG#{tag}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagItem {
+    /// The environment that vetted it (v2 items, written for stage only, have none).
+    #[serde(default = "stage")]
+    pub environment: Environment,
     pub tag: ImageTag,
     pub digest: ImageDigest,
     pub image: String,
     pub vetted_at: DateTime<Utc>,
+}
+
+fn stage() -> Environment {
+    Environment::STAGE
 }
 
 /// One line of an app's release history: `HIST#{time}#{environment}#{id}`.

@@ -127,7 +127,16 @@ pub struct Lease<'a> {
 #[derive(Debug, Clone, Copy)]
 struct OnRead<'a> {
     read: Option<&'a Item>,
-    checks: &'a [(ItemKey, &'a str)],
+    checks: &'a [Check],
+}
+
+/// A condition another item must meet in the transaction that takes a lease: these attributes
+/// exist on it, those do not (an image vetted in one environment and failed in none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub key: ItemKey,
+    pub present: Vec<String>,
+    pub absent: Vec<String>,
 }
 
 impl Lease<'static> {
@@ -179,7 +188,7 @@ impl<'a> Lease<'a> {
     /// Takes the lease on the item as `read` just before (`None`: it did not exist), in one
     /// transaction with `checks` (conditions other items must meet): `Busy` if the lease is held
     /// or the item changed since it was read, `Conflict` if a check fails.
-    pub fn on_read<'b>(self, read: Option<&'b Item>, checks: &'b [(ItemKey, &'b str)]) -> Lease<'b>
+    pub fn on_read<'b>(self, read: Option<&'b Item>, checks: &'b [Check]) -> Lease<'b>
     where
         'a: 'b,
     {
@@ -388,11 +397,22 @@ impl Ledger {
             None => expr.condition("attribute_not_exists({})", vec![Arg::Name("version")]),
         }
         let mut items = vec![self.transact_update(&lease.key, &expr)?];
-        for (key, condition) in on_read.checks {
+        for check in on_read.checks {
+            let names = check
+                .present
+                .iter()
+                .map(|n| (n, "attribute_exists"))
+                .chain(check.absent.iter().map(|n| (n, "attribute_not_exists")));
+            let (mut conditions, mut placeholders) = (Vec::new(), std::collections::HashMap::new());
+            for (i, (name, test)) in names.enumerate() {
+                conditions.push(format!("{test}(#c{i})"));
+                placeholders.insert(format!("#c{i}"), name.clone());
+            }
             let check = ConditionCheck::builder()
                 .table_name(&self.table)
-                .set_key(Some(key.attributes()))
-                .condition_expression(*condition)
+                .set_key(Some(check.key.attributes()))
+                .condition_expression(conditions.join(" AND "))
+                .set_expression_attribute_names(Some(placeholders))
                 .build()
                 .map_err(|e| invalid("TransactWriteItems", e))?;
             items.push(TransactWriteItem::builder().condition_check(check).build());

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | environment | `APP#{app}` | `ENV#{stage\|prod}` | `state` (see [`crate::record::EnvState`]), `version`, the `lease` while held, the `outbox` of notifications not yet sent, `waiting` (the newest push queued behind the lease), `intent` (an action taken in AWS and not committed yet, see [`Intent`]), `last_commit` |
 //! | image | `APP#{app}` | `IMAGE#{digest}` | tags, first push, verdict per environment (`vetted_*`, `failed_*`) |
-//! | tag | `APP#{app}` | `TAG#{tag}` | the digest stage most recently verified under that tag |
+//! | tag | `APP#{app}` | `TAG#{tag}` (stage), `TAG#{env}#{tag}` | the digest the environment most recently vetted under that tag |
 //! | history | `APP#{app}` | `HIST#{time}#{env}#{n}` | one entry per transition (what, when, why, who) |
 //! | config notice | `CONFIG` | `{parameter}` | the last parameter version announced as invalid, and its outbox |
 //!
@@ -27,7 +27,7 @@ mod outbox;
 pub use commit::Change;
 pub use intent::Intent;
 pub use items::{Failure, HistoryEntry, ImageFacts, ImageUpdate, Item, TagItem};
-pub use lease::{lease_wait, Held, Holder, Lease, Waiting, LEASE_RESERVE, LEASE_WAIT};
+pub use lease::{lease_wait, Check, Held, Holder, Lease, Waiting, LEASE_RESERVE, LEASE_WAIT};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,8 +66,11 @@ impl ItemKey {
         ItemKey { pk: format!("APP#{app}"), sk: format!("IMAGE#{digest}") }
     }
 
-    pub fn tag(app: &AppName, tag: &ImageTag) -> Self {
-        ItemKey { pk: format!("APP#{app}"), sk: format!("TAG#{tag}") }
+    /// The digest `env` most recently vetted under `tag`: `TAG#{tag}` for stage (as v2 wrote
+    /// it), `TAG#{env}#{tag}` for the others (a tag never holds `#`).
+    pub fn tag(app: &AppName, env: Environment, tag: &ImageTag) -> Self {
+        let sk = if env == Environment::STAGE { format!("TAG#{tag}") } else { format!("TAG#{env}#{tag}") };
+        ItemKey { pk: format!("APP#{app}"), sk }
     }
 
     /// Announcements about one app-config parameter.
@@ -98,11 +101,7 @@ impl ItemKey {
     /// The app and environment of an environment item's key.
     pub fn app_env(&self) -> Option<(AppName, Environment)> {
         let app = AppName::parse(self.pk.strip_prefix("APP#")?).ok()?;
-        let env = match self.sk.strip_prefix("ENV#")? {
-            "stage" => Environment::Stage,
-            "prod" => Environment::Prod,
-            _ => return None,
-        };
+        let env = Environment::parse(self.sk.strip_prefix("ENV#")?).ok()?;
         Some((app, env))
     }
 }
@@ -259,8 +258,8 @@ impl Ledger {
         self.item(&key).await?.map(|item| parse(&key.label(), item)).transpose()
     }
 
-    pub async fn tag(&self, app: &AppName, tag: &ImageTag) -> Result<Option<TagItem>, LedgerError> {
-        let key = ItemKey::tag(app, tag);
+    pub async fn tag(&self, app: &AppName, env: Environment, tag: &ImageTag) -> Result<Option<TagItem>, LedgerError> {
+        let key = ItemKey::tag(app, env, tag);
         self.item(&key).await?.map(|item| parse(&key.label(), item)).transpose()
     }
 
@@ -333,9 +332,11 @@ impl Ledger {
     }
 
     /// Every tag stage has verified for an app.
-    pub async fn tags(&self, app: &AppName) -> Result<Vec<TagItem>, LedgerError> {
-        let items = self.query(app, "TAG#", "TAG#\u{10FFFF}", false, None).await?;
-        items.into_iter().map(|item| parse(app.as_str(), item)).collect()
+    pub async fn tags(&self, app: &AppName, env: Environment) -> Result<Vec<TagItem>, LedgerError> {
+        let from = if env == Environment::STAGE { "TAG#".to_owned() } else { format!("TAG#{env}#") };
+        let items = self.query(app, &from, &format!("{from}\u{10FFFF}"), false, None).await?;
+        let tags: Vec<TagItem> = items.into_iter().map(|item| parse(app.as_str(), item)).collect::<Result<_, _>>()?;
+        Ok(tags.into_iter().filter(|t| t.environment == env).collect())
     }
 
     /// Every image item of an app.
@@ -408,7 +409,7 @@ impl Ledger {
 
     fn tag_item(&self, app: &AppName, tag: &TagItem) -> Item {
         let mut item: Item = serde_dynamo::to_item(tag).unwrap_or_default();
-        item.extend(ItemKey::tag(app, &tag.tag).attributes());
+        item.extend(ItemKey::tag(app, tag.environment, &tag.tag).attributes());
         item.insert("expires_at".into(), AttributeValue::N(self.expires_at().to_string()));
         item
     }

@@ -269,7 +269,7 @@ mod tests {
     fn state_with(current: Rollout) -> EnvState {
         let mut state = EnvState::first(
             &AppName::parse("shop").unwrap(),
-            Environment::Stage,
+            Environment::STAGE,
             "c",
             "s",
             Revision { arn: TD1.into(), digest: Some(digest('1')) },

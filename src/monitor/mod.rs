@@ -111,7 +111,7 @@ async fn on_deployment(
     // Settling: an intent left by an attempt that stopped half-way is this flow's to settle.
     let owner = format!("deploy-monitor {}", event.deployment_id);
     let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
-    let target = fleet.target(app, env).await;
+    let target = fleet.target(app, app.target(env).map_err(|e| failed(e.into()))?).await;
     let handled = leases
         .with_env(lease, app, env, target, async |here| on_event_leased(prober, here, event, invocation).await)
         .await
@@ -147,8 +147,7 @@ async fn settle(
     service: Option<ServiceState>,
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
-    let (app, env) = (here.app, here.env);
-    let target = app.target(env);
+    let (app, env, target) = (here.app, here.env, here.target.service);
     let service = match service {
         Some(service) => service,
         None => match here.target.ecs.service(&target.cluster, &target.service).await {
@@ -180,7 +179,7 @@ async fn health(
     env: Environment,
     invocation: &Invocation,
 ) -> Result<(), crate::health::Unhealthy> {
-    let Some(url) = &app.target(env).health_url else { return Ok(()) };
+    let Some(url) = app.target(env).ok().and_then(|target| target.health_url.as_ref()) else { return Ok(()) };
     let checked = prober.probe(url, invocation).await;
     info!(app = %app.name, environment = %env, health_url = %url, healthy = checked.is_ok(), "health check");
     checked.map(drop)
@@ -208,10 +207,12 @@ async fn verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, D
         let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
         image.add_tags = rollout.tags.clone();
         image.vetted = Some((env, now));
-        if env == Environment::Stage {
+        // Tags become promotable where another environment takes images from this one.
+        if !app.pipeline.is_last(env) {
             image.expect_tags = Some(rollout.tags.len());
             for tag in &rollout.tags {
                 let item = TagItem {
+                    environment: env,
                     tag: tag.clone(),
                     digest: rollout.digest.clone(),
                     image: rollout.image.clone(),
@@ -250,7 +251,7 @@ async fn roll_back(
     reason: String,
 ) -> Result<Handled, DeployError> {
     let (app, env) = (here.app, here.env);
-    let target = app.target(env);
+    let target = here.target.service;
     let ecs = here.target.ecs.clone();
     let state = here.state()?.clone();
     let now = Utc::now();
@@ -345,7 +346,7 @@ async fn issue_rollback(
     to: &str,
 ) -> Result<(String, Option<String>), DeployError> {
     let (app, env) = (here.app, here.env);
-    let target = app.target(env);
+    let target = here.target.service;
     let ecs = &here.target.ecs.clone();
     let deployment_of = |service: &ServiceState, td: &str| {
         service.deployments.iter().find(|d| d.is_primary() && d.task_definition == td).map(|d| d.id.clone())
@@ -417,7 +418,7 @@ async fn rollback_ended(
 /// in flight is superseded (its image is not to blame).
 async fn changed_outside(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
     let (app, env) = (here.app, here.env);
-    let observed = start::observe(&here.target, app, env).await?;
+    let observed = start::observe(&here.target, app).await?;
     let mut change = Change::new(here.state()?.clone());
     let provenance = start::Provenance { tokens: here.held.adoptable(), image: None };
     start::note_what_runs(app, env, &mut change, &observed, &provenance, Utc::now());
@@ -484,10 +485,13 @@ async fn sweep_item(
     invocation: &Invocation,
 ) -> Vec<Handled> {
     let Some(key) = ItemKey::parse(&item) else { return Vec::new() };
-    let target = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env)));
+    let target = key
+        .app_env()
+        .and_then(|(app, env)| config.app(&app).filter(|app| app.target(env).is_ok()).map(|app| (app, env)));
     let state: Option<EnvState> = crate::ledger::state_from_item(&item);
     let Some(((app, env), state)) = target.zip(state) else {
-        // An announcement, or an app no longer configured: only its outbox is left to deliver.
+        // An announcement, or an app or environment no longer configured: only its outbox is
+        // left to deliver.
         return deliver(leases, &key, invocation).await.into_iter().collect();
     };
     match reconcile_item(fleet, leases, prober, app, env, &state, invocation).await {
@@ -533,12 +537,12 @@ async fn reconcile_item(
     invocation: &Invocation,
 ) -> Result<Option<Handled>, DeployError> {
     let now = Utc::now();
-    let target = app.target(env);
+    let target = app.target(env)?;
     let (rollout, watch) = (state.in_progress(), state.rollback.as_ref());
     if rollout.is_none() && watch.is_none() {
         return Ok(None);
     }
-    let reached = fleet.target(app, env).await;
+    let reached = fleet.target(app, target).await;
     let service = match reached.ecs.service(&target.cluster, &target.service).await {
         Ok(service) => Ok(service),
         Err(error) if error.code == "ServiceNotFound" => Err(error),

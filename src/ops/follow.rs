@@ -55,7 +55,7 @@ mod tests {
     fn state(rollout: Option<Rollout>) -> EnvState {
         let mut state = EnvState::first(
             &AppName::parse("shop").unwrap(),
-            Environment::Prod,
+            Environment::PROD,
             "c",
             "s",
             Revision { arn: "td:1".into(), digest: None },

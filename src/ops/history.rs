@@ -93,7 +93,7 @@ pub async fn all(ledger: &Ledger, app: &AppName) -> Result<Vec<HistoryEntry>, Le
 pub fn previous_release<'a>(history: &'a [HistoryEntry], running: Option<&ImageDigest>) -> Option<&'a HistoryEntry> {
     history
         .iter()
-        .filter(|e| e.environment == Environment::Prod && e.event == Outcome::Verified)
+        .filter(|e| e.environment == Environment::PROD && e.event == Outcome::Verified)
         .filter(|e| e.digest.is_some() && e.digest.as_ref() != running)
         .max_by_key(|e| e.at)
 }
@@ -117,15 +117,16 @@ mod tests {
 
     #[test]
     fn rollback_goes_to_the_verified_prod_release_before_the_running_one() {
-        use Environment::{Prod, Stage};
+        const PROD: Environment = Environment::PROD;
+        const STAGE: Environment = Environment::STAGE;
         use Outcome::{Promoted, RolledBack, Verified};
         let mut history = vec![
-            entry(0, Stage, Verified, 1),
-            entry(1, Prod, Promoted, 1),
-            entry(2, Prod, Verified, 1),
-            entry(3, Stage, Verified, 2),
-            entry(4, Prod, Verified, 2),
-            entry(5, Stage, Verified, 3), // only in stage: never a rollback target
+            entry(0, STAGE, Verified, 1),
+            entry(1, PROD, Promoted, 1),
+            entry(2, PROD, Verified, 1),
+            entry(3, STAGE, Verified, 2),
+            entry(4, PROD, Verified, 2),
+            entry(5, STAGE, Verified, 3), // only in stage: never a rollback target
         ];
         let tag = |e: Option<&HistoryEntry>| e.and_then(|e| e.tag.as_ref()).map(ToString::to_string);
         assert_eq!(tag(previous_release(&history, Some(&digest(2)))), Some("v1".into()));
@@ -133,10 +134,10 @@ mod tests {
         assert_eq!(tag(previous_release(&history, Some(&digest(3)))), Some("v2".into()));
         assert_eq!(tag(previous_release(&history, None)), Some("v2".into()));
         // v3 failed in prod and prod is back on v2: still v1 before it.
-        history.push(entry(6, Prod, RolledBack, 3));
+        history.push(entry(6, PROD, RolledBack, 3));
         assert_eq!(tag(previous_release(&history, Some(&digest(2)))), Some("v1".into()));
         // v1 promoted again after v2: the release before it is v2.
-        history.push(entry(7, Prod, Verified, 1));
+        history.push(entry(7, PROD, Verified, 1));
         assert_eq!(tag(previous_release(&history, Some(&digest(1)))), Some("v2".into()));
         // Only one release ever verified, and it runs: nothing to go back to.
         assert_eq!(previous_release(&history[..3], Some(&digest(1))), None);
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn rows_have_every_key() {
-        let mut e = entry(0, Environment::Prod, Outcome::Verified, 1);
+        let mut e = entry(0, Environment::PROD, Outcome::Verified, 1);
         e.started_at = Some(e.at - chrono::Duration::seconds(95));
         let row = serde_json::to_value(HistoryRow::from(&e)).unwrap();
         assert_eq!(row["duration_seconds"], 95);

@@ -54,11 +54,11 @@ fn rollout_key(entry: &HistoryEntry, index: usize) -> String {
 }
 
 fn is_prod_failure(entry: &HistoryEntry) -> bool {
-    entry.environment == Environment::Prod && matches!(entry.event, Outcome::RolledBack | Outcome::Failed)
+    entry.environment == Environment::PROD && matches!(entry.event, Outcome::RolledBack | Outcome::Failed)
 }
 
 fn is_prod(entry: &HistoryEntry, event: Outcome) -> bool {
-    entry.environment == Environment::Prod && entry.event == event
+    entry.environment == Environment::PROD && entry.event == event
 }
 
 /// The figures of one app's `history` (any order; entries after `until` are not looked at) over
@@ -232,7 +232,8 @@ pub async fn app_samples(
 mod tests {
     use super::*;
     use crate::types::ImageTag;
-    use Environment::{Prod, Stage};
+    const PROD: Environment = Environment::PROD;
+    const STAGE: Environment = Environment::STAGE;
     use Outcome::{Failed, Promoted, Restored, RolledBack, Verified};
 
     const HOUR: i64 = 3600;
@@ -258,22 +259,22 @@ mod tests {
     fn story() -> (Vec<HistoryEntry>, HashMap<ImageDigest, DateTime<Utc>>) {
         let day = 24 * HOUR;
         let history = vec![
-            entry(0, Stage, Verified, 1, "s1"),
-            entry(HOUR, Prod, Promoted, 1, "p1"),
-            entry(HOUR + 60, Prod, Verified, 1, "p1"), // lead time 1h01m (pushed at 0)
-            entry(day, Stage, Verified, 2, "s2"),
-            entry(day + 2 * HOUR, Prod, Promoted, 2, "p2"),
-            entry(day + 2 * HOUR + 120, Prod, Verified, 2, "p2"), // 2h02m (pushed at day)
-            entry(3 * day, Prod, Promoted, 3, "p3"),
-            entry(3 * day + 300, Prod, RolledBack, 3, "p3"),
-            entry(3 * day + 600, Prod, Restored, 3, "p3"),
-            entry(3 * day + 700, Prod, Failed, 3, "p3"), // the same rollout: one failure
-            entry(3 * day + 4 * HOUR + 300, Prod, Promoted, 4, "p4"),
-            entry(3 * day + 4 * HOUR + 400, Prod, Verified, 4, "p4"), // restores p3 after 4h01m40s
-            entry(5 * day, Prod, Promoted, 2, "p5"),
-            entry(5 * day + 100, Prod, Verified, 2, "p5"), // v2 again: a deployment, not a change
-            entry(9 * day, Prod, Promoted, 5, "p6"),
-            entry(9 * day + 50, Prod, RolledBack, 5, "p6"), // open: nothing verified since
+            entry(0, STAGE, Verified, 1, "s1"),
+            entry(HOUR, PROD, Promoted, 1, "p1"),
+            entry(HOUR + 60, PROD, Verified, 1, "p1"), // lead time 1h01m (pushed at 0)
+            entry(day, STAGE, Verified, 2, "s2"),
+            entry(day + 2 * HOUR, PROD, Promoted, 2, "p2"),
+            entry(day + 2 * HOUR + 120, PROD, Verified, 2, "p2"), // 2h02m (pushed at day)
+            entry(3 * day, PROD, Promoted, 3, "p3"),
+            entry(3 * day + 300, PROD, RolledBack, 3, "p3"),
+            entry(3 * day + 600, PROD, Restored, 3, "p3"),
+            entry(3 * day + 700, PROD, Failed, 3, "p3"), // the same rollout: one failure
+            entry(3 * day + 4 * HOUR + 300, PROD, Promoted, 4, "p4"),
+            entry(3 * day + 4 * HOUR + 400, PROD, Verified, 4, "p4"), // restores p3 after 4h01m40s
+            entry(5 * day, PROD, Promoted, 2, "p5"),
+            entry(5 * day + 100, PROD, Verified, 2, "p5"), // v2 again: a deployment, not a change
+            entry(9 * day, PROD, Promoted, 5, "p6"),
+            entry(9 * day + 50, PROD, RolledBack, 5, "p6"), // open: nothing verified since
         ];
         let pushed = HashMap::from([
             (digest(1), at(0)),

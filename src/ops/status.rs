@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{AwsError, ServiceState};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, ServiceTarget, Source};
 use crate::fleet::Fleet;
 use crate::ledger::{Ledger, LedgerError};
 use crate::record::EnvState;
@@ -145,12 +145,11 @@ impl From<&Rollout> for RolloutStatus {
 
 /// The status of one environment from what Conveyor knows (`state`) and what ECS runs.
 pub fn env_status(
-    app: &AppConfig,
     env: Environment,
+    target: &ServiceTarget,
     state: Option<&EnvState>,
     running: Result<Running, AwsError>,
 ) -> EnvStatus {
-    let target = app.target(env);
     let (running, error) = match running {
         Ok(running) => (Some(running), None),
         Err(error) => (None, Some(error.to_string())),
@@ -192,9 +191,8 @@ pub fn tag_of_image(image: &str) -> Option<&str> {
 }
 
 /// What a service runs: its revision, the app container's image, tag and digest.
-pub async fn running(fleet: &Fleet, app: &AppConfig, env: Environment) -> Result<Running, AwsError> {
-    let service_target = app.target(env);
-    let target = fleet.target(app, env).await;
+pub async fn running(fleet: &Fleet, app: &AppConfig, service_target: &ServiceTarget) -> Result<Running, AwsError> {
+    let target = fleet.target(app, service_target).await;
     let service: ServiceState = target.ecs.service(&service_target.cluster, &service_target.service).await?;
     let revision = target.revision(&service.task_definition).await?;
     let image = taskdef::container_image(&revision.definition, &app.container).map(str::to_owned);
@@ -221,7 +219,8 @@ pub async fn running(fleet: &Fleet, app: &AppConfig, env: Environment) -> Result
     })
 }
 
-/// The status of an app: both environments (state table and ECS) and its promotable tags. An
+/// The status of an app: every environment in pipeline order (state table and ECS) and its
+/// promotable tags. An
 /// ECS service that cannot be read is reported in its environment's `error`; a state table
 /// that cannot be read fails the whole status.
 pub async fn app_status(
@@ -230,19 +229,26 @@ pub async fn app_status(
     app: &AppConfig,
     promotable: usize,
 ) -> Result<AppStatus, LedgerError> {
-    let environment = |env: Environment| async move {
-        let (state, running) = tokio::join!(ledger.env::<EnvState>(&app.name, env), running(fleet, app, env));
+    let environments = app.pipeline.targets().map(|(env, _, target)| async move {
+        let (state, running) = tokio::join!(ledger.env::<EnvState>(&app.name, env.name), running(fleet, app, target));
         let state = state?.map(|(state, _)| state);
-        Ok::<_, LedgerError>(env_status(app, env, state.as_ref(), running))
+        Ok::<_, LedgerError>(env_status(env.name, target, state.as_ref(), running))
+    });
+    // What may move on: the tags vetted where the first promoted-into environment takes from.
+    let from = app.pipeline.environments.iter().find_map(|env| match env.source {
+        Source::From { environment, .. } => Some(environment),
+        Source::Entry => None,
+    });
+    let tags = async {
+        match from {
+            Some(from) => promote::promotable_tags(ledger, &app.name, from, promotable).await,
+            None => Ok(Vec::new()),
+        }
     };
-    let (stage, prod, tags) = tokio::join!(
-        environment(Environment::Stage),
-        environment(Environment::Prod),
-        promote::promotable_tags(ledger, &app.name, promotable)
-    );
+    let (environments, tags) = tokio::join!(futures_util::future::join_all(environments), tags);
     Ok(AppStatus {
         app: app.name.to_string(),
-        environments: vec![stage?, prod?],
+        environments: environments.into_iter().collect::<Result<_, _>>()?,
         promotable: tags?
             .into_iter()
             .map(|t| PromotableTag { tag: t.tag.to_string(), digest: t.digest.to_string(), vetted_at: t.vetted_at })

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{Deployment, ServiceState};
-use crate::types::{Environment, ImageDigest, ImageTag};
+use crate::types::{ImageDigest, ImageTag};
 use crate::vocabulary::{Outcome, Severity};
 
 /// A task-definition revision and the digest the app's container ran in it (when pinned).
@@ -161,15 +161,16 @@ impl Rollout {
         self.state.settled_at().map(|at| at - self.started_at)
     }
 
-    /// The notification its current state calls for: the start (`deploying`, or `promoted` in
-    /// prod), then one per settlement.
-    pub fn outcome(&self, env: Environment) -> (Outcome, Severity) {
-        match (&self.state, env) {
-            (RolloutState::InProgress, Environment::Stage) => (Outcome::Deploying, Severity::Info),
-            (RolloutState::InProgress, Environment::Prod) => (Outcome::Promoted, Severity::Info),
+    /// The notification its current state calls for: the start (`deploying` for a push,
+    /// `promoted` for a promotion), then one per settlement. A rollback is critical in an
+    /// environment no other takes images from (`last`: prod, in a v2 pipeline), an error before.
+    pub fn outcome(&self, last: bool) -> (Outcome, Severity) {
+        match (&self.state, &self.origin) {
+            (RolloutState::InProgress, Origin::Push) => (Outcome::Deploying, Severity::Info),
+            (RolloutState::InProgress, Origin::Promotion { .. }) => (Outcome::Promoted, Severity::Info),
             (RolloutState::Verified { .. }, _) => (Outcome::Verified, Severity::Info),
-            (RolloutState::RolledBack { .. }, Environment::Stage) => (Outcome::RolledBack, Severity::Error),
-            (RolloutState::RolledBack { .. }, Environment::Prod) => (Outcome::RolledBack, Severity::Critical),
+            (RolloutState::RolledBack { .. }, _) if last => (Outcome::RolledBack, Severity::Critical),
+            (RolloutState::RolledBack { .. }, _) => (Outcome::RolledBack, Severity::Error),
             (RolloutState::Failed { .. }, _) => (Outcome::Failed, Severity::Critical),
             (RolloutState::Superseded { .. }, _) => (Outcome::Superseded, Severity::Info),
         }
@@ -293,8 +294,9 @@ mod tests {
     #[test]
     fn each_state_has_its_notification() {
         let mut r = rollout();
-        assert_eq!(r.outcome(Environment::Stage), (Outcome::Deploying, Severity::Info));
-        assert_eq!(r.outcome(Environment::Prod), (Outcome::Promoted, Severity::Info));
+        assert_eq!(r.outcome(false), (Outcome::Deploying, Severity::Info));
+        let promotion = Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false };
+        assert_eq!(Rollout { origin: promotion, ..r.clone() }.outcome(true), (Outcome::Promoted, Severity::Info));
         r.settle(RolloutState::RolledBack {
             at: DateTime::UNIX_EPOCH,
             reason: "x".into(),
@@ -302,8 +304,8 @@ mod tests {
             by: RolledBackBy::Conveyor,
         })
         .unwrap();
-        assert_eq!(r.outcome(Environment::Stage), (Outcome::RolledBack, Severity::Error));
-        assert_eq!(r.outcome(Environment::Prod), (Outcome::RolledBack, Severity::Critical));
+        assert_eq!(r.outcome(false), (Outcome::RolledBack, Severity::Error));
+        assert_eq!(r.outcome(true), (Outcome::RolledBack, Severity::Critical));
     }
 
     #[test]

@@ -252,7 +252,7 @@ async fn status_and_history_show_what_runs_where_and_what_happened() {
     let unknown = setup.run(&["status", "shop-web", "--json"]).await.exits(1);
     assert_eq!(unknown.json()["error"]["type"], "UnknownApp");
     let invalid = setup.run(&["status", "broken"]).await.exits(4);
-    assert!(invalid.stderr.contains("key `container`"), "{invalid:?}");
+    assert!(invalid.stderr.contains("`container`: missing required key"), "{invalid:?}");
     setup.run(&["history", "Shop API"]).await.exits(1);
 }
 

@@ -983,7 +983,7 @@ async fn after_a_stopped_rollback(stop: Stop, next: Next) -> (String, Vec<String
             let conveyor = conveyor(world);
             let config = conveyor.configs.get().await.unwrap();
             let app = config.app(&conveyor::types::AppName::parse("shop-api").unwrap()).unwrap();
-            let prod = conveyor::types::Environment::Prod;
+            let prod = conveyor::types::Environment::PROD;
             let paused = conveyor::pause::pause(
                 &conveyor.fleet,
                 conveyor.leases(),

@@ -16,6 +16,7 @@ mod holes_state;
 mod iam;
 mod localaws_faults;
 mod model;
+mod pipelines;
 mod promote;
 mod real_taskdefs;
 mod routing;

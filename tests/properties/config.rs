@@ -302,7 +302,7 @@ proptest! {
         document["environments"]["prod"]["health_allow_http"] = json!(true);
         let app = AppConfig::parse(PARAMETER, "shop-api", &document.to_string(), endpoints)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert!(app.target(conveyor::types::Environment::Prod).health_allow_http);
+        prop_assert!(app.target(conveyor::types::Environment::PROD).unwrap().health_allow_http);
     }
 
     /// Any text as the parameter's value, any text as the app's name.
@@ -329,8 +329,8 @@ proptest! {
         prop_assert_eq!(&app.slack_webhook_parameter, &case.slack);
         prop_assert_eq!(app.rollout_timeout.as_secs(), case.timeout.unwrap_or(1800));
         for (target, expected) in [
-            (app.target(conveyor::types::Environment::Stage), &case.stage),
-            (app.target(conveyor::types::Environment::Prod), &case.prod),
+            (app.target(conveyor::types::Environment::STAGE).unwrap(), &case.stage),
+            (app.target(conveyor::types::Environment::PROD).unwrap(), &case.prod),
         ] {
             prop_assert_eq!(&target.cluster, &expected.cluster);
             prop_assert_eq!(&target.service, &expected.service);

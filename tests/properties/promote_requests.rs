@@ -61,7 +61,8 @@ proptest! {
         match parse(request.clone()) {
             Ok(Request::Operate(parsed)) => {
                 prop_assert_eq!(parsed.app.as_str(), app.as_str());
-                prop_assert_eq!(parsed.environment.map(|e| e.as_str()), environment);
+                let parsed_env = parsed.environment.map(|e| e.to_string());
+                prop_assert_eq!(parsed_env.as_deref(), environment);
                 prop_assert_eq!(parsed.on_behalf_of, by.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()));
                 match parsed.kind {
                     Kind::Pause { reason: parsed } => prop_assert!(pause && parsed == reason.trim()),

@@ -20,7 +20,7 @@ use crate::output::Report;
 pub async fn run(ctx: &Context, command: Command) -> Result<Report, CliError> {
     match command {
         Command::Status { app, promotable } => status::run(ctx, app.as_deref(), promotable).await,
-        Command::History { app, env, limit } => history::run(ctx, &app, env.map(Into::into), limit).await,
+        Command::History { app, env, limit } => history::run(ctx, &app, env, limit).await,
         Command::Promote(args) => promote::promote(ctx, args).await,
         Command::Rollback(args) => promote::rollback(ctx, args).await,
         Command::Pause { app, env, reason } => pause::pause(ctx, &app, env, &reason).await,

@@ -1,5 +1,6 @@
 //! `conveyor pause` and `conveyor resume`: both invoke the function of each environment —
-//! stage-deploy for stage, promote for prod — so only Conveyor's functions write the state table,
+//! stage-deploy for the entry environments (stage), promote for the others (prod), as the app's
+//! pipeline says — so only Conveyor's functions write the state table,
 //! each function changes its own environment only, and who may pause stays an IAM decision on
 //! those functions; `resume --deploy-latest` asks stage-deploy to roll out the push stage held,
 //! which it reads from the table.
@@ -13,8 +14,9 @@ use conveyor::vocabulary::{Action, Outcome};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::app_name;
-use crate::args::{environments, Env};
+use conveyor::config::Source;
+
+use super::{app_name, configs, find_app};
 use crate::context::Context;
 use crate::error::{CliError, AWS_OR_CONFIG};
 use crate::output::{self, Report, Style};
@@ -44,7 +46,7 @@ pub struct Deployed {
     pub report: StageReport,
 }
 
-pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> Result<Report, CliError> {
+pub async fn pause(ctx: &Context, app: &str, env: Option<Environment>, reason: &str) -> Result<Report, CliError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(CliError::invalid("--reason must say why (it is shown in status, the history and the alert)"));
@@ -53,31 +55,46 @@ pub async fn pause(ctx: &Context, app: &str, env: Option<Env>, reason: &str) -> 
     operate(ctx, env, payload).await
 }
 
-pub async fn resume(ctx: &Context, app: &str, env: Option<Env>, deploy_latest: bool) -> Result<Report, CliError> {
-    if deploy_latest && env == Some(Env::Prod) {
-        return Err(CliError::invalid(
-            "--deploy-latest rolls out the push held in stage; prod changes only by promotion",
-        ));
-    }
+pub async fn resume(
+    ctx: &Context,
+    app: &str,
+    env: Option<Environment>,
+    deploy_latest: bool,
+) -> Result<Report, CliError> {
     let payload = json!({ "operation": "resume", "app": app_name(app)?, "deploy_latest": deploy_latest });
     operate(ctx, env, payload).await
 }
 
-/// Invokes the function of each environment (`--env`, else stage then prod) with the operation,
-/// as the caller (`by`), and puts the answers together.
-async fn operate(ctx: &Context, env: Option<Env>, mut payload: Value) -> Result<Report, CliError> {
+/// Invokes the function of each environment (`--env`, else every one in pipeline order) with the
+/// operation, as the caller (`by`), and puts the answers together.
+async fn operate(ctx: &Context, env: Option<Environment>, mut payload: Value) -> Result<Report, CliError> {
     let names = ctx.names().await?;
+    let set = configs(ctx).await?;
+    let app = find_app(&set, payload["app"].as_str().unwrap_or_default(), &names.prefix)?;
+    let environments: Vec<(Environment, bool)> = match env {
+        Some(env) => {
+            let entry = match app.pipeline.source(env) {
+                Some(source) => matches!(source, Source::Entry),
+                None => return Err(CliError::invalid(app.no_such(env).to_string())),
+            };
+            if !entry && payload["deploy_latest"] == json!(true) {
+                return Err(CliError::invalid(format!(
+                    "--deploy-latest rolls out the push held in an entry environment; {env} changes only by promotion"
+                )));
+            }
+            vec![(env, entry)]
+        }
+        None => app.pipeline.environments.iter().map(|e| (e.name, matches!(e.source, Source::Entry))).collect(),
+    };
     let by = ctx.identity().await?;
     payload["by"] = json!(by);
     let lambda = ctx.lambda()?;
     let mut output: Option<PauseOutput> = None;
-    for env in environments(env) {
-        let function = match env {
-            Environment::Stage => names.stage_deploy_function()?,
-            Environment::Prod => names.promote_function()?,
-        };
+    for (env, entry) in environments {
+        let function = if entry { names.stage_deploy_function()? } else { names.promote_function()? };
+        let mut payload = payload.clone();
         payload["environment"] = json!(env);
-        if env == Environment::Prod {
+        if !entry {
             payload.as_object_mut().map(|p| p.remove("deploy_latest"));
         }
         let answer = super::promote::invoke(&lambda, function, &payload).await?;

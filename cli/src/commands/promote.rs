@@ -158,6 +158,9 @@ pub async fn promote(ctx: &Context, args: PromoteArgs) -> Result<Report, CliErro
     if let Some(reason) = &args.reason {
         payload["reason"] = json!(reason);
     }
+    if let Some(to) = args.to {
+        payload["to"] = json!(to);
+    }
     payload["requested_by"] = json!(ctx.identity().await?);
     execute(ctx, &app.to_string(), payload, args.dry_run, &args.wait, None).await
 }
@@ -166,7 +169,8 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
     ctx.names().await?.promote_function()?;
     let set = configs(ctx).await?;
     let app = find_app(&set, &args.app, &ctx.names().await?.prefix)?;
-    let running = status::running(&ctx.fleet()?, app, Environment::Prod).await?;
+    let prod = app.target(Environment::PROD).map_err(|e| CliError::new(AWS_OR_CONFIG, "ConfigError", e.to_string()))?;
+    let running = status::running(&ctx.fleet()?, app, prod).await?;
     let from = Release { tag: running.tag.clone(), digest: running.digest.clone() };
     let mut payload = json!({ "app": app.name, "dry_run": args.dry_run });
     let target = match &args.to {
@@ -274,8 +278,9 @@ async fn follow_rollout(
     let plain = spinner.is_hidden();
     if plain {
         eprintln!(
-            "following {} prod {} ({}) until it is verified or rolled back (at most {})",
+            "following {} {} {} ({}) until it is verified or rolled back (at most {})",
             app.name,
+            response.environment,
             response.tag,
             short_arn(&response.task_definition_arn),
             output::duration(timeout.as_secs() as i64)
@@ -283,7 +288,7 @@ async fn follow_rollout(
     }
     let mut said = String::new();
     let outcome = loop {
-        let state = ledger.env::<EnvState>(&app.name, Environment::Prod).await?.map(|(state, _)| state);
+        let state = ledger.env::<EnvState>(&app.name, response.environment).await?.map(|(state, _)| state);
         let progress = follow::progress(state.as_ref(), &response.task_definition_arn, &digest);
         let seconds = started.elapsed().as_secs();
         let settled = |outcome: Waited, reason: Option<String>, to: Option<String>| WaitOutcome {
@@ -303,7 +308,7 @@ async fn follow_rollout(
                 }
             }
             None if response.status == PromoteStatus::AlreadyDeployed => {
-                break settled(Waited::AlreadyDeployed, Some("prod already ran it".into()), None)
+                break settled(Waited::AlreadyDeployed, Some(format!("{} already ran it", response.environment)), None)
             }
             None => {}
         }
@@ -314,7 +319,9 @@ async fn follow_rollout(
                 None,
             );
         }
-        let ecs = match status::running(fleet, app, Environment::Prod).await {
+        let target =
+            app.target(response.environment).map_err(|e| CliError::new(AWS_OR_CONFIG, "ConfigError", e.to_string()))?;
+        let ecs = match status::running(fleet, app, target).await {
             Ok(running) => match &running.deployment {
                 Some(d) => format!(
                     "deployment {} {}/{} running{}",
@@ -328,8 +335,9 @@ async fn follow_rollout(
             Err(error) => format!("ECS: {error}"),
         };
         let message = format!(
-            "{} prod {} {}: {}; {ecs}",
+            "{} {} {} {}: {}; {ecs}",
             app.name,
+            response.environment,
             response.tag,
             short_arn(&response.task_definition_arn),
             progress.as_ref().map_or("unknown", RolloutState::name)
@@ -351,10 +359,11 @@ async fn follow_rollout(
 fn text(style: &Style, output: &PromoteOutput) -> String {
     let revision = short_arn(&output.task_definition_arn);
     let what = format!("{} {} ({})", output.app, output.tag, output::short_digest(&output.digest));
+    let env = output.environment;
     let mut lines = Vec::new();
     if let Some(from) = &output.rollback_from {
         lines.push(format!(
-            "rollback: prod runs {} ({}), going back to {}",
+            "rollback: {env} runs {} ({}), going back to {}",
             or_dash(from.tag.as_deref()),
             or_dash(from.digest.as_deref().map(output::short_digest)),
             output.tag
@@ -363,20 +372,20 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
     match output.status {
         PromoteStatus::DryRun | PromoteStatus::AlreadyDeployed if output.current.is_some() => {
             let mut table = style.table(&["", "TAG", "DIGEST", "IMAGE"]);
-            for (label, side) in [("prod now", &output.current), ("would run", &output.new)] {
+            for (label, side) in [(format!("{env} now"), &output.current), ("would run".to_owned(), &output.new)] {
                 let side = side.as_ref();
                 table.add_row(vec![
-                    style.cell(label, None),
+                    style.cell(&label, None),
                     style.cell(or_dash(side.and_then(|s| s.tag.as_deref())), None),
                     style.cell(or_dash(side.and_then(|s| s.digest.as_deref()).map(output::short_digest)), None),
                     style.cell(or_dash(side.and_then(|s| s.image.as_deref())), None),
                 ]);
             }
             if output.status == PromoteStatus::AlreadyDeployed {
-                lines.push(format!("dry run: prod already runs {what}; promoting it would change nothing"));
+                lines.push(format!("dry run: {env} already runs {what}; promoting it would change nothing"));
             } else {
                 lines.push(format!(
-                    "dry run, nothing changed: promoting {what} to prod would replace {revision} with a new \
+                    "dry run, nothing changed: promoting {what} to {env} would replace {revision} with a new \
                      revision of {} that differs in the app container's image only:",
                     revision.split(':').next().unwrap_or(revision)
                 ));
@@ -384,8 +393,8 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             lines.push(String::new());
             lines.push(render(&table));
         }
-        PromoteStatus::AlreadyDeployed => lines.push(format!("prod already runs {what} ({revision}): nothing to do")),
-        status => lines.push(format!("{what} → prod: {} {revision}", style.paint(status.as_str(), status))),
+        PromoteStatus::AlreadyDeployed => lines.push(format!("{env} already runs {what} ({revision}): nothing to do")),
+        status => lines.push(format!("{what} → {env}: {} {revision}", style.paint(status.as_str(), status))),
     }
     if output.forced {
         lines.push("forced: the image failed before; the history and the notification say so".into());
@@ -401,10 +410,10 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
         let after = output::duration(wait.seconds as i64);
         let painted = style.paint(wait.outcome.as_str(), wait.outcome);
         lines.push(match wait.outcome {
-            Waited::Verified => format!("{painted} after {after}: prod runs {what}"),
-            Waited::AlreadyDeployed => format!("{painted}: prod runs {what}"),
+            Waited::Verified => format!("{painted} after {after}: {env} runs {what}"),
+            Waited::AlreadyDeployed => format!("{painted}: {env} runs {what}"),
             Waited::RolledBack => format!(
-                "{painted} after {after}: {}; prod is back on {}",
+                "{painted} after {after}: {}; {env} is back on {}",
                 wait.reason.as_deref().unwrap_or(""),
                 wait.rolled_back_to.as_deref().map(short_arn).unwrap_or("-")
             ),

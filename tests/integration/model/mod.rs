@@ -61,8 +61,8 @@ const REPOSITORY: &str = "shop";
 /// The apps fed by [`REPOSITORY`]: `api` deploys every tag but `latest`, `web` version tags only.
 const APPS: [&str; 2] = ["api", "web"];
 const WEB_TAGS: &str = "^v[0-9]+\\.[0-9]+\\.[0-9]+$";
-const STAGE: Environment = Environment::Stage;
-const PROD: Environment = Environment::Prod;
+const STAGE: Environment = Environment::STAGE;
+const PROD: Environment = Environment::PROD;
 
 struct Mode {
     name: &'static str,

@@ -15,10 +15,7 @@ use super::{APPS, PROD, STAGE};
 pub const RUNS_AN_UNNAMED_REVISION: &str = "runs-an-unnamed-revision";
 
 pub fn ix(env: Environment) -> usize {
-    match env {
-        Environment::Stage => 0,
-        Environment::Prod => 1,
-    }
+    usize::from(env == Environment::PROD)
 }
 
 fn is_version(tag: &str) -> bool {

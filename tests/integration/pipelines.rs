@@ -1,0 +1,193 @@
+//! Pipelines of any environments (contract, *Pipelines (v3)*) through the real binaries: pushes
+//! roll out to every entry environment, `promote` moves the very digest an environment vetted into
+//! the one that takes its images from it (`to`), and each function pauses its own environments.
+
+use chrono::{Duration, Utc};
+use conveyor_testkit::functions::{self, promote, stage_deploy};
+use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::world::{digest, ServiceFixture};
+use conveyor_testkit::{Function, World};
+use serde_json::{json, Value};
+
+/// Creates a service per environment (`{env}` cluster of this world, the app's name) and writes
+/// the app's config with `environments` built from `shape` (each environment's extra keys).
+async fn pipeline(world: &World, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
+    let image = format!("{}/{app}:v0.9.0", world.registry());
+    let mut services = Vec::new();
+    let mut environments = serde_json::Map::new();
+    for (env, extra) in shape {
+        let (family, cluster) = (world.name(&format!("{app}-{env}")), world.name(env));
+        let task_definition = world.register(&family, &image, env, false).await;
+        world.create_service(&cluster, app, &task_definition, 1).await;
+        let mut config = json!({ "cluster": cluster, "service": app });
+        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        environments.insert((*env).to_owned(), config);
+        services.push(ServiceFixture {
+            cluster,
+            service: app.into(),
+            family,
+            initial_task_definition: task_definition,
+        });
+    }
+    world.put_app(app, &json!({ "repository": app, "container": "api", "environments": environments })).await;
+    services
+}
+
+/// dev → stage → prod, each promoted by hand.
+async fn three(world: &World) -> [ServiceFixture; 3] {
+    let services = pipeline(
+        world,
+        "shop-api",
+        &[("dev", json!({})), ("stage", json!({ "from": "dev" })), ("prod", json!({ "from": "stage" }))],
+    )
+    .await;
+    services.try_into().unwrap()
+}
+
+/// Completes the service's rollout and lets deploy-monitor verify it.
+async fn verify(world: &World, monitor: &Function, service: &ServiceFixture) {
+    let events = world.aws.settle(&service.cluster, &service.service, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(report["results"][0]["action"], "verified", "{report}");
+}
+
+fn revision_of(world: &World, service: &ServiceFixture, n: u32) -> String {
+    let _ = world;
+    format!("arn:aws:ecs:us-east-1:123456789012:task-definition/{}:{n}", service.family)
+}
+
+#[tokio::test]
+async fn a_push_reaches_the_entry_environment_and_the_vetted_digest_moves_on_by_promotion() {
+    let world = World::new().await;
+    let [dev, stage, prod] = three(&world).await;
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+
+    let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5));
+    let report = pushes.invoke(push).await.response();
+    assert_eq!(
+        report["apps"],
+        json!([{ "app": "shop-api", "environment": "dev", "status": "deploying",
+        "detail": format!("{} => {}", dev.initial_task_definition, revision_of(&world, &dev, 2)),
+        "task_definition_arn": revision_of(&world, &dev, 2), "deployment_id": report["apps"][0]["deployment_id"] }])
+    );
+    for untouched in [&stage, &prod] {
+        assert_eq!(world.revisions(&untouched.family).await.len(), 1, "only the entry environment gets pushes");
+    }
+
+    // Not vetted in dev yet: nothing moves into stage.
+    let (error_type, message) =
+        promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "stage" })).await.error();
+    assert_eq!(error_type, "NotVetted", "{message}");
+    assert!(message.contains("never vetted in dev"), "{message}");
+    verify(&world, &monitor, &dev).await;
+
+    // Two environments are promoted into by hand: which one is for the caller to say.
+    let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
+    assert_eq!(error_type, "InvalidRequest", "{message}");
+    assert!(message.contains("give `to` (one of stage, prod)"), "{message}");
+    // prod takes its images from stage, which has not vetted it.
+    let (error_type, message) =
+        promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await.error();
+    assert_eq!(error_type, "NotVetted", "{message}");
+    assert!(message.contains("never vetted in stage"), "{message}");
+
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "stage" })).await.response();
+    assert_eq!(
+        (answer["environment"].as_str(), answer["status"].as_str()),
+        (Some("stage"), Some("deploying")),
+        "{answer}"
+    );
+    assert_eq!(world.running_image(&stage).await, world.running_image(&dev).await, "the very digest dev vetted");
+    verify(&world, &monitor, &stage).await;
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await.response();
+    assert_eq!(
+        (answer["environment"].as_str(), answer["status"].as_str()),
+        (Some("prod"), Some("deploying")),
+        "{answer}"
+    );
+    verify(&world, &monitor, &prod).await;
+    assert_eq!(world.running_image(&prod).await, format!("{}/shop-api@{}", world.registry(), digest(1)));
+
+    let subjects: Vec<String> =
+        world.notifications().await.iter().map(|n| n["Subject"].as_str().unwrap().to_owned()).collect();
+    for expected in [
+        "[conveyor] shop-api dev: deploying v1.0.0",
+        "[conveyor] shop-api dev: verified v1.0.0",
+        "[conveyor] shop-api stage: promoted v1.0.0",
+        "[conveyor] shop-api prod: promoted v1.0.0",
+        "[conveyor] shop-api prod: verified v1.0.0",
+    ] {
+        assert!(subjects.iter().any(|s| s == expected), "no {expected:?} in {subjects:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_promotion_into_an_entry_or_unknown_environment_is_refused_and_changes_nothing() {
+    let world = World::new().await;
+    let [dev, _, _] = three(&world).await;
+    let promote = promote(&world).await;
+    let (error_type, message) =
+        promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "dev" })).await.error();
+    assert_eq!(error_type, "InvalidRequest", "{message}");
+    assert!(message.contains("dev is an entry environment") && message.contains("stage, prod"), "{message}");
+    let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "qa" })).await.error();
+    assert_eq!(error_type, "InvalidRequest", "{message}");
+    assert!(message.contains("has no environment qa (it has: dev, stage, prod)"), "{message}");
+    let (error_type, _) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "Prod" })).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert_eq!(world.revisions(&dev.family).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cycle_or_a_pipeline_without_entry_is_refused_with_its_path_and_announced() {
+    let world = World::new().await;
+    let [_, stage, prod] = three(&world).await;
+    let cyclic = json!({ "repository": "shop-api", "container": "api", "environments": {
+        "stage": { "cluster": stage.cluster, "service": "shop-api", "from": "prod" },
+        "prod": { "cluster": prod.cluster, "service": "shop-api", "from": "stage" } } });
+    world.put_app("shop-api", &cyclic).await;
+    let pushes = stage_deploy(&world).await;
+    let report = pushes.invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now())).await.response();
+    assert_eq!(report["skipped"], "no app is fed by repository shop-api", "{report}");
+    let notes = world.notifications().await;
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    let text = notes[0]["Message"].to_string();
+    for needle in ["environments.prod.from", "`from` goes round: prod ← stage ← prod", "no entry environment"] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    let (error_type, message) =
+        promote(&world).await.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
+    assert_eq!(error_type, "ConfigError", "{message}");
+    assert!(message.contains("environments.prod.from"), "{message}");
+}
+
+#[tokio::test]
+async fn each_function_pauses_its_own_environments_and_names_the_other_for_the_rest() {
+    let world = World::new().await;
+    let [dev, _, _] = three(&world).await;
+    let (pushes, promote) = (stage_deploy(&world).await, promote(&world).await);
+    let pause = |env: &str| json!({ "operation": "pause", "app": "shop-api", "environment": env, "reason": "INC-7" });
+
+    let answer = pushes.invoke(pause("dev")).await.response();
+    assert_eq!(answer["environments"][0]["environment"], "dev", "{answer}");
+    let answer = promote.invoke(pause("stage")).await.response();
+    assert_eq!(answer["environments"][0]["environment"], "stage", "{answer}");
+    let (error_type, message) = pushes.invoke(pause("prod")).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("prod is paused and resumed through the promote function"), "{message}");
+    // Without an environment: the function's own one, when the app has only one of its kind.
+    let answer = pushes.invoke(json!({ "operation": "resume", "app": "shop-api" })).await.response();
+    assert_eq!(answer["environments"][0]["environment"], "dev", "{answer}");
+    let (error_type, message) = promote.invoke(json!({ "operation": "resume", "app": "shop-api" })).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("stage, prod"), "{message}");
+
+    // A paused promoted-into environment refuses promotions; the entry environment still deploys.
+    let report = pushes.invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now())).await.response();
+    assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
+    assert_eq!(world.revisions(&dev.family).await.len(), 2);
+}
