@@ -9,6 +9,7 @@
 //! ([`health::Prober`]).
 
 pub mod announce;
+pub mod auto;
 pub mod aws;
 pub mod config;
 pub mod error;

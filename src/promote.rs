@@ -127,7 +127,7 @@ pub async fn handle(
     run(configs, fleet, leases, &request, invocation).await
 }
 
-/// Carries out a valid request.
+/// Carries out a valid request, for the invocation's caller.
 pub async fn run(
     configs: &Configs,
     fleet: &Fleet,
@@ -135,8 +135,21 @@ pub async fn run(
     request: &Request,
     invocation: &Invocation,
 ) -> Result<Response, Error> {
+    let requester = Requester::of(invocation, request.on_behalf_of.clone());
+    run_as(configs, fleet, leases, request, requester, invocation).await
+}
+
+/// Carries out a valid request for `requester` (Conveyor itself, for an auto promotion).
+pub async fn run_as(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    request: &Request,
+    requester: Requester,
+    invocation: &Invocation,
+) -> Result<Response, Error> {
     // Boxed, like every handler's work (see `stage::handle`).
-    Box::pin(promote(configs, fleet, leases, request, invocation))
+    Box::pin(promote(configs, fleet, leases, request, requester, invocation))
         .await
         .inspect_err(|e| warn!(app = %request.app, error_type = %e.error_type(), error = %e, "promote refused"))
 }
@@ -156,6 +169,7 @@ async fn promote(
     fleet: &Fleet,
     leases: Leases<'_>,
     request: &Request,
+    requester: Requester,
     invocation: &Invocation,
 ) -> Result<Response, Error> {
     let ledger = leases.ledger;
@@ -163,7 +177,6 @@ async fn promote(
     let Some(app) = config.app(&request.app) else {
         return Err(Error::no_app(configs, &config, &request.app));
     };
-    let requester = Requester::of(invocation, request.on_behalf_of.clone());
     let (into, from) = destination(app, request.to)?;
     let prod = ItemKey::env(&app.name, into);
     let owner = format!("promote by {requester}");

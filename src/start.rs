@@ -159,8 +159,9 @@ fn already_running(observed: &Observed, digest: &ImageDigest, adopted: Option<Ro
 /// Records a rollout as started: state, history, notification.
 pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, rollout: Rollout) {
     let mut entry = history_of(&app.name, &rollout, env, rollout.started_at);
-    entry.event = if env == Environment::PROD { Outcome::Promoted } else { Outcome::Deploying };
+    entry.event = Outcome::Deploying;
     if let Origin::Promotion { reason, .. } = &rollout.origin {
+        entry.event = Outcome::Promoted;
         entry.reason = reason.clone();
     }
     change.history.push(entry);
@@ -325,7 +326,7 @@ pub fn note_what_runs(
             deployment_id,
             event_time: now,
             started_at: now,
-            origin: if env == Environment::PROD {
+            origin: if matches!(app.pipeline.source(env), Some(crate::config::Source::From { .. })) {
                 Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
             } else {
                 Origin::Push

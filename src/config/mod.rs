@@ -108,7 +108,7 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    /// The app's environments. In this release: one target each, promoted by hand, without gates
+    /// The app's environments. In this release: one target each, without gates
     /// ([`runs_in_this_release`]).
     pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
@@ -119,7 +119,8 @@ pub struct AppConfig {
 
 /// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
 /// with this, at the key that goes beyond (never accepted and then half-run).
-pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys one target per environment, promoted by hand, without soak, alarms or approvals";
+pub const NOT_IN_THIS_RELEASE: &str =
+    "not run by this release of Conveyor yet: it deploys one target per environment, without soak, alarms or approvals";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -219,10 +220,7 @@ impl AppConfig {
 fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
     for env in &pipeline.environments {
         let key = |key: &str| format!("environments.{}.{key}", env.name);
-        if let Source::From { approval, promotion, .. } = &env.source {
-            if *promotion == Promotion::Auto {
-                problems.add(key("promotion"), NOT_IN_THIS_RELEASE);
-            }
+        if let Source::From { approval, .. } = &env.source {
             if approval.is_some() {
                 problems.add(key("approval"), NOT_IN_THIS_RELEASE);
             }
@@ -815,7 +813,6 @@ mod tests {
             ("soak", serde_json::json!("30m")),
             ("alarms", serde_json::json!(["shop-api-5xx"])),
             ("approval", serde_json::json!(true)),
-            ("promotion", serde_json::json!("auto")),
         ] {
             let json = edit(|v| {
                 v["environments"]["prod"]["from"] = "stage".into();

@@ -75,7 +75,13 @@ pub async fn handle(
         Ok(Ok(MonitorEvent::Deployment(event))) => {
             // Boxed, like every handler's work (see `stage::handle`).
             let handled = Box::pin(on_deployment(configs, fleet, leases, prober, &event, invocation)).await?;
-            Ok(MonitorReport { results: vec![handled] })
+            let onwards = match (&handled.action, &handled.app, handled.environment) {
+                (Action::Verified, Some(app), Some(env)) => {
+                    promote_onwards(configs, fleet, leases, app, env, invocation).await
+                }
+                _ => Vec::new(),
+            };
+            Ok(MonitorReport { results: std::iter::once(handled).chain(onwards).collect() })
         }
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
         Ok(Err(Skip(reason))) => {
@@ -448,6 +454,31 @@ async fn service_gone(here: &mut Leased<'_>, rollout: &Rollout, error: &AwsError
     Ok(Handled::of(&app.name, env, Action::Failed, reason))
 }
 
+/// After `env` of `app` vetted an image: the auto promotions it starts ([`crate::auto`]). A
+/// failure here does not fail the event (its verification is committed): the sweep tries again.
+async fn promote_onwards(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    app: &str,
+    env: Environment,
+    invocation: &Invocation,
+) -> Vec<Handled> {
+    let Ok(config) = configs.get().await else { return Vec::new() };
+    let Some(app) = config.apps.iter().find(|a| a.name.as_str() == app) else { return Vec::new() };
+    crate::auto::after_vetting(configs, fleet, leases, app, env, invocation)
+        .await
+        .into_iter()
+        .map(Handled::from)
+        .collect()
+}
+
+impl From<crate::auto::Outcome> for Handled {
+    fn from(outcome: crate::auto::Outcome) -> Self {
+        Handled::of(&outcome.app, outcome.environment, outcome.action, outcome.detail)
+    }
+}
+
 /// Reconciles every rollout and rollback still in flight with what ECS reports (for events that
 /// never came, and rollouts past `rollout_timeout_seconds`), delivers notifications left in an
 /// outbox, and announces invalid app configs. Each item is handled on its own, several at once:
@@ -470,7 +501,9 @@ async fn sweep(
         .buffer_unordered(SWEEP_CONCURRENCY)
         .collect()
         .await;
-    let results: Vec<Handled> = results.into_iter().flatten().collect();
+    let mut results: Vec<Handled> = results.into_iter().flatten().collect();
+    let onwards = crate::auto::reconcile(configs, fleet, leases, &config.apps, invocation).await;
+    results.extend(onwards.into_iter().map(Handled::from));
     let errors = results.iter().filter(|r| r.action == Action::Error).count();
     info!(handled = results.len(), errors, "sweep done");
     Ok(MonitorReport { results })

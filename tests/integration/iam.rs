@@ -48,9 +48,10 @@ async fn every_call_the_scenarios_make_is_allowed_by_the_templates() {
         run("a deregistered rollback target registered again", crate::holes_monitor::deregistered_rollback_target),
         run("prod in another region of this account (promote, verify)", crate::cross_account::prod_in_another_region),
         run("a rollout replaced outside Conveyor, found by the sweep", crate::holes_monitor::superseded_by_the_sweep),
+        run("dev → stage (auto) → prod: an auto promotion by deploy-monitor, a promotion by hand", crate::pipelines::auto_promotion),
     );
     let mut report = Report::default();
-    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5] {
+    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6] {
         report.add(&name, &id, verdict);
     }
     println!("{}", report.summary());

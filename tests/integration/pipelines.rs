@@ -9,14 +9,16 @@ use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
 
-/// Creates a service per environment (`{env}` cluster of this world, the app's name) and writes
+/// Creates a service per environment (cluster `pipeline-{env}` of this world — the IAM test's
+/// template parameters name them: `dev` among the entry (stage) clusters, the others among the
+/// promoted-into (prod) ones — service named after the app) and writes
 /// the app's config with `environments` built from `shape` (each environment's extra keys).
 async fn pipeline(world: &World, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
     let image = format!("{}/{app}:v0.9.0", world.registry());
     let mut services = Vec::new();
     let mut environments = serde_json::Map::new();
     for (env, extra) in shape {
-        let (family, cluster) = (world.name(&format!("{app}-{env}")), world.name(env));
+        let (family, cluster) = (world.name(&format!("{app}-{env}")), world.name(&format!("pipeline-{env}")));
         let task_definition = world.register(&family, &image, env, false).await;
         world.create_service(&cluster, app, &task_definition, 1).await;
         let mut config = json!({ "cluster": cluster, "service": app });
@@ -190,4 +192,105 @@ async fn each_function_pauses_its_own_environments_and_names_the_other_for_the_r
     let report = pushes.invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now())).await.response();
     assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
     assert_eq!(world.revisions(&dev.family).await.len(), 2);
+}
+
+/// dev → stage (auto) → prod (by hand).
+async fn auto_stage(world: &World) -> [ServiceFixture; 3] {
+    let shape = [
+        ("dev", json!({})),
+        ("stage", json!({ "from": "dev", "promotion": "auto" })),
+        ("prod", json!({ "from": "stage" })),
+    ];
+    pipeline(world, "shop-api", &shape).await.try_into().unwrap()
+}
+
+#[tokio::test]
+async fn an_image_vetted_in_dev_is_promoted_into_stage_at_once_as_conveyors() {
+    auto_promotion(World::new().await).await;
+}
+
+/// dev → stage (auto) → prod: a push, dev's verification and stage's auto promotion, stage's
+/// verification, prod's promotion by hand. The IAM test runs it too.
+pub(crate) async fn auto_promotion(world: World) {
+    let [dev, stage, prod] = auto_stage(&world).await;
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    let events = world.aws.settle(&dev.cluster, &dev.service, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(
+        report["results"],
+        json!([
+            { "app": "shop-api", "environment": "dev", "action": "verified", "detail": report["results"][0]["detail"] },
+            { "app": "shop-api", "environment": "stage", "action": "deploying",
+              "detail": "auto promotion of v1.0.0 from dev: deploying" }
+        ]),
+        "{report}"
+    );
+    assert_eq!(world.running_image(&stage).await, world.running_image(&dev).await);
+    let history = world.history("shop-api").await;
+    let promoted = history.iter().find(|e| e["environment"] == "stage" && e["event"] == "promoted");
+    let promoted = promoted.unwrap_or_else(|| panic!("not in the history: {history:#?}"));
+    assert_eq!(
+        (promoted["requested_by"].as_str(), promoted["reason"].as_str()),
+        (Some("conveyor"), Some("vetted in dev"))
+    );
+
+    // The same event again, and the sweep: it is there already, nothing more.
+    let again = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(again["results"].as_array().unwrap().len(), 1, "{again}");
+    let swept = monitor.invoke(world.schedule_event()).await.response();
+    assert!(!swept.to_string().contains("auto promotion"), "{swept}");
+    assert_eq!(world.revisions(&stage.family).await.len(), 2);
+
+    // prod is the one environment promoted by hand: `to` is implied.
+    verify(&world, &monitor, &stage).await;
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
+    assert_eq!(
+        (answer["environment"].as_str(), answer["status"].as_str()),
+        (Some("prod"), Some("deploying")),
+        "{answer}"
+    );
+    assert_eq!(world.running_image(&prod).await, world.running_image(&dev).await);
+}
+
+#[tokio::test]
+async fn an_auto_promotion_into_a_paused_environment_is_held_until_the_sweep_after_resume() {
+    let world = World::new().await;
+    let [dev, stage, _] = auto_stage(&world).await;
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    let pause = json!({ "operation": "pause", "app": "shop-api", "environment": "stage", "reason": "load test" });
+    promote.invoke(pause).await.response();
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    let events = world.aws.settle(&dev.cluster, &dev.service, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(report["results"][1]["action"], "paused", "{report}");
+    assert_eq!(report["results"][1]["detail"], "auto promotion of v1.0.0 from dev: held, stage is paused");
+    assert_eq!(world.revisions(&stage.family).await.len(), 1, "a paused environment changed");
+
+    let resume = json!({ "operation": "resume", "app": "shop-api", "environment": "stage" });
+    promote.invoke(resume).await.response();
+    let swept = monitor.invoke(world.schedule_event()).await.response();
+    let moved: Vec<&Value> =
+        swept["results"].as_array().unwrap().iter().filter(|r| r["environment"] == "stage").collect();
+    assert_eq!(
+        moved,
+        [&json!({ "app": "shop-api", "environment": "stage", "action": "deploying",
+        "detail": "auto promotion of v1.0.0 from dev: deploying" })],
+        "{swept}"
+    );
+    assert_eq!(world.running_image(&stage).await, world.running_image(&dev).await);
 }

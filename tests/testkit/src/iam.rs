@@ -43,8 +43,16 @@ impl World {
     /// template's resources (the others get placeholders no call matches).
     pub fn iam_spec(&self) -> Value {
         let root = repo_root();
-        let stage_clusters = [self.name("stage"), self.name("stage-batch")].join(",");
-        let prod_clusters = [self.name("prod"), self.name(&format!("prod-{OTHER_REGION}"))].join(",");
+        // The pipeline scenarios' clusters too: `dev` is an entry environment (stage-deploy's),
+        // `stage` and `prod` are promoted into (promote's).
+        let stage_clusters = [self.name("stage"), self.name("stage-batch"), self.name("pipeline-dev")].join(",");
+        let prod_clusters = [
+            self.name("prod"),
+            self.name(&format!("prod-{OTHER_REGION}")),
+            self.name("pipeline-stage"),
+            self.name("pipeline-prod"),
+        ]
+        .join(",");
         json!({
             "scope": self.id,
             "region": REGION,
