@@ -86,14 +86,18 @@ pub async fn all(ledger: &Ledger, app: &AppName) -> Result<Vec<HistoryEntry>, Le
     ledger.history(app, DateTime::UNIX_EPOCH, Utc::now() + chrono::Duration::minutes(1), false, None).await
 }
 
-/// What `conveyor rollback` goes back to: the newest release verified in prod whose image is not
-/// the one prod runs now (`running`) — the verified prod release before the current one. With an
-/// unverified rollout on prod, that is the last verified release; with nothing known running, the
+/// What `conveyor rollback` goes back to: the newest release verified in `env` (prod) whose image
+/// is not the one it runs now (`running`) — the verified release before the current one. With an
+/// unverified rollout there, that is the last verified release; with nothing known running, the
 /// last verified one.
-pub fn previous_release<'a>(history: &'a [HistoryEntry], running: Option<&ImageDigest>) -> Option<&'a HistoryEntry> {
+pub fn previous_release<'a>(
+    history: &'a [HistoryEntry],
+    env: Environment,
+    running: Option<&ImageDigest>,
+) -> Option<&'a HistoryEntry> {
     history
         .iter()
-        .filter(|e| e.environment == Environment::PROD && e.event == Outcome::Verified)
+        .filter(|e| e.environment == env && e.event == Outcome::Verified)
         .filter(|e| e.digest.is_some() && e.digest.as_ref() != running)
         .max_by_key(|e| e.at)
 }
@@ -129,18 +133,18 @@ mod tests {
             entry(5, STAGE, Verified, 3), // only in stage: never a rollback target
         ];
         let tag = |e: Option<&HistoryEntry>| e.and_then(|e| e.tag.as_ref()).map(ToString::to_string);
-        assert_eq!(tag(previous_release(&history, Some(&digest(2)))), Some("v1".into()));
+        assert_eq!(tag(previous_release(&history, PROD, Some(&digest(2)))), Some("v1".into()));
         // v3 rolling out (not verified): back to the last verified release, v2.
-        assert_eq!(tag(previous_release(&history, Some(&digest(3)))), Some("v2".into()));
-        assert_eq!(tag(previous_release(&history, None)), Some("v2".into()));
+        assert_eq!(tag(previous_release(&history, PROD, Some(&digest(3)))), Some("v2".into()));
+        assert_eq!(tag(previous_release(&history, PROD, None)), Some("v2".into()));
         // v3 failed in prod and prod is back on v2: still v1 before it.
         history.push(entry(6, PROD, RolledBack, 3));
-        assert_eq!(tag(previous_release(&history, Some(&digest(2)))), Some("v1".into()));
+        assert_eq!(tag(previous_release(&history, PROD, Some(&digest(2)))), Some("v1".into()));
         // v1 promoted again after v2: the release before it is v2.
         history.push(entry(7, PROD, Verified, 1));
-        assert_eq!(tag(previous_release(&history, Some(&digest(1)))), Some("v2".into()));
+        assert_eq!(tag(previous_release(&history, PROD, Some(&digest(1)))), Some("v2".into()));
         // Only one release ever verified, and it runs: nothing to go back to.
-        assert_eq!(previous_release(&history[..3], Some(&digest(1))), None);
+        assert_eq!(previous_release(&history[..3], PROD, Some(&digest(1))), None);
     }
 
     #[test]

@@ -134,3 +134,50 @@ async fn each_job_makes_the_fewest_calls_it_needs() {
         assert_eq!(all.get(write), seeded.get(write), "{write} by Conveyor: {all:?}");
     }
 }
+
+#[tokio::test]
+async fn an_auto_promotion_costs_a_promotion_and_three_reads() {
+    let world = World::new().await;
+    let shape = [("dev", json!({})), ("stage", json!({ "from": "dev", "promotion": "auto" }))];
+    let [dev, stage]: [conveyor_testkit::world::ServiceFixture; 2] =
+        crate::pipelines::pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+    let conveyor = conveyor(&world);
+    let push = |tag: &str, n: u32, minutes: i64| {
+        world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes))
+    };
+    let verify_dev = async || {
+        let completed = world.aws.settle(&dev.cluster, &dev.service, Settle::Complete).await;
+        calls_of(&world, async { conveyor.monitor(completed[0].clone(), &invocation()).await.map(drop).unwrap() }).await
+    };
+    // Warm the instance and both services' records.
+    conveyor.stage(push("v1.0.0", 1, 30), &invocation()).await.unwrap();
+    verify_dev().await;
+    let completed = world.aws.settle(&stage.cluster, &stage.service, Settle::Complete).await;
+    conveyor.monitor(completed[0].clone(), &invocation()).await.unwrap();
+
+    conveyor.stage(push("v1.1.0", 2, 20), &invocation()).await.unwrap();
+    let vetted_and_promoted = verify_dev().await;
+    assert_eq!(
+        vetted_and_promoted,
+        expect(&[
+            ("BatchGetItem", 2), // the newest tag's image (failed anywhere?); the tag and stage's state
+            ("DescribeServices", 2),
+            ("GetItem", 1), // stage's state: did it have the image already?
+            ("Publish", 2),
+            ("Query", 1), // the tags dev vetted
+            ("RegisterTaskDefinition", 1),
+            ("TransactWriteItems", 3), // dev's verification; stage's lease with the image promotable; the rollout
+            ("UpdateItem", 3),         // dev's lease taken and released; stage's released
+            ("UpdateService", 1),
+        ]),
+        "a verification and its auto promotion"
+    );
+    assert!(total(&vetted_and_promoted) <= 16);
+
+    // The sweep, with nothing to move: three reads for the environment that takes images itself.
+    let tick = world.schedule_event();
+    let swept = calls_of(&world, async { conveyor.monitor(tick, &invocation()).await.map(drop).unwrap() }).await;
+    println!("sweep: {swept:?}");
+    let reads: u64 = ["Query", "BatchGetItem", "GetItem"].iter().filter_map(|op| swept.get(*op)).sum();
+    assert!(reads <= 4, "{swept:?}");
+}

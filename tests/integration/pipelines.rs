@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 /// template parameters name them: `dev` among the entry (stage) clusters, the others among the
 /// promoted-into (prod) ones — service named after the app) and writes
 /// the app's config with `environments` built from `shape` (each environment's extra keys).
-async fn pipeline(world: &World, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
+pub(crate) async fn pipeline(world: &World, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
     let image = format!("{}/{app}:v0.9.0", world.registry());
     let mut services = Vec::new();
     let mut environments = serde_json::Map::new();

@@ -169,10 +169,23 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
     ctx.names().await?.promote_function()?;
     let set = configs(ctx).await?;
     let app = find_app(&set, &args.app, &ctx.names().await?.prefix)?;
-    let prod = app.target(Environment::PROD).map_err(|e| CliError::new(AWS_OR_CONFIG, "ConfigError", e.to_string()))?;
+    let env = production(app)?;
+    let prod = app.target(env).map_err(|e| CliError::new(AWS_OR_CONFIG, "ConfigError", e.to_string()))?;
     let running = status::running(&ctx.fleet()?, app, prod).await?;
     let from = Release { tag: running.tag.clone(), digest: running.digest.clone() };
     let mut payload = json!({ "app": app.name, "dry_run": args.dry_run });
+    // `to` only where promote would not imply it (a v2 promote function refuses the key).
+    let manual: Vec<_> = app
+        .pipeline
+        .environments
+        .iter()
+        .filter(|e| {
+            matches!(e.source, conveyor::config::Source::From { promotion: conveyor::config::Promotion::Manual, .. })
+        })
+        .collect();
+    if !matches!(manual[..], [one] if one.name == env) {
+        payload["to"] = json!(env);
+    }
     let target = match &args.to {
         Some(tag) => {
             payload["tag"] = json!(tag);
@@ -181,12 +194,12 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
         None => {
             let entries = history::all(&ctx.ledger().await?, &app.name).await?;
             let running_digest = running.digest.as_deref().and_then(|d| ImageDigest::parse(d).ok());
-            let Some(previous) = history::previous_release(&entries, running_digest.as_ref()) else {
+            let Some(previous) = history::previous_release(&entries, env, running_digest.as_ref()) else {
                 return Err(CliError::new(
                     REFUSED,
                     "NothingToRollBackTo",
                     format!(
-                        "{} prod has no verified release before the one it runs ({} {}): name a promotable tag with --to TAG",
+                        "{} {env} has no verified release before the one it runs ({} {}): name a promotable tag with --to TAG",
                         app.name,
                         or_dash(running.tag.as_deref()),
                         or_dash(running.digest.as_deref().map(output::short_digest))
@@ -204,6 +217,26 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
     payload["reason"] = json!(reason);
     payload["requested_by"] = json!(ctx.identity().await?);
     execute(ctx, app.name.as_str(), payload, args.dry_run, &args.wait, Some(from)).await
+}
+
+/// The environment `rollback` puts back (prod): the app's one environment no other takes images
+/// from, promoted into.
+fn production(app: &AppConfig) -> Result<Environment, CliError> {
+    let last: Vec<Environment> = app
+        .pipeline
+        .environments
+        .iter()
+        .filter(|e| matches!(e.source, conveyor::config::Source::From { .. }) && app.pipeline.is_last(e.name))
+        .map(|e| e.name)
+        .collect();
+    match last[..] {
+        [one] => Ok(one),
+        _ => Err(CliError::invalid(format!(
+            "{} has no single last environment to roll back ({}): promote the tag to go back to with `conveyor promote --to`",
+            app.name,
+            last.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 async fn execute(
