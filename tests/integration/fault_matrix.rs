@@ -4,7 +4,8 @@
 //!
 //! **Flows** (each on a fresh [`World`], arranged through the library, then one invocation of a
 //! real binary): `push` (stage-deploy, one app), `push-two-apps` (one repository feeding two
-//! apps), `verify` (deploy-monitor, COMPLETED → verified), `rollback` (deploy-monitor, a prod
+//! apps), `verify` (deploy-monitor, COMPLETED → verified), `verify-auto-promote` (COMPLETED in
+//! stage → verified, and prod, which takes stage's images automatically, promoted), `rollback` (deploy-monitor, a prod
 //! rollout FAILED → Conveyor rolls prod back to the last verified release), `circuit-breaker`
 //! (stage FAILED with ECS's own rollback → no second rollback), `promote` (promote), `sweep`
 //! (deploy-monitor's schedule: a rollout whose COMPLETED event was lost, with its `deploying`
@@ -101,13 +102,15 @@ enum Flow {
     Promote,
     Sweep,
     SweepOutbox,
+    VerifyAutoPromote,
 }
 
 impl Flow {
-    const ALL: [Flow; 8] = [
+    const ALL: [Flow; 9] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
+        Flow::VerifyAutoPromote,
         Flow::Rollback,
         Flow::CircuitBreaker,
         Flow::Promote,
@@ -125,6 +128,7 @@ impl Flow {
             Flow::Promote => "promote",
             Flow::Sweep => "sweep",
             Flow::SweepOutbox => "sweep-outbox",
+            Flow::VerifyAutoPromote => "verify-auto-promote",
         }
     }
 
@@ -168,6 +172,23 @@ impl Flow {
                 let mut expect = Expect::default();
                 expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
                 expect.notify(&app, "stage", "verified");
+                (events[0].clone(), expect)
+            }
+            Flow::VerifyAutoPromote => {
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                let environments = json!({
+                    "stage": { "cluster": app.stage.cluster, "service": app.stage.service },
+                    "prod": { "cluster": app.prod.cluster, "service": app.prod.service,
+                              "from": "stage", "promotion": "auto" } });
+                let config = json!({ "repository": "shop-api", "container": "api", "environments": environments });
+                world.put_app("shop-api", &config).await;
+                push(&world, &app, "v1.0.0", 1, base).await;
+                let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
+                let mut expect = Expect::default();
+                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
+                expect.env(&world, &app, "prod", 1, "in_progress").new_revisions = 1;
+                expect.notify(&app, "stage", "verified");
+                expect.notify(&app, "prod", "promoted");
                 (events[0].clone(), expect)
             }
             Flow::Rollback => {
