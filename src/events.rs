@@ -170,6 +170,9 @@ pub enum MonitorEvent {
     Deployment(Box<DeploymentEvent>),
     /// The EventBridge schedule: reconcile every in-flight rollout.
     Sweep,
+    /// The soak timer (a schedule every minute, its rule named `...-soak-timer`): end the soaks
+    /// whose time is up.
+    SoakTimer,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,7 +187,8 @@ struct EcsDeploymentDetail {
 pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEvent> {
     let event = envelope(payload)?;
     if event.source == SCHEDULE_SOURCE && event.detail_type == SCHEDULED_EVENT {
-        return Ok(Ok(MonitorEvent::Sweep));
+        let soak_timer = event.resources.iter().flatten().any(|rule| rule.ends_with("-soak-timer"));
+        return Ok(Ok(if soak_timer { MonitorEvent::SoakTimer } else { MonitorEvent::Sweep }));
     }
     if event.source != ECS_SOURCE || event.detail_type != ECS_DEPLOYMENT_STATE_CHANGE {
         return Ok(Err(Skip(format!("not an ECS deployment state change ({} / {})", event.source, event.detail_type))));

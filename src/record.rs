@@ -42,6 +42,16 @@ pub struct EnvState {
     /// attempt for the same image and base uses it instead of registering another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphan: Option<Orphan>,
+    /// The verified rollout soaking here: its image counts as vetted once `until` has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+}
+
+/// A verified rollout keeping its image running for the environment's `soak`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Soak {
+    pub rollout_id: String,
+    pub until: DateTime<Utc>,
 }
 
 /// The newest push time seen, and every push (image and tag) of that second (EventBridge times
@@ -149,7 +159,7 @@ pub enum Arrival {
 impl EnvState {
     /// A rollout or a rollback still waits for ECS: the sweep comes back to it.
     pub fn in_flight(&self) -> bool {
-        self.in_progress().is_some() || self.rollback.is_some()
+        self.in_progress().is_some() || self.rollback.is_some() || self.soak.is_some()
     }
 
     /// The state of an environment Conveyor meets for the first time, running `running`.
@@ -168,6 +178,7 @@ impl EnvState {
             paused: None,
             drift: None,
             orphan: None,
+            soak: None,
         }
     }
 

@@ -167,6 +167,8 @@ pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, r
     change.history.push(entry);
     change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
     change.state.rollout = Some(rollout);
+    // A newer rollout ends a soak: the soaking image is not vetted here.
+    change.state.soak = None;
 }
 
 /// A history entry about `app`'s `rollout` (in its current state) at `at`.

@@ -30,6 +30,8 @@ pub enum Outcome {
     Restored,
     /// A push recorded but not rolled out because the environment is paused (history only).
     Held,
+    /// Verified; the image keeps running for the environment's `soak` before it counts as vetted.
+    Soaking,
 }
 
 impl Outcome {
@@ -84,6 +86,8 @@ pub enum Action {
     /// Still waiting for ECS.
     Waiting,
     Verified,
+    /// Verified; soaking before the image counts as vetted.
+    Soaking,
     RolledBack,
     Failed,
     Superseded,

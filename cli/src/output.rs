@@ -134,7 +134,7 @@ impl From<Outcome> for Tone {
         match outcome {
             Outcome::Verified | Outcome::Restored | Outcome::Resumed => Tone::Good,
             Outcome::RolledBack | Outcome::Failed | Outcome::ConfigError => Tone::Bad,
-            Outcome::Deploying | Outcome::Promoted | Outcome::Held => Tone::Busy,
+            Outcome::Deploying | Outcome::Promoted | Outcome::Held | Outcome::Soaking => Tone::Busy,
             Outcome::Paused | Outcome::Drift => Tone::Attention,
             Outcome::Superseded => Tone::Quiet,
         }
@@ -166,7 +166,7 @@ impl From<Action> for Tone {
         match action {
             Action::Verified | Action::Restored | Action::Delivered => Tone::Good,
             Action::RolledBack | Action::Failed | Action::Error => Tone::Bad,
-            Action::Deploying | Action::Waiting => Tone::Busy,
+            Action::Deploying | Action::Waiting | Action::Soaking => Tone::Busy,
             Action::Paused | Action::Drift => Tone::Attention,
             Action::Superseded => Tone::Quiet,
             Action::Skipped => Tone::Plain,

@@ -108,7 +108,7 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    /// The app's environments. In this release: one target each, without gates
+    /// The app's environments. In this release: one target each, soak the only gate
     /// ([`runs_in_this_release`]).
     pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
@@ -120,7 +120,7 @@ pub struct AppConfig {
 /// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
 /// with this, at the key that goes beyond (never accepted and then half-run).
 pub const NOT_IN_THIS_RELEASE: &str =
-    "not run by this release of Conveyor yet: it deploys one target per environment, without soak, alarms or approvals";
+    "not run by this release of Conveyor yet: it deploys one target per environment, without alarms or approvals";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -227,9 +227,6 @@ fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
         }
         if env.targets.len() > 1 {
             problems.add(key("targets"), NOT_IN_THIS_RELEASE);
-        }
-        if !env.soak.is_zero() {
-            problems.add(key("soak"), NOT_IN_THIS_RELEASE);
         }
         if !env.alarms.is_empty() {
             problems.add(key("alarms"), NOT_IN_THIS_RELEASE);
@@ -809,11 +806,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("it has: dev, stage, prod"));
-        for (key, value) in [
-            ("soak", serde_json::json!("30m")),
-            ("alarms", serde_json::json!(["shop-api-5xx"])),
-            ("approval", serde_json::json!(true)),
-        ] {
+        for (key, value) in [("alarms", serde_json::json!(["shop-api-5xx"])), ("approval", serde_json::json!(true))] {
             let json = edit(|v| {
                 v["environments"]["prod"]["from"] = "stage".into();
                 v["environments"]["prod"][key] = value.clone();

@@ -24,7 +24,7 @@ use crate::health::Prober;
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Intent, Item, ItemKey, Lease, TagItem};
 use crate::notify::{Announcement, Notification};
-use crate::record::{EnvState, Verified};
+use crate::record::{EnvState, Soak, Verified};
 use crate::rollout::{RollbackWatch, RolledBackBy, Rollout, RolloutState};
 use crate::start::{self, history_of};
 use crate::taskdef::ImageSwap;
@@ -84,6 +84,12 @@ pub async fn handle(
             Ok(MonitorReport { results: std::iter::once(handled).chain(onwards).collect() })
         }
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
+        Ok(Ok(MonitorEvent::SoakTimer)) => {
+            let config = configs.get().await?;
+            let pending = leases.ledger.pending().await?;
+            let results = Box::pin(end_soaks(configs, fleet, leases, &config, &pending, invocation)).await;
+            Ok(MonitorReport { results })
+        }
         Ok(Err(Skip(reason))) => {
             info!(reason = %reason, "event skipped");
             Ok(MonitorReport { results: vec![Handled::skipped(reason)] })
@@ -197,10 +203,70 @@ async fn verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, D
     if rollout.settle(RolloutState::Verified { at: now }).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
+    let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
+    if soak.is_zero() {
+        return vet(here, rollout, now, "deployment completed, every task running, health check passed").await;
+    }
+    // Verified: the image now keeps running for the soak before it counts as vetted here.
+    let until = now + chrono::Duration::from_std(soak).unwrap_or(chrono::Duration::zero());
+    let reason = format!(
+        "deployment completed, every task running, health check passed; soaking {} until {}",
+        crate::config::show_duration(soak),
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let mut change = Change::new(here.state()?.clone());
+    change.state.rollout = Some(rollout.clone());
+    change.state.soak = Some(Soak { rollout_id: rollout.id.clone(), until });
+    let mut entry = history_of(&app.name, &rollout, env, now);
+    entry.event = Outcome::Soaking;
+    entry.reason = Some(reason.clone());
+    change.history.push(entry);
+    let mut notification = Notification::of_rollout(app, env, &rollout);
+    (notification.outcome, notification.severity) = (Outcome::Soaking, Severity::Info);
+    notification.reason = Some(reason.clone());
+    change.announcements.push(Announcement::new(notification, app));
+    here.commit(change).await?;
+    info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest, until = %until, "rollout verified, soaking");
+    Ok(Handled::of(&app.name, env, Action::Soaking, reason))
+}
+
+/// Ends a soak whose time is up: the image counts as vetted here. A soak whose rollout was
+/// replaced meanwhile just ends (that image is not vetted here).
+async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
+    let state = here.state()?.clone();
+    let Some(soak) = state.soak.clone() else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "no soak"));
+    };
+    if soak.until > now {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "still soaking"));
+    }
+    let soaked =
+        state.rollout.clone().filter(|r| r.id == soak.rollout_id && matches!(r.state, RolloutState::Verified { .. }));
+    let Some(rollout) = soaked else {
+        let mut change = Change::new(state);
+        change.state.soak = None;
+        here.commit(change).await?;
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "the soaking rollout was replaced"));
+    };
+    let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
+    vet(here, rollout, now, &format!("soaked {} without a problem", crate::config::show_duration(soak))).await
+}
+
+/// Records the image of a verified `rollout` as vetted here: last verified, its tags promotable
+/// where another environment takes from this one, history, notification.
+async fn vet(
+    here: &mut Leased<'_>,
+    mut rollout: Rollout,
+    now: chrono::DateTime<Utc>,
+    reason: &str,
+) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
     // Stage makes every tag of the image promotable: commit only if the image has no tag this
     // rollout does not know (a push recorded one meanwhile), else learn them and commit again.
     for attempt in 0..3 {
         let mut change = Change::new(here.state()?.clone());
+        change.state.soak = None;
         change.state.last_verified = Some(Verified {
             rollout_id: rollout.id.clone(),
             tag: rollout.tag.clone(),
@@ -230,7 +296,7 @@ async fn verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, D
         change.images.push((app.name.clone(), image));
         change.history.push(history_of(&app.name, &rollout, env, now));
         let mut notification = Notification::of_rollout(app, env, &rollout);
-        notification.reason = Some("deployment completed, every task running, health check passed".into());
+        notification.reason = Some(reason.to_owned());
         change.announcements.push(Announcement::new(notification, app));
         match here.commit(change).await {
             Ok(()) => break,
@@ -454,6 +520,46 @@ async fn service_gone(here: &mut Leased<'_>, rollout: &Rollout, error: &AwsError
     Ok(Handled::of(&app.name, env, Action::Failed, reason))
 }
 
+/// Ends every soak among `pending` whose time is up (under the environment's lease), then starts
+/// the auto promotions that image's vetting calls for.
+async fn end_soaks(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    config: &ConfigSet,
+    pending: &[Item],
+    invocation: &Invocation,
+) -> Vec<Handled> {
+    let now = Utc::now();
+    let mut results = Vec::new();
+    for item in pending {
+        let Some(key) = ItemKey::parse(item) else { continue };
+        let Some((app, env)) = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env))) else { continue };
+        let Ok(service) = app.target(env) else { continue };
+        let state: Option<EnvState> = crate::ledger::state_from_item(item);
+        if state.and_then(|s| s.soak).is_none_or(|soak| soak.until > now) {
+            continue;
+        }
+        let lease = Lease::new(key, "deploy-monitor soak".to_owned(), invocation).patient();
+        let target = fleet.target(app, service).await;
+        let ended = leases.with_env(lease, app, env, target, async |here| end_soak(here, now).await).await;
+        match ended {
+            Ok(handled) => {
+                let vetted = handled.action == Action::Verified;
+                results.push(handled);
+                if vetted {
+                    results.extend(promote_onwards(configs, fleet, leases, app.name.as_str(), env, invocation).await);
+                }
+            }
+            Err(error) => {
+                error!(app = %app.name, environment = %env, error = %error, "soak could not end");
+                results.push(Handled::of(&app.name, env, Action::Error, error.to_string()));
+            }
+        }
+    }
+    results
+}
+
 /// After `env` of `app` vetted an image: the auto promotions it starts ([`crate::auto`]). A
 /// failure here does not fail the event (its verification is committed): the sweep tries again.
 async fn promote_onwards(
@@ -496,12 +602,14 @@ async fn sweep(
         crate::announce::config_error(configs, leases, invalid, invocation).await;
     }
     let pending = leases.ledger.pending().await?;
+    // Soaks the timer missed (it runs every minute; the sweep is the safety net).
+    let ended = Box::pin(end_soaks(configs, fleet, leases, &config, &pending, invocation)).await;
     let results: Vec<Vec<Handled>> = futures_util::stream::iter(pending)
         .map(|item| sweep_item(fleet, leases, prober, &config, item, invocation))
         .buffer_unordered(SWEEP_CONCURRENCY)
         .collect()
         .await;
-    let mut results: Vec<Handled> = results.into_iter().flatten().collect();
+    let mut results: Vec<Handled> = ended.into_iter().chain(results.into_iter().flatten()).collect();
     let onwards = crate::auto::reconcile(configs, fleet, leases, &config.apps, invocation).await;
     results.extend(onwards.into_iter().map(Handled::from));
     let errors = results.iter().filter(|r| r.action == Action::Error).count();

@@ -48,6 +48,9 @@ pub struct EnvStatus {
     pub held_push: Option<HeldPush>,
     /// Why the service could not be read.
     pub error: Option<String>,
+    /// While the verified rollout soaks: when its image counts as vetted (present only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soaking_until: Option<DateTime<Utc>>,
 }
 
 /// What the ECS service runs now.
@@ -178,6 +181,7 @@ pub fn env_status(
             time: h.time,
         }),
         error,
+        soaking_until: state.and_then(|s| s.soak.as_ref()).map(|soak| soak.until),
     }
 }
 

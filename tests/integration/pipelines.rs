@@ -294,3 +294,89 @@ async fn an_auto_promotion_into_a_paused_environment_is_held_until_the_sweep_aft
     );
     assert_eq!(world.running_image(&stage).await, world.running_image(&dev).await);
 }
+
+/// stage (soak `2s`) → prod (auto): verified, soaking, vetted by the timer, promoted onwards.
+#[tokio::test]
+async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within_a_tick() {
+    let world = World::new().await;
+    let shape = [("stage", json!({ "soak": "2s" })), ("prod", json!({ "from": "stage", "promotion": "auto" }))];
+    let [stage, prod]: [ServiceFixture; 2] = pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    let events = world.aws.settle(&stage.cluster, &stage.service, Settle::Complete).await;
+    let report = monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(report["results"].as_array().unwrap().len(), 1, "nothing moves on while soaking: {report}");
+    assert_eq!(report["results"][0]["action"], "soaking", "{report}");
+    let record = world.record("shop-api", "stage").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "verified");
+    assert!(record["soak"]["until"].is_string(), "{record}");
+    assert!(record["last_verified"].is_null(), "not known good before the soak ends: {record}");
+    let (error_type, message) =
+        promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await.error();
+    assert_eq!((error_type.as_str(), message.contains("never vetted in stage")), ("NotVetted", true), "{message}");
+
+    // A tick before the end changes nothing; one after it vets, and prod gets it at once.
+    let early = monitor.invoke(world.soak_timer_event()).await.response();
+    assert_eq!(early["results"], json!([]), "{early}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let tick = monitor.invoke(world.soak_timer_event()).await.response();
+    let actions: Vec<(&str, &str)> = tick["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["environment"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("stage", "verified"), ("prod", "deploying")], "{tick}");
+    assert_eq!(world.running_image(&prod).await, world.running_image(&stage).await);
+    let record = world.record("shop-api", "stage").await.unwrap();
+    assert!(record["soak"].is_null() && !record["last_verified"].is_null(), "{record}");
+    let again = monitor.invoke(world.soak_timer_event()).await.response();
+    assert_eq!(again["results"], json!([]), "a soak ends once: {again}");
+    let outcomes: Vec<String> = world
+        .notifications()
+        .await
+        .iter()
+        .filter(|n| n["Subject"].as_str().unwrap().contains(" stage:"))
+        .map(|n| n["Subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "[conveyor] shop-api stage: deploying v1.0.0",
+            "[conveyor] shop-api stage: soaking v1.0.0",
+            "[conveyor] shop-api stage: verified v1.0.0"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_newer_rollout_during_the_soak_supersedes_it_and_the_soaked_image_is_never_vetted() {
+    let world = World::new().await;
+    let shape = [("stage", json!({ "soak": "2s" })), ("prod", json!({ "from": "stage" }))];
+    let [stage, _]: [ServiceFixture; 2] = pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+    let (pushes, monitor) =
+        (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    let events = world.aws.settle(&stage.cluster, &stage.service, Settle::Complete).await;
+    assert_eq!(monitor.invoke(events[0].clone()).await.response()["results"][0]["action"], "soaking");
+    let report = pushes
+        .invoke(world.push_event("shop-api", "v1.1.0", &digest(2), Utc::now() - Duration::minutes(4)))
+        .await
+        .response();
+    assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
+    assert!(world.record("shop-api", "stage").await.unwrap()["soak"].is_null(), "the newer rollout ends the soak");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    monitor.invoke(world.soak_timer_event()).await.response();
+    let image = world.image_record("shop-api", &digest(1)).await.unwrap();
+    assert!(image.get("vetted_stage").is_none(), "{image:?}");
+}

@@ -93,9 +93,13 @@ pub fn check_monitor_result(
     result: &Result<Result<MonitorEvent, Skip>, InvalidEvent>,
 ) -> Result<(), TestCaseError> {
     match result {
-        Ok(Ok(MonitorEvent::Sweep)) => {
+        Ok(Ok(MonitorEvent::Sweep | MonitorEvent::SoakTimer)) => {
             prop_assert_eq!(str_at(event, &["source"]), Some("aws.events"));
             prop_assert_eq!(str_at(event, &["detail-type"]), Some("Scheduled Event"));
+            let timer = event["resources"].as_array().is_some_and(|rules| {
+                rules.iter().any(|rule| rule.as_str().is_some_and(|rule| rule.ends_with("-soak-timer")))
+            });
+            prop_assert_eq!(matches!(result, Ok(Ok(MonitorEvent::SoakTimer))), timer);
         }
         Ok(Ok(MonitorEvent::Deployment(deployment))) => {
             prop_assert_eq!(str_at(event, &["source"]), Some("aws.ecs"));

@@ -59,6 +59,10 @@ fn rollout(env: &EnvStatus) -> (String, Tone) {
     if let (true, Some(deployment)) = (rollout.state == RolloutKind::InProgress, deployment) {
         text.push_str(&format!(" ({}/{} running)", deployment.running_count, deployment.desired_count));
     }
+    if let Some(until) = env.soaking_until {
+        let left = (until - chrono::Utc::now()).num_seconds().max(0);
+        return (format!("{}, soaking ({} left)", text, crate::output::duration(left)), Tone::Busy);
+    }
     (text, rollout.state.into())
 }
 

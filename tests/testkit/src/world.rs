@@ -308,6 +308,13 @@ impl World {
         })
     }
 
+    /// A tick of the soak timer (its rule is named `{stack}-soak-timer`).
+    pub fn soak_timer_event(&self) -> Value {
+        let mut tick = self.schedule_event();
+        tick["resources"] = json!([format!("arn:aws:events:{REGION}:{ACCOUNT}:rule/conveyor-soak-timer")]);
+        tick
+    }
+
     /// An "ECR Image Action" PUSH/SUCCESS event, as EventBridge delivers it.
     pub fn push_event(&self, repository: &str, tag: &str, digest: &str, time: DateTime<Utc>) -> Value {
         json!({
