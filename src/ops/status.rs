@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{AwsError, ServiceState};
-use crate::config::{AppConfig, ServiceTarget, Source};
+use crate::config::{AppConfig, Promotion, ServiceTarget, Source};
 use crate::fleet::Fleet;
 use crate::ledger::{Ledger, LedgerError};
 use crate::record::EnvState;
@@ -238,11 +238,18 @@ pub async fn app_status(
         let state = state?.map(|(state, _)| state);
         Ok::<_, LedgerError>(env_status(env.name, target, state.as_ref(), running))
     });
-    // What may move on: the tags vetted where the first promoted-into environment takes from.
-    let from = app.pipeline.environments.iter().find_map(|env| match env.source {
-        Source::From { environment, .. } => Some(environment),
-        Source::Entry => None,
-    });
+    // What may move on: the tags vetted where the environment `promote` goes to without `to`
+    // takes from (prod's stage), else the first promoted-into environment's.
+    let sources = |manual_only: bool| {
+        app.pipeline.environments.iter().filter_map(move |env| match env.source {
+            Source::From { environment, promotion, .. } if !manual_only || promotion == Promotion::Manual => {
+                Some(environment)
+            }
+            _ => None,
+        })
+    };
+    let manual: Vec<Environment> = sources(true).collect();
+    let from = if let [one] = manual[..] { Some(one) } else { sources(false).next() };
     let tags = async {
         match from {
             Some(from) => promote::promotable_tags(ledger, &app.name, from, promotable).await,

@@ -140,7 +140,7 @@ async fn an_auto_promotion_costs_a_promotion_and_three_reads() {
     let world = World::new().await;
     let shape = [("dev", json!({})), ("stage", json!({ "from": "dev", "promotion": "auto" }))];
     let [dev, stage]: [conveyor_testkit::world::ServiceFixture; 2] =
-        crate::pipelines::pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+        world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
     let conveyor = conveyor(&world);
     let push = |tag: &str, n: u32, minutes: i64| {
         world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes))

@@ -9,40 +9,14 @@ use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
 
-/// Creates a service per environment (cluster `pipeline-{env}` of this world — the IAM test's
-/// template parameters name them: `dev` among the entry (stage) clusters, the others among the
-/// promoted-into (prod) ones — service named after the app) and writes
-/// the app's config with `environments` built from `shape` (each environment's extra keys).
-pub(crate) async fn pipeline(world: &World, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
-    let image = format!("{}/{app}:v0.9.0", world.registry());
-    let mut services = Vec::new();
-    let mut environments = serde_json::Map::new();
-    for (env, extra) in shape {
-        let (family, cluster) = (world.name(&format!("{app}-{env}")), world.name(&format!("pipeline-{env}")));
-        let task_definition = world.register(&family, &image, env, false).await;
-        world.create_service(&cluster, app, &task_definition, 1).await;
-        let mut config = json!({ "cluster": cluster, "service": app });
-        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        environments.insert((*env).to_owned(), config);
-        services.push(ServiceFixture {
-            cluster,
-            service: app.into(),
-            family,
-            initial_task_definition: task_definition,
-        });
-    }
-    world.put_app(app, &json!({ "repository": app, "container": "api", "environments": environments })).await;
-    services
-}
-
 /// dev → stage → prod, each promoted by hand.
 async fn three(world: &World) -> [ServiceFixture; 3] {
-    let services = pipeline(
-        world,
-        "shop-api",
-        &[("dev", json!({})), ("stage", json!({ "from": "dev" })), ("prod", json!({ "from": "stage" }))],
-    )
-    .await;
+    let services = world
+        .seed_pipeline(
+            "shop-api",
+            &[("dev", json!({})), ("stage", json!({ "from": "dev" })), ("prod", json!({ "from": "stage" }))],
+        )
+        .await;
     services.try_into().unwrap()
 }
 
@@ -201,7 +175,7 @@ async fn auto_stage(world: &World) -> [ServiceFixture; 3] {
         ("stage", json!({ "from": "dev", "promotion": "auto" })),
         ("prod", json!({ "from": "stage" })),
     ];
-    pipeline(world, "shop-api", &shape).await.try_into().unwrap()
+    world.seed_pipeline("shop-api", &shape).await.try_into().unwrap()
 }
 
 #[tokio::test]
@@ -300,7 +274,7 @@ async fn an_auto_promotion_into_a_paused_environment_is_held_until_the_sweep_aft
 async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within_a_tick() {
     let world = World::new().await;
     let shape = [("stage", json!({ "soak": "2s" })), ("prod", json!({ "from": "stage", "promotion": "auto" }))];
-    let [stage, prod]: [ServiceFixture; 2] = pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+    let [stage, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
     let (pushes, monitor, promote) = (
         stage_deploy(&world).await,
         functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
@@ -360,7 +334,7 @@ async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within
 async fn a_newer_rollout_during_the_soak_supersedes_it_and_the_soaked_image_is_never_vetted() {
     let world = World::new().await;
     let shape = [("stage", json!({ "soak": "2s" })), ("prod", json!({ "from": "stage" }))];
-    let [stage, _]: [ServiceFixture; 2] = pipeline(&world, "shop-api", &shape).await.try_into().unwrap();
+    let [stage, _]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
     let (pushes, monitor) =
         (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
     pushes

@@ -1,6 +1,7 @@
 //! The story Conveyor exists for, end to end on a [`LocalStack`]: push → stage → verify → promote
 //! (with the `conveyor` CLI, following the rollout) → prod, also in another AWS account; a bad
-//! push rolls back and alerts; promoting it is refused. `make demo` prints it; the end-to-end
+//! push rolls back and alerts; promoting it is refused; a pipeline (dev → stage, promoted
+//! automatically → prod, by hand) moves one digest along. `make demo` prints it; the end-to-end
 //! tests assert it. Every step checks what it expects and fails with what it saw.
 
 use std::time::Duration;
@@ -21,6 +22,9 @@ pub fn bad() -> String {
 }
 pub fn billing() -> String {
     digest(200)
+}
+pub fn web() -> String {
+    digest(300)
 }
 
 /// ECS for the story: rollouts take about a second; the bad image's tasks never start.
@@ -52,10 +56,16 @@ pub async fn seed(stack: &LocalStack) {
         )
         .await;
     world.seed_app_across("billing", "billing", PROD_ACCOUNT).await;
+    let pipeline = [
+        ("dev", json!({})),
+        ("stage", json!({ "from": "dev", "promotion": "auto" })),
+        ("prod", json!({ "from": "stage" })),
+    ];
+    world.seed_pipeline("web", &pipeline).await;
     stack.say(
         MomentKind::Step,
         format!(
-            "seeded shop-api (api + log_router sidecar; stage and prod here) and billing (stage here, prod in account {PROD_ACCOUNT})"
+            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically → prod, by hand)"
         ),
     );
 }
@@ -156,6 +166,29 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
         })
         .await;
     check(all_there.is_ok(), || format!("expected notifications {expected:?}, got {:?}", outcomes()))?;
+    pipeline(stack).await
+}
+
+/// web's pipeline: a push reaches dev only; vetted there, stage gets it automatically; prod, the
+/// one environment promoted by hand, by `conveyor promote`.
+async fn pipeline(stack: &LocalStack) -> Result<(), String> {
+    let world = &stack.world;
+    stack.say(MomentKind::Step, "push web:v3.0.0: dev deploys it; once dev verifies it, stage gets it automatically");
+    stack.push("web", "v3.0.0", &web(), Utc::now() - chrono::Duration::seconds(20)).await;
+    stack.wait_for_state("web", "dev", "v3.0.0", "verified").await?;
+    let stage = stack.wait_for_state("web", "stage", "v3.0.0", "verified").await?;
+    check(stage["rollout"]["origin"]["requested_by"] == "conveyor", || format!("stage's rollout: {stage}"))?;
+    operator(stack, &["status", "web"], 0).await?;
+    stack.say(MomentKind::Step, "promote web v3.0.0 to prod (the one environment promoted by hand)");
+    operator(stack, &["promote", "web", "v3.0.0", "--wait"], 0).await?;
+    let on = |env: &str| crate::world::ServiceFixture {
+        cluster: world.name(&format!("pipeline-{env}")),
+        service: "web".into(),
+        family: String::new(),
+        initial_task_definition: String::new(),
+    };
+    let (dev, prod) = (world.running_image(&on("dev")).await, world.running_image(&on("prod")).await);
+    check(dev == prod && prod.ends_with(&web()), || format!("prod runs {prod}, dev vetted {dev}"))?;
     Ok(())
 }
 

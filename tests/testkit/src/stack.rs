@@ -97,8 +97,11 @@ impl LocalStack {
         let bus = world.name("bus");
         let stage_cluster = world.name("stage");
         let prod_cluster = world.name("prod");
+        // The story's pipeline app (`World::seed_pipeline`): dev an entry, stage and prod promoted into.
+        let pipeline = |env: &str| world.name(&format!("pipeline-{env}"));
         let parameters = json!({
-            "StageClusterNames": stage_cluster, "ProdClusterNames": prod_cluster,
+            "StageClusterNames": format!("{stage_cluster},{}", pipeline("dev")),
+            "ProdClusterNames": format!("{prod_cluster},{},{}", pipeline("stage"), pipeline("prod")),
             "TaskRoleArns": "arn:aws:iam::123456789012:role/task",
         });
         let rules: Vec<&str> = ROUTES.iter().map(|(rule, _)| *rule).collect();
@@ -110,7 +113,7 @@ impl LocalStack {
             .aws
             .autopilot_in(
                 &[crate::local_aws::ACCOUNT, crate::accounts::PROD_ACCOUNT],
-                &[stage_cluster, prod_cluster, prod_b],
+                &[stage_cluster, prod_cluster, prod_b, pipeline("dev"), pipeline("stage"), pipeline("prod")],
                 &bus,
                 options.rollout_seconds,
                 &options.fail_digests,

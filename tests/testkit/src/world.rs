@@ -227,6 +227,35 @@ impl World {
         AppFixture { app: app.to_owned(), repository: repository.to_owned(), container: "api".into(), stage, prod }
     }
 
+    /// An app whose pipeline has the environments of `shape` (each with its extra config keys:
+    /// `from`, `promotion`, `soak`, ...): a service per environment, named after the app, on
+    /// cluster `pipeline-{env}` (the IAM test's template parameters name them: `dev` among the
+    /// entry (stage) clusters, `stage` and `prod` among the promoted-into (prod) ones); its
+    /// repository is the app's name.
+    pub async fn seed_pipeline(&self, app: &str, shape: &[(&str, Value)]) -> Vec<ServiceFixture> {
+        let image = format!("{}/{app}:v0.9.0", self.registry());
+        let mut services = Vec::new();
+        let mut environments = serde_json::Map::new();
+        for (env, extra) in shape {
+            let (family, cluster) = (self.name(&format!("{app}-{env}")), self.name(&format!("pipeline-{env}")));
+            let task_definition = self.register(&family, &image, env, false).await;
+            self.create_service(&cluster, app, &task_definition, 1).await;
+            let mut config = json!({ "cluster": cluster, "service": app });
+            if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+                config.extend(extra.clone());
+            }
+            environments.insert((*env).to_owned(), config);
+            services.push(ServiceFixture {
+                cluster,
+                service: app.into(),
+                family,
+                initial_task_definition: task_definition,
+            });
+        }
+        self.put_app(app, &json!({ "repository": app, "container": "api", "environments": environments })).await;
+        services
+    }
+
     pub async fn put_app(&self, app: &str, config: &Value) {
         self.put_parameter(&format!("{}/apps/{app}", self.prefix), &config.to_string()).await;
     }
