@@ -354,3 +354,29 @@ async fn a_newer_rollout_during_the_soak_supersedes_it_and_the_soaked_image_is_n
     let image = world.image_record("shop-api", &digest(1)).await.unwrap();
     assert!(image.get("vetted_stage").is_none(), "{image:?}");
 }
+
+#[tokio::test]
+async fn environment_names_with_dashes_work_through_every_expression() {
+    let world = World::new().await;
+    let shape = [("qa-1", json!({})), ("prod-eu", json!({ "from": "qa-1" }))];
+    let [qa, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    verify(&world, &monitor, &qa).await;
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.response();
+    assert_eq!(
+        (answer["environment"].as_str(), answer["status"].as_str()),
+        (Some("prod-eu"), Some("deploying")),
+        "{answer}"
+    );
+    verify(&world, &monitor, &prod).await;
+    let image = world.image_record("shop-api", &digest(1)).await.unwrap();
+    assert!(image["vetted_qa-1"].is_string() && image["vetted_prod-eu"].is_string(), "{image}");
+}
