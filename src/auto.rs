@@ -17,7 +17,7 @@ use crate::leased::Leases;
 use crate::promote::{self, ImageRef, Request};
 use crate::record::EnvState;
 use crate::types::{AppName, Environment, Requester};
-use crate::vocabulary::Action;
+use crate::vocabulary::{Action, PromoteStatus};
 use crate::Invocation;
 
 /// What one auto promotion did (a line of deploy-monitor's report).
@@ -102,8 +102,12 @@ async fn promote_newest(
         Err(error) => return Some(Outcome::of(&app.name, into, Action::Error, error.to_string())),
     };
     let candidate = newest?;
-    let rollout = state.as_ref().and_then(|s| s.rollout.as_ref());
-    if rollout.is_some_and(|r| r.digest == candidate.digest || r.started_at >= candidate.vetted_at) {
+    let state = state.as_ref();
+    let rollout = state.and_then(|s| s.rollout.as_ref());
+    let known_good = state.and_then(|s| s.last_verified.as_ref()).map(|v| &v.digest);
+    if rollout.is_some_and(|r| r.digest == candidate.digest || r.started_at >= candidate.vetted_at)
+        || known_good == Some(&candidate.digest)
+    {
         return None;
     }
     let request = Request {
@@ -114,6 +118,7 @@ async fn promote_newest(
         reason: Some(format!("vetted in {from}")),
         on_behalf_of: None,
         to: Some(into),
+        unless_moved_since: Some(candidate.vetted_at),
     };
     let requester = Requester { verified: Some(CONVEYOR.to_owned()), on_behalf_of: None };
     let detail = |what: &str| format!("auto promotion of {} from {from}: {what}", candidate.tag);
@@ -121,8 +126,10 @@ async fn promote_newest(
         Ok(response) => {
             info!(app = %app.name, environment = %into, tag = %candidate.tag, digest = %candidate.digest,
                 status = %response.status, "auto promotion");
-            Some(Outcome::of(&app.name, into, Action::Deploying, detail(response.status.as_str())))
+            let action = if response.status == PromoteStatus::Deploying { Action::Deploying } else { Action::Skipped };
+            Some(Outcome::of(&app.name, into, action, detail(response.status.as_str())))
         }
+        Err(Error::Moved { .. }) => None,
         Err(Error::Paused { .. }) => {
             info!(app = %app.name, environment = %into, tag = %candidate.tag, digest = %candidate.digest,
                 "auto promotion held: the environment is paused");

@@ -81,6 +81,9 @@ pub enum Error {
     Ledger(#[from] LedgerError),
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// An auto promotion found its target moved on since (see `promote::Request::unless_moved_since`).
+    #[error("{app} {environment} had a rollout since the image was vetted: nothing to promote automatically")]
+    Moved { app: AppName, environment: Environment },
     #[error("{0}")]
     Aws(#[from] AwsError),
     /// Some apps failed (the others were handled): the invocation fails so that Lambda retries,
@@ -140,8 +143,10 @@ pub enum InvalidRequest {
     /// roles of the two stay apart.
     #[error("{environment} is paused and resumed through the {function} function, not this one")]
     OtherFunction { environment: Environment, function: &'static str },
-    #[error("app {app} promotes into several environments: give `to` (one of {into})")]
+    #[error("app {app} has no single environment promoted by hand: give `to` (one of {into})")]
     WhichEnvironment { app: AppName, into: String },
+    #[error("app {app} has several environments this function changes: give `environment` (one of {own})")]
+    WhichOperatedEnvironment { app: AppName, own: String },
     #[error("{environment} is an entry environment: pushes roll out to it, nothing is promoted into it (promote into one of: {into})")]
     EntryEnvironment { environment: Environment, into: String },
     /// The request names an environment the app does not have.
@@ -246,7 +251,7 @@ impl Error {
             Error::UnknownApp { .. } => ErrorType::UnknownApp,
             Error::NotVetted(_) => ErrorType::NotVetted,
             Error::Paused { .. } => ErrorType::Paused,
-            Error::Ledger(LedgerError::Busy { .. }) => ErrorType::Busy,
+            Error::Ledger(LedgerError::Busy { .. }) | Error::Moved { .. } => ErrorType::Busy,
             Error::Ledger(_) | Error::Aws(_) => ErrorType::AwsError,
             Error::Config(_) => ErrorType::ConfigError,
             Error::Deploy(_) => ErrorType::DeployFailed,

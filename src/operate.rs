@@ -267,7 +267,7 @@ async fn operated(
                     [one] => one,
                     _ => {
                         let own = own.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                        return Err(InvalidRequest::WhichEnvironment { app: app.name.clone(), into: own }.into());
+                        return Err(InvalidRequest::WhichOperatedEnvironment { app: app.name.clone(), own }.into());
                     }
                 }
             }

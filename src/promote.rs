@@ -54,6 +54,10 @@ pub struct Request {
     pub on_behalf_of: Option<String>,
     /// The environment to promote into (`None`: the app's one environment promoted by hand).
     pub to: Option<Environment>,
+    /// An auto promotion's guard (never from a payload): do nothing if the target's latest
+    /// rollout is of this image or started at or after this time (a person promoted or rolled
+    /// back since the image was vetted). Checked on the read the lease is taken on.
+    pub unless_moved_since: Option<chrono::DateTime<Utc>>,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -112,6 +116,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         reason: user_text("reason", raw.reason)?,
         on_behalf_of: user_text("requested_by", raw.requested_by)?,
         to: raw.to.map(|to| Environment::parse(&to)).transpose().map_err(InvalidRequest::from)?,
+        unless_moved_since: None,
     })
 }
 
@@ -194,6 +199,12 @@ async fn promote(
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
             return Err(Error::Paused { app: app.name.clone(), environment: into, pause: Box::new(pause.clone()) });
+        }
+        if let Some(since) = request.unless_moved_since {
+            let latest = state.as_ref().and_then(|s| s.rollout.as_ref());
+            if latest.is_some_and(|r| r.digest == resolved.digest || r.started_at >= since) {
+                return Err(Error::Moved { app: app.name.clone(), environment: into });
+            }
         }
         let resolved = Resolved { image: own_image(app, &fleet.home(invocation), &resolved)?, ..resolved };
         let resolved = Resolved { image: pull_source(fleet, app, into, &resolved, invocation).await?, ..resolved };
@@ -506,13 +517,14 @@ pub async fn promotable_tags(
     digests.dedup();
     let keys: Vec<ItemKey> = digests.iter().take(100).map(|d| ItemKey::image(app, d)).collect();
     let images = ledger.items(&keys).await?;
-    let failed = |digest: &ImageDigest| {
+    // Vetted in `from` (a tag item may be written while its image still soaks) and failed nowhere.
+    let promotable = |digest: &ImageDigest| {
         images
             .get(&ItemKey::image(app, digest))
             .and_then(|item| serde_dynamo::from_item::<_, ImageFacts>(item.clone()).ok())
-            .is_none_or(|facts| facts.failure().is_some())
+            .is_some_and(|facts| facts.vetted(from).is_some() && facts.failure().is_none())
     };
-    Ok(tags.into_iter().filter(|t| !failed(&t.digest)).take(limit).collect())
+    Ok(tags.into_iter().filter(|t| promotable(&t.digest)).take(limit).collect())
 }
 
 async fn dry_run(

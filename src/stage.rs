@@ -191,12 +191,23 @@ async fn deploy_app(
         return Ok(vec![AppReport::of(app, Action::Skipped, detail)]);
     }
     let image = registry.image(&app.repository, &push.digest);
-    let mut reports = Vec::new();
+    // Each entry environment on its own: one that fails does not keep the push from the others
+    // (the retry finds what was done as a repeat).
+    let (mut reports, mut failed) = (Vec::new(), None);
     for entry in app.pipeline.entries() {
-        let report = deploy_env(fleet, leases, app, entry.name, push, &image, invocation).await?;
-        reports.push(AppReport { environment: Some(entry.name), ..report });
+        match deploy_env(fleet, leases, app, entry.name, push, &image, invocation).await {
+            Ok(report) => reports.push(AppReport { environment: Some(entry.name), ..report }),
+            Err(error) => {
+                error!(app = %app.name, environment = %entry.name, tag = %push.tag, digest = %push.digest, error = %error,
+                    "entry environment deploy failed");
+                failed.get_or_insert(error);
+            }
+        }
     }
-    Ok(reports)
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(reports),
+    }
 }
 
 /// [`deploy_app`] in one entry environment.
@@ -350,10 +361,14 @@ fn hold(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, push: 
 /// (promotable at once if the rollout is verified) and the image's tags.
 fn add_tag(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, push: &Push) {
     change.state.saw_push(push.time, &push.digest, &push.tag);
+    let soaking = change.state.soak.as_ref().map(|soak| soak.rollout_id.clone());
     let rollout = change.state.rollout.as_mut().filter(|r| r.digest == push.digest);
     if let Some(rollout) = rollout {
         rollout.add_tag(&push.tag);
-        if let RolloutState::Verified { at } = rollout.state {
+        // Vetted (promotable) once verified — after its soak, if it soaks.
+        let vetted = soaking.as_ref() != Some(&rollout.id);
+        if let (RolloutState::Verified { at }, true) = (&rollout.state, vetted) {
+            let at = *at;
             change.tags.push((app.name.clone(), tag_item(env, push, &rollout.image, at)));
         }
     }

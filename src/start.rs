@@ -344,6 +344,8 @@ pub fn note_what_runs(
     }
     info!(app = %app.name, environment = %env, task_definition_arn = %running, "drift: the service runs a revision Conveyor did not put there");
     change.state.drift = Some(Drift { revision: running.clone(), seen_at: now });
+    // The soaking image no longer runs: it is not vetted here.
+    change.state.soak = None;
     change.state.rollback = None;
     let mut entry = HistoryEntry::new(&app.name, env, Outcome::Drift, now);
     entry.task_definition_arn = Some(running.clone());

@@ -105,7 +105,7 @@ impl ImageDigest {
 /// The name of one of an app's environments (`dev`, `stage`, `prod-eu`): `^[a-z][a-z0-9-]{0,30}$`
 /// (contract, *Pipelines*). Held inline, so it is `Copy` like the enum it replaced, and it needs
 /// no allocation to pass around.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Environment {
     len: u8,
     name: [u8; Environment::MAX_LEN],
@@ -149,6 +149,19 @@ impl Environment {
     pub fn as_str(&self) -> &str {
         // Only ASCII goes in (`parse`, `known`).
         std::str::from_utf8(&self.name[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// By name (`dev` < `prod` < `qa`).
+impl Ord for Environment {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for Environment {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 

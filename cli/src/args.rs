@@ -85,7 +85,8 @@ pub enum Command {
         #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
     },
-    /// Promote a stage-vetted tag (or digest) to prod, through the promote function
+    /// Promote a vetted tag (or digest) to the next environment (stage-vetted to prod, or --to ENV),
+    /// through the promote function
     Promote(PromoteArgs),
     /// Put prod back on the verified prod release before the current one (or on a given
     /// promotable tag), through the promote function

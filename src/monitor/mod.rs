@@ -85,8 +85,16 @@ pub async fn handle(
         }
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
         Ok(Ok(MonitorEvent::SoakTimer)) => {
-            let config = configs.get().await?;
+            // One Query when nothing soaks (every minute): the configs are read only for a soak due.
             let pending = leases.ledger.pending().await?;
+            let now = Utc::now();
+            let due = pending.iter().any(|item| {
+                crate::ledger::state_from_item::<EnvState>(item).and_then(|s| s.soak).is_some_and(|s| s.until <= now)
+            });
+            if !due {
+                return Ok(MonitorReport { results: Vec::new() });
+            }
+            let config = configs.get().await?;
             let results = Box::pin(end_soaks(configs, fleet, leases, &config, &pending, invocation)).await;
             Ok(MonitorReport { results })
         }
@@ -249,6 +257,16 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         here.commit(change).await?;
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the soaking rollout was replaced"));
     };
+    // It must still be what runs: a change made outside Conveyor whose event never came ends it.
+    let observed = start::observe(&here.target, app).await?;
+    if observed.service.task_definition != rollout.task_definition_arn {
+        let mut change = Change::new(state);
+        change.state.soak = None;
+        here.commit(change).await?;
+        let detail =
+            format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
+        return Ok(Handled::of(&app.name, env, Action::Skipped, detail));
+    }
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
     vet(here, rollout, now, &format!("soaked {} without a problem", crate::config::show_duration(soak))).await
 }

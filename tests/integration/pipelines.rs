@@ -64,7 +64,7 @@ async fn a_push_reaches_the_entry_environment_and_the_vetted_digest_moves_on_by_
     // Two environments are promoted into by hand: which one is for the caller to say.
     let (error_type, message) = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "InvalidRequest", "{message}");
-    assert!(message.contains("give `to` (one of stage, prod)"), "{message}");
+    assert!(message.contains("no single environment promoted by hand: give `to` (one of stage, prod)"), "{message}");
     // prod takes its images from stage, which has not vetted it.
     let (error_type, message) =
         promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await.error();
@@ -379,4 +379,32 @@ async fn environment_names_with_dashes_work_through_every_expression() {
     verify(&world, &monitor, &prod).await;
     let image = world.image_record("shop-api", &digest(1)).await.unwrap();
     assert!(image["vetted_qa-1"].is_string() && image["vetted_prod-eu"].is_string(), "{image}");
+}
+
+#[tokio::test]
+async fn a_person_going_back_in_an_automatic_environment_is_not_undone_by_the_sweep() {
+    let world = World::new().await;
+    let shape = [("stage", json!({})), ("prod", json!({ "from": "stage", "promotion": "auto" }))];
+    let [stage, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    for (tag, n, minutes) in [("v1.0.0", 1, 10), ("v2.0.0", 2, 5)] {
+        pushes
+            .invoke(world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes)))
+            .await
+            .response();
+        let events = world.aws.settle(&stage.cluster, &stage.service, Settle::Complete).await;
+        let report = monitor.invoke(events[0].clone()).await.response();
+        assert_eq!(report["results"][1]["action"], "deploying", "{report}");
+        verify(&world, &monitor, &prod).await;
+    }
+    // prod goes back to v1.0.0 by hand: the newest vetted image (v2.0.0) stays out.
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod", "reason": "INC-9" })).await.response();
+    assert_eq!(answer["status"], "deploying", "{answer}");
+    let swept = monitor.invoke(world.schedule_event()).await.response();
+    assert!(!swept.to_string().contains("auto promotion"), "{swept}");
+    assert!(world.running_image(&prod).await.ends_with(&digest(1)));
 }
