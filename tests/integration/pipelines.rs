@@ -402,7 +402,8 @@ async fn a_person_going_back_in_an_automatic_environment_is_not_undone_by_the_sw
         verify(&world, &monitor, &prod).await;
     }
     // prod goes back to v1.0.0 by hand: the newest vetted image (v2.0.0) stays out.
-    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod", "reason": "INC-9" })).await.response();
+    let answer =
+        promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod", "reason": "INC-9" })).await.response();
     assert_eq!(answer["status"], "deploying", "{answer}");
     let swept = monitor.invoke(world.schedule_event()).await.response();
     assert!(!swept.to_string().contains("auto promotion"), "{swept}");
