@@ -113,7 +113,20 @@ impl LocalStack {
             .aws
             .autopilot_in(
                 &[crate::local_aws::ACCOUNT, crate::accounts::PROD_ACCOUNT],
-                &[stage_cluster, prod_cluster, prod_b, pipeline("dev"), pipeline("stage"), pipeline("prod")],
+                &[stage_cluster, prod_cluster, prod_b],
+                &bus,
+                options.rollout_seconds,
+                &options.fail_digests,
+                options.circuit_breaker,
+            )
+            .await;
+        // The pipeline's clusters on their own autopilot: a test that replaces the one above (the
+        // CLI docs' story) names exactly its three clusters.
+        let pipeline_clusters = [pipeline("dev"), pipeline("stage"), pipeline("prod")];
+        world
+            .aws
+            .autopilot(
+                &pipeline_clusters,
                 &bus,
                 options.rollout_seconds,
                 &options.fail_digests,
