@@ -15,6 +15,8 @@ pub const ECR_SOURCE: &str = "aws.ecr";
 pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
 pub const ECS_SOURCE: &str = "aws.ecs";
 pub const ECS_DEPLOYMENT_STATE_CHANGE: &str = "ECS Deployment State Change";
+pub const CLOUDWATCH_SOURCE: &str = "aws.cloudwatch";
+pub const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
 pub const SCHEDULE_SOURCE: &str = "aws.events";
 pub const SCHEDULED_EVENT: &str = "Scheduled Event";
 
@@ -173,6 +175,32 @@ pub enum MonitorEvent {
     /// The soak timer (a schedule every minute, its rule named `...-soak-timer`): end the soaks
     /// whose time is up.
     SoakTimer,
+    /// A CloudWatch alarm entered ALARM: the environments gated on it fail their rollout.
+    Alarm(AlarmEvent),
+}
+
+/// A CloudWatch alarm that entered ALARM ("CloudWatch Alarm State Change").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmEvent {
+    pub event_id: Option<String>,
+    /// When it changed state (the event's time).
+    pub time: DateTime<Utc>,
+    /// Where the alarm is (the event's account and region).
+    pub account: Option<String>,
+    pub region: Option<String>,
+    pub alarm: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AlarmStateChange {
+    alarm_name: Option<String>,
+    state: Option<AlarmStateDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AlarmStateDetail {
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +217,9 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
     if event.source == SCHEDULE_SOURCE && event.detail_type == SCHEDULED_EVENT {
         let soak_timer = event.resources.iter().flatten().any(|rule| rule.ends_with("-soak-timer"));
         return Ok(Ok(if soak_timer { MonitorEvent::SoakTimer } else { MonitorEvent::Sweep }));
+    }
+    if event.source == CLOUDWATCH_SOURCE && event.detail_type == ALARM_STATE_CHANGE {
+        return alarm(event);
     }
     if event.source != ECS_SOURCE || event.detail_type != ECS_DEPLOYMENT_STATE_CHANGE {
         return Ok(Err(Skip(format!("not an ECS deployment state change ({} / {})", event.source, event.detail_type))));
@@ -223,6 +254,27 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         deployment_id,
         reason: detail.reason,
     }))))
+}
+
+fn alarm(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, InvalidEvent> {
+    let detail: AlarmStateChange = serde_json::from_value(event.detail)
+        .map_err(|e| InvalidEvent(format!("CloudWatch Alarm State Change with a malformed detail: {e}")))?;
+    let alarm = detail
+        .alarm_name
+        .filter(|name| !name.is_empty() && name.chars().count() <= 255)
+        .ok_or_else(|| InvalidEvent("CloudWatch Alarm State Change without a valid `alarmName`".into()))?;
+    let state = detail.state.and_then(|state| state.value);
+    if state.as_deref() != Some(aws_sdk_cloudwatch::types::StateValue::Alarm.as_str()) {
+        return Ok(Err(Skip(format!("alarm {alarm} is {}: nothing to do", state.as_deref().unwrap_or("(no state)")))));
+    }
+    let bounded = |member: Option<String>| member.filter(|m| m.chars().count() <= MAX_ENVELOPE_MEMBER);
+    Ok(Ok(MonitorEvent::Alarm(AlarmEvent {
+        event_id: bounded(event.id),
+        time: event.time.unwrap_or_else(Utc::now),
+        account: bounded(event.account),
+        region: bounded(event.region),
+        alarm,
+    })))
 }
 
 impl DeploymentEvent {
@@ -458,5 +510,30 @@ mod tests {
         let mut other = sample("ecs-deployment-completed.json");
         other["detail"]["eventName"] = json!("SERVICE_TASK_PLACEMENT_FAILURE");
         assert!(matches!(monitor(other), Ok(Err(Skip(_)))));
+    }
+
+    fn alarm_change(state: &str) -> Value {
+        json!({
+            "version": "0", "id": "c4c1c1c9-6542-e61b-6ef0-8c4d36933a92",
+            "detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch",
+            "account": "123456789012", "time": "2026-12-03T10:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:shop-api-5xx"],
+            "detail": { "alarmName": "shop-api-5xx",
+                        "previousState": { "value": "OK", "timestamp": "2026-12-03T09:00:00.000+0000" },
+                        "state": { "value": state, "timestamp": "2026-12-03T10:00:00.000+0000" } }
+        })
+    }
+
+    #[test]
+    fn an_alarm_entering_alarm_is_read_and_other_states_skipped() {
+        let Ok(Ok(MonitorEvent::Alarm(event))) = monitor(alarm_change("ALARM")) else { panic!("not an alarm event") };
+        assert_eq!(event.alarm, "shop-api-5xx");
+        assert_eq!((event.account.as_deref(), event.region.as_deref()), (Some("123456789012"), Some("us-east-1")));
+        assert_eq!(event.time.to_rfc3339(), "2026-12-03T10:00:00+00:00");
+        let Ok(Err(Skip(reason))) = monitor(alarm_change("OK")) else { panic!("OK acted on") };
+        assert!(reason.contains("shop-api-5xx is OK"), "{reason}");
+        let mut nameless = alarm_change("ALARM");
+        nameless["detail"]["alarmName"] = json!("");
+        assert!(matches!(monitor(nameless), Err(InvalidEvent(m)) if m.contains("alarmName")));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::aws::{AwsError, Described, Ecs};
+use crate::aws::{Alarms, AwsError, Described, Ecs};
 use crate::config::{AppConfig, Home, ServiceTarget};
 use crate::Invocation;
 
@@ -37,13 +37,26 @@ impl RevisionCache {
 /// Which role and region an ECS client works with, and for which app.
 type RemoteKey = (Option<String>, Option<String>, String);
 
-/// ECS wherever the apps run, built once per process and reused while warm.
+/// The clients of one account and region: ECS, and CloudWatch for the alarms gate.
+#[derive(Clone)]
+struct Reach {
+    ecs: Ecs,
+    alarms: Alarms,
+}
+
+impl Reach {
+    fn new(config: &aws_config::SdkConfig) -> Self {
+        Reach { ecs: Ecs::new(aws_sdk_ecs::Client::new(config)), alarms: Alarms::new(config) }
+    }
+}
+
+/// ECS (and CloudWatch) wherever the apps run, built once per process and reused while warm.
 pub struct Fleet {
     /// The SDK settings (with Conveyor's retries) other targets' clients start from.
     config: aws_config::SdkConfig,
-    home: Ecs,
-    /// ECS clients of other accounts and regions, by (role, region, app).
-    remote: Mutex<HashMap<RemoteKey, Ecs>>,
+    home: Reach,
+    /// Clients of other accounts and regions, by (role, region, app).
+    remote: Mutex<HashMap<RemoteKey, Reach>>,
     revisions: RevisionCache,
     /// What this process does (the function's name, or `conveyor` for the CLI): names
     /// assumed-role sessions.
@@ -53,7 +66,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(config: &aws_config::SdkConfig, operation: impl Into<String>) -> Self {
         Fleet {
-            home: Ecs::new(aws_sdk_ecs::Client::new(config)),
+            home: Reach::new(config),
             config: config.clone(),
             remote: Mutex::default(),
             revisions: RevisionCache::default(),
@@ -72,27 +85,28 @@ impl Fleet {
     /// refreshed before they expire. Builds a client, calls nothing.
     pub async fn target<'a>(&'a self, app: &AppConfig, target: &'a ServiceTarget) -> Target<'a> {
         if target.role_arn.is_none() && target.region.is_none() {
-            return Target { ecs: self.home.clone(), revisions: &self.revisions, service: target };
+            let Reach { ecs, alarms } = self.home.clone();
+            return Target { ecs, alarms, revisions: &self.revisions, service: target };
         }
         let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
         let known = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned());
-        let ecs = match known {
-            Some(ecs) => ecs,
+        let Reach { ecs, alarms } = match known {
+            Some(reach) => reach,
             None => {
                 let session = format!("{}-{}", app.name, self.operation);
-                let ecs = self.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
+                let reach = self.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
                 if let Ok(mut clients) = self.remote.lock() {
-                    clients.insert(key, ecs.clone());
+                    clients.insert(key, reach.clone());
                 }
-                ecs
+                reach
             }
         };
-        Target { ecs, revisions: &self.revisions, service: target }
+        Target { ecs, alarms, revisions: &self.revisions, service: target }
     }
 
-    /// An ECS client for another region, and (with `role_arn`) another account: every call made
-    /// with the role's credentials, assumed in a session named `conveyor-{session}`.
-    async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Ecs {
+    /// Clients for another region, and (with `role_arn`) another account: every call made with
+    /// the role's credentials, assumed in a session named `conveyor-{session}`.
+    async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Reach {
         let mut config = self.config.to_builder();
         if let Some(region) = region {
             config = config.region(aws_config::Region::new(region.to_owned()));
@@ -110,7 +124,7 @@ impl Fleet {
                 .await;
             config = config.credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(provider));
         }
-        Ecs::new(aws_sdk_ecs::Client::new(&config.build()))
+        Reach::new(&config.build())
     }
 
     /// An ECR client for a region (the registry an image was pushed to).
@@ -127,6 +141,8 @@ impl Fleet {
 #[derive(Clone)]
 pub struct Target<'a> {
     pub ecs: Ecs,
+    /// CloudWatch there: the environment's alarms live in the target's account and region.
+    pub alarms: Alarms,
     revisions: &'a RevisionCache,
     /// The service there, as the app's config names it.
     pub service: &'a ServiceTarget,

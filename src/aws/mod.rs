@@ -2,12 +2,14 @@
 //! here, and every SDK error into [`AwsError`], which keeps what a caller must know to act on it:
 //! may a retry help, and did the request certainly not take effect.
 
+mod cloudwatch;
 mod ecs;
 pub mod http;
 mod raw;
 mod sns;
 mod ssm;
 
+pub use cloudwatch::{AlarmReading, Alarms};
 pub use ecs::{
     is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState, Unmodeled,
 };

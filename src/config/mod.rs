@@ -120,7 +120,7 @@ pub struct AppConfig {
 /// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
 /// with this, at the key that goes beyond (never accepted and then half-run).
 pub const NOT_IN_THIS_RELEASE: &str =
-    "not run by this release of Conveyor yet: it deploys one target per environment, without alarms or approvals";
+    "not run by this release of Conveyor yet: it deploys one target per environment, without approvals";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -227,9 +227,6 @@ fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
         }
         if env.targets.len() > 1 {
             problems.add(key("targets"), NOT_IN_THIS_RELEASE);
-        }
-        if !env.alarms.is_empty() {
-            problems.add(key("alarms"), NOT_IN_THIS_RELEASE);
         }
     }
 }
@@ -340,6 +337,26 @@ impl ConfigSet {
         self.apps.iter().find_map(|app| {
             app.pipeline.targets().find(|(_, _, target)| target.is_at(place, home)).map(|(env, _, _)| (app, env.name))
         })
+    }
+}
+
+impl ConfigSet {
+    /// The apps' environments gated on `alarm` with a target where the alarm is (an alarm lives
+    /// in one account and region).
+    pub fn gated_on(
+        &self,
+        alarm: &str,
+        account: Option<&str>,
+        region: Option<&str>,
+        home: &Home,
+    ) -> Vec<(&AppConfig, Environment)> {
+        self.apps
+            .iter()
+            .flat_map(|app| app.pipeline.environments.iter().map(move |env| (app, env)))
+            .filter(|(_, env)| env.alarms.iter().any(|name| name == alarm))
+            .filter(|(_, env)| env.targets.iter().any(|target| target.is_in(account, region, home)))
+            .map(|(app, env)| (app, env.name))
+            .collect()
     }
 }
 
@@ -806,13 +823,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("it has: dev, stage, prod"));
-        for (key, value) in [("alarms", serde_json::json!(["shop-api-5xx"])), ("approval", serde_json::json!(true))] {
-            let json = edit(|v| {
-                v["environments"]["prod"]["from"] = "stage".into();
-                v["environments"]["prod"][key] = value.clone();
-            });
-            assert_rejected(&json, &format!("environments.prod.{key}"), "not run by this release");
-        }
+        let approval = edit(|v| {
+            v["environments"]["prod"]["from"] = "stage".into();
+            v["environments"]["prod"]["approval"] = true.into();
+        });
+        assert_rejected(&approval, "environments.prod.approval", "not run by this release");
+        let alarms = edit(|v| v["environments"]["prod"]["alarms"] = serde_json::json!(["shop-api-5xx"]));
+        assert_eq!(parse(&alarms).unwrap().pipeline.environment(Environment::PROD).unwrap().alarms, ["shop-api-5xx"]);
         let two_regions = edit(|v| {
             v["environments"]["prod"] = serde_json::json!({ "targets": [
                 { "cluster": "prod", "service": "shop-api", "region": "eu-west-1" },

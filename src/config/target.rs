@@ -62,14 +62,19 @@ impl ServiceTarget {
     /// Whether the service at `place` is this one; a target without account or region means
     /// Conveyor's own (`home`), and what is unknown on either side does not rule it out.
     pub fn is_at(&self, place: &Place<'_>, home: &Home) -> bool {
+        self.service == place.service
+            && place.cluster.is_none_or(|cluster| cluster == self.cluster)
+            && self.is_in(place.account, place.region, home)
+    }
+
+    /// Whether this target runs in `account` and `region` (the same rules as [`Self::is_at`]).
+    pub fn is_in(&self, account: Option<&str>, region: Option<&str>, home: &Home) -> bool {
         let matches = |wanted: Option<&str>, own: Option<&str>, seen: Option<&str>| match (wanted.or(own), seen) {
             (Some(wanted), Some(seen)) => wanted == seen,
             _ => true,
         };
-        self.service == place.service
-            && place.cluster.is_none_or(|cluster| cluster == self.cluster)
-            && matches(self.account.as_deref(), home.account.as_deref(), place.account)
-            && matches(self.region.as_deref(), home.region.as_deref(), place.region)
+        matches(self.account.as_deref(), home.account.as_deref(), account)
+            && matches(self.region.as_deref(), home.region.as_deref(), region)
     }
 
     /// `cluster/service`, with the account and region when they are not Conveyor's own.

@@ -6,6 +6,7 @@
 //! to reach AWS that a retry may cure fails the invocation before anything is recorded (Lambda
 //! retries it); a settled outcome is committed once, with its notification.
 
+pub mod alarms;
 pub mod decide;
 
 use chrono::Utc;
@@ -18,7 +19,7 @@ use crate::announce::ConfigNotice;
 use crate::aws::{is_inactive_revision, AwsError, ServiceState};
 use crate::config::{AppConfig, ConfigSet, Configs};
 use crate::error::{DeployError, Error};
-use crate::events::{self, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
+use crate::events::{self, AlarmEvent, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
 use crate::fleet::Fleet;
 use crate::health::Prober;
 use crate::leased::{Leased, Leases};
@@ -84,6 +85,7 @@ pub async fn handle(
             Ok(MonitorReport { results: std::iter::once(handled).chain(onwards).collect() })
         }
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
+        Ok(Ok(MonitorEvent::Alarm(event))) => Box::pin(on_alarm(configs, fleet, leases, &event, invocation)).await,
         Ok(Ok(MonitorEvent::SoakTimer)) => {
             // One Query when nothing soaks (every minute): the configs are read only for a soak due.
             let pending = leases.ledger.pending().await?;
@@ -158,6 +160,78 @@ async fn on_event_leased(
     }
 }
 
+/// An alarm entered ALARM: every environment gated on it whose rollout is still unvetted (in
+/// progress, or soaking) and started before the alarm fired is rolled back now.
+#[instrument(skip_all, fields(event_id = event.event_id.as_deref(), alarm = %event.alarm))]
+async fn on_alarm(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    event: &AlarmEvent,
+    invocation: &Invocation,
+) -> Result<MonitorReport, Error> {
+    let config = configs.get().await?;
+    let home = fleet.home(invocation);
+    let gated = config.gated_on(&event.alarm, event.account.as_deref(), event.region.as_deref(), &home);
+    if gated.is_empty() {
+        info!(reason = "no environment is gated on this alarm", "event skipped");
+        return Ok(MonitorReport {
+            results: vec![Handled::skipped(format!("no environment is gated on alarm {}", event.alarm))],
+        });
+    }
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (app, env) in gated {
+        let owner = format!("deploy-monitor alarm {}", event.alarm);
+        let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
+        let handled = match app.target(env) {
+            Ok(target) => {
+                let target = fleet.target(app, target).await;
+                leases.with_env(lease, app, env, target, async |here| on_alarm_leased(here, event).await).await
+            }
+            Err(missing) => Err(missing.into()),
+        };
+        match handled {
+            Ok(handled) => {
+                info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "alarm handled");
+                results.push(handled);
+            }
+            Err(error) => failures.push((app.name.clone(), error)),
+        }
+    }
+    // A rollback not issued yet fails the invocation: Lambda retries it (what is done stays done).
+    if !failures.is_empty() {
+        return Err(Error::Deploy(failures));
+    }
+    Ok(MonitorReport { results })
+}
+
+async fn on_alarm_leased(here: &mut Leased<'_>, event: &AlarmEvent) -> Result<Handled, DeployError> {
+    let (app, env) = (here.app, here.env);
+    let state = here.state()?.clone();
+    let soaking = |rollout: &Rollout| state.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout.id);
+    let Some(rollout) = state.rollout.clone().filter(|r| r.in_progress() || soaking(r)) else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "no unvetted rollout here: nothing to fail"));
+    };
+    // EventBridge stamps events to the second: one stamped in the second the rollout started
+    // may have come after it (and failing is the side to err on).
+    if event.time + chrono::Duration::seconds(1) <= rollout.started_at {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "the alarm fired before the rollout started"));
+    }
+    let target = here.target.service;
+    let service = match here.target.ecs.service(&target.cluster, &target.service).await {
+        Ok(service) => service,
+        Err(error) if error.code == "ServiceNotFound" => return service_gone(here, &rollout, &error).await,
+        Err(error) => return Err(error.into()),
+    };
+    let reason = format!(
+        "alarm {} entered ALARM at {}",
+        event.alarm,
+        event.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    roll_back(here, &rollout, &service, reason).await
+}
+
 /// Settles a rollout in progress: verify a completion, or roll back a failure.
 async fn settle(
     prober: &Prober,
@@ -185,7 +259,13 @@ async fn settle(
             }
             Verification::Failed(reason) => reason,
             Verification::Healthy => match health(prober, app, env, invocation).await {
-                Ok(()) => return verified(here, rollout).await,
+                Ok(()) => {
+                    let gate = alarm_gate(here, rollout).await?;
+                    match gate.failure() {
+                        None => return verified(here, rollout, gate.note()).await,
+                        Some(fired) => fired,
+                    }
+                }
                 Err(unhealthy) => unhealthy.to_string(),
             },
         },
@@ -205,23 +285,40 @@ async fn health(
     checked.map(drop)
 }
 
-async fn verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, DeployError> {
+/// The alarms gate of the environment for `rollout` (nothing is called without alarms).
+async fn alarm_gate(here: &Leased<'_>, rollout: &Rollout) -> Result<alarms::Gate, DeployError> {
+    let names = here.app.pipeline.environment(here.env).map(|e| e.alarms.as_slice()).unwrap_or_default();
+    let gate = alarms::check(&here.target.alarms, names, rollout.started_at).await?;
+    if !names.is_empty() {
+        info!(app = %here.app.name, environment = %here.env, tag = %rollout.tag, digest = %rollout.digest,
+            passed = gate.failure().is_none(), "alarms gate");
+    }
+    Ok(gate)
+}
+
+/// `note`: what the alarms gate adds (alarms already in ALARM when the rollout started).
+async fn verified(here: &mut Leased<'_>, rollout: &Rollout, note: Option<String>) -> Result<Handled, DeployError> {
     let (app, env, now) = (here.app, here.env, Utc::now());
     let mut rollout = rollout.clone();
     if rollout.settle(RolloutState::Verified { at: now }).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
+    let noted = |reason: String| match &note {
+        Some(note) => format!("{reason}; {note}"),
+        None => reason,
+    };
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
     if soak.is_zero() {
-        return vet(here, rollout, now, "deployment completed, every task running, health check passed").await;
+        let reason = noted("deployment completed, every task running, health check passed".to_owned());
+        return vet(here, rollout, now, &reason).await;
     }
     // Verified: the image now keeps running for the soak before it counts as vetted here.
     let until = now + chrono::Duration::from_std(soak).unwrap_or(chrono::Duration::zero());
-    let reason = format!(
+    let reason = noted(format!(
         "deployment completed, every task running, health check passed; soaking {} until {}",
         crate::config::show_duration(soak),
         until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+    ));
     let mut change = Change::new(here.state()?.clone());
     change.state.rollout = Some(rollout.clone());
     change.state.soak = Some(Soak { rollout_id: rollout.id.clone(), until });
@@ -267,8 +364,18 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
             format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
         return Ok(Handled::of(&app.name, env, Action::Skipped, detail));
     }
+    // The alarms again, from their history: one that fired and recovered meanwhile fails it too.
+    let gate = alarm_gate(here, &rollout).await?;
+    if let Some(fired) = gate.failure() {
+        return roll_back(here, &rollout, &observed.service, fired).await;
+    }
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
-    vet(here, rollout, now, &format!("soaked {} without a problem", crate::config::show_duration(soak))).await
+    let soaked = format!("soaked {} without a problem", crate::config::show_duration(soak));
+    let reason = match gate.note() {
+        Some(note) => format!("{soaked}; {note}"),
+        None => soaked,
+    };
+    vet(here, rollout, now, &reason).await
 }
 
 /// Records the image of a verified `rollout` as vetted here: last verified, its tags promotable
@@ -395,11 +502,13 @@ async fn roll_back(
         None => Vec::new(),
     };
     let mut rollout = rollout.clone();
-    if rollout.settle(settlement).is_err() {
+    let soaking = state.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout.id);
+    if rollout.fail(settlement, soaking).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
     let mut change = Change::new(state);
+    change.state.soak = None;
     change.state.rollback = watch.map(|(to, deployment_id, by)| RollbackWatch {
         rollout_id: rollout.id.clone(),
         tag: rollout.tag.clone(),

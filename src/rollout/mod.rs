@@ -156,6 +156,16 @@ impl Rollout {
         Ok(())
     }
 
+    /// Settles a failure of a rollout in progress, or of a verified one still `soaking` (until its
+    /// soak ends an alarm can still fail it).
+    pub fn fail(&mut self, to: RolloutState, soaking: bool) -> Result<(), AlreadySettled> {
+        if soaking && matches!(self.state, RolloutState::Verified { .. }) && to.reason().is_some() {
+            self.state = to;
+            return Ok(());
+        }
+        self.settle(to)
+    }
+
     /// How long it ran until it settled.
     pub fn duration(&self) -> Option<chrono::Duration> {
         self.state.settled_at().map(|at| at - self.started_at)

@@ -2,6 +2,7 @@
 //! One test binary, so one link step; every test gets its own resources and runs in parallel.
 #![allow(clippy::unwrap_used)]
 
+mod alarms;
 mod aws_calls;
 mod burst;
 mod channels;

@@ -67,6 +67,7 @@ import uuid
 import weakref
 from xml.sax.saxutils import escape
 
+import cloudwatch_cbor
 from iam_calls import CallLog, caller_of
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
@@ -553,7 +554,7 @@ def _operation(request: Request) -> str | None:
         return target.split(".")[-1]
     if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
         return request.form.get("Action")
-    return None
+    return cloudwatch_cbor.operation_of(request.path)
 
 
 def _haystack(request: Request, body: bytes) -> bytes:
@@ -659,6 +660,8 @@ def _aws_error(request: Request, status: int, code: str, message: str) -> Respon
     """An error in the wire format of the request's protocol, as the SDKs parse it: awsJson
     (``__type`` + ``x-amzn-ErrorType``) or awsQuery (``<ErrorResponse>`` XML)."""
     request_id = str(uuid.uuid4())
+    if cloudwatch_cbor.operation_of(request.path):
+        return cloudwatch_cbor.error(status, code, message)
     if _is_query_protocol(request):
         kind = "Sender" if status < 500 else "Receiver"
         xml = (f"<ErrorResponse><Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
@@ -779,6 +782,8 @@ class Control:
         return answer(environ, start_response)
 
     def serve(self, request: Request, operation: str | None, body: bytes, environ, start_response):
+        if cloudwatch_cbor.operation_of(request.path):
+            return cloudwatch_cbor.serve(operation, request.headers, body)(environ, start_response)
         target = request.headers.get("X-Amz-Target", "")
         if target.startswith("DynamoDB_"):
             # DynamoDB applies a conditional write atomically; moto checks the condition and then
@@ -807,6 +812,8 @@ class Control:
                 return _json(200, template.event_pattern(body["rule"]))
             if request.path == "/_conveyor/eventbridge/put":
                 return _json(200, put_events(body))
+            if request.path == "/_conveyor/cloudwatch/alarm":
+                return _json(200, cloudwatch_cbor.set_alarm(body))
             if request.path == "/_conveyor/dynamodb/install":
                 return _json(200, install_table(body))
             if request.path == "/_conveyor/ecs/autopilot":

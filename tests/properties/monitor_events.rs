@@ -101,6 +101,12 @@ pub fn check_monitor_result(
             });
             prop_assert_eq!(matches!(result, Ok(Ok(MonitorEvent::SoakTimer))), timer);
         }
+        Ok(Ok(MonitorEvent::Alarm(alarm))) => {
+            prop_assert_eq!(str_at(event, &["source"]), Some("aws.cloudwatch"));
+            prop_assert_eq!(str_at(event, &["detail-type"]), Some("CloudWatch Alarm State Change"));
+            prop_assert_eq!(str_at(event, &["detail", "state", "value"]), Some("ALARM"));
+            prop_assert_eq!(Some(alarm.alarm.as_str()), str_at(event, &["detail", "alarmName"]));
+        }
         Ok(Ok(MonitorEvent::Deployment(deployment))) => {
             prop_assert_eq!(str_at(event, &["source"]), Some("aws.ecs"));
             prop_assert_eq!(str_at(event, &["detail-type"]), Some("ECS Deployment State Change"));

@@ -202,6 +202,13 @@ impl LocalAws {
         self.control("ecs/autopilot", body).await;
     }
 
+    /// Creates the CloudWatch alarm `name` in Conveyor's account and region if needed, and puts it
+    /// in `state` (`OK`, `ALARM`, `INSUFFICIENT_DATA`), its history kept as CloudWatch keeps it.
+    pub async fn set_alarm(&self, name: &str, state: &str) {
+        self.control("cloudwatch/alarm", json!({ "account": ACCOUNT, "region": REGION, "name": name, "state": state }))
+            .await;
+    }
+
     /// How many AWS calls, by operation, carried `matching` in their request (a test's unique id
     /// is in every call that concerns its resources).
     pub async fn calls(&self, matching: &str) -> std::collections::BTreeMap<String, u64> {

@@ -337,6 +337,17 @@ impl World {
         })
     }
 
+    /// A "CloudWatch Alarm State Change" into ALARM of `alarm`, in Conveyor's account and region.
+    pub fn alarm_event(&self, alarm: &str, time: DateTime<Utc>) -> Value {
+        json!({
+            "version": "0", "id": format!("alarm-{}-{alarm}-{}", self.id, time.timestamp()),
+            "detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch", "account": ACCOUNT,
+            "time": time.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": REGION,
+            "resources": [format!("arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm}")],
+            "detail": { "alarmName": alarm, "previousState": { "value": "OK" }, "state": { "value": "ALARM" } }
+        })
+    }
+
     /// A tick of the soak timer (its rule is named `{stack}-soak-timer`).
     pub fn soak_timer_event(&self) -> Value {
         let mut tick = self.schedule_event();
