@@ -50,13 +50,15 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
         .aws
         .install_rules(
             &world.name("samples"),
-            &["EcrPushRule", "EcsDeploymentRule"],
+            &["EcrPushRule", "EcsDeploymentRule", "AlarmStateRule"],
             parameters,
             "us-west-2",
             MOTO_ACCOUNT,
         )
         .await;
 
+    let mut recovered = sample("cloudwatch-alarm-state-change.json");
+    recovered["detail"]["state"]["value"] = json!("OK");
     let mut failure = sample("ecr-image-action-push.json");
     failure["detail"]["result"] = json!("FAILURE");
     let mut other_service = sample("ecs-deployment-completed.json");
@@ -76,6 +78,8 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
             ("push-failure", failure),
             ("other-service", other_service),
             ("schedule", sample("scheduled-sweep.json")),
+            ("alarm", sample("cloudwatch-alarm-state-change.json")),
+            ("alarm-recovered", recovered),
         ],
     )
     .await;
@@ -87,7 +91,9 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
     for label in ["completed", "failed", "other-service"] {
         expect(label, &["EcsDeploymentRule"]);
     }
-    for label in ["in-progress", "circuit-breaker", "delete", "push-failure", "schedule"] {
+    // Any alarm of the account entering ALARM (the apps' `alarms` decide which matter); never a recovery.
+    expect("alarm", &["AlarmStateRule"]);
+    for label in ["in-progress", "circuit-breaker", "delete", "push-failure", "schedule", "alarm-recovered"] {
         expect(label, &[]);
     }
 }

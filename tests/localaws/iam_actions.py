@@ -8,7 +8,7 @@ test until someone says what it needs. One call may need several authorisations:
 also passes its roles (``iam:PassRole``) and tags the new revision (``ecs:TagResource``).
 
 Sources: the Service Authorization Reference (actions, resource types, condition keys) of ECS,
-DynamoDB, SSM, SNS, STS and ECR.
+DynamoDB, SSM, SNS, STS, ECR and CloudWatch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 class Call:
     """One AWS call as the local AWS saw it: who (already attributed), where, and what."""
 
-    service: str  # the SigV4 signing name: ecs, dynamodb, ssm, sns, sts, ecr
+    service: str  # the SigV4 signing name: ecs, dynamodb, ssm, sns, sts, ecr, monitoring
     operation: str
     region: str
     account: str  # the account the call acts in (an assumed role's, else the caller's)
@@ -166,6 +166,21 @@ def _ecr_repository(call: Call) -> list[Authorization]:
     return [Authorization("ecr:GetRepositoryPolicy", arn)]
 
 
+# --- CloudWatch (signing name `monitoring`) ------------------------------------------------------
+
+
+def _alarms(action: str, member: str):
+    """Authorised on each alarm named (`AlarmNames` of DescribeAlarms, `AlarmName` of its history)."""
+
+    def handler(call: Call) -> list[Authorization]:
+        names = call.request.get(member) or []
+        names = [names] if isinstance(names, str) else names
+        return [Authorization(action, f"arn:aws:cloudwatch:{call.region}:{call.account}:alarm:{name}")
+                for name in names] or [Authorization(action, "*")]
+
+    return handler
+
+
 _HANDLERS = {
     ("ecs", "DescribeServices"): _describe_services,
     ("ecs", "UpdateService"): _update_service,
@@ -191,6 +206,8 @@ _HANDLERS = {
     ("sts", "AssumeRole"): lambda call: [Authorization("sts:AssumeRole", call.request["RoleArn"])],
     ("ecr", "GetRepositoryPolicy"): _ecr_repository,
     ("ecr", "DescribeRegistry"): _star("ecr:DescribeRegistry"),
+    ("monitoring", "DescribeAlarms"): _alarms("cloudwatch:DescribeAlarms", "AlarmNames"),
+    ("monitoring", "DescribeAlarmHistory"): _alarms("cloudwatch:DescribeAlarmHistory", "AlarmName"),
 }
 
 # Actions that change nothing (what the report calls a read); everything else is a write.

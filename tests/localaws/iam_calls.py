@@ -45,6 +45,14 @@ def caller_of(headers) -> Caller | None:
 def _request(mimetype: str, body: bytes) -> dict:
     if mimetype == "application/x-www-form-urlencoded":
         return dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    if mimetype == "application/cbor":  # Smithy RPC v2 CBOR (CloudWatch)
+        import cbor2
+
+        try:
+            parsed = cbor2.loads(body) if body else {}
+        except Exception:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
     try:
         parsed = json.loads(body or b"{}")
     except ValueError:
