@@ -346,6 +346,10 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
     if soak.until > now {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "still soaking"));
     }
+    // Only a rollback of this soak's own, left half-way, is the soak's end's to settle.
+    if here.held.intent().is_some_and(|intent| intent.rollback_of(&soak.rollout_id).is_none()) {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "a change left half-way here is settled first"));
+    }
     let soaked =
         state.rollout.clone().filter(|r| r.id == soak.rollout_id && matches!(r.state, RolloutState::Verified { .. }));
     let Some(rollout) = soaked else {
@@ -354,20 +358,21 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         here.commit(change).await?;
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the soaking rollout was replaced"));
     };
-    // It must still be what runs: a change made outside Conveyor whose event never came ends it.
+    // It must still be what runs: a change made outside Conveyor whose event never came ends it
+    // (unless it is Conveyor's own rollback, issued by an attempt that stopped before its commit).
     let observed = start::observe(&here.target, app).await?;
-    if observed.service.task_definition != rollout.task_definition_arn {
-        let mut change = Change::new(state);
-        change.state.soak = None;
-        here.commit(change).await?;
-        let detail =
-            format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
-        return Ok(Handled::of(&app.name, env, Action::Skipped, detail));
+    let runs_it = observed.service.task_definition == rollout.task_definition_arn;
+    let rolling_back = here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).is_some();
+    if !runs_it && !rolling_back {
+        return soak_ended_unvetted(here, state, &rollout).await;
     }
     // The alarms again, from their history: one that fired and recovered meanwhile fails it too.
     let gate = alarm_gate(here, &rollout).await?;
     if let Some(fired) = gate.failure() {
         return roll_back(here, &rollout, &observed.service, fired).await;
+    }
+    if !runs_it {
+        return soak_ended_unvetted(here, state, &rollout).await;
     }
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
     let soaked = format!("soaked {} without a problem", crate::config::show_duration(soak));
@@ -376,6 +381,19 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         None => soaked,
     };
     vet(here, rollout, now, &reason).await
+}
+
+/// The service no longer runs the soaking `rollout`'s revision: the soak ends, nothing vetted.
+async fn soak_ended_unvetted(
+    here: &mut Leased<'_>,
+    state: EnvState,
+    rollout: &Rollout,
+) -> Result<Handled, DeployError> {
+    let mut change = Change::new(state);
+    change.state.soak = None;
+    here.commit(change).await?;
+    let detail = format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
+    Ok(Handled::of(&here.app.name, here.env, Action::Skipped, detail))
 }
 
 /// Records the image of a verified `rollout` as vetted here: last verified, its tags promotable
@@ -667,7 +685,8 @@ async fn end_soaks(
         if state.and_then(|s| s.soak).is_none_or(|soak| soak.until > now) {
             continue;
         }
-        let lease = Lease::new(key, "deploy-monitor soak".to_owned(), invocation).patient();
+        // Settling: a soak's end may roll back, and settles a rollback an attempt left half-way.
+        let lease = Lease::new(key, "deploy-monitor soak".to_owned(), invocation).patient().settling();
         let target = fleet.target(app, service).await;
         let ended = leases.with_env(lease, app, env, target, async |here| end_soak(here, now).await).await;
         match ended {

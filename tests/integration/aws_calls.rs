@@ -181,3 +181,39 @@ async fn an_auto_promotion_costs_a_promotion_and_three_reads() {
     let reads: u64 = ["Query", "BatchGetItem", "GetItem"].iter().filter_map(|op| swept.get(*op)).sum();
     assert!(reads <= 4, "{swept:?}");
 }
+
+#[tokio::test]
+async fn the_alarms_gate_costs_one_read_and_an_alarm_firing_costs_a_rollback() {
+    let world = World::new().await;
+    let alarm = world.name("shop-api-5xx");
+    world.aws.set_alarm(&alarm, "OK").await;
+    let shape = [("dev", json!({ "alarms": [alarm] })), ("stage", json!({ "from": "dev" }))];
+    let [dev, _]: [conveyor_testkit::world::ServiceFixture; 2] =
+        world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+    let conveyor = conveyor(&world);
+    let push = |tag: &str, n: u32, minutes: i64| {
+        world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(minutes))
+    };
+    let verify = async || {
+        let completed = world.aws.settle(&dev.cluster, &dev.service, Settle::Complete).await;
+        calls_of(&world, async { conveyor.monitor(completed[0].clone(), &invocation()).await.map(drop).unwrap() }).await
+    };
+    // Warm the instance and the service's record.
+    conveyor.stage(push("v1.0.0", 1, 30), &invocation()).await.unwrap();
+    verify().await;
+
+    conveyor.stage(push("v1.1.0", 2, 20), &invocation()).await.unwrap();
+    let verified = verify().await;
+    assert_eq!(verified.get("DescribeAlarms"), Some(&1), "{verified:?}");
+    assert!(!verified.contains_key("DescribeAlarmHistory"), "a quiet alarm's history is not read: {verified:?}");
+    assert_eq!(total(&verified), 6, "a verification and the gate: {verified:?}");
+
+    // The alarm fires while v1.2.0 rolls out: its event rolls it back, like a FAILED event would.
+    conveyor.stage(push("v1.2.0", 3, 10), &invocation()).await.unwrap();
+    world.aws.set_alarm(&alarm, "ALARM").await;
+    let fired = world.alarm_event(&alarm, Utc::now());
+    let rolled_back = calls_of(&world, async { conveyor.monitor(fired, &invocation()).await.map(drop).unwrap() }).await;
+    println!("alarm: {rolled_back:?}");
+    assert!(!rolled_back.keys().any(|op| op.contains("Alarm")), "the event is the verdict: {rolled_back:?}");
+    assert!(total(&rolled_back) <= 9, "{rolled_back:?}");
+}

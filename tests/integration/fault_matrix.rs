@@ -9,8 +9,10 @@
 //! rollout FAILED → Conveyor rolls prod back to the last verified release), `circuit-breaker`
 //! (stage FAILED with ECS's own rollback → no second rollback), `promote` (promote), `sweep`
 //! (deploy-monitor's schedule: a rollout whose COMPLETED event was lost, with its `deploying`
-//! notification still in the outbox) and `sweep-outbox` (the schedule: a settled rollout whose
-//! `verified` notification was left in the outbox). Each runs clean first; its AWS calls (those
+//! notification still in the outbox), `sweep-outbox` (the schedule: a settled rollout whose
+//! `verified` notification was left in the outbox) and `soak-alarm` (the soak timer: stage's soak is
+//! over, but one of its alarms fired and recovered meanwhile, unseen → rolled back) and `alarm`
+//! (deploy-monitor: stage's alarm enters ALARM during the soak → rolled back on its event). Each runs clean first; its AWS calls (those
 //! carrying the world's id, of that invocation only) are its call sites, each named by operation
 //! and occurrence ([`CallSite`]), so that `Fault::on(op).after(occurrence).persistent()` hits that
 //! call, every retry of it and every later call of the operation.
@@ -46,7 +48,7 @@
 //! runs — about 4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every
 //! call under every fault (480), `latency` on every call under the lease and a crash on every call
 //! (96) — about 20 minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each
-//! flow's calls. Six worlds run at a time, across both tests. A cell failing in a situation a
+//! flow's calls; `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both tests. A cell failing in a situation a
 //! listed known bug excuses (`conveyor_testkit::known_bugs`: `fault_matrix:{flow}/{call}/{fault}`)
 //! is printed as a known failure with the diagnosis and does not fail the test; any other failing
 //! cell does.
@@ -103,10 +105,12 @@ enum Flow {
     Sweep,
     SweepOutbox,
     VerifyAutoPromote,
+    SoakAlarm,
+    Alarm,
 }
 
 impl Flow {
-    const ALL: [Flow; 9] = [
+    const ALL: [Flow; 11] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -116,6 +120,8 @@ impl Flow {
         Flow::Promote,
         Flow::Sweep,
         Flow::SweepOutbox,
+        Flow::SoakAlarm,
+        Flow::Alarm,
     ];
 
     fn name(self) -> &'static str {
@@ -129,6 +135,8 @@ impl Flow {
             Flow::Sweep => "sweep",
             Flow::SweepOutbox => "sweep-outbox",
             Flow::VerifyAutoPromote => "verify-auto-promote",
+            Flow::SoakAlarm => "soak-alarm",
+            Flow::Alarm => "alarm",
         }
     }
 
@@ -190,6 +198,39 @@ impl Flow {
                 expect.notify(&app, "stage", "verified");
                 expect.notify(&app, "prod", "promoted");
                 (events[0].clone(), expect)
+            }
+            Flow::SoakAlarm | Flow::Alarm => {
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                vet(&world, &app, "v1.0.0", 1, base).await;
+                let alarm = world.name("shop-api-5xx");
+                world.aws.set_alarm(&alarm, "OK").await;
+                let soak = if self == Flow::Alarm { "1h" } else { "1s" };
+                let environments = json!({
+                    "stage": { "cluster": app.stage.cluster, "service": app.stage.service,
+                               "soak": soak, "alarms": [alarm] },
+                    "prod": { "cluster": app.prod.cluster, "service": app.prod.service } });
+                let config = json!({ "repository": "shop-api", "container": "api", "environments": environments });
+                world.put_app("shop-api", &config).await;
+                push(&world, &app, "v1.1.0", 2, at(base, 10)).await;
+                let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
+                assert_eq!(monitor(&world, events[0].clone()).await, "soaking");
+                world.aws.set_alarm(&alarm, "ALARM").await;
+                let event = if self == Flow::Alarm {
+                    world.alarm_event(&alarm, Utc::now())
+                } else {
+                    // It fires and recovers while the image soaks; its event is lost.
+                    world.aws.set_alarm(&alarm, "OK").await;
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    world.soak_timer_event()
+                };
+                let mut expect = Expect::default();
+                let stage = expect.env(&world, &app, "stage", 2, "rolled_back");
+                stage.image = pinned(&world, &app.repository, 1);
+                stage.last_verified = Some(digest(1));
+                stage.by = Some("conveyor");
+                expect.notify(&app, "stage", "rolled_back");
+                expect.unpromotable.push((app.app.clone(), "v1.1.0".into()));
+                (event, expect)
             }
             Flow::Rollback => {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
@@ -774,6 +815,16 @@ fn full() -> bool {
     std::env::var("CONVEYOR_MATRIX").is_ok_and(|v| v == "full")
 }
 
+/// The flows to run: every one, or with `CONVEYOR_MATRIX_FLOW=NAME` only that one (ignored in CI).
+fn flows() -> Vec<Flow> {
+    match std::env::var("CONVEYOR_MATRIX_FLOW") {
+        Ok(name) if conveyor_testkit::knobs::shrinks("CONVEYOR_MATRIX_FLOW", &name) => {
+            Flow::ALL.into_iter().filter(|flow| flow.name() == name).collect()
+        }
+        _ => Flow::ALL.to_vec(),
+    }
+}
+
 /// `CONVEYOR_MATRIX=clean`: only the clean runs (to see each flow's calls); ignored in CI.
 fn only_clean() -> bool {
     conveyor_testkit::knobs::shrinks("CONVEYOR_MATRIX", "clean")
@@ -783,10 +834,11 @@ fn only_clean() -> bool {
 async fn clean_runs() -> &'static [CleanRun] {
     CLEAN
         .get_or_init(|| async {
+            let flows = flows();
             let jobs: Vec<Job<(Cell, Vec<CallRecord>)>> =
-                Flow::ALL.iter().map(|&flow| Box::pin(run_cell(flow, None, None, None)) as Job<_>).collect();
+                flows.iter().map(|&flow| Box::pin(run_cell(flow, None, None, None)) as Job<_>).collect();
             let runs = bounded_by(jobs, SLOTS.clone()).await;
-            Flow::ALL
+            flows
                 .iter()
                 .zip(runs)
                 .map(|(&flow, run)| {
