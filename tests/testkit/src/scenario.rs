@@ -26,6 +26,15 @@ pub fn billing() -> String {
 pub fn web() -> String {
     digest(300)
 }
+/// A web image whose tasks run, but whose error rate sets off stage's alarm while it soaks.
+pub fn web_noisy() -> String {
+    digest(301)
+}
+
+/// The alarm web's stage is gated on.
+pub fn web_alarm(world: &crate::World) -> String {
+    world.name("web-stage-5xx")
+}
 
 /// ECS for the story: rollouts take about a second; the bad image's tasks never start.
 pub fn options() -> StackOptions {
@@ -58,14 +67,15 @@ pub async fn seed(stack: &LocalStack) {
     world.seed_app_across("billing", "billing", PROD_ACCOUNT).await;
     let pipeline = [
         ("dev", json!({})),
-        ("stage", json!({ "from": "dev", "promotion": "auto" })),
+        ("stage", json!({ "from": "dev", "promotion": "auto", "soak": "3s", "alarms": [web_alarm(world)] })),
         ("prod", json!({ "from": "stage" })),
     ];
+    world.aws.set_alarm(&web_alarm(world), "OK").await;
     world.seed_pipeline("web", &pipeline).await;
     stack.say(
         MomentKind::Step,
         format!(
-            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically → prod, by hand)"
+            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod, by hand)"
         ),
     );
 }
@@ -169,14 +179,19 @@ pub async fn story(stack: &LocalStack) -> Result<(), String> {
     pipeline(stack).await
 }
 
-/// web's pipeline: a push reaches dev only; vetted there, stage gets it automatically; prod, the
-/// one environment promoted by hand, by `conveyor promote`.
+/// web's pipeline: a push reaches dev only; vetted there, stage gets it automatically and soaks it,
+/// its alarm quiet; prod, the one environment promoted by hand, by `conveyor promote`. Then an
+/// image that sets stage's alarm off while it soaks is rolled back there and never reaches prod.
 async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     let world = &stack.world;
-    stack.say(MomentKind::Step, "push web:v3.0.0: dev deploys it; once dev verifies it, stage gets it automatically");
+    let alarm = web_alarm(world);
+    stack.say(
+        MomentKind::Step,
+        "push web:v3.0.0: dev deploys it; once dev verifies it, stage gets it automatically and soaks it (3 s, alarm quiet)",
+    );
     stack.push("web", "v3.0.0", &web(), Utc::now() - chrono::Duration::seconds(20)).await;
     stack.wait_for_state("web", "dev", "v3.0.0", "verified").await?;
-    let stage = stack.wait_for_state("web", "stage", "v3.0.0", "verified").await?;
+    let stage = stack.wait_for_vetted("web", "stage", "v3.0.0").await?;
     check(stage["rollout"]["origin"]["requested_by"] == "conveyor", || format!("stage's rollout: {stage}"))?;
     operator(stack, &["status", "web"], 0).await?;
     stack.say(MomentKind::Step, "promote web v3.0.0 to prod (the one environment promoted by hand)");
@@ -189,6 +204,32 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     };
     let (dev, prod) = (world.running_image(&on("dev")).await, world.running_image(&on("prod")).await);
     check(dev == prod && prod.ends_with(&web()), || format!("prod runs {prod}, dev vetted {dev}"))?;
+
+    stack.say(MomentKind::Step, "push web:v3.1.0: its tasks run, dev verifies it, stage gets it and soaks it");
+    stack.push("web", "v3.1.0", &web_noisy(), Utc::now() - chrono::Duration::seconds(10)).await;
+    stack
+        .wait_for("web stage to soak v3.1.0", Duration::from_secs(30), || async {
+            let record = world.record("web", "stage").await?;
+            (record["rollout"]["tag"] == "v3.1.0" && record["soak"].is_object()).then_some(())
+        })
+        .await?;
+    stack.say(MomentKind::Step, format!("stage's error rate climbs: the alarm {alarm} enters ALARM"));
+    world.aws.set_alarm(&alarm, "ALARM").await;
+    stack.put(world.alarm_event(&alarm, Utc::now())).await;
+    let record = stack.wait_for_state("web", "stage", "v3.1.0", "rolled_back").await?;
+    check(record["rollout"]["state"]["reason"].as_str().is_some_and(|r| r.contains(&alarm)), || {
+        format!("rollback reason: {record}")
+    })?;
+    let back_on = world.running_image(&on("stage")).await;
+    check(back_on.ends_with(&web()), || format!("stage runs {back_on} after the rollback, not v3.0.0"))?;
+    operator(stack, &["status", "web"], 0).await?;
+    stack.say(MomentKind::Step, "try to promote web v3.1.0 to prod");
+    let refused = operator(stack, &["promote", "web", "v3.1.0"], 1).await?;
+    check(format!("{}{}", refused.stdout, refused.stderr).contains("NotVetted"), || {
+        format!("promoting v3.1.0 was not refused with NotVetted: {}{}", refused.stdout, refused.stderr)
+    })?;
+    let prod_after = world.running_image(&on("prod")).await;
+    check(prod_after == prod, || format!("prod changed to {prod_after}"))?;
     Ok(())
 }
 

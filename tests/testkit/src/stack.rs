@@ -89,7 +89,11 @@ pub struct LocalStack {
 }
 
 /// Rule => the function it triggers (as in `infra/template.yaml`).
-const ROUTES: [(&str, &str); 2] = [("EcrPushRule", "stage-deploy"), ("EcsDeploymentRule", "deploy-monitor")];
+const ROUTES: [(&str, &str); 3] =
+    [("EcrPushRule", "stage-deploy"), ("EcsDeploymentRule", "deploy-monitor"), ("AlarmStateRule", "deploy-monitor")];
+
+/// How often the local soak timer ticks (the template's `SoakTimerRule`: every minute).
+const SOAK_TIMER_TICK: Duration = Duration::from_secs(1);
 
 impl LocalStack {
     /// Starts everything for `world`; `moments` receives the timeline.
@@ -148,6 +152,11 @@ impl LocalStack {
             };
             tasks.push(tokio::spawn(route.run()));
         }
+        tasks.push(tokio::spawn(soak_timer(
+            Function::spawn("deploy-monitor", &env).await,
+            world.clone(),
+            moments.clone(),
+        )));
         let slack = Arc::new(LocalHttp::start(200).await);
         tasks.push(tokio::spawn(watch_slack(slack.clone(), moments.clone())));
         let alerts = Arc::new(Mutex::new(Vec::new()));
@@ -227,6 +236,16 @@ impl LocalStack {
 
     /// Waits until the release record of `app` in `env` has its current rollout in `state`
     /// (for `tag`); returns the record.
+    /// Waits until `tag` is the last release vetted in `env` (verified, and its soak over).
+    pub async fn wait_for_vetted(&self, app: &str, env: &str, tag: &str) -> Result<Value, String> {
+        let what = format!("{app} {env} {tag} to be vetted");
+        self.wait_for(&what, Duration::from_secs(30), || async {
+            let record = self.world.record(app, env).await?;
+            (record["last_verified"]["tag"] == tag).then_some(record)
+        })
+        .await
+    }
+
     pub async fn wait_for_state(&self, app: &str, env: &str, tag: &str, state: &str) -> Result<Value, String> {
         let what = format!("{app} {env} {tag} to be {state}");
         self.wait_for(&what, Duration::from_secs(30), || async {
@@ -301,6 +320,21 @@ impl Route {
     }
 }
 
+/// The template's `SoakTimerRule`, faster: deploy-monitor ends the soaks whose time is up. A tick
+/// that ended none is not shown.
+async fn soak_timer(function: Function, world: World, moments: mpsc::UnboundedSender<Moment>) {
+    loop {
+        tokio::time::sleep(SOAK_TIMER_TICK).await;
+        let event = world.soak_timer_event();
+        let answer = function.invoke(event.clone()).await;
+        let idle = matches!(&answer, Invocation::Response(r) if r["results"].as_array().is_some_and(Vec::is_empty));
+        if !idle {
+            let text = describe("SoakTimerRule", &function.name, &event, &answer);
+            let _ = moments.send(Moment { at: Utc::now(), kind: MomentKind::Delivery, text });
+        }
+    }
+}
+
 /// `EcrPushRule → stage-deploy: ECR push shop-api:v1.0.0 ⇒ shop-api deploying`
 fn describe(rule: &str, function: &str, event: &Value, answer: &Invocation) -> String {
     let detail = &event["detail"];
@@ -316,6 +350,12 @@ fn describe(rule: &str, function: &str, event: &Value, answer: &Invocation) -> S
             detail["deploymentId"].as_str().unwrap_or("?"),
             event["resources"][0].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?")
         ),
+        Some("CloudWatch Alarm State Change") => format!(
+            "CloudWatch alarm {} → {}",
+            detail["alarmName"].as_str().unwrap_or("?"),
+            detail["state"]["value"].as_str().unwrap_or("?")
+        ),
+        Some("Scheduled Event") if rule == "SoakTimerRule" => "soak timer tick".to_owned(),
         other => other.unwrap_or("event").to_owned(),
     };
     let result = match answer {
