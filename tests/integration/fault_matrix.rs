@@ -43,12 +43,13 @@
 //! image stays unpromotable (promote refuses `NotVetted`).
 //!
 //! **Size**: `make test` runs the CI-sized matrix: every call of every flow under one failing
-//! fault (the five rotate over the calls: 96 cells for the 9 flows' 96 calls), `latency` on the
-//! first call under the lease of every other flow, a crash on every third call, and the 9 clean
-//! runs — about 4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every
-//! call under every fault (480), `latency` on every call under the lease and a crash on every call
-//! (96) — about 20 minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each
-//! flow's calls; `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both tests. A cell failing in a situation a
+//! fault (the five rotate over the calls: 118 calls of the 11 flows), `latency` on the first call
+//! under the lease of every other flow, a crash on every third call, and the 11 clean runs — about
+//! 4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call under every
+//! fault (590), `latency` on every call under the lease and a crash on every call (118) — about 25
+//! minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each flow's calls;
+//! `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both
+//! tests. A cell failing in a situation a
 //! listed known bug excuses (`conveyor_testkit::known_bugs`: `fault_matrix:{flow}/{call}/{fault}`)
 //! is printed as a known failure with the diagnosis and does not fail the test; any other failing
 //! cell does.
