@@ -10,8 +10,11 @@
 //! Lead time and time to restore are given as median and 90th percentile (nearest rank). A digest
 //! promoted again later (a rollback to it) is a deployment, not a new change: only its first prod
 //! verification has a lead time. A failure not followed by a verification yet is `open`.
+//!
+//! Beside the four, the lead time **to each environment** of a pipeline (`lead_time_to`): first
+//! push of a digest → its first verification there (after its soak: when it was vetted there).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -35,6 +38,9 @@ pub struct Samples {
     pub failures: usize,
     /// Seconds from a prod failure in the window to the next prod verification.
     pub restore_times: Vec<i64>,
+    /// Seconds from first push to first verification, per environment and change verified there
+    /// in the window.
+    pub lead_times_to: BTreeMap<Environment, Vec<i64>>,
 }
 
 impl Samples {
@@ -45,6 +51,9 @@ impl Samples {
         self.failed += other.failed;
         self.failures += other.failures;
         self.restore_times.extend(other.restore_times);
+        for (env, times) in other.lead_times_to {
+            self.lead_times_to.entry(env).or_default().extend(times);
+        }
     }
 }
 
@@ -84,6 +93,15 @@ pub fn samples(
         let pushed = entry.digest.as_ref().and_then(|d| first_pushed.get(d));
         if let (true, Some(pushed)) = (first, pushed) {
             samples.lead_times.push((entry.at - *pushed).num_seconds().max(0));
+        }
+    }
+
+    let mut seen: HashSet<(Environment, &ImageDigest)> = HashSet::new();
+    for entry in entries.iter().filter(|e| e.event == Outcome::Verified) {
+        let Some(digest) = entry.digest.as_ref() else { continue };
+        let first = seen.insert((entry.environment, digest));
+        if let (true, true, Some(pushed)) = (first, in_window(entry), first_pushed.get(digest)) {
+            samples.lead_times_to.entry(entry.environment).or_default().push((entry.at - *pushed).num_seconds().max(0));
         }
     }
 
@@ -181,6 +199,8 @@ pub struct Dora {
     pub lead_time: Spread,
     pub change_failure_rate: FailureRate,
     pub time_to_restore: Restore,
+    /// Lead time to each environment a change was verified in, by name.
+    pub lead_time_to: BTreeMap<Environment, Spread>,
 }
 
 impl Dora {
@@ -205,6 +225,7 @@ impl Dora {
                 open: samples.failures.saturating_sub(restore.count),
                 spread: restore,
             },
+            lead_time_to: samples.lead_times_to.iter().map(|(env, times)| (*env, Spread::of(times))).collect(),
         }
     }
 }
@@ -308,7 +329,12 @@ mod tests {
         assert_eq!(dora.time_to_restore.failures, 2);
         assert_eq!(dora.time_to_restore.open, 1);
         assert_eq!(dora.time_to_restore.spread.median_seconds, Some(4 * HOUR + 100));
+        // To each environment: stage saw v1 at once and v2 a day later, each just pushed.
+        assert_eq!(samples.lead_times_to[&STAGE], vec![0, 0]);
+        assert_eq!(samples.lead_times_to[&PROD], samples.lead_times);
         let json = serde_json::to_value(&dora).unwrap();
+        assert_eq!(json["lead_time_to"]["prod"], json["lead_time"]);
+        assert_eq!(json["lead_time_to"]["stage"]["count"], 2);
         assert_eq!(json["time_to_restore"]["p90_seconds"], 4 * HOUR + 100);
         assert_eq!(json["change_failure_rate"]["rate"], 0.333);
     }

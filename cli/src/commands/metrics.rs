@@ -62,7 +62,19 @@ fn column(dora: &Dora) -> Vec<String> {
             None => "- (no promotion)".into(),
         },
         format!("{} ({} restored, {} open)", spread(&restore.spread), restore.spread.count, restore.open),
+        lead_time_to(dora),
     ]
+}
+
+/// The median lead time to each environment, in the order changes reach them (the shortest first).
+fn lead_time_to(dora: &Dora) -> String {
+    let mut reached: Vec<(i64, &str)> =
+        dora.lead_time_to.iter().filter_map(|(env, spread)| Some((spread.median_seconds?, env.as_str()))).collect();
+    reached.sort();
+    if reached.is_empty() {
+        return "-".into();
+    }
+    reached.iter().map(|(median, env)| format!("{env} {}", output::duration(*median))).collect::<Vec<_>>().join(", ")
 }
 
 fn text(style: &Style, per_app: &[(String, Dora)], all: &Dora, days: u32) -> String {
@@ -83,6 +95,7 @@ fn text(style: &Style, per_app: &[(String, Dora)], all: &Dora, days: u32) -> Str
         "lead time for changes (median / p90)",
         "change failure rate (prod rollouts)",
         "time to restore service (median / p90)",
+        "lead time to each environment (median)",
     ];
     for (row, name) in names.iter().enumerate() {
         let mut cells = vec![style.cell(name, None)];
