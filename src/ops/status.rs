@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{AwsError, ServiceState};
-use crate::config::{AppConfig, Promotion, ServiceTarget, Source};
+use crate::config::{AppConfig, EnvironmentConfig, Promotion, ServiceTarget, Source};
 use crate::fleet::Fleet;
 use crate::ledger::{Ledger, LedgerError};
 use crate::record::EnvState;
@@ -51,6 +51,25 @@ pub struct EnvStatus {
     /// While the verified rollout soaks: when its image counts as vetted (present only then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soaking_until: Option<DateTime<Utc>>,
+    /// What an image must get through here after its verification before it is vetted (present
+    /// only when the environment has a soak or alarms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Gates>,
+}
+
+/// An environment's gates: its `soak` and its `alarms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gates {
+    /// `0`: no soak.
+    pub soak_seconds: u64,
+    pub alarms: Vec<String>,
+}
+
+impl Gates {
+    pub fn of(env: &EnvironmentConfig) -> Option<Self> {
+        (!env.soak.is_zero() || !env.alarms.is_empty())
+            .then(|| Gates { soak_seconds: env.soak.as_secs(), alarms: env.alarms.clone() })
+    }
 }
 
 /// What the ECS service runs now.
@@ -182,6 +201,7 @@ pub fn env_status(
         }),
         error,
         soaking_until: state.and_then(|s| s.soak.as_ref()).map(|soak| soak.until),
+        gates: None,
     }
 }
 
@@ -236,7 +256,8 @@ pub async fn app_status(
     let environments = app.pipeline.targets().map(|(env, _, target)| async move {
         let (state, running) = tokio::join!(ledger.env::<EnvState>(&app.name, env.name), running(fleet, app, target));
         let state = state?.map(|(state, _)| state);
-        Ok::<_, LedgerError>(env_status(env.name, target, state.as_ref(), running))
+        let status = env_status(env.name, target, state.as_ref(), running);
+        Ok::<_, LedgerError>(EnvStatus { gates: Gates::of(env), ..status })
     });
     // What may move on: the tags vetted where the environment `promote` goes to without `to`
     // takes from (prod's stage), else the first promoted-into environment's.

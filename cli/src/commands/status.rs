@@ -151,6 +151,14 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
             if let Some(error) = &env.error {
                 notes.push(format!("{at}: cannot read the service: {error}"));
             }
+            if let Some(gates) = &env.gates {
+                let soak = (gates.soak_seconds > 0).then(|| {
+                    format!("a {} soak", output::duration(i64::try_from(gates.soak_seconds).unwrap_or(i64::MAX)))
+                });
+                let alarms = (!gates.alarms.is_empty()).then(|| format!("alarms {} quiet", gates.alarms.join(", ")));
+                let gates: Vec<String> = soak.into_iter().chain(alarms).collect();
+                notes.push(format!("{at}: vetted after verification, {}", gates.join(" and ")));
+            }
         }
     }
     for invalid in invalid {

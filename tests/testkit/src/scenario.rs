@@ -193,7 +193,9 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     stack.wait_for_state("web", "dev", "v3.0.0", "verified").await?;
     let stage = stack.wait_for_vetted("web", "stage", "v3.0.0").await?;
     check(stage["rollout"]["origin"]["requested_by"] == "conveyor", || format!("stage's rollout: {stage}"))?;
-    operator(stack, &["status", "web"], 0).await?;
+    let status = operator(stack, &["status", "web"], 0).await?;
+    let gates = format!("web stage: vetted after verification, a 3s soak and alarms {alarm} quiet");
+    check(status.stdout.contains(&gates), || format!("status does not show stage's gates: {}", status.stdout))?;
     stack.say(MomentKind::Step, "promote web v3.0.0 to prod (the one environment promoted by hand)");
     operator(stack, &["promote", "web", "v3.0.0", "--wait"], 0).await?;
     let on = |env: &str| crate::world::ServiceFixture {
