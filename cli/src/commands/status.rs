@@ -153,7 +153,8 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
             }
             if let Some(gates) = &env.gates {
                 let soak = (gates.soak_seconds > 0).then(|| {
-                    format!("a {} soak", output::duration(i64::try_from(gates.soak_seconds).unwrap_or(i64::MAX)))
+                    let soak = std::time::Duration::from_secs(gates.soak_seconds);
+                    format!("a {} soak", conveyor::config::show_duration(soak))
                 });
                 let alarms = (!gates.alarms.is_empty()).then(|| format!("alarms {} quiet", gates.alarms.join(", ")));
                 let gates: Vec<String> = soak.into_iter().chain(alarms).collect();
