@@ -201,6 +201,8 @@ struct AlarmStateChange {
 #[derive(Debug, Deserialize)]
 struct AlarmStateDetail {
     value: Option<String>,
+    /// When the alarm entered the state, to the millisecond (`2019-10-02T17:04:40.989+0000`).
+    timestamp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,14 +265,21 @@ fn alarm(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, I
         .alarm_name
         .filter(|name| !name.is_empty() && name.chars().count() <= 255)
         .ok_or_else(|| InvalidEvent("CloudWatch Alarm State Change without a valid `alarmName`".into()))?;
-    let state = detail.state.and_then(|state| state.value);
+    let (state, changed_at) = detail.state.map(|state| (state.value, state.timestamp)).unwrap_or_default();
     if state.as_deref() != Some(aws_sdk_cloudwatch::types::StateValue::Alarm.as_str()) {
         return Ok(Err(Skip(format!("alarm {alarm} is {}: nothing to do", state.as_deref().unwrap_or("(no state)")))));
     }
+    // The state's own time, to the millisecond; else the event's, stamped to the second: the
+    // last instant of that second (the alarm may have fired after a rollout started within it).
+    let time = changed_at
+        .and_then(|at| DateTime::parse_from_str(&at, "%Y-%m-%dT%H:%M:%S%.f%z").ok())
+        .map(|at| at.with_timezone(&Utc))
+        .or_else(|| event.time.map(|at| at + TimeDelta::milliseconds(999)))
+        .unwrap_or_else(Utc::now);
     let bounded = |member: Option<String>| member.filter(|m| m.chars().count() <= MAX_ENVELOPE_MEMBER);
     Ok(Ok(MonitorEvent::Alarm(AlarmEvent {
         event_id: bounded(event.id),
-        time: event.time.unwrap_or_else(Utc::now),
+        time,
         account: bounded(event.account),
         region: bounded(event.region),
         alarm,
@@ -520,7 +529,7 @@ mod tests {
             "resources": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:shop-api-5xx"],
             "detail": { "alarmName": "shop-api-5xx",
                         "previousState": { "value": "OK", "timestamp": "2026-12-03T09:00:00.000+0000" },
-                        "state": { "value": state, "timestamp": "2026-12-03T10:00:00.000+0000" } }
+                        "state": { "value": state, "timestamp": "2026-12-03T10:00:00.250+0000" } }
         })
     }
 
@@ -529,7 +538,11 @@ mod tests {
         let Ok(Ok(MonitorEvent::Alarm(event))) = monitor(alarm_change("ALARM")) else { panic!("not an alarm event") };
         assert_eq!(event.alarm, "shop-api-5xx");
         assert_eq!((event.account.as_deref(), event.region.as_deref()), (Some("123456789012"), Some("us-east-1")));
-        assert_eq!(event.time.to_rfc3339(), "2026-12-03T10:00:00+00:00");
+        assert_eq!(event.time.to_rfc3339(), "2026-12-03T10:00:00.250+00:00", "the state's own time");
+        let mut coarse = alarm_change("ALARM");
+        coarse["detail"]["state"]["timestamp"] = json!("soon");
+        let Ok(Ok(MonitorEvent::Alarm(event))) = monitor(coarse) else { panic!("not an alarm event") };
+        assert_eq!(event.time.to_rfc3339(), "2026-12-03T10:00:00.999+00:00", "the end of the event's second");
         let Ok(Err(Skip(reason))) = monitor(alarm_change("OK")) else { panic!("OK acted on") };
         assert!(reason.contains("shop-api-5xx is OK"), "{reason}");
         let mut nameless = alarm_change("ALARM");

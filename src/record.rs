@@ -157,6 +157,11 @@ pub enum Arrival {
 }
 
 impl EnvState {
+    /// Whether the rollout `rollout_id` is verified and soaking here (not vetted yet).
+    pub fn soaking(&self, rollout_id: &str) -> bool {
+        self.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout_id)
+    }
+
     /// A rollout or a rollback still waits for ECS: the sweep comes back to it.
     pub fn in_flight(&self) -> bool {
         self.in_progress().is_some() || self.rollback.is_some() || self.soak.is_some()

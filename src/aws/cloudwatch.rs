@@ -25,7 +25,8 @@ impl Alarms {
     }
 
     /// The current state of each of `names` that exists (metric and composite alarms alike), in
-    /// one `DescribeAlarms` call (an environment has at most 10).
+    /// one `DescribeAlarms` call (an environment has at most 10). CloudWatch returns composite
+    /// alarms only to a caller whose permission is scoped to `*` (the templates' is).
     pub async fn read(&self, names: &[String]) -> Result<Vec<AlarmReading>, AwsError> {
         let output = self
             .client
@@ -37,8 +38,9 @@ impl Alarms {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DescribeAlarms", e))?;
-        // When the state value last changed; CloudWatch's older field (also moved by a new reason)
-        // where the newer one is absent: later, never earlier, so never a transition missed.
+        // When the state value last changed; where CloudWatch leaves that out, its older field,
+        // which a new reason also moves: never earlier, so no transition is missed (at worst an
+        // alarm already in ALARM counts as fired).
         let metric = output.metric_alarms().iter().map(|a| {
             (a.alarm_name(), a.state_value(), a.state_transitioned_timestamp().or(a.state_updated_timestamp()))
         });
@@ -71,6 +73,9 @@ impl Alarms {
                 .client
                 .describe_alarm_history()
                 .alarm_name(name)
+                // Without them, only a metric alarm's history is returned.
+                .alarm_types(AlarmType::MetricAlarm)
+                .alarm_types(AlarmType::CompositeAlarm)
                 .history_item_type(HistoryItemType::StateUpdate)
                 .start_date(start)
                 .scan_by(ScanBy::TimestampDescending)

@@ -21,6 +21,10 @@ pub enum Gate {
     /// Alarms the config names that CloudWatch does not have there: the gate cannot be judged,
     /// so it does not pass (a typo must not turn a gate off).
     Missing(Vec<String>),
+    /// CloudWatch refused to answer (a permission missing, say): not judged, so not passed —
+    /// said at once rather than retried for ever. A refusal that may pass (throttling, 5xx) is
+    /// an error instead: the invocation is retried.
+    Unreadable(AwsError),
 }
 
 impl Gate {
@@ -36,16 +40,17 @@ impl Gate {
             Gate::Missing(names) => {
                 Some(format!("alarm {} does not exist in the target's account and region", names.join(", ")))
             }
+            Gate::Unreadable(error) => Some(format!("the alarms cannot be read: {error}")),
         }
     }
 
-    /// What a passing gate adds to the notification: the alarms that were already in ALARM.
-    pub fn note(&self) -> Option<String> {
+    /// `reason`, with what a passing gate adds to it: the alarms that were already in ALARM.
+    pub fn annotate(&self, reason: String) -> String {
         match self {
             Gate::Quiet { already } if !already.is_empty() => {
-                Some(format!("alarm {} was already in ALARM when the rollout started", already.join(", ")))
+                format!("{reason}; alarm {} was already in ALARM when the rollout started", already.join(", "))
             }
-            _ => None,
+            _ => reason,
         }
     }
 }
@@ -63,17 +68,23 @@ pub async fn check(alarms: &Alarms, names: &[String], since: DateTime<Utc>) -> R
     if names.is_empty() {
         return Ok(Gate::Quiet { already: Vec::new() });
     }
-    let readings = alarms.read(names).await?;
-    match first_look(names, &readings, since) {
-        Look::Settled(gate) => Ok(gate),
-        Look::History { of, already } => {
-            for alarm in of {
-                if let Some(at) = alarms.entered_alarm_since(&alarm, since).await? {
-                    return Ok(Gate::Fired { alarm, at, recovered: true });
+    let judged = async {
+        let readings = alarms.read(names).await?;
+        match first_look(names, &readings, since) {
+            Look::Settled(gate) => Ok::<_, AwsError>(gate),
+            Look::History { of, already } => {
+                for alarm in of {
+                    if let Some(at) = alarms.entered_alarm_since(&alarm, since).await? {
+                        return Ok(Gate::Fired { alarm, at, recovered: true });
+                    }
                 }
+                Ok(Gate::Quiet { already })
             }
-            Ok(Gate::Quiet { already })
         }
+    };
+    match judged.await {
+        Err(error) if !error.retryable => Ok(Gate::Unreadable(error)),
+        judged => judged,
     }
 }
 
@@ -127,7 +138,10 @@ mod tests {
         let before = first_look(&names(&["5xx"]), &[reading("5xx", StateValue::Alarm, 5)], since);
         let Look::Settled(gate) = before else { panic!("history read for an alarm that has not changed") };
         assert!(gate.failure().is_none());
-        assert_eq!(gate.note().unwrap(), "alarm 5xx was already in ALARM when the rollout started");
+        assert_eq!(
+            gate.annotate("verified".into()),
+            "verified; alarm 5xx was already in ALARM when the rollout started"
+        );
     }
 
     #[test]
@@ -142,6 +156,14 @@ mod tests {
         assert_eq!(look, Look::History { of: names(&["flapped", "nodata"]), already: Vec::new() });
         let quiet = first_look(&names(&["quiet"]), &readings, since);
         assert_eq!(quiet, Look::Settled(Gate::Quiet { already: Vec::new() }));
+    }
+
+    #[test]
+    fn an_unreadable_gate_does_not_pass() {
+        let denied = AwsError::new("DescribeAlarms", "AccessDenied", "not authorized");
+        let gate = Gate::Unreadable(denied);
+        assert!(gate.failure().unwrap().starts_with("the alarms cannot be read: DescribeAlarms failed: AccessDenied"));
+        assert_eq!(Gate::Quiet { already: Vec::new() }.annotate("verified".into()), "verified");
     }
 
     #[test]

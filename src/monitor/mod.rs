@@ -209,13 +209,10 @@ async fn on_alarm(
 async fn on_alarm_leased(here: &mut Leased<'_>, event: &AlarmEvent) -> Result<Handled, DeployError> {
     let (app, env) = (here.app, here.env);
     let state = here.state()?.clone();
-    let soaking = |rollout: &Rollout| state.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout.id);
-    let Some(rollout) = state.rollout.clone().filter(|r| r.in_progress() || soaking(r)) else {
+    let Some(rollout) = state.rollout.clone().filter(|r| r.in_progress() || state.soaking(&r.id)) else {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "no unvetted rollout here: nothing to fail"));
     };
-    // EventBridge stamps events to the second: one stamped in the second the rollout started
-    // may have come after it (and failing is the side to err on).
-    if event.time + chrono::Duration::seconds(1) <= rollout.started_at {
+    if event.time < rollout.started_at {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the alarm fired before the rollout started"));
     }
     let target = here.target.service;
@@ -262,7 +259,7 @@ async fn settle(
                 Ok(()) => {
                     let gate = alarm_gate(here, rollout).await?;
                     match gate.failure() {
-                        None => return verified(here, rollout, gate.note()).await,
+                        None => return verified(here, rollout, &gate).await,
                         Some(fired) => fired,
                     }
                 }
@@ -296,25 +293,21 @@ async fn alarm_gate(here: &Leased<'_>, rollout: &Rollout) -> Result<alarms::Gate
     Ok(gate)
 }
 
-/// `note`: what the alarms gate adds (alarms already in ALARM when the rollout started).
-async fn verified(here: &mut Leased<'_>, rollout: &Rollout, note: Option<String>) -> Result<Handled, DeployError> {
+/// `gate`: the alarms gate it passed (its notes go into the reason).
+async fn verified(here: &mut Leased<'_>, rollout: &Rollout, gate: &alarms::Gate) -> Result<Handled, DeployError> {
     let (app, env, now) = (here.app, here.env, Utc::now());
     let mut rollout = rollout.clone();
     if rollout.settle(RolloutState::Verified { at: now }).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
-    let noted = |reason: String| match &note {
-        Some(note) => format!("{reason}; {note}"),
-        None => reason,
-    };
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
     if soak.is_zero() {
-        let reason = noted("deployment completed, every task running, health check passed".to_owned());
+        let reason = gate.annotate("deployment completed, every task running, health check passed".to_owned());
         return vet(here, rollout, now, &reason).await;
     }
     // Verified: the image now keeps running for the soak before it counts as vetted here.
     let until = now + chrono::Duration::from_std(soak).unwrap_or(chrono::Duration::zero());
-    let reason = noted(format!(
+    let reason = gate.annotate(format!(
         "deployment completed, every task running, health check passed; soaking {} until {}",
         crate::config::show_duration(soak),
         until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -358,42 +351,30 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         here.commit(change).await?;
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the soaking rollout was replaced"));
     };
-    // It must still be what runs: a change made outside Conveyor whose event never came ends it
-    // (unless it is Conveyor's own rollback, issued by an attempt that stopped before its commit).
+    // It must still be what runs: a change made outside Conveyor whose event never came ends it.
+    // A rollback of it an earlier attempt issued (its intent left, the commit not made) was
+    // decided already: it is finished, whatever the alarms say now.
     let observed = start::observe(&here.target, app).await?;
-    let runs_it = observed.service.task_definition == rollout.task_definition_arn;
-    let rolling_back = here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).is_some();
-    if !runs_it && !rolling_back {
-        return soak_ended_unvetted(here, state, &rollout).await;
+    if here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).is_some() {
+        let reason = alarm_gate(here, &rollout).await?.failure().unwrap_or_else(|| "its alarms gate failed".to_owned());
+        return roll_back(here, &rollout, &observed.service, reason).await;
+    }
+    if observed.service.task_definition != rollout.task_definition_arn {
+        let mut change = Change::new(state);
+        change.state.soak = None;
+        here.commit(change).await?;
+        let detail =
+            format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
+        return Ok(Handled::of(&app.name, env, Action::Skipped, detail));
     }
     // The alarms again, from their history: one that fired and recovered meanwhile fails it too.
     let gate = alarm_gate(here, &rollout).await?;
     if let Some(fired) = gate.failure() {
         return roll_back(here, &rollout, &observed.service, fired).await;
     }
-    if !runs_it {
-        return soak_ended_unvetted(here, state, &rollout).await;
-    }
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
-    let soaked = format!("soaked {} without a problem", crate::config::show_duration(soak));
-    let reason = match gate.note() {
-        Some(note) => format!("{soaked}; {note}"),
-        None => soaked,
-    };
+    let reason = gate.annotate(format!("soaked {} without a problem", crate::config::show_duration(soak)));
     vet(here, rollout, now, &reason).await
-}
-
-/// The service no longer runs the soaking `rollout`'s revision: the soak ends, nothing vetted.
-async fn soak_ended_unvetted(
-    here: &mut Leased<'_>,
-    state: EnvState,
-    rollout: &Rollout,
-) -> Result<Handled, DeployError> {
-    let mut change = Change::new(state);
-    change.state.soak = None;
-    here.commit(change).await?;
-    let detail = format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
-    Ok(Handled::of(&here.app.name, here.env, Action::Skipped, detail))
 }
 
 /// Records the image of a verified `rollout` as vetted here: last verified, its tags promotable
@@ -520,8 +501,7 @@ async fn roll_back(
         None => Vec::new(),
     };
     let mut rollout = rollout.clone();
-    let soaking = state.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout.id);
-    if rollout.fail(settlement, soaking).is_err() {
+    if rollout.fail(settlement, state.soaking(&rollout.id)).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();

@@ -5,7 +5,7 @@
 
 use chrono::{Duration, Utc};
 use conveyor_testkit::functions::{self, promote, stage_deploy};
-use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
@@ -151,4 +151,22 @@ async fn an_alarm_the_target_does_not_have_is_a_gate_that_does_not_pass() {
     assert_eq!(report["results"][0]["action"], "rolled_back", "{report}");
     let detail = report["results"][0]["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("alarm {typo} does not exist")), "{detail}");
+}
+
+#[tokio::test]
+async fn alarms_conveyor_may_not_read_fail_the_gate_at_once_and_say_why() {
+    let world = World::new().await;
+    let (alarm, dev, _) = gated(&world, "0s").await;
+    // A target account whose stack predates the alarms gate: its role may not read the alarms.
+    let denied = FaultMode::Error {
+        status: 400,
+        code: "AccessDenied".into(),
+        message: "User is not authorized to perform: cloudwatch:DescribeAlarms".into(),
+    };
+    world.aws.fault(&Fault::on("DescribeAlarms").matching(alarm.clone()).mode(denied).persistent()).await;
+    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
+    let report = push_and_complete(&world, &monitor, &dev).await;
+    assert_eq!(report["results"][0]["action"], "rolled_back", "not retried for ever: {report}");
+    let detail = report["results"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("the alarms cannot be read") && detail.contains("AccessDenied"), "{detail}");
 }

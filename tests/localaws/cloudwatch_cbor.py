@@ -6,7 +6,8 @@ backend, as CloudWatch does; and lets tests create an alarm and move it between 
 What CloudWatch does that is kept: `DescribeAlarms` by `AlarmNames` (metric and composite alarms,
 `StateUpdatedTimestamp`), `DescribeAlarmHistory` of one alarm (`StateUpdate` items newest first,
 `StartDate`/`EndDate`, `HistoryData` JSON with `oldState`/`newState`), errors as Smithy RPC v2
-errors (`__type`).
+errors (`__type`). Not kept: IAM's scoping (composite alarms are returned whatever the caller's
+permission), and `AlarmTypes` (both kinds are always returned).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _reading(alarm) -> dict:
         "StateValue": alarm.state_value,
         "StateReason": alarm.state_reason,
         "StateUpdatedTimestamp": _aware(alarm.state_updated_timestamp),
+        # moto moves its one timestamp on state changes only: the transition's time too.
+        "StateTransitionedTimestamp": _aware(alarm.state_updated_timestamp),
     }
 
 
@@ -105,8 +108,8 @@ def serve(operation: str, headers, body: bytes) -> Response:
         return error(403, "MissingAuthenticationToken", "the request is not signed with SigV4")
     try:
         request = cbor2.loads(body) if body else {}
-    except Exception as error:  # a body that is not CBOR: what CloudWatch answers for it
-        return error(400, "SerializationException", str(error))
+    except Exception as problem:  # a body that is not CBOR: what CloudWatch answers for it
+        return error(400, "SerializationException", str(problem))
     if operation == "DescribeAlarms":
         return _describe_alarms(backend, request)
     if operation == "DescribeAlarmHistory":
@@ -124,6 +127,6 @@ def set_alarm(body: dict) -> dict:
             evaluation_periods=1, period=60, threshold=1.0, statistic="Sum", description="", dimensions=[],
             alarm_actions=[])
     state = body.get("state")
-    if state:
+    if state and state != backend.alarms[name].state_value:  # CloudWatch records transitions only
         backend.set_alarm_state(name, body.get("reason", f"set to {state} by a test"), "{}", state)
     return {"ok": True}

@@ -344,7 +344,8 @@ impl World {
             "detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch", "account": ACCOUNT,
             "time": time.format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": REGION,
             "resources": [format!("arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm}")],
-            "detail": { "alarmName": alarm, "previousState": { "value": "OK" }, "state": { "value": "ALARM" } }
+            "detail": { "alarmName": alarm, "previousState": { "value": "OK" },
+                        "state": { "value": "ALARM", "timestamp": time.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string() } }
         })
     }
 
