@@ -1,5 +1,7 @@
 //! CloudWatch: the alarms an environment's rollout must keep quiet (its `alarms` gate).
 
+use std::sync::{Arc, OnceLock};
+
 use aws_sdk_cloudwatch::types::{AlarmType, HistoryItemType, ScanBy, StateValue};
 use chrono::{DateTime, Utc};
 
@@ -14,14 +16,21 @@ pub struct AlarmReading {
     pub updated_at: DateTime<Utc>,
 }
 
+/// CloudWatch's client, built on first use: only deploy-monitor reads alarms, and only for
+/// environments that have some, so no other cold start pays for it.
 #[derive(Clone)]
 pub struct Alarms {
-    client: aws_sdk_cloudwatch::Client,
+    config: aws_config::SdkConfig,
+    client: Arc<OnceLock<aws_sdk_cloudwatch::Client>>,
 }
 
 impl Alarms {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Alarms { client: aws_sdk_cloudwatch::Client::new(config) }
+        Alarms { config: config.clone(), client: Arc::default() }
+    }
+
+    fn client(&self) -> &aws_sdk_cloudwatch::Client {
+        self.client.get_or_init(|| aws_sdk_cloudwatch::Client::new(&self.config))
     }
 
     /// The current state of each of `names` that exists (metric and composite alarms alike), in
@@ -29,7 +38,7 @@ impl Alarms {
     /// alarms only to a caller whose permission is scoped to `*` (the templates' is).
     pub async fn read(&self, names: &[String]) -> Result<Vec<AlarmReading>, AwsError> {
         let output = self
-            .client
+            .client()
             .describe_alarms()
             .set_alarm_names(Some(names.to_vec()))
             .alarm_types(AlarmType::MetricAlarm)
@@ -70,7 +79,7 @@ impl Alarms {
         let mut next_token = None;
         loop {
             let output = self
-                .client
+                .client()
                 .describe_alarm_history()
                 .alarm_name(name)
                 // Without them, only a metric alarm's history is returned.
