@@ -13,6 +13,8 @@ use crate::types::{ImageDigest, ImageTag};
 
 pub const ECR_SOURCE: &str = "aws.ecr";
 pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
+/// What a push's errors call it.
+const ECR_IMAGE_ACTION_KIND: &str = "ECR push";
 pub const ECS_SOURCE: &str = "aws.ecs";
 pub const ECS_DEPLOYMENT_STATE_CHANGE: &str = "ECS Deployment State Change";
 pub const CLOUDWATCH_SOURCE: &str = "aws.cloudwatch";
@@ -104,22 +106,28 @@ pub fn push(payload: Value) -> Result<Result<Push, Skip>, InvalidEvent> {
         .time
         .ok_or_else(|| InvalidEvent("ECR push event without `time`: pushes are applied in event-time order".into()))?;
     Ok(Ok(Push {
-        event_id: bounded("id", event.id, MAX_ENVELOPE_MEMBER)?,
+        event_id: bounded(ECR_IMAGE_ACTION_KIND, "id", event.id, MAX_ENVELOPE_MEMBER)?,
         time,
-        account: bounded("account", event.account.filter(|a| !a.is_empty()), MAX_ENVELOPE_MEMBER)?,
-        region: bounded("region", event.region.filter(|r| !r.is_empty()), MAX_ENVELOPE_MEMBER)?,
+        account: bounded(
+            ECR_IMAGE_ACTION_KIND,
+            "account",
+            event.account.filter(|a| !a.is_empty()),
+            MAX_ENVELOPE_MEMBER,
+        )?,
+        region: bounded(ECR_IMAGE_ACTION_KIND, "region", event.region.filter(|r| !r.is_empty()), MAX_ENVELOPE_MEMBER)?,
         repository,
         digest,
         tag,
     }))
 }
 
-/// An envelope member kept in the state table: at most `limit` characters, so that no item can
-/// grow past DynamoDB's limits (the value itself is not repeated in the error).
-fn bounded(field: &str, value: Option<String>, limit: usize) -> Result<Option<String>, InvalidEvent> {
+/// An envelope member of a `kind` of event, kept in the state table or matched against the apps'
+/// targets: at most `limit` characters, so that no item can grow past DynamoDB's limits (the
+/// value itself is not repeated in the error).
+fn bounded(kind: &str, field: &str, value: Option<String>, limit: usize) -> Result<Option<String>, InvalidEvent> {
     match value {
         Some(value) if value.chars().count() > limit => Err(InvalidEvent(format!(
-            "ECR push event whose `{field}` is {} characters long (at most {limit})",
+            "{kind} event whose `{field}` is {} characters long (at most {limit})",
             value.chars().count()
         ))),
         value => Ok(value),
@@ -276,12 +284,14 @@ fn alarm(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, I
         .map(|at| at.with_timezone(&Utc))
         .or_else(|| event.time.map(|at| at + TimeDelta::milliseconds(999)))
         .unwrap_or_else(Utc::now);
-    let bounded = |member: Option<String>| member.filter(|m| m.chars().count() <= MAX_ENVELOPE_MEMBER);
+    // The account and region pick the environments gated on the alarm: one too long to be AWS's
+    // is refused, never read as "any".
+    let member = |field, value: Option<String>| bounded(ALARM_STATE_CHANGE, field, value, MAX_ENVELOPE_MEMBER);
     Ok(Ok(MonitorEvent::Alarm(AlarmEvent {
-        event_id: bounded(event.id),
+        event_id: member("id", event.id)?,
         time,
-        account: bounded(event.account),
-        region: bounded(event.region),
+        account: member("account", event.account.filter(|a| !a.is_empty()))?,
+        region: member("region", event.region.filter(|r| !r.is_empty()))?,
         alarm,
     })))
 }
@@ -545,6 +555,9 @@ mod tests {
         assert_eq!(event.time.to_rfc3339(), "2026-12-03T10:00:00.999+00:00", "the end of the event's second");
         let Ok(Err(Skip(reason))) = monitor(alarm_change("OK")) else { panic!("OK acted on") };
         assert!(reason.contains("shop-api-5xx is OK"), "{reason}");
+        let mut long_account = alarm_change("ALARM");
+        long_account["account"] = json!("1".repeat(MAX_ENVELOPE_MEMBER + 1));
+        assert!(matches!(monitor(long_account), Err(InvalidEvent(m)) if m.contains("`account` is 129 characters")));
         let mut nameless = alarm_change("ALARM");
         nameless["detail"]["alarmName"] = json!("");
         assert!(matches!(monitor(nameless), Err(InvalidEvent(m)) if m.contains("alarmName")));
