@@ -85,7 +85,9 @@ pub async fn handle(
             Ok(MonitorReport { results: std::iter::once(handled).chain(onwards).collect() })
         }
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
-        Ok(Ok(MonitorEvent::Alarm(event))) => Box::pin(on_alarm(configs, fleet, leases, &event, invocation)).await,
+        Ok(Ok(MonitorEvent::Alarm(event))) => {
+            Box::pin(on_alarm(configs, fleet, leases, prober, &event, invocation)).await
+        }
         Ok(Ok(MonitorEvent::SoakTimer)) => {
             // One Query when nothing soaks (every minute): the configs are read only for a soak due.
             let pending = leases.ledger.pending().await?;
@@ -167,6 +169,7 @@ async fn on_alarm(
     configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
+    prober: &Prober,
     event: &AlarmEvent,
     invocation: &Invocation,
 ) -> Result<MonitorReport, Error> {
@@ -187,7 +190,11 @@ async fn on_alarm(
         let handled = match app.target(env) {
             Ok(target) => {
                 let target = fleet.target(app, target).await;
-                leases.with_env(lease, app, env, target, async |here| on_alarm_leased(here, event).await).await
+                leases
+                    .with_env(lease, app, env, target, async |here| {
+                        on_alarm_leased(prober, here, event, invocation).await
+                    })
+                    .await
             }
             Err(missing) => Err(missing.into()),
         };
@@ -206,7 +213,12 @@ async fn on_alarm(
     Ok(MonitorReport { results })
 }
 
-async fn on_alarm_leased(here: &mut Leased<'_>, event: &AlarmEvent) -> Result<Handled, DeployError> {
+async fn on_alarm_leased(
+    prober: &Prober,
+    here: &mut Leased<'_>,
+    event: &AlarmEvent,
+    invocation: &Invocation,
+) -> Result<Handled, DeployError> {
     let (app, env) = (here.app, here.env);
     let state = here.state()?.clone();
     let Some(rollout) = state.rollout.clone().filter(|r| r.in_progress() || state.soaking(&r.id)) else {
@@ -215,21 +227,16 @@ async fn on_alarm_leased(here: &mut Leased<'_>, event: &AlarmEvent) -> Result<Ha
     if event.time < rollout.started_at {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "the alarm fired before the rollout started"));
     }
-    let target = here.target.service;
-    let service = match here.target.ecs.service(&target.cluster, &target.service).await {
-        Ok(service) => service,
-        Err(error) if error.code == "ServiceNotFound" => return service_gone(here, &rollout, &error).await,
-        Err(error) => return Err(error.into()),
-    };
     let reason = format!(
         "alarm {} entered ALARM at {}",
         event.alarm,
         event.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    roll_back(here, &rollout, &service, reason).await
+    settle(prober, here, &rollout, Finding::Failed(reason), None, invocation).await
 }
 
-/// Settles a rollout in progress: verify a completion, or roll back a failure.
+/// Settles a rollout in progress (or, failing, one still soaking): verify a completion, or roll
+/// back a failure.
 async fn settle(
     prober: &Prober,
     here: &mut Leased<'_>,
