@@ -28,8 +28,6 @@ use crate::vocabulary::Outcome;
 pub struct Samples {
     /// Prod verifications in the window.
     pub verified: usize,
-    /// Seconds from first push to first prod verification, per change verified in the window.
-    pub lead_times: Vec<i64>,
     /// Prod rollouts started in the window.
     pub promotions: usize,
     /// Of those, the ones rolled back or failed.
@@ -44,9 +42,13 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Seconds from first push to first prod verification, per change verified there in the window.
+    pub fn lead_times(&self) -> &[i64] {
+        self.lead_times_to.get(&Environment::PROD).map_or(&[], Vec::as_slice)
+    }
+
     pub fn merge(&mut self, other: Samples) {
         self.verified += other.verified;
-        self.lead_times.extend(other.lead_times);
         self.promotions += other.promotions;
         self.failed += other.failed;
         self.failures += other.failures;
@@ -81,20 +83,8 @@ pub fn samples(
     let mut entries: Vec<&HistoryEntry> = history.iter().filter(|e| e.at <= until).collect();
     entries.sort_by_key(|e| e.at);
     let in_window = |e: &HistoryEntry| e.at >= since;
-    let mut samples = Samples::default();
-
-    let mut seen_in_prod: HashSet<&ImageDigest> = HashSet::new();
-    for entry in entries.iter().filter(|e| is_prod(e, Outcome::Verified)) {
-        let first = entry.digest.as_ref().is_some_and(|d| seen_in_prod.insert(d));
-        if !in_window(entry) {
-            continue;
-        }
-        samples.verified += 1;
-        let pushed = entry.digest.as_ref().and_then(|d| first_pushed.get(d));
-        if let (true, Some(pushed)) = (first, pushed) {
-            samples.lead_times.push((entry.at - *pushed).num_seconds().max(0));
-        }
-    }
+    let verified = entries.iter().filter(|e| is_prod(e, Outcome::Verified) && in_window(e)).count();
+    let mut samples = Samples { verified, ..Samples::default() };
 
     let mut seen: HashSet<(Environment, &ImageDigest)> = HashSet::new();
     for entry in entries.iter().filter(|e| e.event == Outcome::Verified) {
@@ -214,7 +204,7 @@ impl Dora {
                 prod_verifications: samples.verified,
                 per_day: rounded(samples.verified as f64 / f64::from(days.max(1))),
             },
-            lead_time: Spread::of(&samples.lead_times),
+            lead_time: Spread::of(samples.lead_times()),
             change_failure_rate: FailureRate {
                 promotions: samples.promotions,
                 failed: samples.failed,
@@ -314,7 +304,7 @@ mod tests {
         let until = at(10 * 24 * HOUR);
         let samples = samples(&history, &pushed, since, until);
         assert_eq!(samples.verified, 4);
-        assert_eq!(samples.lead_times, vec![HOUR + 60, 2 * HOUR + 120, 3 * HOUR + 400]);
+        assert_eq!(samples.lead_times(), [HOUR + 60, 2 * HOUR + 120, 3 * HOUR + 400]);
         assert_eq!((samples.promotions, samples.failed), (6, 2));
         assert_eq!(samples.failures, 2);
         assert_eq!(samples.restore_times, vec![4 * HOUR + 100]);
@@ -331,7 +321,6 @@ mod tests {
         assert_eq!(dora.time_to_restore.spread.median_seconds, Some(4 * HOUR + 100));
         // To each environment: stage saw v1 at once and v2 a day later, each just pushed.
         assert_eq!(samples.lead_times_to[&STAGE], vec![0, 0]);
-        assert_eq!(samples.lead_times_to[&PROD], samples.lead_times);
         let json = serde_json::to_value(&dora).unwrap();
         assert_eq!(json["lead_time_to"]["prod"], json["lead_time"]);
         assert_eq!(json["lead_time_to"]["stage"]["count"], 2);
@@ -346,7 +335,7 @@ mod tests {
         // Days 4 to 10: v2's second verification is not a new change; v5 failed, still open.
         let samples = samples(&history, &pushed, at(4 * day), at(10 * day));
         assert_eq!(samples.verified, 1);
-        assert!(samples.lead_times.is_empty());
+        assert!(samples.lead_times().is_empty());
         assert_eq!((samples.promotions, samples.failed), (2, 1));
         assert_eq!((samples.failures, samples.restore_times.len()), (1, 0));
         // Up to day 3 + 1h: p3 failed, not yet restored (the verification after `until` is unseen).
@@ -384,7 +373,7 @@ mod tests {
         let mut both = one.clone();
         both.merge(one.clone());
         assert_eq!(both.verified, 8);
-        assert_eq!(both.lead_times.len(), 6);
+        assert_eq!(both.lead_times().len(), 6);
         let dora = Dora::of(&both, at(0), at(10 * 24 * HOUR), 10);
         assert_eq!(dora.change_failure_rate.rate, Some(0.333));
     }
