@@ -108,7 +108,7 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    /// The app's environments. In this release: one target each, soak the only gate
+    /// The app's environments. In this release: one target each, gated by soak and alarms
     /// ([`runs_in_this_release`]).
     pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
@@ -338,9 +338,7 @@ impl ConfigSet {
             app.pipeline.targets().find(|(_, _, target)| target.is_at(place, home)).map(|(env, _, _)| (app, env.name))
         })
     }
-}
 
-impl ConfigSet {
     /// The apps' environments gated on `alarm` with a target where the alarm is (an alarm lives
     /// in one account and region).
     pub fn gated_on(
