@@ -1,7 +1,8 @@
 //! The story Conveyor exists for, end to end on a [`LocalStack`]: push → stage → verify → promote
 //! (with the `conveyor` CLI, following the rollout) → prod, also in another AWS account; a bad
 //! push rolls back and alerts; promoting it is refused; a pipeline (dev → stage, promoted
-//! automatically → prod, by hand) moves one digest along. `make demo` prints it; the end-to-end
+//! automatically and soaked with an alarm → prod, by hand) moves one digest along, and stage's
+//! alarm rolls a noisy image back. `make demo` prints it; the end-to-end
 //! tests assert it. Every step checks what it expects and fails with what it saw.
 
 use std::time::Duration;

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         move |code: &str, text: &str| if colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() };
     println!(
         "{}",
-        paint("1", "Conveyor demo: push → stage → verify → promote → prod (here and in another account); a bad push rolls back; a pipeline dev → stage (automatic) → prod")
+        paint("1", "Conveyor demo: push → stage → verify → promote → prod (here and in another account); a bad push rolls back; a pipeline dev → stage (automatic, soaked, alarm-gated) → prod")
     );
     println!(
         "local AWS: moto server with the ECS deployment lifecycle and a second account; routing: the SAM template's EventBridge rules; operator: the conveyor CLI\n"
