@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::leased::Leases;
 use crate::promote::{self, ImageRef, Request};
-use crate::record::EnvState;
+use crate::record::{ApprovalState, EnvState};
 use crate::types::{AppName, Environment, Requester};
 use crate::vocabulary::{Action, PromoteStatus};
 use crate::Invocation;
@@ -105,8 +105,15 @@ async fn promote_newest(
     let state = state.as_ref();
     let rollout = state.and_then(|s| s.rollout.as_ref());
     let known_good = state.and_then(|s| s.last_verified.as_ref()).map(|v| &v.digest);
+    // An approval asked for (still pending, or declined): asking again would notify again.
+    let asked = match state.and_then(|s| s.approval.as_ref()) {
+        Some(ApprovalState::Pending(request)) => request.digest == candidate.digest,
+        Some(ApprovalState::Declined { digest, .. }) => *digest == candidate.digest,
+        None => false,
+    };
     if rollout.is_some_and(|r| r.digest == candidate.digest || r.started_at >= candidate.vetted_at)
         || known_good == Some(&candidate.digest)
+        || asked
     {
         return None;
     }
@@ -119,6 +126,7 @@ async fn promote_newest(
         on_behalf_of: None,
         to: Some(into),
         unless_moved_since: Some(candidate.vetted_at),
+        approved: None,
     };
     let requester = Requester { verified: Some(CONVEYOR.to_owned()), on_behalf_of: None };
     let detail = |what: &str| format!("auto promotion of {} from {from}: {what}", candidate.tag);
@@ -126,7 +134,11 @@ async fn promote_newest(
         Ok(response) => {
             info!(app = %app.name, environment = %into, tag = %candidate.tag, digest = %candidate.digest,
                 status = %response.status, "auto promotion");
-            let action = if response.status == PromoteStatus::Deploying { Action::Deploying } else { Action::Skipped };
+            let action = match response.status {
+                PromoteStatus::Deploying => Action::Deploying,
+                PromoteStatus::AwaitingApproval => Action::Waiting,
+                PromoteStatus::AlreadyDeployed | PromoteStatus::DryRun => Action::Skipped,
+            };
             Some(Outcome::of(&app.name, into, action, detail(response.status.as_str())))
         }
         Err(Error::Moved { .. }) => None,

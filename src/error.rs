@@ -86,6 +86,13 @@ pub enum Error {
     Moved { app: AppName, environment: Environment },
     #[error("{0}")]
     Aws(#[from] AwsError),
+    /// Refused for who is asking: an approval by its requester or by someone `approvers` does not
+    /// name, or without an identity AWS verified.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The request's identity proof could not be checked ([`crate::identity`]).
+    #[error("{0}")]
+    Identity(#[from] crate::identity::ProofError),
     /// Some apps failed (the others were handled): the invocation fails so that Lambda retries,
     /// and the retry skips what already succeeded.
     #[error("{}", summarize(.0))]
@@ -137,6 +144,8 @@ pub enum InvalidRequest {
     Text { field: &'static str, limit: usize },
     #[error("a pause needs a `reason` (it is shown in status, the history and the alert)")]
     NoReason,
+    #[error("a rejection needs a `reason` (it is shown to the requester, in the history and the alert)")]
+    NoRejectReason,
     #[error("`deploy_latest` rolls out the push held in an entry environment (stage); the others (prod) change only by promotion")]
     DeployLatestInProd,
     /// Each function changes its own environment only (stage-deploy stage, promote prod), so the
@@ -149,6 +158,14 @@ pub enum InvalidRequest {
     WhichOperatedEnvironment { app: AppName, own: String },
     #[error("{environment} is an entry environment: pushes roll out to it, nothing is promoted into it (promote into one of: {into})")]
     EntryEnvironment { environment: Environment, into: String },
+    #[error("{app} {environment} takes no approvals (its config has no `approval: true`)")]
+    NoApprovals { app: AppName, environment: Environment },
+    #[error("no promotion into {app} {environment} awaits approval{}", .last.as_ref().map(|last| format!(" (the last request, {last})")).unwrap_or_default())]
+    NothingToApprove { app: AppName, environment: Environment, last: Option<String> },
+    #[error("approval {asked} is no longer pending: {app} {environment} now awaits approval {pending}")]
+    OtherApproval { app: AppName, environment: Environment, asked: String, pending: String },
+    #[error("the approval of {app} {environment} {tag} expired at {}: request the promotion again", .at.format("%Y-%m-%d %H:%M UTC"))]
+    ApprovalExpired { app: AppName, environment: Environment, tag: ImageTag, at: chrono::DateTime<chrono::Utc> },
     /// The request names an environment the app does not have.
     #[error(transparent)]
     NoEnvironment(#[from] crate::config::NoSuchEnvironment),
@@ -217,6 +234,7 @@ pub enum ErrorType {
     ConfigError,
     AwsError,
     DeployFailed,
+    NotAllowed,
 }
 
 impl ErrorType {
@@ -227,7 +245,14 @@ impl ErrorType {
     /// A refusal: the request was understood and said no to (the caller must change something);
     /// every other error is a failure to act (AWS, configuration, a busy service).
     pub fn is_refusal(self) -> bool {
-        matches!(self, ErrorType::NotVetted | ErrorType::Paused | ErrorType::InvalidRequest | ErrorType::UnknownApp)
+        matches!(
+            self,
+            ErrorType::NotVetted
+                | ErrorType::Paused
+                | ErrorType::InvalidRequest
+                | ErrorType::UnknownApp
+                | ErrorType::NotAllowed
+        )
     }
 }
 
@@ -255,6 +280,9 @@ impl Error {
             Error::Ledger(_) | Error::Aws(_) => ErrorType::AwsError,
             Error::Config(_) => ErrorType::ConfigError,
             Error::Deploy(_) => ErrorType::DeployFailed,
+            Error::NotAllowed(_) => ErrorType::NotAllowed,
+            Error::Identity(proof) if proof.retryable() => ErrorType::AwsError,
+            Error::Identity(_) => ErrorType::NotAllowed,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! ([`health::Prober`]).
 
 pub mod announce;
+pub mod approval;
 pub mod auto;
 pub mod aws;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod health;
+pub mod identity;
 pub mod image;
 pub mod leased;
 pub mod ledger;
@@ -148,6 +150,8 @@ pub struct Conveyor {
     pub ledger: Ledger,
     pub notifier: Notifier,
     pub prober: Prober,
+    /// Checks identity proofs with STS ([`identity`]).
+    pub callers: aws::Callers,
 }
 
 impl Conveyor {
@@ -166,6 +170,10 @@ impl Conveyor {
             ledger: Ledger::from_config(&config, settings.table),
             notifier: Notifier::new(Sns::new(&config), ssm, web.clone(), settings.topic_arn),
             prober: Prober::new(web, health_budget),
+            callers: aws::Callers::new(identity::sts_endpoint(
+                config.region().map_or("us-east-1", |r| r.as_ref()),
+                |name| std::env::var(name).ok(),
+            )),
         }
     }
 
@@ -207,7 +215,7 @@ impl Conveyor {
         payload: serde_json::Value,
         invocation: &Invocation,
     ) -> Result<operate::Answer, Error> {
-        operate::promote_function(&self.configs, &self.fleet, self.leases(), payload, invocation).await
+        operate::promote_function(&self.configs, &self.fleet, self.leases(), &self.callers, payload, invocation).await
     }
 
     /// stage-deploy's handler: an EventBridge event, or a pause or resume of stage

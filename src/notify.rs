@@ -54,6 +54,17 @@ pub struct Notification {
     /// The name the request gave (unverified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
+    /// Who approved the promotion (verified by AWS), or rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// What the environment runs now, which an approval request would replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// What to run next (an approval request: the command that approves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
     /// A promotion that overrode an earlier failure of the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
@@ -80,6 +91,10 @@ impl Notification {
             rollback_task_definition_arn: None,
             requested_by: None,
             on_behalf_of: None,
+            approved_by: None,
+            approval_id: None,
+            replaces: None,
+            command: None,
             forced: false,
             diagnostics: Vec::new(),
         }
@@ -106,8 +121,9 @@ impl Notification {
         notification.reason = rollout.state.reason().map(str::to_owned);
         notification.requested_by = rollout.requested_by().map(str::to_owned);
         notification.on_behalf_of = rollout.on_behalf_of().map(str::to_owned);
-        if let crate::rollout::Origin::Promotion { reason, forced, .. } = &rollout.origin {
+        if let crate::rollout::Origin::Promotion { reason, forced, approved_by, .. } = &rollout.origin {
             notification.forced = *forced;
+            notification.approved_by = approved_by.clone();
             if rollout.in_progress() {
                 notification.reason = reason.clone();
             }
@@ -164,7 +180,7 @@ impl Notification {
         if let Some(reason) = &self.reason {
             lines.push(format!("*Reason:* {}", escape(reason)));
         }
-        let facts: [(&str, Option<String>); 9] = [
+        let facts: [(&str, Option<String>); 13] = [
             ("Image", self.digest.as_ref().map(|d| format!("`{}`", escape(d.as_str())))),
             (
                 "Service",
@@ -178,6 +194,13 @@ impl Notification {
             ("Deployment", self.deployment_id.as_ref().map(|d| format!("`{}`", escape(d)))),
             ("Requested by", self.requested_by.as_deref().map(escape)),
             ("On behalf of", self.on_behalf_of.as_deref().map(|name| format!("{} (unverified)", escape(name)))),
+            (
+                if self.outcome == Outcome::Rejected { "Rejected by" } else { "Approved by" },
+                self.approved_by.as_deref().map(escape),
+            ),
+            ("Replaces", self.replaces.as_deref().map(escape)),
+            ("Approval", self.approval_id.as_ref().map(|id| format!("`{}`", escape(id)))),
+            ("To approve", self.command.as_ref().map(|command| format!("`{}`", escape(command)))),
             ("Forced", self.forced.then(|| "yes: the image failed before".to_owned())),
             ("Severity", Some(self.severity.to_string())),
         ];
@@ -205,6 +228,9 @@ impl Notification {
             ("rollback_task_definition_arn", self.rollback_task_definition_arn.clone()),
             ("requested_by", self.requested_by.clone()),
             ("on_behalf_of", self.on_behalf_of.clone()),
+            ("approved_by", self.approved_by.clone()),
+            ("approval_id", self.approval_id.clone()),
+            ("replaces", self.replaces.clone()),
             ("forced", self.forced.then(|| "true".to_owned())),
         ];
         facts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), Value::String(v)))).collect()

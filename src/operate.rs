@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
+use crate::approval::{Decided, Decision, Verdict};
 use crate::config::{AppConfig, Configs, Source};
 use crate::error::{user_text, Error, InvalidRequest};
 use crate::fleet::Fleet;
@@ -37,6 +38,8 @@ pub enum Request {
     /// A promotion (the contract's v2 request, unchanged).
     Promote(promote::Request),
     Operate(Operation),
+    /// An approval decided ([`crate::approval`]).
+    Decide(Decision),
 }
 
 /// A pause or a resume of one app, in one environment or both (`environment` `None`).
@@ -133,6 +136,19 @@ enum RawOperation {
         deploy_latest: bool,
         by: Option<String>,
     },
+    Approve {
+        app: String,
+        #[serde(default)]
+        environment: Option<Environment>,
+        approval_id: Option<String>,
+    },
+    Reject {
+        app: String,
+        #[serde(default)]
+        environment: Option<Environment>,
+        approval_id: Option<String>,
+        reason: Option<String>,
+    },
 }
 
 /// Parses the promote function's payload: an operation when it names one (`operation`), else a
@@ -143,6 +159,13 @@ pub fn parse(payload: Value) -> Result<Request, Error> {
     }
     let raw: RawOperation = serde_json::from_value(payload).map_err(|e| InvalidRequest::Shape(e.to_string()))?;
     let (app, environment, kind, by) = match raw {
+        RawOperation::Approve { app, environment, approval_id } => {
+            return decision(app, environment, approval_id, Verdict::Approve);
+        }
+        RawOperation::Reject { app, environment, approval_id, reason } => {
+            let reason = user_text("reason", reason)?.ok_or(InvalidRequest::NoRejectReason)?;
+            return decision(app, environment, approval_id, Verdict::Reject { reason });
+        }
         RawOperation::Pause { app, environment, reason, by } => {
             let reason = user_text("reason", reason)?.ok_or(InvalidRequest::NoReason)?;
             (app, environment, Kind::Pause { reason }, by)
@@ -162,6 +185,21 @@ pub fn parse(payload: Value) -> Result<Request, Error> {
     }))
 }
 
+fn decision(
+    app: String,
+    environment: Option<Environment>,
+    approval_id: Option<String>,
+    verdict: Verdict,
+) -> Result<Request, Error> {
+    let approval_id = user_text("approval_id", approval_id)?;
+    Ok(Request::Decide(Decision {
+        app: AppName::parse(app).map_err(InvalidRequest::from)?,
+        environment,
+        approval_id,
+        verdict,
+    }))
+}
+
 /// A function's answer: an event's, a promotion's or an operation's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -169,16 +207,21 @@ pub enum Answer {
     Staged(StageReport),
     Promoted(promote::Response),
     Operated(Response),
+    Rejected(crate::approval::Rejection),
 }
 
-/// Handles one invocation of the promote function: a promotion, or an operation on prod.
+/// Handles one invocation of the promote function: a promotion, an approval decided, or an
+/// operation on prod. A request carrying an identity proof runs as the identity STS confirms
+/// ([`crate::identity`]).
 pub async fn promote_function(
     configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
-    payload: Value,
+    callers: &crate::aws::Callers,
+    mut payload: Value,
     invocation: &Invocation,
 ) -> Result<Answer, Error> {
+    let invocation = &Box::pin(identified(callers, &mut payload, invocation)).await?;
     match parse(payload).inspect_err(|e| warn!(error = %e, "request refused"))? {
         Request::Promote(request) => {
             promote::run(configs, fleet, leases, &request, invocation).await.map(Answer::Promoted)
@@ -186,7 +229,30 @@ pub async fn promote_function(
         Request::Operate(operation) => {
             operated(configs, fleet, leases, &operation, Serves::PromotedInto, invocation).await
         }
+        Request::Decide(decision) => {
+            let decided =
+                Box::pin(crate::approval::decide(configs, fleet, leases, &decision, invocation)).await.inspect_err(
+                    |e| warn!(app = %decision.app, error_type = %e.error_type(), error = %e, "decision refused"),
+                )?;
+            Ok(match decided {
+                Decided::Approved(response) => Answer::Promoted(*response),
+                Decided::Rejected(rejection) => Answer::Rejected(rejection),
+            })
+        }
     }
+}
+
+/// The invocation, as the identity the payload's proof establishes (the proof taken out of it).
+async fn identified(
+    callers: &crate::aws::Callers,
+    payload: &mut Value,
+    invocation: &Invocation,
+) -> Result<Invocation, Error> {
+    let proof = crate::identity::take_proof(payload).inspect_err(|e| warn!(error = %e, "identity proof refused"))?;
+    let Some(proof) = proof else { return Ok(invocation.clone()) };
+    let arn = callers.verify(&proof).await.inspect_err(|e| warn!(error = %e, "identity proof refused"))?;
+    info!(caller = %arn, "caller identified by STS");
+    Ok(Invocation { identity: Some(arn), ..invocation.clone() })
 }
 
 /// Which environments a function changes.
@@ -229,7 +295,9 @@ pub async fn stage_function(
     match parse(payload).inspect_err(|e| warn!(error = %e, "request refused"))? {
         Request::Operate(operation) => operated(configs, fleet, leases, &operation, Serves::Entries, invocation).await,
         // `parse` reads a payload naming an operation as one, or refuses it.
-        Request::Promote(_) => Err(InvalidRequest::Shape("stage-deploy does not promote".into()).into()),
+        Request::Promote(_) | Request::Decide(_) => {
+            Err(InvalidRequest::Shape("stage-deploy does not promote: the promote function does".into()).into())
+        }
     }
 }
 

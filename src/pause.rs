@@ -76,14 +76,8 @@ async fn change_pause(
 async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &Requester) -> Result<PauseReport, Error> {
     let (app, env) = (here.app, here.env);
     let failed = |e: crate::DeployError| Error::Deploy(vec![(app.name.clone(), e)]);
-    if here.held.state.is_none() {
-        // First contact: record what runs as the baseline before anything else.
-        let observed = start::observe(&here.target, app).await.map_err(failed)?;
-        let target = here.target.service;
-        let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision);
-        here.commit(Change::new(first)).await?;
-    }
-    let Some(change) = transition(app, env, here.state()?, pause, by, Utc::now()) else {
+    let state = start::ensure_state(here).await.map_err(failed)?;
+    let Some(change) = transition(app, env, state, pause, by, Utc::now()) else {
         return Ok(report(app, env, false, here.state()?));
     };
     here.commit(change).await?;

@@ -15,12 +15,13 @@ use crate::error::{user_text, DeployError, Error, InvalidRequest, NotVetted, Pro
 use crate::fleet::{Fleet, Target};
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Check, Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
-use crate::record::EnvState;
+use crate::notify::{Announcement, Notification};
+use crate::record::{ApprovalRequest, EnvState};
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, Started};
 use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
-use crate::vocabulary::PromoteStatus;
+use crate::vocabulary::{Outcome, PromoteStatus, Severity};
 use crate::Invocation;
 
 /// How many promotable tags a refusal lists.
@@ -58,6 +59,17 @@ pub struct Request {
     /// rollout is of this image or started at or after this time (a person promoted or rolled
     /// back since the image was vetted). Checked on the read the lease is taken on.
     pub unless_moved_since: Option<chrono::DateTime<Utc>>,
+    /// The approval this promotion carries out (never from a payload: [`crate::approval::decide`]).
+    pub approved: Option<Approved>,
+}
+
+/// A pending approval, approved: the promotion runs as it was requested (this digest and tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub id: String,
+    /// The approver, as AWS verified them.
+    pub by: String,
+    pub tag: ImageTag,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -94,6 +106,14 @@ pub struct Response {
     pub current_tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// `awaiting_approval`: the request to approve; after an approval, the one approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// `awaiting_approval`: when the request expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 pub fn parse_request(payload: Value) -> Result<Request, Error> {
@@ -117,6 +137,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         on_behalf_of: user_text("requested_by", raw.requested_by)?,
         to: raw.to.map(|to| Environment::parse(&to)).transpose().map_err(InvalidRequest::from)?,
         unless_moved_since: None,
+        approved: None,
     })
 }
 
@@ -194,7 +215,11 @@ async fn promote(
             ImageRef::Digest(digest) => ItemKey::image(&app.name, digest),
         };
         let mut items = ledger.items(&[wanted.clone(), prod.clone()]).await?;
-        let resolved = resolve(ledger, app, from, request, items.remove(&wanted)).await?;
+        let mut resolved = resolve(ledger, app, from, request, items.remove(&wanted)).await?;
+        if let Some(approved) = &request.approved {
+            // The tag the request named (it may have been pushed again since).
+            resolved.tag = approved.tag.clone();
+        }
         let prod_item = items.remove(&prod);
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
@@ -220,10 +245,31 @@ async fn promote(
             present: vec![format!("vetted_{from}")],
             absent: if request.force { Vec::new() } else { failed_anywhere },
         }];
+        let approval = app.pipeline.approval(into);
+        let pending = state.as_ref().and_then(EnvState::pending_approval);
+        match (&request.approved, approval) {
+            // What was approved must still be what is pending (a newer request supersedes it).
+            (Some(approved), _) => {
+                crate::approval::pending(app, into, state.as_ref(), Some(&approved.id))?;
+            }
+            (None, Some(_)) if requester.verified.is_none() => return Err(unverified_requester(app, into)),
+            // Asked again (a retry, the sweep's auto promotion): the request stands as it is.
+            (None, Some(_)) if pending.is_some_and(|p| p.digest == resolved.digest) => {
+                let pending = pending.cloned().unwrap_or_else(|| unreachable!("checked just above"));
+                let running = state.as_ref().map(|s| s.known_good().arn).unwrap_or_default();
+                return Ok(awaiting(app, into, &pending, running, &requester));
+            }
+            _ => {}
+        }
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
         let promoted = leases.with_env(lease, app, into, target, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
-            promote_leased(here, request, &resolved, &requester).await
+            match approval.filter(|_| request.approved.is_none()) {
+                Some(approval) => request_approval(here, request, &resolved, &requester, approval).await,
+                None => promote_leased(here, request, &resolved, &requester)
+                    .await
+                    .map(|(arn, status, forced)| Done::Started(arn, status, forced)),
+            }
         });
         match promoted.await {
             Ok(answer) => break (answer, resolved),
@@ -242,7 +288,10 @@ async fn promote(
             Err(error) => return Err(deploy_error(app, error)),
         }
     };
-    let (task_definition_arn, status, forced) = answer;
+    let (task_definition_arn, status, forced) = match answer {
+        Done::Started(task_definition_arn, status, forced) => (task_definition_arn, status, forced),
+        Done::Awaiting(pending, running) => return Ok(awaiting(app, into, &pending, running, &requester)),
+    };
     Ok(Response {
         app: app.name.to_string(),
         environment: into,
@@ -257,7 +306,84 @@ async fn promote(
         current_digest: None,
         current_tag: None,
         image: None,
+        approval_id: request.approved.as_ref().map(|a| a.id.clone()),
+        approved_by: request.approved.as_ref().map(|a| a.by.clone()),
+        expires_at: None,
     })
+}
+
+/// What a leased promotion did.
+enum Done {
+    /// Rolling out (or already running): the revision, the status, whether forced.
+    Started(String, PromoteStatus, bool),
+    /// Waiting for an approval; the revision the environment runs meanwhile.
+    Awaiting(ApprovalRequest, String),
+}
+
+/// The answer to a promotion waiting for `pending`'s approval.
+fn awaiting(
+    app: &AppConfig,
+    into: Environment,
+    pending: &ApprovalRequest,
+    running: String,
+    requester: &Requester,
+) -> Response {
+    Response {
+        app: app.name.to_string(),
+        environment: into,
+        tag: pending.tag.to_string(),
+        digest: pending.digest.to_string(),
+        task_definition_arn: running,
+        status: PromoteStatus::AwaitingApproval,
+        forced: pending.forced,
+        requested_by: Some(pending.requested_by.clone()),
+        on_behalf_of: requester.on_behalf_of.clone(),
+        current_image: None,
+        current_digest: None,
+        current_tag: None,
+        image: None,
+        approval_id: Some(pending.id.clone()),
+        approved_by: None,
+        expires_at: Some(pending.expires_at),
+    }
+}
+
+/// A promotion into an environment with approvals must say who asked: the approver must differ.
+fn unverified_requester(app: &AppConfig, into: Environment) -> Error {
+    Error::NotAllowed(format!(
+        "promotions into {} {into} wait for an approval by another person, so who requests one must be known: send the request with an identity proof (`conveyor promote` does)",
+        app.name
+    ))
+}
+
+/// Records the promotion as waiting for its approval (nothing else changes), announced
+/// `approval_requested`.
+async fn request_approval(
+    here: &mut Leased<'_>,
+    request: &Request,
+    resolved: &Resolved,
+    requester: &Requester,
+    approval: &crate::config::Approval,
+) -> Result<Done, DeployError> {
+    let state = start::ensure_state(here).await?.clone();
+    let now = Utc::now();
+    let pending = ApprovalRequest {
+        id: start::new_id(now),
+        tag: resolved.tag.clone(),
+        digest: resolved.digest.clone(),
+        requested_by: requester.verified.clone().unwrap_or_default(),
+        on_behalf_of: requester.on_behalf_of.clone(),
+        reason: request.reason.clone(),
+        forced: request.force && resolved.failure.is_some(),
+        requested_at: now,
+        expires_at: now + chrono::Duration::from_std(approval.timeout).unwrap_or(chrono::Duration::days(1)),
+    };
+    let replaces = state.last_verified.as_ref().map(|v| format!("{} ({})", v.tag, v.digest.short()));
+    let running = state.known_good().arn;
+    info!(environment = %here.env, tag = %pending.tag, digest = %pending.digest, approval_id = %pending.id,
+        requested_by = %pending.requested_by, expires_at = %pending.expires_at, "promotion awaits approval");
+    here.commit(crate::approval::requested(here.app, here.env, &state, pending.clone(), replaces)).await?;
+    Ok(Done::Awaiting(pending, running))
 }
 
 async fn promote_leased(
@@ -277,9 +403,21 @@ async fn promote_leased(
             on_behalf_of: requester.on_behalf_of.clone(),
             reason: request.reason.clone(),
             forced,
+            approved_by: request.approved.as_ref().map(|a| a.by.clone()),
         },
     };
-    let plan = start::start(here, &candidate).await?;
+    let mut plan = start::start(here, &candidate).await?;
+    if let Some(approved) = &request.approved {
+        // The approval ends in the transaction that starts its rollout.
+        plan.change.state.approval = None;
+        let mut notification = Notification::of_service(here.app, here.env, Outcome::Approved, Severity::Info);
+        notification.tag = Some(resolved.tag.clone());
+        notification.digest = Some(resolved.digest.clone());
+        notification.requested_by = requester.verified.clone();
+        notification.approved_by = Some(approved.by.clone());
+        notification.approval_id = Some(approved.id.clone());
+        plan.change.announcements.insert(0, Announcement::new(notification, here.app));
+    }
     let answer = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
             info!(environment = %here.env, tag = %resolved.tag, digest = %resolved.digest, task_definition_arn = %task_definition_arn, "the environment already runs this digest");
@@ -291,7 +429,7 @@ async fn promote_leased(
             (rollout.task_definition_arn.clone(), PromoteStatus::Deploying, forced)
         }
     };
-    if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) {
+    if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) || request.approved.is_some() {
         here.commit(plan.change).await?;
     }
     Ok(answer)
@@ -551,6 +689,9 @@ async fn dry_run(
         current_tag: observed.running.tag(TAG_IMAGE_TAG).map(str::to_owned),
         current_image: Some(current),
         image: Some(resolved.image.clone()),
+        approval_id: None,
+        approved_by: None,
+        expires_at: None,
     })
 }
 

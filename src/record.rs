@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::Push;
 use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
+use crate::vocabulary::Outcome;
 
 /// The state of one app in one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,40 @@ pub struct EnvState {
     /// The verified rollout soaking here: its image counts as vetted once `until` has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<Soak>,
+    /// Promotions into an environment with `approval`: the one waiting for a decision, or the
+    /// image whose approval was last refused ([`crate::approval`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalState>,
+}
+
+/// Where the approval of a promotion into this environment stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for someone other than the requester to approve or reject it.
+    Pending(ApprovalRequest),
+    /// Rejected or expired ([`Outcome::Rejected`], [`Outcome::ApprovalExpired`]), and why: an auto
+    /// promotion does not ask again for this image (a person may).
+    Declined { id: String, digest: ImageDigest, outcome: Outcome, reason: String, at: DateTime<Utc> },
+}
+
+/// A promotion waiting for its approval: the image pinned by digest when it was requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub id: String,
+    pub tag: ImageTag,
+    pub digest: ImageDigest,
+    /// The identity AWS verified for the requester (`conveyor` for an auto promotion).
+    pub requested_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Requested with `force` (the image failed before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A verified rollout keeping its image running for the environment's `soak`.
@@ -162,9 +197,21 @@ impl EnvState {
         self.soak.as_ref().is_some_and(|soak| soak.rollout_id == rollout_id)
     }
 
-    /// A rollout or a rollback still waits for ECS: the sweep comes back to it.
+    /// A rollout or a rollback still waits for ECS, a soak for its end or a promotion for its
+    /// approval: the sweep comes back to it.
     pub fn in_flight(&self) -> bool {
-        self.in_progress().is_some() || self.rollback.is_some() || self.soak.is_some()
+        self.in_progress().is_some()
+            || self.rollback.is_some()
+            || self.soak.is_some()
+            || self.pending_approval().is_some()
+    }
+
+    /// The promotion waiting for its approval here.
+    pub fn pending_approval(&self) -> Option<&ApprovalRequest> {
+        match &self.approval {
+            Some(ApprovalState::Pending(request)) => Some(request),
+            _ => None,
+        }
     }
 
     /// The state of an environment Conveyor meets for the first time, running `running`.
@@ -184,6 +231,7 @@ impl EnvState {
             drift: None,
             orphan: None,
             soak: None,
+            approval: None,
         }
     }
 

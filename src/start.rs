@@ -94,6 +94,18 @@ pub async fn observe(target: &Target<'_>, app: &AppConfig) -> Result<Observed, D
     Ok(Observed { service, running, revision, image })
 }
 
+/// The state of the held environment, recorded on first contact (the service's current revision
+/// as its baseline) before anything else is changed there.
+pub async fn ensure_state<'h>(here: &'h mut Leased<'_>) -> Result<&'h EnvState, DeployError> {
+    if here.held.state.is_none() {
+        let observed = observe(&here.target, here.app).await?;
+        let target = here.target.service;
+        let first = EnvState::first(&here.app.name, here.env, &target.cluster, &target.service, observed.revision);
+        here.commit(Change::new(first)).await?;
+    }
+    Ok(here.state()?)
+}
+
 /// Rolls `candidate` out to `env` of `app` unless the service already runs it. The state must be
 /// held; on first contact the state (with the service's current revision as baseline) is
 /// committed before anything changes.
@@ -189,6 +201,7 @@ pub fn history_of(app: &AppName, rollout: &Rollout, env: Environment, at: DateTi
     entry.reason = rollout.state.reason().map(str::to_owned);
     entry.requested_by = rollout.requested_by().map(str::to_owned);
     entry.on_behalf_of = rollout.on_behalf_of().map(str::to_owned);
+    entry.approved_by = rollout.approved_by().map(str::to_owned);
     entry.forced = matches!(rollout.origin, Origin::Promotion { forced: true, .. });
     if let RolloutState::RolledBack { to, .. } = &rollout.state {
         entry.rollback_task_definition_arn = Some(to.clone());
@@ -329,7 +342,13 @@ pub fn note_what_runs(
             event_time: now,
             started_at: now,
             origin: if matches!(app.pipeline.source(env), Some(crate::config::Source::From { .. })) {
-                Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
+                Origin::Promotion {
+                    requested_by: None,
+                    on_behalf_of: None,
+                    reason: None,
+                    forced: false,
+                    approved_by: None,
+                }
             } else {
                 Origin::Push
             },
@@ -666,7 +685,13 @@ mod tests {
                 .expect("adopted");
         assert_eq!(
             adopted.origin,
-            Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false }
+            Origin::Promotion {
+                requested_by: None,
+                on_behalf_of: None,
+                reason: None,
+                forced: false,
+                approved_by: None
+            }
         );
         assert_eq!(announced(&change), [Outcome::Promoted]);
     }
@@ -870,6 +895,7 @@ mod tests {
             on_behalf_of: None,
             reason: Some("hotfix".into()),
             forced: true,
+            approved_by: None,
         };
         let mut change = Change::new(state());
         begin(&app(), Environment::PROD, &mut change, promotion);

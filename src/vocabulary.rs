@@ -32,6 +32,12 @@ pub enum Outcome {
     Held,
     /// Verified; the image keeps running for the environment's `soak` before it counts as vetted.
     Soaking,
+    /// A promotion into an environment with `approval` waits for a second person.
+    ApprovalRequested,
+    /// A promotion was approved; announced with the `promoted` of the rollout it starts.
+    Approved,
+    Rejected,
+    ApprovalExpired,
 }
 
 impl Outcome {
@@ -47,6 +53,8 @@ impl Outcome {
             Outcome::Failed => "FAILED",
             Outcome::Drift => "changed outside Conveyor",
             Outcome::ConfigError => "invalid config",
+            Outcome::ApprovalRequested => "approval requested for",
+            Outcome::ApprovalExpired => "approval expired for",
             other => other.as_str(),
         }
     }
@@ -116,6 +124,8 @@ pub enum PromoteStatus {
     AlreadyDeployed,
     /// Nothing changed; the response shows what would.
     DryRun,
+    /// Nothing changed yet: the promotion waits for an approval (`approval_id`).
+    AwaitingApproval,
 }
 
 impl PromoteStatus {

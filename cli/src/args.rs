@@ -114,6 +114,33 @@ pub enum Command {
         #[arg(long)]
         deploy_latest: bool,
     },
+    /// Approve the promotion ENV waits for (you must not be the one who requested it), through the
+    /// promote function: it then rolls out
+    Approve {
+        app: String,
+        /// The environment (default: the app's one environment with approvals)
+        #[arg(long, value_parser = environment, value_name = "ENV")]
+        to: Option<Environment>,
+        /// The approval to decide, as the request named it (default: whichever is pending)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Reject the promotion ENV waits for (its requester may withdraw it this way), through the
+    /// promote function
+    Reject {
+        app: String,
+        /// The environment (default: the app's one environment with approvals)
+        #[arg(long, value_parser = environment, value_name = "ENV")]
+        to: Option<Environment>,
+        /// The approval to decide, as the request named it (default: whichever is pending)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Why (shown to the requester, in the history and the notification)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
     /// Check app configs with the functions' own validator, or write one to SSM
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -172,7 +199,8 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Follow the prod rollout until it is verified (exit 0) or rolled back or failed (exit 2)
+    /// Follow the prod rollout until it is verified (exit 0) or rolled back or failed (exit 2);
+    /// a promotion awaiting approval is followed through the decision (rejected: exit 1)
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits (exit 3 after): 90s, 10m, 1h

@@ -112,7 +112,8 @@ impl Context {
     }
 
     /// The SDK settings, which must name a region.
-    fn sdk(&self) -> Result<&SdkConfig, CliError> {
+    /// The SDK settings as loaded (credentials and region).
+    pub fn sdk(&self) -> Result<&SdkConfig, CliError> {
         match self.sdk.region() {
             Some(_) => Ok(&self.sdk),
             None => Err(CliError::config("no AWS region: give --region, set AWS_REGION, or set one in the profile")),

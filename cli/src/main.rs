@@ -5,6 +5,7 @@ mod commands;
 mod context;
 mod error;
 mod output;
+mod proof;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

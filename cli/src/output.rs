@@ -132,11 +132,11 @@ impl Tone {
 impl From<Outcome> for Tone {
     fn from(outcome: Outcome) -> Self {
         match outcome {
-            Outcome::Verified | Outcome::Restored | Outcome::Resumed => Tone::Good,
+            Outcome::Verified | Outcome::Restored | Outcome::Resumed | Outcome::Approved => Tone::Good,
             Outcome::RolledBack | Outcome::Failed | Outcome::ConfigError => Tone::Bad,
             Outcome::Deploying | Outcome::Promoted | Outcome::Held | Outcome::Soaking => Tone::Busy,
-            Outcome::Paused | Outcome::Drift => Tone::Attention,
-            Outcome::Superseded => Tone::Quiet,
+            Outcome::Paused | Outcome::Drift | Outcome::ApprovalRequested => Tone::Attention,
+            Outcome::Superseded | Outcome::Rejected | Outcome::ApprovalExpired => Tone::Quiet,
         }
     }
 }
@@ -157,6 +157,7 @@ impl From<PromoteStatus> for Tone {
         match status {
             PromoteStatus::AlreadyDeployed => Tone::Good,
             PromoteStatus::Deploying | PromoteStatus::DryRun => Tone::Busy,
+            PromoteStatus::AwaitingApproval => Tone::Attention,
         }
     }
 }

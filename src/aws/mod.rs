@@ -8,6 +8,7 @@ pub mod http;
 mod raw;
 mod sns;
 mod ssm;
+mod sts;
 
 pub use cloudwatch::{AlarmReading, Alarms};
 pub use ecs::{
@@ -16,6 +17,7 @@ pub use ecs::{
 pub use raw::RawCapture;
 pub use sns::Sns;
 pub use ssm::{Parameter, Ssm};
+pub use sts::Callers;
 
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 

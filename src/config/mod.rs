@@ -119,8 +119,7 @@ pub struct AppConfig {
 
 /// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
 /// with this, at the key that goes beyond (never accepted and then half-run).
-pub const NOT_IN_THIS_RELEASE: &str =
-    "not run by this release of Conveyor yet: it deploys one target per environment, without approvals";
+pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys one target per environment";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -220,11 +219,6 @@ impl AppConfig {
 fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
     for env in &pipeline.environments {
         let key = |key: &str| format!("environments.{}.{key}", env.name);
-        if let Source::From { approval, .. } = &env.source {
-            if approval.is_some() {
-                problems.add(key("approval"), NOT_IN_THIS_RELEASE);
-            }
-        }
         if env.targets.len() > 1 {
             problems.add(key("targets"), NOT_IN_THIS_RELEASE);
         }
@@ -825,7 +819,8 @@ mod tests {
             v["environments"]["prod"]["from"] = "stage".into();
             v["environments"]["prod"]["approval"] = true.into();
         });
-        assert_rejected(&approval, "environments.prod.approval", "not run by this release");
+        let approval = parse(&approval).unwrap();
+        assert!(approval.pipeline.approval(Environment::PROD).is_some());
         let alarms = edit(|v| v["environments"]["prod"]["alarms"] = serde_json::json!(["shop-api-5xx"]));
         assert_eq!(parse(&alarms).unwrap().pipeline.environment(Environment::PROD).unwrap().alarms, ["shop-api-5xx"]);
         let two_regions = edit(|v| {

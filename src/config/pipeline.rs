@@ -107,6 +107,14 @@ impl Pipeline {
         self.environment(env).map(|e| &e.source)
     }
 
+    /// The approval promotions into `env` wait for, if its config asks for one.
+    pub fn approval(&self, env: Environment) -> Option<&Approval> {
+        match self.source(env)? {
+            Source::From { approval, .. } => approval.as_ref(),
+            Source::Entry => None,
+        }
+    }
+
     /// The environments pushes roll out to.
     pub fn entries(&self) -> impl Iterator<Item = &EnvironmentConfig> {
         self.environments.iter().filter(|env| matches!(env.source, Source::Entry))

@@ -160,6 +160,11 @@ pub struct HistoryEntry {
     /// The name the request gave (unverified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
+    /// Who approved (a promotion) or rejected (an approval request): the identity AWS verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
     /// When the rollout this entry settles started (durations, DORA lead times).
@@ -183,6 +188,8 @@ impl HistoryEntry {
             reason: None,
             requested_by: None,
             on_behalf_of: None,
+            approved_by: None,
+            approval_id: None,
             forced: false,
             started_at: None,
         }

@@ -737,12 +737,24 @@ async fn sweep(
     let pending = leases.ledger.pending().await?;
     // Soaks the timer missed (it runs every minute; the sweep is the safety net).
     let ended = Box::pin(end_soaks(configs, fleet, leases, &config, &pending, invocation)).await;
+    // Approvals past their `approval_timeout`.
+    let mut expired = Vec::new();
+    for (app, env, outcome) in crate::approval::expire_due(fleet, leases, &config, &pending, invocation).await {
+        expired.push(match outcome {
+            Ok(true) => Handled::of(&app, env, Action::Skipped, "approval expired"),
+            Ok(false) => continue,
+            Err(error) => {
+                error!(app = %app, environment = %env, error = %error, "approval could not expire");
+                Handled::of(&app, env, Action::Error, error.to_string())
+            }
+        });
+    }
     let results: Vec<Vec<Handled>> = futures_util::stream::iter(pending)
         .map(|item| sweep_item(fleet, leases, prober, &config, item, invocation))
         .buffer_unordered(SWEEP_CONCURRENCY)
         .collect()
         .await;
-    let mut results: Vec<Handled> = ended.into_iter().chain(results.into_iter().flatten()).collect();
+    let mut results: Vec<Handled> = ended.into_iter().chain(expired).chain(results.into_iter().flatten()).collect();
     let onwards = crate::auto::reconcile(configs, fleet, leases, &config.apps, invocation).await;
     results.extend(onwards.into_iter().map(Handled::from));
     let errors = results.iter().filter(|r| r.action == Action::Error).count();

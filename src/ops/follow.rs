@@ -1,9 +1,48 @@
 //! Following a prod rollout until it settles (`conveyor promote --wait`): where the rollout a
 //! promotion started stands, read from prod's state in the state table.
 
-use crate::record::EnvState;
-use crate::rollout::RolloutState;
+use crate::record::{ApprovalState, EnvState};
+use crate::rollout::{Rollout, RolloutState};
 use crate::types::ImageDigest;
+use crate::vocabulary::Outcome;
+
+/// Where the approval `id` a promotion waits for stands (`conveyor promote --wait`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Still pending.
+    Pending,
+    /// Approved: the rollout it started.
+    Approved(Box<Rollout>),
+    /// Rejected or expired ([`Outcome::Rejected`], [`Outcome::ApprovalExpired`]), and why.
+    Declined { outcome: Outcome, reason: String },
+    /// A newer promotion replaced the request.
+    Superseded { reason: String },
+}
+
+/// Where approval `id` (of `digest`) stands in the environment's `state`.
+pub fn decision(state: Option<&EnvState>, id: &str, digest: &ImageDigest) -> Decision {
+    let Some(state) = state else { return Decision::Pending };
+    match &state.approval {
+        Some(ApprovalState::Pending(request)) if request.id == id => return Decision::Pending,
+        Some(ApprovalState::Pending(newer)) => {
+            let reason = format!("approval {id} was superseded by approval {} of {}", newer.id, newer.tag);
+            return Decision::Superseded { reason };
+        }
+        Some(ApprovalState::Declined { id: declined, outcome, reason, .. }) if declined == id => {
+            return Decision::Declined { outcome: *outcome, reason: reason.clone() };
+        }
+        _ => {}
+    }
+    match state.rollout.as_ref() {
+        Some(rollout) if rollout.approved_by().is_some() && &rollout.digest == digest => {
+            Decision::Approved(Box::new(rollout.clone()))
+        }
+        Some(newer) => Decision::Superseded {
+            reason: format!("replaced by the rollout of {} ({})", newer.tag, newer.digest.short()),
+        },
+        None => Decision::Superseded { reason: format!("approval {id} is no longer pending") },
+    }
+}
 
 /// Where the rollout onto `task_definition_arn` (running `digest`) stands in the environment's
 /// `state`: `None` while the state says nothing about it (yet). A rollout a newer one replaced
@@ -47,7 +86,13 @@ mod tests {
             deployment_id: None,
             event_time: DateTime::UNIX_EPOCH,
             started_at: DateTime::UNIX_EPOCH,
-            origin: Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false },
+            origin: Origin::Promotion {
+                requested_by: None,
+                on_behalf_of: None,
+                reason: None,
+                forced: false,
+                approved_by: None,
+            },
             state,
         }
     }

@@ -49,6 +49,9 @@ pub enum Origin {
         reason: Option<String>,
         #[serde(default)]
         forced: bool,
+        /// Who approved it (the identity AWS verified), into an environment with `approval`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approved_by: Option<String>,
     },
 }
 
@@ -203,6 +206,14 @@ impl Rollout {
         }
     }
 
+    /// Who approved a promotion (verified).
+    pub fn approved_by(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Promotion { approved_by, .. } => approved_by.as_deref(),
+            Origin::Push => None,
+        }
+    }
+
     /// The name a promotion's request gave (unverified), for notifications and history.
     pub fn on_behalf_of(&self) -> Option<&str> {
         match &self.origin {
@@ -305,7 +316,13 @@ mod tests {
     fn each_state_has_its_notification() {
         let mut r = rollout();
         assert_eq!(r.outcome(false), (Outcome::Deploying, Severity::Info));
-        let promotion = Origin::Promotion { requested_by: None, on_behalf_of: None, reason: None, forced: false };
+        let promotion = Origin::Promotion {
+            requested_by: None,
+            on_behalf_of: None,
+            reason: None,
+            forced: false,
+            approved_by: None,
+        };
         assert_eq!(Rollout { origin: promotion, ..r.clone() }.outcome(true), (Outcome::Promoted, Severity::Info));
         r.settle(RolloutState::RolledBack {
             at: DateTime::UNIX_EPOCH,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod alarms;
+mod approvals;
 mod aws_calls;
 mod burst;
 mod channels;

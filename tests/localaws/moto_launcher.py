@@ -69,6 +69,7 @@ from xml.sax.saxutils import escape
 
 import cloudwatch_cbor
 from iam_calls import CallLog, caller_of
+from moto.core.responses import ActionResult
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
 from moto.ecs.exceptions import EcsClientException, TaskDefinitionNotFoundException
@@ -78,6 +79,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sts import responses as sts_responses
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -85,6 +87,32 @@ ACCOUNT_ID = "123456789012"
 IAM_CALLS = CallLog(ACCOUNT_ID)
 LOCK = threading.RLock()
 DYNAMODB_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------
+# STS: who a scoped key is
+# --------------------------------------------------------------------------------------------
+
+_original_get_caller_identity = sts_responses.TokenResponse.get_caller_identity
+
+
+def get_caller_identity(self):
+    """A test principal's key (``{principal}@{scope}``: a person approving, rejecting) is the IAM
+    user ``{principal}``, so two people of one test have two identities, as in AWS. The
+    operator's key keeps moto's default identity (``user/moto``), which the CLI's snapshots show;
+    keys moto issued (assumed roles, IAM users) are answered by moto. (moto reads only keys of
+    AWS's shape from the request, so the key is read from its SigV4 credential here.)"""
+    credential = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
+    principal, at, scope = (credential.group(1) if credential else "").partition("@")
+    if at and scope and principal != "operator":
+        account = self.get_current_account()
+        return ActionResult(
+            {"UserId": f"AIDA{principal.upper()}", "Account": account, "Arn": f"arn:aws:iam::{account}:user/{principal}"}
+        )
+    return _original_get_caller_identity(self)
+
+
+sts_responses.TokenResponse.get_caller_identity = get_caller_identity
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ proptest! {
                     Kind::Resume { deploy_latest } => prop_assert!(!pause && !deploy_latest),
                 }
             }
-            Ok(Request::Promote(_)) => prop_assert!(false, "{request} parsed as a promotion"),
+            Ok(Request::Promote(_) | Request::Decide(_)) => prop_assert!(false, "{request} parsed as something else"),
             Err(error) => prop_assert!(!(valid_app && valid_by && valid_reason), "{error} for {request}"),
         }
         for (name, value) in members {

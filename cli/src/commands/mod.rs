@@ -1,5 +1,6 @@
 //! One module per command; each returns a [`Report`] (or why it could not do its job).
 
+pub mod approve;
 pub mod config;
 pub mod history;
 pub mod metrics;
@@ -28,6 +29,8 @@ pub async fn run(ctx: &Context, command: Command) -> Result<Report, CliError> {
         Command::Config(ConfigCommand::Validate { files, local }) => config::validate(ctx, &files, local).await,
         Command::Config(ConfigCommand::Put { file }) => config::put(ctx, &file).await,
         Command::Metrics { app, days } => metrics::run(ctx, app.as_deref(), days).await,
+        Command::Approve { app, to, id, wait } => approve::approve(ctx, &app, to, id.as_deref(), &wait).await,
+        Command::Reject { app, to, id, reason } => approve::reject(ctx, &app, to, id.as_deref(), &reason).await,
     }
 }
 

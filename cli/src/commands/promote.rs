@@ -12,8 +12,9 @@ use conveyor::notify::short_arn;
 use conveyor::ops::follow;
 use conveyor::ops::{history, status};
 use conveyor::record::EnvState;
-use conveyor::rollout::RolloutState;
+use conveyor::rollout::{Rollout, RolloutState};
 use conveyor::types::{Environment, ImageDigest};
+use conveyor::vocabulary::Outcome;
 use conveyor::vocabulary::PromoteStatus;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -68,6 +69,10 @@ pub enum Waited {
     Failed,
     Superseded,
     TimedOut,
+    /// The promotion waited for an approval, and it was rejected.
+    Rejected,
+    /// The promotion waited for an approval nobody gave in time.
+    ApprovalExpired,
 }
 
 impl Waited {
@@ -91,8 +96,8 @@ impl From<Waited> for Tone {
     fn from(waited: Waited) -> Self {
         match waited {
             Waited::Verified | Waited::AlreadyDeployed => Tone::Good,
-            Waited::RolledBack | Waited::Failed | Waited::TimedOut => Tone::Bad,
-            Waited::Superseded => Tone::Quiet,
+            Waited::RolledBack | Waited::Failed | Waited::TimedOut | Waited::Rejected => Tone::Bad,
+            Waited::Superseded | Waited::ApprovalExpired => Tone::Quiet,
         }
     }
 }
@@ -111,8 +116,9 @@ impl WaitOutcome {
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Waited::Verified | Waited::AlreadyDeployed => DONE,
-            Waited::TimedOut => TIMED_OUT,
+            Waited::TimedOut | Waited::ApprovalExpired => TIMED_OUT,
             Waited::RolledBack | Waited::Failed | Waited::Superseded => ROLLED_BACK,
+            Waited::Rejected => REFUSED,
         }
     }
 }
@@ -135,6 +141,11 @@ pub struct PromoteOutput {
     pub new: Option<DryRunSide>,
     /// Rollback: what prod ran when the rollback was asked for.
     pub rollback_from: Option<Release>,
+    /// `awaiting_approval`: the request to approve, and when it expires; after an approval, the
+    /// one approved and by whom.
+    pub approval_id: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub approved_by: Option<String>,
     /// `--wait`: how the prod rollout ended.
     pub wait: Option<WaitOutcome>,
 }
@@ -161,7 +172,6 @@ pub async fn promote(ctx: &Context, args: PromoteArgs) -> Result<Report, CliErro
     if let Some(to) = args.to {
         payload["to"] = json!(to);
     }
-    payload["requested_by"] = json!(ctx.identity().await?);
     execute(ctx, &app.to_string(), payload, args.dry_run, &args.wait, None).await
 }
 
@@ -215,7 +225,6 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
         None => format!("rollback from {} to {target}", or_dash(from.tag.as_deref())),
     };
     payload["reason"] = json!(reason);
-    payload["requested_by"] = json!(ctx.identity().await?);
     execute(ctx, app.name.as_str(), payload, args.dry_run, &args.wait, Some(from)).await
 }
 
@@ -247,10 +256,30 @@ async fn execute(
     wait: &WaitArgs,
     rollback_from: Option<Release>,
 ) -> Result<Report, CliError> {
+    let response = invoke_promote(ctx, &payload).await?;
+    report(ctx, app, &payload, response, dry_run, wait, rollback_from).await
+}
+
+/// Invokes the promote function with `payload` and the caller's identity proof; its answer, as a
+/// promotion's.
+pub async fn invoke_promote(ctx: &Context, payload: &Value) -> Result<conveyor::promote::Response, CliError> {
     let function = ctx.names().await?.promote_function()?;
-    let answer = invoke(&ctx.lambda()?, function, &payload).await?;
-    let response: conveyor::promote::Response = serde_json::from_value(answer.clone())
-        .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
+    let proven = crate::proof::proven(ctx, payload.clone()).await?;
+    let answer = invoke(&ctx.lambda()?, function, &proven).await?;
+    serde_json::from_value(answer.clone())
+        .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))
+}
+
+/// What a promotion (or an approval) answered, followed to its end with `--wait`.
+pub async fn report(
+    ctx: &Context,
+    app: &str,
+    payload: &Value,
+    mut response: conveyor::promote::Response,
+    dry_run: bool,
+    wait: &WaitArgs,
+    rollback_from: Option<Release>,
+) -> Result<Report, CliError> {
     let side = |tag: Option<&str>, digest: Option<&str>, image: Option<&str>| DryRunSide {
         tag: tag.map(str::to_owned),
         digest: digest.map(str::to_owned),
@@ -273,9 +302,12 @@ async fn execute(
         task_definition_arn: response.task_definition_arn.clone(),
         status: response.status,
         forced: response.forced,
-        requested_by: response.requested_by.clone().or_else(|| payload["requested_by"].as_str().map(str::to_owned)),
+        requested_by: response.requested_by.clone(),
         reason: payload["reason"].as_str().map(str::to_owned),
         rollback_from,
+        approval_id: response.approval_id.clone(),
+        expires_at: response.expires_at,
+        approved_by: response.approved_by.clone(),
         wait: None,
     };
     let mut exit_code = DONE;
@@ -283,13 +315,75 @@ async fn execute(
         let set = configs(ctx).await?;
         let config = find_app(&set, app, &ctx.names().await?.prefix)?;
         let (ledger, fleet) = (ctx.ledger().await?, ctx.fleet()?);
-        let outcome = follow_rollout(&ledger, &fleet, config, &response, wait.timeout).await?;
+        let started = Instant::now();
+        let mut decided = None;
+        if response.status == PromoteStatus::AwaitingApproval {
+            match wait_for_decision(&ledger, config, &response, wait.timeout).await? {
+                Ok(rollout) => {
+                    output.approved_by = rollout.approved_by().map(str::to_owned);
+                    response.task_definition_arn = rollout.task_definition_arn;
+                    response.status = PromoteStatus::Deploying;
+                }
+                Err(ended) => decided = Some(ended),
+            }
+        }
+        let outcome = match decided {
+            Some(ended) => ended,
+            None => {
+                let left = wait.timeout.saturating_sub(started.elapsed());
+                let mut outcome = follow_rollout(&ledger, &fleet, config, &response, left).await?;
+                outcome.seconds = started.elapsed().as_secs();
+                outcome
+            }
+        };
         exit_code = outcome.exit_code();
         output.wait = Some(outcome);
     }
     let text = text(&ctx.style, &output);
     let json = serde_json::to_value(&output).unwrap_or(Value::Null);
     Ok(Report { json, text, exit_code })
+}
+
+/// Waits for the approval a promotion waits on: the rollout it started once approved, or how it
+/// ended without one (rejected, expired, superseded, or `timeout` passed). Progress goes to stderr.
+async fn wait_for_decision(
+    ledger: &Ledger,
+    app: &AppConfig,
+    response: &conveyor::promote::Response,
+    timeout: Duration,
+) -> Result<Result<Rollout, WaitOutcome>, CliError> {
+    let digest = ImageDigest::parse(&response.digest).map_err(|e| CliError::config(e.to_string()))?;
+    let id = response.approval_id.clone().unwrap_or_default();
+    let started = Instant::now();
+    eprintln!(
+        "waiting for approval {id} of {} {} {} (another person: `conveyor approve {} --to {} --id {id}`)",
+        app.name, response.environment, response.tag, app.name, response.environment
+    );
+    loop {
+        let state = ledger.env::<EnvState>(&app.name, response.environment).await?.map(|(state, _)| state);
+        let seconds = started.elapsed().as_secs();
+        let ended = |outcome: Waited, reason: String| {
+            Ok(Err(WaitOutcome { outcome, reason: Some(reason), seconds, rolled_back_to: None }))
+        };
+        match follow::decision(state.as_ref(), &id, &digest) {
+            follow::Decision::Pending if started.elapsed() >= timeout => {
+                return ended(
+                    Waited::TimedOut,
+                    format!("approval {id} still pending after {}", output::duration(seconds as i64)),
+                );
+            }
+            follow::Decision::Pending => tokio::time::sleep(POLL).await,
+            follow::Decision::Approved(rollout) => {
+                eprintln!("approved by {}", rollout.approved_by().unwrap_or("-"));
+                return Ok(Ok(*rollout));
+            }
+            follow::Decision::Declined { outcome: Outcome::Rejected, reason } => {
+                return ended(Waited::Rejected, reason)
+            }
+            follow::Decision::Declined { reason, .. } => return ended(Waited::ApprovalExpired, reason),
+            follow::Decision::Superseded { reason } => return ended(Waited::Superseded, reason),
+        }
+    }
 }
 
 /// Follows the prod rollout a promotion started (the state table and ECS) until it settles or
@@ -427,6 +521,18 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             lines.push(render(&table));
         }
         PromoteStatus::AlreadyDeployed => lines.push(format!("{env} already runs {what} ({revision}): nothing to do")),
+        PromoteStatus::AwaitingApproval => {
+            let id = output.approval_id.as_deref().unwrap_or("-");
+            lines.push(format!(
+                "{what} → {env}: {} {id}; nothing changes until another person approves it",
+                style.paint(output.status.as_str(), output.status)
+            ));
+            lines.push(format!(
+                "approve: conveyor approve {} --to {env} --id {id}   (expires {})",
+                output.app,
+                output.expires_at.map_or_else(|| "-".to_owned(), |at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+            ));
+        }
         status => lines.push(format!("{what} → {env}: {} {revision}", style.paint(status.as_str(), status))),
     }
     if output.forced {
@@ -438,6 +544,9 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             Some(reason) => lines.push(format!("requested by {by}: {reason}")),
             None => lines.push(format!("requested by {by}")),
         }
+    }
+    if let Some(approver) = &output.approved_by {
+        lines.push(format!("approved by {}", output::who(approver)));
     }
     if let Some(wait) = &output.wait {
         let after = output::duration(wait.seconds as i64);
@@ -454,7 +563,7 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
                 "{painted} after {after}: the rollout goes on (`conveyor status {}` shows where it is)",
                 output.app
             ),
-            Waited::Failed | Waited::Superseded => {
+            Waited::Failed | Waited::Superseded | Waited::Rejected | Waited::ApprovalExpired => {
                 format!("{painted} after {after}: {}", wait.reason.as_deref().unwrap_or(""))
             }
         });

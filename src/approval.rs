@@ -1,0 +1,470 @@
+//! Approvals (contract, *Pipelines*, Approvals): a promotion into an environment with
+//! `approval: true` changes nothing until a second person approves it.
+//!
+//! ```text
+//!   promote ──► Pending ──approve (another verified identity)──► the promotion runs (promoted)
+//!                  │ ├────reject─────────────────────────────────► Declined (rejected)
+//!                  │ └────approval_timeout passed (sweep)────────► Declined (approval_expired)
+//!                  └──a promotion of another image───────────────► Pending (the newer request)
+//! ```
+//!
+//! The request is kept in the environment's state ([`EnvState::approval`]), so it is written
+//! under the environment's lease, in one transaction with its history entry and notification,
+//! like every other transition. Who requested, approved and rejected are identities AWS verified
+//! ([`crate::identity`]); the approver must differ from the requester and match the
+//! environment's `approvers`, if any. Approving runs the promotion the request pinned (the digest,
+//! not the tag, which may have been pushed again since) through promote's own flow and checks: an
+//! image that failed meanwhile is still refused.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, instrument, warn};
+
+use crate::config::{AppConfig, Approval, ConfigSet, Configs};
+use crate::error::{Error, InvalidRequest};
+use crate::fleet::Fleet;
+use crate::leased::{Leased, Leases};
+use crate::ledger::{Change, HistoryEntry, Item, ItemKey, Lease};
+use crate::notify::{Announcement, Notification};
+use crate::promote::{self, Approved, ImageRef};
+use crate::record::{ApprovalRequest, ApprovalState, EnvState};
+use crate::types::{AppName, Environment, Requester};
+use crate::vocabulary::{Outcome, Severity};
+use crate::Invocation;
+
+/// `conveyor approve` or `reject`, as the promote function receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub app: AppName,
+    /// `None`: the app's one environment with approvals.
+    pub environment: Option<Environment>,
+    /// The request decided; `None`: whichever is pending (the CLI sends the one it showed).
+    pub approval_id: Option<String>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Reject { reason: String },
+}
+
+/// The answer to a rejection (an approval answers as the promotion it starts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub app: String,
+    pub environment: Environment,
+    pub approval_id: String,
+    pub tag: String,
+    pub digest: String,
+    pub status: Outcome,
+    pub requested_by: String,
+    pub rejected_by: String,
+    pub reason: String,
+}
+
+/// What a decision led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    Approved(Box<promote::Response>),
+    Rejected(Rejection),
+}
+
+/// The command that approves `request` (shown in the `approval_requested` notification).
+pub fn approve_command(app: &AppName, env: Environment, request: &ApprovalRequest) -> String {
+    format!("conveyor approve {app} --to {env} --id {}", request.id)
+}
+
+/// Records `request` as the promotion `env` waits on (replacing one pending for another image):
+/// state, history entry and the `approval_requested` notification.
+pub fn requested(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    request: ApprovalRequest,
+    replaces: Option<String>,
+) -> Change<EnvState> {
+    let mut change = Change::new(state.clone());
+    let superseded = state.pending_approval().map(|old| format!("supersedes approval {} of {}", old.id, old.tag));
+    let mut entry = HistoryEntry::new(&app.name, env, Outcome::ApprovalRequested, request.requested_at);
+    entry.tag = Some(request.tag.clone());
+    entry.digest = Some(request.digest.clone());
+    entry.requested_by = Some(request.requested_by.clone());
+    entry.on_behalf_of = request.on_behalf_of.clone();
+    entry.approval_id = Some(request.id.clone());
+    entry.reason =
+        [request.reason.clone(), superseded.clone()].into_iter().flatten().reduce(|a, b| format!("{a}; {b}"));
+    entry.forced = request.forced;
+    change.history.push(entry.clone());
+    let mut notification = Notification::of_service(app, env, Outcome::ApprovalRequested, Severity::Warning);
+    notification.tag = Some(request.tag.clone());
+    notification.digest = Some(request.digest.clone());
+    notification.requested_by = Some(request.requested_by.clone());
+    notification.on_behalf_of = request.on_behalf_of.clone();
+    notification.reason = entry.reason;
+    notification.forced = request.forced;
+    notification.approval_id = Some(request.id.clone());
+    notification.replaces = replaces;
+    notification.command = Some(approve_command(&app.name, env, &request));
+    change.announcements.push(Announcement::new(notification, app));
+    change.state.approval = Some(ApprovalState::Pending(request));
+    change
+}
+
+/// Ends the pending `request` without a rollout: rejected (`by` whom, why) or expired.
+pub fn declined(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    request: &ApprovalRequest,
+    rejected: Option<(&str, &str)>,
+    now: DateTime<Utc>,
+) -> Change<EnvState> {
+    let (outcome, by, reason) = match rejected {
+        Some((by, reason)) => (Outcome::Rejected, Some(by.to_owned()), reason.to_owned()),
+        None => (
+            Outcome::ApprovalExpired,
+            None,
+            format!("nobody approved it by {}", request.expires_at.format("%Y-%m-%d %H:%M UTC")),
+        ),
+    };
+    let mut change = Change::new(state.clone());
+    let mut entry = HistoryEntry::new(&app.name, env, outcome, now);
+    entry.tag = Some(request.tag.clone());
+    entry.digest = Some(request.digest.clone());
+    entry.requested_by = Some(request.requested_by.clone());
+    entry.approved_by = by.clone();
+    entry.approval_id = Some(request.id.clone());
+    entry.reason = Some(reason.clone());
+    change.history.push(entry);
+    let mut notification = Notification::of_service(app, env, outcome, Severity::Warning);
+    notification.tag = Some(request.tag.clone());
+    notification.digest = Some(request.digest.clone());
+    notification.requested_by = Some(request.requested_by.clone());
+    notification.approved_by = by;
+    notification.approval_id = Some(request.id.clone());
+    notification.reason = Some(reason.clone());
+    change.announcements.push(Announcement::new(notification, app));
+    change.state.approval = Some(ApprovalState::Declined {
+        id: request.id.clone(),
+        digest: request.digest.clone(),
+        outcome,
+        reason: reason.clone(),
+        at: now,
+    });
+    change
+}
+
+/// Whether `approver` may decide `request` under `approval`: an identity AWS verified, not the
+/// requester's, and one of `approvers` when the config names them. A requester may reject (withdraw)
+/// their own request.
+pub fn may_decide(
+    approval: &Approval,
+    request: &ApprovalRequest,
+    approver: Option<&str>,
+    verdict: &Verdict,
+) -> Result<String, Error> {
+    let Some(approver) = approver else {
+        return Err(Error::NotAllowed(
+            "deciding an approval needs an identity AWS verified: send the request with an identity proof (`conveyor approve` and `reject` do)".into(),
+        ));
+    };
+    let own = approver == request.requested_by;
+    if own && matches!(verdict, Verdict::Reject { .. }) {
+        return Ok(approver.to_owned());
+    }
+    if own {
+        return Err(Error::NotAllowed(format!(
+            "{approver} requested this promotion and cannot approve it: another person must (`{}`)",
+            "conveyor approve"
+        )));
+    }
+    if !approval.approvers.is_empty() && !approval.approvers.iter().any(|pattern| pattern.admits(approver)) {
+        let allowed = approval.approvers.iter().map(|p| p.pattern.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(Error::NotAllowed(format!("{approver} is not among this environment's approvers ({allowed})")));
+    }
+    Ok(approver.to_owned())
+}
+
+/// The environment a decision is about: the named one, else the app's one environment with
+/// approvals.
+fn environment(app: &AppConfig, asked: Option<Environment>) -> Result<(Environment, &Approval), Error> {
+    if let Some(env) = asked {
+        app.target(env)?;
+        return app
+            .pipeline
+            .approval(env)
+            .map(|approval| (env, approval))
+            .ok_or_else(|| InvalidRequest::NoApprovals { app: app.name.clone(), environment: env }.into());
+    }
+    let with: Vec<_> =
+        app.pipeline.environments.iter().filter_map(|e| app.pipeline.approval(e.name).map(|a| (e.name, a))).collect();
+    match with[..] {
+        [one] => Ok(one),
+        _ => {
+            let own = with.iter().map(|(e, _)| e.to_string()).collect::<Vec<_>>().join(", ");
+            Err(InvalidRequest::WhichOperatedEnvironment { app: app.name.clone(), own }.into())
+        }
+    }
+}
+
+/// Approves or rejects the pending promotion `decision` names, for the invocation's caller.
+#[instrument(skip_all, fields(app = %decision.app))]
+pub async fn decide(
+    configs: &Configs,
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    decision: &Decision,
+    invocation: &Invocation,
+) -> Result<Decided, Error> {
+    let config = configs.get().await?;
+    let Some(app) = config.app(&decision.app) else {
+        return Err(Error::no_app(configs, &config, &decision.app));
+    };
+    let (env, approval) = environment(app, decision.environment)?;
+    let state = leases.ledger.env::<EnvState>(&app.name, env).await?.map(|(state, _)| state);
+    let request = pending(app, env, state.as_ref(), decision.approval_id.as_deref())?.clone();
+    let by = may_decide(approval, &request, invocation.identity.as_deref(), &decision.verdict)?;
+    if request.expires_at <= Utc::now() {
+        expire(fleet, leases, app, env, invocation).await?;
+        return Err(InvalidRequest::ApprovalExpired {
+            app: app.name.clone(),
+            environment: env,
+            tag: request.tag.clone(),
+            at: request.expires_at,
+        }
+        .into());
+    }
+    match &decision.verdict {
+        Verdict::Approve => {
+            info!(environment = %env, tag = %request.tag, digest = %request.digest, approval_id = %request.id,
+                requested_by = %request.requested_by, approved_by = %by, "promotion approved");
+            let promotion = promote::Request {
+                app: app.name.clone(),
+                image: ImageRef::Digest(request.digest.clone()),
+                dry_run: false,
+                force: request.forced,
+                reason: request.reason.clone(),
+                on_behalf_of: request.on_behalf_of.clone(),
+                to: Some(env),
+                unless_moved_since: None,
+                approved: Some(Approved { id: request.id.clone(), by, tag: request.tag.clone() }),
+            };
+            let requester =
+                Requester { verified: Some(request.requested_by.clone()), on_behalf_of: request.on_behalf_of };
+            let response = promote::run_as(configs, fleet, leases, &promotion, requester, invocation).await?;
+            Ok(Decided::Approved(Box::new(response)))
+        }
+        Verdict::Reject { reason } => {
+            let lease = Lease::new(ItemKey::env(&app.name, env), format!("reject by {by}"), invocation).patient();
+            let target = fleet.target(app, app.target(env)?).await;
+            let id = request.id.clone();
+            leases
+                .with_env(lease, app, env, target, async |here| {
+                    let state = here.state()?.clone();
+                    let Some(request) = state.pending_approval().filter(|r| r.id == id) else {
+                        return Err(gone(app, env, Some(&state), Some(&id)));
+                    };
+                    here.commit(declined(app, env, &state, request, Some((&by, reason)), Utc::now())).await?;
+                    Ok(())
+                })
+                .await?;
+            warn!(environment = %env, tag = %request.tag, digest = %request.digest, approval_id = %request.id,
+                rejected_by = %by, reason = %reason, "promotion rejected");
+            Ok(Decided::Rejected(Rejection {
+                app: app.name.to_string(),
+                environment: env,
+                approval_id: request.id,
+                tag: request.tag.to_string(),
+                digest: request.digest.to_string(),
+                status: Outcome::Rejected,
+                requested_by: request.requested_by,
+                rejected_by: by,
+                reason: reason.clone(),
+            }))
+        }
+    }
+}
+
+/// The pending request `id` names (or the pending one), else why there is none.
+pub fn pending<'s>(
+    app: &AppConfig,
+    env: Environment,
+    state: Option<&'s EnvState>,
+    id: Option<&str>,
+) -> Result<&'s ApprovalRequest, Error> {
+    let request = state.and_then(EnvState::pending_approval);
+    match (request, id) {
+        (Some(request), None) => Ok(request),
+        (Some(request), Some(id)) if request.id == id => Ok(request),
+        _ => Err(gone(app, env, state, id)),
+    }
+}
+
+/// Why approval `id` (or any) cannot be decided: another one is pending, or none is.
+fn gone(app: &AppConfig, env: Environment, state: Option<&EnvState>, id: Option<&str>) -> Error {
+    if let (Some(other), Some(asked)) = (state.and_then(EnvState::pending_approval), id) {
+        let (app, asked, pending) = (app.name.clone(), asked.to_owned(), other.id.clone());
+        return InvalidRequest::OtherApproval { app, environment: env, asked, pending }.into();
+    }
+    let last = state.and_then(|state| match &state.approval {
+        Some(ApprovalState::Declined { id, outcome, reason, at, .. }) => {
+            Some(format!("{id}, ended {outcome} at {}: {reason}", at.format("%Y-%m-%d %H:%M UTC")))
+        }
+        _ => state
+            .rollout
+            .as_ref()
+            .and_then(|r| r.approved_by().map(|by| format!("for {}, was approved by {by}", r.tag))),
+    });
+    InvalidRequest::NothingToApprove { app: app.name.clone(), environment: env, last }.into()
+}
+
+/// Ends the pending approval of `env` if it has expired (under the environment's lease).
+async fn expire(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    app: &AppConfig,
+    env: Environment,
+    invocation: &Invocation,
+) -> Result<bool, Error> {
+    let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor approval expiry", invocation).patient();
+    let target = fleet.target(app, app.target(env)?).await;
+    leases.with_env(lease, app, env, target, async |here: &mut Leased<'_>| expire_leased(here).await).await
+}
+
+async fn expire_leased(here: &mut Leased<'_>) -> Result<bool, Error> {
+    let now = Utc::now();
+    let state = here.state()?.clone();
+    let Some(request) = state.pending_approval().filter(|r| r.expires_at <= now) else { return Ok(false) };
+    info!(app = %here.app.name, environment = %here.env, tag = %request.tag, digest = %request.digest,
+        approval_id = %request.id, "approval expired");
+    here.commit(declined(here.app, here.env, &state, request, None, now)).await?;
+    Ok(true)
+}
+
+/// The sweep's pass: every pending approval past its `approval_timeout` ends as expired. Returns
+/// the environments expired, and those that could not be handled (tried again next sweep).
+pub async fn expire_due(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    config: &ConfigSet,
+    pending_items: &[Item],
+    invocation: &Invocation,
+) -> Vec<(AppName, Environment, Result<bool, Error>)> {
+    let now = Utc::now();
+    let mut handled = Vec::new();
+    for item in pending_items {
+        let Some(key) = ItemKey::parse(item) else { continue };
+        let Some((app, env)) = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env))) else { continue };
+        let state: Option<EnvState> = crate::ledger::state_from_item(item);
+        if state.as_ref().and_then(EnvState::pending_approval).is_none_or(|r| r.expires_at > now) {
+            continue;
+        }
+        handled.push((app.name.clone(), env, expire(fleet, leases, app, env, invocation).await));
+    }
+    handled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ArnPattern;
+    use crate::fixtures::{app, digest};
+    use crate::types::ImageTag;
+
+    fn request(by: &str) -> ApprovalRequest {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        ApprovalRequest {
+            id: "a1".into(),
+            tag: ImageTag::parse("v2").unwrap(),
+            digest: digest('2'),
+            requested_by: by.into(),
+            on_behalf_of: None,
+            reason: Some("release 2".into()),
+            forced: false,
+            requested_at: at,
+            expires_at: at + chrono::Duration::hours(24),
+        }
+    }
+
+    fn approval(patterns: &[&str]) -> Approval {
+        Approval {
+            approvers: patterns.iter().map(|p| ArnPattern::parse(p).unwrap()).collect(),
+            timeout: std::time::Duration::from_secs(86_400),
+        }
+    }
+
+    const ANA: &str = "arn:aws:sts::111111111111:assumed-role/Developers/ana";
+    const BOB: &str = "arn:aws:sts::111111111111:assumed-role/ReleaseManagers/bob";
+
+    #[test]
+    fn the_requester_cannot_approve_but_may_withdraw() {
+        let refused = may_decide(&approval(&[]), &request(ANA), Some(ANA), &Verdict::Approve).unwrap_err();
+        assert!(matches!(&refused, Error::NotAllowed(why) if why.contains("cannot approve")), "{refused}");
+        let withdraw = Verdict::Reject { reason: "wrong tag".into() };
+        assert_eq!(may_decide(&approval(&[]), &request(ANA), Some(ANA), &withdraw).unwrap(), ANA);
+        assert_eq!(may_decide(&approval(&[]), &request(ANA), Some(BOB), &Verdict::Approve).unwrap(), BOB);
+    }
+
+    #[test]
+    fn approvers_restrict_who_decides_and_an_unverified_caller_decides_nothing() {
+        let managers = approval(&["arn:aws:sts::111111111111:assumed-role/ReleaseManagers/*"]);
+        assert!(may_decide(&managers, &request(ANA), Some(BOB), &Verdict::Approve).is_ok());
+        let dev = "arn:aws:sts::111111111111:assumed-role/Developers/carol";
+        let refused = may_decide(&managers, &request(ANA), Some(dev), &Verdict::Approve).unwrap_err();
+        assert!(refused.to_string().contains("not among this environment's approvers"), "{refused}");
+        let refused = may_decide(&managers, &request(ANA), None, &Verdict::Approve).unwrap_err();
+        assert_eq!(refused.error_type(), crate::error::ErrorType::NotAllowed);
+        // Auto promotions are requested by Conveyor: any approver is another person.
+        assert!(may_decide(&approval(&[]), &request(crate::auto::CONVEYOR), Some(ANA), &Verdict::Approve).is_ok());
+    }
+
+    #[test]
+    fn a_request_is_one_transition_and_a_newer_one_supersedes_it() {
+        let app = app();
+        let state = crate::fixtures::stage_met("td:1", '1');
+        let first = requested(&app, Environment::PROD, &state, request(ANA), Some("v1".into()));
+        assert_eq!(first.history.len(), 1);
+        assert_eq!(first.announcements.len(), 1);
+        let note = &first.announcements[0].notification;
+        assert_eq!((note.outcome, note.severity), (Outcome::ApprovalRequested, Severity::Warning));
+        assert_eq!(note.command.as_deref(), Some("conveyor approve shop --to prod --id a1"));
+        assert_eq!(first.state.pending_approval().map(|r| r.id.as_str()), Some("a1"));
+
+        let newer = ApprovalRequest { id: "a2".into(), tag: ImageTag::parse("v3").unwrap(), ..request(ANA) };
+        let second = requested(&app, Environment::PROD, &first.state, newer, None);
+        assert_eq!(second.state.pending_approval().map(|r| r.id.as_str()), Some("a2"));
+        assert!(second.history[0].reason.as_deref().unwrap().contains("supersedes approval a1 of v2"));
+    }
+
+    #[test]
+    fn a_declined_request_is_remembered_by_digest() {
+        let app = app();
+        let state =
+            requested(&app, Environment::PROD, &crate::fixtures::stage_met("td:1", '1'), request(ANA), None).state;
+        let now = DateTime::from_timestamp(1_700_100_000, 0).unwrap();
+        let rejected = declined(&app, Environment::PROD, &state, &request(ANA), Some((BOB, "not today")), now);
+        assert_eq!(rejected.announcements[0].notification.outcome, Outcome::Rejected);
+        assert_eq!(rejected.history[0].approved_by.as_deref(), Some(BOB));
+        assert!(
+            matches!(&rejected.state.approval, Some(ApprovalState::Declined { digest: d, .. }) if *d == digest('2'))
+        );
+        assert!(!rejected.state.in_flight());
+        let expired = declined(&app, Environment::PROD, &state, &request(ANA), None, now);
+        assert_eq!(expired.announcements[0].notification.outcome, Outcome::ApprovalExpired);
+        assert!(expired.history[0].reason.as_deref().unwrap().starts_with("nobody approved it by"));
+    }
+
+    #[test]
+    fn deciding_names_what_is_pending() {
+        let app = app();
+        let state =
+            requested(&app, Environment::PROD, &crate::fixtures::stage_met("td:1", '1'), request(ANA), None).state;
+        assert_eq!(pending(&app, Environment::PROD, Some(&state), None).unwrap().id, "a1");
+        assert_eq!(pending(&app, Environment::PROD, Some(&state), Some("a1")).unwrap().id, "a1");
+        let other = pending(&app, Environment::PROD, Some(&state), Some("a0")).unwrap_err();
+        assert!(other.to_string().contains("approval a0 is no longer pending"), "{other}");
+        let none = pending(&app, Environment::PROD, None, None).unwrap_err();
+        assert!(none.to_string().contains("no promotion into shop prod awaits approval"), "{none}");
+    }
+}
