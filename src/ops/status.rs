@@ -55,6 +55,20 @@ pub struct EnvStatus {
     /// only when the environment has a soak or alarms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gates: Option<Gates>,
+    /// A promotion waiting for its approval here (present only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<ApprovalStatus>,
+}
+
+/// A promotion waiting for a second person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalStatus {
+    pub approval_id: String,
+    pub tag: String,
+    pub digest: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// An environment's gates: its `soak` and its `alarms`.
@@ -202,6 +216,14 @@ pub fn env_status(
         error,
         soaking_until: state.and_then(|s| s.soak.as_ref()).map(|soak| soak.until),
         gates: None,
+        awaiting_approval: state.and_then(EnvState::pending_approval).map(|request| ApprovalStatus {
+            approval_id: request.id.clone(),
+            tag: request.tag.to_string(),
+            digest: request.digest.to_string(),
+            requested_by: request.requested_by.clone(),
+            requested_at: request.requested_at,
+            expires_at: request.expires_at,
+        }),
     }
 }
 

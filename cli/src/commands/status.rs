@@ -53,6 +53,10 @@ pub async fn run(ctx: &Context, app: Option<&str>, promotable: usize) -> Result<
 }
 
 fn rollout(env: &EnvStatus) -> (String, Tone) {
+    if let Some(pending) = &env.awaiting_approval {
+        let now = env.rollout.as_ref().map(|r| format!("{} {}; ", r.tag, r.state)).unwrap_or_default();
+        return (format!("{now}{} awaiting approval", pending.tag), Tone::Attention);
+    }
     let Some(rollout) = &env.rollout else { return ("-".into(), Tone::Plain) };
     let mut text = format!("{} {}", rollout.tag, rollout.state);
     let deployment = env.running.as_ref().and_then(|r| r.deployment.as_ref());
@@ -150,6 +154,19 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
             }
             if let Some(error) = &env.error {
                 notes.push(format!("{at}: cannot read the service: {error}"));
+            }
+            if let Some(pending) = &env.awaiting_approval {
+                notes.push(format!(
+                    "{at}: {} ({}) awaits approval {}, requested by {} (expires {}): `conveyor approve {} --to {} --id {}`",
+                    pending.tag,
+                    output::short_digest(&pending.digest),
+                    pending.approval_id,
+                    output::who(&pending.requested_by),
+                    output::time(pending.expires_at),
+                    app.app,
+                    env.environment,
+                    pending.approval_id
+                ));
             }
             if let Some(gates) = &env.gates {
                 let soak = (gates.soak_seconds > 0).then(|| {

@@ -69,14 +69,14 @@ pub async fn seed(stack: &LocalStack) {
     let pipeline = [
         ("dev", json!({})),
         ("stage", json!({ "from": "dev", "promotion": "auto", "soak": "3s", "alarms": [web_alarm(world)] })),
-        ("prod", json!({ "from": "stage" })),
+        ("prod", json!({ "from": "stage", "approval": true })),
     ];
     world.aws.set_alarm(&web_alarm(world), "OK").await;
     world.seed_pipeline("web", &pipeline).await;
     stack.say(
         MomentKind::Step,
         format!(
-            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod, by hand)"
+            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod, by hand, approved by a second person)"
         ),
     );
 }
@@ -84,8 +84,14 @@ pub async fn seed(stack: &LocalStack) {
 /// Runs a `conveyor` command as an operator would, shows it on the timeline, and checks its exit
 /// code.
 async fn operator(stack: &LocalStack, args: &[&str], expected: i32) -> Result<CliRun, String> {
-    let ran = stack.cli(args).await;
-    let mut text = format!("$ conveyor {}", args.join(" "));
+    person(stack, crate::principals::OPERATOR, args, expected).await
+}
+
+/// Runs a `conveyor` command as `who` (the operator, or a second person).
+async fn person(stack: &LocalStack, who: &str, args: &[&str], expected: i32) -> Result<CliRun, String> {
+    let ran = stack.cli_as(who, args).await;
+    let prompt = if who == crate::principals::OPERATOR { String::new() } else { format!("({who}) ") };
+    let mut text = format!("{prompt}$ conveyor {}", args.join(" "));
     for line in ran.stderr.lines().chain(ran.stdout.lines()) {
         text.push_str("\n  ");
         text.push_str(line);
@@ -197,8 +203,18 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     let status = operator(stack, &["status", "web"], 0).await?;
     let gates = format!("web stage: vetted after verification, a 3s soak and alarms {alarm} quiet");
     check(status.stdout.contains(&gates), || format!("status does not show stage's gates: {}", status.stdout))?;
-    stack.say(MomentKind::Step, "promote web v3.0.0 to prod (the one environment promoted by hand)");
-    operator(stack, &["promote", "web", "v3.0.0", "--wait"], 0).await?;
+    stack.say(
+        MomentKind::Step,
+        "promote web v3.0.0 to prod (by hand, and prod wants an approval: nothing changes until a second person gives it)",
+    );
+    let asked = operator(stack, &["promote", "web", "v3.0.0", "--json"], 0).await?;
+    let asked: Value = serde_json::from_str(&asked.stdout).map_err(|e| format!("promote --json: {e}"))?;
+    check(asked["status"] == "awaiting_approval", || format!("the promotion did not wait: {asked}"))?;
+    let id = asked["approval_id"].as_str().unwrap_or_default().to_owned();
+    let own = operator(stack, &["approve", "web", "--to", "prod"], 1).await?;
+    check(own.stderr.contains("cannot approve it"), || format!("the requester approved: {}", own.stderr))?;
+    stack.say(MomentKind::Step, "a release manager (another identity, as STS verifies it) approves it, and follows it");
+    person(stack, "release-manager", &["approve", "web", "--to", "prod", "--id", &id, "--wait"], 0).await?;
     let on = |env: &str| crate::world::ServiceFixture {
         cluster: world.name(&format!("pipeline-{env}")),
         service: "web".into(),

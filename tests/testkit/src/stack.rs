@@ -171,7 +171,13 @@ impl LocalStack {
 
     /// Runs the `conveyor` CLI (the debug build) against this stack, as an operator would.
     pub async fn cli(&self, args: &[&str]) -> CliRun {
-        let mut env = self.world.operator_env();
+        self.cli_as(crate::principals::OPERATOR, args).await
+    }
+
+    /// Runs the `conveyor` CLI as `principal` (another person: their own access key, so their own
+    /// identity in the local STS).
+    pub async fn cli_as(&self, principal: &str, args: &[&str]) -> CliRun {
+        let mut env = crate::principals::act_as(&self.world.function_env(), principal);
         env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
         env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
         env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
