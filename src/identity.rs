@@ -55,8 +55,8 @@ pub enum ProofError {
     Shape(String),
     #[error("the identity proof has no signed `{BINDING_HEADER}` header, or it is not this request's: sign it for this request (the conveyor CLI does)")]
     NotBound,
-    #[error("STS refused the identity proof ({status}): {message}")]
-    Refused { status: u16, message: String },
+    #[error("STS refused the identity proof ({status} {code}): {message}")]
+    Refused { status: u16, code: String, message: String },
     #[error("STS could not be reached to check the identity proof: {0}")]
     Unreachable(String),
 }
@@ -64,8 +64,11 @@ pub enum ProofError {
 impl ProofError {
     /// Worth trying again later (STS unreachable or failing), rather than a proof to fix.
     pub fn retryable(&self) -> bool {
-        matches!(self, ProofError::Unreachable(_))
-            || matches!(self, ProofError::Refused { status, .. } if *status >= 500)
+        match self {
+            ProofError::Unreachable(_) => true,
+            ProofError::Refused { status, code, .. } => *status >= 500 || *status == 429 || code.contains("Throttl"),
+            ProofError::Shape(_) | ProofError::NotBound => false,
+        }
     }
 }
 
@@ -131,6 +134,44 @@ pub fn sts_endpoint(region: &str, variable: impl Fn(&str) -> Option<String>) -> 
     format!("{}/", endpoint.trim_end_matches('/'))
 }
 
+/// `payload` with the identity proof of whoever holds `credentials` added: a SigV4 signature of
+/// `GetCallerIdentity` for `region`, sent to [`sts_endpoint`], binding the payload ([`binding`]).
+/// Nothing is sent here (the `conveyor` CLI uses it; so do the tests).
+pub fn prove(
+    mut payload: Value,
+    credentials: aws_credential_types::Credentials,
+    region: &str,
+    endpoint: &str,
+) -> Result<Value, String> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let bound = binding(&payload);
+    let headers = [("content-type", CONTENT_TYPE), (BINDING_HEADER, bound.as_str())];
+    let identity = credentials.into();
+    let settings = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("sts")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let signable =
+        SignableRequest::new("POST", endpoint, headers.iter().copied(), SignableBody::Bytes(STS_BODY.as_bytes()))
+            .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &settings).map_err(|e| e.to_string())?.into_parts();
+    let mut signed: serde_json::Map<String, Value> =
+        headers.iter().map(|(name, value)| ((*name).to_owned(), Value::from(*value))).collect();
+    for (name, value) in instructions.headers() {
+        signed.insert(name.to_ascii_lowercase(), Value::from(value));
+    }
+    payload[PROOF_KEY] = serde_json::json!({ "headers": signed });
+    Ok(payload)
+}
+
+/// The content type of the signed request (STS's query API).
+const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
 /// The caller's ARN from STS's `GetCallerIdentity` answer (XML: `<Arn>...</Arn>`).
 pub fn arn_in_answer(body: &str) -> Option<String> {
     let start = body.find("<Arn>")? + "<Arn>".len();
@@ -195,6 +236,22 @@ mod tests {
         assert_eq!(sts_endpoint("eu-west-1", |_| None), "https://sts.eu-west-1.amazonaws.com/");
         let local = |name: &str| (name == "AWS_ENDPOINT_URL").then(|| "http://127.0.0.1:5000".to_owned());
         assert_eq!(sts_endpoint("eu-west-1", local), "http://127.0.0.1:5000/");
+    }
+
+    #[test]
+    fn a_proof_signs_its_binding_and_is_taken_back_as_made() {
+        let request = json!({"operation": "reject", "app": "shop-api", "reason": "freeze"});
+        let credentials = aws_credential_types::Credentials::new("AKID", "secret", Some("token".into()), None, "test");
+        let mut payload =
+            prove(request.clone(), credentials, "eu-west-1", "https://sts.eu-west-1.amazonaws.com/").unwrap();
+        let headers = payload["identity"]["headers"].clone();
+        let authorization = headers["authorization"].as_str().unwrap();
+        assert!(authorization.contains("/eu-west-1/sts/aws4_request"), "{authorization}");
+        assert!(signed_headers(authorization).contains(&BINDING_HEADER), "{authorization}");
+        assert_eq!(headers["x-amz-security-token"], "token");
+        let proof = take_proof(&mut payload).unwrap().unwrap();
+        assert_eq!(payload, request);
+        assert_eq!(proof.headers[BINDING_HEADER], binding(&request));
     }
 
     #[test]

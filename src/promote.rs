@@ -235,7 +235,8 @@ async fn promote(
         let resolved = Resolved { image: pull_source(fleet, app, into, &resolved, invocation).await?, ..resolved };
         let target = fleet.target(app, app.target(into)?).await;
         if request.dry_run {
-            return dry_run(&target, app, into, &resolved).await.map_err(|e| deploy_error(app, e));
+            let answer = dry_run(&target, app, into, &resolved).await.map_err(|e| deploy_error(app, e))?;
+            return Ok(Response { requested_by: requester.verified.clone(), ..answer });
         }
         // Vetted in `from`, and (unless forced) failed in none of the app's environments.
         let failed_anywhere =

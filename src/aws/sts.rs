@@ -24,8 +24,24 @@ impl Callers {
         Callers { endpoint, client: std::sync::Arc::default() }
     }
 
-    /// The ARN of whoever signed `proof`, as STS says.
+    /// The ARN of whoever signed `proof`, as STS says; asked up to three times while STS throttles
+    /// or fails (as the SDK retries its own calls).
     pub async fn verify(&self, proof: &Proof) -> Result<String, ProofError> {
+        let mut pause = Duration::from_millis(100);
+        for _ in 1..ATTEMPTS {
+            match self.ask(proof).await {
+                Err(error) if error.retryable() => {
+                    tracing::warn!(error = %error, "STS did not answer the identity proof: asking again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                answer => return answer,
+            }
+        }
+        self.ask(proof).await
+    }
+
+    async fn ask(&self, proof: &Proof) -> Result<String, ProofError> {
         let client = self.client.get_or_init(|| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -43,16 +59,20 @@ impl Callers {
         let body = answer.text().await.map_err(|e| ProofError::Unreachable(e.without_url().to_string()))?;
         match arn_in_answer(&body) {
             Some(arn) if status == 200 => Ok(arn),
-            _ => Err(ProofError::Refused { status, message: sts_message(&body) }),
+            _ => Err(ProofError::Refused {
+                status,
+                code: element(&body, "Code").unwrap_or_default().to_owned(),
+                message: element(&body, "Message").unwrap_or(&body).chars().take(300).collect(),
+            }),
         }
     }
 }
 
-/// `<Message>...</Message>` of an STS error, else its start.
-fn sts_message(body: &str) -> String {
-    let message = body
-        .split_once("<Message>")
-        .and_then(|(_, rest)| rest.split_once("</Message>"))
-        .map_or(body, |(message, _)| message);
-    message.chars().take(300).collect()
+/// How many times a proof is sent while STS throttles or fails.
+const ATTEMPTS: usize = 3;
+
+/// The text of `<name>...</name>` in an STS answer.
+fn element<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let (_, rest) = body.split_once(&format!("<{name}>"))?;
+    rest.split_once(&format!("</{name}>")).map(|(text, _)| text)
 }

@@ -217,3 +217,52 @@ async fn the_alarms_gate_costs_one_read_and_an_alarm_firing_costs_a_rollback() {
     assert!(!rolled_back.keys().any(|op| op.contains("Alarm")), "the event is the verdict: {rolled_back:?}");
     assert!(total(&rolled_back) <= 9, "{rolled_back:?}");
 }
+
+#[tokio::test]
+async fn an_approval_request_costs_one_read_and_one_write_and_its_approval_a_promotion() {
+    let world = World::new().await;
+    let shape = [("stage", json!({})), ("prod", json!({ "from": "stage", "approval": true }))];
+    let [stage, _]: [conveyor_testkit::world::ServiceFixture; 2] =
+        world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+    let conveyor = conveyor(&world);
+    // Who asks, as the promote function's edge establishes it from an identity proof (one
+    // `GetCallerIdentity`, sent to STS with the caller's signature, besides the calls counted here).
+    let as_who = |arn: &str| conveyor::Invocation { identity: Some(arn.to_owned()), ..invocation() };
+    let (ana, bob) = (as_who("arn:aws:iam::123456789012:user/ana"), as_who("arn:aws:iam::123456789012:user/bob"));
+    for (tag, n) in [("v1.0.0", 1), ("v1.1.0", 2)] {
+        let push = world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(10 - i64::from(n)));
+        conveyor.stage(push, &invocation()).await.unwrap();
+        let completed = world.aws.settle(&stage.cluster, &stage.service, Settle::Complete).await;
+        conveyor.monitor(completed[0].clone(), &invocation()).await.unwrap();
+    }
+    let promote = async |tag: &str, who: &conveyor::Invocation| {
+        let request = json!({ "app": "shop-api", "tag": tag, "to": "prod" });
+        calls_of(&world, async { conveyor.promote_function(request, who).await.map(drop).unwrap() }).await
+    };
+    // The first request meets prod for the first time (its running revision is read and recorded).
+    promote("v1.0.0", &ana).await;
+    let requested = promote("v1.1.0", &ana).await;
+    println!("approval requested: {requested:?}");
+    assert_eq!(
+        requested,
+        expect(&[
+            ("BatchGetItem", 1),       // the tag and prod's state
+            ("Publish", 1),            // approval_requested
+            ("TransactWriteItems", 2), // prod's lease taken with the image still promotable; the request
+            ("UpdateItem", 1),         // lease released
+        ]),
+        "approval request: no ECS call"
+    );
+    let asked_again = promote("v1.1.0", &ana).await;
+    assert_eq!(asked_again, expect(&[("BatchGetItem", 1)]), "the same request again changes nothing");
+
+    let approve = json!({ "operation": "approve", "app": "shop-api" });
+    let approved = calls_of(&world, async { conveyor.promote_function(approve, &bob).await.map(drop).unwrap() }).await;
+    println!("approval: {approved:?}");
+    assert_eq!(approved.get("Publish"), Some(&2), "approved, promoted: {approved:?}");
+    assert_eq!(approved.get("UpdateService"), Some(&1), "{approved:?}");
+    assert!(
+        total(&approved) <= 11,
+        "a promotion, the pending request read once more and one more notification: {approved:?}"
+    );
+}

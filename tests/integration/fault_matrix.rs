@@ -12,7 +12,9 @@
 //! notification still in the outbox), `sweep-outbox` (the schedule: a settled rollout whose
 //! `verified` notification was left in the outbox) and `soak-alarm` (the soak timer: stage's soak is
 //! over, but one of its alarms fired and recovered meanwhile, unseen → rolled back) and `alarm`
-//! (deploy-monitor: stage's alarm enters ALARM during the soak → rolled back on its event). Each runs clean first; its AWS calls (those
+//! (deploy-monitor: stage's alarm enters ALARM during the soak → rolled back on its event),
+//! `approval-request` (promote, into a prod with `approval`, with the operator's identity proof →
+//! pending) and `approve` (promote: a second person's approval → the rollout). Each runs clean first; its AWS calls (those
 //! carrying the world's id, of that invocation only) are its call sites, each named by operation
 //! and occurrence ([`CallSite`]), so that `Fault::on(op).after(occurrence).persistent()` hits that
 //! call, every retry of it and every later call of the operation.
@@ -108,10 +110,12 @@ enum Flow {
     VerifyAutoPromote,
     SoakAlarm,
     Alarm,
+    ApprovalRequest,
+    Approve,
 }
 
 impl Flow {
-    const ALL: [Flow; 11] = [
+    const ALL: [Flow; 13] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -123,6 +127,8 @@ impl Flow {
         Flow::SweepOutbox,
         Flow::SoakAlarm,
         Flow::Alarm,
+        Flow::ApprovalRequest,
+        Flow::Approve,
     ];
 
     fn name(self) -> &'static str {
@@ -138,6 +144,8 @@ impl Flow {
             Flow::VerifyAutoPromote => "verify-auto-promote",
             Flow::SoakAlarm => "soak-alarm",
             Flow::Alarm => "alarm",
+            Flow::ApprovalRequest => "approval-request",
+            Flow::Approve => "approve",
         }
     }
 
@@ -145,7 +153,7 @@ impl Flow {
     fn function(self) -> &'static str {
         match self {
             Flow::Push | Flow::PushTwoApps => "stage-deploy",
-            Flow::Promote => "promote",
+            Flow::Promote | Flow::ApprovalRequest | Flow::Approve => "promote",
             _ => "deploy-monitor",
         }
     }
@@ -275,6 +283,31 @@ impl Flow {
                 expect.notify(&app, "prod", "promoted");
                 (json!({ "app": "shop-api", "tag": "v1.0.0" }), expect)
             }
+            Flow::ApprovalRequest | Flow::Approve => {
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                with_approval(&world, "shop-api").await;
+                vet(&world, &app, "v1.0.0", 1, base).await;
+                let request = json!({ "app": "shop-api", "tag": "v1.0.0" });
+                let families = vec![app.stage.family.clone(), app.prod.family.clone()];
+                let mut expect = Expect { families, ..Expect::default() };
+                if self == Flow::ApprovalRequest {
+                    expect.approvals.push((app.app.clone(), "prod", "pending"));
+                    expect.notify(&app, "prod", "approval_requested");
+                    (world.proven(request, "operator"), expect)
+                } else {
+                    let ana = conveyor::Invocation {
+                        identity: Some("arn:aws:iam::123456789012:user/ana".into()),
+                        ..invocation()
+                    };
+                    let asked = conveyor(&world).promote_function(request, &ana).await.unwrap();
+                    assert!(format!("{asked:?}").contains("AwaitingApproval"), "{asked:?}");
+                    expect.env(&world, &app, "prod", 1, "in_progress").new_revisions = 1;
+                    expect.notify(&app, "prod", "approved");
+                    expect.notify(&app, "prod", "promoted");
+                    let approve = json!({ "operation": "approve", "app": "shop-api", "environment": "prod" });
+                    (world.proven(approve, "approver"), expect)
+                }
+            }
             Flow::Sweep => {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
                 // The push's notification stays in the outbox (SNS down), its COMPLETED event is lost.
@@ -338,6 +371,8 @@ struct Expect {
     notifications: Vec<Transition>,
     /// Failed images promote must refuse: (app, tag).
     unpromotable: Vec<(String, String)>,
+    /// Where an approval must stand: (app, environment, `pending` or `declined`).
+    approvals: Vec<(String, &'static str, &'static str)>,
 }
 
 /// What must hold for one app's environment.
@@ -412,6 +447,14 @@ async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime
     let event = world.push_event(&app.repository, tag, &digest(n), time);
     let report = conveyor(world).stage(event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
+}
+
+/// Setup: `app`'s prod takes approvals (its config rewritten).
+async fn with_approval(world: &World, app: &str) {
+    let name = format!("{}/apps/{app}", world.prefix);
+    let mut config: Value = serde_json::from_str(&world.parameter(&name).await.unwrap()).unwrap();
+    config["environments"]["prod"]["approval"] = json!(true);
+    world.put_app(app, &config).await;
 }
 
 /// Setup through the library: the monitor handles `event`; returns its action.
@@ -786,6 +829,16 @@ async fn check(scene: &Scene, resend_allowed: bool, notes: &mut Vec<String>) -> 
                 transition.2,
                 ids.len()
             ));
+        }
+    }
+    for (app, env, expected) in &scene.expect.approvals {
+        let state = world.record(app, env).await.unwrap_or_default();
+        if state["approval"]["state"] != *expected {
+            problems.push(format!("{app}/{env}: the approval is {}, not {expected}", state["approval"]["state"]));
+        }
+        let item = world.item(&format!("APP#{app}"), &format!("ENV#{env}")).await.unwrap_or_default();
+        if *expected == "pending" && item.get("pending").is_none() {
+            problems.push(format!("{app}/{env}: an approval pending, but not `pending`: it never expires"));
         }
     }
     // A failed image stays unpromotable.

@@ -20,7 +20,7 @@ use std::future::Future;
 use conveyor_testkit::accounts::{target_role, PROD_ACCOUNT};
 use conveyor_testkit::iam::Verdict;
 use conveyor_testkit::local_aws::{ACCOUNT, REGION};
-use conveyor_testkit::principals::OPERATOR;
+use conveyor_testkit::principals::{OPERATOR, PEOPLE};
 use conveyor_testkit::scenario;
 use conveyor_testkit::stack::LocalStack;
 use conveyor_testkit::world::execution_role;
@@ -107,7 +107,7 @@ impl Report {
         for denial in &verdict.denied {
             let (principal, action) = (text(&denial["principal"]), text(&denial["action"]));
             let known = DENIED_BY_DESIGN.iter().any(|(p, a, _)| principal == *p && *a == action);
-            if principal == OPERATOR {
+            if PEOPLE.contains(&principal.as_str()) {
                 self.note_operator(scenario, id, denial, if known { "DENIED, by design" } else { "DENIED" });
             }
             if known {

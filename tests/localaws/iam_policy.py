@@ -30,6 +30,9 @@ from iam_calls import as_call
 from template_patterns import Template
 
 OPERATOR = "operator"
+# People the tests run the CLI as (tests/testkit/src/principals.rs): operators, with no
+# machine-readable policy (docs/cli.md states their permissions as prose).
+PEOPLE = {OPERATOR, "approver", "release-manager"}
 _FUNCTION_TYPE = "AWS::Serverless::Function"
 
 
@@ -259,8 +262,8 @@ class Policies:
     def _principal(self, name: str, role_arn: str | None) -> Principal:
         if role_arn:
             return self._target_role(role_arn)
-        if name == OPERATOR:
-            return Principal(name, f"arn:aws:iam::{self.account}:role/{OPERATOR}", self.account, None)
+        if name in PEOPLE:
+            return Principal(name, f"arn:aws:iam::{self.account}:role/{name}", self.account, None)
         for logical, res in self.functions.items():
             if self.main.resolve(res["Properties"].get("FunctionName")) == f"{self.stack}-{name}":
                 return self._function(name, logical, res)

@@ -7,6 +7,11 @@
 /// The principal of the `conveyor` CLI: the operator running it with their own credentials.
 pub const OPERATOR: &str = "operator";
 
+/// Second persons the tests and the demo run the CLI as (approvers): each its own identity in
+/// the local STS, and, like the operator, no machine-readable policy in the IAM test
+/// (`tests/localaws/iam_policy.py` lists them too).
+pub const PEOPLE: [&str; 3] = [OPERATOR, "approver", "release-manager"];
+
 const KEY: &str = "AWS_ACCESS_KEY_ID";
 
 /// The access key id of `principal` in the test `scope`.

@@ -128,6 +128,17 @@ impl World {
 
     /// The variables the `conveyor` CLI runs with against this world: the functions' names and
     /// the operator's own credentials.
+    /// `payload` with an identity proof signed by `principal` of this world (their own access key,
+    /// so their own identity in the local STS): what the `conveyor` CLI sends.
+    pub fn proven(&self, payload: Value, principal: &str) -> Value {
+        let key = crate::principals::access_key(principal, &self.id);
+        let credentials = aws_credential_types::Credentials::new(key, "test", None, None, "testkit");
+        let endpoint = conveyor::identity::sts_endpoint(REGION, |name| {
+            (name == "AWS_ENDPOINT_URL").then(|| self.aws.endpoint.clone())
+        });
+        conveyor::identity::prove(payload, credentials, REGION, &endpoint).unwrap_or_else(|e| panic!("proof: {e}"))
+    }
+
     pub fn operator_env(&self) -> Vec<(String, String)> {
         crate::principals::act_as(&self.function_env(), crate::principals::OPERATOR)
     }
