@@ -71,18 +71,25 @@ pub struct ApprovalStatus {
     pub expires_at: DateTime<Utc>,
 }
 
-/// An environment's gates: its `soak` and its `alarms`.
+/// An environment's gates: its `soak` and its `alarms`, and whether promotions into it wait for
+/// an approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gates {
     /// `0`: no soak.
     pub soak_seconds: u64,
     pub alarms: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
 }
 
 impl Gates {
     pub fn of(env: &EnvironmentConfig) -> Option<Self> {
-        (!env.soak.is_zero() || !env.alarms.is_empty())
-            .then(|| Gates { soak_seconds: env.soak.as_secs(), alarms: env.alarms.clone() })
+        let approval = matches!(env.source, Source::From { approval: Some(_), .. });
+        (!env.soak.is_zero() || !env.alarms.is_empty() || approval).then(|| Gates {
+            soak_seconds: env.soak.as_secs(),
+            alarms: env.alarms.clone(),
+            approval,
+        })
     }
 }
 

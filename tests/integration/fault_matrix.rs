@@ -45,10 +45,10 @@
 //! image stays unpromotable (promote refuses `NotVetted`).
 //!
 //! **Size**: `make test` runs the CI-sized matrix: every call of every flow under one failing
-//! fault (the five rotate over the calls: 118 calls of the 11 flows), `latency` on the first call
-//! under the lease of every other flow, a crash on every third call, and the 11 clean runs — about
+//! fault (the five rotate over the calls: 141 calls of the 13 flows), `latency` on the first call
+//! under the lease of every other flow, a crash on every third call, and the 13 clean runs — about
 //! 4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call under every
-//! fault (590), `latency` on every call under the lease and a crash on every call (118) — about 25
+//! fault (705), `latency` on every call under the lease and a crash on every call (141) — about 30
 //! minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each flow's calls;
 //! `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both
 //! tests. A cell failing in a situation a
@@ -453,6 +453,7 @@ async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime
 async fn with_approval(world: &World, app: &str) {
     let name = format!("{}/apps/{app}", world.prefix);
     let mut config: Value = serde_json::from_str(&world.parameter(&name).await.unwrap()).unwrap();
+    config["environments"]["prod"]["from"] = json!("stage");
     config["environments"]["prod"]["approval"] = json!(true);
     world.put_app(app, &config).await;
 }

@@ -174,8 +174,13 @@ fn notes(statuses: &[AppStatus], invalid: &[serde_json::Value]) -> Vec<String> {
                     format!("a {} soak", conveyor::config::show_duration(soak))
                 });
                 let alarms = (!gates.alarms.is_empty()).then(|| format!("alarms {} quiet", gates.alarms.join(", ")));
-                let gates: Vec<String> = soak.into_iter().chain(alarms).collect();
-                notes.push(format!("{at}: vetted after verification, {}", gates.join(" and ")));
+                let after: Vec<String> = soak.into_iter().chain(alarms).collect();
+                if !after.is_empty() {
+                    notes.push(format!("{at}: vetted after verification, {}", after.join(" and ")));
+                }
+                if gates.approval {
+                    notes.push(format!("{at}: promotions wait for an approval by a second person"));
+                }
             }
         }
     }
