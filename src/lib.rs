@@ -13,6 +13,7 @@ pub mod approval;
 pub mod auto;
 pub mod aws;
 pub mod config;
+pub mod decide;
 pub mod error;
 pub mod events;
 pub mod fleet;

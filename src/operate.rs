@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::approval::{Decided, Decision, Verdict};
+use crate::approval::Verdict;
 use crate::config::{AppConfig, Configs, Source};
+use crate::decide::{Decided, Decision};
 use crate::error::{user_text, Error, InvalidRequest};
 use crate::fleet::Fleet;
 use crate::leased::Leases;
@@ -207,7 +208,7 @@ pub enum Answer {
     Staged(StageReport),
     Promoted(promote::Response),
     Operated(Response),
-    Rejected(crate::approval::Rejection),
+    Rejected(crate::decide::Rejection),
 }
 
 /// Handles one invocation of the promote function: a promotion, an approval decided, or an
@@ -231,7 +232,7 @@ pub async fn promote_function(
         }
         Request::Decide(decision) => {
             let decided =
-                Box::pin(crate::approval::decide(configs, fleet, leases, &decision, invocation)).await.inspect_err(
+                Box::pin(crate::decide::decide(configs, fleet, leases, &decision, invocation)).await.inspect_err(
                     |e| warn!(app = %decision.app, error_type = %e.error_type(), error = %e, "decision refused"),
                 )?;
             Ok(match decided {

@@ -15,13 +15,12 @@ use crate::error::{user_text, DeployError, Error, InvalidRequest, NotVetted, Pro
 use crate::fleet::{Fleet, Target};
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Check, Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
-use crate::notify::{Announcement, Notification};
 use crate::record::{ApprovalRequest, EnvState};
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, Started};
 use crate::taskdef::TAG_IMAGE_TAG;
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
-use crate::vocabulary::{Outcome, PromoteStatus, Severity};
+use crate::vocabulary::PromoteStatus;
 use crate::Invocation;
 
 /// How many promotable tags a refusal lists.
@@ -60,16 +59,7 @@ pub struct Request {
     /// back since the image was vetted). Checked on the read the lease is taken on.
     pub unless_moved_since: Option<chrono::DateTime<Utc>>,
     /// The approval this promotion carries out (never from a payload: [`crate::approval::decide`]).
-    pub approved: Option<Approved>,
-}
-
-/// A pending approval, approved: the promotion runs as it was requested (this digest and tag).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approved {
-    pub id: String,
-    /// The approver, as AWS verified them.
-    pub by: String,
-    pub tag: ImageTag,
+    pub approved: Option<crate::approval::Approved>,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -246,26 +236,27 @@ async fn promote(
             present: vec![format!("vetted_{from}")],
             absent: if request.force { Vec::new() } else { failed_anywhere },
         }];
-        let approval = app.pipeline.approval(into);
-        let pending = state.as_ref().and_then(EnvState::pending_approval);
-        match (&request.approved, approval) {
-            // What was approved must still be what is pending (a newer request supersedes it).
-            (Some(approved), _) => {
-                crate::approval::pending(app, into, state.as_ref(), Some(&approved.id))?;
+        // Into an environment with approvals, a promotion is a request for one, unless it carries
+        // out an approval; what was approved must still be what is pending (a newer request
+        // supersedes it). All of it checked on the read the lease is taken on.
+        let approval = app.pipeline.approval(into).filter(|_| request.approved.is_none());
+        if let Some(approved) = &request.approved {
+            crate::approval::pending(app, into, state.as_ref(), Some(&approved.id))?;
+        } else if approval.is_some() {
+            if requester.verified.is_none() {
+                return Err(unverified_requester(app, into));
             }
-            (None, Some(_)) if requester.verified.is_none() => return Err(unverified_requester(app, into)),
             // Asked again (a retry, the sweep's auto promotion): the request stands as it is.
-            (None, Some(_)) if pending.is_some_and(|p| p.digest == resolved.digest) => {
-                let pending = pending.cloned().unwrap_or_else(|| unreachable!("checked just above"));
+            let pending = state.as_ref().and_then(EnvState::pending_approval);
+            if let Some(pending) = pending.filter(|p| p.digest == resolved.digest) {
                 let running = state.as_ref().map(|s| s.known_good().arn).unwrap_or_default();
-                return Ok(awaiting(app, into, &pending, running, &requester));
+                return Ok(awaiting(app, into, pending, running, &requester));
             }
-            _ => {}
         }
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
         let promoted = leases.with_env(lease, app, into, target, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
-            match approval.filter(|_| request.approved.is_none()) {
+            match approval {
                 Some(approval) => request_approval(here, request, &resolved, &requester, approval).await,
                 None => promote_leased(here, request, &resolved, &requester)
                     .await
@@ -410,14 +401,7 @@ async fn promote_leased(
     let mut plan = start::start(here, &candidate).await?;
     if let Some(approved) = &request.approved {
         // The approval ends in the transaction that starts its rollout.
-        plan.change.state.approval = None;
-        let mut notification = Notification::of_service(here.app, here.env, Outcome::Approved, Severity::Info);
-        notification.tag = Some(resolved.tag.clone());
-        notification.digest = Some(resolved.digest.clone());
-        notification.requested_by = requester.verified.clone();
-        notification.approved_by = Some(approved.by.clone());
-        notification.approval_id = Some(approved.id.clone());
-        plan.change.announcements.insert(0, Announcement::new(notification, here.app));
+        crate::approval::carried_out(here.app, here.env, &mut plan.change, approved, &resolved.digest, requester);
     }
     let answer = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {

@@ -47,7 +47,7 @@ pub struct EnvState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<Soak>,
     /// Promotions into an environment with `approval`: the one waiting for a decision, or the
-    /// image whose approval was last refused ([`crate::approval`]).
+    /// image whose approval was last refused (the `approval` module decides them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalState>,
 }

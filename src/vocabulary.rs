@@ -113,6 +113,27 @@ impl Action {
     }
 }
 
+/// Where an environment stands (`conveyor status`, `state`): the contract's environment states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Display, EnumString, IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum EnvironmentState {
+    /// Nothing rolled out by Conveyor yet.
+    Idle,
+    /// A rollout in progress (ECS deploying it, then Conveyor verifying it).
+    Deploying,
+    /// Verified, and keeping the image running for the environment's `soak`.
+    Soaking,
+    /// The latest rollout was verified (and soaked): its image is vetted here.
+    Vetted,
+    /// A promotion waits for its approval.
+    AwaitingApproval,
+    RolledBack,
+    Failed,
+    /// The latest rollout was replaced before it settled.
+    Superseded,
+}
+
 /// What a promotion did (the promote function's `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Display, EnumString, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]

@@ -133,6 +133,16 @@ impl Pipeline {
         self.fed_from(env).next().is_none()
     }
 
+    /// The app's production: its one environment no other takes images from (prod, in a v2
+    /// pipeline), where DORA's figures are counted; with several such ends, the one named `prod`.
+    pub fn production(&self) -> Option<Environment> {
+        let ends: Vec<Environment> = self.environments.iter().map(|e| e.name).filter(|e| self.is_last(*e)).collect();
+        match ends[..] {
+            [one] => Some(one),
+            _ => ends.into_iter().find(|e| *e == Environment::PROD),
+        }
+    }
+
     /// Every target of every environment, with its environment and index.
     pub fn targets(&self) -> impl Iterator<Item = (&EnvironmentConfig, usize, &ServiceTarget)> {
         self.environments.iter().flat_map(|env| env.targets.iter().enumerate().map(move |(i, t)| (env, i, t)))
@@ -408,6 +418,26 @@ mod tests {
             Some(pipeline) if problems.is_empty() => Ok(pipeline),
             _ => Err(problems.into_vec().into_iter().map(|p| (p.key, p.problem)).collect()),
         }
+    }
+
+    #[test]
+    fn production_is_the_one_environment_no_other_takes_from() {
+        let env = |name: &str| Environment::parse(name).unwrap();
+        let three = pipeline(json!({ "dev": { "cluster": "d", "service": "s" },
+            "stage": { "from": "dev", "cluster": "s", "service": "s" },
+            "live": { "from": "stage", "cluster": "l", "service": "s" } }))
+        .unwrap();
+        assert_eq!(three.production(), Some(env("live")));
+        let forked = pipeline(json!({ "stage": { "cluster": "s", "service": "s" },
+            "prod": { "from": "stage", "cluster": "p", "service": "s" },
+            "demo": { "from": "stage", "cluster": "x", "service": "s" } }))
+        .unwrap();
+        assert_eq!(forked.production(), Some(Environment::PROD), "several ends: the one named prod");
+        let unnamed = pipeline(json!({ "stage": { "cluster": "s", "service": "s" },
+            "eu": { "from": "stage", "cluster": "p", "service": "s" },
+            "us": { "from": "stage", "cluster": "x", "service": "s" } }))
+        .unwrap();
+        assert_eq!(unnamed.production(), None);
     }
 
     fn target(cluster: &str) -> Value {

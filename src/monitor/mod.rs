@@ -739,7 +739,7 @@ async fn sweep(
     let ended = Box::pin(end_soaks(configs, fleet, leases, &config, &pending, invocation)).await;
     // Approvals past their `approval_timeout`.
     let mut expired = Vec::new();
-    for (app, env, outcome) in crate::approval::expire_due(fleet, leases, &config, &pending, invocation).await {
+    for (app, env, outcome) in crate::decide::expire_due(fleet, leases, &config, &pending, invocation).await {
         expired.push(match outcome {
             Ok(true) => Handled::of(&app, env, Action::Skipped, "approval expired"),
             Ok(false) => continue,

@@ -7,6 +7,9 @@
 //! | change failure rate | prod rollouts (promotions) started in the window that were rolled back or failed, over those promotions |
 //! | time to restore service | a prod failure (rolled back or failed) in the window → the next prod verification |
 //!
+//! "prod" is the app's production: its last environment (`prod` in a v2 pipeline; `live` in a
+//! dev → stage → live one: [`crate::config::Pipeline::production`]).
+//!
 //! Lead time and time to restore are given as median and 90th percentile (nearest rank). A digest
 //! promoted again later (a rollback to it) is a deployment, not a new change: only its first prod
 //! verification has a lead time. A failure not followed by a verification yet is `open`.
@@ -39,12 +42,16 @@ pub struct Samples {
     /// Seconds from first push to first verification, per environment and change verified there
     /// in the window.
     pub lead_times_to: BTreeMap<Environment, Vec<i64>>,
+    /// Seconds from first push to first verification in production (each app's own), per change
+    /// verified there in the window.
+    pub production_lead_times: Vec<i64>,
 }
 
 impl Samples {
-    /// Seconds from first push to first prod verification, per change verified there in the window.
+    /// Seconds from first push to first verification in production, per change verified there in
+    /// the window.
     pub fn lead_times(&self) -> &[i64] {
-        self.lead_times_to.get(&Environment::PROD).map_or(&[], Vec::as_slice)
+        &self.production_lead_times
     }
 
     pub fn merge(&mut self, other: Samples) {
@@ -53,6 +60,7 @@ impl Samples {
         self.failed += other.failed;
         self.failures += other.failures;
         self.restore_times.extend(other.restore_times);
+        self.production_lead_times.extend(other.production_lead_times);
         for (env, times) in other.lead_times_to {
             self.lead_times_to.entry(env).or_default().extend(times);
         }
@@ -64,22 +72,20 @@ fn rollout_key(entry: &HistoryEntry, index: usize) -> String {
     entry.rollout_id.clone().unwrap_or_else(|| format!("#{index}"))
 }
 
-fn is_prod_failure(entry: &HistoryEntry) -> bool {
-    entry.environment == Environment::PROD && matches!(entry.event, Outcome::RolledBack | Outcome::Failed)
-}
-
-fn is_prod(entry: &HistoryEntry, event: Outcome) -> bool {
-    entry.environment == Environment::PROD && entry.event == event
-}
-
 /// The figures of one app's `history` (any order; entries after `until` are not looked at) over
-/// the window `since..=until`; `first_pushed` gives each digest's first push.
+/// the window `since..=until`; `first_pushed` gives each digest's first push; DORA's figures are
+/// those of `production` (the app's last environment: [`crate::config::Pipeline::production`]).
 pub fn samples(
     history: &[HistoryEntry],
     first_pushed: &HashMap<ImageDigest, DateTime<Utc>>,
+    production: Environment,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Samples {
+    let is_prod = |entry: &HistoryEntry, event: Outcome| entry.environment == production && entry.event == event;
+    let is_prod_failure = |entry: &HistoryEntry| {
+        entry.environment == production && matches!(entry.event, Outcome::RolledBack | Outcome::Failed)
+    };
     let mut entries: Vec<&HistoryEntry> = history.iter().filter(|e| e.at <= until).collect();
     entries.sort_by_key(|e| e.at);
     let in_window = |e: &HistoryEntry| e.at >= since;
@@ -91,7 +97,11 @@ pub fn samples(
         let Some(digest) = entry.digest.as_ref() else { continue };
         let first = seen.insert((entry.environment, digest));
         if let (true, true, Some(pushed)) = (first, in_window(entry), first_pushed.get(digest)) {
-            samples.lead_times_to.entry(entry.environment).or_default().push((entry.at - *pushed).num_seconds().max(0));
+            let lead_time = (entry.at - *pushed).num_seconds().max(0);
+            samples.lead_times_to.entry(entry.environment).or_default().push(lead_time);
+            if entry.environment == production {
+                samples.production_lead_times.push(lead_time);
+            }
         }
     }
 
@@ -229,6 +239,7 @@ pub fn window(days: u32, until: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn app_samples(
     ledger: &Ledger,
     app: &AppName,
+    production: Environment,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Samples, LedgerError> {
@@ -236,7 +247,7 @@ pub async fn app_samples(
     let images = ledger.images(app).await?;
     let first_pushed: HashMap<ImageDigest, DateTime<Utc>> =
         images.into_iter().filter_map(|image| Some((image.digest, image.first_pushed_at?))).collect();
-    Ok(samples(&history, &first_pushed, since, until))
+    Ok(samples(&history, &first_pushed, production, since, until))
 }
 
 #[cfg(test)]
@@ -263,6 +274,29 @@ mod tests {
         entry.digest = Some(digest(n));
         entry.rollout_id = Some(rollout.to_owned());
         entry
+    }
+
+    #[test]
+    fn the_figures_are_those_of_the_apps_production_whatever_its_name() {
+        let live = Environment::parse("live").unwrap();
+        let (history, pushed) = story();
+        // The same story, its prod called `live` (a dev → stage → live pipeline).
+        let renamed: Vec<HistoryEntry> = history
+            .iter()
+            .cloned()
+            .map(|entry| HistoryEntry {
+                environment: if entry.environment == PROD { live } else { entry.environment },
+                ..entry
+            })
+            .collect();
+        let as_prod = samples(&history, &pushed, PROD, at(0), at(10 * 24 * HOUR));
+        let as_live = samples(&renamed, &pushed, live, at(0), at(10 * 24 * HOUR));
+        assert_eq!(
+            (as_live.verified, as_live.promotions, as_live.failed, as_live.failures, as_live.lead_times()),
+            (as_prod.verified, as_prod.promotions, as_prod.failed, as_prod.failures, as_prod.lead_times())
+        );
+        assert_eq!(as_live.restore_times, as_prod.restore_times);
+        assert_eq!(samples(&renamed, &pushed, PROD, at(0), at(10 * 24 * HOUR)).verified, 0, "no env named prod");
     }
 
     /// Ten days: v1..v5 pushed, four promotions, one rolled back (v3) and fixed by v4, a rollback
@@ -302,7 +336,7 @@ mod tests {
         let (history, pushed) = story();
         let since = at(0);
         let until = at(10 * 24 * HOUR);
-        let samples = samples(&history, &pushed, since, until);
+        let samples = samples(&history, &pushed, PROD, since, until);
         assert_eq!(samples.verified, 4);
         assert_eq!(samples.lead_times(), [HOUR + 60, 2 * HOUR + 120, 3 * HOUR + 400]);
         assert_eq!((samples.promotions, samples.failed), (6, 2));
@@ -333,13 +367,13 @@ mod tests {
         let (history, pushed) = story();
         let day = 24 * HOUR;
         // Days 4 to 10: v2's second verification is not a new change; v5 failed, still open.
-        let samples = samples(&history, &pushed, at(4 * day), at(10 * day));
+        let samples = samples(&history, &pushed, PROD, at(4 * day), at(10 * day));
         assert_eq!(samples.verified, 1);
         assert!(samples.lead_times().is_empty());
         assert_eq!((samples.promotions, samples.failed), (2, 1));
         assert_eq!((samples.failures, samples.restore_times.len()), (1, 0));
         // Up to day 3 + 1h: p3 failed, not yet restored (the verification after `until` is unseen).
-        let samples = super::samples(&history, &pushed, at(0), at(3 * day + HOUR));
+        let samples = super::samples(&history, &pushed, PROD, at(0), at(3 * day + HOUR));
         assert_eq!((samples.promotions, samples.failed, samples.failures), (3, 1, 1));
         assert!(samples.restore_times.is_empty());
         let dora = Dora::of(&samples, at(0), at(3 * day + HOUR), 4);
@@ -369,7 +403,7 @@ mod tests {
     #[test]
     fn apps_add_up() {
         let (history, pushed) = story();
-        let one = samples(&history, &pushed, at(0), at(10 * 24 * HOUR));
+        let one = samples(&history, &pushed, PROD, at(0), at(10 * 24 * HOUR));
         let mut both = one.clone();
         both.merge(one.clone());
         assert_eq!(both.verified, 8);

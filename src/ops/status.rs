@@ -13,6 +13,7 @@ use crate::record::EnvState;
 use crate::rollout::{Origin, Rollout, RolloutKind};
 use crate::taskdef::{self, TAG_APP, TAG_IMAGE_DIGEST, TAG_IMAGE_TAG};
 use crate::types::Environment;
+use crate::vocabulary::EnvironmentState;
 use crate::{image, notify, promote};
 
 /// One app, both environments.
@@ -36,6 +37,9 @@ pub struct PromotableTag {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvStatus {
     pub environment: Environment,
+    /// Where the environment stands: `idle`, `deploying`, `soaking`, `vetted`,
+    /// `awaiting_approval`, `rolled_back`, `failed` or `superseded`.
+    pub state: EnvironmentState,
     pub cluster: String,
     pub service: String,
     /// What ECS runs; `null` when the service could not be read (see `error`).
@@ -199,6 +203,7 @@ pub fn env_status(
     };
     EnvStatus {
         environment: env,
+        state: state.map_or(EnvironmentState::Idle, environment_state),
         cluster: target.cluster.clone(),
         service: target.service.clone(),
         running,
@@ -231,6 +236,23 @@ pub fn env_status(
             requested_at: request.requested_at,
             expires_at: request.expires_at,
         }),
+    }
+}
+
+/// Where an environment stands, from what Conveyor knows: a pending approval first, then its
+/// latest rollout (a verified one soaking until its soak ends).
+pub fn environment_state(state: &EnvState) -> EnvironmentState {
+    if state.pending_approval().is_some() {
+        return EnvironmentState::AwaitingApproval;
+    }
+    match state.rollout.as_ref().map(|r| RolloutKind::from(&r.state)) {
+        None => EnvironmentState::Idle,
+        Some(RolloutKind::InProgress) => EnvironmentState::Deploying,
+        Some(RolloutKind::Verified) if state.soak.is_some() => EnvironmentState::Soaking,
+        Some(RolloutKind::Verified) => EnvironmentState::Vetted,
+        Some(RolloutKind::RolledBack) => EnvironmentState::RolledBack,
+        Some(RolloutKind::Failed) => EnvironmentState::Failed,
+        Some(RolloutKind::Superseded) => EnvironmentState::Superseded,
     }
 }
 

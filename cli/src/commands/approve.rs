@@ -3,7 +3,7 @@
 //! the operator (the request carries an identity proof: [`crate::proof`]). Approving starts the
 //! rollout (and `--wait` follows it); rejecting ends the request.
 
-use conveyor::approval::Rejection;
+use conveyor::decide::Rejection;
 use conveyor::types::Environment;
 use serde_json::{json, Value};
 

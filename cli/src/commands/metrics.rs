@@ -12,16 +12,25 @@ use crate::output::{self, render, Report, Style};
 
 pub async fn run(ctx: &Context, app: Option<&str>, days: u32) -> Result<Report, CliError> {
     let ledger = ctx.ledger().await?;
-    let apps: Vec<AppName> = match app {
-        Some(name) => vec![app_name(name)?],
-        None => configs(ctx).await?.apps.iter().map(|a| a.name.clone()).collect(),
+    let set = configs(ctx).await?;
+    // Each app's figures are its production's (its last environment); an app no longer configured
+    // keeps its history, counted as prod's.
+    let production = |name: &AppName| {
+        set.app(name).and_then(|app| app.pipeline.production()).unwrap_or(conveyor::types::Environment::PROD)
+    };
+    let apps: Vec<(AppName, conveyor::types::Environment)> = match app {
+        Some(name) => {
+            let name = app_name(name)?;
+            vec![(name.clone(), production(&name))]
+        }
+        None => set.apps.iter().map(|a| (a.name.clone(), production(&a.name))).collect(),
     };
     let until = Utc::now();
     let since = metrics::window(days, until);
     let mut all = Samples::default();
     let mut per_app = Vec::new();
-    for app in &apps {
-        let samples = metrics::app_samples(&ledger, app, since, until).await?;
+    for (app, production) in &apps {
+        let samples = metrics::app_samples(&ledger, app, *production, since, until).await?;
         per_app.push((app.to_string(), Dora::of(&samples, since, until, days)));
         all.merge(samples);
     }
