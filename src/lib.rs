@@ -226,7 +226,7 @@ impl Conveyor {
         payload: serde_json::Value,
         invocation: &Invocation,
     ) -> Result<operate::Answer, Error> {
-        operate::stage_function(&self.configs, &self.fleet, self.leases(), payload, invocation).await
+        operate::stage_function(&self.configs, &self.fleet, self.leases(), &self.callers, payload, invocation).await
     }
 
     /// promote's handler ([`promote::handle`]).

@@ -287,12 +287,14 @@ pub async fn stage_function(
     configs: &Configs,
     fleet: &Fleet,
     leases: Leases<'_>,
-    payload: Value,
+    callers: &crate::aws::Callers,
+    mut payload: Value,
     invocation: &Invocation,
 ) -> Result<Answer, Error> {
     if payload.get("operation").is_none() {
         return crate::stage::handle(configs, fleet, leases, payload, invocation).await.map(Answer::Staged);
     }
+    let invocation = &Box::pin(identified(callers, &mut payload, invocation)).await?;
     match parse(payload).inspect_err(|e| warn!(error = %e, "request refused"))? {
         Request::Operate(operation) => operated(configs, fleet, leases, &operation, Serves::Entries, invocation).await,
         // `parse` reads a payload naming an operation as one, or refuses it.

@@ -185,13 +185,6 @@ impl Context {
     pub fn lambda(&self) -> Result<aws_sdk_lambda::Client, CliError> {
         Ok(aws_sdk_lambda::Client::new(self.sdk()?))
     }
-
-    /// The caller's AWS identity (an ARN), as `sts:GetCallerIdentity` gives it.
-    pub async fn identity(&self) -> Result<String, CliError> {
-        let sts = aws_sdk_sts::Client::new(self.sdk()?);
-        let identity = sts.get_caller_identity().send().await.map_err(|e| CliError::aws("STS GetCallerIdentity", e))?;
-        identity.arn().map(str::to_owned).ok_or_else(|| CliError::config("STS GetCallerIdentity returned no ARN"))
-    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::output::{self, Report, Style};
 pub struct PauseOutput {
     pub app: String,
     pub action: PauseAction,
-    /// The caller's AWS identity (what the CLI sends as `by`).
+    /// The caller's AWS identity, as STS confirmed it from the CLI's identity proof.
     pub by: String,
     pub reason: Option<String>,
     pub environments: Vec<EnvOutcome>,
@@ -67,7 +67,7 @@ pub async fn resume(
 
 /// Invokes the function of each environment (`--env`, else every one in pipeline order) with the
 /// operation, as the caller (`by`), and puts the answers together.
-async fn operate(ctx: &Context, env: Option<Environment>, mut payload: Value) -> Result<Report, CliError> {
+async fn operate(ctx: &Context, env: Option<Environment>, payload: Value) -> Result<Report, CliError> {
     let names = ctx.names().await?;
     let set = configs(ctx).await?;
     let app = find_app(&set, payload["app"].as_str().unwrap_or_default(), &names.prefix)?;
@@ -86,8 +86,6 @@ async fn operate(ctx: &Context, env: Option<Environment>, mut payload: Value) ->
         }
         None => app.pipeline.environments.iter().map(|e| (e.name, matches!(e.source, Source::Entry))).collect(),
     };
-    let by = ctx.identity().await?;
-    payload["by"] = json!(by);
     let lambda = ctx.lambda()?;
     let mut output: Option<PauseOutput> = None;
     for (env, entry) in environments {
@@ -97,6 +95,8 @@ async fn operate(ctx: &Context, env: Option<Environment>, mut payload: Value) ->
         if !entry {
             payload.as_object_mut().map(|p| p.remove("deploy_latest"));
         }
+        // Who pauses is the identity STS confirms from the proof (crate::proof), never a name.
+        let payload = crate::proof::proven(ctx, payload).await?;
         let answer = super::promote::invoke(&lambda, function, &payload).await?;
         let response: operate::Response = serde_json::from_value(answer.clone())
             .map_err(|e| CliError::new(AWS_OR_CONFIG, "AwsError", format!("{function} answered {answer}: {e}")))?;
@@ -106,7 +106,7 @@ async fn operate(ctx: &Context, env: Option<Environment>, mut payload: Value) ->
                 output = Some(PauseOutput {
                     app: response.app,
                     action: response.operation,
-                    by: by.clone(),
+                    by: response.by.clone().or(response.on_behalf_of.clone()).unwrap_or_default(),
                     reason: response.reason,
                     environments: response.environments,
                     deployed,
