@@ -24,6 +24,9 @@ pub struct AppStatus {
     /// Tags stage verified whose image never failed, most recently vetted first (at most the
     /// number asked for).
     pub promotable: Vec<PromotableTag>,
+    /// Where those tags were vetted: the environment `promote` without `to` takes images from
+    /// (stage, in a v2 pipeline).
+    pub promotable_from: Option<Environment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -330,6 +333,7 @@ pub async fn app_status(
     };
     let (environments, tags) = tokio::join!(futures_util::future::join_all(environments), tags);
     Ok(AppStatus {
+        promotable_from: from,
         app: app.name.to_string(),
         environments: environments.into_iter().collect::<Result<_, _>>()?,
         promotable: tags?

@@ -96,7 +96,15 @@ fn text(style: &Style, statuses: &[AppStatus]) -> String {
         }
     }
     let mut text = render(&table);
-    let mut promotable = style.table(&["APP", "PROMOTABLE", "DIGEST", "VETTED IN STAGE"]);
+    // Where the tags were vetted, when every app says the same (stage, in v2 pipelines).
+    let mut sources = statuses.iter().map(|app| app.promotable_from);
+    let vetted = match sources.next().flatten() {
+        Some(from) if sources.all(|other| other == Some(from)) => {
+            format!("VETTED IN {}", from.to_string().to_uppercase())
+        }
+        _ => "VETTED".to_owned(),
+    };
+    let mut promotable = style.table(&["APP", "PROMOTABLE", "DIGEST", &vetted]);
     let mut any = false;
     for app in statuses {
         if app.promotable.is_empty() {
