@@ -161,6 +161,14 @@ async fn each_function_pauses_its_own_environments_and_names_the_other_for_the_r
     let (error_type, message) = promote.invoke(json!({ "operation": "resume", "app": "shop-api" })).await.error();
     assert_eq!(error_type, "InvalidRequest");
     assert!(message.contains("stage, prod"), "{message}");
+    // `deploy_latest` is for the environments pushes roll out to, whatever their names.
+    let latest =
+        |env: &str| json!({ "operation": "resume", "app": "shop-api", "environment": env, "deploy_latest": true });
+    let (error_type, message) = promote.invoke(latest("stage")).await.error();
+    assert_eq!(error_type, "InvalidRequest");
+    assert!(message.contains("`deploy_latest` rolls out the push held in an entry environment"), "{message}");
+    let answer = pushes.invoke(latest("dev")).await.response();
+    assert_eq!(answer["environments"][0]["environment"], "dev", "{answer}");
 
     // A paused promoted-into environment refuses promotions; the entry environment still deploys.
     let report = pushes.invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now())).await.response();
