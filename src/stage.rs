@@ -16,7 +16,7 @@ use crate::error::{DeployError, Error};
 use crate::events::{self, Push, Skip};
 use crate::fleet::Fleet;
 use crate::leased::{Leased, Leases};
-use crate::ledger::{Change, HistoryEntry, ImageUpdate, ItemKey, Lease, Ledger, TagItem, Waiting};
+use crate::ledger::{Change, HistoryEntry, ImageFacts, ImageUpdate, ItemKey, Lease, Ledger, TagItem, Waiting};
 use crate::record::{Arrival, EnvState, RecordedPush};
 use crate::rollout::{Origin, RolloutState};
 use crate::start::{self, Candidate, Started};
@@ -313,7 +313,7 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Resul
             let mut change = Change::new(here.state()?.clone());
             change.state.saw_push(push.time, &push.digest, &push.tag);
             change.clear_waiting = ours;
-            record_tag(here.ledger(), app, env, push, &mut change).await?;
+            record_tag(here.ledger(), app, push, &mut change).await?;
             here.commit(change).await?;
             Ok(skipped(app, push, detail))
         }
@@ -321,7 +321,7 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Resul
             let mut change = Change::new(here.state()?.clone());
             hold(app, env, &mut change, push, now);
             change.clear_waiting = ours;
-            record_tag(here.ledger(), app, env, push, &mut change).await?;
+            record_tag(here.ledger(), app, push, &mut change).await?;
             here.commit(change).await?;
             info!(app = %app.name, environment = %env, tag = %push.tag, digest = %push.digest, "push held: the environment is paused");
             Ok(AppReport::of(app, Action::Paused, format!("{env} is paused: the push is recorded, nothing rolled out")))
@@ -329,6 +329,13 @@ async fn deploy_leased(here: &mut Leased<'_>, push: &Push, image: &str) -> Resul
         Decision::AddTag => {
             let mut change = Change::new(here.state()?.clone());
             add_tag(app, env, &mut change, push);
+            // The environments the image moved on to (none in a two-environment pipeline).
+            let onwards = sources(app, Some(env));
+            if !onwards.is_empty() {
+                if let Some(facts) = here.ledger().image(&app.name, &push.digest).await? {
+                    tag_where_vetted(here.ledger(), app, &facts, onwards, push, &mut change).await?;
+                }
+            }
             change.clear_waiting = ours;
             here.commit(change).await?;
             Ok(skipped(app, push, format!("{env} is already on {}: tag {} recorded", push.digest, push.tag)))
@@ -384,7 +391,7 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> 
     plan.change.clear_waiting = ours;
     let report = match &plan.started {
         Started::AlreadyRunning { task_definition_arn } => {
-            record_tag(here.ledger(), app, env, push, &mut plan.change).await?;
+            record_tag(here.ledger(), app, push, &mut plan.change).await?;
             skipped(app, push, format!("{env} already runs {} ({task_definition_arn})", push.digest))
         }
         Started::Rolling(rollout) => {
@@ -441,21 +448,41 @@ fn tag_item(env: Environment, push: &Push, image: &str, vetted_at: DateTime<Utc>
     TagItem { environment: env, tag: push.tag.clone(), digest: push.digest.clone(), image: image.to_owned(), vetted_at }
 }
 
-/// Records the push's tag on its image now; if `env` vetted that image already, the tag becomes
-/// promotable right away (unless it points to an image vetted later).
+/// Records the push's tag on its image now, and makes it promotable where that image was vetted
+/// already ([`tag_where_vetted`]).
 async fn record_tag(
     ledger: &Ledger,
     app: &AppConfig,
-    env: Environment,
     push: &Push,
     change: &mut Change<EnvState>,
 ) -> Result<(), DeployError> {
     let facts = ledger.update_image(&app.name, &image_update(push)).await?;
-    if let (Some(vetted_at), Some(image)) = (facts.vetted(env), facts.image.as_deref()) {
-        let tag = tag_item(env, push, image, vetted_at);
-        let current = ledger.tag(&app.name, env, &push.tag).await?;
+    tag_where_vetted(ledger, app, &facts, sources(app, None), push, change).await
+}
+
+/// The environments of `app` others take images from (whose tag items make tags promotable),
+/// but `except`.
+fn sources(app: &AppConfig, except: Option<Environment>) -> Vec<Environment> {
+    let names = app.pipeline.environments.iter().map(|e| e.name);
+    names.filter(|e| Some(*e) != except && !app.pipeline.is_last(*e)).collect()
+}
+
+/// In each of `envs` that vetted the image (`facts`), the push's tag becomes promotable right away
+/// (unless it points there to an image vetted later): a tag pushed later for an image a middle
+/// environment already vetted moves on from there too.
+async fn tag_where_vetted(
+    ledger: &Ledger,
+    app: &AppConfig,
+    facts: &ImageFacts,
+    envs: Vec<Environment>,
+    push: &Push,
+    change: &mut Change<EnvState>,
+) -> Result<(), DeployError> {
+    let Some(image) = facts.image.as_deref() else { return Ok(()) };
+    for (vetted_in, vetted_at) in envs.into_iter().filter_map(|e| Some((e, facts.vetted(e)?))) {
+        let current = ledger.tag(&app.name, vetted_in, &push.tag).await?;
         if current.is_none_or(|c| c.vetted_at <= vetted_at) {
-            change.tags.push((app.name.clone(), tag));
+            change.tags.push((app.name.clone(), tag_item(vetted_in, push, image, vetted_at)));
         }
     }
     Ok(())

@@ -102,6 +102,33 @@ async fn a_push_reaches_the_entry_environment_and_the_vetted_digest_moves_on_by_
 }
 
 #[tokio::test]
+async fn a_tag_pushed_later_is_promotable_from_every_environment_that_vetted_its_image() {
+    let world = World::new().await;
+    let [dev, stage, prod] = three(&world).await;
+    let (pushes, monitor, promote) = (
+        stage_deploy(&world).await,
+        functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await,
+        promote(&world).await,
+    );
+    pushes
+        .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
+        .await
+        .response();
+    verify(&world, &monitor, &dev).await;
+    promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "stage" })).await.response();
+    verify(&world, &monitor, &stage).await;
+    // The same image pushed again under a release tag: dev runs it already.
+    let report = pushes
+        .invoke(world.push_event("shop-api", "release-1", &digest(1), Utc::now() - Duration::minutes(1)))
+        .await
+        .response();
+    assert_eq!(report["apps"][0]["status"], "skipped", "{report}");
+    let answer = promote.invoke(json!({ "app": "shop-api", "tag": "release-1", "to": "prod" })).await.response();
+    assert_eq!((answer["status"].as_str(), answer["digest"].as_str()), (Some("deploying"), Some(digest(1).as_str())));
+    verify(&world, &monitor, &prod).await;
+}
+
+#[tokio::test]
 async fn a_promotion_into_an_entry_or_unknown_environment_is_refused_and_changes_nothing() {
     let world = World::new().await;
     let [dev, _, _] = three(&world).await;
