@@ -33,7 +33,8 @@ pub enum Verdict {
     Reject { reason: String },
 }
 
-/// A pending approval, approved: the promotion runs as it was requested (this digest and tag).
+/// A pending approval, approved: the promotion runs as it was requested (the request's digest,
+/// under the tag it named).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approved {
     pub id: String,
