@@ -158,7 +158,7 @@ async fn expire(
     env: Environment,
     invocation: &Invocation,
 ) -> Result<bool, Error> {
-    let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor approval expiry", invocation).patient();
+    let lease = Lease::new(ItemKey::env(&app.name, env), "approval expiry", invocation).patient();
     let target = fleet.target(app, app.target(env)?).await;
     leases.with_env(lease, app, env, target, async |here: &mut Leased<'_>| expire_leased(here).await).await
 }
