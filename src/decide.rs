@@ -121,10 +121,9 @@ pub async fn decide(
         }
         Verdict::Reject { reason } => {
             let lease = Lease::new(ItemKey::env(&app.name, env), format!("reject by {by}"), invocation).patient();
-            let target = fleet.target(app, app.target(env)?).await;
             let id = request.id.clone();
             leases
-                .with_env(lease, app, env, target, async |here| {
+                .with_env(lease, fleet, app, env, async |here| {
                     let state = here.state()?.clone();
                     let Some(request) = state.pending_approval().filter(|r| r.id == id) else {
                         return Err(gone(app, env, Some(&state), Some(&id)));
@@ -159,8 +158,7 @@ async fn expire(
     invocation: &Invocation,
 ) -> Result<bool, Error> {
     let lease = Lease::new(ItemKey::env(&app.name, env), "approval expiry", invocation).patient();
-    let target = fleet.target(app, app.target(env)?).await;
-    leases.with_env(lease, app, env, target, async |here: &mut Leased<'_>| expire_leased(here).await).await
+    leases.with_env(lease, fleet, app, env, async |here: &mut Leased<'_>| expire_leased(here).await).await
 }
 
 async fn expire_leased(here: &mut Leased<'_>) -> Result<bool, Error> {

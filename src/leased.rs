@@ -4,7 +4,7 @@
 //! release; [`Leased`] is what a flow's steps receive for one environment of one app.
 
 use crate::config::AppConfig;
-use crate::fleet::Target;
+use crate::fleet::{Fleet, Target};
 use crate::ledger::{Change, Held, Lease, LeasedState, Ledger, LedgerError};
 use crate::metrics;
 use crate::notify::Notifier;
@@ -41,38 +41,97 @@ impl<'a> Leases<'a> {
     }
 
     /// [`Leases::with`] for the lease of `env` of `app` (the lease's key), the work receiving it
-    /// as a [`Leased`].
+    /// as a [`Leased`] of the environment's first target.
     pub async fn with_env<T, E>(
         self,
         lease: Lease<'_>,
+        fleet: &Fleet,
         app: &AppConfig,
         env: Environment,
-        target: Target<'_>,
         work: impl AsyncFnOnce(&mut Leased<'_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
-        E: From<LedgerError>,
+        E: From<LedgerError> + From<crate::config::NoSuchEnvironment>,
     {
+        self.with_target(lease, fleet, app, env, 0, work).await
+    }
+
+    /// [`Leases::with_env`] for target `index` of the environment.
+    pub async fn with_target<T, E>(
+        self,
+        lease: Lease<'_>,
+        fleet: &Fleet,
+        app: &AppConfig,
+        env: Environment,
+        index: usize,
+        work: impl AsyncFnOnce(&mut Leased<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<LedgerError> + From<crate::config::NoSuchEnvironment>,
+    {
+        let service = app.targets(env)?.get(index).ok_or_else(|| app.no_such(env))?;
+        let target = fleet.target(app, service).await;
         let ledger = self.ledger;
-        self.with(lease, async |held: &mut Held<EnvState>| work(&mut Leased { app, env, target, held, ledger }).await)
-            .await
+        self.with(lease, async |held: &mut Held<EnvState>| {
+            work(&mut Leased { app, env, index, target, fleet, held, ledger }).await
+        })
+        .await
     }
 }
 
-/// One environment of one app, under this invocation's lease: its config, where its service
-/// runs, and its state as the lease was taken, which [`Leased::commit`] moves on.
+/// One environment of one app, under this invocation's lease: its config, where one of its
+/// targets runs (`index`: its first, or with several targets another), and its state as the lease
+/// was taken, which [`Leased::commit`] moves on. Every target's state lives in the environment's
+/// one item ([`EnvState::targets`]), so one lease and one transaction cover the whole environment.
 pub struct Leased<'a> {
     pub app: &'a AppConfig,
     pub env: Environment,
+    /// Which of the environment's targets this view works on (0: the first).
+    pub index: usize,
     pub target: Target<'a>,
+    fleet: &'a Fleet,
     pub held: &'a mut Held<EnvState>,
     ledger: &'a Ledger,
 }
 
 impl Leased<'_> {
-    /// Commits `change` under the lease (see [`Held::commit`]).
-    pub async fn commit(&mut self, change: Change<EnvState>) -> Result<(), LedgerError> {
+    /// Commits `change` under the lease (see [`Held::commit`]): `change.state` is this target's
+    /// state, put in its place in the environment's.
+    pub async fn commit(&mut self, mut change: Change<EnvState>) -> Result<(), LedgerError> {
+        if self.index > 0 {
+            let mut env = self.held.require_state()?.clone();
+            let slot = self.index - 1;
+            match slot.cmp(&env.targets.len()) {
+                std::cmp::Ordering::Less => env.targets[slot] = change.state,
+                std::cmp::Ordering::Equal => env.targets.push(change.state),
+                std::cmp::Ordering::Greater => {
+                    return Err(LedgerError::Corrupt {
+                        item: self.held.key.label(),
+                        problem: format!("target {} is recorded before target {}", self.index, slot),
+                    })
+                }
+            }
+            change.state = env;
+        }
         self.held.commit(self.ledger, change).await
+    }
+
+    /// The same lease, working on target `index` of the environment.
+    pub async fn at(&mut self, index: usize) -> Result<Leased<'_>, crate::config::NoSuchEnvironment> {
+        let (app, env, fleet) = (self.app, self.env, self.fleet);
+        let service = app.targets(env)?.get(index).ok_or_else(|| app.no_such(env))?;
+        let target = fleet.target(app, service).await;
+        Ok(Leased { app, env, index, target, fleet, held: &mut *self.held, ledger: self.ledger })
+    }
+
+    /// This target's state, if it was ever contacted.
+    pub fn target_state(&self) -> Option<&EnvState> {
+        self.held.state.as_ref().and_then(|env| env.target(self.index))
+    }
+
+    /// The environment's state (its first target's, with every other target's inside).
+    pub fn env_state(&self) -> Result<&EnvState, LedgerError> {
+        self.held.require_state()
     }
 
     /// Records `intent` before the call it announces (see [`Held::record_intent`]).
@@ -80,9 +139,12 @@ impl Leased<'_> {
         self.held.record_intent(self.ledger, intent).await
     }
 
-    /// The state, which exists once the first contact was committed.
+    /// This target's state, which exists once the first contact was committed.
     pub fn state(&self) -> Result<&EnvState, LedgerError> {
-        self.held.require_state()
+        self.target_state().ok_or_else(|| LedgerError::Corrupt {
+            item: self.held.key.label(),
+            problem: format!("no state of target {}", self.index),
+        })
     }
 
     /// The ledger, for reads beside the leased item (image facts, tags).

@@ -37,6 +37,7 @@ pub mod start;
 pub mod taskdef;
 pub mod types;
 pub mod vocabulary;
+pub mod wave;
 pub mod web;
 
 #[cfg(test)]

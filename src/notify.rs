@@ -72,6 +72,9 @@ pub struct Notification {
     /// `additionalContext`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<String>,
+    /// An environment with several targets: each target and where the release stands there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<crate::rollout::TargetStatus>,
 }
 
 impl Notification {
@@ -97,6 +100,7 @@ impl Notification {
             command: None,
             forced: false,
             diagnostics: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
@@ -205,6 +209,10 @@ impl Notification {
             ("Severity", Some(self.severity.to_string())),
         ];
         lines.extend(facts.into_iter().filter_map(|(name, value)| value.map(|v| format!("*{name}:* {v}"))));
+        if !self.targets.is_empty() {
+            lines.push("*Targets:*".to_owned());
+            lines.extend(self.targets.iter().map(|t| format!("• `{}`: {}", escape(&t.target), escape(&t.state))));
+        }
         lines.extend(self.diagnostics.iter().map(|d| format!("• {}", escape(d))));
         lines.join("\n")
     }
@@ -232,6 +240,12 @@ impl Notification {
             ("approval_id", self.approval_id.clone()),
             ("replaces", self.replaces.clone()),
             ("forced", self.forced.then(|| "true".to_owned())),
+            (
+                "targets",
+                (!self.targets.is_empty()).then(|| {
+                    self.targets.iter().map(|t| format!("{}: {}", t.target, t.state)).collect::<Vec<_>>().join("; ")
+                }),
+            ),
         ];
         facts.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), Value::String(v)))).collect()
     }

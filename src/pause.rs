@@ -68,9 +68,7 @@ async fn change_pause(
     invocation: &Invocation,
 ) -> Result<PauseReport, Error> {
     let lease = Lease::new(ItemKey::env(&app.name, env), format!("conveyor {by}"), invocation).patient();
-    let target =
-        fleet.target(app, app.target(env).map_err(|e| Error::Deploy(vec![(app.name.clone(), e.into())]))?).await;
-    leases.with_env(lease, app, env, target, async |here| change_leased(here, pause, by).await).await
+    leases.with_env(lease, fleet, app, env, async |here| change_leased(here, pause, by).await).await
 }
 
 async fn change_leased(here: &mut Leased<'_>, pause: Option<Pause>, by: &Requester) -> Result<PauseReport, Error> {

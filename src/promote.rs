@@ -223,8 +223,8 @@ async fn promote(
         }
         let resolved = Resolved { image: own_image(app, &fleet.home(invocation), &resolved)?, ..resolved };
         let resolved = Resolved { image: pull_source(fleet, app, into, &resolved, invocation).await?, ..resolved };
-        let target = fleet.target(app, app.target(into)?).await;
         if request.dry_run {
+            let target = fleet.target(app, app.target(into)?).await;
             let answer = dry_run(&target, app, into, &resolved).await.map_err(|e| deploy_error(app, e))?;
             return Ok(Response { requested_by: requester.verified.clone(), ..answer });
         }
@@ -254,7 +254,7 @@ async fn promote(
             }
         }
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);
-        let promoted = leases.with_env(lease, app, into, target, async |here| {
+        let promoted = leases.with_env(lease, fleet, app, into, async |here| {
             info!(tag = %resolved.tag, digest = %resolved.digest, "vetted image resolved");
             match approval {
                 Some(approval) => request_approval(here, request, &resolved, &requester, approval).await,
@@ -416,6 +416,9 @@ async fn promote_leased(
     };
     if !plan.change.history.is_empty() || matches!(plan.started, Started::Rolling(_)) || request.approved.is_some() {
         here.commit(plan.change).await?;
+    }
+    if matches!(plan.started, Started::Rolling(_)) {
+        crate::wave::after_start(here).await;
     }
     Ok(answer)
 }

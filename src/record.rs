@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Push;
-use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState};
+use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState, TargetStatus};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
 use crate::vocabulary::Outcome;
 
@@ -50,6 +50,23 @@ pub struct EnvState {
     /// image whose approval was last refused (the `approval` module decides them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalState>,
+    /// An environment with several targets: the state of its second target onward, in config
+    /// order, each on its own service (this state is the first target's). Only their per-service
+    /// part is used (baseline, rollout, rollback, drift, orphan); pauses, soaks, approvals and
+    /// pushes are the environment's and live here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<EnvState>,
+    /// How far the release in progress (this state's rollout) has got across the targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<Wave>,
+}
+
+/// The targets (by index in the environment's config) the release `rollout_id` is verified on.
+/// Every target's rollout stays in progress until the release settles as one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub rollout_id: String,
+    pub verified: Vec<usize>,
 }
 
 /// Where the approval of a promotion into this environment stands.
@@ -204,6 +221,95 @@ impl EnvState {
             || self.rollback.is_some()
             || self.soak.is_some()
             || self.pending_approval().is_some()
+            || self.targets.iter().any(EnvState::in_flight)
+    }
+
+    /// The state of target `index` (0: this one), once it was first contacted.
+    pub fn target(&self, index: usize) -> Option<&EnvState> {
+        match index {
+            0 => Some(self),
+            _ => self.targets.get(index - 1),
+        }
+    }
+
+    /// Records the release `rollout_id` as verified on target `index` (a new release starts a
+    /// new wave).
+    pub fn record_verified(&mut self, rollout_id: &str, index: usize) {
+        let fresh = || Wave { rollout_id: rollout_id.to_owned(), verified: Vec::new() };
+        let wave = self.wave.get_or_insert_with(fresh);
+        if wave.rollout_id != rollout_id {
+            *wave = fresh();
+        }
+        if !wave.verified.contains(&index) {
+            wave.verified.push(index);
+        }
+    }
+
+    /// Settles every other target's rollout of the release `rollout_id` still in progress into
+    /// `to` (the release settles as one); this target's is the caller's.
+    pub fn settle_targets(&mut self, rollout_id: &str, to: &RolloutState) {
+        for target in &mut self.targets {
+            if let Some(rollout) = target.rollout.as_mut().filter(|r| r.id == rollout_id) {
+                let _ = rollout.settle(to.clone());
+            }
+        }
+    }
+
+    /// The release `verified` is vetted: on every other target it reached, the revision it
+    /// runs there becomes that target's known-good one.
+    pub fn vet_targets(&mut self, verified: &Verified) {
+        for target in &mut self.targets {
+            let Some(rollout) = target.rollout.as_ref().filter(|r| r.id == verified.rollout_id) else { continue };
+            target.last_verified =
+                Some(Verified { task_definition_arn: rollout.task_definition_arn.clone(), ..verified.clone() });
+        }
+        self.wave = None;
+    }
+
+    /// A newer release supersedes the one before on every other target it was still in progress
+    /// on (their deployments run on; nothing is judged there).
+    pub fn supersede_targets(&mut self, now: DateTime<Utc>, reason: &str) {
+        let to = RolloutState::Superseded { at: now, reason: reason.to_owned() };
+        for target in &mut self.targets {
+            if let Some(rollout) = target.rollout.as_mut().filter(|r| r.in_progress()) {
+                let _ = rollout.settle(to.clone());
+            }
+        }
+        self.wave = None;
+    }
+
+    /// Where this environment's release (its rollout) stands on each of its targets, named by
+    /// `labels` in config order (empty with one target).
+    pub fn target_statuses(&self, labels: &[String]) -> Vec<TargetStatus> {
+        let Some(release) = self.rollout.as_ref().filter(|_| labels.len() > 1) else { return Vec::new() };
+        let rolled_back_to = |r: &Rollout| match &r.state {
+            RolloutState::RolledBack { to, .. } => Some(to.clone()),
+            _ => None,
+        };
+        labels
+            .iter()
+            .enumerate()
+            .map(|(index, label)| {
+                let ours = self.target(index).and_then(|t| t.rollout.as_ref()).filter(|r| r.id == release.id);
+                let state = match ours {
+                    _ if release.in_progress() && self.verified_on(&release.id, index) => "verified",
+                    None => "waiting",
+                    Some(rollout) if rollout.in_progress() => "deploying",
+                    Some(rollout) => rollout.state.name(),
+                };
+                TargetStatus {
+                    target: label.clone(),
+                    state: state.to_owned(),
+                    task_definition_arn: ours.map(|r| r.task_definition_arn.clone()),
+                    rolled_back_to: ours.and_then(rolled_back_to),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the release `rollout_id` is verified on target `index`.
+    pub fn verified_on(&self, rollout_id: &str, index: usize) -> bool {
+        self.wave.as_ref().is_some_and(|w| w.rollout_id == rollout_id && w.verified.contains(&index))
     }
 
     /// The promotion waiting for its approval here.
@@ -232,6 +338,8 @@ impl EnvState {
             orphan: None,
             soak: None,
             approval: None,
+            targets: Vec::new(),
+            wave: None,
         }
     }
 

@@ -225,9 +225,8 @@ async fn deploy_env(
     // Queued when busy: a holder working on an older push of this service leaves the rollout to us.
     let waiting = Waiting { time: push.time, digest: push.digest.clone(), since: Utc::now() };
     let lease = Lease::new(key, owner, invocation).patient().queue(waiting);
-    let target = fleet.target(app, app.target(env)?).await;
     leases
-        .with_env(lease, app, env, target, async |here| {
+        .with_env(lease, fleet, app, env, async |here| {
             let result = deploy_leased(here, push, image).await;
             if let Err(error) = &result {
                 if error.needs_people() {
@@ -411,6 +410,7 @@ async fn deploy(here: &mut Leased<'_>, push: &Push, image: &str, ours: bool) -> 
     };
     here.commit(plan.change).await?;
     if let Started::Rolling(rollout) = &plan.started {
+        crate::wave::after_start(here).await;
         let metric = "PushToUpdateService";
         crate::metrics::latency(
             app.name.as_str(),

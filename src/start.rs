@@ -97,7 +97,7 @@ pub async fn observe(target: &Target<'_>, app: &AppConfig) -> Result<Observed, D
 /// The state of the held environment, recorded on first contact (the service's current revision
 /// as its baseline) before anything else is changed there.
 pub async fn ensure_state<'h>(here: &'h mut Leased<'_>) -> Result<&'h EnvState, DeployError> {
-    if here.held.state.is_none() {
+    if here.target_state().is_none() {
         let observed = observe(&here.target, here.app).await?;
         let target = here.target.service;
         let first = EnvState::first(&here.app.name, here.env, &target.cluster, &target.service, observed.revision);
@@ -112,7 +112,7 @@ pub async fn ensure_state<'h>(here: &'h mut Leased<'_>) -> Result<&'h EnvState, 
 pub async fn start(here: &mut Leased<'_>, candidate: &Candidate<'_>) -> Result<Plan, DeployError> {
     let (app, env) = (here.app, here.env);
     let observed = observe(&here.target, app).await?;
-    if here.held.state.is_none() {
+    if here.target_state().is_none() {
         let target = here.target.service;
         let first = EnvState::first(&app.name, env, &target.cluster, &target.service, observed.revision.clone());
         here.commit(Change::new(first)).await?;
@@ -176,9 +176,15 @@ pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, r
         entry.event = Outcome::Promoted;
         entry.reason = reason.clone();
     }
+    // A newer release supersedes the one before on the environment's other targets.
+    let replaced_by = format!("replaced by {} ({})", rollout.tag, rollout.digest.short());
+    change.state.supersede_targets(rollout.started_at, &replaced_by);
+    change.state.rollout = Some(rollout.clone());
+    let mut notification = Notification::of_rollout(app, env, &rollout);
+    notification.targets = change.state.target_statuses(&app.target_labels(env));
+    entry.targets = notification.targets.clone();
     change.history.push(entry);
-    change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
-    change.state.rollout = Some(rollout);
+    change.announcements.push(Announcement::new(notification, app));
     // A newer rollout ends a soak: the soaking image is not vetted here.
     change.state.soak = None;
 }

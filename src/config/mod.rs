@@ -108,18 +108,13 @@ pub struct AppConfig {
     pub repository: String,
     pub container: String,
     pub tags: TagPolicy,
-    /// The app's environments. In this release: one target each, gated by soak and alarms
-    /// ([`runs_in_this_release`]).
+    /// The app's environments: where each gets its images, where it runs and its gates.
     pub pipeline: Pipeline,
     pub slack_webhook_parameter: Option<String>,
     pub rollout_timeout: Duration,
     /// The registry of `repository` when it is not Conveyor's own account and region.
     pub registry: Option<Registry>,
 }
-
-/// What this release of Conveyor runs of the contract's pipelines: a config beyond it is refused
-/// with this, at the key that goes beyond (never accepted and then half-run).
-pub const NOT_IN_THIS_RELEASE: &str = "not run by this release of Conveyor yet: it deploys one target per environment";
 
 impl AppConfig {
     /// The registry the app's images come from: its `registry`, else Conveyor's own account and
@@ -130,10 +125,19 @@ impl AppConfig {
             .or_else(|| Some(Registry { account: home.account.clone()?, region: home.region.clone()? }))
     }
 
-    /// Where the app runs in `env`.
+    /// Where the app runs in `env`: its first target (its only one, unless it lists several).
     pub fn target(&self, env: Environment) -> Result<&ServiceTarget, NoSuchEnvironment> {
-        // This release runs one target per environment (`runs_in_this_release`).
-        self.pipeline.environment(env).and_then(|env| env.targets.first()).ok_or_else(|| self.no_such(env))
+        self.targets(env)?.first().ok_or_else(|| self.no_such(env))
+    }
+
+    /// The labels of `env`'s targets (`cluster/service (account, region)`), in rollout order.
+    pub fn target_labels(&self, env: Environment) -> Vec<String> {
+        self.targets(env).map(|targets| targets.iter().map(ServiceTarget::label).collect()).unwrap_or_default()
+    }
+
+    /// Every target of `env`, in rollout order.
+    pub fn targets(&self, env: Environment) -> Result<&[ServiceTarget], NoSuchEnvironment> {
+        self.pipeline.environment(env).map(|env| env.targets.as_slice()).ok_or_else(|| self.no_such(env))
     }
 
     /// The error for `env`, which is not one of the app's environments.
@@ -193,9 +197,6 @@ impl AppConfig {
                 fields.get("registry").and_then(|value| Registry::parse(value, fields.key("registry"), &problems));
             let pipeline =
                 fields.object("environments", true).and_then(|environments| Pipeline::parse(&environments, endpoints));
-            if let Some(pipeline) = &pipeline {
-                runs_in_this_release(pipeline, &problems);
-            }
             Some(AppConfig {
                 name: name?,
                 parameter: parameter.to_owned(),
@@ -211,16 +212,6 @@ impl AppConfig {
         match parsed {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { parameter: parameter.to_owned(), problems: problems.into_vec() }),
-        }
-    }
-}
-
-/// Records every part of a valid pipeline that this release does not run ([`NOT_IN_THIS_RELEASE`]).
-fn runs_in_this_release(pipeline: &Pipeline, problems: &Problems) {
-    for env in &pipeline.environments {
-        let key = |key: &str| format!("environments.{}.{key}", env.name);
-        if env.targets.len() > 1 {
-            problems.add(key("targets"), NOT_IN_THIS_RELEASE);
         }
     }
 }
@@ -327,9 +318,10 @@ impl ConfigSet {
     }
 
     /// The app and environment that own the ECS service at `place`, if any.
-    pub fn owner_of(&self, place: &Place<'_>, home: &Home) -> Option<(&AppConfig, Environment)> {
+    pub fn owner_of(&self, place: &Place<'_>, home: &Home) -> Option<(&AppConfig, Environment, usize)> {
         self.apps.iter().find_map(|app| {
-            app.pipeline.targets().find(|(_, _, target)| target.is_at(place, home)).map(|(env, _, _)| (app, env.name))
+            let found = app.pipeline.targets().find(|(_, _, target)| target.is_at(place, home));
+            found.map(|(env, index, _)| (app, env.name, index))
         })
     }
 
@@ -691,10 +683,10 @@ mod tests {
             service,
         };
         let home = Home::default();
-        let (app, env) = set.owner_of(&at(Some("prod-cluster"), "shop-api"), &home).unwrap();
+        let (app, env, _) = set.owner_of(&at(Some("prod-cluster"), "shop-api"), &home).unwrap();
         assert_eq!((app.name.as_str(), env), ("shop-api", Environment::PROD));
         assert!(set.owner_of(&at(Some("prod-cluster"), "nope"), &home).is_none());
-        assert_eq!(set.owner_of(&at(None, "shop-api"), &home).map(|(_, env)| env), Some(Environment::STAGE));
+        assert_eq!(set.owner_of(&at(None, "shop-api"), &home).map(|(_, env, _)| env), Some(Environment::STAGE));
         assert!(set.owner_of(&at(Some("other-cluster"), "shop-api"), &home).is_none());
     }
 
@@ -828,7 +820,10 @@ mod tests {
                 { "cluster": "prod", "service": "shop-api", "region": "eu-west-1" },
                 { "cluster": "prod", "service": "shop-api", "region": "us-east-1" } ] });
         });
-        assert_rejected(&two_regions, "environments.prod.targets", "not run by this release");
+        let two_regions = parse(&two_regions).unwrap();
+        let regions: Vec<_> =
+            two_regions.targets(Environment::PROD).unwrap().iter().map(|t| t.region.as_deref().unwrap()).collect();
+        assert_eq!(regions, ["eu-west-1", "us-east-1"]);
         // v2, written the v3 way.
         let explicit = edit(|v| {
             v["environments"]["prod"] = serde_json::json!({ "from": "stage", "promotion": "manual",

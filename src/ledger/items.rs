@@ -170,6 +170,9 @@ pub struct HistoryEntry {
     /// When the rollout this entry settles started (durations, DORA lead times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// An environment with several targets: each target's revision and state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<crate::rollout::TargetStatus>,
 }
 
 impl HistoryEntry {
@@ -192,6 +195,7 @@ impl HistoryEntry {
             approval_id: None,
             forced: false,
             started_at: None,
+            targets: Vec::new(),
         }
     }
 

@@ -31,6 +31,7 @@ use crate::start::{self, history_of};
 use crate::taskdef::ImageSwap;
 use crate::types::{AppName, Environment, ImageTag};
 use crate::vocabulary::{Action, Outcome, Severity};
+use crate::wave;
 use crate::Invocation;
 use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
 
@@ -124,7 +125,7 @@ async fn on_deployment(
 ) -> Result<Handled, Error> {
     let config = configs.get().await?;
     let home = fleet.home(invocation);
-    let Some((app, env)) = config.owner_of(&event.place(), &home) else {
+    let Some((app, env, index)) = config.owner_of(&event.place(), &home) else {
         info!(reason = "unmanaged service", "event skipped");
         return Ok(Handled::skipped(format!("{} is not a service Conveyor manages", event.service_arn)));
     };
@@ -135,9 +136,8 @@ async fn on_deployment(
     // Settling: an intent left by an attempt that stopped half-way is this flow's to settle.
     let owner = format!("deploy-monitor {}", event.deployment_id);
     let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
-    let target = fleet.target(app, app.target(env).map_err(|e| failed(e.into()))?).await;
     let handled = leases
-        .with_env(lease, app, env, target, async |here| on_event_leased(prober, here, event, invocation).await)
+        .with_target(lease, fleet, app, env, index, async |here| on_event_leased(prober, here, event, invocation).await)
         .await
         .map_err(failed)?;
     info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "event handled");
@@ -151,7 +151,7 @@ async fn on_event_leased(
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
     let (app, env) = (here.app, here.env);
-    let Some(state) = here.held.state.as_ref() else {
+    let Some(state) = here.target_state() else {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "Conveyor has started no rollout on this service"));
     };
     match decide::on_event(state, event) {
@@ -187,17 +187,9 @@ async fn on_alarm(
     for (app, env) in gated {
         let owner = format!("deploy-monitor alarm {}", event.alarm);
         let lease = Lease::new(ItemKey::env(&app.name, env), owner, invocation).patient().settling();
-        let handled = match app.target(env) {
-            Ok(target) => {
-                let target = fleet.target(app, target).await;
-                leases
-                    .with_env(lease, app, env, target, async |here| {
-                        on_alarm_leased(prober, here, event, invocation).await
-                    })
-                    .await
-            }
-            Err(missing) => Err(missing.into()),
-        };
+        let handled = leases
+            .with_env(lease, fleet, app, env, async |here| on_alarm_leased(prober, here, event, invocation).await)
+            .await;
         match handled {
             Ok(handled) => {
                 info!(app = %app.name, environment = %env, action = %handled.action, detail = %handled.detail, "alarm handled");
@@ -262,7 +254,7 @@ async fn settle(
                 return changed_outside(here).await;
             }
             Verification::Failed(reason) => reason,
-            Verification::Healthy => match health(prober, app, env, invocation).await {
+            Verification::Healthy => match health(prober, here, invocation).await {
                 Ok(()) => {
                     let gate = alarm_gate(here, rollout).await?;
                     match gate.failure() {
@@ -277,13 +269,10 @@ async fn settle(
     roll_back(here, rollout, &service, reason).await
 }
 
-async fn health(
-    prober: &Prober,
-    app: &AppConfig,
-    env: Environment,
-    invocation: &Invocation,
-) -> Result<(), crate::health::Unhealthy> {
-    let Some(url) = app.target(env).ok().and_then(|target| target.health_url.as_ref()) else { return Ok(()) };
+/// The health check of the target `here` works on, if it has a `health_url`.
+async fn health(prober: &Prober, here: &Leased<'_>, invocation: &Invocation) -> Result<(), crate::health::Unhealthy> {
+    let (app, env) = (here.app, here.env);
+    let Some(url) = here.target.service.health_url.as_ref() else { return Ok(()) };
     let checked = prober.probe(url, invocation).await;
     info!(app = %app.name, environment = %env, health_url = %url, healthy = checked.is_ok(), "health check");
     checked.map(drop)
@@ -300,8 +289,93 @@ async fn alarm_gate(here: &Leased<'_>, rollout: &Rollout) -> Result<alarms::Gate
     Ok(gate)
 }
 
-/// `gate`: the alarms gate it passed (its notes go into the reason).
+/// A rollout verified on the target `here` works on: the environment's release, or with several
+/// targets the release's step on one of them. `gate`: the alarms gate it passed (its notes go
+/// into the reason).
 async fn verified(here: &mut Leased<'_>, rollout: &Rollout, gate: &alarms::Gate) -> Result<Handled, DeployError> {
+    if wave::applies(here.app, here.env) {
+        return target_verified(here, rollout).await;
+    }
+    release_verified(here, rollout, gate).await
+}
+
+/// The release verified on one of the environment's several targets: recorded, then the wave
+/// moves on ([`advance`]). A rollout of a release no longer in progress ends superseded there.
+async fn target_verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, DeployError> {
+    let (app, env, index, now) = (here.app, here.env, here.index, Utc::now());
+    let label = here.target.service.label();
+    if here.env_state()?.in_progress().is_none_or(|release| release.id != rollout.id) {
+        let mut change = Change::new(here.state()?.clone());
+        let reason = "its release is no longer in progress".to_owned();
+        if let Some(recorded) = change.state.rollout.as_mut().filter(|r| r.id == rollout.id) {
+            if recorded.settle(RolloutState::Superseded { at: now, reason }).is_ok() {
+                here.commit(change).await?;
+            }
+        }
+        return Ok(Handled::of(&app.name, env, Action::Skipped, format!("{label}: a release no longer in progress")));
+    }
+    if here.env_state()?.verified_on(&rollout.id, index) {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, format!("already verified on {label}")));
+    }
+    let mut change = Change::new(here.env_state()?.clone());
+    change.state.record_verified(&rollout.id, index);
+    let mut first = here.at(0).await?;
+    first.commit(change).await?;
+    info!(app = %app.name, environment = %env, target = %label, tag = %rollout.tag, digest = %rollout.digest,
+        rollout_id = %rollout.id, "release verified on a target");
+    advance(&mut first).await
+}
+
+/// Moves the release in progress of an environment with several targets on (`here`: its first
+/// target): starts the next targets, settles it verified once every target is, or ends it when a
+/// target's rollout ended otherwise. Also the sweep's way to finish a step a crash cut short.
+async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let Some(config) = app.pipeline.environment(env) else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "no such environment"));
+    };
+    match wave::next(config, here.env_state()?) {
+        wave::Next::Wait => {
+            let statuses = here.env_state()?.target_statuses(&app.target_labels(env));
+            let detail = statuses.iter().map(|t| format!("{}: {}", t.target, t.state)).collect::<Vec<_>>().join("; ");
+            Ok(Handled::of(&app.name, env, Action::Waiting, detail))
+        }
+        wave::Next::Start(indexes) => {
+            let started = wave::start_targets(here, &indexes).await?;
+            Ok(Handled::of(&app.name, env, Action::Deploying, format!("started on {}", started.join(", "))))
+        }
+        wave::Next::Complete => {
+            let Some(release) = here.env_state()?.in_progress().cloned() else {
+                return Ok(Handled::of(&app.name, env, Action::Skipped, "settled meanwhile"));
+            };
+            let gate = alarm_gate(here, &release).await?;
+            match gate.failure() {
+                None => release_verified(here, &release, &gate).await,
+                Some(fired) => {
+                    let target = here.target.service;
+                    let service = here.target.ecs.service(&target.cluster, &target.service).await?;
+                    roll_back(here, &release, &service, fired).await
+                }
+            }
+        }
+        wave::Next::Broken { index, reason } => {
+            let label = app.target_labels(env).get(index).cloned().unwrap_or_default();
+            let reason = format!("its rollout on {label} ended: {reason}");
+            let mut change = Change::new(here.env_state()?.clone());
+            start::supersede(app, env, &mut change, &reason, now);
+            change.state.supersede_targets(now, &reason);
+            here.commit(change).await?;
+            Ok(Handled::of(&app.name, env, Action::Skipped, reason))
+        }
+    }
+}
+
+/// The environment's release verified (on its every target): vetted, or soaking first.
+async fn release_verified(
+    here: &mut Leased<'_>,
+    rollout: &Rollout,
+    gate: &alarms::Gate,
+) -> Result<Handled, DeployError> {
     let (app, env, now) = (here.app, here.env, Utc::now());
     let mut rollout = rollout.clone();
     if rollout.settle(RolloutState::Verified { at: now }).is_err() {
@@ -321,14 +395,18 @@ async fn verified(here: &mut Leased<'_>, rollout: &Rollout, gate: &alarms::Gate)
     ));
     let mut change = Change::new(here.state()?.clone());
     change.state.rollout = Some(rollout.clone());
+    change.state.settle_targets(&rollout.id, &rollout.state);
     change.state.soak = Some(Soak { rollout_id: rollout.id.clone(), until });
+    let targets = change.state.target_statuses(&app.target_labels(env));
     let mut entry = history_of(&app.name, &rollout, env, now);
     entry.event = Outcome::Soaking;
     entry.reason = Some(reason.clone());
+    entry.targets = targets.clone();
     change.history.push(entry);
     let mut notification = Notification::of_rollout(app, env, &rollout);
     (notification.outcome, notification.severity) = (Outcome::Soaking, Severity::Info);
     notification.reason = Some(reason.clone());
+    notification.targets = targets;
     change.announcements.push(Announcement::new(notification, app));
     here.commit(change).await?;
     info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest, until = %until, "rollout verified, soaking");
@@ -407,6 +485,11 @@ async fn vet(
             at: now,
         });
         change.state.rollout = Some(rollout.clone());
+        change.state.settle_targets(&rollout.id, &rollout.state);
+        if let Some(verified) = change.state.last_verified.clone() {
+            change.state.vet_targets(&verified);
+        }
+        let targets = change.state.target_statuses(&app.target_labels(env));
         let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
         image.add_tags = rollout.tags.clone();
         image.vetted = Some((env, now));
@@ -425,9 +508,12 @@ async fn vet(
             }
         }
         change.images.push((app.name.clone(), image));
-        change.history.push(history_of(&app.name, &rollout, env, now));
+        let mut entry = history_of(&app.name, &rollout, env, now);
+        entry.targets = targets.clone();
+        change.history.push(entry);
         let mut notification = Notification::of_rollout(app, env, &rollout);
         notification.reason = Some(reason.to_owned());
+        notification.targets = targets;
         change.announcements.push(Announcement::new(notification, app));
         match here.commit(change).await {
             Ok(()) => break,
@@ -447,20 +533,24 @@ async fn vet(
     Ok(Handled::of(&app.name, env, Action::Verified, format!("{} ({})", rollout.tag, rollout.digest)))
 }
 
-async fn roll_back(
+/// How a failed rollout settles on one target, and the rollback deployment to watch there.
+type Undone = (RolloutState, Option<(String, Option<String>, RolledBackBy)>);
+
+/// Puts the target `here` works on back after its `rollout` failed (or finds it back already).
+/// `None`: a change made outside Conveyor replaced the rollout (not the image's failure). A
+/// rollback not issued yet for a reason a retry may cure is an error (the invocation is retried).
+async fn undo(
     here: &mut Leased<'_>,
     rollout: &Rollout,
     service: &ServiceState,
-    reason: String,
-) -> Result<Handled, DeployError> {
+    reason: &str,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<Undone>, DeployError> {
     let (app, env) = (here.app, here.env);
-    let target = here.target.service;
-    let ecs = here.target.ecs.clone();
     let state = here.state()?.clone();
-    let now = Utc::now();
     let issued = here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).map(str::to_owned);
-    let (settlement, watch) = match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
-        FailurePlan::ChangedOutside => return changed_outside(here).await,
+    Ok(Some(match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
+        FailurePlan::ChangedOutside => return Ok(None),
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
             let (by, how) = if by_conveyor {
                 (RolledBackBy::Conveyor, "rolled back by Conveyor")
@@ -498,38 +588,145 @@ async fn roll_back(
             },
             None,
         ),
-    };
-    // Best effort and bounded: the alert is worth more on time than complete.
-    let diagnostics = match &rollout.deployment_id {
-        Some(id) => tokio::time::timeout(std::time::Duration::from_secs(5), ecs.stopped_tasks(&target.cluster, id, 3))
-            .await
-            .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
-            .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")]),
-        None => Vec::new(),
-    };
-    let mut rollout = rollout.clone();
-    if rollout.fail(settlement, state.soaking(&rollout.id)).is_err() {
-        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
-    }
-    let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
-    let mut change = Change::new(state);
-    change.state.soak = None;
-    change.state.rollback = watch.map(|(to, deployment_id, by)| RollbackWatch {
+    }))
+}
+
+/// What ECS says about a failed deployment (stopped tasks): best effort and bounded, the alert is
+/// worth more on time than complete.
+async fn diagnostics(here: &Leased<'_>, rollout: &Rollout) -> Vec<String> {
+    let Some(id) = &rollout.deployment_id else { return Vec::new() };
+    let stopped = here.target.ecs.stopped_tasks(&here.target.service.cluster, id, 3);
+    tokio::time::timeout(std::time::Duration::from_secs(5), stopped)
+        .await
+        .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
+        .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")])
+}
+
+fn watch_of(rollout: &Rollout, undone: &Undone, now: chrono::DateTime<Utc>) -> Option<RollbackWatch> {
+    undone.1.as_ref().map(|(to, deployment_id, by)| RollbackWatch {
         rollout_id: rollout.id.clone(),
         tag: rollout.tag.clone(),
         digest: rollout.digest.clone(),
-        to,
-        deployment_id,
-        by,
+        to: to.clone(),
+        deployment_id: deployment_id.clone(),
+        by: *by,
         started_at: now,
-    });
+    })
+}
+
+/// A rollout failed: the service goes back to its known-good revision, the image is failed here
+/// (with several targets, the whole release: [`roll_back_release`]).
+async fn roll_back(
+    here: &mut Leased<'_>,
+    rollout: &Rollout,
+    service: &ServiceState,
+    reason: String,
+) -> Result<Handled, DeployError> {
+    if wave::applies(here.app, here.env) {
+        return roll_back_release(here, rollout, service, reason).await;
+    }
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let Some(undone) = undo(here, rollout, service, &reason, now).await? else {
+        return changed_outside(here).await;
+    };
+    let diagnostics = diagnostics(here, rollout).await;
+    let state = here.state()?.clone();
+    let mut rollout = rollout.clone();
+    if rollout.fail(undone.0.clone(), state.soaking(&rollout.id)).is_err() {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
+    }
+    let mut change = Change::new(state);
+    change.state.soak = None;
+    change.state.rollback = watch_of(&rollout, &undone, now);
     change.state.rollout = Some(rollout.clone());
+    commit_failure(here, change, &rollout, diagnostics).await
+}
+
+/// The release of an environment with several targets failed on the target `here` works on:
+/// every target it moved goes back to its known-good revision (those it never reached stay as
+/// they are), the image is failed, and one notification names every target's state.
+async fn roll_back_release(
+    here: &mut Leased<'_>,
+    rollout: &Rollout,
+    service: &ServiceState,
+    reason: String,
+) -> Result<Handled, DeployError> {
+    let (app, env, failing, now) = (here.app, here.env, here.index, Utc::now());
+    let failing_label = here.target.service.label();
+    let soaking = here.env_state()?.soaking(&rollout.id);
+    let diagnostics = diagnostics(here, rollout).await;
+    let mut undone = Vec::new();
+    for index in 0..app.targets(env)?.len() {
+        let mut there = here.at(index).await?;
+        let moved = there.target_state().and_then(|s| s.rollout.clone());
+        let Some(moved) = moved.filter(|r| r.id == rollout.id && (r.in_progress() || soaking)) else { continue };
+        let service = if index == failing {
+            service.clone()
+        } else {
+            let target = there.target.service;
+            match there.target.ecs.service(&target.cluster, &target.service).await {
+                Ok(service) => service,
+                Err(error) if error.code == "ServiceNotFound" => continue,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let why =
+            if index == failing { reason.clone() } else { format!("the release failed on {failing_label}: {reason}") };
+        let settled = undo(&mut there, &moved, &service, &why, now).await?.unwrap_or_else(|| {
+            (RolloutState::Superseded { at: now, reason: "replaced by a change made outside Conveyor".into() }, None)
+        });
+        undone.push((index, moved, settled));
+    }
+    let mut first = here.at(0).await?;
+    let mut change = Change::new(first.env_state()?.clone());
+    change.state.soak = None;
+    for (index, moved, settled) in &undone {
+        let target = match index {
+            0 => &mut change.state,
+            _ => match change.state.targets.get_mut(index - 1) {
+                Some(target) => target,
+                None => continue,
+            },
+        };
+        if let Some(recorded) = target.rollout.as_mut() {
+            let _ = recorded.fail(settled.0.clone(), soaking);
+        }
+        target.rollback = watch_of(moved, settled, now);
+    }
+    // The release as one: failed where a target could not be put back, else as the failing
+    // target settled.
+    let outcome = undone
+        .iter()
+        .find(|(_, _, (state, _))| matches!(state, RolloutState::Failed { .. }))
+        .or_else(|| undone.iter().find(|(index, _, _)| *index == failing))
+        .map(|(_, _, (state, _))| state.clone());
+    let Some(outcome) = outcome else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
+    };
+    let mut release = change.state.rollout.clone().unwrap_or_else(|| rollout.clone());
+    release.state = outcome;
+    commit_failure(&mut first, change, &release, diagnostics).await
+}
+
+/// Commits a failed release: the image failed here, history, one notification.
+async fn commit_failure(
+    here: &mut Leased<'_>,
+    mut change: Change<EnvState>,
+    rollout: &Rollout,
+    diagnostics: Vec<String>,
+) -> Result<Handled, DeployError> {
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
+    let targets = change.state.target_statuses(&app.target_labels(env));
     let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
     image.failed = Some((env, Failure { at: now, reason: failure_reason.clone() }));
     change.images.push((app.name.clone(), image));
-    change.history.push(history_of(&app.name, &rollout, env, now));
-    let mut notification = Notification::of_rollout(app, env, &rollout);
+    let mut entry = history_of(&app.name, rollout, env, now);
+    entry.targets = targets.clone();
+    change.history.push(entry);
+    let mut notification = Notification::of_rollout(app, env, rollout);
     notification.diagnostics = diagnostics;
+    notification.targets = targets;
     change.announcements.push(Announcement::new(notification, app));
     here.commit(change).await?;
     warn!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
@@ -667,15 +864,13 @@ async fn end_soaks(
     for item in pending {
         let Some(key) = ItemKey::parse(item) else { continue };
         let Some((app, env)) = key.app_env().and_then(|(app, env)| Some((config.app(&app)?, env))) else { continue };
-        let Ok(service) = app.target(env) else { continue };
         let state: Option<EnvState> = crate::ledger::state_from_item(item);
         if state.and_then(|s| s.soak).is_none_or(|soak| soak.until > now) {
             continue;
         }
         // Settling: a soak's end may roll back, and settles a rollback an attempt left half-way.
         let lease = Lease::new(key, "deploy-monitor soak".to_owned(), invocation).patient().settling();
-        let target = fleet.target(app, service).await;
-        let ended = leases.with_env(lease, app, env, target, async |here| end_soak(here, now).await).await;
+        let ended = leases.with_env(lease, fleet, app, env, async |here| end_soak(here, now).await).await;
         match ended {
             Ok(handled) => {
                 let vetted = handled.action == Action::Verified;
@@ -823,6 +1018,19 @@ async fn reconcile_item(
     invocation: &Invocation,
 ) -> Result<Option<Handled>, DeployError> {
     let now = Utc::now();
+    let busy = |s: &EnvState| s.in_progress().is_some() || s.rollback.is_some();
+    if wave::applies(app, env) && (busy(state) || state.targets.iter().any(busy)) {
+        // Several targets: whatever is in flight is looked at under the lease, target by target.
+        let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
+        let settled =
+            leases.with_env(lease, fleet, app, env, async |here| reconcile_wave(prober, here, now, invocation).await);
+        return match settled.await {
+            Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
+                Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
+            }
+            other => other.map(Some),
+        };
+    }
     let target = app.target(env)?;
     let (rollout, watch) = (state.in_progress(), state.rollback.as_ref());
     if rollout.is_none() && watch.is_none() {
@@ -848,15 +1056,59 @@ async fn reconcile_item(
         }
     }
     let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
-    let settled = leases.with_env(lease, app, env, reached, async |here| {
-        reconcile_leased(prober, here, service, now, invocation).await
-    });
+    let settled = leases
+        .with_env(lease, fleet, app, env, async |here| reconcile_leased(prober, here, service, now, invocation).await);
     match settled.await {
         Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
             Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
         }
         other => other.map(Some),
     }
+}
+
+/// The sweep's look at an environment with several targets (`here`: its first): each target's
+/// rollout still in progress and not verified yet, and each rollback being watched, settled as
+/// ECS says; then the release in progress moves on ([`advance`]) if a step was cut short. Says
+/// what it did last.
+async fn reconcile_wave(
+    prober: &Prober,
+    here: &mut Leased<'_>,
+    now: chrono::DateTime<Utc>,
+    invocation: &Invocation,
+) -> Result<Handled, DeployError> {
+    let env = here.env_state()?.clone();
+    let count = here.app.targets(here.env)?.len();
+    let unsettled = |index: usize| {
+        let Some(state) = env.target(index) else { return false };
+        let pending = state.in_progress().is_some_and(|r| !env.verified_on(&r.id, index));
+        pending || state.rollback.is_some()
+    };
+    let mut settled = None;
+    for index in (0..count).filter(|i| unsettled(*i)) {
+        let mut there = here.at(index).await?;
+        let target = there.target.service;
+        let service = match there.target.ecs.service(&target.cluster, &target.service).await {
+            Ok(service) => Ok(service),
+            Err(error) if error.code == "ServiceNotFound" => Err(error),
+            Err(error) => return Err(error.into()),
+        };
+        let handled = reconcile_leased(prober, &mut there, service, now, invocation).await?;
+        if handled.action != Action::Waiting {
+            settled = Some(handled);
+        }
+    }
+    let advanced = match here.env_state()?.in_progress() {
+        Some(_) => Some(advance(here).await?),
+        None => None,
+    };
+    let (app, env) = (here.app, here.env);
+    Ok(match (settled, advanced) {
+        (_, Some(advanced)) if advanced.action != Action::Waiting => advanced,
+        (Some(settled), _) => settled,
+        (None, advanced) => {
+            advanced.unwrap_or_else(|| Handled::of(&app.name, env, Action::Skipped, "settled meanwhile"))
+        }
+    })
 }
 
 async fn reconcile_leased(
@@ -868,7 +1120,7 @@ async fn reconcile_leased(
 ) -> Result<Handled, DeployError> {
     // Read again under the lease: another invocation may have settled it meanwhile.
     let (app, env) = (here.app, here.env);
-    let Some(state) = here.held.state.clone() else {
+    let Some(state) = here.target_state().cloned() else {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "no state"));
     };
     if let Some(rollout) = state.in_progress() {

@@ -65,6 +65,11 @@ pub struct EnvStatus {
     /// A promotion waiting for its approval here (present only then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub awaiting_approval: Option<ApprovalStatus>,
+    /// An environment with several targets: one entry per target (the environment's own keys on
+    /// its first), with this target and where the environment's release stands on it (present
+    /// only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::rollout::TargetStatus>,
 }
 
 /// A promotion waiting for a second person.
@@ -231,6 +236,7 @@ pub fn env_status(
         error,
         soaking_until: state.and_then(|s| s.soak.as_ref()).map(|soak| soak.until),
         gates: None,
+        target: None,
         awaiting_approval: state.and_then(EnvState::pending_approval).map(|request| ApprovalStatus {
             approval_id: request.id.clone(),
             tag: request.tag.to_string(),
@@ -307,11 +313,29 @@ pub async fn app_status(
     app: &AppConfig,
     promotable: usize,
 ) -> Result<AppStatus, LedgerError> {
-    let environments = app.pipeline.targets().map(|(env, _, target)| async move {
+    let environments = app.pipeline.targets().map(|(env, index, target)| async move {
         let (state, running) = tokio::join!(ledger.env::<EnvState>(&app.name, env.name), running(fleet, app, target));
         let state = state?.map(|(state, _)| state);
-        let status = env_status(env.name, target, state.as_ref(), running);
-        Ok::<_, LedgerError>(EnvStatus { gates: Gates::of(env), ..status })
+        let status = env_status(env.name, target, state.as_ref().and_then(|s| s.target(index)), running);
+        if env.targets.len() < 2 {
+            return Ok::<_, LedgerError>(EnvStatus { gates: Gates::of(env), ..status });
+        }
+        // Several targets: the environment's state and gates once, each target's own rollout.
+        let statuses = state.as_ref().map(|s| s.target_statuses(&app.target_labels(env.name))).unwrap_or_default();
+        let whole = state.as_ref().map_or(EnvironmentState::Idle, environment_state);
+        let target = statuses.into_iter().nth(index);
+        Ok(match index {
+            0 => EnvStatus { gates: Gates::of(env), state: whole, target, ..status },
+            _ => EnvStatus {
+                state: whole,
+                target,
+                paused: None,
+                held_push: None,
+                soaking_until: None,
+                awaiting_approval: None,
+                ..status
+            },
+        })
     });
     // What may move on: the tags vetted where the environment `promote` goes to without `to`
     // takes from (prod's stage), else the first promoted-into environment's.

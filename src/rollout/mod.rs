@@ -264,6 +264,21 @@ fn family_revision(arn: &str) -> Option<(&str, u32)> {
     Some((family, revision.parse().ok()?))
 }
 
+/// Where a release of an environment with several targets stands on one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// `cluster/service`, with the account and region when not Conveyor's own.
+    pub target: String,
+    /// `deploying`, `verified`, `rolled_back`, `failed`, `superseded`, or `waiting` (not started yet).
+    pub state: String,
+    /// The revision the release registered there, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition_arn: Option<String>,
+    /// The revision it went back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<String>,
+}
+
 /// A rollback deployment (Conveyor's, or the circuit breaker's), watched until ECS completes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackWatch {

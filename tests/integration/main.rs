@@ -27,3 +27,4 @@ mod stage_deploy_binary;
 mod support;
 mod taskdef_roundtrip;
 mod trust_boundary;
+mod waves;

@@ -59,6 +59,10 @@ fn rollout(env: &EnvStatus) -> (String, Tone) {
     }
     let Some(rollout) = &env.rollout else { return ("-".into(), Tone::Plain) };
     let mut text = format!("{} {}", rollout.tag, rollout.state);
+    // Several targets: where the environment's release stands on this one.
+    if let Some(target) = env.target.as_ref().filter(|t| t.state != rollout.state.to_string()) {
+        text = format!("{} {} (release: {})", rollout.tag, rollout.state, target.state);
+    }
     let deployment = env.running.as_ref().and_then(|r| r.deployment.as_ref());
     if let (true, Some(deployment)) = (rollout.state == RolloutKind::InProgress, deployment) {
         text.push_str(&format!(" ({}/{} running)", deployment.running_count, deployment.desired_count));
@@ -68,6 +72,14 @@ fn rollout(env: &EnvStatus) -> (String, Tone) {
         return (format!("{}, soaking ({} left)", text, crate::output::duration(left)), Tone::Busy);
     }
     (text, rollout.state.into())
+}
+
+/// The environment's name; with several targets, each row also says which target.
+fn environment(env: &EnvStatus) -> String {
+    match &env.target {
+        Some(target) => format!("{} {}", env.environment, target.target),
+        None => env.environment.to_string(),
+    }
 }
 
 fn text(style: &Style, statuses: &[AppStatus]) -> String {
@@ -82,7 +94,7 @@ fn text(style: &Style, statuses: &[AppStatus]) -> String {
                 if env.paused.is_some() { ("paused", Tone::Attention) } else { ("no", Tone::Plain) };
             table.add_row(vec![
                 style.cell(&app.app, None),
-                style.cell(env.environment.as_str(), None),
+                style.cell(&environment(env), None),
                 style.cell(
                     if env.error.is_some() { "?" } else { or_dash(running.and_then(|r| r.tag.as_deref())) },
                     None,
