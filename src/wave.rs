@@ -76,7 +76,7 @@ pub fn next(config: &EnvironmentConfig, state: &EnvState) -> Next {
 pub async fn after_start(here: &mut Leased<'_>) {
     let Some(config) = here.app.pipeline.environment(here.env) else { return };
     let Ok(Next::Start(indexes)) = here.env_state().map(|state| next(config, state)) else { return };
-    if let Err(error) = start_targets(here, &indexes).await {
+    if let Err(error) = Box::pin(start_targets(here, &indexes)).await {
         warn!(app = %here.app.name, environment = %here.env, error = %error,
             "the release could not start on every target yet: the sweep starts the rest");
     }

@@ -258,7 +258,7 @@ async fn settle(
                 Ok(()) => {
                     let gate = alarm_gate(here, rollout).await?;
                     match gate.failure() {
-                        None => return verified(here, rollout, &gate).await,
+                        None => return Box::pin(verified(here, rollout, &gate)).await,
                         Some(fired) => fired,
                     }
                 }
@@ -266,7 +266,7 @@ async fn settle(
             },
         },
     };
-    roll_back(here, rollout, &service, reason).await
+    Box::pin(roll_back(here, rollout, &service, reason)).await
 }
 
 /// The health check of the target `here` works on, if it has a `health_url`.
@@ -323,7 +323,8 @@ async fn target_verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Han
     first.commit(change).await?;
     info!(app = %app.name, environment = %env, target = %label, tag = %rollout.tag, digest = %rollout.digest,
         rollout_id = %rollout.id, "release verified on a target");
-    advance(&mut first).await
+    // Boxed: the release's next step (a start, a verification, a rollback) is a large future.
+    Box::pin(advance(&mut first)).await
 }
 
 /// Moves the release in progress of an environment with several targets on (`here`: its first
@@ -341,7 +342,7 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             Ok(Handled::of(&app.name, env, Action::Waiting, detail))
         }
         wave::Next::Start(indexes) => {
-            let started = wave::start_targets(here, &indexes).await?;
+            let started = Box::pin(wave::start_targets(here, &indexes)).await?;
             Ok(Handled::of(&app.name, env, Action::Deploying, format!("started on {}", started.join(", "))))
         }
         wave::Next::Complete => {
@@ -350,11 +351,11 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             };
             let gate = alarm_gate(here, &release).await?;
             match gate.failure() {
-                None => release_verified(here, &release, &gate).await,
+                None => Box::pin(release_verified(here, &release, &gate)).await,
                 Some(fired) => {
                     let target = here.target.service;
                     let service = here.target.ecs.service(&target.cluster, &target.service).await?;
-                    roll_back(here, &release, &service, fired).await
+                    Box::pin(roll_back(here, &release, &service, fired)).await
                 }
             }
         }
@@ -623,7 +624,7 @@ async fn roll_back(
     reason: String,
 ) -> Result<Handled, DeployError> {
     if wave::applies(here.app, here.env) {
-        return roll_back_release(here, rollout, service, reason).await;
+        return Box::pin(roll_back_release(here, rollout, service, reason)).await;
     }
     let (app, env, now) = (here.app, here.env, Utc::now());
     let Some(undone) = undo(here, rollout, service, &reason, now).await? else {
@@ -1022,8 +1023,10 @@ async fn reconcile_item(
     if wave::applies(app, env) && (busy(state) || state.targets.iter().any(busy)) {
         // Several targets: whatever is in flight is looked at under the lease, target by target.
         let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
-        let settled =
-            leases.with_env(lease, fleet, app, env, async |here| reconcile_wave(prober, here, now, invocation).await);
+        // Boxed, like the one below: the sweep runs several at once, each a large future.
+        let settled = Box::pin(
+            leases.with_env(lease, fleet, app, env, async |here| reconcile_wave(prober, here, now, invocation).await),
+        );
         return match settled.await {
             Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
                 Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
@@ -1056,8 +1059,10 @@ async fn reconcile_item(
         }
     }
     let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor sweep", invocation).settling();
-    let settled = leases
-        .with_env(lease, fleet, app, env, async |here| reconcile_leased(prober, here, service, now, invocation).await);
+    let settled =
+        Box::pin(leases.with_env(lease, fleet, app, env, async |here| {
+            reconcile_leased(prober, here, service, now, invocation).await
+        }));
     match settled.await {
         Err(DeployError::Ledger(crate::ledger::LedgerError::Busy { .. })) => {
             Ok(Some(Handled::of(&app.name, env, Action::Waiting, "another invocation is working on it")))
@@ -1092,13 +1097,13 @@ async fn reconcile_wave(
             Err(error) if error.code == "ServiceNotFound" => Err(error),
             Err(error) => return Err(error.into()),
         };
-        let handled = reconcile_leased(prober, &mut there, service, now, invocation).await?;
+        let handled = Box::pin(reconcile_leased(prober, &mut there, service, now, invocation)).await?;
         if handled.action != Action::Waiting {
             settled = Some(handled);
         }
     }
     let advanced = match here.env_state()?.in_progress() {
-        Some(_) => Some(advance(here).await?),
+        Some(_) => Some(Box::pin(advance(here)).await?),
         None => None,
     };
     let (app, env) = (here.app, here.env);
@@ -1132,9 +1137,11 @@ async fn reconcile_leased(
             SweepAction::Wait => {
                 Ok(Handled::of(&app.name, env, Action::Waiting, format!("{} still in progress", rollout.tag)))
             }
-            SweepAction::Verify => settle(prober, here, rollout, Finding::Completed, Some(service), invocation).await,
+            SweepAction::Verify => {
+                Box::pin(settle(prober, here, rollout, Finding::Completed, Some(service), invocation)).await
+            }
             SweepAction::Fail(reason) => {
-                settle(prober, here, rollout, Finding::Failed(reason), Some(service), invocation).await
+                Box::pin(settle(prober, here, rollout, Finding::Failed(reason), Some(service), invocation)).await
             }
             SweepAction::Replaced => changed_outside(here).await,
         };
