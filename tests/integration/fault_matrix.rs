@@ -604,7 +604,8 @@ async fn run_cell(
     clean: Option<Arc<Vec<CallRecord>>>,
 ) -> (Cell, Vec<CallRecord>) {
     let started = Instant::now();
-    let scene = flow.arrange().await;
+    // Boxed: arranging runs every flow's setup through the library, a large future.
+    let scene = Box::pin(flow.arrange()).await;
     let world = &scene.world;
     let mut notes = Vec::new();
     let mut problems = Vec::new();
@@ -1020,16 +1021,16 @@ async fn run_matrix(crashes: bool) {
 /// Every call of every flow failed persistently (throttled, 500, 503, reset, applied with the
 /// answer lost), and slowed while a second delivery runs: after the redelivery and a sweep, the
 /// invariants hold.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_call_of_every_flow_survives_every_fault() {
-    run_matrix(false).await;
+#[test]
+fn every_call_of_every_flow_survives_every_fault() {
+    crate::support::on_lambda_sized_stacks(run_matrix(false));
 }
 
 /// The function killed when each call of each flow arrives: a new process given the same event
 /// after the dead one's lease expired, then a sweep, leave the invariants holding.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_call_of_every_flow_survives_a_crash() {
-    run_matrix(true).await;
+#[test]
+fn every_call_of_every_flow_survives_a_crash() {
+    crate::support::on_lambda_sized_stacks(run_matrix(true));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1158,8 +1159,12 @@ async fn after_a_stopped_rollback(stop: Stop, next: Next) -> (String, Vec<String
 /// deploy-monitor's retry) never brings the failed image back to prod, and once Lambda's retry
 /// and a sweep ran, the `rollback` flow's invariants hold (rolled back by Conveyor, the image
 /// failed and unpromotable, one notification, nothing locked or left to send).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whoever_comes_after_a_rollback_stopped_before_its_commit_never_brings_the_failed_image_back() {
+#[test]
+fn whoever_comes_after_a_rollback_stopped_before_its_commit_never_brings_the_failed_image_back() {
+    crate::support::on_lambda_sized_stacks(rollback_stopped_before_its_commit());
+}
+
+async fn rollback_stopped_before_its_commit() {
     let mut jobs: Vec<Job<(String, Vec<String>)>> = Vec::new();
     for stop in [Stop::Throttled, Stop::Killed] {
         for next in Next::ALL {

@@ -8,6 +8,23 @@ pub fn conveyor(world: &World) -> Conveyor {
     Conveyor::new(&world.config, world.settings())
 }
 
+/// Runs `work` on a two-worker runtime whose threads have the stack a Lambda function's main thread
+/// has (8 MiB), not a test thread's 2 MiB: the tests that drive several flows through the library
+/// at once, unoptimised, need what the functions get.
+pub fn on_lambda_sized_stacks<F>(work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async { tokio::spawn(work).await.expect("the test's work panicked") })
+}
+
 /// An invocation with a minute to go, in the local AWS's account, as Lambda would give it.
 pub fn invocation() -> Invocation {
     let mut invocation = Invocation::lasting(std::time::Duration::from_secs(60));

@@ -408,7 +408,8 @@ def _autopilot_account(pilot: dict, account: str, now) -> list[dict]:
             print(f"autopilot: {error}", file=sys.stderr)
             continue
         if pilot.get("bus"):
-            to_put.append({"bus": pilot["bus"], "region": region, "events": emitted})
+            # Another region's events reach Conveyor's bus (`bus_region`) through a forwarding rule.
+            to_put.append({"bus": pilot["bus"], "region": pilot.get("bus_region", region), "events": emitted})
     return to_put
 
 

@@ -74,12 +74,12 @@ fn rollout(env: &EnvStatus) -> (String, Tone) {
     (text, rollout.state.into())
 }
 
-/// The environment's name; with several targets, each row also says which target.
+/// The environment's name; with several targets, each row also says which target: its account
+/// and region where they are not Conveyor's own, else its cluster.
 fn environment(env: &EnvStatus) -> String {
-    match &env.target {
-        Some(target) => format!("{} {}", env.environment, target.target),
-        None => env.environment.to_string(),
-    }
+    let Some(target) = &env.target else { return env.environment.to_string() };
+    let place = target.target.split_once(" (").map_or(env.cluster.as_str(), |(_, place)| place.trim_end_matches(')'));
+    format!("{} {place}", env.environment)
 }
 
 fn text(style: &Style, statuses: &[AppStatus]) -> String {

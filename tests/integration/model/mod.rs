@@ -96,8 +96,12 @@ impl Mode {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_library_does_what_the_model_of_the_contract_says_after_every_step() {
+#[test]
+fn the_library_does_what_the_model_of_the_contract_says_after_every_step() {
+    crate::support::on_lambda_sized_stacks(model_run());
+}
+
+async fn model_run() {
     let mode = Mode::from_env();
     let started = Instant::now();
     println!(

@@ -74,6 +74,15 @@ impl World {
         fixture
     }
 
+    /// A service of `app` in this account's `region`, on cluster `{cluster}-{id}`, running
+    /// `repository:v0.9.0` by tag.
+    pub async fn service_in_region(&self, app: &str, repository: &str, region: &str, cluster: &str) -> ServiceFixture {
+        let ecs = aws_sdk_ecs::Client::new(
+            &self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
+        );
+        self.prod_service(&ecs, app, repository, ACCOUNT, cluster).await
+    }
+
     /// Registers prod's task definition, creates its cluster (`{cluster}-{id}`) and service with
     /// `ecs` (a client of another account or region), running `repository:v0.9.0` by tag.
     async fn prod_service(
@@ -140,6 +149,17 @@ impl World {
             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"] }] });
         let ecr = aws_sdk_ecr::Client::new(&self.config);
         ecr.set_repository_policy().repository_name(repository).policy_text(policy.to_string()).send().await.unwrap();
+    }
+
+    /// The image the `api` container of a service in this account's `region` runs.
+    pub async fn image_in_region(&self, region: &str, service: &ServiceFixture) -> String {
+        let ecs = aws_sdk_ecs::Client::new(
+            &self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
+        );
+        let current = ecs.describe_services().cluster(&service.cluster).services(&service.service).send().await.unwrap();
+        let arn = current.services.unwrap()[0].task_definition.clone().unwrap();
+        let described = ecs.describe_task_definition().task_definition(arn).send().await.unwrap();
+        described.task_definition.unwrap().container_definitions()[0].image().unwrap().to_owned()
     }
 
     /// The image the `api` container of a service in `account` runs.

@@ -51,6 +51,7 @@ impl World {
             self.name(&format!("prod-{OTHER_REGION}")),
             self.name("pipeline-stage"),
             self.name("pipeline-prod"),
+            self.name("pipeline-prod-eu"),
         ]
         .join(",");
         json!({

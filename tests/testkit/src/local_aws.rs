@@ -202,6 +202,17 @@ impl LocalAws {
         self.control("ecs/autopilot", body).await;
     }
 
+    /// [`LocalAws::autopilot`] over clusters of this account in another `region`, whose events
+    /// land on `bus` in Conveyor's region (as that region's forwarding rule,
+    /// `infra/target-account.yaml`, puts them there).
+    pub async fn autopilot_forwarded(&self, region: &str, clusters: &[String], bus: &str, delay_seconds: f64) {
+        let body = json!({
+            "accounts": [ACCOUNT], "clusters": clusters, "bus": bus, "region": region, "bus_region": REGION,
+            "delay_seconds": delay_seconds,
+        });
+        self.control("ecs/autopilot", body).await;
+    }
+
     /// Creates the CloudWatch alarm `name` in Conveyor's account and region if needed, and puts it
     /// in `state` (`OK`, `ALARM`, `INSUFFICIENT_DATA`), its history kept as CloudWatch keeps it.
     pub async fn set_alarm(&self, name: &str, state: &str) {

@@ -72,11 +72,26 @@ pub async fn seed(stack: &LocalStack) {
         ("prod", json!({ "from": "stage", "approval": true })),
     ];
     world.aws.set_alarm(&web_alarm(world), "OK").await;
-    world.seed_pipeline("web", &pipeline).await;
+    let services = world.seed_pipeline("web", &pipeline).await;
+    // prod runs in two regions: eu-west-1 first, then this one (a wave, each verified in turn).
+    let eu = world.service_in_region("web", "web", crate::accounts::OTHER_REGION, "pipeline-prod-eu").await;
+    let target = |s: &crate::world::ServiceFixture| json!({ "cluster": s.cluster, "service": s.service });
+    let mut environments = serde_json::Map::new();
+    for ((env, extra), service) in pipeline.iter().zip(&services) {
+        let mut config = target(service);
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
+        environments.insert((*env).to_owned(), config);
+    }
+    let eu_target = json!({ "cluster": eu.cluster, "service": "web", "region": crate::accounts::OTHER_REGION });
+    environments["prod"] =
+        json!({ "from": "stage", "approval": true, "targets": [eu_target, target(&services[2])] });
+    world.put_app("web", &json!({ "repository": "web", "container": "api", "environments": environments })).await;
     stack.say(
         MomentKind::Step,
         format!(
-            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod, by hand, approved by a second person)"
+            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod in two regions, eu-west-1 then here, by hand, approved by a second person)"
         ),
     );
 }
@@ -213,7 +228,10 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     let id = asked["approval_id"].as_str().unwrap_or_default().to_owned();
     let own = operator(stack, &["approve", "web", "--to", "prod"], 1).await?;
     check(own.stderr.contains("cannot approve it"), || format!("the requester approved: {}", own.stderr))?;
-    stack.say(MomentKind::Step, "a release manager (another identity, as STS verifies it) approves it, and follows it");
+    stack.say(
+        MomentKind::Step,
+        "a release manager (another identity, as STS verifies it) approves it, and follows it: prod rolls out in eu-west-1, then (verified there) here",
+    );
     person(stack, "release-manager", &["approve", "web", "--to", "prod", "--id", &id, "--wait"], 0).await?;
     let on = |env: &str| crate::world::ServiceFixture {
         cluster: world.name(&format!("pipeline-{env}")),
@@ -223,6 +241,12 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     };
     let (dev, prod) = (world.running_image(&on("dev")).await, world.running_image(&on("prod")).await);
     check(dev == prod && prod.ends_with(&web()), || format!("prod runs {prod}, dev vetted {dev}"))?;
+    let eu = world.image_in_region(crate::accounts::OTHER_REGION, &on("prod-eu")).await;
+    check(eu == prod, || format!("prod in {} runs {eu}, not {prod}", crate::accounts::OTHER_REGION))?;
+    // The wave: this region's rollout started after eu-west-1's (once it was verified).
+    let record = world.record("web", "prod").await.unwrap_or_default();
+    let (eu_started, here_started) = (&record["rollout"]["started_at"], &record["targets"][0]["rollout"]["started_at"]);
+    check(eu_started.as_str() < here_started.as_str(), || format!("not eu-west-1 first, then here: {record}"))?;
 
     stack.say(MomentKind::Step, "push web:v3.1.0: its tasks run, dev verifies it, stage gets it and soaks it");
     stack.push("web", "v3.1.0", &web_noisy(), Utc::now() - chrono::Duration::seconds(10)).await;

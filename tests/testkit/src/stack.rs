@@ -105,7 +105,7 @@ impl LocalStack {
         let pipeline = |env: &str| world.name(&format!("pipeline-{env}"));
         let parameters = json!({
             "StageClusterNames": format!("{stage_cluster},{}", pipeline("dev")),
-            "ProdClusterNames": format!("{prod_cluster},{},{}", pipeline("stage"), pipeline("prod")),
+            "ProdClusterNames": format!("{prod_cluster},{},{},{}", pipeline("stage"), pipeline("prod"), pipeline("prod-eu")),
             "TaskRoleArns": "arn:aws:iam::123456789012:role/task",
         });
         let rules: Vec<&str> = ROUTES.iter().map(|(rule, _)| *rule).collect();
@@ -127,6 +127,9 @@ impl LocalStack {
         // The pipeline's clusters on their own autopilot: a test that replaces the one above (the
         // CLI docs' story) names exactly its three clusters.
         let pipeline_clusters = [pipeline("dev"), pipeline("stage"), pipeline("prod")];
+        // The pipeline's prod also runs in another region of this account (its first target).
+        let other_region = crate::accounts::OTHER_REGION;
+        world.aws.autopilot_forwarded(other_region, &[pipeline("prod-eu")], &bus, options.rollout_seconds).await;
         world
             .aws
             .autopilot(
