@@ -538,13 +538,17 @@ async fn vet(
 type Undone = (RolloutState, Option<(String, Option<String>, RolledBackBy)>);
 
 /// Puts the target `here` works on back after its `rollout` failed (or finds it back already).
-/// `None`: a change made outside Conveyor replaced the rollout (not the image's failure). A
-/// rollback not issued yet for a reason a retry may cure is an error (the invocation is retried).
+/// `failed_here`: the failure is this target's own (else its release failed on another target,
+/// and what put it back can only have been Conveyor: ECS's circuit breaker never undoes a
+/// deployment that did not fail). `None`: a change made outside Conveyor replaced the rollout
+/// (not the image's failure). A rollback not issued yet for a reason a retry may cure is an error
+/// (the invocation is retried).
 async fn undo(
     here: &mut Leased<'_>,
     rollout: &Rollout,
     service: &ServiceState,
     reason: &str,
+    failed_here: bool,
     now: chrono::DateTime<Utc>,
 ) -> Result<Option<Undone>, DeployError> {
     let (app, env) = (here.app, here.env);
@@ -553,7 +557,7 @@ async fn undo(
     Ok(Some(match decide::failure_plan(&state, rollout, service, issued.as_deref()) {
         FailurePlan::ChangedOutside => return Ok(None),
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
-            let (by, how) = if by_conveyor {
+            let (by, how) = if by_conveyor || !failed_here {
                 (RolledBackBy::Conveyor, "rolled back by Conveyor")
             } else {
                 (RolledBackBy::CircuitBreaker, "ECS circuit breaker already rolled back")
@@ -627,7 +631,7 @@ async fn roll_back(
         return Box::pin(roll_back_release(here, rollout, service, reason)).await;
     }
     let (app, env, now) = (here.app, here.env, Utc::now());
-    let Some(undone) = undo(here, rollout, service, &reason, now).await? else {
+    let Some(undone) = undo(here, rollout, service, &reason, true, now).await? else {
         return changed_outside(here).await;
     };
     let diagnostics = diagnostics(here, rollout).await;
@@ -657,7 +661,10 @@ async fn roll_back_release(
     let soaking = here.env_state()?.soaking(&rollout.id);
     let diagnostics = diagnostics(here, rollout).await;
     let mut undone = Vec::new();
-    for index in 0..app.targets(env)?.len() {
+    // The failing target last: its rollback's intent is the one a retry finds (the others are
+    // told apart without one, above).
+    let count = app.targets(env)?.len();
+    for index in (0..count).filter(|i| *i != failing).chain([failing]) {
         let mut there = here.at(index).await?;
         let moved = there.target_state().and_then(|s| s.rollout.clone());
         let Some(moved) = moved.filter(|r| r.id == rollout.id && (r.in_progress() || soaking)) else { continue };
@@ -673,7 +680,7 @@ async fn roll_back_release(
         };
         let why =
             if index == failing { reason.clone() } else { format!("the release failed on {failing_label}: {reason}") };
-        let settled = undo(&mut there, &moved, &service, &why, now).await?.unwrap_or_else(|| {
+        let settled = undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| {
             (RolloutState::Superseded { at: now, reason: "replaced by a change made outside Conveyor".into() }, None)
         });
         undone.push((index, moved, settled));

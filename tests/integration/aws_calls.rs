@@ -266,3 +266,51 @@ async fn an_approval_request_costs_one_read_and_one_write_and_its_approval_a_pro
         "a promotion, the pending request read once more and one more notification: {approved:?}"
     );
 }
+
+#[tokio::test]
+async fn a_wave_step_costs_a_verification_and_a_start_and_the_last_step_a_verification() {
+    let world = World::new().await;
+    let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    // prod on two services, one after the other.
+    let (family, cluster) = (world.name("shop-api-prod-2"), world.name("prod-2"));
+    let task_definition =
+        world.register(&family, &format!("{}/shop-api:v0.9.0", world.registry()), "prod", false).await;
+    world.create_service(&cluster, "shop-api", &task_definition, 1).await;
+    let target = |cluster: &str| json!({ "cluster": cluster, "service": "shop-api" });
+    let environments = json!({ "stage": target(&app.stage.cluster), "prod": { "targets": [target(&app.prod.cluster), target(&cluster)] } });
+    world
+        .put_app("shop-api", &json!({ "repository": "shop-api", "container": "api", "environments": environments }))
+        .await;
+    let conveyor = conveyor(&world);
+    let push = world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5));
+    conveyor.stage(push, &invocation()).await.unwrap();
+    let completed = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
+    conveyor.monitor(completed[0].clone(), &invocation()).await.unwrap();
+    let promoted = calls_of(&world, async {
+        conveyor.promote(json!({ "app": "shop-api", "tag": "v1.0.0" }), &invocation()).await.map(drop).unwrap()
+    })
+    .await;
+    println!("promotion into two targets: {promoted:?}");
+
+    let first = world.aws.settle(&app.prod.cluster, &app.prod.service, Settle::Complete).await;
+    let step =
+        calls_of(&world, async { conveyor.monitor(first[0].clone(), &invocation()).await.map(drop).unwrap() }).await;
+    println!("first target verified, the second started: {step:?}");
+    let second = world.aws.settle(&cluster, "shop-api", Settle::Complete).await;
+    let last =
+        calls_of(&world, async { conveyor.monitor(second[0].clone(), &invocation()).await.map(drop).unwrap() }).await;
+    println!("second target verified, the release verified: {last:?}");
+    assert_eq!(
+        (promoted.get("RegisterTaskDefinition"), promoted.get("UpdateService")),
+        (Some(&1), Some(&1)),
+        "{promoted:?}"
+    );
+    assert_eq!((step.get("RegisterTaskDefinition"), step.get("UpdateService")), (Some(&1), Some(&1)), "{step:?}");
+    assert!(!step.contains_key("Publish"), "a wave step announces nothing: {step:?}");
+    assert_eq!(last.get("Publish"), Some(&1), "one notification for the release: {last:?}");
+    // The step: a verification (5), the second target's first contact and start (DescribeServices,
+    // DescribeTaskDefinition, RegisterTaskDefinition, UpdateService, two commits), one commit of
+    // the wave's progress; the last: a verification and that commit.
+    assert!(total(&step) <= 10, "{step:?}");
+    assert!(total(&last) <= 6, "{last:?}");
+}

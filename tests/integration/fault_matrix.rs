@@ -112,10 +112,12 @@ enum Flow {
     Alarm,
     ApprovalRequest,
     Approve,
+    WaveStep,
+    WaveRollback,
 }
 
 impl Flow {
-    const ALL: [Flow; 13] = [
+    const ALL: [Flow; 15] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -129,6 +131,8 @@ impl Flow {
         Flow::Alarm,
         Flow::ApprovalRequest,
         Flow::Approve,
+        Flow::WaveStep,
+        Flow::WaveRollback,
     ];
 
     fn name(self) -> &'static str {
@@ -146,6 +150,8 @@ impl Flow {
             Flow::Alarm => "alarm",
             Flow::ApprovalRequest => "approval-request",
             Flow::Approve => "approve",
+            Flow::WaveStep => "wave-step",
+            Flow::WaveRollback => "wave-rollback",
         }
     }
 
@@ -308,6 +314,34 @@ impl Flow {
                     (world.proven(approve, "approver"), expect)
                 }
             }
+            Flow::WaveStep | Flow::WaveRollback => {
+                // prod on two services, one after the other: the first verified starts the second.
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                let second = second_prod(&world, &app).await;
+                vet(&world, &app, "v1.0.0", 1, base).await;
+                promote(&world, "v1.0.0").await;
+                let events = world.aws.settle(&app.prod.cluster, &app.prod.service, Settle::Complete).await;
+                let mut expect = Expect::default();
+                expect.families.push(second.family.clone());
+                if self == Flow::WaveStep {
+                    expect.env(&world, &app, "prod", 1, "in_progress");
+                    expect.target(&world, &app, &second, 1, "in_progress").new_revisions = 1;
+                    (events[0].clone(), expect)
+                } else {
+                    assert_eq!(monitor(&world, events[0].clone()).await, "deploying");
+                    let failed = Settle::Fail { circuit_breaker_rollback: false };
+                    let events = world.aws.settle(&second.cluster, &second.service, failed).await;
+                    let seeded = format!("{}/{}:v0.9.0", world.registry(), app.repository);
+                    expect.env(&world, &app, "prod", 1, "rolled_back");
+                    expect.target(&world, &app, &second, 1, "rolled_back");
+                    for expected in expect.envs.iter_mut().filter(|e| e.env == "prod") {
+                        (expected.image, expected.by) = (seeded.clone(), Some("conveyor"));
+                    }
+                    expect.notify(&app, "prod", "rolled_back");
+                    expect.unpromotable.push((app.app.clone(), "v1.0.0".into()));
+                    (events[0].clone(), expect)
+                }
+            }
             Flow::Sweep => {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
                 // The push's notification stays in the outbox (SNS down), its COMPLETED event is lost.
@@ -390,6 +424,8 @@ struct EnvExpect {
     by: Option<&'static str>,
     /// How many ACTIVE revisions the flow may add to the service's family.
     new_revisions: usize,
+    /// Which of the environment's targets (0: its first).
+    target: usize,
 }
 
 impl Expect {
@@ -418,8 +454,23 @@ impl Expect {
             last_verified: None,
             by: None,
             new_revisions: 0,
+            target: 0,
         });
         self.envs.last_mut().unwrap()
+    }
+
+    /// [`Expect::env`] for prod's second target, `service`.
+    fn target(
+        &mut self,
+        world: &World,
+        app: &AppFixture,
+        service: &ServiceFixture,
+        n: u32,
+        kind: &'static str,
+    ) -> &mut EnvExpect {
+        let expected = self.env(world, app, "prod", n, kind);
+        (expected.service, expected.target) = (service.clone(), 1);
+        expected
     }
 
     fn notify(&mut self, app: &AppFixture, env: &str, outcome: &str) {
@@ -447,6 +498,21 @@ async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime
     let event = world.push_event(&app.repository, tag, &digest(n), time);
     let report = conveyor(world).stage(event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
+}
+
+/// Setup: `app`'s prod runs on a second service too (`prod-2`), after the first (config rewritten).
+async fn second_prod(world: &World, app: &AppFixture) -> ServiceFixture {
+    let (family, cluster) = (world.name("shop-api-prod-2"), world.name("prod-2"));
+    let image = format!("{}/{}:v0.9.0", world.registry(), app.repository);
+    let task_definition = world.register(&family, &image, "prod", false).await;
+    world.create_service(&cluster, &app.app, &task_definition, 1).await;
+    let second = ServiceFixture { cluster, service: app.app.clone(), family, initial_task_definition: task_definition };
+    let target = |s: &ServiceFixture| json!({ "cluster": s.cluster, "service": s.service });
+    let environments =
+        json!({ "stage": target(&app.stage), "prod": { "targets": [target(&app.prod), target(&second)] } });
+    let config = json!({ "repository": app.repository, "container": "api", "environments": environments });
+    world.put_app(&app.app, &config).await;
+    second
 }
 
 /// Setup: `app`'s prod takes approvals (its config rewritten).
@@ -715,7 +781,10 @@ async fn check(scene: &Scene, resend_allowed: bool, notes: &mut Vec<String>) -> 
     let world = &scene.world;
     let mut problems = Vec::new();
     for expected in &scene.expect.envs {
-        let place = format!("{}/{}", expected.app, expected.env);
+        let place = match expected.target {
+            0 => format!("{}/{}", expected.app, expected.env),
+            index => format!("{}/{} target {}", expected.app, expected.env, index + 1),
+        };
         // ECS: the right image, on an ACTIVE revision.
         let service = world.service(&expected.service.cluster, &expected.service.service).await;
         let running = service.task_definition().unwrap_or_default().to_owned();
@@ -734,7 +803,12 @@ async fn check(scene: &Scene, resend_allowed: bool, notes: &mut Vec<String>) -> 
         }
         // The state agrees with ECS.
         let item = world.item(&format!("APP#{}", expected.app), &format!("ENV#{}", expected.env)).await;
-        let Some(state) = item.as_ref().and_then(|item| item.get("state")) else {
+        let state = item.as_ref().and_then(|item| item.get("state"));
+        let state = match expected.target {
+            0 => state,
+            index => state.and_then(|state| state["targets"].get(index - 1)),
+        };
+        let Some(state) = state else {
             problems.push(format!("{place}: no state"));
             continue;
         };

@@ -156,7 +156,8 @@ impl World {
         let ecs = aws_sdk_ecs::Client::new(
             &self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
         );
-        let current = ecs.describe_services().cluster(&service.cluster).services(&service.service).send().await.unwrap();
+        let current =
+            ecs.describe_services().cluster(&service.cluster).services(&service.service).send().await.unwrap();
         let arn = current.services.unwrap()[0].task_definition.clone().unwrap();
         let described = ecs.describe_task_definition().task_definition(arn).send().await.unwrap();
         described.task_definition.unwrap().container_definitions()[0].image().unwrap().to_owned()

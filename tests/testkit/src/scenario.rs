@@ -85,8 +85,7 @@ pub async fn seed(stack: &LocalStack) {
         environments.insert((*env).to_owned(), config);
     }
     let eu_target = json!({ "cluster": eu.cluster, "service": "web", "region": crate::accounts::OTHER_REGION });
-    environments["prod"] =
-        json!({ "from": "stage", "approval": true, "targets": [eu_target, target(&services[2])] });
+    environments["prod"] = json!({ "from": "stage", "approval": true, "targets": [eu_target, target(&services[2])] });
     world.put_app("web", &json!({ "repository": "web", "container": "api", "environments": environments })).await;
     stack.say(
         MomentKind::Step,
