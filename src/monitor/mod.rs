@@ -315,7 +315,10 @@ async fn target_verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Han
         return Ok(Handled::of(&app.name, env, Action::Skipped, format!("{label}: a release no longer in progress")));
     }
     if here.env_state()?.verified_on(&rollout.id, index) {
-        return Ok(Handled::of(&app.name, env, Action::Skipped, format!("already verified on {label}")));
+        // A repeated event: the step it led to may have been cut short (a crash before the next
+        // target's start was recorded); this holder, which took the lease over, finishes it.
+        let mut first = here.at(0).await?;
+        return Box::pin(advance(&mut first)).await;
     }
     let mut change = Change::new(here.env_state()?.clone());
     change.state.record_verified(&rollout.id, index);
