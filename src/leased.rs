@@ -107,7 +107,7 @@ impl Leased<'_> {
                 std::cmp::Ordering::Greater => {
                     return Err(LedgerError::Corrupt {
                         item: self.held.key.label(),
-                        problem: format!("target {} is recorded before target {}", self.index, slot),
+                        problem: format!("target {} is recorded before target {}", self.index + 1, slot + 1),
                     })
                 }
             }
@@ -124,9 +124,12 @@ impl Leased<'_> {
         Ok(Leased { app, env, index, target, fleet, held: &mut *self.held, ledger: self.ledger })
     }
 
-    /// This target's state, if it was ever contacted.
+    /// This target's state, if it was ever contacted. A state recorded for another service (the
+    /// config's targets reordered, or one replaced) is not this target's: it starts afresh.
     pub fn target_state(&self) -> Option<&EnvState> {
-        self.held.state.as_ref().and_then(|env| env.target(self.index))
+        let service = self.target.service;
+        let ours = |s: &&EnvState| self.index == 0 || (s.cluster == service.cluster && s.service == service.service);
+        self.held.state.as_ref().and_then(|env| env.target(self.index)).filter(ours)
     }
 
     /// The environment's state (its first target's, with every other target's inside).

@@ -67,6 +67,11 @@ pub struct EnvState {
 pub struct Wave {
     pub rollout_id: String,
     pub verified: Vec<usize>,
+    /// The release failed on this target, for this reason: recorded before any target is put
+    /// back, so that whoever comes next (a retry, the sweep) finishes putting them back and
+    /// nothing verifies the release meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<(usize, String)>,
 }
 
 /// Where the approval of a promotion into this environment stands.
@@ -232,17 +237,36 @@ impl EnvState {
         }
     }
 
+    /// [`EnvState::target`], to change.
+    pub fn target_mut(&mut self, index: usize) -> Option<&mut EnvState> {
+        match index {
+            0 => Some(self),
+            _ => self.targets.get_mut(index - 1),
+        }
+    }
+
     /// Records the release `rollout_id` as verified on target `index` (a new release starts a
     /// new wave).
     pub fn record_verified(&mut self, rollout_id: &str, index: usize) {
-        let fresh = || Wave { rollout_id: rollout_id.to_owned(), verified: Vec::new() };
+        let wave = self.wave_of(rollout_id);
+        if !wave.verified.contains(&index) {
+            wave.verified.push(index);
+        }
+    }
+
+    /// The wave of the release `rollout_id` (a new release starts a new one).
+    pub fn wave_of(&mut self, rollout_id: &str) -> &mut Wave {
+        let fresh = || Wave { rollout_id: rollout_id.to_owned(), verified: Vec::new(), failed: None };
         let wave = self.wave.get_or_insert_with(fresh);
         if wave.rollout_id != rollout_id {
             *wave = fresh();
         }
-        if !wave.verified.contains(&index) {
-            wave.verified.push(index);
-        }
+        wave
+    }
+
+    /// Where the release `rollout_id` failed (target and reason), once that was decided.
+    pub fn failed_on(&self, rollout_id: &str) -> Option<&(usize, String)> {
+        self.wave.as_ref().filter(|w| w.rollout_id == rollout_id).and_then(|w| w.failed.as_ref())
     }
 
     /// Settles every other target's rollout of the release `rollout_id` still in progress into
@@ -259,7 +283,8 @@ impl EnvState {
     /// runs there becomes that target's known-good one.
     pub fn vet_targets(&mut self, verified: &Verified) {
         for target in &mut self.targets {
-            let Some(rollout) = target.rollout.as_ref().filter(|r| r.id == verified.rollout_id) else { continue };
+            let vetted = |r: &&Rollout| r.id == verified.rollout_id && matches!(r.state, RolloutState::Verified { .. });
+            let Some(rollout) = target.rollout.as_ref().filter(vetted) else { continue };
             target.last_verified =
                 Some(Verified { task_definition_arn: rollout.task_definition_arn.clone(), ..verified.clone() });
         }

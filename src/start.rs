@@ -226,6 +226,8 @@ pub fn supersede(app: &AppConfig, env: Environment, change: &mut Change<EnvState
         info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest, reason, "rollout superseded");
         change.history.push(history_of(&app.name, &rollout, env, now));
         change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
+        // The environment's other targets: their rollouts of it are superseded with it.
+        change.state.supersede_targets(now, reason);
     }
 }
 

@@ -302,17 +302,10 @@ async fn verified(here: &mut Leased<'_>, rollout: &Rollout, gate: &alarms::Gate)
 /// The release verified on one of the environment's several targets: recorded, then the wave
 /// moves on ([`advance`]). A rollout of a release no longer in progress ends superseded there.
 async fn target_verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, DeployError> {
-    let (app, env, index, now) = (here.app, here.env, here.index, Utc::now());
+    let (app, env, index) = (here.app, here.env, here.index);
     let label = here.target.service.label();
     if here.env_state()?.in_progress().is_none_or(|release| release.id != rollout.id) {
-        let mut change = Change::new(here.state()?.clone());
-        let reason = "its release is no longer in progress".to_owned();
-        if let Some(recorded) = change.state.rollout.as_mut().filter(|r| r.id == rollout.id) {
-            if recorded.settle(RolloutState::Superseded { at: now, reason }).is_ok() {
-                here.commit(change).await?;
-            }
-        }
-        return Ok(Handled::of(&app.name, env, Action::Skipped, format!("{label}: a release no longer in progress")));
+        return retire(here, rollout).await;
     }
     if here.env_state()?.verified_on(&rollout.id, index) {
         // A repeated event: the step it led to may have been cut short (a crash before the next
@@ -330,6 +323,20 @@ async fn target_verified(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Han
     Box::pin(advance(&mut first)).await
 }
 
+/// A target's rollout of a release no longer in progress (a newer one replaced it): it ends
+/// superseded there, quietly (the release's own end was announced).
+async fn retire(here: &mut Leased<'_>, rollout: &Rollout) -> Result<Handled, DeployError> {
+    let (app, env, label) = (here.app, here.env, here.target.service.label());
+    let mut change = Change::new(here.state()?.clone());
+    let reason = "its release is no longer in progress".to_owned();
+    if let Some(recorded) = change.state.rollout.as_mut().filter(|r| r.id == rollout.id) {
+        if recorded.settle(RolloutState::Superseded { at: Utc::now(), reason }).is_ok() {
+            here.commit(change).await?;
+        }
+    }
+    Ok(Handled::of(&app.name, env, Action::Skipped, format!("{label}: a release no longer in progress")))
+}
+
 /// Moves the release in progress of an environment with several targets on (`here`: its first
 /// target): starts the next targets, settles it verified once every target is, or ends it when a
 /// target's rollout ended otherwise. Also the sweep's way to finish a step a crash cut short.
@@ -344,10 +351,20 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             let detail = statuses.iter().map(|t| format!("{}: {}", t.target, t.state)).collect::<Vec<_>>().join("; ");
             Ok(Handled::of(&app.name, env, Action::Waiting, detail))
         }
-        wave::Next::Start(indexes) => {
-            let started = Box::pin(wave::start_targets(here, &indexes)).await?;
-            Ok(Handled::of(&app.name, env, Action::Deploying, format!("started on {}", started.join(", "))))
-        }
+        wave::Next::Start(indexes) => match Box::pin(wave::start_targets(here, &indexes)).await {
+            Ok(started) => {
+                Ok(Handled::of(&app.name, env, Action::Deploying, format!("started on {}", started.join(", "))))
+            }
+            // A target the release cannot start on (its service gone, a definition refused): the
+            // release fails there. Anything a retry may cure is left to the next attempt.
+            Err((index, error)) if !error.retryable() && !matches!(error, DeployError::Ledger(_)) => {
+                let label = app.target_labels(env).get(index).cloned().unwrap_or_default();
+                let reason = format!("the release could not start on {label}: {error}");
+                Box::pin(roll_back_release(here, index, reason, None)).await
+            }
+            Err((_, error)) => Err(error),
+        },
+        wave::Next::RollBack { index, reason } => Box::pin(roll_back_release(here, index, reason, None)).await,
         wave::Next::Complete => {
             let Some(release) = here.env_state()?.in_progress().cloned() else {
                 return Ok(Handled::of(&app.name, env, Action::Skipped, "settled meanwhile"));
@@ -355,11 +372,7 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             let gate = alarm_gate(here, &release).await?;
             match gate.failure() {
                 None => Box::pin(release_verified(here, &release, &gate)).await,
-                Some(fired) => {
-                    let target = here.target.service;
-                    let service = here.target.ecs.service(&target.cluster, &target.service).await?;
-                    Box::pin(roll_back(here, &release, &service, fired)).await
-                }
+                Some(fired) => Box::pin(roll_back_release(here, 0, fired, None)).await,
             }
         }
         wave::Next::Broken { index, reason } => {
@@ -449,21 +462,41 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         return roll_back(here, &rollout, &observed.service, reason).await;
     }
     if observed.service.task_definition != rollout.task_definition_arn {
-        let mut change = Change::new(state);
-        change.state.soak = None;
-        here.commit(change).await?;
-        let detail =
-            format!("the service no longer runs {}: the soak ended, nothing vetted", rollout.task_definition_arn);
-        return Ok(Handled::of(&app.name, env, Action::Skipped, detail));
+        return end_soak_unvetted(here, &rollout.task_definition_arn).await;
     }
     // The alarms again, from their history: one that fired and recovered meanwhile fails it too.
     let gate = alarm_gate(here, &rollout).await?;
-    if let Some(fired) = gate.failure() {
+    // Several targets: each must still run the release, and each one's alarms be quiet too.
+    let mut fired_elsewhere = None;
+    for index in 1..app.targets(env)?.len() {
+        let mut there = here.at(index).await?;
+        let ours = there.target_state().and_then(|s| s.rollout.clone()).filter(|r| r.id == rollout.id);
+        let Some(ours) = ours else { continue };
+        let Ok(service) = service_of(&there).await? else { continue };
+        if service.task_definition != ours.task_definition_arn {
+            return end_soak_unvetted(&mut there, &ours.task_definition_arn).await;
+        }
+        if fired_elsewhere.is_none() {
+            fired_elsewhere = alarm_gate(&there, &ours).await?.failure();
+        }
+    }
+    if let Some(fired) = gate.failure().or(fired_elsewhere) {
         return roll_back(here, &rollout, &observed.service, fired).await;
     }
     let soak = app.pipeline.environment(env).map_or(std::time::Duration::ZERO, |e| e.soak);
     let reason = gate.annotate(format!("soaked {} without a problem", crate::config::show_duration(soak)));
     vet(here, rollout, now, &reason).await
+}
+
+/// A soak whose service (of the target `here` works on) no longer runs `revision`, the release's
+/// there: it ends, nothing vetted (a change made outside Conveyor whose event never came).
+async fn end_soak_unvetted(here: &mut Leased<'_>, revision: &str) -> Result<Handled, DeployError> {
+    let (app, env, label) = (here.app, here.env, here.target.service.label());
+    let mut change = Change::new(here.env_state()?.clone());
+    change.state.soak = None;
+    here.at(0).await?.commit(change).await?;
+    let detail = format!("{label} no longer runs {revision}: the soak ended, nothing vetted");
+    Ok(Handled::of(&app.name, env, Action::Skipped, detail))
 }
 
 /// Records the image of a verified `rollout` as vetted here: last verified, its tags promotable
@@ -631,7 +664,17 @@ async fn roll_back(
     reason: String,
 ) -> Result<Handled, DeployError> {
     if wave::applies(here.app, here.env) {
-        return Box::pin(roll_back_release(here, rollout, service, reason)).await;
+        let current = here.env_state()?.rollout.as_ref().is_some_and(|release| release.id == rollout.id);
+        if !current {
+            return retire(here, rollout).await;
+        }
+        // A change made outside Conveyor on the failing target is drift there, not the image's
+        // failure: the release ends superseded (`advance`), nothing is put back.
+        let issued = here.held.intent().and_then(|intent| intent.rollback_of(&rollout.id)).map(str::to_owned);
+        if decide::failure_plan(here.state()?, rollout, service, issued.as_deref()) == FailurePlan::ChangedOutside {
+            return changed_outside(here).await;
+        }
+        return Box::pin(roll_back_release(here, here.index, reason, Some(service.clone()))).await;
     }
     let (app, env, now) = (here.app, here.env, Utc::now());
     let Some(undone) = undo(here, rollout, service, &reason, true, now).await? else {
@@ -650,73 +693,88 @@ async fn roll_back(
     commit_failure(here, change, &rollout, diagnostics).await
 }
 
-/// The release of an environment with several targets failed on the target `here` works on:
-/// every target it moved goes back to its known-good revision (those it never reached stay as
-/// they are), the image is failed, and one notification names every target's state.
+/// The release of an environment with several targets failed on target `failing` (`service`:
+/// what its service is, when known): the decision is committed first (a retry or the sweep then
+/// finishes what a crash cut short, and nothing verifies the release meanwhile); then every target
+/// the release moved goes back to its own known-good revision (the failing one last: its
+/// rollback's intent is the one a retry finds), the image is failed, and one notification names
+/// every target's state.
 async fn roll_back_release(
     here: &mut Leased<'_>,
-    rollout: &Rollout,
-    service: &ServiceState,
+    failing: usize,
     reason: String,
+    service: Option<ServiceState>,
 ) -> Result<Handled, DeployError> {
-    let (app, env, failing, now) = (here.app, here.env, here.index, Utc::now());
-    let failing_label = here.target.service.label();
-    let soaking = here.env_state()?.soaking(&rollout.id);
-    let diagnostics = diagnostics(here, rollout).await;
-    let mut undone = Vec::new();
-    // The failing target last: its rollback's intent is the one a retry finds (the others are
-    // told apart without one, above).
-    let count = app.targets(env)?.len();
-    for index in (0..count).filter(|i| *i != failing).chain([failing]) {
-        let mut there = here.at(index).await?;
+    let (app, env, now) = (here.app, here.env, Utc::now());
+    let mut first = here.at(0).await?;
+    let root = first.env_state()?.clone();
+    let Some(release) = root.rollout.clone().filter(|r| r.in_progress() || root.soaking(&r.id)) else {
+        return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
+    };
+    let soaking = root.soaking(&release.id);
+    if root.failed_on(&release.id).is_none() {
+        let mut change = Change::new(root);
+        change.state.wave_of(&release.id).failed = Some((failing, reason.clone()));
+        first.commit(change).await?;
+    }
+    let labels = app.target_labels(env);
+    let failing_label = labels.get(failing).cloned().unwrap_or_default();
+    let (mut undone, mut diagnostics) = (Vec::new(), Vec::new());
+    for index in (0..labels.len()).filter(|i| *i != failing).chain([failing]) {
+        let mut there = first.at(index).await?;
         let moved = there.target_state().and_then(|s| s.rollout.clone());
-        let Some(moved) = moved.filter(|r| r.id == rollout.id && (r.in_progress() || soaking)) else { continue };
-        let service = if index == failing {
-            service.clone()
-        } else {
-            let target = there.target.service;
-            match there.target.ecs.service(&target.cluster, &target.service).await {
+        let Some(moved) = moved.filter(|r| r.id == release.id && (r.in_progress() || soaking)) else { continue };
+        let service = match (index == failing, &service) {
+            (true, Some(service)) => service.clone(),
+            _ => match service_of(&there).await? {
                 Ok(service) => service,
-                Err(error) if error.code == "ServiceNotFound" => continue,
-                Err(error) => return Err(error.into()),
-            }
+                Err(_gone) => continue,
+            },
         };
         let why =
             if index == failing { reason.clone() } else { format!("the release failed on {failing_label}: {reason}") };
+        if index == failing {
+            diagnostics = self::diagnostics(&there, &moved).await;
+        }
         let settled = undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| {
             (RolloutState::Superseded { at: now, reason: "replaced by a change made outside Conveyor".into() }, None)
         });
         undone.push((index, moved, settled));
     }
-    let mut first = here.at(0).await?;
     let mut change = Change::new(first.env_state()?.clone());
     change.state.soak = None;
     for (index, moved, settled) in &undone {
-        let target = match index {
-            0 => &mut change.state,
-            _ => match change.state.targets.get_mut(index - 1) {
-                Some(target) => target,
-                None => continue,
-            },
-        };
+        let Some(target) = change.state.target_mut(*index) else { continue };
         if let Some(recorded) = target.rollout.as_mut() {
             let _ = recorded.fail(settled.0.clone(), soaking);
         }
         target.rollback = watch_of(moved, settled, now);
     }
     // The release as one: failed where a target could not be put back, else as the failing
-    // target settled.
-    let outcome = undone
-        .iter()
-        .find(|(_, _, (state, _))| matches!(state, RolloutState::Failed { .. }))
-        .or_else(|| undone.iter().find(|(index, _, _)| *index == failing))
-        .map(|(_, _, (state, _))| state.clone());
-    let Some(outcome) = outcome else {
+    // target settled (or, if the release never reached it, as the others did).
+    let failed = undone.iter().map(|(_, _, (state, _))| state).find(|s| matches!(s, RolloutState::Failed { .. }));
+    let own = undone.iter().find(|(index, _, _)| *index == failing).map(|(_, _, (state, _))| state);
+    let first_moved = undone.first().map(|(_, _, (state, _))| state);
+    let outcome =
+        failed.or(own).or(first_moved).cloned().unwrap_or(RolloutState::Failed { at: now, reason: reason.clone() });
+    let Some(recorded) = change.state.rollout.as_mut() else {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     };
-    let mut release = change.state.rollout.clone().unwrap_or_else(|| rollout.clone());
+    // The first target's own rollout, if the release never moved it (it ran the image already).
+    let _ = recorded.fail(outcome.clone(), soaking);
+    let mut release = recorded.clone();
     release.state = outcome;
     commit_failure(&mut first, change, &release, diagnostics).await
+}
+
+/// The service of the target `here` works on: `Err` when it no longer exists.
+async fn service_of(here: &Leased<'_>) -> Result<Result<ServiceState, AwsError>, DeployError> {
+    let target = here.target.service;
+    match here.target.ecs.service(&target.cluster, &target.service).await {
+        Ok(service) => Ok(Ok(service)),
+        Err(error) if error.code == "ServiceNotFound" => Ok(Err(error)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Commits a failed release: the image failed here, history, one notification.
@@ -812,6 +870,8 @@ async fn rollback_ended(
     change.history.push(entry);
     if event == Outcome::Failed {
         let mut notification = Notification::of_service(app, env, Outcome::Failed, Severity::Critical);
+        (notification.cluster, notification.service) =
+            (Some(here.target.service.cluster.clone()), Some(here.target.service.service.clone()));
         notification.tag = Some(watch.tag.clone());
         notification.digest = Some(watch.digest.clone());
         notification.rollback_task_definition_arn = Some(watch.to.clone());
@@ -835,6 +895,7 @@ async fn changed_outside(here: &mut Leased<'_>) -> Result<Handled, DeployError> 
     let provenance = start::Provenance { tokens: here.held.adoptable(), image: None };
     start::note_what_runs(app, env, &mut change, &observed, &provenance, Utc::now());
     here.held.settle_unsettled();
+    name_the_target(here, &mut change);
     if change.history.is_empty() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "stale: the service runs a revision Conveyor knows"));
     }
@@ -856,8 +917,29 @@ async fn service_gone(here: &mut Leased<'_>, rollout: &Rollout, error: &AwsError
     change.state.rollback = None;
     change.history.push(history_of(&app.name, &rollout, env, now));
     change.announcements.push(Announcement::new(Notification::of_rollout(app, env, &rollout), app));
+    name_the_target(here, &mut change);
     here.commit(change).await?;
     Ok(Handled::of(&app.name, env, Action::Failed, reason))
+}
+
+/// On an environment's other targets, what a change found there says is about that target: its
+/// service named (not the first target's), and a rollout of the release settled there announced
+/// by the release as it ends ([`advance`]), not on its own — one notification per transition of
+/// the environment.
+fn name_the_target(here: &Leased<'_>, change: &mut Change<EnvState>) {
+    if here.index == 0 {
+        return;
+    }
+    let target = here.target.service;
+    // A rollout settled (superseded, or failed with its service gone); a failed rollback is not.
+    let release_settled = |n: &Notification| {
+        n.outcome == Outcome::Superseded || (n.outcome == Outcome::Failed && n.rollback_task_definition_arn.is_none())
+    };
+    change.announcements.retain(|a| !release_settled(&a.notification));
+    for announcement in &mut change.announcements {
+        announcement.notification.cluster = Some(target.cluster.clone());
+        announcement.notification.service = Some(target.service.clone());
+    }
 }
 
 /// Ends every soak among `pending` whose time is up (under the environment's lease), then starts

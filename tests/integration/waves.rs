@@ -186,3 +186,19 @@ async fn parallel_targets_start_at_once_and_the_release_is_verified_with_the_las
         ["[conveyor] shop-api prod: promoted v1.0.0", "[conveyor] shop-api prod: verified v1.0.0"]
     );
 }
+
+#[tokio::test]
+async fn a_target_the_release_cannot_start_on_fails_it_and_puts_back_the_targets_it_moved() {
+    let world = World::new().await;
+    let (stage, [a, b, _c]) = three_targets(&world, false).await;
+    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
+    promoted(&world, &monitor, &stage).await;
+    // The second target's service is deleted before its turn.
+    world.ecs.delete_service().cluster(&b.cluster).service(&b.service).force(true).send().await.unwrap();
+    let handled = settle(&world, &monitor, &a, Settle::Complete).await;
+    assert_eq!(handled["action"], "rolled_back", "{handled}");
+    assert!(handled["detail"].as_str().unwrap().contains("could not start on"), "{handled}");
+    assert_eq!(world.service(&a.cluster, &a.service).await.task_definition.unwrap(), a.initial_task_definition);
+    let subjects = prod_notifications(&world).await;
+    assert_eq!(subjects.last().map(|(s, _)| s.as_str()), Some("[conveyor] shop-api prod: rolled_back v1.0.0"));
+}
