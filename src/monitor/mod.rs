@@ -571,7 +571,26 @@ async fn vet(
 }
 
 /// How a failed rollout settles on one target, and the rollback deployment to watch there.
-type Undone = (RolloutState, Option<(String, Option<String>, RolledBackBy)>);
+struct Undone {
+    settlement: RolloutState,
+    /// The revision it went back to, the deployment doing it (when known) and who issued it.
+    rollback: Option<(String, Option<String>, RolledBackBy)>,
+}
+
+impl Undone {
+    /// The rollback deployment to watch until ECS completes it, if there is one.
+    fn watch(&self, rollout: &Rollout, now: chrono::DateTime<Utc>) -> Option<RollbackWatch> {
+        self.rollback.as_ref().map(|(to, deployment_id, by)| RollbackWatch {
+            rollout_id: rollout.id.clone(),
+            tag: rollout.tag.clone(),
+            digest: rollout.digest.clone(),
+            to: to.clone(),
+            deployment_id: deployment_id.clone(),
+            by: *by,
+            started_at: now,
+        })
+    }
+}
 
 /// Puts the target `here` works on back after its `rollout` failed (or finds it back already).
 /// `failed_here`: the failure is this target's own (else its release failed on another target,
@@ -600,35 +619,39 @@ async fn undo(
             };
             let settlement =
                 RolloutState::RolledBack { at: now, reason: format!("{reason} ({how})"), to: to.clone(), by };
-            (settlement, Some((to, Some(deployment_id), by)))
+            Undone { settlement, rollback: Some((to, Some(deployment_id), by)) }
         }
         FailurePlan::RollBack { to } => match issue_rollback(here, rollout, &to).await {
-            Ok((to, deployment_id)) => (
-                RolloutState::RolledBack {
+            Ok((to, deployment_id)) => Undone {
+                settlement: RolloutState::RolledBack {
                     at: now,
                     reason: format!("{reason} (rolled back by Conveyor)"),
                     to: to.clone(),
                     by: RolledBackBy::Conveyor,
                 },
-                Some((to, deployment_id, RolledBackBy::Conveyor)),
-            ),
+                rollback: Some((to, deployment_id, RolledBackBy::Conveyor)),
+            },
             Err(DeployError::Aws(error)) if error.retryable => {
                 warn!(app = %app.name, environment = %env, error = %error, "rollback not issued yet: the invocation fails and is retried");
                 return Err(error.into());
             }
             // Refused (not worth a retry), or a definition this build cannot copy: people must act.
-            Err(error @ (DeployError::Aws(_) | DeployError::Unmodeled(_))) => {
-                (RolloutState::Failed { at: now, reason: format!("{reason} (rollback to {to} failed: {error})") }, None)
-            }
+            Err(error @ (DeployError::Aws(_) | DeployError::Unmodeled(_))) => Undone {
+                settlement: RolloutState::Failed {
+                    at: now,
+                    reason: format!("{reason} (rollback to {to} failed: {error})"),
+                },
+                rollback: None,
+            },
             Err(error) => return Err(error),
         },
-        FailurePlan::NothingToRollBackTo => (
-            RolloutState::Failed {
+        FailurePlan::NothingToRollBackTo => Undone {
+            settlement: RolloutState::Failed {
                 at: now,
                 reason: format!("{reason} (nothing to roll back to: the failed revision is the last known-good one)"),
             },
-            None,
-        ),
+            rollback: None,
+        },
     }))
 }
 
@@ -641,18 +664,6 @@ async fn diagnostics(here: &Leased<'_>, rollout: &Rollout) -> Vec<String> {
         .await
         .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
         .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")])
-}
-
-fn watch_of(rollout: &Rollout, undone: &Undone, now: chrono::DateTime<Utc>) -> Option<RollbackWatch> {
-    undone.1.as_ref().map(|(to, deployment_id, by)| RollbackWatch {
-        rollout_id: rollout.id.clone(),
-        tag: rollout.tag.clone(),
-        digest: rollout.digest.clone(),
-        to: to.clone(),
-        deployment_id: deployment_id.clone(),
-        by: *by,
-        started_at: now,
-    })
 }
 
 /// A rollout failed: the service goes back to its known-good revision, the image is failed here
@@ -683,12 +694,12 @@ async fn roll_back(
     let diagnostics = diagnostics(here, rollout).await;
     let state = here.state()?.clone();
     let mut rollout = rollout.clone();
-    if rollout.fail(undone.0.clone(), state.soaking(&rollout.id)).is_err() {
+    if rollout.fail(undone.settlement.clone(), state.soaking(&rollout.id)).is_err() {
         return Ok(Handled::of(&app.name, env, Action::Skipped, "already settled"));
     }
     let mut change = Change::new(state);
     change.state.soak = None;
-    change.state.rollback = watch_of(&rollout, &undone, now);
+    change.state.rollback = undone.watch(&rollout, now);
     change.state.rollout = Some(rollout.clone());
     commit_failure(here, change, &rollout, diagnostics).await
 }
@@ -736,9 +747,14 @@ async fn roll_back_release(
         if index == failing {
             diagnostics = self::diagnostics(&there, &moved).await;
         }
-        let settled = undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| {
-            (RolloutState::Superseded { at: now, reason: "replaced by a change made outside Conveyor".into() }, None)
-        });
+        let settled =
+            undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| Undone {
+                settlement: RolloutState::Superseded {
+                    at: now,
+                    reason: "replaced by a change made outside Conveyor".into(),
+                },
+                rollback: None,
+            });
         undone.push((index, moved, settled));
     }
     let mut change = Change::new(first.env_state()?.clone());
@@ -746,15 +762,15 @@ async fn roll_back_release(
     for (index, moved, settled) in &undone {
         let Some(target) = change.state.target_mut(*index) else { continue };
         if let Some(recorded) = target.rollout.as_mut() {
-            let _ = recorded.fail(settled.0.clone(), soaking);
+            let _ = recorded.fail(settled.settlement.clone(), soaking);
         }
-        target.rollback = watch_of(moved, settled, now);
+        target.rollback = settled.watch(moved, now);
     }
     // The release as one: failed where a target could not be put back, else as the failing
     // target settled (or, if the release never reached it, as the others did).
-    let failed = undone.iter().map(|(_, _, (state, _))| state).find(|s| matches!(s, RolloutState::Failed { .. }));
-    let own = undone.iter().find(|(index, _, _)| *index == failing).map(|(_, _, (state, _))| state);
-    let first_moved = undone.first().map(|(_, _, (state, _))| state);
+    let failed = undone.iter().map(|(_, _, u)| &u.settlement).find(|s| matches!(s, RolloutState::Failed { .. }));
+    let own = undone.iter().find(|(index, _, _)| *index == failing).map(|(_, _, u)| &u.settlement);
+    let first_moved = undone.first().map(|(_, _, u)| &u.settlement);
     let outcome =
         failed.or(own).or(first_moved).cloned().unwrap_or(RolloutState::Failed { at: now, reason: reason.clone() });
     let Some(recorded) = change.state.rollout.as_mut() else {
