@@ -69,8 +69,7 @@ impl<'a> Leases<'a> {
     where
         E: From<LedgerError> + From<crate::config::NoSuchEnvironment>,
     {
-        let service = app.targets(env)?.get(index).ok_or_else(|| app.no_such(env))?;
-        let target = fleet.target(app, service).await;
+        let target = fleet.target(app, app.target_at(env, index)?).await;
         let ledger = self.ledger;
         self.with(lease, async |held: &mut Held<EnvState>| {
             work(&mut Leased { app, env, index, target, fleet, held, ledger }).await
@@ -100,14 +99,15 @@ impl Leased<'_> {
     pub async fn commit(&mut self, mut change: Change<EnvState>) -> Result<(), LedgerError> {
         if self.index > 0 {
             let mut env = self.held.require_state()?.clone();
-            let slot = self.index - 1;
-            match slot.cmp(&env.targets.len()) {
-                std::cmp::Ordering::Less => env.targets[slot] = change.state,
-                std::cmp::Ordering::Equal => env.targets.push(change.state),
-                std::cmp::Ordering::Greater => {
+            let next = env.targets.len() + 1;
+            match env.target_mut(self.index) {
+                Some(recorded) => *recorded = change.state,
+                // First contact: targets are contacted in order, so it is the next one.
+                None if self.index == next => env.targets.push(change.state),
+                None => {
                     return Err(LedgerError::Corrupt {
                         item: self.held.key.label(),
-                        problem: format!("target {} is recorded before target {}", self.index + 1, slot + 1),
+                        problem: format!("target {} is recorded before target {}", self.index + 1, self.index),
                     })
                 }
             }
@@ -119,8 +119,7 @@ impl Leased<'_> {
     /// The same lease, working on target `index` of the environment.
     pub async fn at(&mut self, index: usize) -> Result<Leased<'_>, crate::config::NoSuchEnvironment> {
         let (app, env, fleet) = (self.app, self.env, self.fleet);
-        let service = app.targets(env)?.get(index).ok_or_else(|| app.no_such(env))?;
-        let target = fleet.target(app, service).await;
+        let target = fleet.target(app, app.target_at(env, index)?).await;
         Ok(Leased { app, env, index, target, fleet, held: &mut *self.held, ledger: self.ledger })
     }
 

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::AppConfig;
 use crate::events::Push;
 use crate::rollout::{Revision, RollbackWatch, Rollout, RolloutState, TargetStatus};
 use crate::types::{AppName, Environment, ImageDigest, ImageTag, Requester};
@@ -303,16 +304,17 @@ impl EnvState {
         self.wave = None;
     }
 
-    /// Where this environment's release (its rollout) stands on each of its targets, named by
-    /// `labels` in config order (empty with one target).
-    pub fn target_statuses(&self, labels: &[String]) -> Vec<TargetStatus> {
+    /// Where this environment's release (its rollout) stands on each of `env`'s targets, in
+    /// config order (empty with one target).
+    pub fn target_statuses(&self, app: &AppConfig, env: Environment) -> Vec<TargetStatus> {
+        let labels = app.target_labels(env);
         let Some(release) = self.rollout.as_ref().filter(|_| labels.len() > 1) else { return Vec::new() };
         let rolled_back_to = |r: &Rollout| match &r.state {
             RolloutState::RolledBack { to, .. } => Some(to.clone()),
             _ => None,
         };
         labels
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(index, label)| {
                 let ours = self.target(index).and_then(|t| t.rollout.as_ref()).filter(|r| r.id == release.id);
@@ -323,7 +325,7 @@ impl EnvState {
                     Some(rollout) => rollout.state.name(),
                 };
                 TargetStatus {
-                    target: label.clone(),
+                    target: label,
                     state: state.to_owned(),
                     task_definition_arn: ours.map(|r| r.task_definition_arn.clone()),
                     rolled_back_to: ours.and_then(rolled_back_to),

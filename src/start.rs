@@ -181,7 +181,7 @@ pub fn begin(app: &AppConfig, env: Environment, change: &mut Change<EnvState>, r
     change.state.supersede_targets(rollout.started_at, &replaced_by);
     change.state.rollout = Some(rollout.clone());
     let mut notification = Notification::of_rollout(app, env, &rollout);
-    notification.targets = change.state.target_statuses(&app.target_labels(env));
+    notification.targets = change.state.target_statuses(app, env);
     entry.targets = notification.targets.clone();
     change.history.push(entry);
     change.announcements.push(Announcement::new(notification, app));

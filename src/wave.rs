@@ -109,7 +109,7 @@ pub async fn start_targets(here: &mut Leased<'_>, indexes: &[usize]) -> Result<V
     let mut started = Vec::new();
     for &index in indexes {
         start_target(here, &candidate, &release.id, index).await.map_err(|error| (index, error))?;
-        started.push(app.target_labels(env).get(index).cloned().unwrap_or_default());
+        started.push(app.target_at(env, index).map(|t| t.label()).unwrap_or_default());
     }
     Ok(started)
 }

@@ -127,7 +127,12 @@ impl AppConfig {
 
     /// Where the app runs in `env`: its first target (its only one, unless it lists several).
     pub fn target(&self, env: Environment) -> Result<&ServiceTarget, NoSuchEnvironment> {
-        self.targets(env)?.first().ok_or_else(|| self.no_such(env))
+        self.target_at(env, 0)
+    }
+
+    /// Target `index` of `env` (0: its first).
+    pub fn target_at(&self, env: Environment, index: usize) -> Result<&ServiceTarget, NoSuchEnvironment> {
+        self.targets(env)?.get(index).ok_or_else(|| self.no_such(env))
     }
 
     /// The labels of `env`'s targets (`cluster/service (account, region)`), in rollout order.

@@ -20,7 +20,7 @@ use crate::aws::{is_inactive_revision, AwsError, ServiceState};
 use crate::config::{AppConfig, ConfigSet, Configs};
 use crate::error::{DeployError, Error};
 use crate::events::{self, AlarmEvent, DeploymentEvent, DeploymentEventName, MonitorEvent, Skip};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Target};
 use crate::health::Prober;
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Change, Failure, Held, HistoryEntry, ImageUpdate, Intent, Item, ItemKey, Lease, TagItem};
@@ -237,13 +237,12 @@ async fn settle(
     service: Option<ServiceState>,
     invocation: &Invocation,
 ) -> Result<Handled, DeployError> {
-    let (app, env, target) = (here.app, here.env, here.target.service);
+    let (app, env) = (here.app, here.env);
     let service = match service {
         Some(service) => service,
-        None => match here.target.ecs.service(&target.cluster, &target.service).await {
+        None => match service_of(&here.target).await? {
             Ok(service) => service,
-            Err(error) if error.code == "ServiceNotFound" => return service_gone(here, rollout, &error).await,
-            Err(error) => return Err(error.into()),
+            Err(gone) => return service_gone(here, rollout, &gone).await,
         },
     };
     let reason = match finding {
@@ -347,7 +346,7 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
     };
     match wave::next(config, here.env_state()?) {
         wave::Next::Wait => {
-            let statuses = here.env_state()?.target_statuses(&app.target_labels(env));
+            let statuses = here.env_state()?.target_statuses(app, env);
             let detail = statuses.iter().map(|t| format!("{}: {}", t.target, t.state)).collect::<Vec<_>>().join("; ");
             Ok(Handled::of(&app.name, env, Action::Waiting, detail))
         }
@@ -358,7 +357,7 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             // A target the release cannot start on (its service gone, a definition refused): the
             // release fails there. Anything a retry may cure is left to the next attempt.
             Err((index, error)) if !error.retryable() && !matches!(error, DeployError::Ledger(_)) => {
-                let label = app.target_labels(env).get(index).cloned().unwrap_or_default();
+                let label = app.target_at(env, index).map(|t| t.label()).unwrap_or_default();
                 let reason = format!("the release could not start on {label}: {error}");
                 Box::pin(roll_back_release(here, index, reason, None)).await
             }
@@ -376,7 +375,7 @@ async fn advance(here: &mut Leased<'_>) -> Result<Handled, DeployError> {
             }
         }
         wave::Next::Broken { index, reason } => {
-            let label = app.target_labels(env).get(index).cloned().unwrap_or_default();
+            let label = app.target_at(env, index).map(|t| t.label()).unwrap_or_default();
             let reason = format!("its rollout on {label} ended: {reason}");
             let mut change = Change::new(here.env_state()?.clone());
             start::supersede(app, env, &mut change, &reason, now);
@@ -414,7 +413,7 @@ async fn release_verified(
     change.state.rollout = Some(rollout.clone());
     change.state.settle_targets(&rollout.id, &rollout.state);
     change.state.soak = Some(Soak { rollout_id: rollout.id.clone(), until });
-    let targets = change.state.target_statuses(&app.target_labels(env));
+    let targets = change.state.target_statuses(app, env);
     let mut entry = history_of(&app.name, &rollout, env, now);
     entry.event = Outcome::Soaking;
     entry.reason = Some(reason.clone());
@@ -472,7 +471,7 @@ async fn end_soak(here: &mut Leased<'_>, now: chrono::DateTime<Utc>) -> Result<H
         let mut there = here.at(index).await?;
         let ours = there.target_state().and_then(|s| s.rollout.clone()).filter(|r| r.id == rollout.id);
         let Some(ours) = ours else { continue };
-        let Ok(service) = service_of(&there).await? else { continue };
+        let Ok(service) = service_of(&there.target).await? else { continue };
         if service.task_definition != ours.task_definition_arn {
             return end_soak_unvetted(&mut there, &ours.task_definition_arn).await;
         }
@@ -526,7 +525,7 @@ async fn vet(
         if let Some(verified) = change.state.last_verified.clone() {
             change.state.vet_targets(&verified);
         }
-        let targets = change.state.target_statuses(&app.target_labels(env));
+        let targets = change.state.target_statuses(app, env);
         let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
         image.add_tags = rollout.tags.clone();
         image.vetted = Some((env, now));
@@ -728,16 +727,15 @@ async fn roll_back_release(
         change.state.wave_of(&release.id).failed = Some((failing, reason.clone()));
         first.commit(change).await?;
     }
-    let labels = app.target_labels(env);
-    let failing_label = labels.get(failing).cloned().unwrap_or_default();
+    let failing_label = app.target_at(env, failing).map(|t| t.label()).unwrap_or_default();
     let (mut undone, mut diagnostics) = (Vec::new(), Vec::new());
-    for index in (0..labels.len()).filter(|i| *i != failing).chain([failing]) {
+    for index in (0..app.targets(env)?.len()).filter(|i| *i != failing).chain([failing]) {
         let mut there = first.at(index).await?;
         let moved = there.target_state().and_then(|s| s.rollout.clone());
         let Some(moved) = moved.filter(|r| r.id == release.id && (r.in_progress() || soaking)) else { continue };
         let service = match (index == failing, &service) {
             (true, Some(service)) => service.clone(),
-            _ => match service_of(&there).await? {
+            _ => match service_of(&there.target).await? {
                 Ok(service) => service,
                 Err(_gone) => continue,
             },
@@ -783,10 +781,10 @@ async fn roll_back_release(
     commit_failure(&mut first, change, &release, diagnostics).await
 }
 
-/// The service of the target `here` works on: `Err` when it no longer exists.
-async fn service_of(here: &Leased<'_>) -> Result<Result<ServiceState, AwsError>, DeployError> {
-    let target = here.target.service;
-    match here.target.ecs.service(&target.cluster, &target.service).await {
+/// The service of `target`: `Err` when it no longer exists.
+async fn service_of(target: &Target<'_>) -> Result<Result<ServiceState, AwsError>, DeployError> {
+    let service = target.service;
+    match target.ecs.service(&service.cluster, &service.service).await {
         Ok(service) => Ok(Ok(service)),
         Err(error) if error.code == "ServiceNotFound" => Ok(Err(error)),
         Err(error) => Err(error.into()),
@@ -802,7 +800,7 @@ async fn commit_failure(
 ) -> Result<Handled, DeployError> {
     let (app, env, now) = (here.app, here.env, Utc::now());
     let failure_reason = rollout.state.reason().unwrap_or_default().to_owned();
-    let targets = change.state.target_statuses(&app.target_labels(env));
+    let targets = change.state.target_statuses(app, env);
     let mut image = ImageUpdate::of(&rollout.digest, &rollout.image);
     image.failed = Some((env, Failure { at: now, reason: failure_reason.clone() }));
     change.images.push((app.name.clone(), image));
@@ -1148,11 +1146,7 @@ async fn reconcile_item(
         return Ok(None);
     }
     let reached = fleet.target(app, target).await;
-    let service = match reached.ecs.service(&target.cluster, &target.service).await {
-        Ok(service) => Ok(service),
-        Err(error) if error.code == "ServiceNotFound" => Err(error),
-        Err(error) => return Err(error.into()),
-    };
+    let service = service_of(&reached).await?;
     if let Ok(service) = &service {
         let waiting = match (rollout, watch) {
             (Some(rollout), _) => (decide::reconcile(rollout, service, now, app.rollout_timeout) == SweepAction::Wait)
@@ -1199,12 +1193,7 @@ async fn reconcile_wave(
     let mut settled = None;
     for index in (0..count).filter(|i| unsettled(*i)) {
         let mut there = here.at(index).await?;
-        let target = there.target.service;
-        let service = match there.target.ecs.service(&target.cluster, &target.service).await {
-            Ok(service) => Ok(service),
-            Err(error) if error.code == "ServiceNotFound" => Err(error),
-            Err(error) => return Err(error.into()),
-        };
+        let service = service_of(&there.target).await?;
         let handled = Box::pin(reconcile_leased(prober, &mut there, service, now, invocation)).await?;
         if handled.action != Action::Waiting {
             settled = Some(handled);

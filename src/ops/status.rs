@@ -321,7 +321,7 @@ pub async fn app_status(
             return Ok::<_, LedgerError>(EnvStatus { gates: Gates::of(env), ..status });
         }
         // Several targets: the environment's state and gates once, each target's own rollout.
-        let statuses = state.as_ref().map(|s| s.target_statuses(&app.target_labels(env.name))).unwrap_or_default();
+        let statuses = state.as_ref().map(|s| s.target_statuses(app, env.name)).unwrap_or_default();
         let whole = state.as_ref().map_or(EnvironmentState::Idle, environment_state);
         let target = statuses.into_iter().nth(index);
         Ok(match index {

@@ -41,8 +41,18 @@ async fn three_targets(world: &World, parallel: bool) -> (ServiceFixture, [Servi
     (stage, [a, b, c])
 }
 
+/// A world with [`three_targets`] and deploy-monitor running: v1.0.0 pushed, verified in stage
+/// and promoted to prod.
+async fn promoted(parallel: bool) -> (World, Function, [ServiceFixture; 3]) {
+    let world = World::new().await;
+    let (stage, prod) = three_targets(&world, parallel).await;
+    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
+    promote_v1(&world, &monitor, &stage).await;
+    (world, monitor, prod)
+}
+
 /// Pushes v1.0.0, verifies it in stage and promotes it to prod.
-async fn promoted(world: &World, monitor: &Function, stage: &ServiceFixture) {
+async fn promote_v1(world: &World, monitor: &Function, stage: &ServiceFixture) {
     let (pushes, promote) = (stage_deploy(world).await, promote(world).await);
     pushes
         .invoke(world.push_event("shop-api", "v1.0.0", &digest(1), Utc::now() - Duration::minutes(5)))
@@ -82,10 +92,7 @@ async fn prod_notifications(world: &World) -> Vec<(String, Vec<String>)> {
 
 #[tokio::test]
 async fn targets_roll_out_one_after_another_each_verified_before_the_next() {
-    let world = World::new().await;
-    let (stage, [a, b, c]) = three_targets(&world, false).await;
-    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
-    promoted(&world, &monitor, &stage).await;
+    let (world, monitor, [a, b, c]) = promoted(false).await;
     assert!(moved(&world, &a).await, "the first target starts");
     assert!(!moved(&world, &b).await && !moved(&world, &c).await, "the others wait for it");
 
@@ -127,10 +134,7 @@ async fn targets_roll_out_one_after_another_each_verified_before_the_next() {
 
 #[tokio::test]
 async fn a_failing_target_stops_the_release_and_puts_back_every_target_it_moved() {
-    let world = World::new().await;
-    let (stage, [a, b, c]) = three_targets(&world, false).await;
-    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
-    promoted(&world, &monitor, &stage).await;
+    let (world, monitor, [a, b, c]) = promoted(false).await;
     settle(&world, &monitor, &a, Settle::Complete).await;
     let handled = settle(&world, &monitor, &b, Settle::Fail { circuit_breaker_rollback: false }).await;
     assert_eq!(handled["action"], "rolled_back", "{handled}");
@@ -166,10 +170,7 @@ async fn a_failing_target_stops_the_release_and_puts_back_every_target_it_moved(
 
 #[tokio::test]
 async fn parallel_targets_start_at_once_and_the_release_is_verified_with_the_last() {
-    let world = World::new().await;
-    let (stage, [a, b, c]) = three_targets(&world, true).await;
-    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
-    promoted(&world, &monitor, &stage).await;
+    let (world, monitor, [a, b, c]) = promoted(true).await;
     for target in [&a, &b, &c] {
         assert!(moved(&world, target).await, "every target starts at once");
     }
@@ -189,10 +190,7 @@ async fn parallel_targets_start_at_once_and_the_release_is_verified_with_the_las
 
 #[tokio::test]
 async fn a_target_the_release_cannot_start_on_fails_it_and_puts_back_the_targets_it_moved() {
-    let world = World::new().await;
-    let (stage, [a, b, _c]) = three_targets(&world, false).await;
-    let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
-    promoted(&world, &monitor, &stage).await;
+    let (world, monitor, [a, b, _c]) = promoted(false).await;
     // The second target's service is deleted before its turn.
     world.ecs.delete_service().cluster(&b.cluster).service(&b.service).force(true).send().await.unwrap();
     let handled = settle(&world, &monitor, &a, Settle::Complete).await;
