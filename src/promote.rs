@@ -246,11 +246,20 @@ async fn promote(
             if requester.verified.is_none() {
                 return Err(unverified_requester(app, into));
             }
-            // Asked again (a retry, the sweep's auto promotion): the request stands as it is.
+            // Asked again (a retry, the sweep's auto promotion): the request stands as it is,
+            // unless its image failed since it was asked for. Then it is refused like any failed
+            // image (or, asked again with `force`, a forced request replaces it).
             let pending = state.as_ref().and_then(EnvState::pending_approval);
             if let Some(pending) = pending.filter(|p| p.digest == resolved.digest) {
-                let running = state.as_ref().map(|s| s.known_good().arn).unwrap_or_default();
-                return Ok(awaiting(app, into, pending, running, &requester));
+                let facts = ledger.image(&app.name, &resolved.digest).await?;
+                let failed = facts.as_ref().and_then(ImageFacts::failure).is_some();
+                if !failed || pending.forced {
+                    let running = state.as_ref().map(|s| s.known_good().arn).unwrap_or_default();
+                    return Ok(awaiting(app, into, pending, running, &requester));
+                }
+                if !request.force {
+                    return Err(refusal(ledger, app, from, &resolved.tag, &resolved.digest, facts.as_ref()).await);
+                }
             }
         }
         let lease = lease.clone().on_read(prod_item.as_ref(), &checks);

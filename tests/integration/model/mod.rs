@@ -46,6 +46,7 @@
 
 mod generator;
 mod oracle;
+mod pipeline;
 mod runner;
 
 use std::time::Instant;
@@ -98,14 +99,36 @@ impl Mode {
 
 #[test]
 fn the_library_does_what_the_model_of_the_contract_says_after_every_step() {
-    crate::support::on_lambda_sized_stacks(model_run());
+    crate::support::on_lambda_sized_stacks(run_all("model", |seed, steps, verbose| {
+        Box::pin(async move { Sequence::new(seed, verbose).await.run(steps).await })
+    }));
 }
 
-async fn model_run() {
+/// The same for a pipeline of three environments, two targets, a soak, an alarm and approvals
+/// ([`pipeline`]).
+#[test]
+fn a_pipeline_does_what_the_model_of_the_contract_says_after_every_step() {
+    crate::support::on_lambda_sized_stacks(run_all("pipeline model", |seed, steps, verbose| {
+        Box::pin(async move { pipeline::Sequence::new(seed, verbose).await.run(steps).await })
+    }));
+}
+
+/// One sequence of `steps` steps from `seed` (`verbose`: its steps printed as they run): how many
+/// steps agreed, or where it disagreed.
+type OneSequence =
+    fn(
+        u64,
+        usize,
+        bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, usize), Disagreement>> + Send>>;
+
+/// Runs the mode's sequences, a few at once, `one(seed, steps, verbose)` each; fails on any
+/// disagreement no known bug excuses.
+async fn run_all(name: &'static str, one: OneSequence) {
     let mode = Mode::from_env();
     let started = Instant::now();
     println!(
-        "model: {} mode, {} sequences x {} steps, seeds {}..={}",
+        "{name}: {} mode, {} sequences x {} steps, seeds {}..={}",
         mode.name,
         mode.seeds.len(),
         mode.steps,
@@ -120,18 +143,18 @@ async fn model_run() {
         while running.len() < mode.parallel {
             let Some(seed) = pending.next() else { break };
             let (steps, verbose) = (mode.steps, mode.verbose);
-            running.spawn(async move { Sequence::new(seed, verbose).await.run(steps).await });
+            running.spawn(one(seed, steps, verbose));
         }
         let Some(done) = running.join_next().await else { break };
         match done.expect("a sequence panicked") {
             Ok((seed, steps)) => {
                 steps_run += steps;
-                println!("model: seed {seed}: {steps} steps agree");
+                println!("{name}: seed {seed}: {steps} steps agree");
             }
             Err(disagreement) => {
                 steps_run += disagreement.step + 1;
                 let known = disagreement.known.map(|bug| format!(" (known bug {})", bug.name)).unwrap_or_default();
-                println!("model: seed {}: disagrees at step {}{known}", disagreement.seed, disagreement.step);
+                println!("{name}: seed {}: disagrees at step {}{known}", disagreement.seed, disagreement.step);
                 failures.push(disagreement);
             }
         }
@@ -139,7 +162,7 @@ async fn model_run() {
     failures.sort_by_key(|f| f.seed);
     let (known, unknown): (Vec<&Disagreement>, Vec<&Disagreement>) = failures.iter().partition(|f| f.known.is_some());
     println!(
-        "model: {} sequences, {steps_run} steps in {:.1} s; {} stopped by a known bug, {} disagreements",
+        "{name}: {} sequences, {steps_run} steps in {:.1} s; {} stopped by a known bug, {} disagreements",
         mode.seeds.len(),
         started.elapsed().as_secs_f64(),
         known.len(),
@@ -162,7 +185,7 @@ async fn model_run() {
             known.iter().filter(|f| f.known.is_some_and(|k| k.name == bug.name)).map(|f| f.seed).collect();
         if !hits.is_empty() {
             println!(
-                "model: KNOWN BUG {}: {} sequence(s) stopped by it: seeds {hits:?}\n  {}",
+                "{name}: KNOWN BUG {}: {} sequence(s) stopped by it: seeds {hits:?}\n  {}",
                 bug.name,
                 hits.len(),
                 bug.diagnosis
@@ -170,11 +193,11 @@ async fn model_run() {
         }
     }
     for f in &known {
-        println!("model: known bug in {}", describe(f));
+        println!("{name}: known bug in {}", describe(f));
     }
     assert!(
         unknown.is_empty(),
-        "the library and the model disagree:\n\n{}",
+        "the library and the {name} disagree:\n\n{}",
         unknown.iter().map(|f| describe(f)).collect::<Vec<_>>().join("\n\n")
     );
 }

@@ -1,0 +1,496 @@
+//! One sequence of a pipeline's operations, applied to the real library on its own world and to
+//! the model, then everything observable compared: ECS, the state table, the notifications, what
+//! each call answered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use conveyor::operate::Answer;
+use conveyor::vocabulary::Action;
+use conveyor::{Conveyor, Invocation};
+use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::world::digest;
+use conveyor_testkit::World;
+use serde_json::{json, Value};
+
+use super::oracle::{self, place, targets, Approval, Event, ImageModel, Model, Person, Push, ENVS, SERVICES};
+use super::{Generator, Op};
+use crate::model::runner::Disagreement;
+use crate::support::{conveyor, invocation};
+
+const APP: &str = "shop";
+const REQUESTER: &str = "arn:aws:iam::123456789012:user/ana";
+const APPROVER: &str = "arn:aws:iam::123456789012:user/bob";
+
+/// A deployment event as ECS emitted it, with the model's reading of it.
+#[derive(Debug, Clone)]
+struct Emitted {
+    event: Event,
+    json: Value,
+}
+
+/// A service of the pipeline, in ECS.
+struct Place {
+    cluster: String,
+    family: String,
+}
+
+pub struct Sequence {
+    seed: u64,
+    generator: Generator,
+    world: World,
+    conveyor: Conveyor,
+    places: Vec<Place>,
+    alarm: String,
+    model: Model,
+    base: DateTime<Utc>,
+    kept: Vec<Emitted>,
+    delivered: Vec<Emitted>,
+    /// Model deployment id => ECS's.
+    ids: HashMap<u32, String>,
+    checked_revisions: BTreeSet<String>,
+    ops: Vec<String>,
+    verbose: bool,
+}
+
+impl Sequence {
+    pub async fn new(seed: u64, verbose: bool) -> Sequence {
+        let world = World::new().await;
+        let image = format!("{}/{APP}:v0.9.0", world.registry());
+        let mut places = Vec::new();
+        for label in ["dev", "stage", "prod-a", "prod-b"] {
+            let (family, cluster) = (world.name(&format!("{APP}-{label}")), world.name(&format!("pipeline-{label}")));
+            let task_definition = world.register(&family, &image, label, false).await;
+            world.create_service(&cluster, APP, &task_definition, 1).await;
+            places.push(Place { cluster, family });
+        }
+        let alarm = world.name("shop-stage-5xx");
+        world.aws.set_alarm(&alarm, "OK").await;
+        let target = |n: usize| json!({ "cluster": places[n].cluster, "service": APP });
+        let mut stage = json!({ "from": "dev", "promotion": "auto", "soak": "1h", "alarms": [alarm] });
+        stage.as_object_mut().unwrap().extend(target(1).as_object().unwrap().clone());
+        let config = json!({
+            "repository": APP, "container": "api",
+            "environments": {
+                "dev": target(0),
+                "stage": stage,
+                "prod": { "from": "stage", "approval": true, "targets": [target(2), target(3)] },
+            },
+        });
+        world.put_app(APP, &config).await;
+        let now = Utc::now() - chrono::Duration::hours(2);
+        Sequence {
+            seed,
+            generator: Generator::new(seed),
+            conveyor: conveyor(&world),
+            world,
+            places,
+            alarm,
+            model: Model::new(),
+            base: DateTime::from_timestamp(now.timestamp(), 0).unwrap(),
+            kept: Vec::new(),
+            delivered: Vec::new(),
+            ids: HashMap::new(),
+            checked_revisions: BTreeSet::new(),
+            ops: Vec::new(),
+            verbose,
+        }
+    }
+
+    fn as_who(who: Person) -> Invocation {
+        let arn = if who == Person::Requester { REQUESTER } else { APPROVER };
+        Invocation { identity: Some(arn.to_owned()), ..invocation() }
+    }
+
+    /// Runs `op` on both sides; compares what the calls answered.
+    async fn apply(&mut self, op: &Op) -> Result<(), String> {
+        match op {
+            Op::Push { push, .. } => self.deliver_push(push).await,
+            Op::Settle { service, complete, deliver } => {
+                let settle =
+                    if *complete { Settle::Complete } else { Settle::Fail { circuit_breaker_rollback: false } };
+                let real = self.world.aws.settle(&self.places[*service].cluster, APP, settle).await;
+                let event = self.model.settle(*service, *complete);
+                let [json] = <[Value; 1]>::try_from(real)
+                    .map_err(|real| format!("ECS emitted {real:?}, the model one event"))?;
+                let emitted = Emitted { event, json };
+                if *deliver {
+                    self.deliver_event(&emitted).await?;
+                    self.delivered.push(emitted);
+                } else {
+                    self.kept.push(emitted);
+                }
+                Ok(())
+            }
+            Op::DeliverLate { index } => {
+                let emitted = self.kept.remove(*index);
+                self.deliver_event(&emitted).await?;
+                self.delivered.push(emitted);
+                Ok(())
+            }
+            Op::DeliverAgain { index } => {
+                let emitted = self.delivered[*index].clone();
+                self.deliver_event(&emitted).await
+            }
+            Op::Alarm { delivered } => {
+                let at = Utc::now();
+                self.world.aws.set_alarm(&self.alarm, "ALARM").await;
+                self.world.aws.set_alarm(&self.alarm, "OK").await;
+                if *delivered {
+                    self.monitor(self.world.alarm_event(&self.alarm, at), "the alarm's event").await?;
+                }
+                self.model.alarm(*delivered);
+                Ok(())
+            }
+            Op::SoakEnds => {
+                self.in_the_past("stage", &["soak", "until"]).await;
+                self.monitor(self.world.soak_timer_event(), "the soak timer").await?;
+                self.model.soak_ends();
+                Ok(())
+            }
+            Op::Sweep => {
+                self.monitor(self.world.schedule_event(), "the sweep").await?;
+                self.model.sweep(false);
+                Ok(())
+            }
+            Op::ApprovalExpires => {
+                self.in_the_past("prod", &["approval", "expires_at"]).await;
+                self.monitor(self.world.schedule_event(), "the sweep").await?;
+                self.model.sweep(true);
+                Ok(())
+            }
+            Op::Promote { tag } => {
+                let request = json!({ "app": APP, "tag": tag, "to": "prod" });
+                let real = self.conveyor.promote_function(request, &Self::as_who(Person::Requester)).await;
+                Self::compare("promote", real, self.model.promote(tag))
+            }
+            Op::Approve { who } => {
+                let request = json!({ "operation": "approve", "app": APP, "environment": "prod" });
+                let real = self.conveyor.promote_function(request, &Self::as_who(*who)).await;
+                Self::compare("approve", real, self.model.approve(*who))
+            }
+            Op::Reject { who } => {
+                let request = json!({ "operation": "reject", "app": APP, "environment": "prod", "reason": "model" });
+                let real = self.conveyor.promote_function(request, &Self::as_who(*who)).await;
+                Self::compare("reject", real, self.model.reject())
+            }
+        }
+    }
+
+    /// What a call of the promote function answered, against the model's answer.
+    fn compare(what: &str, real: Result<Answer, conveyor::Error>, expected: oracle::Answer) -> Result<(), String> {
+        let real = match &real {
+            Ok(Answer::Promoted(response)) => Ok(response.status.as_str().to_owned()),
+            Ok(Answer::Rejected(rejection)) => Ok(rejection.status.as_str().to_owned()),
+            Ok(other) => Ok(format!("{other:?}")),
+            Err(error) => Err(format!("{}: {error}", error.error_type())),
+        };
+        let agrees = match (&real, expected) {
+            (Ok(status), Ok(wanted)) => status == wanted,
+            (Err(error), Err(wanted)) => error.starts_with(&format!("{wanted}:")),
+            _ => false,
+        };
+        if agrees {
+            Ok(())
+        } else {
+            Err(format!("{what} answered {real:?}, the model expected {expected:?}"))
+        }
+    }
+
+    /// deploy-monitor on `payload`; none of its results an error.
+    async fn monitor(&self, payload: Value, what: &str) -> Result<(), String> {
+        let report = self.conveyor.monitor(payload, &invocation()).await.map_err(|e| format!("{what} failed: {e}"))?;
+        match report.results.iter().find(|r| r.action == Action::Error) {
+            Some(error) => Err(format!("{what} reported an error: {error:?}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets `path` of `env`'s state in the past, as time passing would.
+    async fn in_the_past(&self, env: &str, path: &[&str]) {
+        let names: Vec<String> = path.iter().enumerate().map(|(n, _)| format!("#p{n}")).collect();
+        let mut update = self
+            .world
+            .dynamodb
+            .update_item()
+            .table_name(&self.world.table)
+            .key("pk", AttributeValue::S(format!("APP#{APP}")))
+            .key("sk", AttributeValue::S(format!("ENV#{env}")))
+            .update_expression(format!("SET #state.{} = :past", names.join(".")))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(
+                ":past",
+                AttributeValue::S((Utc::now() - chrono::Duration::seconds(1)).to_rfc3339()),
+            );
+        for (name, field) in names.iter().zip(path) {
+            update = update.expression_attribute_names(name, *field);
+        }
+        update.send().await.unwrap_or_else(|e| panic!("{env} {path:?} set in the past: {e:?}"));
+    }
+
+    async fn deliver_push(&mut self, push: &Push) -> Result<(), String> {
+        let time = self.base + chrono::Duration::seconds(push.time);
+        let event = self.world.push_event(APP, &push.tag, &digest(push.digest), time);
+        let report =
+            self.conveyor.stage(event, &invocation()).await.map_err(|e| format!("stage-deploy failed: {e}"))?;
+        let real = report.apps.iter().find(|a| a.app == APP).map_or("(absent)", |a| a.status.as_str());
+        let expected = self.model.push(push);
+        if real != expected {
+            return Err(format!("stage-deploy reported {real}, the model expected {expected}: {report:?}"));
+        }
+        Ok(())
+    }
+
+    async fn deliver_event(&mut self, emitted: &Emitted) -> Result<(), String> {
+        let real_id = emitted.json["detail"]["deploymentId"].as_str().unwrap_or_default();
+        if let Some(known) = self.ids.get(&emitted.event.dep) {
+            if known != real_id {
+                return Err(format!("event for {real_id}, the model's deployment is {known}"));
+            }
+        }
+        self.monitor(emitted.json.clone(), &format!("deploy-monitor on {}", emitted.json["detail"])).await?;
+        self.model.on_event(emitted.event);
+        Ok(())
+    }
+
+    async fn check(&mut self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        self.check_notifications(&mut problems).await;
+        for service in 0..SERVICES {
+            self.check_service(service, &mut problems).await;
+        }
+        self.check_registrations(&mut problems).await;
+        self.check_table(&mut problems).await;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    async fn check_notifications(&mut self, problems: &mut Vec<String>) {
+        let mut expected: Vec<String> =
+            self.model.notes.drain(..).map(|(env, outcome)| format!("{} {outcome}", ENVS[env])).collect();
+        let mut real: Vec<String> = self
+            .world
+            .notifications()
+            .await
+            .iter()
+            .map(|n| {
+                let a = &n["MessageAttributes"];
+                format!("{} {}", a["environment"].as_str().unwrap_or("?"), a["outcome"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        expected.sort();
+        real.sort();
+        if real != expected {
+            problems.push(format!("notifications: published {real:?}, the model expected {expected:?}"));
+        }
+    }
+
+    fn label(service: usize) -> String {
+        let (env, target) = place(service);
+        if targets(env) > 1 {
+            format!("{} target {}", ENVS[env], target + 1)
+        } else {
+            ENVS[env].to_owned()
+        }
+    }
+
+    /// One service: its deployments, and every revision's image.
+    async fn check_service(&mut self, service: usize, problems: &mut Vec<String>) {
+        let at = Self::label(service);
+        let described = self.world.service(&self.places[service].cluster, APP).await;
+        let model = &self.model.services[service];
+        let revision = |arn: &str| arn.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        let real: Vec<(String, bool, String, usize, String)> = described
+            .deployments()
+            .iter()
+            .map(|d| {
+                let arn = d.task_definition().unwrap_or_default();
+                (
+                    d.id().unwrap_or_default().to_owned(),
+                    d.status() == Some("PRIMARY"),
+                    d.rollout_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    revision(arn),
+                    arn.to_owned(),
+                )
+            })
+            .collect();
+        let shape: Vec<(bool, String, usize)> = real.iter().map(|(_, p, s, n, _)| (*p, s.clone(), *n)).collect();
+        let wanted: Vec<(bool, String, usize)> =
+            model.deps.iter().enumerate().map(|(i, d)| (i == 0, d.state.ecs().to_owned(), d.rev + 1)).collect();
+        if shape != wanted {
+            problems.push(format!("{at}: ECS deployments (primary, state, revision) {shape:?}, the model {wanted:?}"));
+            return;
+        }
+        for ((real_id, ..), dep) in real.iter().zip(&model.deps) {
+            match self.ids.get(&dep.id) {
+                Some(known) if known != real_id => {
+                    problems.push(format!("{at}: deployment {} is {known} in ECS, now {real_id}", dep.id))
+                }
+                Some(_) => {}
+                None => {
+                    self.ids.insert(dep.id, real_id.clone());
+                }
+            }
+        }
+        for (.., number, arn) in real {
+            if self.checked_revisions.contains(&arn) {
+                continue;
+            }
+            let (definition, _) = self.world.task_definition(&arn).await;
+            let image =
+                definition.container_definitions().first().and_then(|c| c.image()).unwrap_or_default().to_owned();
+            let wanted = model.revs[number - 1];
+            let ok = match wanted {
+                Some(n) => image.ends_with(&format!("@{}", digest(n))),
+                None => image.ends_with(":v0.9.0"),
+            };
+            if ok {
+                self.checked_revisions.insert(arn);
+            } else {
+                problems
+                    .push(format!("{at}: {arn} runs {image}, the model expects {:?}", wanted.map(|n| format!("d{n}"))));
+            }
+        }
+    }
+
+    /// One registered revision per rollout on each service (the seeded ones aside).
+    async fn check_registrations(&mut self, problems: &mut Vec<String>) {
+        for (service, place) in self.places.iter().enumerate() {
+            let registered = self.world.revisions(&place.family).await.len() - 1;
+            let wanted = self.model.services[service].revs.len() - 1;
+            if registered != wanted {
+                problems.push(format!(
+                    "{}: {registered} revisions registered, the model expects {wanted} (one per rollout)",
+                    Self::label(service)
+                ));
+            }
+        }
+    }
+
+    async fn check_table(&mut self, problems: &mut Vec<String>) {
+        let items = self.world.items().await;
+        let mine: Vec<&Value> = items.iter().filter(|i| i["pk"] == format!("APP#{APP}").as_str()).collect();
+        let sk = |item: &Value| item["sk"].as_str().unwrap_or_default().to_owned();
+        let revision =
+            |arn: &Value| arn.as_str().and_then(|a| a.rsplit(':').next()).and_then(|n| n.parse::<usize>().ok());
+        for (env, name) in ENVS.iter().enumerate() {
+            let m = &self.model.envs[env];
+            let record = mine.iter().find(|i| sk(i) == format!("ENV#{name}")).map(|i| &i["state"]);
+            let Some(state) = record.filter(|s| !s.is_null()) else {
+                if m.exists {
+                    problems.push(format!("{name}: no record, the model has one"));
+                }
+                continue;
+            };
+            if !m.exists {
+                problems.push(format!("{name}: a record the model does not have: {state}"));
+                continue;
+            }
+            for target in 0..targets(env) {
+                let at = if targets(env) > 1 { format!("{name} target {}", target + 1) } else { (*name).to_owned() };
+                let part = if target == 0 { state } else { &state["targets"][target - 1] };
+                let rollout = part["rollout"].is_object().then(|| {
+                    (
+                        part["rollout"]["digest"].as_str().unwrap_or_default().to_owned(),
+                        part["rollout"]["state"]["kind"].as_str().unwrap_or_default().to_owned(),
+                    )
+                });
+                let wanted = m.steps[target].as_ref().map(|s| (digest(s.digest), s.state.kind().to_owned()));
+                if rollout != wanted {
+                    problems.push(format!("{at}: rollout (digest, state) {rollout:?}, the model {wanted:?}"));
+                }
+                let watching = part["rollback"].is_object().then(|| revision(&part["rollback"]["to"]).unwrap_or(0));
+                let wanted = m.watches[target].as_ref().map(|w| w.to + 1);
+                if watching != wanted {
+                    problems.push(format!("{at}: watching a rollback to revision {watching:?}, the model {wanted:?}"));
+                }
+            }
+            let verified = state["last_verified"]["digest"].as_str().map(str::to_owned);
+            let wanted = m.last_verified.map(digest);
+            if verified != wanted {
+                problems.push(format!("{name}: last verified {verified:?}, the model {wanted:?}"));
+            }
+            let soaking = state["soak"].is_object();
+            if soaking != m.soaking {
+                problems.push(format!("{name}: soaking {soaking}, the model {}", m.soaking));
+            }
+            let approval = state["approval"].is_object().then(|| {
+                (
+                    state["approval"]["state"].as_str().unwrap_or_default().to_owned(),
+                    state["approval"]["digest"].as_str().unwrap_or_default().to_owned(),
+                )
+            });
+            let wanted = m.approval.as_ref().map(|a| match a {
+                Approval::Pending { digest: d, .. } => ("pending".to_owned(), digest(*d)),
+                Approval::Declined { digest: d } => ("declined".to_owned(), digest(*d)),
+            });
+            if approval != wanted {
+                problems.push(format!("{name}: approval (state, digest) {approval:?}, the model {wanted:?}"));
+            }
+        }
+        // Image items: vetted and failed in which environment.
+        let digests: HashMap<String, u32> = (1..=self.generator.digests()).map(|n| (digest(n), n)).collect();
+        let mut images: BTreeMap<u32, ImageModel> = BTreeMap::new();
+        for item in mine.iter().filter(|i| sk(i).starts_with("IMAGE#")) {
+            let Some(&n) = digests.get(&sk(item)["IMAGE#".len()..]) else {
+                problems.push(format!("an image item of an unknown digest: {item}"));
+                continue;
+            };
+            let facts = |prefix: &str| ENVS.map(|env| !item[format!("{prefix}_{env}")].is_null());
+            images.insert(n, ImageModel { vetted: facts("vetted"), failed: facts("failed") });
+        }
+        let summary = |images: &BTreeMap<u32, ImageModel>| -> Vec<String> {
+            images
+                .iter()
+                .filter(|(_, i)| **i != ImageModel::default())
+                .map(|(n, i)| {
+                    let facts = |what: &str, of: &[bool; 3]| {
+                        ENVS.iter()
+                            .zip(of)
+                            .filter(|(_, f)| **f)
+                            .map(|(e, _)| format!(" {what}:{e}"))
+                            .collect::<String>()
+                    };
+                    format!("d{n}{}{}", facts("vetted", &i.vetted), facts("failed", &i.failed))
+                })
+                .collect()
+        };
+        let (real, wanted) = (summary(&images), summary(&self.model.images));
+        if real != wanted {
+            problems.push(format!("images {real:?}, the model {wanted:?}"));
+        }
+    }
+
+    /// Runs `steps` operations, checking after each.
+    pub async fn run(mut self, steps: usize) -> Result<(u64, usize), Disagreement> {
+        for step in 0..steps {
+            let op = self.generator.next_op(&self.model, self.kept.len(), self.delivered.len());
+            self.ops.push(format!("{step:3}: {op}"));
+            if self.verbose {
+                println!("pipeline model seed {}: {}", self.seed, self.ops[self.ops.len() - 1]);
+            }
+            let result = match self.apply(&op).await {
+                Ok(()) => self.check().await,
+                Err(error) => {
+                    let more = self.check().await.err().map(|m| format!("\n{m}")).unwrap_or_default();
+                    Err(format!("{error}{more}"))
+                }
+            };
+            if let Err(message) = result {
+                return Err(Disagreement {
+                    seed: self.seed,
+                    step,
+                    ops: self.ops,
+                    message,
+                    situations: Vec::new(),
+                    known: None,
+                });
+            }
+        }
+        Ok((self.seed, steps))
+    }
+}
