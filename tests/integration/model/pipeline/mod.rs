@@ -4,14 +4,15 @@
 //! notifications and what each call answered must say what the model says.
 //!
 //! The pipeline: `dev` (the entry environment), `stage` (`from: dev`, auto promotion, a soak and
-//! one alarm), `prod` (`from: stage`, approval, two targets rolled out one after the other).
+//! one alarm), `prod` (`from: stage`, approval, two targets: rolled out one after the other in
+//! odd seeds' sequences, at once — `parallel` — in even seeds').
 //!
 //! The operations: pushes (new, delivered again, late); ECS completing or failing the primary
 //! deployment of a service (a rollback's only completes), its event delivered at once, kept for
 //! later or delivered again; the stage alarm entering ALARM and recovering, its event delivered or
 //! lost; the soak's time running out (the soak timer); the sweep; promotions into prod; approvals
 //! by the requester (refused) or a second person; rejections; a pending approval's time running
-//! out (the sweep). Time moves by setting the record's `soak.until` or `expires_at` in the past, as
+//! out (the sweep); pausing and resuming stage (auto promotions into it held) or prod. Time moves by setting the record's `soak.until` or `expires_at` in the past, as
 //! an hour passing would.
 //!
 //! It runs in the modes of [`super`] (the same variables, seeds and sizes).
@@ -38,6 +39,8 @@ pub enum Op {
     Approve { who: Person },
     Reject { who: Person },
     ApprovalExpires,
+    Pause { env: usize },
+    Resume { env: usize },
 }
 
 impl std::fmt::Display for Op {
@@ -70,6 +73,8 @@ impl std::fmt::Display for Op {
             Op::Approve { who } => write!(f, "approve ({who:?})"),
             Op::Reject { who } => write!(f, "reject ({who:?})"),
             Op::ApprovalExpires => write!(f, "the pending approval expires (then the sweep)"),
+            Op::Pause { env } => write!(f, "pause {}", oracle::ENVS[*env]),
+            Op::Resume { env } => write!(f, "resume {}", oracle::ENVS[*env]),
         }
     }
 }
@@ -116,6 +121,7 @@ impl Generator {
             if pending { 10 } else { 1 },                    // approve
             if pending { 2 } else { 0 },                     // reject
             if pending { 2 } else { 0 },                     // approval expires
+            3,                                               // pause or resume
         ];
         match self.rng.weighted(&weights) {
             0 => {
@@ -154,7 +160,15 @@ impl Generator {
             }
             10 => Op::Approve { who: if self.rng.chance(0.2) { Person::Requester } else { Person::Approver } },
             11 => Op::Reject { who: if self.rng.chance(0.3) { Person::Requester } else { Person::Approver } },
-            _ => Op::ApprovalExpires,
+            12 => Op::ApprovalExpires,
+            _ => {
+                let env = if self.rng.chance(0.5) { STAGE } else { PROD };
+                if model.envs[env].paused {
+                    Op::Resume { env }
+                } else {
+                    Op::Pause { env }
+                }
+            }
         }
     }
 }

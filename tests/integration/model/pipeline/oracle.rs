@@ -1,6 +1,6 @@
 //! The model of a pipeline: a small, pure reading of the contract's *Pipelines (v3)* section for
 //! one app whose pipeline is dev → stage (auto promotion, soak, one alarm) → prod (manual
-//! promotion, approval, two targets one after the other) — what ECS does with each deployment,
+//! promotion, approval, two targets, one after the other or, in some sequences, at once) — what ECS does with each deployment,
 //! what Conveyor's records and image items hold, what is announced, what each call answers.
 
 use std::collections::BTreeMap;
@@ -131,6 +131,7 @@ pub struct EnvModel {
     pub good: Vec<Option<usize>>,
     pub soaking: bool,
     pub approval: Option<Approval>,
+    pub paused: bool,
 }
 
 impl EnvModel {
@@ -189,13 +190,17 @@ pub struct Model {
     /// The newest push time seen, with the (digest, tag) pushes of that second.
     pub mark: Option<(i64, Vec<(u32, String)>)>,
     pub clock: u64,
+    /// prod's targets roll out at once (`parallel`), else one after the other.
+    pub parallel: bool,
+    /// The sweep is reconciling: its auto promotions come after every environment is.
+    sweeping: bool,
     next_dep: u32,
     next_release: u32,
     pub notes: Vec<Note>,
 }
 
 impl Model {
-    pub fn new() -> Self {
+    pub fn new(parallel: bool) -> Self {
         let services = (0..SERVICES as u32)
             .map(|n| Service { revs: vec![None], deps: vec![Dep { id: n + 1, rev: 0, state: DepState::Completed }] })
             .collect();
@@ -207,6 +212,8 @@ impl Model {
             stage_tags: BTreeMap::new(),
             mark: None,
             clock: 0,
+            parallel,
+            sweeping: false,
             next_dep: SERVICES as u32,
             next_release: 0,
             notes: Vec::new(),
@@ -324,7 +331,10 @@ impl Model {
         if superseded {
             self.note(env, "superseded");
         }
-        self.start_target(env, 0);
+        let at_once = if self.parallel { targets(env) } else { 1 };
+        for target in 0..at_once {
+            self.start_target(env, target);
+        }
         self.note(env, if env == DEV { "deploying" } else { "promoted" });
         true
     }
@@ -373,7 +383,10 @@ impl Model {
         let release = self.envs[env].release.as_mut().expect("a release");
         release.verified_on.push(target);
         if release.verified_on.len() < targets(env) {
-            return self.start_target(env, target + 1);
+            if !self.parallel {
+                self.start_target(env, target + 1);
+            }
+            return;
         }
         if env == STAGE {
             let e = &mut self.envs[env];
@@ -414,7 +427,7 @@ impl Model {
             _ => {}
         }
         self.note(env, "verified");
-        if env == DEV {
+        if env == DEV && !self.sweeping {
             self.auto_promote();
         }
     }
@@ -488,6 +501,10 @@ impl Model {
         vetted.sort_by_key(|(_, _, at)| std::cmp::Reverse(*at));
         let Some((tag, digest, at)) = vetted.into_iter().find(|(_, d, _)| !self.failed_anywhere(*d)) else { return };
         let stage = &self.envs[STAGE];
+        // Into a paused environment: held (the sweep promotes it once resumed).
+        if stage.paused {
+            return;
+        }
         if stage.release.as_ref().is_some_and(|r| r.digest == digest || r.started >= at)
             || stage.last_verified == Some(digest)
         {
@@ -505,6 +522,7 @@ impl Model {
                 self.note(PROD, "approval_expired");
             }
         }
+        self.sweeping = true;
         for env in 0..ENVS.len() {
             for target in 0..targets(env) {
                 let e = &self.envs[env];
@@ -525,12 +543,16 @@ impl Model {
                 }
             }
         }
+        self.sweeping = false;
         self.auto_promote();
     }
 
     /// A promotion into prod requested by [`Person::Requester`]: it waits for an approval.
     pub fn promote(&mut self, tag: &str) -> Answer {
         let Some(&digest) = self.stage_tags.get(tag) else { return Err("NotVetted") };
+        if self.envs[PROD].paused {
+            return Err("Paused");
+        }
         if self.failed_anywhere(digest) {
             return Err("NotVetted");
         }
@@ -555,6 +577,9 @@ impl Model {
         if self.failed_anywhere(digest) {
             return Err("NotVetted");
         }
+        if self.envs[PROD].paused {
+            return Err("Paused");
+        }
         self.envs[PROD].approval = None;
         self.note(PROD, "approved");
         Ok(if self.start(PROD, digest, &tag) { "deploying" } else { "already_deployed" })
@@ -568,5 +593,23 @@ impl Model {
         self.envs[PROD].approval = Some(Approval::Declined { digest });
         self.note(PROD, "rejected");
         Ok("rejected")
+    }
+
+    /// `conveyor pause` of `env` (idempotent: announced once).
+    pub fn pause(&mut self, env: usize) {
+        let e = &mut self.envs[env];
+        e.exists = true;
+        if !std::mem::replace(&mut e.paused, true) {
+            self.note(env, "paused");
+        }
+    }
+
+    /// `conveyor resume` of `env` (idempotent: announced once).
+    pub fn resume(&mut self, env: usize) {
+        let e = &mut self.envs[env];
+        e.exists = true;
+        if std::mem::replace(&mut e.paused, false) {
+            self.note(env, "resumed");
+        }
     }
 }

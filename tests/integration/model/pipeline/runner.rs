@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use conveyor::operate::Answer;
+use conveyor::types::{AppName, Environment, Requester};
 use conveyor::vocabulary::Action;
 use conveyor::{Conveyor, Invocation};
 use conveyor_testkit::local_aws::Settle;
@@ -70,12 +71,13 @@ impl Sequence {
         let target = |n: usize| json!({ "cluster": places[n].cluster, "service": APP });
         let mut stage = json!({ "from": "dev", "promotion": "auto", "soak": "1h", "alarms": [alarm] });
         stage.as_object_mut().unwrap().extend(target(1).as_object().unwrap().clone());
+        let parallel = seed % 2 == 0;
         let config = json!({
             "repository": APP, "container": "api",
             "environments": {
                 "dev": target(0),
                 "stage": stage,
-                "prod": { "from": "stage", "approval": true, "targets": [target(2), target(3)] },
+                "prod": { "from": "stage", "approval": true, "targets": [target(2), target(3)], "parallel": parallel },
             },
         });
         world.put_app(APP, &config).await;
@@ -87,7 +89,7 @@ impl Sequence {
             world,
             places,
             alarm,
-            model: Model::new(),
+            model: Model::new(parallel),
             base: DateTime::from_timestamp(now.timestamp(), 0).unwrap(),
             kept: Vec::new(),
             delivered: Vec::new(),
@@ -169,6 +171,24 @@ impl Sequence {
                 let request = json!({ "operation": "approve", "app": APP, "environment": "prod" });
                 let real = self.conveyor.promote_function(request, &Self::as_who(*who)).await;
                 Self::compare("approve", real, self.model.approve(*who))
+            }
+            Op::Pause { env } | Op::Resume { env } => {
+                let config = self.conveyor.configs.get().await.map_err(|e| format!("the config: {e}"))?;
+                let app = config.app(&AppName::parse(APP).unwrap()).expect("the app");
+                let environment = Environment::parse(ENVS[*env]).unwrap();
+                let (fleet, leases, who) = (&self.conveyor.fleet, self.conveyor.leases(), Requester::default());
+                if matches!(op, Op::Pause { .. }) {
+                    conveyor::pause::pause(fleet, leases, app, environment, "model", &who, &invocation()).await
+                } else {
+                    conveyor::pause::resume(fleet, leases, app, environment, &who, &invocation()).await
+                }
+                .map_err(|e| format!("{op} failed: {e}"))?;
+                if matches!(op, Op::Pause { .. }) {
+                    self.model.pause(*env);
+                } else {
+                    self.model.resume(*env);
+                }
+                Ok(())
             }
             Op::Reject { who } => {
                 let request = json!({ "operation": "reject", "app": APP, "environment": "prod", "reason": "model" });
@@ -413,6 +433,10 @@ impl Sequence {
             let wanted = m.last_verified.map(digest);
             if verified != wanted {
                 problems.push(format!("{name}: last verified {verified:?}, the model {wanted:?}"));
+            }
+            let paused = state["paused"].is_object();
+            if paused != m.paused {
+                problems.push(format!("{name}: paused {paused}, the model {}", m.paused));
             }
             let soaking = state["soak"].is_object();
             if soaking != m.soaking {
