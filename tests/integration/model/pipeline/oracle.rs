@@ -359,11 +359,15 @@ impl Model {
         if !e.exists {
             return;
         }
+        let verified_here = e.in_progress().is_some_and(|r| r.verified_on.contains(&target));
         if e.unsettled(target).is_some_and(|s| s.dep == event.dep) {
             match event.name {
                 EventName::Completed => self.completed(env, target),
                 EventName::Failed => self.failed(env),
             }
+        } else if verified_here && e.steps[target].as_ref().is_some_and(|s| s.dep == event.dep) {
+            // Delivered again: the release's next step, if it is still to take.
+            self.advance(env);
         } else if e.watches[target].as_ref().is_some_and(|w| w.dep == event.dep) {
             e.watches[target] = None;
         }
@@ -383,10 +387,7 @@ impl Model {
         let release = self.envs[env].release.as_mut().expect("a release");
         release.verified_on.push(target);
         if release.verified_on.len() < targets(env) {
-            if !self.parallel {
-                self.start_target(env, target + 1);
-            }
-            return;
+            return self.advance(env);
         }
         if env == STAGE {
             let e = &mut self.envs[env];
@@ -395,6 +396,20 @@ impl Model {
             return self.note(env, "soaking");
         }
         self.vet(env);
+    }
+
+    /// One after the other: the release in progress starts on its next target, unless the
+    /// environment is paused (held until a sweep, or a repeated event, after the resume).
+    fn advance(&mut self, env: usize) {
+        let e = &self.envs[env];
+        let Some(release) = e.in_progress() else { return };
+        if self.parallel || e.paused {
+            return;
+        }
+        let next = (0..targets(env)).find(|t| !release.verified_on.contains(t));
+        if let Some(next) = next.filter(|&t| e.steps[t].as_ref().is_none_or(|s| s.release != release.id)) {
+            self.start_target(env, next);
+        }
     }
 
     /// Every target's step of the environment's release settles as `state`.
@@ -541,6 +556,9 @@ impl Model {
                         self.envs[env].watches[target] = None;
                     }
                 }
+            }
+            if targets(env) > 1 {
+                self.advance(env);
             }
         }
         self.sweeping = false;
