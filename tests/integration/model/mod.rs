@@ -26,7 +26,7 @@
 //!   held push.
 //!
 //! Modes (environment variables):
-//! - default (CI): 30 sequences of 25 steps, seeds 1..=30;
+//! - default (CI): 30 sequences of 25 steps, seeds 1..=30 (the pipeline model: 16 of 25);
 //! - `CONVEYOR_MODEL=long` (what `make soak` sets): 500 sequences of 60 steps, seeds from a base
 //!   taken from the clock (printed) unless `CONVEYOR_MODEL_SEED_BASE` is set;
 //! - `CONVEYOR_MODEL_SEED=<n>`: only the sequence of seed `n` (replay a failure; its steps are
@@ -34,7 +34,7 @@
 //! - `CONVEYOR_MODEL_STEPS=<k>`, `CONVEYOR_MODEL_SEQUENCES=<n>`: another length or count.
 //!
 //! With `CI=true` none of them runs less than the CI size (a replay is ignored, shorter or fewer
-//! sequences are raised to 25 steps and 30 sequences: `conveyor_testkit::knobs`).
+//! sequences are raised to CI's size: `conveyor_testkit::knobs`).
 //!
 //! A sequence that disagrees with the model stops there and prints its seed, its operations, the
 //! situations the model named in that step and the disagreement; any disagreement fails the test
@@ -42,7 +42,9 @@
 //! not failed — the list is empty).
 //!
 //! The parts: [`oracle`] (the model), [`generator`] (the operations, from a seed), [`runner`]
-//! (one sequence against the library and the model, and the comparison).
+//! (one sequence against the library and the model, and the comparison). [`pipeline`] is a second
+//! model, of a v3 pipeline (three environments, auto promotion, a soak and an alarm, approvals,
+//! two targets), run in the same modes.
 
 mod generator;
 mod oracle;
@@ -73,16 +75,20 @@ struct Mode {
     verbose: bool,
 }
 
-/// CI's size: what runs when nothing is set, and the least a CI run may be given.
-const CI_SEQUENCES: u64 = 30;
-const CI_STEPS: u64 = 25;
+/// CI's size (sequences, steps): what runs when nothing is set, and the least a CI run may be
+/// given.
+type Size = (u64, u64);
+const CI: Size = (30, 25);
+/// The pipeline model's: each step costs more (three environments, four services to compare), and
+/// CI's time is bounded; `make soak` runs it as long as the other.
+const PIPELINE_CI: Size = (16, 25);
 
 impl Mode {
-    fn from_env() -> Mode {
+    fn from_env((ci_sequences, ci_steps): Size) -> Mode {
         let long = knobs::var("CONVEYOR_MODEL").is_some_and(|v| v == "long");
-        let (name, sequences, steps) = if long { ("long", 500, 60) } else { ("ci", CI_SEQUENCES, CI_STEPS) };
-        let steps = knobs::size("CONVEYOR_MODEL_STEPS", steps, CI_STEPS) as usize;
-        let sequences = knobs::size("CONVEYOR_MODEL_SEQUENCES", sequences, CI_SEQUENCES);
+        let (name, sequences, steps) = if long { ("long", 500, 60) } else { ("ci", ci_sequences, ci_steps) };
+        let steps = knobs::size("CONVEYOR_MODEL_STEPS", steps, ci_steps) as usize;
+        let sequences = knobs::size("CONVEYOR_MODEL_SEQUENCES", sequences, ci_sequences);
         if let Some(seed) = knobs::replay("CONVEYOR_MODEL_SEED") {
             return Mode { name: "replay", seeds: vec![seed], steps, parallel: 1, verbose: true };
         }
@@ -99,7 +105,7 @@ impl Mode {
 
 #[test]
 fn the_library_does_what_the_model_of_the_contract_says_after_every_step() {
-    crate::support::on_lambda_sized_stacks(run_all("model", |seed, steps, verbose| {
+    crate::support::on_lambda_sized_stacks(run_all("model", CI, |seed, steps, verbose| {
         Box::pin(async move { Sequence::new(seed, verbose).await.run(steps).await })
     }));
 }
@@ -108,7 +114,7 @@ fn the_library_does_what_the_model_of_the_contract_says_after_every_step() {
 /// ([`pipeline`]).
 #[test]
 fn a_pipeline_does_what_the_model_of_the_contract_says_after_every_step() {
-    crate::support::on_lambda_sized_stacks(run_all("pipeline model", |seed, steps, verbose| {
+    crate::support::on_lambda_sized_stacks(run_all("pipeline model", PIPELINE_CI, |seed, steps, verbose| {
         Box::pin(async move { pipeline::Sequence::new(seed, verbose).await.run(steps).await })
     }));
 }
@@ -124,8 +130,8 @@ type OneSequence =
 
 /// Runs the mode's sequences, a few at once, `one(seed, steps, verbose)` each; fails on any
 /// disagreement no known bug excuses.
-async fn run_all(name: &'static str, one: OneSequence) {
-    let mode = Mode::from_env();
+async fn run_all(name: &'static str, ci: Size, one: OneSequence) {
+    let mode = Mode::from_env(ci);
     let started = Instant::now();
     println!(
         "{name}: {} mode, {} sequences x {} steps, seeds {}..={}",

@@ -31,10 +31,9 @@ struct Emitted {
     json: Value,
 }
 
-/// A service of the pipeline, in ECS.
+/// A service of the pipeline, in ECS (all on one cluster: one `DescribeServices` sees them).
 struct Place {
-    cluster: String,
-    family: String,
+    service: String,
 }
 
 pub struct Sequence {
@@ -42,6 +41,7 @@ pub struct Sequence {
     generator: Generator,
     world: World,
     conveyor: Conveyor,
+    cluster: String,
     places: Vec<Place>,
     alarm: String,
     model: Model,
@@ -59,16 +59,17 @@ impl Sequence {
     pub async fn new(seed: u64, verbose: bool) -> Sequence {
         let world = World::new().await;
         let image = format!("{}/{APP}:v0.9.0", world.registry());
+        let cluster = world.name("pipeline");
         let mut places = Vec::new();
         for label in ["dev", "stage", "prod-a", "prod-b"] {
-            let (family, cluster) = (world.name(&format!("{APP}-{label}")), world.name(&format!("pipeline-{label}")));
+            let (family, service) = (world.name(&format!("{APP}-{label}")), format!("{APP}-{label}"));
             let task_definition = world.register(&family, &image, label, false).await;
-            world.create_service(&cluster, APP, &task_definition, 1).await;
-            places.push(Place { cluster, family });
+            world.create_service(&cluster, &service, &task_definition, 1).await;
+            places.push(Place { service });
         }
         let alarm = world.name("shop-stage-5xx");
         world.aws.set_alarm(&alarm, "OK").await;
-        let target = |n: usize| json!({ "cluster": places[n].cluster, "service": APP });
+        let target = |n: usize| json!({ "cluster": cluster, "service": places[n].service });
         let mut stage = json!({ "from": "dev", "promotion": "auto", "soak": "1h", "alarms": [alarm] });
         stage.as_object_mut().unwrap().extend(target(1).as_object().unwrap().clone());
         let parallel = seed % 2 == 0;
@@ -87,6 +88,7 @@ impl Sequence {
             generator: Generator::new(seed),
             conveyor: conveyor(&world),
             world,
+            cluster,
             places,
             alarm,
             model: Model::new(parallel),
@@ -112,7 +114,7 @@ impl Sequence {
             Op::Settle { service, complete, deliver } => {
                 let settle =
                     if *complete { Settle::Complete } else { Settle::Fail { circuit_breaker_rollback: false } };
-                let real = self.world.aws.settle(&self.places[*service].cluster, APP, settle).await;
+                let real = self.world.aws.settle(&self.cluster, &self.places[*service].service, settle).await;
                 let event = self.model.settle(*service, *complete);
                 let [json] = <[Value; 1]>::try_from(real)
                     .map_err(|real| format!("ECS emitted {real:?}, the model one event"))?;
@@ -277,8 +279,17 @@ impl Sequence {
     async fn check(&mut self) -> Result<(), String> {
         let mut problems = Vec::new();
         self.check_notifications(&mut problems).await;
+        let mut described = self.world.ecs.describe_services().cluster(&self.cluster);
+        for place in &self.places {
+            described = described.services(&place.service);
+        }
+        let described = described.send().await.map_err(|e| format!("DescribeServices: {e:?}"))?;
         for service in 0..SERVICES {
-            self.check_service(service, &mut problems).await;
+            let name = self.places[service].service.as_str();
+            match described.services().iter().find(|s| s.service_name() == Some(name)) {
+                Some(found) => self.check_service(service, found, &mut problems).await,
+                None => problems.push(format!("{}: no such service", Self::label(service))),
+            }
         }
         self.check_registrations(&mut problems).await;
         self.check_table(&mut problems).await;
@@ -319,9 +330,13 @@ impl Sequence {
     }
 
     /// One service: its deployments, and every revision's image.
-    async fn check_service(&mut self, service: usize, problems: &mut Vec<String>) {
+    async fn check_service(
+        &mut self,
+        service: usize,
+        described: &aws_sdk_ecs::types::Service,
+        problems: &mut Vec<String>,
+    ) {
         let at = Self::label(service);
-        let described = self.world.service(&self.places[service].cluster, APP).await;
         let model = &self.model.services[service];
         let revision = |arn: &str| arn.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
         let real: Vec<(String, bool, String, usize, String)> = described
@@ -377,17 +392,14 @@ impl Sequence {
         }
     }
 
-    /// One registered revision per rollout on each service (the seeded ones aside).
+    /// One registered revision per rollout (the seeded ones aside; each service's own are
+    /// compared with its deployments).
     async fn check_registrations(&mut self, problems: &mut Vec<String>) {
-        for (service, place) in self.places.iter().enumerate() {
-            let registered = self.world.revisions(&place.family).await.len() - 1;
-            let wanted = self.model.services[service].revs.len() - 1;
-            if registered != wanted {
-                problems.push(format!(
-                    "{}: {registered} revisions registered, the model expects {wanted} (one per rollout)",
-                    Self::label(service)
-                ));
-            }
+        let calls = self.world.aws.calls(&self.world.id).await;
+        let registered = calls.get("RegisterTaskDefinition").copied().unwrap_or(0) as usize - SERVICES;
+        let wanted: usize = self.model.services.iter().map(|s| s.revs.len() - 1).sum();
+        if registered != wanted {
+            problems.push(format!("{registered} revisions registered, the model expects {wanted} (one per rollout)"));
         }
     }
 
