@@ -40,8 +40,8 @@ bench: setup ## cold start, latency and memory of the release binaries, cold pus
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
 	cargo test --workspace --locked
 
-# The long runs of the proofs (about an hour on 2 cores): the whole fault and crash matrix, 500
-# model sequences of 60 steps, 10,000 cases per property, the burst's 1.5x goal asserted.
+# The long runs of the proofs (over an hour on 2 cores): the whole fault and crash matrix, 500
+# sequences of 60 steps of each model, 10,000 cases per property, the burst's 1.5x goal asserted.
 soak: setup build ## the long runs: full fault matrix, long model test, 10k property cases, strict burst
 	CONVEYOR_MATRIX=full CONVEYOR_MODEL=long CONVEYOR_BURST_STRICT=1 \
 	  cargo test --locked --test integration -- --nocapture --test-threads 2 fault_matrix:: model:: burst::

@@ -246,14 +246,15 @@ async fn promote(
             if requester.verified.is_none() {
                 return Err(unverified_requester(app, into));
             }
-            // Asked again (a retry, the sweep's auto promotion): the request stands as it is,
-            // unless its image failed since it was asked for. Then it is refused like any failed
-            // image (or, asked again with `force`, a forced request replaces it).
+            // Asked again (a retry): the request stands as it is, unless its image failed since
+            // it was asked for. Then it is refused like any failed image without `force` (the
+            // pending request's own `force` is not this one's); asked again with `force`, a forced
+            // request stands or replaces it.
             let pending = state.as_ref().and_then(EnvState::pending_approval);
             if let Some(pending) = pending.filter(|p| p.digest == resolved.digest) {
                 let facts = ledger.image(&app.name, &resolved.digest).await?;
                 let failed = facts.as_ref().and_then(ImageFacts::failure).is_some();
-                if !failed || pending.forced {
+                if !failed || (pending.forced && request.force) {
                     let running = state.as_ref().map(|s| s.known_good().arn).unwrap_or_default();
                     return Ok(awaiting(app, into, pending, running, &requester));
                 }

@@ -71,7 +71,8 @@ pub fn next(config: &EnvironmentConfig, state: &EnvState) -> Next {
         }
     }
     match (start.is_empty(), (0..config.targets.len()).all(|i| state.verified_on(&release.id, i))) {
-        // A pause holds the release where it is (nothing more is rolled out until the resume).
+        // A pause holds the release where it is: nothing more is rolled out until the resume,
+        // and the first sweep after it (or the held step's event delivered again) moves it on.
         (false, _) if state.paused.is_some() => Next::Wait,
         (false, _) => Next::Start(start),
         (true, true) => Next::Complete,

@@ -14,7 +14,7 @@ use conveyor_testkit::World;
 use serde_json::{json, Value};
 
 use super::generator::{Generator, Op};
-use super::oracle::{ix, Event, EventName, ImageModel, Model, Outcome, Push};
+use super::oracle::{ix, Dep, Event, EventName, ImageModel, Model, Outcome, Push};
 use super::{APPS, PROD, REPOSITORY, STAGE, WEB_TAGS};
 use crate::support::{conveyor, invocation};
 
@@ -303,63 +303,8 @@ impl Sequence {
     ) {
         let model = &self.model.apps[app].envs[ix(env)];
         let at = format!("{} {}", APPS[app], env.as_str());
-        let revision = |arn: &str| arn.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
-        let real: Vec<(String, bool, String, usize, String)> = service
-            .deployments()
-            .iter()
-            .map(|d| {
-                let arn = d.task_definition().unwrap_or_default();
-                (
-                    d.id().unwrap_or_default().to_owned(),
-                    d.status() == Some("PRIMARY"),
-                    d.rollout_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-                    revision(arn),
-                    arn.to_owned(),
-                )
-            })
-            .collect();
-        let shape: Vec<(bool, String, usize)> = real.iter().map(|(_, p, s, n, _)| (*p, s.clone(), *n)).collect();
-        let wanted: Vec<(bool, String, usize)> =
-            model.deps.iter().enumerate().map(|(i, d)| (i == 0, d.state.ecs().to_owned(), d.rev + 1)).collect();
-        if shape != wanted {
-            problems.push(format!("{at}: ECS deployments (primary, state, revision) {shape:?}, the model {wanted:?}"));
-            return;
-        }
-        for ((real_id, ..), dep) in real.iter().zip(&model.deps) {
-            match self.ids.get(&dep.id) {
-                Some(known) if known != real_id => {
-                    problems.push(format!("{at}: deployment {} is {known} in ECS, now {real_id}", dep.id))
-                }
-                Some(_) => {}
-                None => {
-                    self.ids.insert(dep.id, real_id.clone());
-                }
-            }
-        }
-        for (.., number, arn) in real {
-            if self.checked_revisions.contains(&arn) {
-                continue;
-            }
-            let (definition, _) = self.world.task_definition(&arn).await;
-            let image = definition
-                .container_definitions()
-                .iter()
-                .find(|c| c.name() == Some("api"))
-                .and_then(|c| c.image())
-                .unwrap_or_default()
-                .to_owned();
-            let wanted = model.revs[number - 1];
-            let ok = match wanted {
-                Some(n) => image.ends_with(&format!("@{}", digest(n))),
-                None => image.ends_with(":v0.9.0"),
-            };
-            if ok {
-                self.checked_revisions.insert(arn);
-            } else {
-                problems
-                    .push(format!("{at}: {arn} runs {image}, the model expects {:?}", wanted.map(|n| format!("d{n}"))));
-            }
-        }
+        let known = Known { ids: &mut self.ids, checked: &mut self.checked_revisions };
+        compare_service(&self.world, &at, service, &model.deps, &model.revs, known, problems).await;
     }
 
     /// One registered revision per rollout (the seeded ones aside).
@@ -508,5 +453,82 @@ impl Sequence {
             }
         }
         Ok((self.seed, steps))
+    }
+}
+
+/// What a sequence learnt of ECS so far: the model's deployment ids mapped to ECS's, and the
+/// revisions whose image was checked.
+pub struct Known<'a> {
+    pub ids: &'a mut HashMap<u32, String>,
+    pub checked: &'a mut BTreeSet<String>,
+}
+
+/// One service in ECS against the model: its deployments (`deps`, primary first: primary or not,
+/// rollout state, revision) and the `api` image of every revision (`revs`: the model's digest of
+/// each, `None` for the seeded one, by tag).
+pub async fn compare_service(
+    world: &World,
+    at: &str,
+    service: &aws_sdk_ecs::types::Service,
+    deps: &[Dep],
+    revs: &[Option<u32>],
+    known: Known<'_>,
+    problems: &mut Vec<String>,
+) {
+    let revision = |arn: &str| arn.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let real: Vec<(String, bool, String, usize, String)> = service
+        .deployments()
+        .iter()
+        .map(|d| {
+            let arn = d.task_definition().unwrap_or_default();
+            (
+                d.id().unwrap_or_default().to_owned(),
+                d.status() == Some("PRIMARY"),
+                d.rollout_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                revision(arn),
+                arn.to_owned(),
+            )
+        })
+        .collect();
+    let shape: Vec<(bool, String, usize)> = real.iter().map(|(_, p, s, n, _)| (*p, s.clone(), *n)).collect();
+    let wanted: Vec<(bool, String, usize)> =
+        deps.iter().enumerate().map(|(i, d)| (i == 0, d.state.ecs().to_owned(), d.rev + 1)).collect();
+    if shape != wanted {
+        problems.push(format!("{at}: ECS deployments (primary, state, revision) {shape:?}, the model {wanted:?}"));
+        return;
+    }
+    for ((real_id, ..), dep) in real.iter().zip(deps) {
+        match known.ids.get(&dep.id) {
+            Some(id) if id != real_id => {
+                problems.push(format!("{at}: deployment {} is {id} in ECS, now {real_id}", dep.id))
+            }
+            Some(_) => {}
+            None => {
+                known.ids.insert(dep.id, real_id.clone());
+            }
+        }
+    }
+    for (.., number, arn) in real {
+        if known.checked.contains(&arn) {
+            continue;
+        }
+        let (definition, _) = world.task_definition(&arn).await;
+        let image = definition
+            .container_definitions()
+            .iter()
+            .find(|c| c.name() == Some("api"))
+            .and_then(|c| c.image())
+            .unwrap_or_default()
+            .to_owned();
+        let wanted = revs[number - 1];
+        let ok = match wanted {
+            Some(n) => image.ends_with(&format!("@{}", digest(n))),
+            None => image.ends_with(":v0.9.0"),
+        };
+        if ok {
+            known.checked.insert(arn);
+        } else {
+            problems.push(format!("{at}: {arn} runs {image}, the model expects {:?}", wanted.map(|n| format!("d{n}"))));
+        }
     }
 }

@@ -12,10 +12,11 @@
 //! later or delivered again; the stage alarm entering ALARM and recovering, its event delivered or
 //! lost; the soak's time running out (the soak timer); the sweep; promotions into prod; approvals
 //! by the requester (refused) or a second person; rejections; a pending approval's time running
-//! out (the sweep); pausing and resuming stage (auto promotions into it held) or prod. Time moves by setting the record's `soak.until` or `expires_at` in the past, as
-//! an hour passing would.
+//! out (the sweep); pausing and resuming stage (auto promotions into it held) or prod. Time moves
+//! by setting the record's `soak.until` or `expires_at` in the past, as the soak's hour or the
+//! approval's day passing would.
 //!
-//! It runs in the modes of [`super`] (the same variables, seeds and sizes).
+//! It runs in the modes of [`super`] (the same variables and seeds; its own CI size).
 
 mod oracle;
 mod runner;
@@ -23,7 +24,7 @@ mod runner;
 use conveyor_testkit::rng::Rng;
 
 use super::oracle::DepState;
-use oracle::{place, targets, Model, Person, Push, PROD, SERVICES, STAGE};
+use oracle::{label, Model, Person, Push, PROD, SERVICES, STAGE};
 pub use runner::Sequence;
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub enum Op {
     Alarm { delivered: bool },
     SoakEnds,
     Sweep,
-    Promote { tag: String },
+    Promote { tag: String, force: bool },
     Approve { who: Person },
     Reject { who: Person },
     ApprovalExpires,
@@ -45,14 +46,6 @@ pub enum Op {
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let label = |service: usize| {
-            let (env, target) = place(service);
-            if targets(env) > 1 {
-                format!("{} target {}", oracle::ENVS[env], target + 1)
-            } else {
-                oracle::ENVS[env].to_owned()
-            }
-        };
         match self {
             Op::Push { push, what } => write!(f, "push ({what}) {} d{} t+{}", push.tag, push.digest, push.time),
             Op::Settle { service, complete, deliver } => write!(
@@ -69,7 +62,9 @@ impl std::fmt::Display for Op {
             }
             Op::SoakEnds => write!(f, "stage's soak ends"),
             Op::Sweep => write!(f, "sweep"),
-            Op::Promote { tag } => write!(f, "promote {tag} to prod (requester)"),
+            Op::Promote { tag, force } => {
+                write!(f, "promote {tag} to prod{} (requester)", if *force { " --force" } else { "" })
+            }
             Op::Approve { who } => write!(f, "approve ({who:?})"),
             Op::Reject { who } => write!(f, "reject ({who:?})"),
             Op::ApprovalExpires => write!(f, "the pending approval expires (then the sweep)"),
@@ -156,7 +151,7 @@ impl Generator {
                 } else {
                     "v9.9.9".to_owned()
                 };
-                Op::Promote { tag }
+                Op::Promote { tag, force: self.rng.chance(0.15) }
             }
             10 => Op::Approve { who: if self.rng.chance(0.2) { Person::Requester } else { Person::Approver } },
             11 => Op::Reject { who: if self.rng.chance(0.3) { Person::Requester } else { Person::Approver } },

@@ -1,11 +1,12 @@
 //! The model of a pipeline: a small, pure reading of the contract's *Pipelines (v3)* section for
 //! one app whose pipeline is dev → stage (auto promotion, soak, one alarm) → prod (manual
-//! promotion, approval, two targets, one after the other or, in some sequences, at once) — what ECS does with each deployment,
-//! what Conveyor's records and image items hold, what is announced, what each call answers.
+//! promotion, approval, two targets, one after the other or, in some sequences, at once) — what
+//! ECS does with each deployment, what Conveyor's records and image items hold, what is
+//! announced, what each call answers.
 
 use std::collections::BTreeMap;
 
-use super::super::oracle::{DepState, RState};
+pub use super::super::oracle::{Dep, DepState, Push, RState, Watch};
 
 pub const ENVS: [&str; 3] = ["dev", "stage", "prod"];
 pub const DEV: usize = 0;
@@ -37,28 +38,21 @@ pub fn place(service: usize) -> (usize, usize) {
     }
 }
 
+/// How a service is named in the test's messages: its environment, and which target.
+pub fn label(service: usize) -> String {
+    let (env, target) = place(service);
+    if targets(env) > 1 {
+        format!("{} target {}", ENVS[env], target + 1)
+    } else {
+        ENVS[env].to_owned()
+    }
+}
+
 /// The people of the test: who requests promotions into prod, and a second person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Person {
     Requester,
     Approver,
-}
-
-/// A push event: `tag` of image `digest(digest)` at `time` (seconds after the sequence's base).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Push {
-    pub tag: String,
-    pub digest: u32,
-    pub time: i64,
-}
-
-/// An ECS deployment (`id` the model's, mapped to ECS's as they appear; `rev` an index into
-/// [`Service::revs`]).
-#[derive(Debug, Clone)]
-pub struct Dep {
-    pub id: u32,
-    pub rev: usize,
-    pub state: DepState,
 }
 
 /// One ECS service: the image of every revision of its family (`None`: the seeded one, by tag) and
@@ -79,7 +73,8 @@ impl Service {
     }
 }
 
-/// An environment's release: one image rolled out to each of its targets in turn.
+/// An environment's release: one image rolled out to each of its targets (one after the other,
+/// or at once).
 #[derive(Debug, Clone)]
 pub struct Release {
     pub id: u32,
@@ -105,17 +100,17 @@ pub struct Step {
     pub state: RState,
 }
 
-/// A rollback deployment being watched.
-#[derive(Debug, Clone)]
-pub struct Watch {
-    pub dep: u32,
-    pub to: usize,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Approval {
-    Pending { digest: u32, tag: String },
-    Declined { digest: u32 },
+    /// `forced`: asked with `force` for an image that had failed.
+    Pending {
+        digest: u32,
+        tag: String,
+        forced: bool,
+    },
+    Declined {
+        digest: u32,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -565,34 +560,43 @@ impl Model {
         self.auto_promote();
     }
 
-    /// A promotion into prod requested by [`Person::Requester`]: it waits for an approval.
-    pub fn promote(&mut self, tag: &str) -> Answer {
+    /// A promotion into prod requested by [`Person::Requester`] (`force`: even of an image that
+    /// failed): it waits for an approval. Asked again, the request stands — unless its image
+    /// failed since (refused without `force`, a forced request replaces it with).
+    pub fn promote(&mut self, tag: &str, force: bool) -> Answer {
         let Some(&digest) = self.stage_tags.get(tag) else { return Err("NotVetted") };
         if self.envs[PROD].paused {
             return Err("Paused");
         }
-        if self.failed_anywhere(digest) {
-            return Err("NotVetted");
-        }
+        let failed = self.failed_anywhere(digest);
         let prod = &mut self.envs[PROD];
-        if matches!(&prod.approval, Some(Approval::Pending { digest: pending, .. }) if *pending == digest) {
-            return Ok("awaiting_approval");
+        match &prod.approval {
+            Some(Approval::Pending { digest: pending, forced, .. }) if *pending == digest => {
+                if !failed || (*forced && force) {
+                    return Ok("awaiting_approval");
+                }
+                if !force {
+                    return Err("NotVetted");
+                }
+            }
+            _ if failed && !force => return Err("NotVetted"),
+            _ => {}
         }
         prod.exists = true;
-        prod.approval = Some(Approval::Pending { digest, tag: tag.to_owned() });
+        prod.approval = Some(Approval::Pending { digest, tag: tag.to_owned(), forced: failed && force });
         self.note(PROD, "approval_requested");
         Ok("awaiting_approval")
     }
 
     /// `conveyor approve` by `who`.
     pub fn approve(&mut self, who: Person) -> Answer {
-        let Some(Approval::Pending { digest, tag }) = self.envs[PROD].approval.clone() else {
+        let Some(Approval::Pending { digest, tag, forced }) = self.envs[PROD].approval.clone() else {
             return Err("InvalidRequest");
         };
         if who == Person::Requester {
             return Err("NotAllowed");
         }
-        if self.failed_anywhere(digest) {
+        if self.failed_anywhere(digest) && !forced {
             return Err("NotVetted");
         }
         if self.envs[PROD].paused {
@@ -603,7 +607,7 @@ impl Model {
         Ok(if self.start(PROD, digest, &tag) { "deploying" } else { "already_deployed" })
     }
 
-    /// `conveyor reject` by `who` (the requester withdrawing, or another person).
+    /// `conveyor reject` (by the requester, withdrawing it, or by another person: the same).
     pub fn reject(&mut self) -> Answer {
         let Some(Approval::Pending { digest, .. }) = self.envs[PROD].approval.clone() else {
             return Err("InvalidRequest");

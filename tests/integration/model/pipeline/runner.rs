@@ -15,9 +15,9 @@ use conveyor_testkit::world::digest;
 use conveyor_testkit::World;
 use serde_json::{json, Value};
 
-use super::oracle::{self, place, targets, Approval, Event, ImageModel, Model, Person, Push, ENVS, SERVICES};
+use super::oracle::{self, label, service, targets, Approval, Event, ImageModel, Model, Person, Push, ENVS, SERVICES};
 use super::{Generator, Op};
-use crate::model::runner::Disagreement;
+use crate::model::runner::{compare_service, Disagreement, Known};
 use crate::support::{conveyor, invocation};
 
 const APP: &str = "shop";
@@ -118,6 +118,10 @@ impl Sequence {
                 let event = self.model.settle(*service, *complete);
                 let [json] = <[Value; 1]>::try_from(real)
                     .map_err(|real| format!("ECS emitted {real:?}, the model one event"))?;
+                let wanted = if *complete { "SERVICE_DEPLOYMENT_COMPLETED" } else { "SERVICE_DEPLOYMENT_FAILED" };
+                if json["detail"]["eventName"] != wanted {
+                    return Err(format!("ECS emitted {}, the model expected {wanted}", json["detail"]["eventName"]));
+                }
                 let emitted = Emitted { event, json };
                 if *deliver {
                     self.deliver_event(&emitted).await?;
@@ -164,10 +168,10 @@ impl Sequence {
                 self.model.sweep(true);
                 Ok(())
             }
-            Op::Promote { tag } => {
-                let request = json!({ "app": APP, "tag": tag, "to": "prod" });
+            Op::Promote { tag, force } => {
+                let request = json!({ "app": APP, "tag": tag, "to": "prod", "force": force });
                 let real = self.conveyor.promote_function(request, &Self::as_who(Person::Requester)).await;
-                Self::compare("promote", real, self.model.promote(tag))
+                Self::compare("promote", real, self.model.promote(tag, *force))
             }
             Op::Approve { who } => {
                 let request = json!({ "operation": "approve", "app": APP, "environment": "prod" });
@@ -287,8 +291,12 @@ impl Sequence {
         for service in 0..SERVICES {
             let name = self.places[service].service.as_str();
             match described.services().iter().find(|s| s.service_name() == Some(name)) {
-                Some(found) => self.check_service(service, found, &mut problems).await,
-                None => problems.push(format!("{}: no such service", Self::label(service))),
+                Some(found) => {
+                    let (at, model) = (label(service), &self.model.services[service]);
+                    let known = Known { ids: &mut self.ids, checked: &mut self.checked_revisions };
+                    compare_service(&self.world, &at, found, &model.deps, &model.revs, known, &mut problems).await;
+                }
+                None => problems.push(format!("{}: no such service", label(service))),
             }
         }
         self.check_registrations(&mut problems).await;
@@ -317,78 +325,6 @@ impl Sequence {
         real.sort();
         if real != expected {
             problems.push(format!("notifications: published {real:?}, the model expected {expected:?}"));
-        }
-    }
-
-    fn label(service: usize) -> String {
-        let (env, target) = place(service);
-        if targets(env) > 1 {
-            format!("{} target {}", ENVS[env], target + 1)
-        } else {
-            ENVS[env].to_owned()
-        }
-    }
-
-    /// One service: its deployments, and every revision's image.
-    async fn check_service(
-        &mut self,
-        service: usize,
-        described: &aws_sdk_ecs::types::Service,
-        problems: &mut Vec<String>,
-    ) {
-        let at = Self::label(service);
-        let model = &self.model.services[service];
-        let revision = |arn: &str| arn.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
-        let real: Vec<(String, bool, String, usize, String)> = described
-            .deployments()
-            .iter()
-            .map(|d| {
-                let arn = d.task_definition().unwrap_or_default();
-                (
-                    d.id().unwrap_or_default().to_owned(),
-                    d.status() == Some("PRIMARY"),
-                    d.rollout_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-                    revision(arn),
-                    arn.to_owned(),
-                )
-            })
-            .collect();
-        let shape: Vec<(bool, String, usize)> = real.iter().map(|(_, p, s, n, _)| (*p, s.clone(), *n)).collect();
-        let wanted: Vec<(bool, String, usize)> =
-            model.deps.iter().enumerate().map(|(i, d)| (i == 0, d.state.ecs().to_owned(), d.rev + 1)).collect();
-        if shape != wanted {
-            problems.push(format!("{at}: ECS deployments (primary, state, revision) {shape:?}, the model {wanted:?}"));
-            return;
-        }
-        for ((real_id, ..), dep) in real.iter().zip(&model.deps) {
-            match self.ids.get(&dep.id) {
-                Some(known) if known != real_id => {
-                    problems.push(format!("{at}: deployment {} is {known} in ECS, now {real_id}", dep.id))
-                }
-                Some(_) => {}
-                None => {
-                    self.ids.insert(dep.id, real_id.clone());
-                }
-            }
-        }
-        for (.., number, arn) in real {
-            if self.checked_revisions.contains(&arn) {
-                continue;
-            }
-            let (definition, _) = self.world.task_definition(&arn).await;
-            let image =
-                definition.container_definitions().first().and_then(|c| c.image()).unwrap_or_default().to_owned();
-            let wanted = model.revs[number - 1];
-            let ok = match wanted {
-                Some(n) => image.ends_with(&format!("@{}", digest(n))),
-                None => image.ends_with(":v0.9.0"),
-            };
-            if ok {
-                self.checked_revisions.insert(arn);
-            } else {
-                problems
-                    .push(format!("{at}: {arn} runs {image}, the model expects {:?}", wanted.map(|n| format!("d{n}"))));
-            }
         }
     }
 
@@ -423,7 +359,7 @@ impl Sequence {
                 continue;
             }
             for target in 0..targets(env) {
-                let at = if targets(env) > 1 { format!("{name} target {}", target + 1) } else { (*name).to_owned() };
+                let at = label(service(env, target));
                 let part = if target == 0 { state } else { &state["targets"][target - 1] };
                 let rollout = part["rollout"].is_object().then(|| {
                     (
