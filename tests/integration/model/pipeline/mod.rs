@@ -29,19 +29,45 @@ pub use runner::Sequence;
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Push { push: Push, what: &'static str },
-    Settle { service: usize, complete: bool, deliver: bool },
-    DeliverLate { index: usize },
-    DeliverAgain { index: usize },
-    Alarm { delivered: bool },
+    Push {
+        push: Push,
+        what: &'static str,
+    },
+    Settle {
+        service: usize,
+        complete: bool,
+        deliver: bool,
+    },
+    DeliverLate {
+        index: usize,
+    },
+    DeliverAgain {
+        index: usize,
+    },
+    Alarm {
+        delivered: bool,
+    },
     SoakEnds,
+    /// The soak timer ticks with no soak due.
+    SoakTimer,
     Sweep,
-    Promote { tag: String, force: bool },
-    Approve { who: Person },
-    Reject { who: Person },
+    Promote {
+        tag: String,
+        force: bool,
+    },
+    Approve {
+        who: Person,
+    },
+    Reject {
+        who: Person,
+    },
     ApprovalExpires,
-    Pause { env: usize },
-    Resume { env: usize },
+    Pause {
+        env: usize,
+    },
+    Resume {
+        env: usize,
+    },
 }
 
 impl std::fmt::Display for Op {
@@ -61,6 +87,7 @@ impl std::fmt::Display for Op {
                 write!(f, "stage alarm fires and recovers{}", if *delivered { "" } else { " (event lost)" })
             }
             Op::SoakEnds => write!(f, "stage's soak ends"),
+            Op::SoakTimer => write!(f, "the soak timer ticks"),
             Op::Sweep => write!(f, "sweep"),
             Op::Promote { tag, force } => {
                 write!(f, "promote {tag} to prod{} (requester)", if *force { " --force" } else { "" })
@@ -117,6 +144,7 @@ impl Generator {
             if pending { 2 } else { 0 },                     // reject
             if pending { 2 } else { 0 },                     // approval expires
             3,                                               // pause or resume
+            2,                                               // the soak timer, nothing due
         ];
         match self.rng.weighted(&weights) {
             0 => {
@@ -156,6 +184,7 @@ impl Generator {
             10 => Op::Approve { who: if self.rng.chance(0.2) { Person::Requester } else { Person::Approver } },
             11 => Op::Reject { who: if self.rng.chance(0.3) { Person::Requester } else { Person::Approver } },
             12 => Op::ApprovalExpires,
+            14 => Op::SoakTimer,
             _ => {
                 let env = if self.rng.chance(0.5) { STAGE } else { PROD };
                 if model.envs[env].paused {

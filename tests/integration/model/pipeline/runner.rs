@@ -157,6 +157,7 @@ impl Sequence {
                 self.model.soak_ends();
                 Ok(())
             }
+            Op::SoakTimer => self.monitor(self.world.soak_timer_event(), "the soak timer").await,
             Op::Sweep => {
                 self.monitor(self.world.schedule_event(), "the sweep").await?;
                 self.model.sweep(false);
