@@ -18,11 +18,12 @@ use super::oracle::{ix, Dep, Event, EventName, ImageModel, Model, Outcome, Push}
 use super::{APPS, PROD, REPOSITORY, STAGE, WEB_TAGS};
 use crate::support::{conveyor, invocation};
 
-/// A deployment event as ECS emitted it, with the model's reading of it.
+/// A deployment event as ECS emitted it, with the model's reading of it (`E`: the model's event
+/// type; each model has its own).
 #[derive(Debug, Clone)]
-struct Emitted {
-    event: Event,
-    json: Value,
+pub struct Emitted<E> {
+    pub event: E,
+    pub json: Value,
 }
 
 /// One sequence: the real library (on its own world) and the model side by side.
@@ -34,8 +35,8 @@ pub struct Sequence {
     fixtures: Vec<AppFixture>,
     model: Model,
     base: DateTime<Utc>,
-    kept: Vec<Emitted>,
-    delivered: Vec<Emitted>,
+    kept: Vec<Emitted<Event>>,
+    delivered: Vec<Emitted<Event>>,
     /// Model deployment id => ECS's.
     ids: HashMap<u32, String>,
     /// Revision ARNs whose image was checked.
@@ -138,14 +139,7 @@ impl Sequence {
                 self.deliver_event(&emitted).await
             }
             Op::Sweep => {
-                let report = self
-                    .conveyor
-                    .monitor(self.world.schedule_event(), &invocation())
-                    .await
-                    .map_err(|e| format!("the sweep failed: {e}"))?;
-                if let Some(error) = report.results.iter().find(|r| r.action == conveyor::vocabulary::Action::Error) {
-                    return Err(format!("the sweep reported an error: {error:?}"));
-                }
+                monitor(&self.conveyor, self.world.schedule_event(), "the sweep").await?;
                 self.model.sweep();
                 Ok(())
             }
@@ -223,13 +217,8 @@ impl Sequence {
         Ok(())
     }
 
-    async fn deliver_event(&mut self, emitted: &Emitted) -> Result<(), String> {
-        let real_id = emitted.json["detail"]["deploymentId"].as_str().unwrap_or_default();
-        if let Some(known) = self.ids.get(&emitted.event.dep) {
-            if known != real_id {
-                return Err(format!("event for {real_id}, the model's deployment is {known}"));
-            }
-        }
+    async fn deliver_event(&mut self, emitted: &Emitted<Event>) -> Result<(), String> {
+        of_the_models_deployment(&self.ids, emitted.event.dep, &emitted.json)?;
         self.conveyor
             .monitor(emitted.json.clone(), &invocation())
             .await
@@ -456,6 +445,25 @@ impl Sequence {
     }
 }
 
+/// deploy-monitor on `payload` (`what` it is, for the message); none of its results an error.
+pub async fn monitor(conveyor: &Conveyor, payload: Value, what: &str) -> Result<(), String> {
+    let report = conveyor.monitor(payload, &invocation()).await.map_err(|e| format!("{what} failed: {e}"))?;
+    match report.results.iter().find(|r| r.action == conveyor::vocabulary::Action::Error) {
+        Some(error) => Err(format!("{what} reported an error: {error:?}")),
+        None => Ok(()),
+    }
+}
+
+/// An event ECS emitted is for the deployment the model says (`dep`, once ECS's id of it is
+/// known).
+pub fn of_the_models_deployment(ids: &HashMap<u32, String>, dep: u32, json: &Value) -> Result<(), String> {
+    let real_id = json["detail"]["deploymentId"].as_str().unwrap_or_default();
+    match ids.get(&dep) {
+        Some(known) if known != real_id => Err(format!("event for {real_id}, the model's deployment is {known}")),
+        _ => Ok(()),
+    }
+}
+
 /// What a sequence learnt of ECS so far: the model's deployment ids mapped to ECS's, and the
 /// revisions whose image was checked.
 pub struct Known<'a> {
@@ -512,14 +520,7 @@ pub async fn compare_service(
         if known.checked.contains(&arn) {
             continue;
         }
-        let (definition, _) = world.task_definition(&arn).await;
-        let image = definition
-            .container_definitions()
-            .iter()
-            .find(|c| c.name() == Some("api"))
-            .and_then(|c| c.image())
-            .unwrap_or_default()
-            .to_owned();
+        let image = world.revision_image(&arn).await.unwrap_or_default();
         let wanted = revs[number - 1];
         let ok = match wanted {
             Some(n) => image.ends_with(&format!("@{}", digest(n))),

@@ -423,14 +423,18 @@ impl World {
 
     async fn image_of(&self, cluster: &str, service: &str) -> String {
         let current = self.service(cluster, service).await.task_definition.unwrap();
-        let (definition, _) = self.task_definition(&current).await;
+        self.revision_image(&current).await.expect("an api container with an image")
+    }
+
+    /// The image of the `api` container of revision `arn`, if it has one.
+    pub async fn revision_image(&self, arn: &str) -> Option<String> {
+        let (definition, _) = self.task_definition(arn).await;
         definition
             .container_definitions()
             .iter()
             .find(|c| c.name() == Some("api"))
             .and_then(|c| c.image())
-            .unwrap()
-            .to_owned()
+            .map(str::to_owned)
     }
 
     /// Drains the alert queue: the SNS notifications received so far (`Subject`, `Message` parsed

@@ -8,7 +8,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use conveyor::operate::Answer;
 use conveyor::types::{AppName, Environment, Requester};
-use conveyor::vocabulary::Action;
 use conveyor::{Conveyor, Invocation};
 use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::digest;
@@ -17,19 +16,12 @@ use serde_json::{json, Value};
 
 use super::oracle::{self, label, service, targets, Approval, Event, ImageModel, Model, Person, Push, ENVS, SERVICES};
 use super::{Generator, Op};
-use crate::model::runner::{compare_service, Disagreement, Known};
+use crate::model::runner::{compare_service, monitor, of_the_models_deployment, Disagreement, Emitted, Known};
 use crate::support::{conveyor, invocation};
 
 const APP: &str = "shop";
 const REQUESTER: &str = "arn:aws:iam::123456789012:user/ana";
 const APPROVER: &str = "arn:aws:iam::123456789012:user/bob";
-
-/// A deployment event as ECS emitted it, with the model's reading of it.
-#[derive(Debug, Clone)]
-struct Emitted {
-    event: Event,
-    json: Value,
-}
 
 /// A service of the pipeline, in ECS (all on one cluster: one `DescribeServices` sees them).
 struct Place {
@@ -46,8 +38,8 @@ pub struct Sequence {
     alarm: String,
     model: Model,
     base: DateTime<Utc>,
-    kept: Vec<Emitted>,
-    delivered: Vec<Emitted>,
+    kept: Vec<Emitted<Event>>,
+    delivered: Vec<Emitted<Event>>,
     /// Model deployment id => ECS's.
     ids: HashMap<u32, String>,
     checked_revisions: BTreeSet<String>,
@@ -146,26 +138,26 @@ impl Sequence {
                 self.world.aws.set_alarm(&self.alarm, "ALARM").await;
                 self.world.aws.set_alarm(&self.alarm, "OK").await;
                 if *delivered {
-                    self.monitor(self.world.alarm_event(&self.alarm, at), "the alarm's event").await?;
+                    monitor(&self.conveyor, self.world.alarm_event(&self.alarm, at), "the alarm's event").await?;
                 }
                 self.model.alarm(*delivered);
                 Ok(())
             }
             Op::SoakEnds => {
                 self.in_the_past("stage", &["soak", "until"]).await;
-                self.monitor(self.world.soak_timer_event(), "the soak timer").await?;
+                monitor(&self.conveyor, self.world.soak_timer_event(), "the soak timer").await?;
                 self.model.soak_ends();
                 Ok(())
             }
-            Op::SoakTimer => self.monitor(self.world.soak_timer_event(), "the soak timer").await,
+            Op::SoakTimer => monitor(&self.conveyor, self.world.soak_timer_event(), "the soak timer").await,
             Op::Sweep => {
-                self.monitor(self.world.schedule_event(), "the sweep").await?;
+                monitor(&self.conveyor, self.world.schedule_event(), "the sweep").await?;
                 self.model.sweep(false);
                 Ok(())
             }
             Op::ApprovalExpires => {
                 self.in_the_past("prod", &["approval", "expires_at"]).await;
-                self.monitor(self.world.schedule_event(), "the sweep").await?;
+                monitor(&self.conveyor, self.world.schedule_event(), "the sweep").await?;
                 self.model.sweep(true);
                 Ok(())
             }
@@ -225,15 +217,6 @@ impl Sequence {
         }
     }
 
-    /// deploy-monitor on `payload`; none of its results an error.
-    async fn monitor(&self, payload: Value, what: &str) -> Result<(), String> {
-        let report = self.conveyor.monitor(payload, &invocation()).await.map_err(|e| format!("{what} failed: {e}"))?;
-        match report.results.iter().find(|r| r.action == Action::Error) {
-            Some(error) => Err(format!("{what} reported an error: {error:?}")),
-            None => Ok(()),
-        }
-    }
-
     /// Sets `path` of `env`'s state in the past, as time passing would.
     async fn in_the_past(&self, env: &str, path: &[&str]) {
         let names: Vec<String> = path.iter().enumerate().map(|(n, _)| format!("#p{n}")).collect();
@@ -269,14 +252,9 @@ impl Sequence {
         Ok(())
     }
 
-    async fn deliver_event(&mut self, emitted: &Emitted) -> Result<(), String> {
-        let real_id = emitted.json["detail"]["deploymentId"].as_str().unwrap_or_default();
-        if let Some(known) = self.ids.get(&emitted.event.dep) {
-            if known != real_id {
-                return Err(format!("event for {real_id}, the model's deployment is {known}"));
-            }
-        }
-        self.monitor(emitted.json.clone(), &format!("deploy-monitor on {}", emitted.json["detail"])).await?;
+    async fn deliver_event(&mut self, emitted: &Emitted<Event>) -> Result<(), String> {
+        of_the_models_deployment(&self.ids, emitted.event.dep, &emitted.json)?;
+        monitor(&self.conveyor, emitted.json.clone(), &format!("deploy-monitor on {}", emitted.json["detail"])).await?;
         self.model.on_event(emitted.event);
         Ok(())
     }
