@@ -37,8 +37,11 @@ bench: setup ## cold start, latency and memory of the release binaries, cold pus
 	cargo build --locked -p conveyor-testkit --bin bench
 	target/debug/bench
 
+# Four test threads on two cores: the integration tests mostly wait (on the local AWS, on the
+# functions' processes, on timers), so 4 threads run them in about 435 s where 2 take about 680 s;
+# 8 threads are no faster and load the machine until timing-sensitive scenarios strain.
 test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
-	cargo test --workspace --locked
+	cargo test --workspace --locked -- --test-threads 4
 
 # The long runs of the proofs (over an hour on 2 cores): the whole fault and crash matrix, 500
 # sequences of 60 steps of each model, 10,000 cases per property, the burst's 1.5x goal asserted.

@@ -310,15 +310,27 @@ impl DeploymentEvent {
 
 /// The parts of a service ARN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ServiceArn {
+pub(crate) struct ServiceArn {
     account: Option<String>,
     region: Option<String>,
     cluster: Option<String>,
     service: String,
 }
 
+impl ServiceArn {
+    /// Where the service is.
+    pub(crate) fn place(&self) -> crate::config::Place<'_> {
+        crate::config::Place {
+            account: self.account.as_deref(),
+            region: self.region.as_deref(),
+            cluster: self.cluster.as_deref(),
+            service: &self.service,
+        }
+    }
+}
+
 /// `arn:aws:ecs:{region}:{account}:service/{cluster}/{service}` (or the old `service/{service}`).
-fn parse_service_arn(arn: &str) -> Option<ServiceArn> {
+pub(crate) fn parse_service_arn(arn: &str) -> Option<ServiceArn> {
     let mut fields = arn.strip_prefix("arn:")?.splitn(5, ':');
     let (_partition, _ecs) = (fields.next()?, fields.next()?);
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());

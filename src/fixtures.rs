@@ -75,3 +75,21 @@ pub fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
         deployments,
     }
 }
+
+/// A rollout of `v1` (digest `1…`) onto [`TD2`], in progress, from a push.
+pub fn rollout() -> crate::rollout::Rollout {
+    crate::rollout::Rollout {
+        id: "r1".into(),
+        tag: tag("v1"),
+        tags: vec![tag("v1")],
+        digest: digest('1'),
+        image: format!("123456789012.dkr.ecr.us-east-1.amazonaws.com/shop@{}", digest('1')),
+        task_definition_arn: TD2.into(),
+        previous: Revision { arn: TD1.into(), digest: Some(digest('0')) },
+        deployment_id: None,
+        event_time: chrono::DateTime::UNIX_EPOCH,
+        started_at: chrono::DateTime::UNIX_EPOCH,
+        origin: crate::rollout::Origin::Push,
+        state: crate::rollout::RolloutState::InProgress,
+    }
+}

@@ -23,7 +23,11 @@ impl Prober {
 
     /// [`check`] within the budget, and never past 15 s before the invocation's deadline.
     pub async fn probe(&self, url: &str, invocation: &crate::Invocation) -> Result<u16, Unhealthy> {
-        let budget = self.budget.min(invocation.remaining(Duration::from_secs(15)));
+        self.probe_within(url, self.budget.min(invocation.remaining(Duration::from_secs(15)))).await
+    }
+
+    /// [`check`] within `budget` (a lifecycle hook's probe: a few seconds, retried within them).
+    pub async fn probe_within(&self, url: &str, budget: Duration) -> Result<u16, Unhealthy> {
         let client = self.web.client().map_err(|unavailable| Unhealthy {
             url: url.to_owned(),
             attempts: 0,

@@ -1,7 +1,8 @@
 //! Conveyor: a serverless deployer for Amazon ECS.
 //!
 //! An ECR push deploys to stage ([`stage`]); deployment events are verified or rolled back
-//! ([`monitor`]); vetted images are promoted to prod ([`promote`]). Every decision lives in this
+//! ([`monitor`]); vetted images are promoted to prod ([`promote`]); native ECS deployments
+//! (blue/green, linear, canary) ask the lifecycle hook ([`hook`]) before production traffic moves. Every decision lives in this
 //! library; the Lambda binaries under `functions/` only build the ports once ([`Conveyor`]) and
 //! hand each event to its flow, which takes only the ports it uses: the app configs
 //! ([`config::Configs`]), ECS per target ([`fleet::Fleet`]), the state table ([`ledger::Ledger`],
@@ -18,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod health;
+pub mod hook;
 pub mod identity;
 pub mod image;
 pub mod leased;
@@ -228,6 +230,11 @@ impl Conveyor {
         invocation: &Invocation,
     ) -> Result<operate::Answer, Error> {
         operate::stage_function(&self.configs, &self.fleet, self.leases(), &self.callers, payload, invocation).await
+    }
+
+    /// deploy-hook's handler: ECS's lifecycle hook ([`hook::handle`]); never an error.
+    pub async fn hook(&self, payload: serde_json::Value, invocation: &Invocation) -> hook::HookResponse {
+        hook::handle(&self.configs, &self.fleet, &self.ledger, &self.prober, payload, invocation).await
     }
 
     /// promote's handler ([`promote::handle`]).

@@ -162,6 +162,18 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A whole number from `min` to `max`.
+    pub(crate) fn count(&self, key: &str, min: u32, max: u32) -> Option<u32> {
+        let value = self.get(key)?;
+        match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.problem(key, format!("must be a whole number from {min} to {max}, got {value}"));
+                None
+            }
+        }
+    }
+
     /// A list of at most `max` items, each checked by `item` with its path (`key[i]`).
     pub(crate) fn list<T>(
         &self,

@@ -18,8 +18,14 @@ pub struct ServiceTarget {
     /// https (plain http only with `health_allow_http`, or to this machine with
     /// [`Endpoints::Local`]), never to a loopback, link-local, unspecified or metadata address.
     pub health_url: Option<String>,
-    /// `health_allow_http`: the config allows a plain-http `health_url`.
+    /// `health_allow_http`: the config allows a plain-http `health_url` (and `test_health_url`).
     pub health_allow_http: bool,
+    /// Where the lifecycle hook of a native (blue/green, linear, canary) deployment probes the new
+    /// revision on test traffic: the test listener, or the test header route. Same rules as
+    /// `health_url`.
+    pub test_health_url: Option<String>,
+    /// How many probes of `test_health_url` in a row must answer 2xx ([`DEFAULT_TEST_PROBES`]).
+    pub test_probes: u32,
     /// Another AWS account, reached through `role_arn` (`None`: Conveyor's own account).
     pub account: Option<String>,
     /// Another region (`None`: Conveyor's own region).
@@ -29,8 +35,22 @@ pub struct ServiceTarget {
 }
 
 /// The keys that describe one target (an environment's own keys, or an item of `targets`).
-pub(crate) const TARGET_KEYS: [&str; 7] =
-    ["cluster", "service", "health_url", "health_allow_http", "account", "region", "role_arn"];
+pub(crate) const TARGET_KEYS: [&str; 9] = [
+    "cluster",
+    "service",
+    "health_url",
+    "health_allow_http",
+    "test_health_url",
+    "test_probes",
+    "account",
+    "region",
+    "role_arn",
+];
+
+/// Probes of `test_health_url` in a row that pass a native deployment's hook, unless configured.
+pub const DEFAULT_TEST_PROBES: u32 = 3;
+/// The range of `test_probes`.
+pub const TEST_PROBES_RANGE: (u32, u32) = (1, 20);
 
 /// Where a service lives, as its ARN says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +115,20 @@ impl ServiceTarget {
         let cluster = fields.string("cluster", true, &NAME, "an ECS cluster name (not an ARN)");
         let service = fields.string("service", true, &NAME, "an ECS service name (not an ARN)");
         let allow_http = fields.boolean("health_allow_http").unwrap_or(false);
-        let health_url = fields.string("health_url", false, &HTTP_URL, "an https:// URL");
-        if let Some(url) = &health_url {
-            if let Err(problem) = health_url_rule(url, allow_http, endpoints, &fields.key("health_allow_http")) {
-                fields.problem("health_url", problem);
+        let url = |key: &str| {
+            let url = fields.string(key, false, &HTTP_URL, "an https:// URL")?;
+            match health_url_rule(key, &url, allow_http, endpoints, &fields.key("health_allow_http")) {
+                Ok(()) => Some(url),
+                Err(problem) => {
+                    fields.problem(key, problem);
+                    None
+                }
             }
-        }
+        };
+        let health_url = url("health_url");
+        let test_health_url = url("test_health_url");
+        let (min, max) = TEST_PROBES_RANGE;
+        let test_probes = fields.count("test_probes", min, max).unwrap_or(DEFAULT_TEST_PROBES);
         let account = fields.string("account", false, &ACCOUNT, "a 12-digit AWS account id");
         let region = fields.string("region", false, &REGION, "an AWS region such as eu-west-1");
         let role_arn =
@@ -129,6 +157,8 @@ impl ServiceTarget {
             service: service?,
             health_url,
             health_allow_http: allow_http,
+            test_health_url,
+            test_probes,
             account,
             region,
             role_arn,
@@ -136,10 +166,17 @@ impl ServiceTarget {
     }
 }
 
-/// Where a `health_url` may point: https, or plain http with `health_allow_http` (or to this
-/// machine with [`Endpoints::Local`]); never a loopback (unless local), link-local, unspecified or
-/// metadata address. Names are checked again when they are resolved ([`crate::web::Guarded`]).
-fn health_url_rule(url: &str, allow_http: bool, endpoints: Endpoints, allow_key: &str) -> Result<(), String> {
+/// Where a `health_url` (or `test_health_url`: `key`) may point: https, or plain http with
+/// `health_allow_http` (or to this machine with [`Endpoints::Local`]); never a loopback (unless
+/// local), link-local, unspecified or metadata address. Names are checked again when they are
+/// resolved ([`crate::web::Guarded`]).
+fn health_url_rule(
+    key: &str,
+    url: &str,
+    allow_http: bool,
+    endpoints: Endpoints,
+    allow_key: &str,
+) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{url:?} names no host"));
@@ -153,9 +190,9 @@ fn health_url_rule(url: &str, allow_http: bool, endpoints: Endpoints, allow_key:
         "https" => Ok(()),
         "http" if allow_http || (endpoints == Endpoints::Local && crate::web::is_loopback_host(&parsed)) => Ok(()),
         "http" => Err(format!(
-            "{url:?} is plain http: health_url must be https:// (to check over http, set `{allow_key}` to true)"
+            "{url:?} is plain http: {key} must be https:// (to check over http, set `{allow_key}` to true)"
         )),
-        other => Err(format!("{url:?} is {other}: health_url must be https://")),
+        other => Err(format!("{url:?} is {other}: {key} must be https://")),
     }
 }
 

@@ -17,6 +17,20 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// A lifecycle hook execution Conveyor answered `FAILED`: `HOOK#{executionId}`. Only failures
+/// are kept and repeated: a repeated invocation of a failed execution fails again for the same
+/// reason, while a passed one is checked again (nothing another invoker writes can pass an
+/// execution ahead of ECS's own call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookFailure {
+    pub execution_id: String,
+    pub service_deployment_arn: String,
+    pub stage: String,
+    pub environment: Environment,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
 /// What happened to one image (by digest) of an app, across environments: `IMAGE#{digest}`.
 ///
 /// Written only with updates that commute (add a tag, set one environment's verdict), so stage and

@@ -7,6 +7,7 @@
 //! | tag | `APP#{app}` | `TAG#{tag}` (stage), `TAG#{env}#{tag}` | the digest the environment most recently vetted under that tag |
 //! | history | `APP#{app}` | `HIST#{time}#{env}#{n}` | one entry per transition (what, when, why, who) |
 //! | config notice | `CONFIG` | `{parameter}` | the last parameter version announced as invalid, and its outbox |
+//! | hook failure | `APP#{app}` | `HOOK#{executionId}` | a lifecycle hook execution answered `FAILED`, and why (kept 7 days) |
 //!
 //! Every write to an environment is made by the holder of its lease, conditional on the lease's
 //! token (fencing) and on the version read; a transition commits the environment, the image and
@@ -26,7 +27,7 @@ mod outbox;
 
 pub use commit::Change;
 pub use intent::Intent;
-pub use items::{Failure, HistoryEntry, ImageFacts, ImageUpdate, Item, TagItem};
+pub use items::{Failure, HistoryEntry, HookFailure, ImageFacts, ImageUpdate, Item, TagItem};
 pub use lease::{lease_wait, Check, Held, Holder, Lease, Waiting, LEASE_RESERVE, LEASE_WAIT};
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ use expr::Expr;
 
 /// How long images, tags and history entries are kept after their last change.
 pub const DEFAULT_RETENTION_DAYS: i64 = 400;
+/// How long a hook execution's `FAILED` answer is kept (an execution lasts hours at most).
+const HOOK_FAILURE_DAYS: i64 = 7;
 /// The value of `pending` on items the sweep must look at.
 const PENDING: &str = "1";
 
@@ -71,6 +74,11 @@ impl ItemKey {
     pub fn tag(app: &AppName, env: Environment, tag: &ImageTag) -> Self {
         let sk = if env == Environment::STAGE { format!("TAG#{tag}") } else { format!("TAG#{env}#{tag}") };
         ItemKey { pk: format!("APP#{app}"), sk }
+    }
+
+    /// A lifecycle hook execution Conveyor answered `FAILED` (see [`HookFailure`]).
+    pub fn hook(app: &AppName, execution_id: &str) -> Self {
+        ItemKey { pk: format!("APP#{app}"), sk: format!("HOOK#{execution_id}") }
     }
 
     /// Announcements about one app-config parameter.
@@ -393,6 +401,58 @@ impl Ledger {
             .await
             .map_err(aws("UpdateItem"))?;
         parse(&key.label(), output.attributes.unwrap_or_default())
+    }
+
+    /// What the lifecycle hook needs in one read: the environment's state and whether the hook
+    /// execution `execution_id` was already answered `FAILED`.
+    pub async fn hook_facts(
+        &self,
+        app: &AppName,
+        env: Environment,
+        execution_id: &str,
+    ) -> Result<(Option<crate::record::EnvState>, Option<HookFailure>), LedgerError> {
+        let (env_key, hook_key) = (ItemKey::env(app, env), ItemKey::hook(app, execution_id));
+        let mut found = self.items(&[env_key.clone(), hook_key.clone()]).await?;
+        let state = match found.remove(&env_key) {
+            Some(item) => state_of(&env_key, &item)?.map(|(state, _)| state),
+            None => None,
+        };
+        let failure = found.remove(&hook_key).map(|item| parse(&hook_key.label(), item)).transpose()?;
+        Ok((state, failure))
+    }
+
+    /// Records a hook execution's `FAILED` answer, unless one is recorded already: returns the
+    /// one that stands (the first), so an execution never fails for two different reasons and
+    /// never turns `SUCCEEDED` after it failed.
+    pub async fn record_hook_failure(&self, app: &AppName, failure: &HookFailure) -> Result<HookFailure, LedgerError> {
+        let key = ItemKey::hook(app, &failure.execution_id);
+        let mut item: Item = serde_dynamo::to_item(failure).map_err(|e| invalid("PutItem", e))?;
+        item.extend(key.attributes());
+        let kept = Utc::now() + chrono::TimeDelta::days(HOOK_FAILURE_DAYS);
+        item.insert("expires_at".into(), AttributeValue::N(kept.timestamp().to_string()));
+        let put = self
+            .db
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(failure.clone()),
+            Err(error) => match error.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(
+                    standing,
+                )) => match standing.item() {
+                    Some(item) => parse(&key.label(), item.clone()),
+                    None => Ok(failure.clone()),
+                },
+                _ => Err(aws("PutItem")(error)),
+            },
+        }
     }
 
     /// Writes a tag item (stage verified `tag.digest` under it).

@@ -304,11 +304,13 @@ async fn an_auto_promotion_into_a_paused_environment_is_held_until_the_sweep_aft
     assert_eq!(world.running_image(&stage).await, world.running_image(&dev).await);
 }
 
-/// stage (soak `2s`) → prod (auto): verified, soaking, vetted by the timer, promoted onwards.
+/// stage (soak `5s`) → prod (auto): verified, soaking, vetted by the timer, promoted onwards. The
+/// soak is long enough for the early tick to come before its end on a loaded machine, and the test
+/// sleeps until the recorded end rather than for a fixed time.
 #[tokio::test]
 async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within_a_tick() {
     let world = World::new().await;
-    let shape = [("stage", json!({ "soak": "2s" })), ("prod", json!({ "from": "stage", "promotion": "auto" }))];
+    let shape = [("stage", json!({ "soak": "5s" })), ("prod", json!({ "from": "stage", "promotion": "auto" }))];
     let [stage, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
     let (pushes, monitor, promote) = (
         stage_deploy(&world).await,
@@ -325,7 +327,7 @@ async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within
     assert_eq!(report["results"][0]["action"], "soaking", "{report}");
     let record = world.record("shop-api", "stage").await.unwrap();
     assert_eq!(record["rollout"]["state"]["kind"], "verified");
-    assert!(record["soak"]["until"].is_string(), "{record}");
+    let until: chrono::DateTime<Utc> = record["soak"]["until"].as_str().expect("a soak end").parse().unwrap();
     assert!(record["last_verified"].is_null(), "not known good before the soak ends: {record}");
     let (error_type, message) =
         promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await.error();
@@ -334,7 +336,8 @@ async fn a_verified_image_soaks_before_it_is_vetted_and_the_timer_vets_it_within
     // A tick before the end changes nothing; one after it vets, and prod gets it at once.
     let early = monitor.invoke(world.soak_timer_event()).await.response();
     assert_eq!(early["results"], json!([]), "{early}");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let left = (until - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + std::time::Duration::from_millis(200)).await;
     let tick = monitor.invoke(world.soak_timer_event()).await.response();
     let actions: Vec<(&str, &str)> = tick["results"]
         .as_array()
