@@ -18,6 +18,7 @@ mod holes_state;
 mod iam;
 mod localaws_faults;
 mod model;
+mod native;
 mod pipelines;
 mod promote;
 mod real_taskdefs;

@@ -68,6 +68,7 @@ import weakref
 from xml.sax.saxutils import escape
 
 import cloudwatch_cbor
+import ecs_native
 from iam_calls import CallLog, caller_of
 from moto.core.responses import ActionResult
 from moto.core.utils import utcnow
@@ -190,7 +191,10 @@ def update_service(self, service_properties):
             if arn != previous:
                 for deployment in service.deployments:
                     deployment["status"] = "ACTIVE"
-                service.deployments.insert(0, _new_deployment(service, arn, "IN_PROGRESS", 0))
+                created = _new_deployment(service, arn, "IN_PROGRESS", 0)
+                service.deployments.insert(0, created)
+                if previous and ecs_native.strategy(service):
+                    ecs_native.on_update(self, service, previous, arn, created["id"])
         return service
 
 
@@ -292,6 +296,9 @@ def settle(body: dict) -> list[dict]:
         return events
 
 
+ecs_native.install(LOCK, settle, _ecs_backend)
+
+
 # --------------------------------------------------------------------------------------------
 # EventBridge routing from the SAM template, and an autopilot that advances deployments
 # --------------------------------------------------------------------------------------------
@@ -390,7 +397,7 @@ def _autopilot_account(pilot: dict, account: str, now) -> list[dict]:
     region = pilot.get("region", "us-east-1")
     backend = _ecs_backend(region, account)
     for service in list(backend.services.values()):
-        if service.cluster_name not in pilot["clusters"]:
+        if service.cluster_name not in pilot["clusters"] or ecs_native.in_flight(service.arn):
             continue
         primary = next((d for d in service.deployments if d["status"] == "PRIMARY"), None)
         if not primary or primary["rolloutState"] != "IN_PROGRESS":
@@ -421,7 +428,9 @@ def _autopilot_loop() -> None:
         try:
             with LOCK:
                 due = _autopilot_tick()
-            for batch in due:
+                native, hooks = ecs_native.step(time.monotonic())
+            ecs_native.start_calls(hooks)
+            for batch in due + native:
                 put_events(batch)
         except Exception as error:
             print(f"autopilot: {error}", file=sys.stderr)
@@ -849,6 +858,14 @@ class Control:
                 with LOCK:
                     AUTOPILOTS[:] = [p for p in AUTOPILOTS if p["clusters"] != body["clusters"]] + [body]
                 return _json(200, {"ok": True})
+            if request.path == "/_conveyor/ecs/native":
+                return _json(200, ecs_native.configure(body))
+            if request.path == "/_conveyor/ecs/native/state":
+                return _json(200, ecs_native.state(body))
+            if request.path.startswith("/_conveyor/traffic/"):
+                kind, cluster, service = request.path.removeprefix("/_conveyor/traffic/").split("/")
+                status, answer = ecs_native.traffic(kind, cluster, service)
+                return _json(status, answer)
             if request.path == "/_conveyor/faults/clear":
                 # Every fault with exactly this `match` (optionally of one operation), persistent or not.
                 with LOCK:

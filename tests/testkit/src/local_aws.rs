@@ -213,6 +213,45 @@ impl LocalAws {
         self.control("ecs/autopilot", body).await;
     }
 
+    /// Native deployments (`tests/localaws/ecs_native.py`) for the services of `clusters` in
+    /// Conveyor's account: their lifecycle hooks are called through the Lambda Invoke API at
+    /// `lambda_url`, each stage lasts 0.1 s and an ECS delay (`callBackDelay`, bake time) of N
+    /// seconds lasts N × 0.05 s; test traffic reaching a revision that runs one of
+    /// `unhealthy_digests` answers 503.
+    pub async fn native(&self, clusters: &[String], lambda_url: &str, unhealthy_digests: &[String]) {
+        let body = json!({
+            "clusters": clusters, "lambda_url": lambda_url, "stage_seconds": 0.1, "time_scale": 0.05,
+            "unhealthy_digests": unhealthy_digests,
+        });
+        self.control("ecs/native", body).await;
+    }
+
+    /// The native service deployments of a service (newest first) and the events they emitted.
+    pub async fn native_state(&self, cluster: &str, service: &str) -> Value {
+        self.control("ecs/native/state", json!({ "cluster": cluster, "service": service })).await
+    }
+
+    /// Waits (up to 60 s) until the service's newest native deployment has ended; returns
+    /// [`LocalAws::native_state`].
+    pub async fn native_settled(&self, cluster: &str, service: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let state = self.native_state(cluster, service).await;
+            let status = state["deployments"][0]["status"].as_str().unwrap_or_default().to_owned();
+            if ["SUCCESSFUL", "STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED"].contains(&status.as_str()) {
+                return state;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no end to the native deployment: {state}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The URL of the service's test (or production) listener: answered by the revision the
+    /// deployment's weights send a request to.
+    pub fn traffic_url(&self, kind: &str, cluster: &str, service: &str) -> String {
+        format!("{}/_conveyor/traffic/{kind}/{cluster}/{service}", self.endpoint)
+    }
+
     /// Creates the CloudWatch alarm `name` in Conveyor's account and region if needed, and puts it
     /// in `state` (`OK`, `ALARM`, `INSUFFICIENT_DATA`), its history kept as CloudWatch keeps it.
     pub async fn set_alarm(&self, name: &str, state: &str) {

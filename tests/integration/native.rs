@@ -1,0 +1,257 @@
+//! Native ECS deployments (contract, *Native ECS deployment strategies and lifecycle hooks*) through
+//! the real binaries: stage-deploy starts a blue/green, linear or canary deployment with one
+//! `UpdateService`; the local AWS steps it through ECS's stages and calls the deploy-hook binary
+//! through a Lambda Invoke API; the hook's answers decide whether production traffic ever moves.
+
+use std::sync::Arc;
+
+use aws_sdk_ecs::types::{
+    CanaryConfiguration, DeploymentConfiguration, DeploymentLifecycleHook, DeploymentLifecycleHookStage,
+    DeploymentStrategy, LinearConfiguration,
+};
+use chrono::{Duration, Utc};
+use conveyor_testkit::functions::{self, stage_deploy};
+use conveyor_testkit::lambda_api::LambdaApi;
+use conveyor_testkit::world::{digest, ServiceFixture};
+use conveyor_testkit::{Function, World};
+use serde_json::{json, Value};
+
+/// One app (`shop-api`) whose only environment, stage, runs a native service with Conveyor as its
+/// hook; the hook is served behind a local Lambda Invoke API, as ECS calls it.
+struct Native {
+    world: World,
+    stage: ServiceFixture,
+    lambda: LambdaApi,
+    hook_name: String,
+    pushes: Function,
+    monitor: Function,
+}
+
+impl Native {
+    /// `strategy` with Conveyor's hook at `hook_stage`; test traffic to a revision running one of
+    /// `unhealthy` (digest numbers) answers 503.
+    async fn new(strategy: &str, hook_stage: &str, unhealthy: &[u32]) -> Native {
+        let world = World::new().await;
+        let cluster = world.name("pipeline-stage");
+        let test_url = world.aws.traffic_url("test", &cluster, "shop-api");
+        let config = json!({ "test_health_url": test_url, "test_probes": 2 });
+        let [stage]: [ServiceFixture; 1] =
+            world.seed_pipeline("shop-api", &[("stage", config)]).await.try_into().unwrap();
+        let lambda = LambdaApi::start().await;
+        let hook_name = world.name("deploy-hook");
+        lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+        let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
+        world.aws.native(std::slice::from_ref(&stage.cluster), &lambda.url(), &unhealthy).await;
+        let hook = DeploymentLifecycleHook::builder()
+            .hook_target_arn(format!("arn:aws:lambda:us-east-1:123456789012:function:{hook_name}"))
+            .role_arn("arn:aws:iam::123456789012:role/conveyor-ecs-hook")
+            .lifecycle_stages(DeploymentLifecycleHookStage::from(hook_stage))
+            .build();
+        let configuration = DeploymentConfiguration::builder()
+            .strategy(DeploymentStrategy::from(strategy))
+            .bake_time_in_minutes(0)
+            .lifecycle_hooks(hook)
+            .linear_configuration(LinearConfiguration::builder().step_percent(50.0).build())
+            .canary_configuration(CanaryConfiguration::builder().canary_percent(10.0).build())
+            .build();
+        world
+            .ecs
+            .update_service()
+            .cluster(&stage.cluster)
+            .service(&stage.service)
+            .deployment_configuration(configuration)
+            .send()
+            .await
+            .unwrap();
+        let (pushes, monitor) =
+            (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
+        Native { world, stage, lambda, hook_name, pushes, monitor }
+    }
+
+    async fn push(&self, tag: &str, n: u32) {
+        let push = self.world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(1));
+        let report = self.pushes.invoke(push).await.response();
+        assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
+    }
+
+    /// The hook's invocations so far: (stage, its answer's status, reason).
+    fn hook_calls(&self) -> Vec<Value> {
+        self.lambda.invoked().into_iter().filter(|i| i.function == self.hook_name).map(|i| i.payload).collect()
+    }
+
+    async fn settled(&self) -> Value {
+        self.world.aws.native_settled(&self.stage.cluster, &self.stage.service).await
+    }
+
+    /// Invokes the hook directly (as ECS, or anyone allowed to invoke it, could).
+    async fn hook(&self, payload: Value) -> Value {
+        let hook = Function::spawn("deploy-hook", &self.world.function_env()).await;
+        hook.invoke(payload).await.response()
+    }
+
+    fn payload(&self, deployment: &Value, revision: &str, execution_id: &str) -> Value {
+        json!({
+            "executionId": execution_id,
+            "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
+            "resourceArn": deployment["serviceDeploymentArn"],
+            "executionDetails": {
+                "serviceArn": deployment["serviceArn"],
+                "targetServiceRevisionArn": revision,
+                "testTrafficWeights": { revision: 100 },
+                "productionTrafficWeights": { revision: 0 }
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn blue_green_with_a_good_image_probes_test_traffic_then_moves_production_and_is_verified() {
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
+    native.push("v1.0.0", 1).await;
+    let state = native.settled().await;
+    let deployment = &state["deployments"][0];
+    assert_eq!(deployment["status"], "SUCCESSFUL", "{state}");
+
+    // Two probes in a row (test_probes: 2): one IN_PROGRESS answer, its progress passed back.
+    let calls = native.hook_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls.iter().all(|c| c["lifecycleStage"] == "POST_TEST_TRAFFIC_SHIFT"));
+    assert_eq!(calls[0]["executionId"], calls[1]["executionId"], "one execution across IN_PROGRESS");
+    assert_eq!(calls[1]["hookDetails"]["conveyor"]["passed"], 1, "{calls:?}");
+
+    let events = state["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{state}");
+    let report = native.monitor.invoke(events[0].clone()).await.response();
+    assert_eq!(report["results"][0]["action"], "verified", "{report}");
+}
+
+#[tokio::test]
+async fn blue_green_with_a_bad_image_fails_on_test_traffic_and_production_never_moves() {
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[2]).await;
+    native.push("v2.0.0", 2).await;
+    let state = native.settled().await;
+    let deployment = &state["deployments"][0];
+    assert_eq!(deployment["status"], "ROLLBACK_SUCCESSFUL", "{state}");
+    let arn = deployment["serviceDeploymentArn"].as_str().unwrap();
+    assert_eq!(state["traffic"][arn]["production_peak"], 0, "production traffic reached the bad image: {state}");
+    let reason = deployment["rollback"]["reason"].as_str().unwrap();
+    assert!(reason.contains("lifecycle hook") && reason.contains("FAILED"), "{reason}");
+
+    // The hook's reason is kept with its execution; ECS's rollback leaves the image failed,
+    // announced once, with no second rollback by Conveyor.
+    let execution = native.hook_calls()[0]["executionId"].as_str().unwrap().to_owned();
+    let failure = native.world.item("APP#shop-api", &format!("HOOK#{execution}")).await.unwrap();
+    assert!(failure["reason"].as_str().unwrap().contains("HTTP 503"), "{failure}");
+    let before = native.world.service(&native.stage.cluster, &native.stage.service).await.deployments().len();
+    for event in state["events"].as_array().unwrap() {
+        native.monitor.invoke(event.clone()).await.response();
+    }
+    let after = native.world.service(&native.stage.cluster, &native.stage.service).await.deployments().len();
+    assert_eq!(after, before, "Conveyor rolled back a second time");
+    let notes = native.world.notifications().await;
+    let outcomes: Vec<&Value> = notes.iter().map(|n| &n["MessageAttributes"]["outcome"]).collect();
+    assert_eq!(outcomes, [&json!("deploying"), &json!("rolled_back")], "{notes:?}");
+    let record = native.world.record("shop-api", "stage").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
+}
+
+#[tokio::test]
+async fn linear_fails_at_its_second_step_and_traffic_goes_back_to_blue() {
+    let native = Native::new("LINEAR", "PRE_PRODUCTION_TRAFFIC_SHIFT", &[]).await;
+    native.push("v3.0.0", 3).await;
+    // The first step (50 %) passes; then the new image turns bad before the second.
+    let started = std::time::Instant::now();
+    loop {
+        let state = native.world.aws.native_state(&native.stage.cluster, &native.stage.service).await;
+        let arn = state["deployments"][0]["serviceDeploymentArn"].as_str().unwrap_or_default().to_owned();
+        if state["traffic"][&arn]["production_peak"] == 50 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no first step: {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    native.world.aws.native(std::slice::from_ref(&native.stage.cluster), &native.lambda.url(), &[digest(3)]).await;
+    let state = native.settled().await;
+    let deployment = &state["deployments"][0];
+    assert_eq!(deployment["status"], "ROLLBACK_SUCCESSFUL", "{state}");
+    let arn = deployment["serviceDeploymentArn"].as_str().unwrap();
+    assert_eq!(state["traffic"][arn]["production_peak"], 50, "{state}");
+    let calls = native.hook_calls();
+    assert!(calls.iter().all(|c| c["lifecycleStage"] == "PRE_PRODUCTION_TRAFFIC_SHIFT"), "{calls:?}");
+    let executions: std::collections::BTreeSet<&str> =
+        calls.iter().map(|c| c["executionId"].as_str().unwrap()).collect();
+    assert_eq!(executions.len(), 2, "one execution per production step");
+}
+
+#[tokio::test]
+async fn canary_with_a_good_image_is_checked_before_each_production_step() {
+    let native = Native::new("CANARY", "PRE_PRODUCTION_TRAFFIC_SHIFT", &[]).await;
+    native.push("v4.0.0", 4).await;
+    let state = native.settled().await;
+    assert_eq!(state["deployments"][0]["status"], "SUCCESSFUL", "{state}");
+    let calls = native.hook_calls();
+    let steps: Vec<(u64, u64)> = calls
+        .iter()
+        .map(|c| {
+            let target = c["executionDetails"]["targetServiceRevisionArn"].as_str().unwrap();
+            let weight = c["executionDetails"]["productionTrafficWeights"][target].as_u64().unwrap();
+            (weight, c["hookDetails"]["conveyor"]["passed"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    // Before the canary step (0 %), then before the rest (10 %): two probes each.
+    assert_eq!(steps, [(0, 0), (0, 1), (10, 0), (10, 1)], "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_fails_and_an_execution_answered_failed_stays_failed() {
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
+    native.push("v1.0.0", 1).await;
+    let state = native.settled().await;
+    // deploy-monitor has not settled the rollout yet: Conveyor's rollout of digest 1 is in flight.
+    let deployment = &state["deployments"][0];
+    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
+    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+
+    let answer = native.hook(native.payload(deployment, blue, "e-mismatch")).await;
+    assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
+    let reason = answer["hookDetails"]["conveyor"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("digest mismatch"), "{reason}");
+
+    // The same execution again, now naming the right revision: still FAILED, for the same reason.
+    let again = native.hook(native.payload(deployment, green, "e-mismatch")).await;
+    assert_eq!(again["hookStatus"], "FAILED", "{again}");
+    assert_eq!(again["hookDetails"]["conveyor"]["reason"], reason);
+    // Another execution on the right revision passes its first probe.
+    let fresh = native.hook(native.payload(deployment, green, "e-fresh")).await;
+    assert_eq!(fresh["hookStatus"], "IN_PROGRESS", "{fresh}");
+    assert_eq!(fresh["callBackDelay"], 10);
+}
+
+#[tokio::test]
+async fn foreign_deployments_rollbacks_and_malformed_payloads_are_answered_never_errors() {
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
+    let deployment = json!({
+        "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/other/web/x",
+        "serviceArn": "arn:aws:ecs:us-east-1:123456789012:service/other/web"
+    });
+    let foreign = native.hook(native.payload(&deployment, "arn:rev", "e1")).await;
+    assert_eq!(foreign["hookStatus"], "SUCCEEDED", "{foreign}");
+
+    let ours = json!({
+        "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/x/shop-api/y",
+        "serviceArn": format!("arn:aws:ecs:us-east-1:123456789012:service/{}/shop-api", native.stage.cluster)
+    });
+    let idle = native.hook(native.payload(&ours, "arn:rev", "e2")).await;
+    assert_eq!(idle["hookStatus"], "SUCCEEDED", "no rollout of Conveyor's in flight: {idle}");
+    let mut rollback = native.payload(&ours, "arn:rev", "e3");
+    rollback["executionDetails"]["testTrafficWeights"] = json!({ "arn:rev": 0 });
+    let rolled = native.hook(rollback).await;
+    assert_eq!(rolled["hookStatus"], "SUCCEEDED", "{rolled}");
+    assert!(rolled["hookDetails"]["conveyor"]["reason"].as_str().unwrap().contains("rollback"));
+
+    for malformed in [json!(null), json!("text"), json!({ "executionId": 7 }), json!({ "executionDetails": [] })] {
+        let answer = native.hook(malformed.clone()).await;
+        assert_eq!(answer["hookStatus"], "FAILED", "{malformed}: {answer}");
+        assert!(!answer["hookDetails"]["conveyor"]["reason"].as_str().unwrap().is_empty());
+    }
+}
