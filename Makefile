@@ -33,7 +33,7 @@ demo: setup build ## the whole story on a local AWS: push → stage → verify �
 # The cold push is also measured against the same job in Python/boto3 (tests/testkit/bench/), run
 # on the Python and boto3 that `setup` installs into .venv (moto's).
 bench: setup ## cold start, latency and memory of the release binaries, cold push vs Python/boto3 (x86_64, local AWS)
-	cargo build --release --locked -p stage-deploy -p deploy-monitor -p promote
+	cargo build --release --locked -p stage-deploy -p deploy-monitor -p promote -p deploy-hook
 	cargo build --locked -p conveyor-testkit --bin bench
 	target/debug/bench
 
@@ -68,10 +68,10 @@ infra-tools: ## SAM CLI, cfn-lint, checkov, cargo-lambda into .venv-infra
 # The Lambda builds target arm64; where Rust's aarch64 target cannot be installed, x86_64.
 AARCH64 := rustup target list --installed | grep -qx aarch64-unknown-linux-gnu
 
-release: infra-tools ## Lambda release builds of the three functions (a bootstrap each), one cargo-lambda run
+release: infra-tools ## Lambda release builds of the four functions (a bootstrap each), one cargo-lambda run
 	if $(AARCH64) || rustup target add aarch64-unknown-linux-gnu; then arch=--arm64; \
 	else echo "release: no aarch64 Rust target here: building x86_64"; arch=--x86-64; fi; \
-	$(INFRA_PATH) cargo lambda build --release $$arch --locked -p stage-deploy -p deploy-monitor -p promote
+	$(INFRA_PATH) cargo lambda build --release $$arch --locked -p stage-deploy -p deploy-monitor -p promote -p deploy-hook
 
 infra-check: infra-tools ## validate both templates: sam validate --lint, cfn-lint, checkov
 	$(INFRA_PATH) sam validate --lint

@@ -51,9 +51,10 @@ async fn every_call_the_scenarios_make_is_allowed_by_the_templates() {
         run("dev → stage (auto) → prod: an auto promotion by deploy-monitor, a promotion by hand", crate::pipelines::auto_promotion),
         run("stage gated on an alarm that fires during the soak: rolled back on its event", crate::alarms::fired_during_the_soak),
         run("stage gated on an alarm that fired and recovered unseen: rolled back at the soak's end", crate::alarms::recovered_unseen),
+        run("a blue/green service: a good image passes the hook, a bad one fails it", crate::native::blue_green_story),
     );
     let mut report = Report::default();
-    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8] {
+    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9] {
         report.add(&name, &id, verdict);
     }
     println!("{}", report.summary());

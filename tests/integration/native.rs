@@ -16,11 +16,11 @@ use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
 
-/// One app (`shop-api`) whose only environment, stage, runs a native service with Conveyor as its
+/// One app (`shop-api`) whose only environment, dev, runs a native service with Conveyor as its
 /// hook; the hook is served behind a local Lambda Invoke API, as ECS calls it.
 struct Native {
     world: World,
-    stage: ServiceFixture,
+    service: ServiceFixture,
     lambda: LambdaApi,
     hook_name: String,
     pushes: Function,
@@ -31,17 +31,21 @@ impl Native {
     /// `strategy` with Conveyor's hook at `hook_stage`; test traffic to a revision running one of
     /// `unhealthy` (digest numbers) answers 503.
     async fn new(strategy: &str, hook_stage: &str, unhealthy: &[u32]) -> Native {
-        let world = World::new().await;
-        let cluster = world.name("pipeline-stage");
+        Native::in_world(World::new().await, strategy, hook_stage, unhealthy).await
+    }
+
+    async fn in_world(world: World, strategy: &str, hook_stage: &str, unhealthy: &[u32]) -> Native {
+        // `dev`: an entry environment on a cluster the IAM test's template lists for stage-deploy.
+        let cluster = world.name("pipeline-dev");
         let test_url = world.aws.traffic_url("test", &cluster, "shop-api");
         let config = json!({ "test_health_url": test_url, "test_probes": 2 });
-        let [stage]: [ServiceFixture; 1] =
-            world.seed_pipeline("shop-api", &[("stage", config)]).await.try_into().unwrap();
+        let [service]: [ServiceFixture; 1] =
+            world.seed_pipeline("shop-api", &[("dev", config)]).await.try_into().unwrap();
         let lambda = LambdaApi::start().await;
         let hook_name = world.name("deploy-hook");
         lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
         let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
-        world.aws.native(std::slice::from_ref(&stage.cluster), &lambda.url(), &unhealthy).await;
+        world.aws.native(std::slice::from_ref(&service.cluster), &lambda.url(), &unhealthy).await;
         let hook = DeploymentLifecycleHook::builder()
             .hook_target_arn(format!("arn:aws:lambda:us-east-1:123456789012:function:{hook_name}"))
             .role_arn("arn:aws:iam::123456789012:role/conveyor-ecs-hook")
@@ -57,15 +61,15 @@ impl Native {
         world
             .ecs
             .update_service()
-            .cluster(&stage.cluster)
-            .service(&stage.service)
+            .cluster(&service.cluster)
+            .service(&service.service)
             .deployment_configuration(configuration)
             .send()
             .await
             .unwrap();
         let (pushes, monitor) =
             (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
-        Native { world, stage, lambda, hook_name, pushes, monitor }
+        Native { world, service, lambda, hook_name, pushes, monitor }
     }
 
     async fn push(&self, tag: &str, n: u32) {
@@ -74,13 +78,13 @@ impl Native {
         assert_eq!(report["apps"][0]["status"], "deploying", "{report}");
     }
 
-    /// The hook's invocations so far: (stage, its answer's status, reason).
+    /// The payloads the hook was invoked with so far (by the local AWS, as ECS invokes it).
     fn hook_calls(&self) -> Vec<Value> {
         self.lambda.invoked().into_iter().filter(|i| i.function == self.hook_name).map(|i| i.payload).collect()
     }
 
     async fn settled(&self) -> Value {
-        self.world.aws.native_settled(&self.stage.cluster, &self.stage.service).await
+        self.world.aws.native_settled(&self.service.cluster, &self.service.service).await
     }
 
     /// Invokes the hook directly (as ECS, or anyone allowed to invoke it, could).
@@ -101,6 +105,19 @@ impl Native {
                 "productionTrafficWeights": { revision: 0 }
             }
         })
+    }
+}
+
+/// A good image through blue/green, then a bad one the hook refuses (the IAM test runs it too).
+pub async fn blue_green_story(world: World) {
+    let native = Native::in_world(world, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[2]).await;
+    for (tag, n, status) in [("v1.0.0", 1, "SUCCESSFUL"), ("v2.0.0", 2, "ROLLBACK_SUCCESSFUL")] {
+        native.push(tag, n).await;
+        let state = native.settled().await;
+        assert_eq!(state["deployments"][0]["status"], status, "{state}");
+        for event in state["events"].as_array().unwrap() {
+            native.monitor.invoke(event.clone()).await.response();
+        }
     }
 }
 
@@ -142,16 +159,16 @@ async fn blue_green_with_a_bad_image_fails_on_test_traffic_and_production_never_
     let execution = native.hook_calls()[0]["executionId"].as_str().unwrap().to_owned();
     let failure = native.world.item("APP#shop-api", &format!("HOOK#{execution}")).await.unwrap();
     assert!(failure["reason"].as_str().unwrap().contains("HTTP 503"), "{failure}");
-    let before = native.world.service(&native.stage.cluster, &native.stage.service).await.deployments().len();
+    let before = native.world.service(&native.service.cluster, &native.service.service).await.deployments().len();
     for event in state["events"].as_array().unwrap() {
         native.monitor.invoke(event.clone()).await.response();
     }
-    let after = native.world.service(&native.stage.cluster, &native.stage.service).await.deployments().len();
+    let after = native.world.service(&native.service.cluster, &native.service.service).await.deployments().len();
     assert_eq!(after, before, "Conveyor rolled back a second time");
     let notes = native.world.notifications().await;
     let outcomes: Vec<&Value> = notes.iter().map(|n| &n["MessageAttributes"]["outcome"]).collect();
     assert_eq!(outcomes, [&json!("deploying"), &json!("rolled_back")], "{notes:?}");
-    let record = native.world.record("shop-api", "stage").await.unwrap();
+    let record = native.world.record("shop-api", "dev").await.unwrap();
     assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
 }
 
@@ -162,7 +179,7 @@ async fn linear_fails_at_its_second_step_and_traffic_goes_back_to_blue() {
     // The first step (50 %) passes; then the new image turns bad before the second.
     let started = std::time::Instant::now();
     loop {
-        let state = native.world.aws.native_state(&native.stage.cluster, &native.stage.service).await;
+        let state = native.world.aws.native_state(&native.service.cluster, &native.service.service).await;
         let arn = state["deployments"][0]["serviceDeploymentArn"].as_str().unwrap_or_default().to_owned();
         if state["traffic"][&arn]["production_peak"] == 50 {
             break;
@@ -170,7 +187,7 @@ async fn linear_fails_at_its_second_step_and_traffic_goes_back_to_blue() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "no first step: {state}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    native.world.aws.native(std::slice::from_ref(&native.stage.cluster), &native.lambda.url(), &[digest(3)]).await;
+    native.world.aws.native(std::slice::from_ref(&native.service.cluster), &native.lambda.url(), &[digest(3)]).await;
     let state = native.settled().await;
     let deployment = &state["deployments"][0];
     assert_eq!(deployment["status"], "ROLLBACK_SUCCESSFUL", "{state}");
@@ -239,7 +256,7 @@ async fn foreign_deployments_rollbacks_and_malformed_payloads_are_answered_never
 
     let ours = json!({
         "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/x/shop-api/y",
-        "serviceArn": format!("arn:aws:ecs:us-east-1:123456789012:service/{}/shop-api", native.stage.cluster)
+        "serviceArn": format!("arn:aws:ecs:us-east-1:123456789012:service/{}/shop-api", native.service.cluster)
     });
     let idle = native.hook(native.payload(&ours, "arn:rev", "e2")).await;
     assert_eq!(idle["hookStatus"], "SUCCEEDED", "no rollout of Conveyor's in flight: {idle}");

@@ -117,6 +117,18 @@ def _list_tasks(call: Call) -> list[Authorization]:
                           {"ecs:cluster": cluster})]
 
 
+def _service_revisions(call: Call) -> list[Authorization]:
+    # arn:aws:ecs:{region}:{account}:service-revision/{cluster}/{service}/{id}, each authorised
+    # on itself; `ecs:cluster` names its cluster.
+    needed = []
+    for arn in call.request.get("serviceRevisionArns", []):
+        parts = arn.split(":")
+        cluster_name = parts[5].split("/")[1] if len(parts) > 5 and parts[5].count("/") >= 2 else ""
+        cluster = f"arn:aws:ecs:{parts[3]}:{parts[4]}:cluster/{cluster_name}" if len(parts) > 5 else ""
+        needed.append(Authorization("ecs:DescribeServiceRevisions", arn, {"ecs:cluster": cluster}))
+    return needed
+
+
 def _star(action: str):
     return lambda call: [Authorization(action, "*")]
 
@@ -173,6 +185,7 @@ def _ecr_repository(call: Call) -> list[Authorization]:
 
 _HANDLERS = {
     ("ecs", "DescribeServices"): _describe_services,
+    ("ecs", "DescribeServiceRevisions"): _service_revisions,
     ("ecs", "UpdateService"): _update_service,
     ("ecs", "RegisterTaskDefinition"): _register_task_definition,
     ("ecs", "DescribeTaskDefinition"): _star("ecs:DescribeTaskDefinition"),
