@@ -15,6 +15,10 @@ is deployments, so this launcher patches moto's ECS backend to behave like ECS d
   ``trustedExecutionConfiguration``) are kept: Register/Describe/DeregisterTaskDefinition return them
   as registered, as real ECS returns members newer than a client's SDK.
 * ``POST /_conveyor/dynamodb/install`` creates a table from the SAM template's definition.
+* Native deployments (``BLUE_GREEN``, ``LINEAR``, ``CANARY``) step through ECS's stages and call their
+  Lambda lifecycle hooks: ``ecs_native.py`` (configured by ``POST /_conveyor/ecs/native``, read by
+  ``/_conveyor/ecs/native/state``, test traffic at ``GET /_conveyor/traffic/...``); what it assumes
+  where AWS's documentation is silent: ``ASSUMPTIONS.md``.
 
 Wire-level faults and limits, all scoped by ``match`` (a substring of the request body; every
 test's resources carry its unique id; ``credential=KEY`` matches the calls signed with access key
