@@ -5,10 +5,6 @@
 
 use std::sync::Arc;
 
-use aws_sdk_ecs::types::{
-    CanaryConfiguration, DeploymentConfiguration, DeploymentLifecycleHook, DeploymentLifecycleHookStage,
-    DeploymentStrategy, LinearConfiguration,
-};
 use chrono::{Duration, Utc};
 use conveyor_testkit::functions::{self, stage_deploy};
 use conveyor_testkit::lambda_api::LambdaApi;
@@ -45,28 +41,8 @@ impl Native {
         let hook_name = world.name("deploy-hook");
         lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
         let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
-        world.aws.native(std::slice::from_ref(&service.cluster), &lambda.url(), &unhealthy).await;
-        let hook = DeploymentLifecycleHook::builder()
-            .hook_target_arn(format!("arn:aws:lambda:us-east-1:123456789012:function:{hook_name}"))
-            .role_arn("arn:aws:iam::123456789012:role/conveyor-ecs-hook")
-            .lifecycle_stages(DeploymentLifecycleHookStage::from(hook_stage))
-            .build();
-        let configuration = DeploymentConfiguration::builder()
-            .strategy(DeploymentStrategy::from(strategy))
-            .bake_time_in_minutes(0)
-            .lifecycle_hooks(hook)
-            .linear_configuration(LinearConfiguration::builder().step_percent(50.0).build())
-            .canary_configuration(CanaryConfiguration::builder().canary_percent(10.0).build())
-            .build();
-        world
-            .ecs
-            .update_service()
-            .cluster(&service.cluster)
-            .service(&service.service)
-            .deployment_configuration(configuration)
-            .send()
-            .await
-            .unwrap();
+        world.aws.native(std::slice::from_ref(&service.cluster), &lambda.url(), &unhealthy, None).await;
+        world.use_native_strategy(&service, strategy, hook_stage, &hook_name).await;
         let (pushes, monitor) =
             (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
         Native { world, service, lambda, hook_name, pushes, monitor }
@@ -187,7 +163,11 @@ async fn linear_fails_at_its_second_step_and_traffic_goes_back_to_blue() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "no first step: {state}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    native.world.aws.native(std::slice::from_ref(&native.service.cluster), &native.lambda.url(), &[digest(3)]).await;
+    native
+        .world
+        .aws
+        .native(std::slice::from_ref(&native.service.cluster), &native.lambda.url(), &[digest(3)], None)
+        .await;
     let state = native.settled().await;
     let deployment = &state["deployments"][0];
     assert_eq!(deployment["status"], "ROLLBACK_SUCCESSFUL", "{state}");

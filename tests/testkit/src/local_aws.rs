@@ -217,11 +217,12 @@ impl LocalAws {
     /// Conveyor's account: their lifecycle hooks are called through the Lambda Invoke API at
     /// `lambda_url`, each stage lasts 0.1 s and an ECS delay (`callBackDelay`, bake time) of N
     /// seconds lasts N × 0.05 s; test traffic reaching a revision that runs one of
-    /// `unhealthy_digests` answers 503.
-    pub async fn native(&self, clusters: &[String], lambda_url: &str, unhealthy_digests: &[String]) {
+    /// `unhealthy_digests` answers 503. With `bus`, the deployment events go there (as ECS's reach
+    /// Conveyor's rules); without, a test reads them ([`LocalAws::native_state`]).
+    pub async fn native(&self, clusters: &[String], lambda_url: &str, unhealthy_digests: &[String], bus: Option<&str>) {
         let body = json!({
             "clusters": clusters, "lambda_url": lambda_url, "stage_seconds": 0.1, "time_scale": 0.05,
-            "unhealthy_digests": unhealthy_digests,
+            "unhealthy_digests": unhealthy_digests, "bus": bus, "bus_region": REGION,
         });
         self.control("ecs/native", body).await;
     }

@@ -2,7 +2,8 @@
 //! (with the `conveyor` CLI, following the rollout) → prod, also in another AWS account; a bad
 //! push rolls back and alerts; promoting it is refused; a pipeline (dev → stage, promoted
 //! automatically and soaked with an alarm → prod, by hand) moves one digest along, and stage's
-//! alarm rolls a noisy image back. `make demo` prints it; the end-to-end
+//! alarm rolls a noisy image back; a blue/green promotion is stopped by Conveyor's lifecycle hook
+//! before production traffic moves. `make demo` prints it; the end-to-end
 //! tests assert it. Every step checks what it expects and fails with what it saw.
 
 use std::time::Duration;
@@ -32,6 +33,12 @@ pub fn web_noisy() -> String {
     digest(301)
 }
 
+/// A checkout image whose tasks start and that dev verifies, but whose answers on prod's test
+/// listener are errors.
+pub fn checkout_bad() -> String {
+    digest(400)
+}
+
 /// The alarm web's stage is gated on.
 pub fn web_alarm(world: &crate::World) -> String {
     world.name("web-stage-5xx")
@@ -39,7 +46,12 @@ pub fn web_alarm(world: &crate::World) -> String {
 
 /// ECS for the story: rollouts take about a second; the bad image's tasks never start.
 pub fn options() -> StackOptions {
-    StackOptions { rollout_seconds: 1.0, fail_digests: vec![bad()], circuit_breaker: false }
+    StackOptions {
+        rollout_seconds: 1.0,
+        fail_digests: vec![bad()],
+        circuit_breaker: false,
+        unhealthy_on_test: vec![checkout_bad()],
+    }
 }
 
 fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
@@ -87,10 +99,16 @@ pub async fn seed(stack: &LocalStack) {
     let eu_target = json!({ "cluster": eu.cluster, "service": "web", "region": crate::accounts::OTHER_REGION });
     environments["prod"] = json!({ "from": "stage", "approval": true, "targets": [eu_target, target(&services[2])] });
     world.put_app("web", &json!({ "repository": "web", "container": "api", "environments": environments })).await;
+    // checkout: dev (rolling) → prod, a blue/green service with Conveyor as its lifecycle hook.
+    let test_listener = world.aws.traffic_url("test", &world.name("pipeline-prod"), "checkout");
+    let checkout =
+        [("dev", json!({})), ("prod", json!({ "from": "dev", "test_health_url": test_listener, "test_probes": 2 }))];
+    let checkout = world.seed_pipeline("checkout", &checkout).await;
+    world.use_native_strategy(&checkout[1], "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", "deploy-hook").await;
     stack.say(
         MomentKind::Step,
         format!(
-            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod in two regions, eu-west-1 then here, by hand, approved by a second person)"
+            "seeded shop-api (api + log_router sidecar; stage and prod here), billing (stage here, prod in account {PROD_ACCOUNT}) and web (a pipeline: dev → stage, promoted automatically, soaked 3 s with an alarm → prod in two regions, eu-west-1 then here, by hand, approved by a second person) and checkout (dev → prod, a blue/green service whose lifecycle hook is Conveyor's, probing the test listener)"
         ),
     );
 }
@@ -272,6 +290,58 @@ async fn pipeline(stack: &LocalStack) -> Result<(), String> {
     })?;
     let prod_after = world.running_image(&on("prod")).await;
     check(prod_after == prod, || format!("prod changed to {prod_after}"))?;
+    blue_green(stack).await
+}
+
+/// checkout's prod is a blue/green service whose lifecycle hook is Conveyor's: an image dev
+/// verified answers errors on prod's test listener, so the hook fails it before any production
+/// traffic moves, and ECS shifts back to blue.
+async fn blue_green(stack: &LocalStack) -> Result<(), String> {
+    let world = &stack.world;
+    stack.say(MomentKind::Step, "push checkout:v1.0.0: dev (a rolling service) verifies it");
+    stack.push("checkout", "v1.0.0", &checkout_bad(), Utc::now() - chrono::Duration::seconds(5)).await;
+    stack.wait_for_state("checkout", "dev", "v1.0.0", "verified").await?;
+    stack.say(
+        MomentKind::Step,
+        "promote checkout v1.0.0 to prod, a blue/green service: ECS moves test traffic to green and asks Conveyor's hook, whose probes of the test listener get 503",
+    );
+    operator(stack, &["promote", "checkout", "v1.0.0", "--to", "prod", "--wait"], 2).await?;
+    let cluster = world.name("pipeline-prod");
+    let state = world.aws.native_state(&cluster, "checkout").await;
+    let deployment = &state["deployments"][0];
+    check(deployment["status"] == "ROLLBACK_SUCCESSFUL", || format!("the blue/green deployment: {state}"))?;
+    let arn = deployment["serviceDeploymentArn"].as_str().unwrap_or_default();
+    check(state["traffic"][arn]["production_peak"] == 0, || format!("production traffic reached green: {state}"))?;
+    let hook_said = stack
+        .lambda
+        .invoked()
+        .into_iter()
+        .filter(|i| i.function == "deploy-hook")
+        .filter_map(|i| i.payload["executionId"].as_str().map(str::to_owned))
+        .next();
+    let failure = match hook_said {
+        Some(execution) => world.item("APP#checkout", &format!("HOOK#{execution}")).await,
+        None => None,
+    };
+    let reason = failure.as_ref().and_then(|f| f["reason"].as_str()).unwrap_or_default().to_owned();
+    check(reason.contains("HTTP 503"), || format!("the hook's recorded failure: {failure:?}"))?;
+    stack.say(
+        MomentKind::Step,
+        format!(
+            "the hook answered FAILED ({reason}); ECS rolled back with no production traffic on green: {}",
+            deployment["rollback"]["reason"].as_str().unwrap_or("?")
+        ),
+    );
+    let prod = world
+        .running_image(&crate::world::ServiceFixture {
+            cluster,
+            service: "checkout".into(),
+            family: String::new(),
+            initial_task_definition: String::new(),
+        })
+        .await;
+    check(prod.ends_with(":v0.9.0"), || format!("checkout prod runs {prod}, not blue (v0.9.0)"))?;
+    operator(stack, &["status", "checkout"], 0).await?;
     Ok(())
 }
 

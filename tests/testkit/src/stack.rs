@@ -67,11 +67,19 @@ pub struct StackOptions {
     /// Deployments running any of these digests fail.
     pub fail_digests: Vec<String>,
     pub circuit_breaker: bool,
+    /// Native (blue/green, linear, canary) services: test traffic to a revision running any of
+    /// these digests answers 503.
+    pub unhealthy_on_test: Vec<String>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { rollout_seconds: 1.5, fail_digests: Vec::new(), circuit_breaker: false }
+        StackOptions {
+            rollout_seconds: 1.5,
+            fail_digests: Vec::new(),
+            circuit_breaker: false,
+            unhealthy_on_test: Vec::new(),
+        }
     }
 }
 
@@ -167,6 +175,10 @@ impl LocalStack {
         let promote = Arc::new(Function::spawn("promote", &env).await);
         let lambda = crate::lambda_api::LambdaApi::start().await;
         lambda.add("promote", promote.clone());
+        // ECS calls native services' lifecycle hook (`deploy-hook`) as Lambda runs it; their
+        // deployments' events reach the bus like the others.
+        lambda.add("deploy-hook", Arc::new(Function::spawn("deploy-hook", &env).await));
+        world.aws.native(&[pipeline("prod")], &lambda.url(), &options.unhealthy_on_test, Some(&bus)).await;
         // The CLI pauses and resumes stage through stage-deploy (EventBridge's copies run above).
         lambda.add("stage-deploy", Arc::new(Function::spawn("stage-deploy", &env).await));
         LocalStack { world, bus, slack, promote, lambda, deliveries, alerts, moments, tasks }

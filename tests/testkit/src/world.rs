@@ -204,6 +204,42 @@ impl World {
             .unwrap();
     }
 
+    /// Makes `service` a native one: ECS deploys it with `strategy` (`BLUE_GREEN`, `LINEAR` in
+    /// steps of 50 %, `CANARY` of 10 %, no bake time) and calls the Lambda `hook_function` (its name:
+    /// the test kit's Lambda Invoke API serves it) at `hook_stage`, with Conveyor's ECS hook role.
+    pub async fn use_native_strategy(
+        &self,
+        service: &ServiceFixture,
+        strategy: &str,
+        hook_stage: &str,
+        hook_function: &str,
+    ) {
+        use aws_sdk_ecs::types::{
+            CanaryConfiguration, DeploymentConfiguration, DeploymentLifecycleHook, DeploymentLifecycleHookStage,
+            DeploymentStrategy, LinearConfiguration,
+        };
+        let hook = DeploymentLifecycleHook::builder()
+            .hook_target_arn(format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{hook_function}"))
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/conveyor-ecs-hook"))
+            .lifecycle_stages(DeploymentLifecycleHookStage::from(hook_stage))
+            .build();
+        let configuration = DeploymentConfiguration::builder()
+            .strategy(DeploymentStrategy::from(strategy))
+            .bake_time_in_minutes(0)
+            .lifecycle_hooks(hook)
+            .linear_configuration(LinearConfiguration::builder().step_percent(50.0).build())
+            .canary_configuration(CanaryConfiguration::builder().canary_percent(10.0).build())
+            .build();
+        self.ecs
+            .update_service()
+            .cluster(&service.cluster)
+            .service(&service.service)
+            .deployment_configuration(configuration)
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// Seeds an app: stage and prod services (each its own family, env and cluster) running
     /// `repository:v0.9.0` by tag, and its config parameter.
     pub async fn seed_app(&self, app: &str, repository: &str, sidecar: bool, extra: Value) -> AppFixture {

@@ -9,7 +9,10 @@
 //!   (it reads the service, records its baseline, registers a revision, updates the service);
 //! - **verification**: `deploy-monitor` gets `SERVICE_DEPLOYMENT_COMPLETED` for a stage rollout;
 //! - **rollback**: `deploy-monitor` gets `SERVICE_DEPLOYMENT_FAILED` and rolls the service back;
-//! - **promote**: `promote` is invoked with a tag stage verified.
+//! - **promote**: `promote` is invoked with a tag stage verified;
+//! - **hook**: `deploy-hook` is called by ECS at `POST_TEST_TRAFFIC_SHIFT` of a blue/green stage
+//!   rollout (it reads the environment and the revision ECS deploys, checks the digest; the app has
+//!   no `test_health_url`, so no probe is timed).
 //!
 //! Per flow: init (process start → first Runtime API poll: SDK config, clients), the first
 //! invocation of a fresh process (cold caches: config, revisions, connections), warm invocations
@@ -49,10 +52,11 @@ enum Flow {
     Verification,
     Rollback,
     Promote,
+    Hook,
 }
 
 impl Flow {
-    const ALL: [Flow; 4] = [Flow::FirstDeploy, Flow::Verification, Flow::Rollback, Flow::Promote];
+    const ALL: [Flow; 5] = [Flow::FirstDeploy, Flow::Verification, Flow::Rollback, Flow::Promote, Flow::Hook];
 
     fn name(self) -> &'static str {
         match self {
@@ -60,6 +64,7 @@ impl Flow {
             Flow::Verification => "verification (COMPLETED → verified)",
             Flow::Rollback => "rollback (FAILED → rolled back)",
             Flow::Promote => "promote (vetted tag → prod)",
+            Flow::Hook => "hook (blue/green test traffic → SUCCEEDED)",
         }
     }
 
@@ -68,6 +73,7 @@ impl Flow {
             Flow::FirstDeploy => "stage-deploy",
             Flow::Verification | Flow::Rollback => "deploy-monitor",
             Flow::Promote => "promote",
+            Flow::Hook => "deploy-hook",
         }
     }
 
@@ -154,6 +160,30 @@ impl Bench {
                 self.settle("stage", Settle::Complete, Some("verified")).await;
                 json!({ "app": self.apps[0].app, "tag": tag, "reason": "bench", "requested_by": "bench" })
             }
+            Flow::Hook => {
+                let stage = self.apps[0].stage.clone();
+                let strategy = aws_sdk_ecs::types::DeploymentConfiguration::builder()
+                    .strategy(aws_sdk_ecs::types::DeploymentStrategy::BlueGreen)
+                    .build();
+                let update = self.world.ecs.update_service().cluster(&stage.cluster).service(&stage.service);
+                update.deployment_configuration(strategy).send().await.expect("a blue/green service");
+                self.stage_rollout(&format!("v4.{run}.0")).await;
+                let state = self.world.aws.native_state(&stage.cluster, &stage.service).await;
+                let deployment = &state["deployments"][0];
+                let green = deployment["targetServiceRevision"]["arn"].clone();
+                let green_key = green.as_str().expect("a target revision").to_owned();
+                json!({
+                    "executionId": format!("bench-{run}-{}", self.pushes),
+                    "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
+                    "resourceArn": deployment["serviceDeploymentArn"],
+                    "executionDetails": {
+                        "serviceArn": deployment["serviceArn"],
+                        "targetServiceRevisionArn": green,
+                        "testTrafficWeights": { green_key.clone(): 100 },
+                        "productionTrafficWeights": { green_key: 0 }
+                    }
+                })
+            }
         }
     }
 
@@ -171,6 +201,8 @@ impl Bench {
                 assert_eq!(answer["status"], "deploying", "{answer}");
                 self.settle("prod", Settle::Complete, Some("verified")).await;
             }
+            // The local AWS's blue/green deployment goes on by itself; the next rollout supersedes it.
+            Flow::Hook => assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}"),
         }
     }
 
