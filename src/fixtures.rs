@@ -73,6 +73,7 @@ pub fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
         desired: 2,
         running,
         deployments,
+        native_strategy: None,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{DeploymentRolloutState, Tag, TaskDefinition, TaskDefinitionField};
+use aws_sdk_ecs::types::{DeploymentRolloutState, DeploymentStrategy, Tag, TaskDefinition, TaskDefinitionField};
 use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
@@ -66,6 +66,9 @@ pub struct ServiceState {
     pub desired: i32,
     pub running: i32,
     pub deployments: Vec<Deployment>,
+    /// `BLUE_GREEN`, `LINEAR` or `CANARY`: ECS runs the deployment and rolls it back itself
+    /// (`None`: a rolling service).
+    pub native_strategy: Option<DeploymentStrategy>,
 }
 
 impl ServiceState {
@@ -78,7 +81,13 @@ impl ServiceState {
     }
 
     fn from_sdk(service: aws_sdk_ecs::types::Service) -> Self {
+        let native_strategy = service
+            .deployment_configuration
+            .as_ref()
+            .and_then(|configuration| configuration.strategy.clone())
+            .filter(|strategy| *strategy != DeploymentStrategy::Rolling);
         ServiceState {
+            native_strategy,
             arn: service.service_arn.unwrap_or_default(),
             task_definition: service.task_definition.unwrap_or_default(),
             desired: service.desired_count,

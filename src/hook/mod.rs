@@ -122,50 +122,66 @@ async fn answer(
         let reason = format!("{} is not a service of any app: a deployment Conveyor did not start", call.service_arn);
         return (Answer::Succeeded { reason }, None);
     };
-    let owner = Some((app.name.to_string(), env));
-    let answer = Box::pin(judge(fleet, ledger, prober, app, env, index, call, invocation)).await;
-    if let Answer::Failed { reason } = &answer {
-        let failure = HookFailure {
-            execution_id: call.execution_id.clone(),
-            service_deployment_arn: call.service_deployment_arn.clone(),
-            stage: call.stage.as_str().to_owned(),
-            environment: env,
-            at: chrono::Utc::now(),
-            reason: reason.clone(),
-        };
-        // The first failure recorded stands; if it cannot be recorded, the answer is still FAILED.
-        return match ledger.record_hook_failure(&app.name, &failure).await {
-            Ok(standing) => (Answer::Failed { reason: standing.reason }, owner),
-            Err(error) => {
-                warn!(app = %app.name, environment = %env, execution_id = %call.execution_id, %error, "hook failure not recorded");
-                (answer, owner)
-            }
-        };
-    }
-    (answer, owner)
+    let asked = Asked { app, env, index, call };
+    let answer = Box::pin(judge(fleet, ledger, prober, &asked, invocation)).await;
+    (answer, Some((app.name.to_string(), env)))
 }
 
-/// The checks of an app's deployment, in order.
-#[allow(clippy::too_many_arguments)]
-async fn judge(
-    fleet: &Fleet,
-    ledger: &Ledger,
-    prober: &Prober,
-    app: &AppConfig,
+/// Whose deployment a call asks about: the app, the environment and which of its targets.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    app: &'a AppConfig,
     env: Environment,
     index: usize,
-    call: &HookCall,
-    invocation: &Invocation,
-) -> Answer {
-    let progress = call.progress;
+    call: &'a HookCall,
+}
+
+/// The answer for an app's deployment: a failure already recorded for this execution stands;
+/// else the checks decide, and a new failure is recorded (the first one recorded stands, should
+/// another call of the same execution race this one).
+async fn judge(fleet: &Fleet, ledger: &Ledger, prober: &Prober, asked: &Asked<'_>, invocation: &Invocation) -> Answer {
+    let Asked { app, env, index, call } = *asked;
     let (state, failed) = match ledger.hook_facts(&app.name, env, &call.execution_id).await {
         Ok(facts) => facts,
-        Err(error) => return decide::unchecked(progress, &error.to_string()),
+        Err(error) => return decide::unchecked(call.progress, &error.to_string()),
     };
     if let Some(failed) = failed {
         return Answer::Failed { reason: failed.reason };
     }
-    let rollout = match decide::ownership(state.as_ref().and_then(|s| s.target(index)?.in_progress())) {
+    let rollout = state.as_ref().and_then(|s| s.target(index)?.in_progress());
+    let reason = match check(fleet, prober, asked, rollout, invocation).await {
+        Answer::Failed { reason } => reason,
+        passed => return passed,
+    };
+    let failure = HookFailure {
+        execution_id: call.execution_id.clone(),
+        service_deployment_arn: call.service_deployment_arn.clone(),
+        stage: call.stage.as_str().to_owned(),
+        environment: env,
+        at: chrono::Utc::now(),
+        reason,
+    };
+    // If the failure cannot be recorded, the answer is still FAILED.
+    match ledger.record_hook_failure(&app.name, &failure).await {
+        Ok(standing) => Answer::Failed { reason: standing.reason },
+        Err(error) => {
+            warn!(app = %app.name, environment = %env, execution_id = %call.execution_id, %error, "hook failure not recorded");
+            Answer::Failed { reason: failure.reason }
+        }
+    }
+}
+
+/// The checks of an app's deployment, in order (`rollout`: Conveyor's in flight on the target).
+async fn check(
+    fleet: &Fleet,
+    prober: &Prober,
+    asked: &Asked<'_>,
+    rollout: Option<&crate::rollout::Rollout>,
+    invocation: &Invocation,
+) -> Answer {
+    let Asked { app, env, index, call } = *asked;
+    let progress = call.progress;
+    let rollout = match decide::ownership(rollout) {
         Ok(rollout) => rollout,
         Err(answer) => return answer,
     };

@@ -368,6 +368,22 @@ impl Ledger {
         items.into_iter().map(|item| parse(app.as_str(), item)).collect()
     }
 
+    /// The lifecycle hook's `FAILED` answers for `env` of `app` since `since`, oldest first (what a
+    /// native deployment's rollback alert shows besides ECS's own reason).
+    pub async fn hook_failures(
+        &self,
+        app: &AppName,
+        env: Environment,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<HookFailure>, LedgerError> {
+        let items = self.query(app, "HOOK#", "HOOK#\u{10FFFF}", false, None).await?;
+        let failures: Result<Vec<HookFailure>, _> = items.into_iter().map(|item| parse(app.as_str(), item)).collect();
+        let mut failures: Vec<HookFailure> =
+            failures?.into_iter().filter(|f| f.environment == env && f.at >= since).collect();
+        failures.sort_by_key(|f| f.at);
+        Ok(failures)
+    }
+
     /// Every item the sweep must look at (the sparse `pending` index; eventually consistent).
     pub async fn pending(&self) -> Result<Vec<Item>, LedgerError> {
         self.db

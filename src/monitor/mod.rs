@@ -613,6 +613,10 @@ async fn undo(
         FailurePlan::AlreadyRolledBack { to, deployment_id, by_conveyor } => {
             let (by, how) = if by_conveyor || !failed_here {
                 (RolledBackBy::Conveyor, "rolled back by Conveyor")
+            } else if let Some(strategy) = &service.native_strategy {
+                // ECS's own rollback of a native deployment (a hook, an alarm, a stop): `by` keeps
+                // the name the state has always used for ECS's rollbacks.
+                (RolledBackBy::CircuitBreaker, native_rollback(strategy))
             } else {
                 (RolledBackBy::CircuitBreaker, "ECS circuit breaker already rolled back")
             };
@@ -654,15 +658,37 @@ async fn undo(
     }))
 }
 
-/// What ECS says about a failed deployment (stopped tasks): best effort and bounded, the alert is
-/// worth more on time than complete.
-async fn diagnostics(here: &Leased<'_>, rollout: &Rollout) -> Vec<String> {
+/// How a rollback ECS made of a native deployment is described.
+fn native_rollback(strategy: &aws_sdk_ecs::types::DeploymentStrategy) -> &'static str {
+    match strategy {
+        aws_sdk_ecs::types::DeploymentStrategy::BlueGreen => "ECS already rolled back the blue/green deployment",
+        aws_sdk_ecs::types::DeploymentStrategy::Linear => "ECS already rolled back the linear deployment",
+        aws_sdk_ecs::types::DeploymentStrategy::Canary => "ECS already rolled back the canary deployment",
+        _ => "ECS already rolled back the deployment",
+    }
+}
+
+/// What ECS says about a failed deployment (stopped tasks) and, for a native one, why Conveyor's
+/// lifecycle hook failed it: best effort and bounded, the alert is worth more on time than
+/// complete.
+async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceState) -> Vec<String> {
     let Some(id) = &rollout.deployment_id else { return Vec::new() };
     let stopped = here.target.ecs.stopped_tasks(&here.target.service.cluster, id, 3);
-    tokio::time::timeout(std::time::Duration::from_secs(5), stopped)
+    let mut lines = tokio::time::timeout(std::time::Duration::from_secs(5), stopped)
         .await
         .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
-        .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")])
+        .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")]);
+    if service.native_strategy.is_some() {
+        match here.ledger().hook_failures(&here.app.name, here.env, rollout.started_at).await {
+            Ok(failures) => lines.extend(
+                failures
+                    .iter()
+                    .map(|f| format!("Conveyor's lifecycle hook answered FAILED at {}: {}", f.stage, f.reason)),
+            ),
+            Err(error) => lines.push(format!("(the lifecycle hook's answers unavailable: {error})")),
+        }
+    }
+    lines
 }
 
 /// A rollout failed: the service goes back to its known-good revision, the image is failed here
@@ -690,7 +716,7 @@ async fn roll_back(
     let Some(undone) = undo(here, rollout, service, &reason, true, now).await? else {
         return changed_outside(here).await;
     };
-    let diagnostics = diagnostics(here, rollout).await;
+    let diagnostics = diagnostics(here, rollout, service).await;
     let state = here.state()?.clone();
     let mut rollout = rollout.clone();
     if rollout.fail(undone.settlement.clone(), state.soaking(&rollout.id)).is_err() {
@@ -743,7 +769,7 @@ async fn roll_back_release(
         let why =
             if index == failing { reason.clone() } else { format!("the release failed on {failing_label}: {reason}") };
         if index == failing {
-            diagnostics = self::diagnostics(&there, &moved).await;
+            diagnostics = self::diagnostics(&there, &moved, &service).await;
         }
         let settled =
             undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| Undone {

@@ -10,7 +10,7 @@ use aws_sdk_ssm::operation::put_parameter::PutParameterError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use conveyor_testkit::local_aws::{CallRecord, Fault, FaultMode, REGION};
 use conveyor_testkit::World;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A marker unique to this test that no other test's id contains (`t1x4` is inside `t1x40`,
 /// `t1x4z` is not): faults and logs matched on it see this test's calls only.
@@ -365,26 +365,6 @@ async fn update_service_to_an_inactive_revision_is_refused_like_ecs() {
     assert_eq!(updated.unwrap().service.unwrap().task_definition.as_deref(), Some(first.as_str()));
 }
 
-/// A raw ECS JSON call (moto routes by the credential scope and does not check signatures).
-async fn ecs_raw(operation: &str, body: &Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(&conveyor_testkit::LocalAws::shared().endpoint)
-        .header("X-Amz-Target", format!("AmazonEC2ContainerServiceV20141113.{operation}"))
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header(
-            "Authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/ecs/aws4_request, SignedHeaders=host, Signature=0"
-            ),
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{operation}: {}", response.status());
-    response.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn task_definition_members_moto_does_not_model_come_back_as_registered() {
     let world = World::new().await;
@@ -399,7 +379,7 @@ async fn task_definition_members_moto_does_not_model_come_back_as_registered() {
         "enableFaultInjection": true,
         "tags": [{ "key": "team", "value": "shop" }],
     });
-    let registered = ecs_raw("RegisterTaskDefinition", &request).await;
+    let registered = world.ecs_json("RegisterTaskDefinition", &request).await.unwrap();
     let definition = &registered["taskDefinition"];
     assert_eq!(definition["trustedExecutionConfiguration"], trusted);
     assert_eq!(definition["enableFaultInjection"], true);
@@ -407,7 +387,8 @@ async fn task_definition_members_moto_does_not_model_come_back_as_registered() {
     assert!(definition.get("tags").is_none(), "tags are not a member of the task definition");
 
     let arn = definition["taskDefinitionArn"].as_str().unwrap();
-    let described = ecs_raw("DescribeTaskDefinition", &json!({ "taskDefinition": arn, "include": ["TAGS"] })).await;
+    let described =
+        world.ecs_json("DescribeTaskDefinition", &json!({ "taskDefinition": arn, "include": ["TAGS"] })).await.unwrap();
     assert_eq!(described["taskDefinition"]["trustedExecutionConfiguration"], trusted);
     assert_eq!(described["taskDefinition"]["enableFaultInjection"], true);
     assert_eq!(described["taskDefinition"]["containerDefinitions"][0]["futureContainerMember"], json!({ "on": true }));
@@ -418,7 +399,7 @@ async fn task_definition_members_moto_does_not_model_come_back_as_registered() {
     assert_eq!(sdk.container_definitions()[0].image(), Some("app:1"));
     // A revision registered without them does not inherit them.
     let plain = world.register(&family, "app:2", "stage", false).await;
-    let described = ecs_raw("DescribeTaskDefinition", &json!({ "taskDefinition": plain })).await;
+    let described = world.ecs_json("DescribeTaskDefinition", &json!({ "taskDefinition": plain })).await.unwrap();
     assert!(described["taskDefinition"].get("trustedExecutionConfiguration").is_none());
 }
 

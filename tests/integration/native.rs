@@ -144,6 +144,10 @@ async fn blue_green_with_a_bad_image_fails_on_test_traffic_and_production_never_
     let notes = native.world.notifications().await;
     let outcomes: Vec<&Value> = notes.iter().map(|n| &n["MessageAttributes"]["outcome"]).collect();
     assert_eq!(outcomes, [&json!("deploying"), &json!("rolled_back")], "{notes:?}");
+    let alert = notes[1]["Message"]["content"]["description"].as_str().unwrap();
+    assert!(alert.contains("ECS already rolled back the blue/green deployment"), "{alert}");
+    assert!(alert.contains("Conveyor's lifecycle hook answered FAILED at POST_TEST_TRAFFIC_SHIFT"), "{alert}");
+    assert!(alert.contains("HTTP 503"), "{alert}");
     let record = native.world.record("shop-api", "dev").await.unwrap();
     assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
 }
@@ -251,4 +255,93 @@ async fn foreign_deployments_rollbacks_and_malformed_payloads_are_answered_never
         assert_eq!(answer["hookStatus"], "FAILED", "{malformed}: {answer}");
         assert!(!answer["hookDetails"]["conveyor"]["reason"].as_str().unwrap().is_empty());
     }
+}
+
+/// The AWS calls (by operation) `hook` made for `payload`, and its answer.
+async fn calls_of(
+    native: &Native,
+    hook: &Function,
+    payload: Value,
+) -> (std::collections::BTreeMap<String, u64>, Value) {
+    let before = native.world.aws.calls(&native.world.id).await;
+    let answer = hook.invoke(payload).await.response();
+    let after = native.world.aws.calls(&native.world.id).await;
+    let made = after.into_iter().map(|(op, n)| (op.clone(), n - before.get(&op).copied().unwrap_or(0)));
+    (made.filter(|(_, n)| *n > 0).collect(), answer)
+}
+
+#[tokio::test]
+async fn a_hook_call_costs_one_read_of_the_state_and_one_of_the_revision() {
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
+    native.push("v1.0.0", 1).await;
+    let state = native.settled().await;
+    let deployment = &state["deployments"][0];
+    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
+    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+    let hook = Function::spawn("deploy-hook", &native.world.function_env()).await;
+    hook.invoke(native.payload(deployment, green, "warm-up")).await.response();
+
+    let expect = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+        pairs.iter().map(|(op, n)| ((*op).to_owned(), *n)).collect()
+    };
+    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, green, "e-probe")).await;
+    assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{answer}");
+    assert_eq!(made, expect(&[("BatchGetItem", 1), ("DescribeServiceRevisions", 1)]), "a probing call");
+    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, blue, "e-wrong")).await;
+    assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
+    assert_eq!(made, expect(&[("BatchGetItem", 1), ("DescribeServiceRevisions", 1), ("PutItem", 1)]), "a failing call");
+    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, green, "e-wrong")).await;
+    assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
+    assert_eq!(made, expect(&[("BatchGetItem", 1)]), "a failed execution asked again");
+    let mut rollback = native.payload(deployment, green, "e-rollback");
+    rollback["executionDetails"]["testTrafficWeights"] = json!({ green: 0 });
+    let (made, answer) = calls_of(&native, &hook, rollback).await;
+    assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}");
+    assert_eq!(made, expect(&[]), "a rollback's re-invocation");
+}
+
+/// The hook's calls failing every way AWS fails (and the process killed mid-call): it answers
+/// `IN_PROGRESS` while it cannot check and still fails what it must, never an error, except when
+/// Lambda itself stops it (ECS then rolls back: production never moved).
+#[tokio::test]
+async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once() {
+    use conveyor_testkit::local_aws::{Fault, FaultMode};
+    let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
+    native.push("v1.0.0", 1).await;
+    let state = native.settled().await;
+    let deployment = &state["deployments"][0];
+    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
+    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+    let hook = Function::spawn("deploy-hook", &native.world.function_env()).await;
+    let aws = native.world.aws;
+    let modes = [FaultMode::Throttle, FaultMode::Http500, FaultMode::Http503, FaultMode::Reset];
+    for (operation, mode) in
+        ["BatchGetItem", "DescribeServiceRevisions"].iter().flat_map(|op| modes.clone().map(|m| (*op, m)))
+    {
+        let fault = Fault::on(operation).matching(&native.world.id).mode(mode.clone()).persistent();
+        aws.fault(&fault).await;
+        let answer =
+            hook.invoke(native.payload(deployment, green, &format!("e-{operation}-{mode:?}"))).await.response();
+        aws.clear_faults(&native.world.id).await;
+        assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{operation} {mode:?}: {answer}");
+        assert_eq!(answer["hookDetails"]["conveyor"]["unchecked"], 1, "{answer}");
+    }
+    // The failure's record lost on the way back (applied, then a 500): the answer is FAILED, and
+    // asked again, the execution fails for the same reason.
+    let lost = Fault::on("PutItem").matching(&native.world.id).mode(FaultMode::ApplyThenFail).count(1);
+    aws.fault(&lost).await;
+    let failed = hook.invoke(native.payload(deployment, blue, "e-lost")).await.response();
+    assert_eq!(failed["hookStatus"], "FAILED", "{failed}");
+    let again = hook.invoke(native.payload(deployment, green, "e-lost")).await.response();
+    assert_eq!(again["hookDetails"]["conveyor"]["reason"], failed["hookDetails"]["conveyor"]["reason"]);
+    // Killed in the middle of a call: Lambda reports the error to ECS, which rolls back.
+    let mut doomed = Function::spawn("deploy-hook", &native.world.function_env()).await;
+    let kill = Fault::on("DescribeServiceRevisions")
+        .matching(&native.world.id)
+        .mode(FaultMode::Kill { pid: doomed.pid().unwrap() });
+    aws.fault(&kill.count(1)).await;
+    let outcome =
+        doomed.try_invoke(native.payload(deployment, green, "e-killed"), std::time::Duration::from_secs(10)).await;
+    assert!(outcome.is_err(), "a killed hook answered: {outcome:?}");
+    aws.clear_faults(&native.world.id).await;
 }

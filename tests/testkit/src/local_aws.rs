@@ -17,6 +17,12 @@ use crate::repo_root;
 pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
 
+/// How many moto servers a test process spreads its worlds over (`CONVEYOR_LOCAL_AWS_SERVERS`,
+/// default 2: one per core of the machine the suite is sized for).
+pub fn servers() -> usize {
+    std::env::var("CONVEYOR_LOCAL_AWS_SERVERS").ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).unwrap_or(2)
+}
+
 /// A running moto server with Conveyor's ECS lifecycle extension and control API.
 pub struct LocalAws {
     pub endpoint: String,
@@ -25,11 +31,16 @@ pub struct LocalAws {
 }
 
 impl LocalAws {
-    /// The moto server shared by every test of this process, started on first use. Fails
-    /// loudly (never skips) if it cannot start.
+    /// One of the moto servers the tests of this process share, in turn: each is one Python
+    /// process, and under the whole suite's load it is the bottleneck (one core, the GIL), so
+    /// the worlds are spread over [`servers`] of them. A world lives on one server. Each starts on
+    /// first use; fails loudly (never skips) if it cannot start.
     pub fn shared() -> &'static LocalAws {
-        static SHARED: OnceLock<LocalAws> = OnceLock::new();
-        SHARED.get_or_init(|| {
+        static SERVERS: OnceLock<Vec<OnceLock<LocalAws>>> = OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let servers = SERVERS.get_or_init(|| (0..servers()).map(|_| OnceLock::new()).collect());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % servers.len();
+        servers[n].get_or_init(|| {
             LocalAws::start().unwrap_or_else(|e| panic!("local AWS (moto server) could not start: {e}"))
         })
     }
