@@ -75,7 +75,7 @@ use crate::support::{conveyor, invocation};
 
 /// Worlds at work at once, across both tests of this module (most of a cell's time is spent
 /// waiting: SDK backoff, leases expiring).
-const WORLDS_AT_ONCE: usize = 10;
+const WORLDS_AT_ONCE: usize = 6;
 /// The deadline the functions of a cell get: a lease they leave behind expires 13 s after.
 const DEADLINE: Duration = Duration::from_secs(3);
 /// The deadline of a process that is killed: its lease expires 11 s after it started.
