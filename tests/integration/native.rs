@@ -23,6 +23,13 @@ struct Native {
     monitor: Function,
 }
 
+/// A service deployment and its blue and green revisions.
+struct Rolled {
+    deployment: Value,
+    blue: String,
+    green: String,
+}
+
 impl Native {
     /// `strategy` with Conveyor's hook at `hook_stage`; test traffic to a revision running one of
     /// `unhealthy` (digest numbers) answers 503.
@@ -61,6 +68,17 @@ impl Native {
 
     async fn settled(&self) -> Value {
         self.world.aws.native_settled(&self.service.cluster, &self.service.service).await
+    }
+
+    /// v1.0.0 (digest 1) pushed and its blue/green deployment ended, deploy-monitor not told yet:
+    /// Conveyor's rollout is still in flight.
+    async fn rolled_out(&self) -> Rolled {
+        self.push("v1.0.0", 1).await;
+        let state = self.settled().await;
+        let deployment = state["deployments"][0].clone();
+        let revision = |pointer: &str| deployment.pointer(pointer).and_then(Value::as_str).unwrap().to_owned();
+        let (blue, green) = (revision("/sourceServiceRevisions/0/arn"), revision("/targetServiceRevision/arn"));
+        Rolled { deployment, blue, green }
     }
 
     /// Invokes the hook directly (as ECS, or anyone allowed to invoke it, could).
@@ -206,12 +224,8 @@ async fn canary_with_a_good_image_is_checked_before_each_production_step() {
 #[tokio::test]
 async fn a_digest_mismatch_fails_and_an_execution_answered_failed_stays_failed() {
     let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
-    native.push("v1.0.0", 1).await;
-    let state = native.settled().await;
-    // deploy-monitor has not settled the rollout yet: Conveyor's rollout of digest 1 is in flight.
-    let deployment = &state["deployments"][0];
-    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
-    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+    let Rolled { deployment, blue, green } = native.rolled_out().await;
+    let (deployment, blue, green) = (&deployment, blue.as_str(), green.as_str());
 
     let answer = native.hook(native.payload(deployment, blue, "e-mismatch")).await;
     assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
@@ -273,11 +287,8 @@ async fn calls_of(
 #[tokio::test]
 async fn a_hook_call_costs_one_read_of_the_state_and_one_of_the_revision() {
     let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
-    native.push("v1.0.0", 1).await;
-    let state = native.settled().await;
-    let deployment = &state["deployments"][0];
-    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
-    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+    let Rolled { deployment, blue, green } = native.rolled_out().await;
+    let (deployment, blue, green) = (&deployment, blue.as_str(), green.as_str());
     let hook = Function::spawn("deploy-hook", &native.world.function_env()).await;
     hook.invoke(native.payload(deployment, green, "warm-up")).await.response();
 
@@ -307,11 +318,8 @@ async fn a_hook_call_costs_one_read_of_the_state_and_one_of_the_revision() {
 async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once() {
     use conveyor_testkit::local_aws::{Fault, FaultMode};
     let native = Native::new("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &[]).await;
-    native.push("v1.0.0", 1).await;
-    let state = native.settled().await;
-    let deployment = &state["deployments"][0];
-    let blue = deployment["sourceServiceRevisions"][0]["arn"].as_str().unwrap();
-    let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap();
+    let Rolled { deployment, blue, green } = native.rolled_out().await;
+    let (deployment, blue, green) = (&deployment, blue.as_str(), green.as_str());
     let hook = Function::spawn("deploy-hook", &native.world.function_env()).await;
     let aws = native.world.aws;
     let modes = [FaultMode::Throttle, FaultMode::Http500, FaultMode::Http503, FaultMode::Reset];
