@@ -40,10 +40,13 @@ bench: setup ## cold start, latency and memory of the release binaries, cold pus
 # Four test threads on two cores: the integration tests mostly wait (on the local AWS, on the
 # functions' processes, on timers), so 4 threads run them in about 435 s where 2 take about 680 s;
 # 8 threads are no faster and load the machine until timing-sensitive scenarios strain.
-# The binaries the tests run are built on their own, with the features they ship with: built in
-# one cargo run with the test targets, the dev-dependencies' features (serde_json's
-# `preserve_order` among them) would change what they print.
-test: setup lint build ## everything: lint, unit tests, integration tests against local AWS
+# The binaries are built together with the test targets: one cargo run resolves the features of
+# the dependencies once (the dev-dependencies turn on the SDK's test-util, serde's alloc…), so
+# `cargo test` reuses every dependency instead of building the SDK a second time (about 6 min on 2
+# cores). What they print is what ships: serde_json's `preserve_order`, which those features
+# bring, is a feature of the shipped binaries too (Cargo.toml).
+test: setup lint ## everything: lint, unit tests, integration tests against local AWS
+	cargo build --workspace --bins --tests --locked
 	cargo test --workspace --locked -- --test-threads 4
 
 # The long runs of the proofs (over an hour on 2 cores): the whole fault and crash matrix, 500
