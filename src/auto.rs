@@ -135,7 +135,7 @@ async fn promote_newest(
             info!(app = %app.name, environment = %into, tag = %candidate.tag, digest = %candidate.digest,
                 status = %response.status, "auto promotion");
             let action = match response.status {
-                PromoteStatus::Deploying => Action::Deploying,
+                PromoteStatus::Deploying | PromoteStatus::RollingBack => Action::Deploying,
                 PromoteStatus::AwaitingApproval => Action::Waiting,
                 PromoteStatus::AlreadyDeployed | PromoteStatus::DryRun => Action::Skipped,
             };

@@ -22,6 +22,7 @@ pub mod health;
 pub mod hook;
 pub mod identity;
 pub mod image;
+pub mod inflight;
 pub mod leased;
 pub mod ledger;
 pub mod metrics;

@@ -408,6 +408,15 @@ async fn promote_leased(
             approved_by: request.approved.as_ref().map(|a| a.by.clone()),
         },
     };
+    if let Some((mut change, blue)) =
+        crate::inflight::roll_back(here, &candidate, requester.verified.as_deref()).await?
+    {
+        if let Some(approved) = &request.approved {
+            crate::approval::carried_out(here.app, here.env, &mut change, approved, &resolved.digest, requester);
+        }
+        here.commit(change).await?;
+        return Ok((blue, PromoteStatus::RollingBack, false));
+    }
     let mut plan = start::start(here, &candidate).await?;
     if let Some(approved) = &request.approved {
         // The approval ends in the transaction that starts its rollout.

@@ -147,6 +147,9 @@ pub enum PromoteStatus {
     DryRun,
     /// Nothing changed yet: the promotion waits for an approval (`approval_id`).
     AwaitingApproval,
+    /// The requested image is what the native deployment in flight moves away from: ECS stopped
+    /// that deployment and is moving the traffic back to it (`task_definition_arn`).
+    RollingBack,
 }
 
 impl PromoteStatus {

@@ -156,7 +156,7 @@ impl From<PromoteStatus> for Tone {
     fn from(status: PromoteStatus) -> Self {
         match status {
             PromoteStatus::AlreadyDeployed => Tone::Good,
-            PromoteStatus::Deploying | PromoteStatus::DryRun => Tone::Busy,
+            PromoteStatus::Deploying | PromoteStatus::DryRun | PromoteStatus::RollingBack => Tone::Busy,
             PromoteStatus::AwaitingApproval => Tone::Attention,
         }
     }

@@ -6,6 +6,7 @@ mod cloudwatch;
 mod ecs;
 pub mod http;
 mod raw;
+mod service_deployments;
 mod sns;
 mod ssm;
 mod sts;
@@ -15,6 +16,7 @@ pub use ecs::{
     is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState, Unmodeled,
 };
 pub use raw::RawCapture;
+pub use service_deployments::InFlight;
 pub use sns::Sns;
 pub use ssm::{Parameter, Ssm};
 pub use sts::Callers;

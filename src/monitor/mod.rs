@@ -624,7 +624,7 @@ async fn undo(
                 RolloutState::RolledBack { at: now, reason: format!("{reason} ({how})"), to: to.clone(), by };
             Undone { settlement, rollback: Some((to, Some(deployment_id), by)) }
         }
-        FailurePlan::RollBack { to } => match issue_rollback(here, rollout, &to).await {
+        FailurePlan::RollBack { to } => match issue_rollback(here, rollout, service, &to).await {
             Ok((to, deployment_id)) => Undone {
                 settlement: RolloutState::RolledBack {
                     at: now,
@@ -853,6 +853,7 @@ async fn commit_failure(
 async fn issue_rollback(
     here: &mut Leased<'_>,
     rollout: &Rollout,
+    service: &ServiceState,
     to: &str,
 ) -> Result<(String, Option<String>), DeployError> {
     let (app, env) = (here.app, here.env);
@@ -863,6 +864,18 @@ async fn issue_rollback(
     };
     let intent = |to: &str| Intent::rollback(&rollout.id, to);
     here.record_intent(intent(to)).await?;
+    // A native deployment still in flight from `to`: blue still runs, ECS moves the traffic back
+    // at once (a new deployment would scale up `to` again and shift the traffic step by step).
+    if service.native_strategy.is_some() {
+        if let Some(in_flight) = ecs.native_in_flight(&target.cluster, &target.service).await? {
+            if in_flight.source_task_definition.as_deref() == Some(to) {
+                ecs.roll_back_in_flight(&in_flight.arn).await?;
+                info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
+                    service_deployment_arn = %in_flight.arn, to, "native deployment rolled back in flight");
+                return Ok((to.to_owned(), None));
+            }
+        }
+    }
     match ecs.update_service(&target.cluster, &target.service, to).await {
         Ok(updated) => Ok((to.to_owned(), deployment_of(&updated, to))),
         Err(error) if is_inactive_revision(&error) => {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use conveyor_testkit::functions::{self, stage_deploy};
 use conveyor_testkit::lambda_api::LambdaApi;
+use conveyor_testkit::local_aws::Settle;
 use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
@@ -352,4 +353,152 @@ async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once(
         doomed.try_invoke(native.payload(deployment, green, "e-killed"), std::time::Duration::from_secs(10)).await;
     assert!(outcome.is_err(), "a killed hook answered: {outcome:?}");
     aws.clear_faults(&native.world.id).await;
+}
+
+/// dev (a rolling service) → prod (blue/green, Conveyor's hook, 3 s of bake time scaled from one
+/// minute): what runs where, and how to move an image through.
+struct Promoted {
+    world: World,
+    dev: ServiceFixture,
+    prod: ServiceFixture,
+    _lambda: LambdaApi,
+    pushes: Function,
+    monitor: Function,
+    promote: Function,
+}
+
+impl Promoted {
+    async fn new() -> Promoted {
+        let world = World::new().await;
+        let test_url = world.aws.traffic_url("test", &world.name("pipeline-prod"), "shop-api");
+        let shape = [("dev", json!({})), ("prod", json!({ "from": "dev" }))];
+        let [dev, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+        // A rollout that has not completed after a second is late: only a sweep acts on it.
+        let environments = json!({
+            "dev": { "cluster": dev.cluster, "service": "shop-api" },
+            "prod": { "cluster": prod.cluster, "service": "shop-api", "from": "dev",
+                      "test_health_url": test_url, "test_probes": 1 }
+        });
+        let config = json!({ "repository": "shop-api", "container": "api", "rollout_timeout_seconds": 1,
+                             "environments": environments });
+        world.put_app("shop-api", &config).await;
+        let lambda = LambdaApi::start().await;
+        let hook_name = world.name("deploy-hook");
+        lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+        world.aws.native(std::slice::from_ref(&prod.cluster), &lambda.url(), &[], None).await;
+        world.use_native_strategy_baking(&prod, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook_name, 1).await;
+        let (pushes, promote) = (stage_deploy(&world).await, functions::promote(&world).await);
+        let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
+        Promoted { world, dev, prod, _lambda: lambda, pushes, monitor, promote }
+    }
+
+    /// `tag` (digest `n`) pushed and verified in dev.
+    async fn verified_in_dev(&self, tag: &str, n: u32) {
+        let push = self.world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(1));
+        assert_eq!(self.pushes.invoke(push).await.response()["apps"][0]["status"], "deploying");
+        let events = self.world.aws.settle(&self.dev.cluster, &self.dev.service, Settle::Complete).await;
+        let report = self.monitor.invoke(events[0].clone()).await.response();
+        assert_eq!(report["results"][0]["action"], "verified", "{report}");
+    }
+
+    async fn promote(&self, request: Value) -> Value {
+        self.promote.invoke(request).await.response()
+    }
+
+    /// Waits until prod's newest native deployment bakes (production traffic all on green, blue
+    /// still running).
+    async fn baking(&self) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let state = self.world.aws.native_state(&self.prod.cluster, &self.prod.service).await;
+            let deployment = &state["deployments"][0];
+            if deployment["lifecycleStage"] == "BAKE_TIME" && deployment["status"] == "IN_PROGRESS" {
+                return deployment["serviceDeploymentArn"].as_str().unwrap().to_owned();
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "never baking: {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Hands the events prod's native deployments emitted to deploy-monitor, once each.
+    async fn tell_the_monitor(&self, told: &mut usize) {
+        let state = self.world.aws.native_state(&self.prod.cluster, &self.prod.service).await;
+        for event in state["events"].as_array().unwrap().iter().skip(*told) {
+            self.monitor.invoke(event.clone()).await.response();
+            *told += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_in_flight_is_rolled_back_by_stopping_it_from_a_rollback_or_the_sweep() {
+    let promoted = Promoted::new().await;
+    let world = &promoted.world;
+    let mut told = 0;
+    promoted.verified_in_dev("v1.0.0", 1).await;
+    let first = promoted.promote(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await;
+    assert_eq!(first["status"], "deploying", "{first}");
+    let v1 = first["task_definition_arn"].as_str().unwrap().to_owned();
+    assert_eq!(
+        world.aws.native_settled(&promoted.prod.cluster, "shop-api").await["deployments"][0]["status"],
+        "SUCCESSFUL"
+    );
+    promoted.tell_the_monitor(&mut told).await;
+    assert_eq!(world.record("shop-api", "prod").await.unwrap()["rollout"]["state"]["kind"], "verified");
+
+    // v2.0.0 bakes in prod; a promotion of v1.0.0 (what `conveyor rollback` sends) stops it.
+    promoted.verified_in_dev("v2.0.0", 2).await;
+    let second = promoted.promote(json!({ "app": "shop-api", "tag": "v2.0.0", "to": "prod" })).await;
+    assert_eq!(second["status"], "deploying", "{second}");
+    let baking = promoted.baking().await;
+    let rollback = json!({ "app": "shop-api", "digest": digest(1), "to": "prod", "reason": "rollback from v2.0.0" });
+    let answer = promoted.promote(rollback).await;
+    assert_eq!(answer["status"], "rolling_back", "{answer}");
+    assert_eq!(answer["task_definition_arn"], v1.as_str(), "{answer}");
+    let state = world.aws.native_state(&promoted.prod.cluster, "shop-api").await;
+    let stopped = &state["deployments"][0];
+    assert_eq!(
+        (stopped["serviceDeploymentArn"].as_str(), stopped["status"].as_str()),
+        (Some(baking.as_str()), Some("ROLLBACK_SUCCESSFUL")),
+        "{state}"
+    );
+    assert!(stopped["rollback"]["reason"].as_str().unwrap().contains("stop request"), "{state}");
+    assert_eq!(world.service(&promoted.prod.cluster, "shop-api").await.task_definition(), Some(v1.as_str()));
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "superseded", "{record}");
+    assert!(record["rollout"]["state"]["reason"].as_str().unwrap().contains("rolled back in flight"), "{record}");
+    // ECS's events of the stopped deployment change nothing more; v2.0.0 is not failed.
+    promoted.tell_the_monitor(&mut told).await;
+    assert_eq!(world.record("shop-api", "prod").await.unwrap()["rollout"]["state"]["kind"], "superseded");
+
+    // Promoted again, v2.0.0 is late in its bake: the sweep's failure path stops it the same way.
+    let again = promoted.promote(json!({ "app": "shop-api", "tag": "v2.0.0", "to": "prod" })).await;
+    assert_eq!(again["status"], "deploying", "{again}");
+    let baking = promoted.baking().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let before = world.service(&promoted.prod.cluster, "shop-api").await.deployments().len();
+    promoted.monitor.invoke(world.schedule_event()).await.response();
+    let state = world.aws.native_state(&promoted.prod.cluster, "shop-api").await;
+    let stopped = &state["deployments"][0];
+    assert_eq!(
+        (stopped["serviceDeploymentArn"].as_str(), stopped["status"].as_str()),
+        (Some(baking.as_str()), Some("ROLLBACK_SUCCESSFUL")),
+        "{state}"
+    );
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
+    assert_eq!(record["rollout"]["state"]["by"], "conveyor", "{record}");
+    assert_eq!(world.service(&promoted.prod.cluster, "shop-api").await.task_definition(), Some(v1.as_str()));
+    let after = world.service(&promoted.prod.cluster, "shop-api").await.deployments().len();
+    assert!(
+        after <= before + 1,
+        "Conveyor started a deployment of its own instead of stopping ECS's: {before} → {after}"
+    );
+    // Once ECS's rollback deployment completes, the sweep finds prod restored (the watch of a
+    // stopped deployment has no deployment id to match an event by).
+    promoted.tell_the_monitor(&mut told).await;
+    world.aws.settle(&promoted.prod.cluster, "shop-api", Settle::Complete).await;
+    let report = promoted.monitor.invoke(world.schedule_event()).await.response();
+    let prod = report["results"].as_array().unwrap().iter().find(|r| r["environment"] == "prod").cloned();
+    assert_eq!(prod.unwrap_or_default()["action"], "restored", "{report}");
 }

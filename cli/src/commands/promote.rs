@@ -437,6 +437,10 @@ async fn follow_rollout(
             None if response.status == PromoteStatus::AlreadyDeployed => {
                 break settled(Waited::AlreadyDeployed, Some(format!("{} already ran it", response.environment)), None)
             }
+            // Blue never stopped running: ECS moves the traffic back at once, nothing to follow.
+            None if response.status == PromoteStatus::RollingBack => {
+                break settled(Waited::AlreadyDeployed, Some("rolled back in flight".to_owned()), None)
+            }
             None => {}
         }
         if started.elapsed() >= timeout {
@@ -521,6 +525,11 @@ fn text(style: &Style, output: &PromoteOutput) -> String {
             lines.push(render(&table));
         }
         PromoteStatus::AlreadyDeployed => lines.push(format!("{env} already runs {what} ({revision}): nothing to do")),
+        PromoteStatus::RollingBack => lines.push(format!(
+            "{}: {env}'s deployment in flight is stopped and ECS moves all traffic back to {what} ({revision}), \
+             which never stopped running",
+            style.paint(output.status.as_str(), output.status)
+        )),
         PromoteStatus::AwaitingApproval => {
             let id = output.approval_id.as_deref().unwrap_or("-");
             lines.push(format!(

@@ -214,6 +214,19 @@ impl World {
         hook_stage: &str,
         hook_function: &str,
     ) {
+        self.use_native_strategy_baking(service, strategy, hook_stage, hook_function, 0).await;
+    }
+
+    /// [`World::use_native_strategy`] with a bake time of `bake_minutes` (scaled by the local AWS:
+    /// a minute lasts 3 s), during which the deployment is still in flight with blue running.
+    pub async fn use_native_strategy_baking(
+        &self,
+        service: &ServiceFixture,
+        strategy: &str,
+        hook_stage: &str,
+        hook_function: &str,
+        bake_minutes: i32,
+    ) {
         use aws_sdk_ecs::types::{
             CanaryConfiguration, DeploymentConfiguration, DeploymentLifecycleHook, DeploymentLifecycleHookStage,
             DeploymentStrategy, LinearConfiguration,
@@ -225,7 +238,7 @@ impl World {
             .build();
         let configuration = DeploymentConfiguration::builder()
             .strategy(DeploymentStrategy::from(strategy))
-            .bake_time_in_minutes(0)
+            .bake_time_in_minutes(bake_minutes)
             .lifecycle_hooks(hook)
             .linear_configuration(LinearConfiguration::builder().step_percent(50.0).build())
             .canary_configuration(CanaryConfiguration::builder().canary_percent(10.0).build())

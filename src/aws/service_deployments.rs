@@ -1,0 +1,83 @@
+//! ECS service deployments: what a native (`BLUE_GREEN`, `LINEAR`, `CANARY`) deployment in flight
+//! is, and stopping one with a rollback (blue still runs: ECS moves the traffic back at once).
+
+use aws_sdk_ecs::types::{ServiceDeploymentStatus, StopServiceDeploymentStopType};
+
+use super::{AwsError, Ecs};
+
+/// A native service deployment ECS has not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub arn: String,
+    /// The task definition it moves away from (blue), when ECS names exactly one source revision.
+    pub source_task_definition: Option<String>,
+}
+
+impl Ecs {
+    /// The service's native deployment still in flight (`PENDING` or `IN_PROGRESS`), with the task
+    /// definition it started from. Three reads when there is one (list, describe, its source
+    /// revision), one when there is none.
+    pub async fn native_in_flight(&self, cluster: &str, service: &str) -> Result<Option<InFlight>, AwsError> {
+        let listed = self
+            .client
+            .list_service_deployments()
+            .cluster(cluster)
+            .service(service)
+            .status(ServiceDeploymentStatus::Pending)
+            .status(ServiceDeploymentStatus::InProgress)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListServiceDeployments", e))?;
+        let Some(arn) = listed.service_deployments().iter().find_map(|d| d.service_deployment_arn()) else {
+            return Ok(None);
+        };
+        let described = self
+            .client
+            .describe_service_deployments()
+            .service_deployment_arns(arn)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeServiceDeployments", e))?;
+        let sources: Vec<&str> = described
+            .service_deployments()
+            .iter()
+            .filter(|d| d.service_deployment_arn() == Some(arn))
+            .flat_map(|d| d.source_service_revisions())
+            .filter_map(|r| r.arn())
+            .collect();
+        let source_task_definition = match sources[..] {
+            [one] => self.revision_task_definition(one).await?,
+            _ => None,
+        };
+        Ok(Some(InFlight { arn: arn.to_owned(), source_task_definition }))
+    }
+
+    /// The task definition of a service revision (`None`: ECS has no such revision).
+    async fn revision_task_definition(&self, revision_arn: &str) -> Result<Option<String>, AwsError> {
+        let output = self
+            .client
+            .describe_service_revisions()
+            .service_revision_arns(revision_arn)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeServiceRevisions", e))?;
+        Ok(output
+            .service_revisions()
+            .iter()
+            .find(|r| r.service_revision_arn() == Some(revision_arn))
+            .and_then(|r| r.task_definition())
+            .map(str::to_owned))
+    }
+
+    /// Stops the native deployment `arn` and rolls it back to its source revision.
+    pub async fn roll_back_in_flight(&self, arn: &str) -> Result<(), AwsError> {
+        self.client
+            .stop_service_deployment()
+            .service_deployment_arn(arn)
+            .stop_type(StopServiceDeploymentStopType::Rollback)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("StopServiceDeployment", e))?;
+        Ok(())
+    }
+}
