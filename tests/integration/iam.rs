@@ -52,9 +52,11 @@ async fn every_call_the_scenarios_make_is_allowed_by_the_templates() {
         run("stage gated on an alarm that fires during the soak: rolled back on its event", crate::alarms::fired_during_the_soak),
         run("stage gated on an alarm that fired and recovered unseen: rolled back at the soak's end", crate::alarms::recovered_unseen),
         run("a blue/green service: a good image passes the hook, a bad one fails it", crate::native::blue_green_story),
+        run("a blue/green deployment in flight stopped by a rollback, then by the sweep", crate::native::rolled_back_in_flight),
     );
     let mut report = Report::default();
-    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9] {
+    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9, runs.10]
+    {
         report.add(&name, &id, verdict);
     }
     println!("{}", report.summary());

@@ -368,8 +368,7 @@ struct Promoted {
 }
 
 impl Promoted {
-    async fn new() -> Promoted {
-        let world = World::new().await;
+    async fn in_world(world: World) -> Promoted {
         let test_url = world.aws.traffic_url("test", &world.name("pipeline-prod"), "shop-api");
         let shape = [("dev", json!({})), ("prod", json!({ "from": "dev" }))];
         let [dev, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
@@ -432,7 +431,13 @@ impl Promoted {
 
 #[tokio::test]
 async fn a_deployment_in_flight_is_rolled_back_by_stopping_it_from_a_rollback_or_the_sweep() {
-    let promoted = Promoted::new().await;
+    rolled_back_in_flight(World::new().await).await;
+}
+
+/// v1.0.0 verified in prod (blue/green); v2.0.0 stopped while it bakes, by a rollback, then by the
+/// sweep's failure path (the IAM test runs it too).
+pub async fn rolled_back_in_flight(world: World) {
+    let promoted = Promoted::in_world(world).await;
     let world = &promoted.world;
     let mut told = 0;
     promoted.verified_in_dev("v1.0.0", 1).await;

@@ -129,6 +129,20 @@ def _service_revisions(call: Call) -> list[Authorization]:
     return needed
 
 
+def _service_deployments(action: str):
+    # arn:aws:ecs:{region}:{account}:service-deployment/{cluster}/{service}/{id}, each authorised on
+    # itself (DescribeServiceDeployments names several, StopServiceDeployment one).
+    def needed(call: Call) -> list[Authorization]:
+        arns = call.request.get("serviceDeploymentArns") or [call.request.get("serviceDeploymentArn", "")]
+        return [Authorization(action, arn) for arn in arns]
+    return needed
+
+
+def _list_service_deployments(call: Call) -> list[Authorization]:
+    # Authorised on the service.
+    return [Authorization("ecs:ListServiceDeployments", _service_arn(call, call.request["service"]))]
+
+
 def _star(action: str):
     return lambda call: [Authorization(action, "*")]
 
@@ -186,6 +200,9 @@ def _ecr_repository(call: Call) -> list[Authorization]:
 _HANDLERS = {
     ("ecs", "DescribeServices"): _describe_services,
     ("ecs", "DescribeServiceRevisions"): _service_revisions,
+    ("ecs", "ListServiceDeployments"): _list_service_deployments,
+    ("ecs", "DescribeServiceDeployments"): _service_deployments("ecs:DescribeServiceDeployments"),
+    ("ecs", "StopServiceDeployment"): _service_deployments("ecs:StopServiceDeployment"),
     ("ecs", "UpdateService"): _update_service,
     ("ecs", "RegisterTaskDefinition"): _register_task_definition,
     ("ecs", "DescribeTaskDefinition"): _star("ecs:DescribeTaskDefinition"),
