@@ -1,5 +1,6 @@
 //! ECS service deployments: what a native (`BLUE_GREEN`, `LINEAR`, `CANARY`) deployment in flight
-//! is, and stopping one with a rollback (blue still runs: ECS moves the traffic back at once).
+//! is, stopping one with a rollback (blue still runs: ECS moves the traffic back at once), and why
+//! ECS rolled one back.
 
 use aws_sdk_ecs::types::{ServiceDeploymentStatus, StopServiceDeploymentStopType};
 
@@ -67,6 +68,49 @@ impl Ecs {
             .find(|r| r.service_revision_arn() == Some(revision_arn))
             .and_then(|r| r.task_definition())
             .map(str::to_owned))
+    }
+
+    /// Why ECS rolled back the service's newest rolled-back native deployment, in ECS's words, with
+    /// the alarms it found in ALARM (`None`: none was rolled back). Two reads.
+    pub async fn rollback_reason(&self, cluster: &str, service: &str) -> Result<Option<String>, AwsError> {
+        let listed = self
+            .client
+            .list_service_deployments()
+            .cluster(cluster)
+            .service(service)
+            .status(ServiceDeploymentStatus::RollbackSuccessful)
+            .status(ServiceDeploymentStatus::RollbackFailed)
+            .status(ServiceDeploymentStatus::RollbackInProgress)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListServiceDeployments", e))?;
+        let newest = listed
+            .service_deployments()
+            .iter()
+            .filter(|d| d.service_deployment_arn().is_some())
+            .max_by_key(|d| d.created_at().map(|at| (at.secs(), at.subsec_nanos())));
+        let Some(arn) = newest.and_then(|d| d.service_deployment_arn()) else { return Ok(None) };
+        let described = self
+            .client
+            .describe_service_deployments()
+            .service_deployment_arns(arn)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeServiceDeployments", e))?;
+        let Some(deployment) = described.service_deployments().iter().find(|d| d.service_deployment_arn() == Some(arn))
+        else {
+            return Ok(None);
+        };
+        let reason =
+            deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).unwrap_or("no reason given");
+        let alarms: Vec<&str> = deployment
+            .alarms()
+            .map(|a| a.triggered_alarm_names().iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        Ok(Some(match alarms[..] {
+            [] => format!("ECS rolled the deployment back: {reason}"),
+            _ => format!("ECS rolled the deployment back: {reason} (alarms in ALARM: {})", alarms.join(", ")),
+        }))
     }
 
     /// Stops the native deployment `arn` and rolls it back to its source revision.

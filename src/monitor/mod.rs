@@ -668,9 +668,9 @@ fn native_rollback(strategy: &aws_sdk_ecs::types::DeploymentStrategy) -> &'stati
     }
 }
 
-/// What ECS says about a failed deployment (stopped tasks) and, for a native one, why Conveyor's
-/// lifecycle hook failed it: best effort and bounded, the alert is worth more on time than
-/// complete.
+/// What ECS says about a failed deployment (stopped tasks) and, for a native one, why ECS rolled
+/// it back (its service deployment's `rollback.reason` and alarms) and why Conveyor's lifecycle
+/// hook failed it: best effort and bounded, the alert is worth more on time than complete.
 async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceState) -> Vec<String> {
     let Some(id) = &rollout.deployment_id else { return Vec::new() };
     let stopped = here.target.ecs.stopped_tasks(&here.target.service.cluster, id, 3);
@@ -679,6 +679,14 @@ async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceStat
         .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
         .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")]);
     if service.native_strategy.is_some() {
+        let target = here.target.service;
+        let why = here.target.ecs.rollback_reason(&target.cluster, &target.service);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), why).await {
+            Ok(Ok(Some(why))) => lines.push(why),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => lines.push(format!("(ECS's service deployment unavailable: {error})")),
+            Err(_) => lines.push("(ECS's service deployment: ECS did not answer in time)".into()),
+        }
         match here.ledger().hook_failures(&here.app.name, here.env, rollout.started_at).await {
             Ok(failures) => lines.extend(
                 failures

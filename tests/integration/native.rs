@@ -167,6 +167,10 @@ async fn blue_green_with_a_bad_image_fails_on_test_traffic_and_production_never_
     assert!(alert.contains("ECS already rolled back the blue/green deployment"), "{alert}");
     assert!(alert.contains("Conveyor's lifecycle hook answered FAILED at POST_TEST_TRAFFIC_SHIFT"), "{alert}");
     assert!(alert.contains("HTTP 503"), "{alert}");
+    assert!(
+        alert.contains("ECS rolled the deployment back: Service deployment rolled back: lifecycle hook"),
+        "{alert}"
+    );
     let record = native.world.record("shop-api", "dev").await.unwrap();
     assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
 }

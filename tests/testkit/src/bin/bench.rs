@@ -493,7 +493,7 @@ async fn main() {
     );
 
     println!("\nBinary sizes:");
-    for function in ["stage-deploy", "deploy-monitor", "promote"] {
+    for function in ["stage-deploy", "deploy-monitor", "promote", "deploy-hook"] {
         let size = std::fs::metadata(Program::release(function).path).map(|m| m.len()).unwrap_or(0);
         println!("- `{function}`: {:.1} MiB", size as f64 / 1_048_576.0);
     }
