@@ -113,14 +113,73 @@ pub fn declined(
     rejected: Option<(&str, &str)>,
     now: DateTime<Utc>,
 ) -> Change<EnvState> {
-    let (outcome, by, reason) = match rejected {
-        Some((by, reason)) => (Outcome::Rejected, Some(by.to_owned()), reason.to_owned()),
-        None => (
-            Outcome::ApprovalExpired,
-            None,
-            format!("nobody approved it by {}", request.expires_at.format("%Y-%m-%d %H:%M UTC")),
-        ),
-    };
+    match rejected {
+        Some((by, reason)) => ended(app, env, state, request, Outcome::Rejected, Some(by), reason.to_owned(), now),
+        None => {
+            let reason = format!("nobody approved it by {}", request.expires_at.format("%Y-%m-%d %H:%M UTC"));
+            ended(app, env, state, request, Outcome::ApprovalExpired, None, reason, now)
+        }
+    }
+}
+
+/// Ends the pending request of an ECS pause hook that no longer awaits action (the deployment
+/// went on, was rolled back or timed out): nothing is decided, `approval_expired` with why.
+pub fn lapsed(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    request: &ApprovalRequest,
+    why: String,
+    now: DateTime<Utc>,
+) -> Change<EnvState> {
+    ended(app, env, state, request, Outcome::ApprovalExpired, None, why, now)
+}
+
+/// The pending request of an ECS pause hook, approved: ECS was told to go on (`approved`).
+pub fn continued(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    request: &ApprovalRequest,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Change<EnvState> {
+    let mut change = Change::new(state.clone());
+    let hook = request.pause.as_ref().map(|p| p.hook_id.as_str()).unwrap_or("-");
+    let reason = format!("ECS's pause hook {hook} continues the deployment");
+    let mut entry = HistoryEntry::new(&app.name, env, Outcome::Approved, now);
+    entry.tag = Some(request.tag.clone());
+    entry.digest = Some(request.digest.clone());
+    entry.requested_by = Some(request.requested_by.clone());
+    entry.approved_by = Some(by.to_owned());
+    entry.approval_id = Some(request.id.clone());
+    entry.reason = Some(reason.clone());
+    change.history.push(entry);
+    let mut notification = Notification::of_service(app, env, Outcome::Approved, Severity::Info);
+    notification.tag = Some(request.tag.clone());
+    notification.digest = Some(request.digest.clone());
+    notification.requested_by = Some(request.requested_by.clone());
+    notification.approved_by = Some(by.to_owned());
+    notification.approval_id = Some(request.id.clone());
+    notification.reason = Some(reason);
+    change.announcements.push(Announcement::new(notification, app));
+    change.state.approval = None;
+    change
+}
+
+/// Ends the pending `request` without a rollout, as `outcome`.
+#[allow(clippy::too_many_arguments)]
+fn ended(
+    app: &AppConfig,
+    env: Environment,
+    state: &EnvState,
+    request: &ApprovalRequest,
+    outcome: Outcome,
+    by: Option<&str>,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Change<EnvState> {
+    let by = by.map(str::to_owned);
     let mut change = Change::new(state.clone());
     let mut entry = HistoryEntry::new(&app.name, env, outcome, now);
     entry.tag = Some(request.tag.clone());
@@ -230,6 +289,7 @@ mod tests {
             forced: false,
             requested_at: at,
             expires_at: at + chrono::Duration::hours(24),
+            pause: None,
         }
     }
 

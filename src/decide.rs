@@ -2,20 +2,21 @@
 //! the ones nobody decided in time (deploy-monitor's sweep). The rules and transitions are
 //! [`crate::approval`]'s; approving runs the request's promotion through promote's own flow.
 
+use aws_sdk_ecs::types::DeploymentLifecycleHookAction;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
 
-use crate::approval::{declined, gone, may_decide, pending, Approved, Verdict};
+use crate::approval::{continued, declined, gone, lapsed, may_decide, pending, Approved, Verdict};
 use crate::config::{AppConfig, Approval, ConfigSet, Configs};
 use crate::error::{Error, InvalidRequest};
 use crate::fleet::Fleet;
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Item, ItemKey, Lease};
 use crate::promote::{self, ImageRef};
-use crate::record::EnvState;
+use crate::record::{ApprovalRequest, EnvState, PauseHook};
 use crate::types::{AppName, Environment, Requester};
-use crate::vocabulary::Outcome;
+use crate::vocabulary::{Outcome, PromoteStatus};
 use crate::Invocation;
 
 /// `conveyor approve` or `reject`, as the promote function receives it.
@@ -50,19 +51,20 @@ pub enum Decided {
     Rejected(Rejection),
 }
 
-/// The environment a decision is about: the named one, else the app's one environment with
+/// The environment a decision is about: the named one (its approvals, if its config has them:
+/// an ECS pause hook is decided in any environment), else the app's one environment with
 /// approvals.
-fn environment(app: &AppConfig, asked: Option<Environment>) -> Result<(Environment, &Approval), Error> {
+fn environment(app: &AppConfig, asked: Option<Environment>) -> Result<(Environment, Option<&Approval>), Error> {
     if let Some(env) = asked {
         app.target(env)?;
-        return app
-            .pipeline
-            .approval(env)
-            .map(|approval| (env, approval))
-            .ok_or_else(|| InvalidRequest::NoApprovals { app: app.name.clone(), environment: env }.into());
+        return Ok((env, app.pipeline.approval(env)));
     }
-    let with: Vec<_> =
-        app.pipeline.environments.iter().filter_map(|e| app.pipeline.approval(e.name).map(|a| (e.name, a))).collect();
+    let with: Vec<_> = app
+        .pipeline
+        .environments
+        .iter()
+        .filter_map(|e| app.pipeline.approval(e.name).map(|a| (e.name, Some(a))))
+        .collect();
     match with[..] {
         [one] => Ok(one),
         _ => {
@@ -87,8 +89,16 @@ pub async fn decide(
     };
     let (env, approval) = environment(app, decision.environment)?;
     let state = leases.ledger.env::<EnvState>(&app.name, env).await?.map(|(state, _)| state);
+    let pause_pending = state.as_ref().and_then(EnvState::pending_approval).is_some_and(|r| r.pause.is_some());
+    let approval = match approval {
+        Some(approval) => approval.clone(),
+        // An environment without approvals of its own: only a pause hook is decided there, by
+        // any verified identity but the requester's.
+        None if pause_pending => Approval { approvers: Vec::new(), timeout: std::time::Duration::from_secs(86_400) },
+        None => return Err(InvalidRequest::NoApprovals { app: app.name.clone(), environment: env }.into()),
+    };
     let request = pending(app, env, state.as_ref(), decision.approval_id.as_deref())?.clone();
-    let by = may_decide(approval, &request, invocation.identity.as_deref(), &decision.verdict)?;
+    let by = may_decide(&approval, &request, invocation.identity.as_deref(), &decision.verdict)?;
     if request.expires_at <= Utc::now() {
         expire(fleet, leases, app, env, invocation).await?;
         return Err(InvalidRequest::ApprovalExpired {
@@ -98,6 +108,9 @@ pub async fn decide(
             at: request.expires_at,
         }
         .into());
+    }
+    if let Some(hook) = request.pause.clone() {
+        return decide_pause(fleet, leases, (app, env), request, &hook, by, &decision.verdict, invocation).await;
     }
     match &decision.verdict {
         Verdict::Approve => {
@@ -147,6 +160,98 @@ pub async fn decide(
             }))
         }
     }
+}
+
+/// Decides an ECS pause hook's approval: `ContinueServiceDeployment` with `CONTINUE` (approve) or
+/// `ROLLBACK` (reject), then the request ends, in one transaction. A hook ECS no longer holds
+/// (the deployment went on, was rolled back, timed out, or another hook holds it now) is refused
+/// as [`InvalidRequest::StaleHook`], and its request ends.
+#[allow(clippy::too_many_arguments)]
+async fn decide_pause(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    (app, env): (&AppConfig, Environment),
+    request: ApprovalRequest,
+    hook: &PauseHook,
+    by: String,
+    verdict: &Verdict,
+    invocation: &Invocation,
+) -> Result<Decided, Error> {
+    let (action, what) = match verdict {
+        Verdict::Approve => (DeploymentLifecycleHookAction::Continue, "continued"),
+        Verdict::Reject { .. } => (DeploymentLifecycleHookAction::Rollback, "rolled back"),
+    };
+    let lease = Lease::new(ItemKey::env(&app.name, env), format!("pause hook decided by {by}"), invocation).patient();
+    let aws = |error: crate::aws::AwsError| Error::Deploy(vec![(app.name.clone(), error.into())]);
+    let task_definition_arn = leases
+        .with_env(lease, fleet, app, env, async |here: &mut Leased<'_>| {
+            let state = here.state()?.clone();
+            let Some(request) = state.pending_approval().filter(|r| r.id == request.id).cloned() else {
+                return Err(gone(app, env, Some(&state), Some(&request.id)));
+            };
+            let (ecs, target) = (&here.target.ecs, here.target.service);
+            let held = ecs.awaiting_pause(&target.cluster, &target.service).await.map_err(aws)?;
+            let holds = held
+                .is_some_and(|h| h.hook_id == hook.hook_id && h.service_deployment_arn == hook.service_deployment_arn);
+            let answered = if holds {
+                match ecs.continue_paused(&hook.service_deployment_arn, &hook.hook_id, action.clone()).await {
+                    Ok(()) => true,
+                    Err(error) if error.rejected => false,
+                    Err(error) => return Err(aws(error)),
+                }
+            } else {
+                false
+            };
+            let now = Utc::now();
+            if !answered {
+                let why = format!("ECS's pause hook {} no longer awaits action", hook.hook_id);
+                here.commit(lapsed(app, env, &state, &request, why, now)).await?;
+                let (app, environment) = (app.name.clone(), env);
+                let (hook_id, approval_id) = (hook.hook_id.clone(), request.id.clone());
+                return Err(InvalidRequest::StaleHook { app, environment, hook_id, approval_id }.into());
+            }
+            info!(environment = %env, tag = %request.tag, digest = %request.digest, approval_id = %request.id,
+                hook_id = %hook.hook_id, service_deployment_arn = %hook.service_deployment_arn, decided_by = %by,
+                "pause hook {what}");
+            let change = match verdict {
+                Verdict::Approve => continued(app, env, &state, &request, &by, now),
+                Verdict::Reject { reason } => declined(app, env, &state, &request, Some((&by, reason)), now),
+            };
+            here.commit(change).await?;
+            Ok(state.rollout.as_ref().map(|r| r.task_definition_arn.clone()).unwrap_or_default())
+        })
+        .await?;
+    Ok(match verdict {
+        Verdict::Approve => Decided::Approved(Box::new(promote::Response {
+            app: app.name.to_string(),
+            environment: env,
+            tag: request.tag.to_string(),
+            digest: request.digest.to_string(),
+            task_definition_arn,
+            status: PromoteStatus::Deploying,
+            forced: false,
+            requested_by: Some(request.requested_by),
+            on_behalf_of: request.on_behalf_of,
+            current_image: None,
+            current_digest: None,
+            current_tag: None,
+            image: None,
+            approval_id: Some(request.id),
+            approved_by: Some(by),
+            expires_at: None,
+        })),
+        Verdict::Reject { reason } => Decided::Rejected(Rejection {
+            app: app.name.to_string(),
+            environment: env,
+            approval_id: request.id,
+            tag: request.tag.to_string(),
+            digest: request.digest.to_string(),
+            status: Outcome::Rejected,
+            requested_by: request.requested_by,
+            rejected_by: by,
+            reason: reason.clone(),
+        }),
+    })
 }
 
 /// Ends the pending approval of `env` if it has expired (under the environment's lease).

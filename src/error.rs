@@ -164,6 +164,8 @@ pub enum InvalidRequest {
     NothingToApprove { app: AppName, environment: Environment, last: Option<String> },
     #[error("approval {asked} is no longer pending: {app} {environment} now awaits approval {pending}")]
     OtherApproval { app: AppName, environment: Environment, asked: String, pending: String },
+    #[error("ECS's pause hook {hook_id} of {app} {environment} no longer awaits action (the deployment went on, was rolled back or timed out): approval {approval_id} ended, nothing changed")]
+    StaleHook { app: AppName, environment: Environment, hook_id: String, approval_id: String },
     #[error("the approval of {app} {environment} {tag} expired at {}: request the promotion again", .at.format("%Y-%m-%d %H:%M UTC"))]
     ApprovalExpired { app: AppName, environment: Environment, tag: ImageTag, at: chrono::DateTime<chrono::Utc> },
     /// The request names an environment the app does not have.

@@ -17,6 +17,7 @@ pub const ECR_IMAGE_ACTION: &str = "ECR Image Action";
 const ECR_IMAGE_ACTION_KIND: &str = "ECR push";
 pub const ECS_SOURCE: &str = "aws.ecs";
 pub const ECS_DEPLOYMENT_STATE_CHANGE: &str = "ECS Deployment State Change";
+pub const ECS_HOOK_STATE_CHANGE: &str = "ECS Hook State Change";
 pub const CLOUDWATCH_SOURCE: &str = "aws.cloudwatch";
 pub const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
 pub const SCHEDULE_SOURCE: &str = "aws.events";
@@ -185,6 +186,25 @@ pub enum MonitorEvent {
     SoakTimer,
     /// A CloudWatch alarm entered ALARM: the environments gated on it fail their rollout.
     Alarm(AlarmEvent),
+    /// A pause hook of a native deployment awaits action (`ECS Hook State Change`,
+    /// `HOOK_AWAITING_ACTION`): an approval request. Only the service is taken from the event;
+    /// the hook itself is read from ECS.
+    HookAwaitingAction(HookEvent),
+}
+
+/// An `ECS Hook State Change` event: the service whose deployment a hook holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEvent {
+    pub event_id: Option<String>,
+    pub service_arn: String,
+    service: ServiceArn,
+}
+
+impl HookEvent {
+    /// Where the service is.
+    pub fn place(&self) -> crate::config::Place<'_> {
+        self.service.place()
+    }
 }
 
 /// A CloudWatch alarm that entered ALARM ("CloudWatch Alarm State Change").
@@ -231,6 +251,9 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
     if event.source == CLOUDWATCH_SOURCE && event.detail_type == ALARM_STATE_CHANGE {
         return alarm(event);
     }
+    if event.source == ECS_SOURCE && event.detail_type == ECS_HOOK_STATE_CHANGE {
+        return hook_state_change(event);
+    }
     if event.source != ECS_SOURCE || event.detail_type != ECS_DEPLOYMENT_STATE_CHANGE {
         return Ok(Err(Skip(format!("not an ECS deployment state change ({} / {})", event.source, event.detail_type))));
     }
@@ -264,6 +287,39 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         deployment_id,
         reason: detail.reason,
     }))))
+}
+
+fn hook_state_change(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, InvalidEvent> {
+    let name = event.detail.get("eventName").and_then(Value::as_str).unwrap_or("(none)");
+    if name != "HOOK_AWAITING_ACTION" {
+        return Ok(Err(Skip(format!("hook event {name} needs no action"))));
+    }
+    // The service's ARN: in `resources` (as in deployment events), or the service deployment's
+    // there or in the detail (`service-deployment/{cluster}/{service}/{id}`; the event's shape is
+    // not documented: see tests/localaws/ASSUMPTIONS.md).
+    let named = event.resources.into_iter().flatten().chain(
+        ["serviceArn", "serviceDeploymentArn"]
+            .iter()
+            .filter_map(|key| event.detail.get(*key).and_then(Value::as_str).map(str::to_owned)),
+    );
+    let service_arn = named
+        .filter_map(|arn| service_of(&arn))
+        .next()
+        .ok_or_else(|| InvalidEvent(format!("{ECS_HOOK_STATE_CHANGE} without a service ARN in `resources`")))?;
+    let service = parse_service_arn(&service_arn)
+        .ok_or_else(|| InvalidEvent(format!("{ECS_HOOK_STATE_CHANGE} with an invalid service ARN {service_arn:?}")))?;
+    let event_id = bounded(ECS_HOOK_STATE_CHANGE, "id", event.id, MAX_ENVELOPE_MEMBER)?;
+    Ok(Ok(MonitorEvent::HookAwaitingAction(HookEvent { event_id, service_arn, service })))
+}
+
+/// The service an ECS ARN names: a service's own, or the service of a service deployment.
+fn service_of(arn: &str) -> Option<String> {
+    if arn.contains(":service/") {
+        return Some(arn.to_owned());
+    }
+    let (head, path) = arn.split_once(":service-deployment/")?;
+    let (service, _id) = path.rsplit_once('/')?;
+    Some(format!("{head}:service/{service}"))
 }
 
 fn alarm(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, InvalidEvent> {
@@ -573,5 +629,29 @@ mod tests {
         let mut nameless = alarm_change("ALARM");
         nameless["detail"]["alarmName"] = json!("");
         assert!(matches!(monitor(nameless), Err(InvalidEvent(m)) if m.contains("alarmName")));
+    }
+    #[test]
+    fn a_pause_hook_awaiting_action_names_its_service_and_other_hook_events_are_skipped() {
+        let event = |resources: Value, detail: Value| {
+            json!({ "version": "0", "id": "e1", "source": "aws.ecs", "detail-type": "ECS Hook State Change",
+                    "account": "123456789012", "region": "us-east-1", "time": "2026-12-04T10:00:00Z",
+                    "resources": resources, "detail": detail })
+        };
+        let service = "arn:aws:ecs:us-east-1:123456789012:service/prod/shop-api";
+        let awaiting = json!({ "eventName": "HOOK_AWAITING_ACTION" });
+        let Ok(Ok(MonitorEvent::HookAwaitingAction(hook))) = monitor(event(json!([service]), awaiting.clone())) else {
+            panic!("not a hook event")
+        };
+        assert_eq!(hook.service_arn, service);
+        // Only the service deployment named: its service.
+        let deployment = json!({ "eventName": "HOOK_AWAITING_ACTION",
+            "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/prod/shop-api/abc" });
+        let Ok(Ok(MonitorEvent::HookAwaitingAction(hook))) = monitor(event(json!([]), deployment)) else {
+            panic!("not a hook event")
+        };
+        assert_eq!(hook.service_arn, service);
+        assert!(matches!(monitor(event(json!([service]), json!({ "eventName": "HOOK_SUCCEEDED" }))), Ok(Err(_))));
+        let invalid = monitor(event(json!(["arn:aws:ecs:us-east-1:1:cluster/prod"]), awaiting)).unwrap_err();
+        assert!(invalid.0.contains("without a service ARN"), "{invalid}");
     }
 }

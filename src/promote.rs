@@ -319,7 +319,7 @@ enum Done {
     /// Rolling out (or already running): the revision, the status, whether forced.
     Started(String, PromoteStatus, bool),
     /// Waiting for an approval; the revision the environment runs meanwhile.
-    Awaiting(ApprovalRequest, String),
+    Awaiting(Box<ApprovalRequest>, String),
 }
 
 /// The answer to a promotion waiting for `pending`'s approval.
@@ -379,13 +379,14 @@ async fn request_approval(
         forced: request.force && resolved.failure.is_some(),
         requested_at: now,
         expires_at: now + chrono::Duration::from_std(approval.timeout).unwrap_or(chrono::Duration::days(1)),
+        pause: None,
     };
     let replaces = state.last_verified.as_ref().map(|v| format!("{} ({})", v.tag, v.digest.short()));
     let running = state.known_good().arn;
     info!(environment = %here.env, tag = %pending.tag, digest = %pending.digest, approval_id = %pending.id,
         requested_by = %pending.requested_by, expires_at = %pending.expires_at, "promotion awaits approval");
     here.commit(crate::approval::requested(here.app, here.env, &state, pending.clone(), replaces)).await?;
-    Ok(Done::Awaiting(pending, running))
+    Ok(Done::Awaiting(Box::new(pending), running))
 }
 
 async fn promote_leased(

@@ -103,6 +103,21 @@ pub struct ApprovalRequest {
     pub forced: bool,
     pub requested_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Set when ECS asks, not a promotion: a pause hook of the native deployment of the rollout in
+    /// flight awaits this decision (approve: `ContinueServiceDeployment(CONTINUE)`, reject:
+    /// `ROLLBACK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseHook>,
+}
+
+/// A pause hook ECS holds a native deployment at (`AWAITING_ACTION`), as
+/// `DescribeServiceDeployments` reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseHook {
+    pub service_deployment_arn: String,
+    pub hook_id: String,
+    /// The rollout whose deployment it holds.
+    pub rollout_id: String,
 }
 
 /// A verified rollout keeping its image running for the environment's `soak`.

@@ -16,7 +16,7 @@ pub use ecs::{
     is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState, Unmodeled,
 };
 pub use raw::RawCapture;
-pub use service_deployments::InFlight;
+pub use service_deployments::{AwaitingHook, InFlight};
 pub use sns::Sns;
 pub use ssm::{Parameter, Ssm};
 pub use sts::Callers;

@@ -1,8 +1,12 @@
 //! ECS service deployments: what a native (`BLUE_GREEN`, `LINEAR`, `CANARY`) deployment in flight
-//! is, stopping one with a rollback (blue still runs: ECS moves the traffic back at once), and why
-//! ECS rolled one back.
+//! is, stopping one with a rollback (blue still runs: ECS moves the traffic back at once), the
+//! pause hook holding one, and why ECS rolled one back.
 
-use aws_sdk_ecs::types::{ServiceDeploymentStatus, StopServiceDeploymentStopType};
+use aws_sdk_ecs::types::{
+    DeploymentLifecycleHookAction, DeploymentLifecycleHookStatus, DeploymentLifecycleHookTargetType, ServiceDeployment,
+    ServiceDeploymentStatus, StopServiceDeploymentStopType,
+};
+use chrono::{DateTime, Utc};
 
 use super::{AwsError, Ecs};
 
@@ -14,11 +18,71 @@ pub struct InFlight {
     pub source_task_definition: Option<String>,
 }
 
+/// A pause hook holding a native deployment in flight (`AWAITING_ACTION`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitingHook {
+    pub service_deployment_arn: String,
+    pub hook_id: String,
+    /// When ECS takes the hook's timeout action.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 impl Ecs {
     /// The service's native deployment still in flight (`PENDING` or `IN_PROGRESS`), with the task
     /// definition it started from. Three reads when there is one (list, describe, its source
     /// revision), one when there is none.
     pub async fn native_in_flight(&self, cluster: &str, service: &str) -> Result<Option<InFlight>, AwsError> {
+        let Some(deployment) = self.deployment_in_flight(cluster, service).await? else { return Ok(None) };
+        let sources: Vec<&str> = deployment.source_service_revisions().iter().filter_map(|r| r.arn()).collect();
+        let source_task_definition = match sources[..] {
+            [one] => self.revision_task_definition(one).await?,
+            _ => None,
+        };
+        let arn = deployment.service_deployment_arn().unwrap_or_default().to_owned();
+        Ok(Some(InFlight { arn, source_task_definition }))
+    }
+
+    /// The pause hook awaiting action on the service's native deployment in flight, if any. Two
+    /// reads (one when nothing is in flight).
+    pub async fn awaiting_pause(&self, cluster: &str, service: &str) -> Result<Option<AwaitingHook>, AwsError> {
+        let Some(deployment) = self.deployment_in_flight(cluster, service).await? else { return Ok(None) };
+        let arn = deployment.service_deployment_arn().unwrap_or_default();
+        Ok(deployment
+            .lifecycle_hook_details()
+            .iter()
+            .find(|hook| {
+                hook.target_type() == Some(&DeploymentLifecycleHookTargetType::Pause)
+                    && hook.status() == Some(&DeploymentLifecycleHookStatus::AwaitingAction)
+            })
+            .and_then(|hook| {
+                Some(AwaitingHook {
+                    service_deployment_arn: arn.to_owned(),
+                    hook_id: hook.hook_id()?.to_owned(),
+                    expires_at: hook.expires_at().and_then(|at| DateTime::from_timestamp(at.secs(), at.subsec_nanos())),
+                })
+            }))
+    }
+
+    /// Answers the pause hook `hook_id` of deployment `arn`: go on, or roll back.
+    pub async fn continue_paused(
+        &self,
+        arn: &str,
+        hook_id: &str,
+        action: DeploymentLifecycleHookAction,
+    ) -> Result<(), AwsError> {
+        self.client
+            .continue_service_deployment()
+            .service_deployment_arn(arn)
+            .hook_id(hook_id)
+            .action(action)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ContinueServiceDeployment", e))?;
+        Ok(())
+    }
+
+    /// The service's deployment in flight, described.
+    async fn deployment_in_flight(&self, cluster: &str, service: &str) -> Result<Option<ServiceDeployment>, AwsError> {
         let listed = self
             .client
             .list_service_deployments()
@@ -32,6 +96,10 @@ impl Ecs {
         let Some(arn) = listed.service_deployments().iter().find_map(|d| d.service_deployment_arn()) else {
             return Ok(None);
         };
+        self.describe_deployment(arn).await
+    }
+
+    async fn describe_deployment(&self, arn: &str) -> Result<Option<ServiceDeployment>, AwsError> {
         let described = self
             .client
             .describe_service_deployments()
@@ -39,18 +107,11 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DescribeServiceDeployments", e))?;
-        let sources: Vec<&str> = described
-            .service_deployments()
-            .iter()
-            .filter(|d| d.service_deployment_arn() == Some(arn))
-            .flat_map(|d| d.source_service_revisions())
-            .filter_map(|r| r.arn())
-            .collect();
-        let source_task_definition = match sources[..] {
-            [one] => self.revision_task_definition(one).await?,
-            _ => None,
-        };
-        Ok(Some(InFlight { arn: arn.to_owned(), source_task_definition }))
+        Ok(described
+            .service_deployments
+            .unwrap_or_default()
+            .into_iter()
+            .find(|d| d.service_deployment_arn() == Some(arn)))
     }
 
     /// The task definition of a service revision (`None`: ECS has no such revision).
@@ -90,17 +151,7 @@ impl Ecs {
             .filter(|d| d.service_deployment_arn().is_some())
             .max_by_key(|d| d.created_at().map(|at| (at.secs(), at.subsec_nanos())));
         let Some(arn) = newest.and_then(|d| d.service_deployment_arn()) else { return Ok(None) };
-        let described = self
-            .client
-            .describe_service_deployments()
-            .service_deployment_arns(arn)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DescribeServiceDeployments", e))?;
-        let Some(deployment) = described.service_deployments().iter().find(|d| d.service_deployment_arn() == Some(arn))
-        else {
-            return Ok(None);
-        };
+        let Some(deployment) = self.describe_deployment(arn).await? else { return Ok(None) };
         let reason =
             deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).unwrap_or("no reason given");
         let alarms: Vec<&str> = deployment

@@ -8,6 +8,7 @@
 
 pub mod alarms;
 pub mod decide;
+mod pause_hook;
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -88,6 +89,9 @@ pub async fn handle(
         Ok(Ok(MonitorEvent::Sweep)) => Box::pin(sweep(configs, fleet, leases, prober, invocation)).await,
         Ok(Ok(MonitorEvent::Alarm(event))) => {
             Box::pin(on_alarm(configs, fleet, leases, prober, &event, invocation)).await
+        }
+        Ok(Ok(MonitorEvent::HookAwaitingAction(event))) => {
+            Box::pin(pause_hook::on_hook(configs, fleet, leases, &event, invocation)).await
         }
         Ok(Ok(MonitorEvent::SoakTimer)) => {
             // One Query when nothing soaks (every minute): the configs are read only for a soak due.

@@ -39,24 +39,26 @@ const DENIED_BY_DESIGN: &[(&str, &str, &str)] = &[(
 
 #[tokio::test]
 async fn every_call_the_scenarios_make_is_allowed_by_the_templates() {
+    // Each boxed: twelve scenarios' futures side by side overflow the test thread's stack.
     let runs = tokio::join!(
-        run("the demo story (push, verify, promote here and in another account with the CLI, a stage rollback, status, history)", demo_story),
-        run("the CLI docs' story (promote, a prod rollback, pause, resume --deploy-latest, rollback, config put)", |world| async {
+        Box::pin(run("the demo story (push, verify, promote here and in another account with the CLI, a stage rollback, status, history)", demo_story)),
+        Box::pin(run("the CLI docs' story (promote, a prod rollback, pause, resume --deploy-latest, rollback, config put)", |world| async {
             crate::cli_docs::story(world).await;
-        }),
-        run("prod in another account (a refused promotion, a promotion, a rollback there)", crate::cross_account::prod_in_another_account),
-        run("a deregistered rollback target registered again", crate::holes_monitor::deregistered_rollback_target),
-        run("prod in another region of this account (promote, verify)", crate::cross_account::prod_in_another_region),
-        run("a rollout replaced outside Conveyor, found by the sweep", crate::holes_monitor::superseded_by_the_sweep),
-        run("dev → stage (auto) → prod: an auto promotion by deploy-monitor, a promotion by hand", crate::pipelines::auto_promotion),
-        run("stage gated on an alarm that fires during the soak: rolled back on its event", crate::alarms::fired_during_the_soak),
-        run("stage gated on an alarm that fired and recovered unseen: rolled back at the soak's end", crate::alarms::recovered_unseen),
-        run("a blue/green service: a good image passes the hook, a bad one fails it", crate::native::blue_green_story),
-        run("a blue/green deployment in flight stopped by a rollback, then by the sweep", crate::native::rolled_back_in_flight),
+        })),
+        Box::pin(run("prod in another account (a refused promotion, a promotion, a rollback there)", crate::cross_account::prod_in_another_account)),
+        Box::pin(run("a deregistered rollback target registered again", crate::holes_monitor::deregistered_rollback_target)),
+        Box::pin(run("prod in another region of this account (promote, verify)", crate::cross_account::prod_in_another_region)),
+        Box::pin(run("a rollout replaced outside Conveyor, found by the sweep", crate::holes_monitor::superseded_by_the_sweep)),
+        Box::pin(run("dev → stage (auto) → prod: an auto promotion by deploy-monitor, a promotion by hand", crate::pipelines::auto_promotion)),
+        Box::pin(run("stage gated on an alarm that fires during the soak: rolled back on its event", crate::alarms::fired_during_the_soak)),
+        Box::pin(run("stage gated on an alarm that fired and recovered unseen: rolled back at the soak's end", crate::alarms::recovered_unseen)),
+        Box::pin(run("a blue/green service: a good image passes the hook, a bad one fails it", crate::native::blue_green_story)),
+        Box::pin(run("a blue/green deployment in flight stopped by a rollback, then by the sweep", crate::native::rolled_back_in_flight)),
+        Box::pin(run("pause hooks as approvals: continued, rolled back, a stale one refused", crate::native::pause_hooks_as_approvals)),
     );
     let mut report = Report::default();
-    for (name, id, verdict) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9, runs.10]
-    {
+    let all = [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9, runs.10, runs.11];
+    for (name, id, verdict) in all {
         report.add(&name, &id, verdict);
     }
     println!("{}", report.summary());

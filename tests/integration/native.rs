@@ -511,3 +511,131 @@ pub async fn rolled_back_in_flight(world: World) {
     let prod = report["results"].as_array().unwrap().iter().find(|r| r["environment"] == "prod").cloned();
     assert_eq!(prod.unwrap_or_default()["action"], "restored", "{report}");
 }
+
+/// dev (rolling) → prod (blue/green: Conveyor's hook, then a `PAUSE` hook, at
+/// `POST_TEST_TRAFFIC_SHIFT`), promote and the hook behind the local Lambda Invoke API, the CLI run
+/// as two people.
+struct Paused {
+    world: World,
+    dev: ServiceFixture,
+    prod: ServiceFixture,
+    cli: Vec<(String, String)>,
+    _lambda: LambdaApi,
+    monitor: Function,
+    told: std::sync::Mutex<usize>,
+}
+
+impl Paused {
+    async fn in_world(world: World) -> Paused {
+        let shape = [("dev", json!({})), ("prod", json!({ "from": "dev" }))];
+        let [dev, prod]: [ServiceFixture; 2] = world.seed_pipeline("shop-api", &shape).await.try_into().unwrap();
+        let (lambda, _) = crate::cli::functions_behind_lambda(&world).await;
+        let hook_name = world.name("deploy-hook");
+        lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+        world.aws.native(std::slice::from_ref(&prod.cluster), &lambda.url(), &[], None).await;
+        world.use_native_strategy_pausing(&prod, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook_name, 60).await;
+        let cli = crate::cli::cli_env(&world, &lambda);
+        let monitor = functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await;
+        Paused { world, dev, prod, cli, _lambda: lambda, monitor, told: std::sync::Mutex::new(0) }
+    }
+
+    async fn cli(&self, who: &str, args: &[&str]) -> crate::cli::Ran {
+        crate::cli::run(&conveyor_testkit::principals::act_as(&self.cli, who), args).await
+    }
+
+    /// `tag` (digest `n`) verified in dev, promoted to prod by the operator, and held by the
+    /// pause hook: the approval it became.
+    async fn held(&self, tag: &str, n: u32) -> Value {
+        let push = self.world.push_event("shop-api", tag, &digest(n), Utc::now() - Duration::minutes(1));
+        crate::support::conveyor(&self.world).stage(push, &crate::support::invocation()).await.unwrap();
+        let events = self.world.aws.settle(&self.dev.cluster, &self.dev.service, Settle::Complete).await;
+        self.monitor.invoke(events[0].clone()).await.response();
+        let promoted = self.cli("operator", &["promote", "shop-api", tag, "--to", "prod"]).await;
+        assert_eq!(promoted.code, 0, "{promoted:?}");
+        let started = std::time::Instant::now();
+        loop {
+            let state = self.world.aws.native_state(&self.prod.cluster, "shop-api").await;
+            if state["deployments"][0]["lifecycleHookDetails"][0]["status"] == "AWAITING_ACTION" {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "never paused: {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let reports = self.tell_the_monitor().await;
+        let requested = reports.iter().find(|r| r["results"][0]["action"] == "waiting").cloned();
+        assert!(requested.is_some(), "the pause hook became no approval: {reports:?}");
+        let record = self.world.record("shop-api", "prod").await.unwrap();
+        assert_eq!(record["approval"]["state"], "pending", "{record}");
+        record["approval"].clone()
+    }
+
+    /// Hands the events of prod's native deployments not handed yet to deploy-monitor.
+    async fn tell_the_monitor(&self) -> Vec<Value> {
+        let state = self.world.aws.native_state(&self.prod.cluster, "shop-api").await;
+        let events: Vec<Value> = state["events"].as_array().unwrap().clone();
+        let from = std::mem::replace(&mut *self.told.lock().unwrap(), events.len());
+        let mut reports = Vec::new();
+        for event in events.into_iter().skip(from) {
+            reports.push(self.monitor.invoke(event).await.response());
+        }
+        reports
+    }
+}
+
+#[tokio::test]
+async fn a_pause_hook_is_an_approval_continued_or_rolled_back_by_a_second_person_and_a_stale_one_is_refused() {
+    pause_hooks_as_approvals(World::new().await).await;
+}
+
+/// A pause hook approved, one rejected, and a stale one refused (the IAM test runs it too).
+pub async fn pause_hooks_as_approvals(world: World) {
+    let paused = Paused::in_world(world).await;
+    let world = &paused.world;
+
+    // Approved: the requester may not, another person may; ECS goes on and the rollout is verified.
+    let approval = paused.held("v1.0.0", 1).await;
+    let id = approval["id"].as_str().unwrap().to_owned();
+    assert!(approval["pause"]["hook_id"].as_str().unwrap().starts_with("ecs-pause-"), "{approval}");
+    let own = paused.cli("operator", &["approve", "shop-api", "--to", "prod"]).await;
+    assert_ne!(own.code, 0, "the requester approved their own rollout: {own:?}");
+    assert!(own.stderr.contains("cannot approve it"), "{own:?}");
+    let approved = paused.cli("approver", &["approve", "shop-api", "--to", "prod", "--id", &id]).await;
+    assert_eq!(approved.code, 0, "{approved:?}");
+    let state = world.aws.native_settled(&paused.prod.cluster, "shop-api").await;
+    assert_eq!(state["deployments"][0]["status"], "SUCCESSFUL", "{state}");
+    paused.tell_the_monitor().await;
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "verified", "{record}");
+    assert!(record.get("approval").is_none_or(Value::is_null), "{record}");
+
+    // Rejected: ECS rolls back, production never moved.
+    paused.held("v2.0.0", 2).await;
+    let rejected = paused.cli("approver", &["reject", "shop-api", "--to", "prod", "--reason", "not today"]).await;
+    assert_eq!(rejected.code, 0, "{rejected:?}");
+    let state = world.aws.native_settled(&paused.prod.cluster, "shop-api").await;
+    let deployment = &state["deployments"][0];
+    assert_eq!(deployment["status"], "ROLLBACK_SUCCESSFUL", "{state}");
+    let arn = deployment["serviceDeploymentArn"].as_str().unwrap();
+    assert_eq!(state["traffic"][arn]["production_peak"], 0, "{state}");
+    paused.tell_the_monitor().await;
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "rolled_back", "{record}");
+    assert_eq!(record["approval"]["outcome"], "rejected", "{record}");
+
+    // Stale: someone else answered the hook first; approving it is refused, clearly, and ends it.
+    let approval = paused.held("v3.0.0", 3).await;
+    let hook = approval["pause"].clone();
+    world
+        .ecs
+        .continue_service_deployment()
+        .service_deployment_arn(hook["service_deployment_arn"].as_str().unwrap())
+        .hook_id(hook["hook_id"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let stale = paused.cli("approver", &["approve", "shop-api", "--to", "prod"]).await;
+    assert_ne!(stale.code, 0, "{stale:?}");
+    assert!(stale.stderr.contains("no longer awaits action"), "{stale:?}");
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["approval"]["outcome"], "approval_expired", "{record}");
+}

@@ -12,7 +12,12 @@ a service whose strategy is native, ``UpdateService`` to a new task definition a
   API (the test kit's, ``lambda_url``) with ECS's payload: ``SUCCEEDED`` goes on, ``IN_PROGRESS``
   calls again after ``callBackDelay`` (its returned ``hookDetails`` merged into the next call's),
   ``FAILED``, a function error or an answer without a valid ``hookStatus`` roll back;
-* ``StopServiceDeployment(ROLLBACK)`` rolls an in-flight deployment back.
+* ``StopServiceDeployment(ROLLBACK)`` rolls an in-flight deployment back;
+* a ``PAUSE`` hook holds the deployment at its stage (``lifecycleHookDetails``: an ``ecs-pause-...``
+  ``hookId``, ``AWAITING_ACTION``, ``expiresAt``, ``timeoutAction``) and puts an ``ECS Hook State
+  Change`` event (``HOOK_AWAITING_ACTION``) on the bus, until ``ContinueServiceDeployment`` with that
+  ``hookId`` (``CONTINUE`` goes on, ``ROLLBACK`` rolls back; another id, or a hook no longer
+  awaiting, is refused) or its timeout (``timeoutInMinutes``, scaled) takes ``timeoutAction``.
 
 A rollback moves all traffic back to blue and settles the service's ``deployments`` list as ECS's
 circuit breaker does (the green deployment FAILED with the reason, a rollback deployment to blue),
@@ -31,6 +36,7 @@ What this assumes where AWS's documentation is silent is listed in ``tests/local
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import random
 import sys
@@ -231,6 +237,8 @@ def _enter(arn: str, run: dict, now: float) -> list[dict]:
     hooks = [h for h in deployment["deploymentConfiguration"].get("lifecycleHooks") or []
              if stage in (h.get("lifecycleStages") or [])]
     run["hooks"] = [{"target": h.get("hookTargetArn", ""), "execution_id": str(uuid.uuid4()),
+                     "type": h.get("targetType") or "AWS_LAMBDA", "stage": stage,
+                     "timeout": h.get("timeoutConfiguration") or {},
                      "details": copy.deepcopy(h.get("hookDetails") or {})} for h in hooks]
     bake = float(deployment["deploymentConfiguration"].get("bakeTimeInMinutes") or 0) * 60
     stay = _seconds(run, bake) if stage == "BAKE_TIME" else float(_config(run["cluster"]).get("stage_seconds", 0.1))
@@ -298,6 +306,15 @@ def tick(now: float) -> tuple[list[dict], list[tuple]]:
         if run["answer"] is not None:
             answer, run["answer"] = run["answer"], None
             events = _apply(arn, run, answer[0], now)
+        elif run["hooks"] and run["hooks"][0]["type"] == "PAUSE" and now >= run["due"]:
+            events = _pause(arn, run, now)
+            if events and events[0].get("detail-type") == HOOK_STATE_CHANGE:
+                EVENTS.setdefault(run["service_arn"], []).extend(events)
+                config = _config(run["cluster"])
+                if config.get("bus"):
+                    to_put.append({"bus": config["bus"], "region": config.get("bus_region", run["region"]),
+                                   "events": events})
+                continue
         elif now >= run["due"]:
             if run["hooks"]:
                 config = _config(run["cluster"])
@@ -314,6 +331,66 @@ def tick(now: float) -> tuple[list[dict], list[tuple]]:
                 to_put.append({"bus": config["bus"], "region": config.get("bus_region", run["region"]),
                                "events": events})
     return to_put, to_call
+
+
+HOOK_STATE_CHANGE = "ECS Hook State Change"
+
+
+def _pause(arn: str, run: dict, now: float) -> list[dict]:
+    """A pause hook at the head of `run`'s hooks: starts awaiting action (an ECS Hook State Change
+    event), or takes its timeout action when it expires; returns the events."""
+    hook = run["hooks"][0]
+    deployment = DEPLOYMENTS[arn]
+    if "hook_id" not in hook:
+        minutes = float(hook["timeout"].get("timeoutInMinutes") or 1440)
+        hook.update(hook_id=f"ecs-pause-{uuid.uuid4().hex}", expires=now + _seconds(run, minutes * 60),
+                    action=hook["timeout"].get("action") or "ROLLBACK")
+        expires_at = utcnow() + dt.timedelta(seconds=_seconds(run, minutes * 60))
+        deployment["lifecycleHookDetails"] = [{"hookId": hook["hook_id"], "targetType": "PAUSE",
+                                               "status": "AWAITING_ACTION", "expiresAt": expires_at,
+                                               "timeoutAction": hook["action"]}]
+        return [_hook_event(arn, run, hook, expires_at)]
+    if now < hook["expires"]:
+        return []
+    deployment["lifecycleHookDetails"][0]["status"] = "TIMED_OUT"
+    return _answer_pause(arn, run, hook["action"], f"pause hook {hook['hook_id']} timed out")
+
+
+def _answer_pause(arn: str, run: dict, action: str, why: str) -> list[dict]:
+    run["hooks"].pop(0)
+    if action == "ROLLBACK":
+        return _roll_back(arn, run, f"Service deployment rolled back: {why} ({action}).")
+    return []
+
+
+def _hook_event(arn: str, run: dict, hook: dict, expires_at) -> dict:
+    stamp = lambda at: at.replace(tzinfo=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": HOOK_STATE_CHANGE, "source": "aws.ecs",
+        "account": run["account"], "time": stamp(utcnow()), "region": run["region"],
+        "resources": [run["service_arn"]],
+        "detail": {"eventName": "HOOK_AWAITING_ACTION", "serviceDeploymentArn": arn, "hookId": hook["hook_id"],
+                   "targetType": "PAUSE", "lifecycleStage": hook["stage"], "expiresAt": stamp(expires_at)},
+    }
+
+
+def continue_service_deployment(self) -> ActionResult:
+    arn = self._get_param("serviceDeploymentArn")
+    hook_id = self._get_param("hookId")
+    action = self._get_param("action") or "CONTINUE"
+    with HOOKS["lock"]:
+        run = RUNS.get(arn)
+        hook = run["hooks"][0] if run and run["hooks"] else None
+        if hook is None or hook["type"] != "PAUSE" or hook.get("hook_id") != hook_id:
+            raise EcsClientException(f"Lifecycle hook {hook_id} of service deployment {arn} is not awaiting action.")
+        DEPLOYMENTS[arn]["lifecycleHookDetails"][0]["status"] = "SUCCEEDED"
+        events = _answer_pause(arn, run, action, f"pause hook {hook_id} answered")
+        EVENTS.setdefault(DEPLOYMENTS[arn]["serviceArn"], []).extend(events)
+        config = _config(arn.split("/")[1])
+    if events and config.get("bus"):
+        PENDING_PUTS.append({"bus": config["bus"], "region": config.get("bus_region", arn.split(":")[3]),
+                             "events": events})
+    return ActionResult({"serviceDeploymentArn": arn})
 
 
 EVENTS: dict[str, list] = {}
@@ -454,6 +531,7 @@ EC2ContainerServiceResponse.list_service_deployments = list_service_deployments
 EC2ContainerServiceResponse.describe_service_deployments = describe_service_deployments
 EC2ContainerServiceResponse.describe_service_revisions = describe_service_revisions
 EC2ContainerServiceResponse.stop_service_deployment = stop_service_deployment
+EC2ContainerServiceResponse.continue_service_deployment = continue_service_deployment
 
 
 def step(now: float) -> tuple[list[dict], list[tuple]]:

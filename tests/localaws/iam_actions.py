@@ -203,6 +203,7 @@ _HANDLERS = {
     ("ecs", "ListServiceDeployments"): _list_service_deployments,
     ("ecs", "DescribeServiceDeployments"): _service_deployments("ecs:DescribeServiceDeployments"),
     ("ecs", "StopServiceDeployment"): _service_deployments("ecs:StopServiceDeployment"),
+    ("ecs", "ContinueServiceDeployment"): _service_deployments("ecs:ContinueServiceDeployment"),
     ("ecs", "UpdateService"): _update_service,
     ("ecs", "RegisterTaskDefinition"): _register_task_definition,
     ("ecs", "DescribeTaskDefinition"): _star("ecs:DescribeTaskDefinition"),

@@ -107,6 +107,12 @@ pub fn check_monitor_result(
             prop_assert_eq!(str_at(event, &["detail", "state", "value"]), Some("ALARM"));
             prop_assert_eq!(Some(alarm.alarm.as_str()), str_at(event, &["detail", "alarmName"]));
         }
+        Ok(Ok(MonitorEvent::HookAwaitingAction(hook))) => {
+            prop_assert_eq!(str_at(event, &["source"]), Some("aws.ecs"));
+            prop_assert_eq!(str_at(event, &["detail-type"]), Some("ECS Hook State Change"));
+            prop_assert_eq!(str_at(event, &["detail", "eventName"]), Some("HOOK_AWAITING_ACTION"));
+            prop_assert!(hook.service_arn.contains(":service/"), "not a service: {}", hook.service_arn);
+        }
         Ok(Ok(MonitorEvent::Deployment(deployment))) => {
             prop_assert_eq!(str_at(event, &["source"]), Some("aws.ecs"));
             prop_assert_eq!(str_at(event, &["detail-type"]), Some("ECS Deployment State Change"));

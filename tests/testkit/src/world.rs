@@ -227,6 +227,44 @@ impl World {
         hook_function: &str,
         bake_minutes: i32,
     ) {
+        self.use_native_strategy_with(service, strategy, hook_stage, hook_function, bake_minutes, None).await;
+    }
+
+    /// [`World::use_native_strategy`] with a `PAUSE` hook too, after Conveyor's at the same stage,
+    /// that times out after `timeout_minutes` (scaled: a minute lasts 3 s) with `ROLLBACK`.
+    pub async fn use_native_strategy_pausing(
+        &self,
+        service: &ServiceFixture,
+        strategy: &str,
+        hook_stage: &str,
+        hook_function: &str,
+        timeout_minutes: i32,
+    ) {
+        use aws_sdk_ecs::types::{
+            DeploymentLifecycleHook, DeploymentLifecycleHookAction, DeploymentLifecycleHookStage,
+            DeploymentLifecycleHookTargetType, DeploymentLifecycleHookTimeoutConfiguration,
+        };
+        let timeout = DeploymentLifecycleHookTimeoutConfiguration::builder()
+            .timeout_in_minutes(timeout_minutes)
+            .action(DeploymentLifecycleHookAction::Rollback)
+            .build();
+        let pause = DeploymentLifecycleHook::builder()
+            .target_type(DeploymentLifecycleHookTargetType::Pause)
+            .lifecycle_stages(DeploymentLifecycleHookStage::from(hook_stage))
+            .timeout_configuration(timeout)
+            .build();
+        self.use_native_strategy_with(service, strategy, hook_stage, hook_function, 0, Some(pause)).await;
+    }
+
+    async fn use_native_strategy_with(
+        &self,
+        service: &ServiceFixture,
+        strategy: &str,
+        hook_stage: &str,
+        hook_function: &str,
+        bake_minutes: i32,
+        pause: Option<aws_sdk_ecs::types::DeploymentLifecycleHook>,
+    ) {
         use aws_sdk_ecs::types::{
             CanaryConfiguration, DeploymentConfiguration, DeploymentLifecycleHook, DeploymentLifecycleHookStage,
             DeploymentStrategy, LinearConfiguration,
@@ -239,7 +277,7 @@ impl World {
         let configuration = DeploymentConfiguration::builder()
             .strategy(DeploymentStrategy::from(strategy))
             .bake_time_in_minutes(bake_minutes)
-            .lifecycle_hooks(hook)
+            .set_lifecycle_hooks(Some([hook].into_iter().chain(pause).collect()))
             .linear_configuration(LinearConfiguration::builder().step_percent(50.0).build())
             .canary_configuration(CanaryConfiguration::builder().canary_percent(10.0).build())
             .build();
