@@ -50,7 +50,7 @@ pub async fn roll_back(
     if source_task_definition.as_deref() != Some(rollout.previous.arn.as_str()) {
         return Ok(None);
     }
-    ecs.roll_back_in_flight(&arn).await?;
+    ecs.roll_back_in_flight(&arn, (&target.cluster, &target.service), &rollout.previous.arn).await?;
     here.held.acting();
     let now = Utc::now();
     let who = requested_by.unwrap_or("an unidentified caller");

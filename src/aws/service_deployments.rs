@@ -164,15 +164,30 @@ impl Ecs {
         }))
     }
 
-    /// Stops the native deployment `arn` and rolls it back to its source revision.
-    pub async fn roll_back_in_flight(&self, arn: &str) -> Result<(), AwsError> {
-        self.client
+    /// Stops the native deployment `arn` and rolls it back to its source revision. A refusal
+    /// because it is no longer in flight is success when the service is back on `source` (a
+    /// stop applied whose answer was lost, retried by the SDK or by the caller).
+    pub async fn roll_back_in_flight(
+        &self,
+        arn: &str,
+        (cluster, service): (&str, &str),
+        source: &str,
+    ) -> Result<(), AwsError> {
+        let stopped = self
+            .client
             .stop_service_deployment()
             .service_deployment_arn(arn)
             .stop_type(StopServiceDeploymentStopType::Rollback)
             .send()
             .await
-            .map_err(|e| AwsError::from_sdk("StopServiceDeployment", e))?;
-        Ok(())
+            .map_err(|e| AwsError::from_sdk("StopServiceDeployment", e));
+        match stopped {
+            Ok(_) => Ok(()),
+            Err(error) if error.rejected => match self.service(cluster, service).await {
+                Ok(now) if now.task_definition == source => Ok(()),
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
+        }
     }
 }

@@ -881,7 +881,7 @@ async fn issue_rollback(
     if service.native_strategy.is_some() {
         if let Some(in_flight) = ecs.native_in_flight(&target.cluster, &target.service).await? {
             if in_flight.source_task_definition.as_deref() == Some(to) {
-                ecs.roll_back_in_flight(&in_flight.arn).await?;
+                ecs.roll_back_in_flight(&in_flight.arn, (&target.cluster, &target.service), to).await?;
                 info!(app = %app.name, environment = %env, tag = %rollout.tag, digest = %rollout.digest,
                     service_deployment_arn = %in_flight.arn, to, "native deployment rolled back in flight");
                 return Ok((to.to_owned(), None));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use conveyor_testkit::functions::{self, stage_deploy};
 use conveyor_testkit::lambda_api::LambdaApi;
-use conveyor_testkit::local_aws::Settle;
+use conveyor_testkit::local_aws::{Fault, FaultMode, Settle};
 use conveyor_testkit::world::{digest, ServiceFixture};
 use conveyor_testkit::{Function, World};
 use serde_json::{json, Value};
@@ -510,6 +510,60 @@ pub async fn rolled_back_in_flight(world: World) {
     let report = promoted.monitor.invoke(world.schedule_event()).await.response();
     let prod = report["results"].as_array().unwrap().iter().find(|r| r["environment"] == "prod").cloned();
     assert_eq!(prod.unwrap_or_default()["action"], "restored", "{report}");
+}
+
+#[tokio::test]
+async fn a_stop_whose_answer_was_lost_or_whose_caller_died_is_still_a_rollback_in_flight() {
+    let promoted = Promoted::in_world(World::new().await).await;
+    let (world, prod) = (&promoted.world, &promoted.prod);
+    let hook = world.name("deploy-hook");
+    world.use_native_strategy_baking(prod, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook, 0).await;
+    let mut told = 0;
+    promoted.verified_in_dev("v1.0.0", 1).await;
+    promoted.promote(json!({ "app": "shop-api", "tag": "v1.0.0", "to": "prod" })).await;
+    world.aws.native_settled(&prod.cluster, "shop-api").await;
+    promoted.tell_the_monitor(&mut told).await;
+    // From now on a deployment bakes 30 s: long enough to outlive a dead caller's lease.
+    world.use_native_strategy_baking(prod, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook, 10).await;
+    promoted.verified_in_dev("v2.0.0", 2).await;
+    let rollback = json!({ "app": "shop-api", "digest": digest(1), "to": "prod", "reason": "rollback" });
+
+    // The caller dies as its stop arrives (not applied): a new sandbox, once the lease expired,
+    // stops it.
+    promoted.promote(json!({ "app": "shop-api", "tag": "v2.0.0", "to": "prod" })).await;
+    promoted.baking().await;
+    let mut doomed = functions::promote(world).await;
+    doomed.set_deadline(std::time::Duration::from_secs(1));
+    let kill =
+        Fault::on("StopServiceDeployment").matching(&prod.cluster).mode(FaultMode::Kill { pid: doomed.pid().unwrap() });
+    world.aws.fault(&kill.count(1)).await;
+    let died = doomed.try_invoke(rollback.clone(), std::time::Duration::from_secs(10)).await;
+    assert!(died.is_err(), "a killed promote answered: {died:?}");
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let answer = promoted.promote.invoke(rollback.clone()).await;
+        if let conveyor_testkit::runtime_api::Invocation::Response(answer) = answer {
+            break answer;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "never retried: {answer:?}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    assert_eq!(answer["status"], "rolling_back", "{answer}");
+    let state = world.aws.native_state(&prod.cluster, "shop-api").await;
+    assert_eq!(state["deployments"][0]["status"], "ROLLBACK_SUCCESSFUL", "{state}");
+    promoted.tell_the_monitor(&mut told).await;
+
+    // The stop is applied and its answer lost: the SDK's retry is refused (no longer in flight),
+    // and the service on blue says the stop happened.
+    promoted.promote(json!({ "app": "shop-api", "tag": "v2.0.0", "to": "prod" })).await;
+    promoted.baking().await;
+    let lost = Fault::on("StopServiceDeployment").matching(&prod.cluster).mode(FaultMode::ApplyThenFail);
+    world.aws.fault(&lost.count(1)).await;
+    let answer = promoted.promote(rollback).await;
+    assert_eq!(answer["status"], "rolling_back", "{answer}");
+    let record = world.record("shop-api", "prod").await.unwrap();
+    assert_eq!(record["rollout"]["state"]["kind"], "superseded", "{record}");
+    world.aws.clear_faults(&prod.cluster).await;
 }
 
 /// dev (rolling) → prod (blue/green: Conveyor's hook, then a `PAUSE` hook, at
