@@ -44,6 +44,22 @@ pub struct Rejection {
     pub reason: String,
 }
 
+impl Rejection {
+    fn of(app: &AppConfig, env: Environment, request: ApprovalRequest, by: String, reason: &str) -> Rejection {
+        Rejection {
+            app: app.name.to_string(),
+            environment: env,
+            approval_id: request.id,
+            tag: request.tag.to_string(),
+            digest: request.digest.to_string(),
+            status: Outcome::Rejected,
+            requested_by: request.requested_by,
+            rejected_by: by,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// What a decision led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
@@ -147,17 +163,7 @@ pub async fn decide(
                 .await?;
             warn!(environment = %env, tag = %request.tag, digest = %request.digest, approval_id = %request.id,
                 rejected_by = %by, reason = %reason, "promotion rejected");
-            Ok(Decided::Rejected(Rejection {
-                app: app.name.to_string(),
-                environment: env,
-                approval_id: request.id,
-                tag: request.tag.to_string(),
-                digest: request.digest.to_string(),
-                status: Outcome::Rejected,
-                requested_by: request.requested_by,
-                rejected_by: by,
-                reason: reason.clone(),
-            }))
+            Ok(Decided::Rejected(Rejection::of(app, env, request, by, reason)))
         }
     }
 }
@@ -240,17 +246,7 @@ async fn decide_pause(
             approved_by: Some(by),
             expires_at: None,
         })),
-        Verdict::Reject { reason } => Decided::Rejected(Rejection {
-            app: app.name.to_string(),
-            environment: env,
-            approval_id: request.id,
-            tag: request.tag.to_string(),
-            digest: request.digest.to_string(),
-            status: Outcome::Rejected,
-            requested_by: request.requested_by,
-            rejected_by: by,
-            reason: reason.clone(),
-        }),
+        Verdict::Reject { reason } => Decided::Rejected(Rejection::of(app, env, request, by, reason)),
     })
 }
 

@@ -256,25 +256,13 @@ impl Ecs {
     /// The images a service revision runs, as ECS resolved them: `(container, digest)` for each
     /// container ECS reports a digest for (`ServiceRevisionNotFound` if ECS has no such revision).
     pub async fn revision_images(&self, revision_arn: &str) -> Result<Vec<(String, String)>, AwsError> {
-        let output = self
-            .client
-            .describe_service_revisions()
-            .service_revision_arns(revision_arn)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DescribeServiceRevisions", e))?;
-        let revision = output
-            .service_revisions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| r.service_revision_arn() == Some(revision_arn))
-            .ok_or_else(|| {
-                AwsError::new(
-                    "DescribeServiceRevisions",
-                    "ServiceRevisionNotFound",
-                    format!("ECS has no service revision {revision_arn}"),
-                )
-            })?;
+        let revision = self.service_revision(revision_arn).await?.ok_or_else(|| {
+            AwsError::new(
+                "DescribeServiceRevisions",
+                "ServiceRevisionNotFound",
+                format!("ECS has no service revision {revision_arn}"),
+            )
+        })?;
         Ok(revision
             .container_images
             .unwrap_or_default()

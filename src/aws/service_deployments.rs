@@ -4,7 +4,7 @@
 
 use aws_sdk_ecs::types::{
     DeploymentLifecycleHookAction, DeploymentLifecycleHookStatus, DeploymentLifecycleHookTargetType, ServiceDeployment,
-    ServiceDeploymentStatus, StopServiceDeploymentStopType,
+    ServiceDeploymentStatus, ServiceRevision, StopServiceDeploymentStopType,
 };
 use chrono::{DateTime, Utc};
 
@@ -116,6 +116,11 @@ impl Ecs {
 
     /// The task definition of a service revision (`None`: ECS has no such revision).
     async fn revision_task_definition(&self, revision_arn: &str) -> Result<Option<String>, AwsError> {
+        Ok(self.service_revision(revision_arn).await?.and_then(|r| r.task_definition))
+    }
+
+    /// A service revision (`None`: ECS has no such revision).
+    pub(super) async fn service_revision(&self, revision_arn: &str) -> Result<Option<ServiceRevision>, AwsError> {
         let output = self
             .client
             .describe_service_revisions()
@@ -124,11 +129,10 @@ impl Ecs {
             .await
             .map_err(|e| AwsError::from_sdk("DescribeServiceRevisions", e))?;
         Ok(output
-            .service_revisions()
-            .iter()
-            .find(|r| r.service_revision_arn() == Some(revision_arn))
-            .and_then(|r| r.task_definition())
-            .map(str::to_owned))
+            .service_revisions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.service_revision_arn() == Some(revision_arn)))
     }
 
     /// Why ECS rolled back the service's newest rolled-back native deployment, in ECS's words, with
