@@ -164,12 +164,8 @@ pub struct DeploymentEvent {
     pub event_id: Option<String>,
     pub time: Option<DateTime<Utc>>,
     pub service_arn: String,
-    /// The account and region of the service, from its ARN.
-    pub account: Option<String>,
-    pub region: Option<String>,
-    /// The cluster, when the ARN is in the long format (`service/{cluster}/{service}`).
-    pub cluster: Option<String>,
-    pub service: String,
+    /// The service, from its ARN ([`DeploymentEvent::place`]).
+    service: ServiceArn,
     pub name: DeploymentEventName,
     pub deployment_id: String,
     pub reason: Option<String>,
@@ -269,7 +265,7 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
         .resources
         .and_then(|resources| resources.into_iter().next())
         .ok_or_else(|| InvalidEvent("ECS deployment event without a service ARN in `resources`".into()))?;
-    let ServiceArn { account, region, cluster, service } = parse_service_arn(&service_arn)
+    let service = parse_service_arn(&service_arn)
         .ok_or_else(|| InvalidEvent(format!("ECS deployment event with an invalid service ARN {service_arn:?}")))?;
     let deployment_id = detail
         .deployment_id
@@ -278,9 +274,6 @@ pub fn monitor(payload: Value) -> Result<Result<MonitorEvent, Skip>, InvalidEven
     Ok(Ok(MonitorEvent::Deployment(Box::new(DeploymentEvent {
         event_id: event.id,
         time: event.time,
-        account,
-        region,
-        cluster,
         service,
         service_arn,
         name,
@@ -355,11 +348,20 @@ fn alarm(event: EventBridgeEvent<Value>) -> Result<Result<MonitorEvent, Skip>, I
 impl DeploymentEvent {
     /// Where the service is.
     pub fn place(&self) -> crate::config::Place<'_> {
-        crate::config::Place {
-            account: self.account.as_deref(),
-            region: self.region.as_deref(),
-            cluster: self.cluster.as_deref(),
-            service: &self.service,
+        self.service.place()
+    }
+
+    /// An event about the service of `service_arn` (a service ARN, long or short format).
+    #[cfg(test)]
+    pub(crate) fn of(service_arn: &str, name: DeploymentEventName, deployment_id: &str, reason: Option<&str>) -> Self {
+        DeploymentEvent {
+            event_id: None,
+            time: None,
+            service_arn: service_arn.to_owned(),
+            service: parse_service_arn(service_arn).expect("a service ARN"),
+            name,
+            deployment_id: deployment_id.to_owned(),
+            reason: reason.map(str::to_owned),
         }
     }
 }
@@ -543,8 +545,8 @@ mod tests {
             panic!("not a deployment event")
         };
         assert_eq!(event.name, DeploymentEventName::Failed);
-        assert_eq!(event.cluster.as_deref(), Some("default"));
-        assert_eq!(event.service, "servicetest");
+        assert_eq!(event.place().cluster, Some("default"));
+        assert_eq!(event.place().service, "servicetest");
         assert_eq!(event.deployment_id, "ecs-svc/123");
         assert_eq!(event.reason.as_deref(), Some("ECS deployment circuit breaker: task failed to start."));
         for (file, name) in [

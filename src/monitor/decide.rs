@@ -282,18 +282,8 @@ mod tests {
     use DeploymentStatus::{Active, Primary};
 
     fn event(name: DeploymentEventName, id: &str) -> DeploymentEvent {
-        DeploymentEvent {
-            event_id: None,
-            time: None,
-            service_arn: "arn:aws:ecs:us-east-1:1:service/c/s".into(),
-            account: None,
-            region: None,
-            cluster: Some("c".into()),
-            service: "s".into(),
-            name,
-            deployment_id: id.into(),
-            reason: Some("ECS deployment circuit breaker: task failed to start.".into()),
-        }
+        let reason = "ECS deployment circuit breaker: task failed to start.";
+        DeploymentEvent::of("arn:aws:ecs:us-east-1:1:service/c/s", name, id, Some(reason))
     }
 
     #[test]

@@ -262,6 +262,14 @@ async fn status_and_history_show_what_runs_where_and_what_happened() {
     let invalid = setup.run(&["status", "broken"]).await.exits(4);
     assert!(invalid.stderr.contains("`container`: missing required key"), "{invalid:?}");
     setup.run(&["history", "Shop API"]).await.exits(1);
+    // An app neither configured nor with a history is unknown, as for status; a limit of 0 is no
+    // limit anyone means.
+    for args in [&["history", "shop-web", "--json"][..], &["metrics", "shop-web", "--json"]] {
+        let unknown = setup.run(args).await.exits(1);
+        assert_eq!(unknown.json()["error"]["type"], "UnknownApp", "{args:?}: {unknown:?}");
+    }
+    let zero = setup.run(&["history", "shop-api", "--limit", "0", "--json"]).await.exits(1);
+    assert_eq!(zero.json()["error"]["type"], "InvalidInput", "{zero:?}");
 }
 
 #[tokio::test]

@@ -126,11 +126,12 @@ pub fn check_monitor_result(
             prop_assert_eq!(Some(deployment.service_arn.as_str()), event["resources"][0].as_str());
             prop_assert_eq!(Some(deployment.deployment_id.as_str()), str_at(event, &["detail", "deploymentId"]));
             prop_assert!(!deployment.deployment_id.is_empty());
-            prop_assert!(!deployment.service.is_empty() && !deployment.service.contains('/'));
-            let arn_ends = deployment.service_arn.ends_with(&format!("/{}", deployment.service));
-            prop_assert!(arn_ends, "service {:?} not at the end of {:?}", deployment.service, deployment.service_arn);
-            if let Some(cluster) = &deployment.cluster {
-                let long_form = deployment.service_arn.ends_with(&format!(":service/{cluster}/{}", deployment.service));
+            let place = deployment.place();
+            prop_assert!(!place.service.is_empty() && !place.service.contains('/'));
+            let arn_ends = deployment.service_arn.ends_with(&format!("/{}", place.service));
+            prop_assert!(arn_ends, "service {:?} not at the end of {:?}", place.service, deployment.service_arn);
+            if let Some(cluster) = place.cluster {
+                let long_form = deployment.service_arn.ends_with(&format!(":service/{cluster}/{}", place.service));
                 prop_assert!(long_form, "cluster {:?} not in {:?}", cluster, deployment.service_arn);
             }
         }
@@ -169,10 +170,11 @@ proptest! {
         };
         prop_assert_eq!(&deployment.name, &case.name);
         prop_assert_eq!(&deployment.service_arn, &case.arn);
-        prop_assert_eq!(&deployment.service, &case.service);
-        prop_assert_eq!(&deployment.cluster, &case.cluster);
-        prop_assert_eq!(&deployment.account, &case.account);
-        prop_assert_eq!(&deployment.region, &case.region);
+        let place = deployment.place();
+        prop_assert_eq!(place.service, case.service.as_str());
+        prop_assert_eq!(place.cluster, case.cluster.as_deref());
+        prop_assert_eq!(place.account, case.account.as_deref());
+        prop_assert_eq!(place.region, case.region.as_deref());
         prop_assert_eq!(&deployment.deployment_id, &case.deployment_id);
         prop_assert_eq!(&deployment.reason, &case.reason);
     }

@@ -4,14 +4,22 @@ use conveyor::ops::history::{self, HistoryRow};
 use conveyor::types::Environment;
 use serde_json::json;
 
-use super::app_name;
+use super::{app_name, configs, find_app};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output::{self, or_dash, render, Report, Style};
 
 pub async fn run(ctx: &Context, app: &str, env: Option<Environment>, limit: usize) -> Result<Report, CliError> {
     let app = app_name(app)?;
+    if limit == 0 {
+        return Err(CliError::invalid("--limit must be 1 or more"));
+    }
     let entries = history::recent(&ctx.ledger().await?, &app, env, limit).await?;
+    if entries.is_empty() {
+        // An app no longer configured keeps its history; one with neither is unknown.
+        let set = configs(ctx).await?;
+        find_app(&set, app.as_str(), &ctx.names().await?.prefix)?;
+    }
     let rows: Vec<HistoryRow> = entries.iter().map(HistoryRow::from).collect();
     let text = if rows.is_empty() {
         format!("no history for {app}{}", env.map(|e| format!(" in {e}")).unwrap_or_default())

@@ -5,7 +5,7 @@ use conveyor::ops::metrics::{self, Dora, Samples, Spread};
 use conveyor::types::AppName;
 use serde_json::json;
 
-use super::{app_name, configs};
+use super::{app_name, configs, find_app};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::output::{self, render, Report, Style};
@@ -21,6 +21,10 @@ pub async fn run(ctx: &Context, app: Option<&str>, days: u32) -> Result<Report, 
     let apps: Vec<(AppName, conveyor::types::Environment)> = match app {
         Some(name) => {
             let name = app_name(name)?;
+            // An app no longer configured keeps its history; one with neither is unknown.
+            if set.app(&name).is_none() && conveyor::ops::history::recent(&ledger, &name, None, 1).await?.is_empty() {
+                find_app(&set, name.as_str(), &ctx.names().await?.prefix)?;
+            }
             vec![(name.clone(), production(&name))]
         }
         None => set.apps.iter().map(|a| (a.name.clone(), production(&a.name))).collect(),
