@@ -5,7 +5,7 @@
 //! (`force` overrides an earlier failure, never a missing vetting). The check is made again, in
 //! the same transaction that takes `to`'s lease, so a failure recorded meanwhile still refuses.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
@@ -572,14 +572,7 @@ async fn resolve(
     let (tag, digest, image, facts) = match &request.image {
         ImageRef::Tag(tag) => {
             let Some(item) = item.and_then(|item| serde_dynamo::from_item::<_, TagItem>(item).ok()) else {
-                let promotable = promotable(ledger, app, from).await?;
-                return Err(NotVetted::Never {
-                    app: app.name.clone(),
-                    environment: from,
-                    image: tag.to_string(),
-                    promotable,
-                }
-                .into());
+                return Err(unvetted_tag(ledger, app, from, tag).await);
             };
             // Whether it failed is checked as prod's lease is taken; with `force`, it matters now.
             let facts = if request.force { ledger.image(&app.name, &item.digest).await? } else { None };
@@ -642,6 +635,35 @@ async fn refusal(
     };
     refusal.into()
 }
+
+/// Why a tag `from` never vetted is refused: the failure of the image it last rolled out there,
+/// when it failed (when, why), else never vetted. One `Query` of the recent history and one read
+/// of that image, on this refusal's path only.
+async fn unvetted_tag(ledger: &Ledger, app: &AppConfig, from: Environment, tag: &ImageTag) -> Error {
+    let promotable = match promotable(ledger, app, from).await {
+        Ok(promotable) => promotable,
+        Err(error) => return error,
+    };
+    let now = Utc::now() + chrono::Duration::minutes(1);
+    let recent = ledger.history(&app.name, DateTime::UNIX_EPOCH, now, true, Some(RECENT_HISTORY)).await;
+    let digest = recent.ok().and_then(|entries| {
+        entries.into_iter().find(|e| e.environment == from && e.tag.as_ref() == Some(tag)).and_then(|e| e.digest)
+    });
+    let failed = match &digest {
+        Some(digest) => ledger.image(&app.name, digest).await.ok().flatten().and_then(|f| f.failure()),
+        None => None,
+    };
+    match (digest, failed) {
+        (Some(digest), Some((environment, failure))) => {
+            NotVetted::Failed { app: app.name.clone(), tag: tag.clone(), digest, environment, failure, promotable }
+        }
+        _ => NotVetted::Never { app: app.name.clone(), environment: from, image: tag.to_string(), promotable },
+    }
+    .into()
+}
+
+/// How many of an app's newest history entries a refusal reads to find what a tag was.
+const RECENT_HISTORY: usize = 200;
 
 /// What can be promoted instead ("Promotable tags, newest first: v1.4.1 (sha256:...), ...").
 async fn promotable(ledger: &Ledger, app: &AppConfig, from: Environment) -> Result<Promotable, Error> {

@@ -101,11 +101,19 @@ async fn refusals_name_the_problem_and_leave_prod_unchanged() {
     // Pushed, never verified.
     let event = world.push_event("shop-api", "v1.2.0", &digest(3), Utc::now());
     conveyor(&world).stage(event, &invocation()).await.unwrap();
+    // Pushed later and failed in stage: the refusal says it failed, when and why.
+    let event = world.push_event("shop-api", "v1.3.0", &digest(4), Utc::now());
+    conveyor(&world).stage(event, &invocation()).await.unwrap();
+    let failed =
+        world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Fail { circuit_breaker_rollback: false });
+    conveyor(&world).monitor(failed.await[0].clone(), &invocation()).await.unwrap();
     let promote = promote_function(&world).await;
     let before = prod_state(&world, &app).await;
 
+    let failed_in_stage = format!("shop-api v1.3.0 ({}) failed in stage at", digest(4));
     let cases: Vec<(Value, &str, &str)> = vec![
         (json!({ "app": "shop-api", "tag": "v1.2.0" }), "NotVetted", "never vetted"),
+        (json!({ "app": "shop-api", "tag": "v1.3.0" }), "NotVetted", &failed_in_stage),
         (json!({ "app": "shop-api", "tag": "v9.9.9" }), "NotVetted", "Promotable tags, newest first: v1.1.0"),
         (json!({ "app": "shop-api", "digest": digest(3) }), "NotVetted", "never vetted"),
         (json!({ "app": "shop-web", "tag": "v1.0.0" }), "UnknownApp", "configured apps: shop-api"),
