@@ -5,14 +5,16 @@
 //! | deployment frequency | prod verifications per day in the window |
 //! | lead time for changes | first push of a digest (its image's `first_pushed_at`) → its first verification in prod |
 //! | change failure rate | prod rollouts (promotions) started in the window that were rolled back or failed, over those promotions |
-//! | time to restore service | a prod failure (rolled back or failed) in the window → the next prod verification |
+//! | time to restore service | a prod failure (rolled back or failed) in the window → service restored: its rollback completed (`restored`) or the next prod verification, whichever comes first |
 //!
 //! "prod" is the app's production: its last environment (`prod` in a v2 pipeline; `live` in a
 //! dev → stage → live one: [`crate::config::Pipeline::production`]).
 //!
 //! Lead time and time to restore are given as median and 90th percentile (nearest rank). A digest
 //! promoted again later (a rollback to it) is a deployment, not a new change: only its first prod
-//! verification has a lead time. A failure not followed by a verification yet is `open`.
+//! verification has a lead time. A failure neither restored nor followed by a verification yet is
+//! `open`: an automatic rollback that put the last good release back restored service when its
+//! deployment completed.
 //!
 //! Beside the four, the lead time **to each environment** of a pipeline (`lead_time_to`): first
 //! push of a digest → its first verification there (after its soak: when it was vetted there).
@@ -123,7 +125,9 @@ pub fn samples(
             continue;
         }
         samples.failures += 1;
-        let restored = entries[index..].iter().find(|e| is_prod(e, Outcome::Verified) && e.at > entry.at);
+        let restored = entries[index..]
+            .iter()
+            .find(|e| (is_prod(e, Outcome::Verified) || is_prod(e, Outcome::Restored)) && e.at > entry.at);
         if let Some(restored) = restored {
             samples.restore_times.push((restored.at - entry.at).num_seconds());
         }
@@ -312,10 +316,10 @@ mod tests {
             entry(day + 2 * HOUR + 120, PROD, Verified, 2, "p2"), // 2h02m (pushed at day)
             entry(3 * day, PROD, Promoted, 3, "p3"),
             entry(3 * day + 300, PROD, RolledBack, 3, "p3"),
-            entry(3 * day + 600, PROD, Restored, 3, "p3"),
+            entry(3 * day + 600, PROD, Restored, 3, "p3"), // its rollback restores service after 5 min
             entry(3 * day + 700, PROD, Failed, 3, "p3"), // the same rollout: one failure
             entry(3 * day + 4 * HOUR + 300, PROD, Promoted, 4, "p4"),
-            entry(3 * day + 4 * HOUR + 400, PROD, Verified, 4, "p4"), // restores p3 after 4h01m40s
+            entry(3 * day + 4 * HOUR + 400, PROD, Verified, 4, "p4"),
             entry(5 * day, PROD, Promoted, 2, "p5"),
             entry(5 * day + 100, PROD, Verified, 2, "p5"), // v2 again: a deployment, not a change
             entry(9 * day, PROD, Promoted, 5, "p6"),
@@ -341,7 +345,7 @@ mod tests {
         assert_eq!(samples.lead_times(), [HOUR + 60, 2 * HOUR + 120, 3 * HOUR + 400]);
         assert_eq!((samples.promotions, samples.failed), (6, 2));
         assert_eq!(samples.failures, 2);
-        assert_eq!(samples.restore_times, vec![4 * HOUR + 100]);
+        assert_eq!(samples.restore_times, vec![300]);
 
         let dora = Dora::of(&samples, since, until, 10);
         assert_eq!(dora.deployment_frequency, Frequency { prod_verifications: 4, per_day: 0.4 });
@@ -352,13 +356,13 @@ mod tests {
         assert_eq!(dora.change_failure_rate, FailureRate { promotions: 6, failed: 2, rate: Some(0.333) });
         assert_eq!(dora.time_to_restore.failures, 2);
         assert_eq!(dora.time_to_restore.open, 1);
-        assert_eq!(dora.time_to_restore.spread.median_seconds, Some(4 * HOUR + 100));
+        assert_eq!(dora.time_to_restore.spread.median_seconds, Some(300));
         // To each environment: stage saw v1 at once and v2 a day later, each just pushed.
         assert_eq!(samples.lead_times_to[&STAGE], vec![0, 0]);
         let json = serde_json::to_value(&dora).unwrap();
         assert_eq!(json["lead_time_to"]["prod"], json["lead_time"]);
         assert_eq!(json["lead_time_to"]["stage"]["count"], 2);
-        assert_eq!(json["time_to_restore"]["p90_seconds"], 4 * HOUR + 100);
+        assert_eq!(json["time_to_restore"]["p90_seconds"], 300);
         assert_eq!(json["change_failure_rate"]["rate"], 0.333);
     }
 
@@ -372,11 +376,12 @@ mod tests {
         assert!(samples.lead_times().is_empty());
         assert_eq!((samples.promotions, samples.failed), (2, 1));
         assert_eq!((samples.failures, samples.restore_times.len()), (1, 0));
-        // Up to day 3 + 1h: p3 failed, not yet restored (the verification after `until` is unseen).
-        let samples = super::samples(&history, &pushed, PROD, at(0), at(3 * day + HOUR));
+        // Up to day 3 + 400 s: p3 failed, not yet restored (its rollback completing after `until`
+        // is unseen).
+        let samples = super::samples(&history, &pushed, PROD, at(0), at(3 * day + 400));
         assert_eq!((samples.promotions, samples.failed, samples.failures), (3, 1, 1));
         assert!(samples.restore_times.is_empty());
-        let dora = Dora::of(&samples, at(0), at(3 * day + HOUR), 4);
+        let dora = Dora::of(&samples, at(0), at(3 * day + 400), 4);
         assert_eq!(dora.time_to_restore.open, 1);
     }
 
