@@ -317,7 +317,7 @@ mod tests {
             entry(3 * day, PROD, Promoted, 3, "p3"),
             entry(3 * day + 300, PROD, RolledBack, 3, "p3"),
             entry(3 * day + 600, PROD, Restored, 3, "p3"), // its rollback restores service after 5 min
-            entry(3 * day + 700, PROD, Failed, 3, "p3"), // the same rollout: one failure
+            entry(3 * day + 700, PROD, Failed, 3, "p3"),   // the same rollout: one failure
             entry(3 * day + 4 * HOUR + 300, PROD, Promoted, 4, "p4"),
             entry(3 * day + 4 * HOUR + 400, PROD, Verified, 4, "p4"),
             entry(5 * day, PROD, Promoted, 2, "p5"),
