@@ -131,7 +131,18 @@ impl Context {
                     .stack_name(stack)
                     .send()
                     .await
-                    .map_err(|e| CliError::aws("CloudFormation DescribeStacks", e))?;
+                    .map_err(|e| {
+                        let error = conveyor::aws::AwsError::from_sdk("CloudFormation DescribeStacks", e);
+                        if error.code == "ValidationError" {
+                            // CloudFormation's answer to a stack that does not exist here.
+                            CliError::config(format!(
+                                "no stack {stack} in this account and region ({}): give --stack (or CONVEYOR_STACK) the name of Conveyor's SAM stack",
+                                error.message
+                            ))
+                        } else {
+                            CliError::new(crate::error::AWS_OR_CONFIG, "AwsError", error.to_string())
+                        }
+                    })?;
                 let found = described.stacks().first().ok_or_else(|| CliError::config(format!("no stack {stack}")))?;
                 let outputs: Vec<(String, String)> = found
                     .outputs()

@@ -700,7 +700,8 @@ async fn names_are_read_from_the_stacks_outputs() {
     via_env.push(("CONVEYOR_STACK".into(), stack.clone()));
     run(&via_env, &["history", "shop-api"]).await.ok();
     let missing = run(&env, &["--stack", "no-such-stack", "status"]).await.exits(4);
-    assert!(missing.stderr.contains("DescribeStacks"), "{missing:?}");
+    assert!(missing.stderr.contains("no stack no-such-stack in this account and region"), "{missing:?}");
+    assert!(!missing.stderr.contains('{'), "a debug struct, not a message: {missing:?}");
 }
 
 #[tokio::test]
