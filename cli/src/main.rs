@@ -76,10 +76,12 @@ fn usage(error: &clap::Error) -> ExitCode {
     ExitCode::from(error::REFUSED)
 }
 
-/// The library's logs on stderr: errors only, unless `-v` or `RUST_LOG` ask for more.
+/// The library's logs on stderr with `-v` (or `RUST_LOG`): without, what went wrong is the
+/// command's own message (an invalid app config is reported once, by the command that meets it,
+/// not also as the library's raw log lines).
 fn init_logs(verbose: u8) {
     let level = match verbose {
-        0 => "error",
+        0 => "off",
         1 => "info",
         _ => "debug",
     };

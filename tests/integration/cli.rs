@@ -234,6 +234,7 @@ async fn status_and_history_show_what_runs_where_and_what_happened() {
 
     let status = setup.run(&["status"]).await.ok();
     insta::assert_snapshot!("status", stable(&status.stdout));
+    assert!(!status.stderr.contains("ERROR"), "the library's log lines without -v: {}", status.stderr);
     let status = setup.run(&["status", "shop-api", "--json"]).await.ok();
     let doc = status.json();
     let prod = &doc["apps"][0]["environments"][1];
