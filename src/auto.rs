@@ -127,6 +127,7 @@ async fn promote_newest(
         to: Some(into),
         unless_moved_since: Some(candidate.vetted_at),
         approved: None,
+        rollback: false,
     };
     let requester = Requester { verified: Some(CONVEYOR.to_owned()), on_behalf_of: None };
     let detail = |what: &str| format!("auto promotion of {} from {from}: {what}", candidate.tag);

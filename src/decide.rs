@@ -142,6 +142,7 @@ pub async fn decide(
                 to: Some(env),
                 unless_moved_since: None,
                 approved: Some(Approved { id: request.id.clone(), by, tag: request.tag.clone() }),
+                rollback: false,
             };
             let requester =
                 Requester { verified: Some(request.requested_by.clone()), on_behalf_of: request.on_behalf_of };

@@ -40,6 +40,10 @@ struct RawRequest {
     reason: Option<String>,
     requested_by: Option<String>,
     to: Option<String>,
+    /// (v3) A rollback (`conveyor rollback`): allowed while the environment is paused, to a
+    /// release verified there before.
+    #[serde(default)]
+    rollback: bool,
 }
 
 /// A valid promote request.
@@ -60,6 +64,9 @@ pub struct Request {
     pub unless_moved_since: Option<chrono::DateTime<Utc>>,
     /// The approval this promotion carries out (never from a payload: [`crate::approval::decide`]).
     pub approved: Option<crate::approval::Approved>,
+    /// A rollback: pausing and rolling back go together in an incident, so it is allowed while the
+    /// environment is paused when its image was verified there before (recorded as such).
+    pub rollback: bool,
 }
 
 /// What to promote: a tag (resolved to the digest stage vetted for it) or a digest.
@@ -128,6 +135,7 @@ pub fn parse_request(payload: Value) -> Result<Request, Error> {
         to: raw.to.map(|to| Environment::parse(&to)).transpose().map_err(InvalidRequest::from)?,
         unless_moved_since: None,
         approved: None,
+        rollback: raw.rollback,
     })
 }
 
@@ -212,9 +220,20 @@ async fn promote(
         }
         let prod_item = items.remove(&prod);
         let state: Option<EnvState> = prod_item.as_ref().and_then(crate::ledger::state_from_item);
+        let mut request = std::borrow::Cow::Borrowed(request);
         if let Some(pause) = state.as_ref().and_then(|s| s.paused.as_ref()) {
-            return Err(Error::Paused { app: app.name.clone(), environment: into, pause: Box::new(pause.clone()) });
+            let verified_here = request.rollback
+                && ledger.image(&app.name, &resolved.digest).await?.is_some_and(|facts| facts.vetted(into).is_some());
+            if !verified_here {
+                return Err(Error::Paused { app: app.name.clone(), environment: into, pause: Box::new(pause.clone()) });
+            }
+            // Recorded with the pause it went through, beside who asked and why.
+            let paused =
+                format!("rolled back while paused by {}: {}", pause.by.as_deref().unwrap_or("someone"), pause.reason);
+            let reason = request.reason.as_ref().map_or(paused.clone(), |reason| format!("{reason} ({paused})"));
+            request.to_mut().reason = Some(reason);
         }
+        let request = request.as_ref();
         if let Some(since) = request.unless_moved_since {
             let latest = state.as_ref().and_then(|s| s.rollout.as_ref());
             if latest.is_some_and(|r| r.digest == resolved.digest || r.started_at >= since) {

@@ -400,6 +400,18 @@ async fn rollback_goes_back_to_the_verified_prod_release_before_the_current_one(
     assert_eq!((doc["tag"].as_str(), doc["status"].as_str()), (Some("v1.1.0"), Some("deploying")));
     assert_eq!(doc["rollback_from"], json!({ "tag": "v1.0.0", "digest": digest(1) }));
     assert_eq!(doc["reason"], "rollback from v1.0.0 to v1.1.0");
+
+    // Pausing and rolling back go together in an incident: prod paused refuses promotions, not a
+    // rollback to a release it verified before (recorded with the pause it went through).
+    settle(&setup.world, &app.prod, Settle::Complete, Action::Verified).await;
+    setup.run(&["pause", "shop-api", "--env", "prod", "--reason", "INC-8"]).await.ok();
+    let refused = setup.run(&["promote", "shop-api", "v1.0.0", "--json"]).await.exits(1);
+    assert_eq!(refused.json()["error"]["type"], "Paused", "{refused:?}");
+    let back = setup.run(&["rollback", "shop-api", "--reason", "INC-8", "--json"]).await.ok().json();
+    assert_eq!((back["tag"].as_str(), back["status"].as_str()), (Some("v1.0.0"), Some("deploying")), "{back}");
+    let history = setup.run(&["history", "shop-api", "--env", "prod", "--limit", "1", "--json"]).await.ok().json();
+    let reason = history["entries"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("INC-8 (rolled back while paused by ") && reason.ends_with(": INC-8)"), "{history}");
 }
 
 #[tokio::test]

@@ -225,6 +225,12 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<Report, CliEr
         None => format!("rollback from {} to {target}", or_dash(from.tag.as_deref())),
     };
     payload["reason"] = json!(reason);
+    // A rollback goes through a pause (`rollback`, v3): sent only then, a v2 promote function
+    // refusing the key.
+    let state = ctx.ledger().await?.env::<EnvState>(&app.name, env).await?.map(|(state, _)| state);
+    if state.is_some_and(|s| s.paused.is_some()) {
+        payload["rollback"] = json!(true);
+    }
     execute(ctx, app.name.as_str(), payload, args.dry_run, &args.wait, Some(from)).await
 }
 
