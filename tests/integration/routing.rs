@@ -61,6 +61,13 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
     recovered["detail"]["state"]["value"] = json!("OK");
     let mut failure = sample("ecr-image-action-push.json");
     failure["detail"]["result"] = json!("FAILURE");
+    // A pause hook awaiting action (no AWS sample ships one: built from a deployment event, as
+    // ASSUMPTIONS N16 describes it), and the same hook once answered.
+    let mut pause = sample("ecs-deployment-completed.json");
+    pause["detail-type"] = json!("ECS Hook State Change");
+    pause["detail"] = json!({ "eventName": "HOOK_AWAITING_ACTION", "hookId": "h1", "lifecycleStage": "PRE_PRODUCTION_TRAFFIC_SHIFT" });
+    let mut pause_answered = pause.clone();
+    pause_answered["detail"]["eventName"] = json!("HOOK_SUCCEEDED");
     let mut other_service = sample("ecs-deployment-completed.json");
     other_service["resources"] = json!(["arn:aws:ecs:us-west-2:111122223333:service/other-cluster/servicetest"]);
 
@@ -80,6 +87,8 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
             ("schedule", sample("scheduled-sweep.json")),
             ("alarm", sample("cloudwatch-alarm-state-change.json")),
             ("alarm-recovered", recovered),
+            ("pause", pause),
+            ("pause-answered", pause_answered),
         ],
     )
     .await;
@@ -88,12 +97,14 @@ async fn sample_events_match_the_right_rule_and_nothing_else_matches() {
     expect("push", &["EcrPushRule"]);
     // Completions and failures of every service of the account reach the monitor (the apps'
     // config decides which are Conveyor's); IN_PROGRESS events need no action and never do.
-    for label in ["completed", "failed", "other-service"] {
+    for label in ["completed", "failed", "other-service", "pause"] {
         expect(label, &["EcsDeploymentRule"]);
     }
     // Any alarm of the account entering ALARM (the apps' `alarms` decide which matter); never a recovery.
     expect("alarm", &["AlarmStateRule"]);
-    for label in ["in-progress", "circuit-breaker", "delete", "push-failure", "schedule", "alarm-recovered"] {
+    for label in
+        ["in-progress", "circuit-breaker", "delete", "push-failure", "schedule", "alarm-recovered", "pause-answered"]
+    {
         expect(label, &[]);
     }
 }
@@ -108,7 +119,10 @@ async fn the_deployment_rule_takes_events_of_this_account_and_the_target_account
     with_targets["TargetAccountIds"] = json!("210987654321,310987654321");
     let pattern = world.aws.rule_pattern("EcsDeploymentRule", with_targets, "111122223333").await;
     assert_eq!(pattern["account"], json!(["111122223333", "210987654321", "310987654321"]));
-    assert_eq!(pattern["detail"]["eventName"], json!(["SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED"]));
+    assert_eq!(
+        pattern["detail"]["eventName"],
+        json!(["SERVICE_DEPLOYMENT_COMPLETED", "SERVICE_DEPLOYMENT_FAILED", "HOOK_AWAITING_ACTION"])
+    );
 }
 
 #[tokio::test]
