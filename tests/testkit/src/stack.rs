@@ -192,10 +192,7 @@ impl LocalStack {
     /// Runs the `conveyor` CLI as `principal` (another person: their own access key, so their own
     /// identity in the local STS).
     pub async fn cli_as(&self, principal: &str, args: &[&str]) -> CliRun {
-        let mut env = crate::principals::act_as(&self.world.function_env(), principal);
-        env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
-        env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
-        env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
+        let env = self.cli_env(principal);
         let output = tokio::process::Command::new(crate::function::binary("conveyor"))
             .args(args)
             .env_clear()
@@ -210,6 +207,15 @@ impl LocalStack {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+
+    /// The variables the `conveyor` CLI runs with against this stack, as `principal`.
+    pub fn cli_env(&self, principal: &str) -> Vec<(String, String)> {
+        let mut env = crate::principals::act_as(&self.world.function_env(), principal);
+        env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
+        env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
+        env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
+        env
     }
 
     /// Adds a line to the timeline.
