@@ -93,10 +93,32 @@ pub enum Error {
     /// The request's identity proof could not be checked ([`crate::identity`]).
     #[error("{0}")]
     Identity(#[from] crate::identity::ProofError),
+    /// Refused: the target's account may not pull the image from the registry it was pushed to;
+    /// the repository policy (or replication) is what to change, not the app's config.
+    #[error("{0}")]
+    PullNotAllowed(Box<PullNotAllowed>),
     /// Some apps failed (the others were handled): the invocation fails so that Lambda retries,
     /// and the retry skips what already succeeded.
     #[error("{}", summarize(.0))]
     Deploy(Vec<(AppName, DeployError)>),
+}
+
+/// An environment's account that cannot pull the image from the repository it was pushed to:
+/// neither the repository policy lets it, nor does ECR replicate the repository there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the repository policy of {repository} in account {registry_account} ({registry_region}) does not let account {account} pull its images, and ECR does not replicate it to {account} in {region}, where {environment} runs: add this statement to that repository policy — {statement} — or replicate the repository there; nothing was changed"
+)]
+pub struct PullNotAllowed {
+    pub environment: Environment,
+    pub repository: String,
+    pub registry_account: String,
+    pub registry_region: String,
+    /// The environment's account and region.
+    pub account: String,
+    pub region: String,
+    /// The policy statement that would let it pull.
+    pub statement: serde_json::Value,
 }
 
 impl From<crate::config::NoSuchEnvironment> for Error {
@@ -280,7 +302,8 @@ impl Error {
             Error::Paused { .. } => ErrorType::Paused,
             Error::Ledger(LedgerError::Busy { .. }) | Error::Moved { .. } => ErrorType::Busy,
             Error::Ledger(_) | Error::Aws(_) => ErrorType::AwsError,
-            Error::Config(_) => ErrorType::ConfigError,
+            // A set-up to fix (the repository policy), as a config error is: `ConfigError`.
+            Error::Config(_) | Error::PullNotAllowed(_) => ErrorType::ConfigError,
             Error::Deploy(_) => ErrorType::DeployFailed,
             Error::NotAllowed(_) => ErrorType::NotAllowed,
             Error::Identity(proof) if proof.retryable() => ErrorType::AwsError,

@@ -32,6 +32,7 @@ pub mod operate;
 pub mod ops;
 pub mod pause;
 pub mod promote;
+pub mod pull;
 pub mod record;
 pub mod rollout;
 pub mod slack;

@@ -15,6 +15,7 @@ use crate::error::{user_text, DeployError, Error, InvalidRequest, NotVetted, Pro
 use crate::fleet::{Fleet, Target};
 use crate::leased::{Leased, Leases};
 use crate::ledger::{Check, Failure, Holder, ImageFacts, Item, ItemKey, Lease, Ledger, LedgerError, TagItem};
+use crate::pull::PullAccess;
 use crate::record::{ApprovalRequest, EnvState};
 use crate::rollout::Origin;
 use crate::start::{self, Candidate, Started};
@@ -494,55 +495,12 @@ async fn pull_source(
     let (Some(prod_account), Some(pushed)) = (prod.account.as_deref(), crate::image::ecr_parts(&resolved.image)) else {
         return Ok(resolved.image.clone());
     };
-    if pushed.account == prod_account {
-        return Ok(resolved.image.clone());
-    }
-    let ecr = fleet.ecr_in(pushed.region);
-    let policy =
-        ecr.get_repository_policy().registry_id(pushed.account).repository_name(pushed.repository).send().await;
-    let policy = match policy {
-        Ok(output) => output.policy_text.and_then(|text| serde_json::from_str::<Value>(&text).ok()),
-        Err(error) if error.as_service_error().is_some_and(|e| e.is_repository_policy_not_found_exception()) => None,
-        Err(error) => {
-            warn!(repository = pushed.repository, error = %crate::aws::AwsError::from_sdk("GetRepositoryPolicy", error),
-                "cannot read the repository policy: ECS will tell whether prod can pull");
-            return Ok(resolved.image.clone());
-        }
-    };
-    if policy.as_ref().is_some_and(|policy| crate::image::policy_lets_pull(policy, prod_account)) {
-        return Ok(resolved.image.clone());
-    }
     let prod_region = prod.region.clone().or(home.region).unwrap_or_else(|| pushed.region.to_owned());
-    if replicated(&ecr, pushed.repository, prod_account, &prod_region).await {
-        let registry = crate::image::ecr_registry(prod_account, &prod_region);
-        return Ok(crate::image::pinned(&registry, pushed.repository, &resolved.digest));
+    match crate::pull::access(fleet, &pushed, into, prod_account, &prod_region).await {
+        PullAccess::SameAccount | PullAccess::Policy | PullAccess::Unknown { .. } => Ok(resolved.image.clone()),
+        PullAccess::Replica { registry } => Ok(crate::image::pinned(&registry, pushed.repository, &resolved.digest)),
+        PullAccess::Denied(refusal) => Err(Error::PullNotAllowed(refusal)),
     }
-    let statement = serde_json::json!({
-        "Sid": format!("ConveyorProdPull{prod_account}"),
-        "Effect": "Allow",
-        "Principal": { "AWS": format!("arn:aws:iam::{prod_account}:root") },
-        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-    });
-    Err(Error::Config(crate::config::ConfigError::one(
-        &app.parameter,
-        &format!("environments.{into}.account"),
-        format!(
-            "{into} runs in account {prod_account}, which cannot pull {} from account {}'s registry ({}): add this statement to the repository policy of {} there — {statement} — or replicate the repository to account {prod_account} in {prod_region}; nothing was changed",
-            pushed.repository, pushed.account, pushed.region, pushed.repository
-        ),
-    )))
-}
-
-/// Whether ECR replicates `repository` to `account` in `region`.
-async fn replicated(ecr: &aws_sdk_ecr::Client, repository: &str, account: &str, region: &str) -> bool {
-    let Ok(registry) = ecr.describe_registry().send().await else { return false };
-    registry.replication_configuration().is_some_and(|configuration| {
-        configuration.rules().iter().any(|rule| {
-            let filtered = rule.repository_filters();
-            let selected = filtered.is_empty() || filtered.iter().any(|f| repository.starts_with(f.filter()));
-            selected && rule.destinations().iter().any(|d| d.registry_id() == account && d.region() == region)
-        })
-    })
 }
 
 /// The environment a request promotes into, and the one that environment takes its images from:

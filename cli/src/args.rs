@@ -7,7 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use conveyor::types::Environment;
 
 /// Operate Conveyor: what runs where, the release history, promote and roll back prod, pause
-/// auto-deploys, check app configs, DORA metrics.
+/// auto-deploys, wait for a verification, check app configs, DORA metrics.
 ///
 /// Runs with your own AWS credentials and only reads Conveyor's state: promotions, rollbacks,
 /// pauses and resumes are made by invoking Conveyor's functions (promote for prod, stage-deploy
@@ -141,6 +141,25 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
+    /// Wait until an image is verified in an environment (by default the one pushes roll out to:
+    /// stage), so that a pipeline can gate on it after a push: exit 0 verified, 2 rolled back,
+    /// failed or replaced by a newer rollout, 3 timed out
+    Wait(WaitForArgs),
+    /// Check the installation and each app's setup (services, controller, container, image,
+    /// circuit breaker, pulls across accounts, alarms, native hooks): one line per check with
+    /// what to fix; exit 0 unless a check fails (4)
+    Doctor {
+        /// One app (default: every configured app)
+        app: Option<String>,
+    },
+    /// Print a shell completion script: `conveyor completions bash > /etc/bash_completion.d/conveyor`
+    /// (zsh: into a directory of your $fpath as `_conveyor`; fish: ~/.config/fish/completions)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `conveyor man > /usr/local/share/man/man1/conveyor.1`
+    Man,
     /// Check app configs with the functions' own validator, or write one to SSM
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -204,6 +223,27 @@ pub struct WaitArgs {
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits (exit 3 after): 90s, 10m, 1h
+    #[arg(long, default_value = "30m", value_parser = parse_timeout, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitForArgs {
+    pub app: String,
+    /// The image's tag (as pushed, or as promoted); with a tag pushed again under another
+    /// digest, use --digest
+    #[arg(required_unless_present = "digest", conflicts_with = "digest")]
+    pub tag: Option<String>,
+    /// The image's digest (sha256:...) instead of a tag
+    #[arg(long, value_name = "DIGEST")]
+    pub digest: Option<String>,
+    /// The environment (default: the app's one pushes roll out to: stage)
+    #[arg(long, value_parser = environment, value_name = "ENV")]
+    pub env: Option<Environment>,
+    /// Wait out the environment's soak too: until the image is vetted (promotable onward)
+    #[arg(long)]
+    pub vetted: bool,
+    /// How long to wait (exit 3 after): 90s, 10m, 1h
     #[arg(long, default_value = "30m", value_parser = parse_timeout, value_name = "DURATION")]
     pub timeout: Duration,
 }

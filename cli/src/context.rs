@@ -22,13 +22,17 @@ pub struct Names {
     pub promote_function: Option<String>,
     pub stage_deploy_function: Option<String>,
     pub prefix: String,
+    /// Native deployments: the hook function and the role ECS invokes it with (checked by
+    /// `doctor`).
+    pub hook_function_arn: Option<String>,
+    pub hook_role_arn: Option<String>,
     /// `stack NAME` or `environment`.
     pub source: String,
 }
 
 impl Names {
-    /// From `CONVEYOR_TABLE`, `CONVEYOR_PROMOTE_FUNCTION`, `CONVEYOR_STAGE_DEPLOY_FUNCTION` and
-    /// `CONVEYOR_SSM_PREFIX`.
+    /// From `CONVEYOR_TABLE`, `CONVEYOR_PROMOTE_FUNCTION`, `CONVEYOR_STAGE_DEPLOY_FUNCTION`,
+    /// `CONVEYOR_SSM_PREFIX` (and `CONVEYOR_HOOK_FUNCTION_ARN`, `CONVEYOR_HOOK_ROLE_ARN`).
     pub fn from_env() -> Names {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
         Names {
@@ -36,6 +40,8 @@ impl Names {
             promote_function: var("CONVEYOR_PROMOTE_FUNCTION"),
             stage_deploy_function: var("CONVEYOR_STAGE_DEPLOY_FUNCTION"),
             prefix: var("CONVEYOR_SSM_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            hook_function_arn: var("CONVEYOR_HOOK_FUNCTION_ARN"),
+            hook_role_arn: var("CONVEYOR_HOOK_ROLE_ARN"),
             source: "environment".into(),
         }
     }
@@ -50,6 +56,8 @@ impl Names {
             promote_function: output("PromoteFunctionName"),
             stage_deploy_function: output("StageDeployFunctionName"),
             prefix: output("SsmPrefix").or_else(|| parameter("SsmPrefix")).unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            hook_function_arn: output("DeployHookFunctionArn"),
+            hook_role_arn: output("EcsHookInvokeRoleArn"),
             source: format!("stack {stack}"),
         }
     }

@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use args::Cli;
 use context::Context;
@@ -22,6 +22,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage(&error),
     };
+    // Generated from the command line's own definition: no AWS, no runtime.
+    match &cli.command {
+        args::Command::Completions { shell } => return generated(|out| completions(*shell, out)),
+        args::Command::Man => return generated(|out| clap_mangen::Man::new(Cli::command()).render(out)),
+        _ => {}
+    }
     init_logs(cli.global.verbose);
     let tty = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
@@ -58,6 +64,23 @@ fn print(out: &mut dyn Write, json: bool, document: &serde_json::Value, text: &s
     let mut written = if json { serde_json::to_string_pretty(document).unwrap_or_default() } else { text.to_owned() };
     written.push('\n');
     let _ = out.write_all(written.as_bytes()).and_then(|()| out.flush());
+}
+
+fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    clap_complete::generate(shell, &mut Cli::command(), "conveyor", out);
+    Ok(())
+}
+
+/// Writes what `write` generates to stdout: done (`0`), or `4` when stdout refuses it.
+fn generated(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::from(error::DONE),
+        Err(error) => {
+            eprintln!("conveyor: cannot write: {error}");
+            ExitCode::from(error::AWS_OR_CONFIG)
+        }
+    }
 }
 
 /// Help and version are done (`0`); any other usage error is invalid input (`1`).

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{DeploymentRolloutState, DeploymentStrategy, Tag, TaskDefinition, TaskDefinitionField};
+use aws_sdk_ecs::types::{
+    DeploymentCircuitBreaker, DeploymentControllerType, DeploymentLifecycleHook, DeploymentRolloutState,
+    DeploymentStrategy, LoadBalancer, Tag, TaskDefinition, TaskDefinitionField,
+};
 use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
@@ -69,6 +72,33 @@ pub struct ServiceState {
     /// `BLUE_GREEN`, `LINEAR` or `CANARY`: ECS runs the deployment and rolls it back itself
     /// (`None`: a rolling service).
     pub native_strategy: Option<DeploymentStrategy>,
+}
+
+/// How a service is set up to be deployed: what `conveyor doctor` judges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSetup {
+    pub task_definition: String,
+    /// `None`: ECS's own controller (the default).
+    pub controller: Option<DeploymentControllerType>,
+    /// `None`: a rolling update (the default).
+    pub strategy: Option<DeploymentStrategy>,
+    pub circuit_breaker: Option<DeploymentCircuitBreaker>,
+    pub hooks: Vec<DeploymentLifecycleHook>,
+    pub load_balancers: Vec<LoadBalancer>,
+}
+
+impl ServiceSetup {
+    fn from_sdk(service: aws_sdk_ecs::types::Service) -> Self {
+        let configuration = service.deployment_configuration;
+        ServiceSetup {
+            task_definition: service.task_definition.unwrap_or_default(),
+            controller: service.deployment_controller.map(|c| c.r#type),
+            strategy: configuration.as_ref().and_then(|c| c.strategy.clone()),
+            circuit_breaker: configuration.as_ref().and_then(|c| c.deployment_circuit_breaker.clone()),
+            hooks: configuration.and_then(|c| c.lifecycle_hooks).unwrap_or_default(),
+            load_balancers: service.load_balancers.unwrap_or_default(),
+        }
+    }
 }
 
 impl ServiceState {
@@ -230,6 +260,15 @@ impl Ecs {
 
     /// The service, which must exist and be `ACTIVE` (`ServiceNotFound` otherwise, not retryable).
     pub async fn service(&self, cluster: &str, service: &str) -> Result<ServiceState, AwsError> {
+        self.described_service(cluster, service).await.map(ServiceState::from_sdk)
+    }
+
+    /// How the service is set up to be deployed (`conveyor doctor`).
+    pub async fn setup(&self, cluster: &str, service: &str) -> Result<ServiceSetup, AwsError> {
+        self.described_service(cluster, service).await.map(ServiceSetup::from_sdk)
+    }
+
+    async fn described_service(&self, cluster: &str, service: &str) -> Result<aws_sdk_ecs::types::Service, AwsError> {
         let output = self
             .client
             .describe_services()
@@ -238,19 +277,13 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DescribeServices", e))?;
-        output
-            .services
-            .unwrap_or_default()
-            .into_iter()
-            .find(|s| s.status() == Some("ACTIVE"))
-            .map(ServiceState::from_sdk)
-            .ok_or_else(|| {
-                AwsError::new(
-                    "DescribeServices",
-                    "ServiceNotFound",
-                    format!("no ACTIVE service {service} in cluster {cluster}"),
-                )
-            })
+        output.services.unwrap_or_default().into_iter().find(|s| s.status() == Some("ACTIVE")).ok_or_else(|| {
+            AwsError::new(
+                "DescribeServices",
+                "ServiceNotFound",
+                format!("no ACTIVE service {service} in cluster {cluster}"),
+            )
+        })
     }
 
     /// The images a service revision runs, as ECS resolved them: `(container, digest)` for each

@@ -13,7 +13,8 @@ mod sts;
 
 pub use cloudwatch::{AlarmReading, Alarms};
 pub use ecs::{
-    is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceState, Unmodeled,
+    is_inactive_revision, Deployment, DeploymentStatus, Described, Ecs, RegisterError, ServiceSetup, ServiceState,
+    Unmodeled,
 };
 pub use raw::RawCapture;
 pub use service_deployments::{AwaitingHook, InFlight};

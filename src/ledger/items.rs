@@ -64,6 +64,11 @@ impl ImageFacts {
         self.others.get(&format!("vetted_{env}")).and_then(|v| serde_json::from_value(v.clone()).ok())
     }
 
+    /// Why the image failed in `env`, if it did.
+    pub fn failed(&self, env: Environment) -> Option<Failure> {
+        self.others.get(&format!("failed_{env}")).and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
     /// The newest failure anywhere: such an image is never promotable (without `force`).
     pub fn failure(&self) -> Option<(Environment, Failure)> {
         self.others

@@ -5,6 +5,7 @@
 //! copy of how they decide.
 
 pub mod config;
+pub mod doctor;
 pub mod follow;
 pub mod history;
 pub mod metrics;

@@ -112,18 +112,18 @@ pub struct Ran {
 
 impl Ran {
     #[track_caller]
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     #[track_caller]
-    fn ok(self) -> Ran {
+    pub(crate) fn ok(self) -> Ran {
         assert_eq!(self.code, 0, "{self:?}");
         self
     }
 
     #[track_caller]
-    fn exits(self, code: i32) -> Ran {
+    pub(crate) fn exits(self, code: i32) -> Ran {
         assert_eq!(self.code, code, "{self:?}");
         self
     }
@@ -363,6 +363,38 @@ async fn promote_wait_ends_verified_rolled_back_or_timed_out() {
 
     let timed_out = setup.run(&["promote", "shop-api", "v1.2.0", "--wait", "--timeout", "2s"]).await.exits(3);
     assert!(timed_out.stdout.contains("timed_out after"), "{timed_out:?}");
+}
+
+/// A pipeline pushes, then gates on stage: `conveyor wait` started before the push reaches
+/// Conveyor follows it to its verdict.
+#[tokio::test]
+async fn wait_gates_a_pipeline_on_the_stage_verification_of_a_push() {
+    let setup = Setup::new().await;
+    let app = setup.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+
+    let child = setup.spawn(&["wait", "shop-api", "v1.0.0", "--json"]);
+    setup.push(&app, "v1.0.0", 1, 2).await;
+    settle(&setup.world, &app.stage, Settle::Complete, Action::Verified).await;
+    let doc = finished(child.wait_with_output().await.unwrap()).ok().json();
+    assert_eq!((doc["environment"].as_str(), doc["wait"]["outcome"].as_str()), (Some("stage"), Some("verified")));
+    assert_eq!(doc["digest"], digest(1));
+    // Verified already: the answer is immediate, by digest too, and in any environment named.
+    let again = setup.run(&["wait", "shop-api", "--digest", &digest(1), "--env", "stage"]).await.ok();
+    assert!(again.stdout.starts_with("verified after 0s: shop-api stage"), "{again:?}");
+
+    let child = setup.spawn(&["wait", "shop-api", "v1.1.0"]);
+    setup.push(&app, "v1.1.0", 2, 1).await;
+    settle(&setup.world, &app.stage, Settle::Fail { circuit_breaker_rollback: false }, Action::RolledBack).await;
+    let rolled_back = finished(child.wait_with_output().await.unwrap()).exits(2);
+    assert!(rolled_back.stdout.starts_with("rolled_back after"), "{rolled_back:?}");
+    assert!(rolled_back.stderr.contains("shop-api stage v1.1.0"), "progress on stderr: {rolled_back:?}");
+
+    let never = setup.run(&["wait", "shop-api", "v9.9.9", "--timeout", "2s", "--json"]).await.exits(3);
+    assert_eq!(never.json()["wait"]["outcome"], "timed_out");
+    assert!(never.json()["wait"]["reason"].as_str().unwrap().starts_with("not rolled out yet"), "{never:?}");
+    let nowhere = setup.run(&["wait", "shop-api", "v1.0.0", "--env", "qa", "--json"]).await.exits(1);
+    assert!(nowhere.json()["error"]["message"].as_str().unwrap().contains("has no environment qa"), "{nowhere:?}");
+    setup.run(&["wait", "shop-web", "v1.0.0"]).await.exits(1);
 }
 
 #[tokio::test]
@@ -762,4 +794,22 @@ async fn a_pause_reason_is_bounded_and_escaped_in_the_notification() {
     let description = note["Message"]["content"]["description"].as_str().unwrap();
     assert!(description.contains("*Reason:* &lt;!channel&gt; &lt;https://x.example|y&gt; &amp; more"), "{description}");
     assert_eq!(note["Message"]["metadata"]["additionalContext"]["reason"], reason);
+}
+
+/// Completions and the man page come from the command line's own definition, with no AWS at all.
+#[tokio::test]
+async fn completions_and_the_man_page_are_generated_without_aws() {
+    let bash = run(&[], &["completions", "bash"]).await.ok();
+    assert!(bash.stdout.contains("complete -F _conveyor") && bash.stdout.contains("promote"), "{bash:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(!run(&[], &["completions", shell]).await.ok().stdout.is_empty(), "{shell}");
+    }
+    let man = run(&[], &["man"]).await.ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH conveyor"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    assert!(man.stdout.contains("wait"), "every command is in the man page");
+    run(&[], &["completions", "tcsh"]).await.exits(1);
 }

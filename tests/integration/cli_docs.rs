@@ -106,6 +106,8 @@ pub(crate) async fn story(world: World) -> String {
     }
     stack.push("shop-api", "v1.4.1", &digest(141), ago(20)).await;
     verified("shop-api", "v1.4.1").await.unwrap();
+    let (args, ran) = cli(vec!["wait", "shop-api", "v1.4.1"]).await;
+    show(&mut doc, &args, &ran);
     let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--dry-run"]).await;
     show(&mut doc, &args, &ran);
     let (args, ran) = cli(vec!["promote", "shop-api", "v1.4.1", "--wait"]).await;
@@ -158,6 +160,7 @@ pub(crate) async fn story(world: World) -> String {
         vec!["history", "shop-api", "--env", "prod", "--limit", "3", "--json"],
         vec!["metrics"],
         vec!["metrics", "shop-api", "--json"],
+        vec!["doctor", "shop-api"],
     ] {
         let (args, ran) = cli(args).await;
         show(&mut doc, &args, &ran);

@@ -66,6 +66,9 @@ pub(crate) async fn prod_in_another_account(world: World) {
     let (error_type, message) = f.promote.invoke(json!({ "app": "shop-api", "tag": "v1.0.0" })).await.error();
     assert_eq!(error_type, "ConfigError", "{message}");
     assert!(message.contains(PROD_ACCOUNT) && message.contains("ecr:BatchGetImage"), "{message}");
+    // The repository policy is what to fix, not the app's config.
+    assert!(message.starts_with(&format!("the repository policy of {}", app.repository)), "{message}");
+    assert!(!message.contains("environments.prod.account"), "{message}");
     assert!(world.image_in(PROD_ACCOUNT, &app.prod).await.ends_with(&format!("{}:v0.9.0", app.repository)));
 
     // Allowed: promote registers prod's revision in account B and rolls B's service onto it.

@@ -11,6 +11,7 @@ mod cli;
 mod cli_docs;
 mod cross_account;
 mod deploy_monitor;
+mod doctor;
 mod e2e;
 mod fault_matrix;
 mod holes_monitor;

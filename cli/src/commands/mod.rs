@@ -2,11 +2,13 @@
 
 pub mod approve;
 pub mod config;
+pub mod doctor;
 pub mod history;
 pub mod metrics;
 pub mod pause;
 pub mod promote;
 pub mod status;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -30,6 +32,10 @@ pub async fn run(ctx: &Context, command: Command) -> Result<Report, CliError> {
         Command::Config(ConfigCommand::Put { file }) => config::put(ctx, &file).await,
         Command::Metrics { app, days } => metrics::run(ctx, app.as_deref(), days).await,
         Command::Approve { app, to, id, wait } => approve::approve(ctx, &app, to, id.as_deref(), &wait).await,
+        Command::Wait(args) => wait::run(ctx, args).await,
+        Command::Doctor { app } => doctor::run(ctx, app.as_deref()).await,
+        // Handled in `main`, before any AWS set-up.
+        Command::Completions { .. } | Command::Man => Ok(Report::done(serde_json::Value::Null, String::new())),
         Command::Reject { app, to, id, reason } => approve::reject(ctx, &app, to, id.as_deref(), &reason).await,
     }
 }

@@ -27,7 +27,7 @@ use crate::error::{CliError, AWS_OR_CONFIG, DONE, REFUSED, ROLLED_BACK, TIMED_OU
 use crate::output::{self, or_dash, render, Report, Style, Tone};
 
 /// How often `--wait` looks at the rollout.
-const POLL: Duration = Duration::from_secs(1);
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// Invokes a function synchronously (RequestResponse); a function error (HTTP 200 with
 /// `FunctionError`) becomes a [`CliError`] by its `errorType`.
@@ -81,7 +81,7 @@ impl Waited {
     }
 
     /// How a settled rollout ended; `None` while it is still in progress.
-    fn settled(state: &RolloutState) -> Option<Self> {
+    pub fn settled(state: &RolloutState) -> Option<Self> {
         match state {
             RolloutState::InProgress => None,
             RolloutState::Verified { .. } => Some(Waited::Verified),

@@ -1,0 +1,159 @@
+//! `conveyor doctor [APP]`: checks a live installation and each app's setup (the library's
+//! `ops::doctor` judges), one line per check with what to fix. Reads only.
+
+use conveyor::config::Home;
+use conveyor::ledger::ItemKey;
+use conveyor::ops::doctor::{self, Check, CheckName, HookNames, Verdict};
+use serde_json::json;
+
+use super::{configs, find_app};
+use crate::context::Context;
+use crate::error::{CliError, AWS_OR_CONFIG, DONE};
+use crate::output::{render, Report, Tone};
+
+const INSTALL: &str = "install";
+
+pub async fn run(ctx: &Context, app: Option<&str>) -> Result<Report, CliError> {
+    let names = ctx.names().await?;
+    let mut checks = install(ctx).await;
+    let set = configs(ctx).await?;
+    let apps = match app {
+        Some(name) => vec![find_app(&set, name, &names.prefix)?],
+        None => {
+            for invalid in &set.invalid {
+                checks.push(Check::fail(
+                    invalid.error.parameter.trim_start_matches(&names.apps_path()),
+                    CheckName::Config,
+                    invalid.error.to_string(),
+                    "fix it: `conveyor config validate` says the same before you put it",
+                ));
+            }
+            set.apps.iter().collect()
+        }
+    };
+    let home = home(ctx).await;
+    let fleet = ctx.fleet()?;
+    let hook =
+        HookNames { function_arn: names.hook_function_arn.clone(), invoke_role_arn: names.hook_role_arn.clone() };
+    for app in apps {
+        checks.push(Check::pass(app.name.as_str(), CheckName::Config, format!("{} is valid", app.parameter)));
+        for (env, _, target) in app.pipeline.targets() {
+            checks.extend(doctor::target_checks(&fleet, &home, app, env, target, &hook).await);
+        }
+    }
+    let healthy = doctor::healthy(&checks);
+    let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
+    let (passed, warned, failed) = (count(Verdict::Pass), count(Verdict::Warn), count(Verdict::Fail));
+    let text = format!("{}\n\n{passed} passed, {warned} warned, {failed} failed", table(ctx, &checks));
+    Ok(Report {
+        json: json!({ "healthy": healthy, "checks": checks }),
+        text,
+        // A failed check is a setup to fix, as a configuration error is.
+        exit_code: if healthy { DONE } else { AWS_OR_CONFIG },
+    })
+}
+
+/// The installation itself: its names, the state table, the functions.
+async fn install(ctx: &Context) -> Vec<Check> {
+    let names = match ctx.names().await {
+        Ok(names) => names,
+        Err(error) => return vec![Check::fail(INSTALL, CheckName::Names, error.message, "give --stack NAME")],
+    };
+    let mut checks = Vec::new();
+    match names.table() {
+        Ok(table) => checks.push(match ctx.ledger().await {
+            Ok(ledger) => match ledger.item(&ItemKey::config("doctor")).await {
+                Ok(_) => Check::pass(INSTALL, CheckName::StateTable, format!("{table} is readable")),
+                Err(error) => Check::fail(
+                    INSTALL,
+                    CheckName::StateTable,
+                    error.to_string(),
+                    "deploy the stack, or name it with --stack",
+                ),
+            },
+            Err(error) => Check::fail(INSTALL, CheckName::StateTable, error.message, "give a region"),
+        }),
+        Err(error) => checks.push(Check::fail(INSTALL, CheckName::Names, error.message, "give --stack NAME")),
+    }
+    let functions = [
+        ("promote", names.promote_function()),
+        ("stage-deploy", names.stage_deploy_function()),
+        ("deploy-hook", names.hook_function_arn.as_deref().ok_or_else(|| CliError::config("not known"))),
+    ];
+    let lambda = match ctx.lambda() {
+        Ok(lambda) => lambda,
+        Err(error) => return vec![Check::fail(INSTALL, CheckName::Function, error.message, "give a region")],
+    };
+    for (role, function) in functions {
+        let Ok(function) = function else {
+            if role != "deploy-hook" {
+                checks.push(Check::fail(
+                    INSTALL,
+                    CheckName::Names,
+                    format!("no {role} function is known"),
+                    "give --stack NAME",
+                ));
+            }
+            continue;
+        };
+        checks.push(match lambda.get_function_configuration().function_name(function).send().await {
+            Ok(found) => Check::pass(
+                INSTALL,
+                CheckName::Function,
+                format!(
+                    "{role}: {} ({})",
+                    found.function_name().unwrap_or(function),
+                    found.state().map_or("?", |s| s.as_str())
+                ),
+            ),
+            Err(error) => Check::fail(
+                INSTALL,
+                CheckName::Function,
+                format!("{role}: {}", conveyor::aws::AwsError::from_sdk("GetFunctionConfiguration", error)),
+                "deploy the stack, or name the function (--stack, or the CONVEYOR_* variables)",
+            ),
+        });
+    }
+    checks
+}
+
+/// Conveyor's account and region, as the caller's identity says (a registry defaults to it).
+async fn home(ctx: &Context) -> Home {
+    let region = ctx.sdk().ok().and_then(|sdk| sdk.region().map(|r| r.as_ref().to_owned()));
+    let account = match ctx.sdk() {
+        Ok(sdk) => aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.ok().and_then(|id| id.account),
+        Err(_) => None,
+    };
+    Home { account, region }
+}
+
+/// One row per check; below, what to fix, for every check that did not pass.
+fn table(ctx: &Context, checks: &[Check]) -> String {
+    let style = &ctx.style;
+    let mut table = style.table(&["RESULT", "SCOPE", "CHECK", "DETAIL"]);
+    for check in checks {
+        let tone = match check.verdict {
+            Verdict::Pass => Tone::Good,
+            Verdict::Warn => Tone::Attention,
+            Verdict::Fail => Tone::Bad,
+        };
+        table.add_row(vec![
+            style.state(check.verdict.as_str(), tone),
+            style.cell(&check.scope, None),
+            style.cell(check.check.as_str(), None),
+            style.cell(&check.detail, None),
+        ]);
+    }
+    let mut text = render(&table);
+    let fixes: Vec<String> = checks
+        .iter()
+        .filter_map(|c| {
+            Some(format!("- {} {} {}: {}", c.verdict.as_str(), c.scope, c.check.as_str(), c.fix.as_deref()?))
+        })
+        .collect();
+    if !fixes.is_empty() {
+        text.push_str("\n\nto fix:\n");
+        text.push_str(&fixes.join("\n"));
+    }
+    text
+}
