@@ -42,10 +42,10 @@ up: setup build ## the local stack left running (local AWS, the functions, the r
 	setsid target/debug/playground > .local/playground.log 2>&1 < /dev/null & echo $$! > .local/playground.pid
 	for _ in $$(seq 1 240); do test -f .local/playground.env && break; sleep 0.5; done
 	test -f .local/playground.env || { tail -n 30 .local/playground.log; $(MAKE) --no-print-directory down; exit 1; }
-	echo "playground up (what happens: .local/playground.log). In your shell:"
-	echo "  source .local/playground.env && export PATH=\"$(CURDIR)/target/debug:\$$PATH\""
-	echo "  conveyor status"
-	echo "  make push APP=shop-api TAG=v1.2.3     # an ECR push: stage-deploy rolls it out"
+	@echo "playground up (what happens: .local/playground.log). In your shell:"
+	@echo "  source .local/playground.env && export PATH=\"$(CURDIR)/target/debug:\$$PATH\""
+	@echo "  conveyor status"
+	@echo "  make push APP=shop-api TAG=v1.2.3     # an ECR push: stage-deploy rolls it out"
 
 down: ## stop what `make up` started
 	if test -f .local/playground.pid; then kill -TERM -- -"$$(cat .local/playground.pid)" 2>/dev/null || true; fi

@@ -342,6 +342,21 @@ async fn blue_green(stack: &LocalStack) -> Result<(), String> {
         .await;
     check(prod.ends_with(":v0.9.0"), || format!("checkout prod runs {prod}, not blue (v0.9.0)"))?;
     operator(stack, &["status", "checkout"], 0).await?;
+    // The whole installation as `conveyor doctor` sees it: no check fails (the services run
+    // without the circuit breaker: warnings), the blue/green service has Conveyor's hook.
+    let doctor = stack.cli(&["doctor"]).await;
+    let fixes: Vec<&str> = doctor.stdout.lines().filter(|l| l.starts_with("- ")).collect();
+    let summary = doctor.stdout.lines().last().unwrap_or_default();
+    stack.say(
+        MomentKind::Command,
+        format!(
+            "$ conveyor doctor\n  ... one line per check, then what to fix:\n  {}\n  {summary}",
+            fixes.first().unwrap_or(&"-")
+        ),
+    );
+    check(doctor.code == 0 && doctor.stdout.contains(" hook "), || {
+        format!("conveyor doctor: {}{}", doctor.stdout, doctor.stderr)
+    })?;
     Ok(())
 }
 

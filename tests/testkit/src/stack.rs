@@ -215,6 +215,13 @@ impl LocalStack {
         env.push(("CONVEYOR_PROMOTE_FUNCTION".into(), "promote".into()));
         env.push(("CONVEYOR_STAGE_DEPLOY_FUNCTION".into(), "stage-deploy".into()));
         env.push(("AWS_ENDPOINT_URL_LAMBDA".into(), self.lambda.url()));
+        // What the stack's outputs DeployHookFunctionArn and EcsHookInvokeRoleArn say on AWS.
+        let (region, account) = (crate::local_aws::REGION, crate::local_aws::ACCOUNT);
+        env.push((
+            "CONVEYOR_HOOK_FUNCTION_ARN".into(),
+            format!("arn:aws:lambda:{region}:{account}:function:deploy-hook"),
+        ));
+        env.push(("CONVEYOR_HOOK_ROLE_ARN".into(), format!("arn:aws:iam::{account}:role/conveyor-ecs-hook")));
         env
     }
 
