@@ -13,6 +13,7 @@ pub mod announce;
 pub mod approval;
 pub mod auto;
 pub mod aws;
+pub mod cleanup;
 pub mod config;
 pub mod decide;
 pub mod error;

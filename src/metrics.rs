@@ -102,6 +102,12 @@ pub fn transition(notification: &Notification) {
     write(&document(&notification.app, &environment, &[(&metric, Unit::Count, 1.0)], &properties, Utc::now()));
 }
 
+/// Revisions the sweep deregistered in one environment (`RevisionsDeregistered`).
+pub fn revisions_deregistered(app: &crate::config::AppConfig, env: crate::types::Environment, count: usize) {
+    let metrics = [("RevisionsDeregistered", Unit::Count, count as f64)];
+    write(&document(app.name.as_str(), env.as_str(), &metrics, &[], Utc::now()));
+}
+
 /// A duration between two moments of a deployment.
 pub fn latency(app: &str, environment: &str, metric: &str, unit: Unit, from: DateTime<Utc>, to: DateTime<Utc>) {
     let millis = (to - from).num_milliseconds().max(0) as f64;

@@ -44,6 +44,10 @@ pub struct EnvState {
     /// attempt for the same image and base uses it instead of registering another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphan: Option<Orphan>,
+    /// The revision number of the newest rollout whose family the sweep last cleaned up
+    /// ([`crate::cleanup`]): nothing is due again until a newer rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned_through: Option<u32>,
     /// The verified rollout soaking here: its image counts as vetted once `until` has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<Soak>,
@@ -378,6 +382,7 @@ impl EnvState {
             paused: None,
             drift: None,
             orphan: None,
+            cleaned_through: None,
             soak: None,
             approval: None,
             targets: Vec::new(),

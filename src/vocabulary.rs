@@ -38,6 +38,8 @@ pub enum Outcome {
     Approved,
     Rejected,
     ApprovalExpired,
+    /// The sweep deregistered an old revision Conveyor registered (history only).
+    Deregistered,
 }
 
 impl Outcome {
@@ -103,6 +105,8 @@ pub enum Action {
     Restored,
     /// Notifications left in an outbox were delivered.
     Delivered,
+    /// Old revisions Conveyor registered were deregistered (the sweep's cleanup).
+    Deregistered,
     /// The sweep could not handle this item (the others were handled).
     Error,
 }

@@ -136,7 +136,7 @@ impl From<Outcome> for Tone {
             Outcome::RolledBack | Outcome::Failed | Outcome::ConfigError => Tone::Bad,
             Outcome::Deploying | Outcome::Promoted | Outcome::Held | Outcome::Soaking => Tone::Busy,
             Outcome::Paused | Outcome::Drift | Outcome::ApprovalRequested => Tone::Attention,
-            Outcome::Superseded | Outcome::Rejected | Outcome::ApprovalExpired => Tone::Quiet,
+            Outcome::Superseded | Outcome::Rejected | Outcome::ApprovalExpired | Outcome::Deregistered => Tone::Quiet,
         }
     }
 }
@@ -165,7 +165,7 @@ impl From<PromoteStatus> for Tone {
 impl From<Action> for Tone {
     fn from(action: Action) -> Self {
         match action {
-            Action::Verified | Action::Restored | Action::Delivered => Tone::Good,
+            Action::Verified | Action::Restored | Action::Delivered | Action::Deregistered => Tone::Good,
             Action::RolledBack | Action::Failed | Action::Error => Tone::Bad,
             Action::Deploying | Action::Waiting | Action::Soaking => Tone::Busy,
             Action::Paused | Action::Drift => Tone::Attention,

@@ -439,6 +439,27 @@ impl Ecs {
         Ok(None)
     }
 
+    /// The ACTIVE revisions of `family`, newest first: one page (ECS's largest, 100), which is
+    /// as far back as a sweep looks.
+    pub async fn active_revisions(&self, family: &str) -> Result<Vec<String>, AwsError> {
+        let output = self
+            .client
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+            .sort(aws_sdk_ecs::types::SortOrder::Desc)
+            .max_results(100)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ListTaskDefinitions", e))?;
+        // The prefix also matches longer families (`shop-stage` of `shop-stage-2`).
+        let ours = |arn: &String| crate::taskdef::family_of(arn) == Some(family);
+        let mut arns: Vec<String> = output.task_definition_arns.unwrap_or_default().into_iter().filter(ours).collect();
+        // Newest first by the revision number itself, whatever order the page came in.
+        arns.sort_by_key(|arn| std::cmp::Reverse(crate::taskdef::revision_number(arn)));
+        Ok(arns)
+    }
+
     /// Removes a revision that no service runs (it becomes INACTIVE).
     pub async fn deregister(&self, arn: &str) -> Result<(), AwsError> {
         self.client

@@ -29,6 +29,9 @@ use crate::web::Endpoints;
 
 /// How long a loaded configuration serves warm invocations before it is read again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Default `keep_revisions`.
+pub const DEFAULT_KEEP_REVISIONS: usize = 10;
+
 /// Default `rollout_timeout_seconds`.
 pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -114,6 +117,9 @@ pub struct AppConfig {
     pub rollout_timeout: Duration,
     /// The registry of `repository` when it is not Conveyor's own account and region.
     pub registry: Option<Registry>,
+    /// How many of the revisions Conveyor registered the sweep keeps per environment (target),
+    /// newest first; older ones no service runs are deregistered.
+    pub keep_revisions: usize,
 }
 
 impl AppConfig {
@@ -170,6 +176,7 @@ impl AppConfig {
                 "slack_webhook_parameter",
                 "rollout_timeout_seconds",
                 "registry",
+                "keep_revisions",
             ]);
             let repository = fields.string("repository", true, &REPOSITORY, "an ECR repository name");
             let container = fields.string("container", true, &NAME, "a container name");
@@ -198,6 +205,16 @@ impl AppConfig {
                     }
                 },
             };
+            let keep_revisions = match fields.get("keep_revisions") {
+                None => DEFAULT_KEEP_REVISIONS,
+                Some(value) => match value.as_u64() {
+                    Some(keep @ 1..=100) => keep as usize,
+                    _ => {
+                        fields.problem("keep_revisions", format!("must be a whole number from 1 to 100, got {value}"));
+                        DEFAULT_KEEP_REVISIONS
+                    }
+                },
+            };
             let registry =
                 fields.get("registry").and_then(|value| Registry::parse(value, fields.key("registry"), &problems));
             let pipeline =
@@ -212,6 +229,7 @@ impl AppConfig {
                 slack_webhook_parameter,
                 rollout_timeout,
                 registry,
+                keep_revisions,
             })
         });
         match parsed {
@@ -494,6 +512,7 @@ mod tests {
         );
         assert_eq!(app.target(Environment::PROD).unwrap().health_url, None);
         assert_eq!(app.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT);
+        assert_eq!(app.keep_revisions, DEFAULT_KEEP_REVISIONS);
         assert!(app.tags.admits(&tag("v1.2.3")));
         assert!(app.tags.admits(&tag("0a1b2c3")));
         assert!(!app.tags.admits(&tag("latest")));
@@ -575,6 +594,7 @@ mod tests {
         );
         assert_rejected(&edit(|v| v["repository"] = "Shop API".into()), "repository", "ECR repository");
         assert_rejected(&edit(|v| v["rollout_timeout_seconds"] = 0.into()), "rollout_timeout_seconds", "whole number");
+        assert_rejected(&edit(|v| v["keep_revisions"] = 0.into()), "keep_revisions", "from 1 to 100");
         assert_rejected(
             &edit(|v| v["environments"]["prod"] = v["environments"]["stage"].clone()),
             "environments.prod.service",
@@ -792,7 +812,7 @@ mod tests {
         assert_eq!(error.key(), "contianer");
         assert!(error.to_string().contains("4 problems: `contianer`: unknown key"), "{error}");
         let one = parse(&edit(|v| v["colour"] = "red".into())).unwrap_err();
-        assert!(one.to_string().ends_with("key `colour`: unknown key (allowed: repository, container, tags, environments, slack_webhook_parameter, rollout_timeout_seconds, registry)"), "{one}");
+        assert!(one.to_string().ends_with("key `colour`: unknown key (allowed: repository, container, tags, environments, slack_webhook_parameter, rollout_timeout_seconds, registry, keep_revisions)"), "{one}");
     }
 
     #[test]

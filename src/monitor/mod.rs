@@ -1110,9 +1110,67 @@ async fn sweep(
     let mut results: Vec<Handled> = ended.into_iter().chain(expired).chain(results.into_iter().flatten()).collect();
     let onwards = crate::auto::reconcile(configs, fleet, leases, &config.apps, invocation).await;
     results.extend(onwards.into_iter().map(Handled::from));
+    results.extend(Box::pin(clean_revisions(fleet, leases, &config, invocation)).await);
     let errors = results.iter().filter(|r| r.action == Action::Error).count();
     info!(handled = results.len(), errors, "sweep done");
     Ok(MonitorReport { results })
+}
+
+/// Deregisters old revisions ([`crate::cleanup`]): every environment target's state in one read,
+/// then, only where a cleanup is due (a rollout since the last one, past `keep_revisions`), the
+/// target's family under its lease, within one budget for the whole sweep.
+async fn clean_revisions(
+    fleet: &Fleet,
+    leases: Leases<'_>,
+    config: &ConfigSet,
+    invocation: &Invocation,
+) -> Vec<Handled> {
+    let keys: Vec<ItemKey> = config
+        .apps
+        .iter()
+        .flat_map(|app| app.pipeline.environments.iter().map(|env| ItemKey::env(&app.name, env.name)))
+        .collect();
+    let items = match leases.ledger.items(&keys).await {
+        Ok(items) => items,
+        Err(error) => {
+            warn!(error = %error, "revision cleanup skipped: the states cannot be read");
+            return Vec::new();
+        }
+    };
+    let mut budget = crate::cleanup::PER_SWEEP;
+    let mut results = Vec::new();
+    for app in &config.apps {
+        for env in &app.pipeline.environments {
+            let Some(state) =
+                items.get(&ItemKey::env(&app.name, env.name)).and_then(crate::ledger::state_from_item::<EnvState>)
+            else {
+                continue;
+            };
+            for index in 0..env.targets.len() {
+                let due = state.target(index).and_then(|s| crate::cleanup::due(s, app.keep_revisions));
+                if budget == 0 || due.is_none() {
+                    continue;
+                }
+                let lease = Lease::new(ItemKey::env(&app.name, env.name), "deploy-monitor cleanup", invocation);
+                let cleaned = Box::pin(leases.with_target(lease, fleet, app, env.name, index, async |here| {
+                    crate::cleanup::clean(here, budget).await
+                }))
+                .await;
+                match cleaned {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        budget = budget.saturating_sub(count);
+                        let detail = format!("{count} old revision(s) deregistered");
+                        results.push(Handled::of(&app.name, env.name, Action::Deregistered, detail));
+                    }
+                    Err(error) => {
+                        warn!(app = %app.name, environment = %env.name, error = %error, "revision cleanup failed")
+                    }
+                }
+            }
+        }
+    }
+    results
 }
 
 async fn sweep_item(

@@ -7,6 +7,7 @@ mod approvals;
 mod aws_calls;
 mod burst;
 mod channels;
+mod cleanup;
 mod cli;
 mod cli_docs;
 mod cross_account;

@@ -208,6 +208,7 @@ _HANDLERS = {
     ("ecs", "RegisterTaskDefinition"): _register_task_definition,
     ("ecs", "DescribeTaskDefinition"): _star("ecs:DescribeTaskDefinition"),
     ("ecs", "DeregisterTaskDefinition"): _star("ecs:DeregisterTaskDefinition"),
+    ("ecs", "ListTaskDefinitions"): _star("ecs:ListTaskDefinitions"),
     ("ecs", "DescribeTasks"): _tasks,
     ("ecs", "ListTasks"): _list_tasks,
     ("dynamodb", "GetItem"): _item("dynamodb:GetItem"),
