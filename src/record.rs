@@ -45,7 +45,7 @@ pub struct EnvState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphan: Option<Orphan>,
     /// The revision number of the newest rollout whose family the sweep last cleaned up
-    /// ([`crate::cleanup`]): nothing is due again until a newer rollout.
+    /// (the sweep's revision cleanup): nothing is due again until a newer rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaned_through: Option<u32>,
     /// The verified rollout soaking here: its image counts as vetted once `until` has passed.

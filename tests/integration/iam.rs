@@ -20,7 +20,7 @@ use std::future::Future;
 use conveyor_testkit::accounts::{target_role, PROD_ACCOUNT};
 use conveyor_testkit::iam::Verdict;
 use conveyor_testkit::local_aws::{ACCOUNT, REGION};
-use conveyor_testkit::principals::{OPERATOR, PEOPLE};
+use conveyor_testkit::principals::{GITHUB_PROMOTE, OPERATOR, PEOPLE};
 use conveyor_testkit::scenario;
 use conveyor_testkit::stack::LocalStack;
 use conveyor_testkit::world::execution_role;
@@ -55,9 +55,11 @@ async fn every_call_the_scenarios_make_is_allowed_by_the_templates() {
         Box::pin(run("a blue/green service: a good image passes the hook, a bad one fails it", crate::native::blue_green_story)),
         Box::pin(run("a blue/green deployment in flight stopped by a rollback, then by the sweep", crate::native::rolled_back_in_flight)),
         Box::pin(run("pause hooks as approvals: continued, rolled back, a stale one refused", crate::native::pause_hooks_as_approvals)),
+        Box::pin(run("GitHub Actions with the promote role: the stage gate (wait), then promote --wait", github_actions)),
     );
     let mut report = Report::default();
-    let all = [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9, runs.10, runs.11];
+    let all =
+        [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5, runs.6, runs.7, runs.8, runs.9, runs.10, runs.11, runs.12];
     for (name, id, verdict) in all {
         report.add(&name, &id, verdict);
     }
@@ -82,6 +84,20 @@ async fn demo_story(world: World) {
     let stack = LocalStack::start(world, scenario::options(), moments).await;
     scenario::seed(&stack).await;
     scenario::story(&stack).await.unwrap_or_else(|problem| panic!("the demo story: {problem}"));
+}
+
+/// The workflows of examples/github-actions, with the promote role of infra/github-oidc.yaml: the
+/// build job's stage gate (`conveyor wait`), then the promote job (`conveyor promote --wait`).
+async fn github_actions(world: World) {
+    let (moments, _timeline) = tokio::sync::mpsc::unbounded_channel();
+    let stack = LocalStack::start(world, conveyor_testkit::stack::StackOptions::default(), moments).await;
+    stack.world.seed_app("shop-api", "shop-api", false, json!({})).await;
+    stack.push("shop-api", "v1.0.0", &conveyor_testkit::world::digest(1), chrono::Utc::now()).await;
+    let gate = stack.cli_as(GITHUB_PROMOTE, &["wait", "shop-api", "v1.0.0", "--timeout", "60s"]).await;
+    assert_eq!(gate.code, 0, "the stage gate: {gate:?}");
+    let job = ["promote", "shop-api", "v1.0.0", "--reason", "GitHub Actions run 1", "--wait", "--timeout", "60s"];
+    let promoted = stack.cli_as(GITHUB_PROMOTE, &job).await;
+    assert_eq!(promoted.code, 0, "the promote job: {promoted:?}");
 }
 
 /// The verdicts of all scenarios, merged: a statement is needed if any scenario's call needed it.

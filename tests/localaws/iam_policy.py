@@ -9,6 +9,8 @@ Who has which policy, read from the templates resolved for a test's parameters a
 * a role assumed in another account is the ``AWS::IAM::Role`` of ``infra/target-account.yaml``
   (resolved for that account) with that ``RoleName``; ``sts:AssumeRole`` needs the caller's own
   policy and that role's trust policy;
+* a GitHub Actions job (``github-push``, ``github-promote``) is the ``AWS::IAM::Role`` of
+  ``infra/github-oidc.yaml`` named ``conveyor-{stack}-{name}``;
 * the operator (the CLI) has no machine-readable policy: its calls are listed (reads and writes),
   and only what the templates decide for anyone (trust policies, resource policies' denies) is
   evaluated for it.
@@ -33,6 +35,9 @@ OPERATOR = "operator"
 # People the tests run the CLI as (tests/testkit/src/principals.rs): operators, with no
 # machine-readable policy (docs/cli.md states their permissions as prose).
 PEOPLE = {OPERATOR, "approver", "release-manager"}
+# GitHub Actions jobs (examples/github-actions): the roles of ``infra/github-oidc.yaml`` they
+# assume with their OIDC token, ``conveyor-{stack}-{name}``.
+GITHUB_ROLES = {"github-push", "github-promote"}
 _FUNCTION_TYPE = "AWS::Serverless::Function"
 
 
@@ -226,6 +231,8 @@ class Policies:
         self.functions = {name: res for name, res in self.main.doc["Resources"].items()
                           if res["Type"] == _FUNCTION_TYPE}
         _name_resources(self.main, self.account, self.stack)
+        self.github_template = spec.get("github_template")
+        self.github_parameters = spec.get("github_parameters", {})
         self.target_template = spec.get("target_template")
         self.target_parameters = spec.get("target_parameters", {})
         self.principals: dict[str, Principal] = {}
@@ -264,6 +271,8 @@ class Policies:
             return self._target_role(role_arn)
         if name in PEOPLE:
             return Principal(name, f"arn:aws:iam::{self.account}:role/{name}", self.account, None)
+        if name in GITHUB_ROLES:
+            return self._github_role(name)
         for logical, res in self.functions.items():
             if self.main.resolve(res["Properties"].get("FunctionName")) == f"{self.stack}-{name}":
                 return self._function(name, logical, res)
@@ -283,6 +292,16 @@ class Policies:
             bodies = _sam_statements(self.main, logical, self.main.resolve(props.get("Policies", [])))
             source = f"{logical}Role"
         return Principal(name, arn, self.account, _statements(name, "template", source, bodies))
+
+    def _github_role(self, name: str) -> Principal:
+        template = Template(self.github_template, self.github_parameters, self.region, self.account, {})
+        _name_resources(template, self.account, self.stack)
+        wanted = f"conveyor-{self.stack}-{name}"
+        for logical, res in template.doc["Resources"].items():
+            if res["Type"] == "AWS::IAM::Role" and template.resolve(res["Properties"].get("RoleName")) == wanted:
+                arn = _local_arn(self.account, "role", wanted)
+                return Principal(name, arn, self.account, _statements(name, "github-oidc", logical, _role_statements(res, template)))
+        raise ValueError(f"no role of github-oidc.yaml is named {wanted}")
 
     def _target_role(self, role_arn: str) -> Principal:
         account, role_name = role_arn.split(":")[4], role_arn.rsplit("/", 1)[1]

@@ -72,6 +72,14 @@ impl World {
                 "AlertTopic": { "Ref": self.topic_arn, "TopicArn": self.topic_arn },
                 "AlertTopicKey": { "Ref": "alert-topic-key", "Arn": format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/alert-topic-key") },
             },
+            // The GitHub Actions roles, for this world's repository, table and prefix.
+            "github_template": root.join("infra/github-oidc.yaml"),
+            "github_parameters": {
+                "GitHubRepository": "example/shop-api",
+                "RepositoryNames": "shop-api",
+                "StateTableName": self.table,
+                "SsmPrefix": self.prefix,
+            },
             "target_template": root.join("infra/target-account.yaml"),
             // Only prod runs in the target account. (A parameter the template does not declare
             // is ignored: ClusterNames for one role, Stage/ProdClusterNames for a role per side.)

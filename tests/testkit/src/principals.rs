@@ -12,6 +12,10 @@ pub const OPERATOR: &str = "operator";
 /// (`tests/localaws/iam_policy.py` lists them too).
 pub const PEOPLE: [&str; 3] = [OPERATOR, "approver", "release-manager"];
 
+/// A GitHub Actions job with the promote role of `infra/github-oidc.yaml` (the IAM test evaluates
+/// that role's policy against its calls).
+pub const GITHUB_PROMOTE: &str = "github-promote";
+
 const KEY: &str = "AWS_ACCESS_KEY_ID";
 
 /// The access key id of `principal` in the test `scope`.
