@@ -5,8 +5,10 @@
 //! that no deployment of the service runs, and that are not the environment's rollback target
 //! (its last verified release, its baseline, the rollout's previous revision) — never a revision
 //! Conveyor did not register, at most [`PER_SWEEP`] per sweep (ECS's rate limits), each recorded
-//! in the history (`deregistered`) and counted in the `RevisionsDeregistered` metric. A rollback
-//! target deregistered since is registered again when needed, as before.
+//! in the history (`deregistered`) and counted in the `RevisionsDeregistered` metric. A family
+//! several of the apps' services share is left alone (another environment's rollback target could
+//! be among its old revisions). A rollback target deregistered since is registered again when
+//! needed, as before.
 
 use std::collections::BTreeSet;
 

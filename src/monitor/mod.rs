@@ -10,6 +10,8 @@ pub mod alarms;
 pub mod decide;
 mod pause_hook;
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -1137,37 +1139,47 @@ async fn clean_revisions(
             return Vec::new();
         }
     };
+    let mut states: Vec<(&AppConfig, Environment, usize, &EnvState)> = Vec::new();
+    let parsed: Vec<(&AppConfig, Environment, usize, EnvState)> = config
+        .apps
+        .iter()
+        .flat_map(|app| app.pipeline.environments.iter().map(move |env| (app, env)))
+        .filter_map(|(app, env)| {
+            let item = items.get(&ItemKey::env(&app.name, env.name))?;
+            Some((app, env.name, env.targets.len(), crate::ledger::state_from_item::<EnvState>(item)?))
+        })
+        .collect();
+    for (app, env, targets, state) in &parsed {
+        states.extend((0..*targets).filter_map(|index| Some((*app, *env, index, state.target(index)?))));
+    }
+    // A family several services share (stage and prod on one family) is left alone: another
+    // environment's rollback target, or what its service runs, could be among its old revisions.
+    let mut families: HashMap<&str, usize> = HashMap::new();
+    for (_, _, _, state) in &states {
+        if let Some(family) = crate::taskdef::family_of(&state.baseline.arn) {
+            *families.entry(family).or_default() += 1;
+        }
+    }
+    let shared = |state: &EnvState| crate::taskdef::family_of(&state.baseline.arn).is_some_and(|f| families[f] > 1);
     let mut budget = crate::cleanup::PER_SWEEP;
     let mut results = Vec::new();
-    for app in &config.apps {
-        for env in &app.pipeline.environments {
-            let Some(state) =
-                items.get(&ItemKey::env(&app.name, env.name)).and_then(crate::ledger::state_from_item::<EnvState>)
-            else {
-                continue;
-            };
-            for index in 0..env.targets.len() {
-                let due = state.target(index).and_then(|s| crate::cleanup::due(s, app.keep_revisions));
-                if budget == 0 || due.is_none() {
-                    continue;
-                }
-                let lease = Lease::new(ItemKey::env(&app.name, env.name), "deploy-monitor cleanup", invocation);
-                let cleaned = Box::pin(leases.with_target(lease, fleet, app, env.name, index, async |here| {
-                    crate::cleanup::clean(here, budget).await
-                }))
-                .await;
-                match cleaned {
-                    Ok(0) => {}
-                    Ok(count) => {
-                        budget = budget.saturating_sub(count);
-                        let detail = format!("{count} old revision(s) deregistered");
-                        results.push(Handled::of(&app.name, env.name, Action::Deregistered, detail));
-                    }
-                    Err(error) => {
-                        warn!(app = %app.name, environment = %env.name, error = %error, "revision cleanup failed")
-                    }
-                }
+    for (app, env, index, state) in states {
+        if budget == 0 || shared(state) || crate::cleanup::due(state, app.keep_revisions).is_none() {
+            continue;
+        }
+        let lease = Lease::new(ItemKey::env(&app.name, env), "deploy-monitor cleanup", invocation);
+        let cleaned = Box::pin(
+            leases.with_target(lease, fleet, app, env, index, async |here| crate::cleanup::clean(here, budget).await),
+        )
+        .await;
+        match cleaned {
+            Ok(0) => {}
+            Ok(count) => {
+                budget = budget.saturating_sub(count);
+                let detail = format!("{count} old revision(s) deregistered");
+                results.push(Handled::of(&app.name, env, Action::Deregistered, detail));
             }
+            Err(error) => warn!(app = %app.name, environment = %env, error = %error, "revision cleanup failed"),
         }
     }
     results

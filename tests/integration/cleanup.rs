@@ -39,6 +39,16 @@ fn deregistered(report: &Value) -> Vec<&str> {
 async fn the_sweep_keeps_exactly_the_promised_revisions() {
     let world = World::new().await;
     let app = world.seed_app("shop-api", "shop-api", false, json!({ "keep_revisions": 2 })).await;
+    // An app whose stage and prod services share one family: left alone, however old.
+    let shared = world.name("cart");
+    let image = format!("{}/cart:v0.9.0", world.registry());
+    let first = world.register(&shared, &image, "stage", false).await;
+    let (stage, prod) = (world.name("stage"), world.name("prod"));
+    world.create_service(&stage, "cart", &first, 1).await;
+    world.create_service(&prod, "cart", &first, 1).await;
+    let config = json!({ "repository": "cart", "container": "api", "keep_revisions": 1,
+        "environments": { "stage": { "cluster": stage, "service": "cart" }, "prod": { "cluster": prod, "service": "cart" } } });
+    world.put_app("cart", &config).await;
     let f = Functions::spawn(&world).await;
     let family = &app.stage.family;
     let started = Utc::now() - chrono::Duration::minutes(30);
@@ -90,4 +100,24 @@ async fn the_sweep_keeps_exactly_the_promised_revisions() {
     let fourth = f.monitor.invoke(world.schedule_event()).await.response();
     assert_eq!(deregistered(&fourth), ["1 old revision(s) deregistered"], "{fourth}");
     assert_eq!(active_revisions(&world, family).await, [1, 4, 11, 12]);
+
+    // The app whose stage and prod services share one family: left alone, however old.
+    for n in 1..=3u32 {
+        let push = world.push_event(
+            "cart",
+            &format!("v{n}"),
+            &digest(40 + n),
+            Utc::now() - chrono::Duration::minutes(10 - i64::from(n)),
+        );
+        f.stage.invoke(push).await.response();
+        let events = world.aws.settle(&stage, "cart", Settle::Complete).await;
+        f.monitor.invoke(events[0].clone()).await.response();
+    }
+    let promoted = f.promote.invoke(json!({ "app": "cart", "tag": "v3" })).await.response();
+    assert_eq!(promoted["status"], "deploying", "{promoted}");
+    let events = world.aws.settle(&prod, "cart", Settle::Complete).await;
+    f.monitor.invoke(events[0].clone()).await.response();
+    let swept = f.monitor.invoke(world.schedule_event()).await.response();
+    assert!(deregistered(&swept).is_empty(), "{swept}");
+    assert_eq!(active_revisions(&world, &shared).await, [1, 2, 3, 4, 5]);
 }
