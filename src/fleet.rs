@@ -61,6 +61,19 @@ pub struct Fleet {
     /// What this process does (the function's name, or `conveyor` for the CLI): names
     /// assumed-role sessions.
     operation: String,
+    /// People read other accounts' targets through the read-only role beside the target's
+    /// ([`read_role`]), never through the roles that deploy ([`Fleet::reading`]).
+    read_only: bool,
+}
+
+/// The read-only role beside a target's role: `conveyor-{stack}-stage` and `conveyor-{stack}-prod`
+/// → `conveyor-{stack}-read` (`infra/target-account.yaml`'s names); a role named otherwise is
+/// kept as it is.
+pub fn read_role(role_arn: &str) -> String {
+    match role_arn.rsplit_once('-') {
+        Some((stem, "stage" | "prod")) if stem.contains(":role/conveyor-") => format!("{stem}-read"),
+        _ => role_arn.to_owned(),
+    }
 }
 
 impl Fleet {
@@ -71,6 +84,24 @@ impl Fleet {
             remote: Mutex::default(),
             revisions: RevisionCache::default(),
             operation: operation.into(),
+            read_only: false,
+        }
+    }
+
+    /// A fleet for people (the CLI): other accounts' targets are read through their read-only
+    /// role (`conveyor-{stack}-read`, which the target-account stack creates for the operators it
+    /// names), since the roles that deploy trust only Conveyor's functions.
+    pub fn reading(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// The role this fleet works with for a target's `role_arn`.
+    pub fn role_for(&self, role_arn: &str) -> String {
+        if self.read_only {
+            read_role(role_arn)
+        } else {
+            role_arn.to_owned()
         }
     }
 
@@ -88,13 +119,14 @@ impl Fleet {
             let Reach { ecs, alarms } = self.home.clone();
             return Target { ecs, alarms, revisions: &self.revisions, service: target };
         }
-        let key = (target.role_arn.clone(), target.region.clone(), app.name.to_string());
+        let role = target.role_arn.as_deref().map(|arn| self.role_for(arn));
+        let key = (role, target.region.clone(), app.name.to_string());
         let known = self.remote.lock().ok().and_then(|clients| clients.get(&key).cloned());
         let Reach { ecs, alarms } = match known {
             Some(reach) => reach,
             None => {
                 let session = format!("{}-{}", app.name, self.operation);
-                let reach = self.elsewhere(target.role_arn.as_deref(), target.region.as_deref(), &session).await;
+                let reach = self.elsewhere(key.0.as_deref(), target.region.as_deref(), &session).await;
                 if let Ok(mut clients) = self.remote.lock() {
                     clients.insert(key, reach.clone());
                 }
@@ -160,5 +192,21 @@ impl Target<'_> {
     /// Remembers a revision just registered.
     pub fn keep(&self, described: Described) -> Arc<Described> {
         self.revisions.keep(described)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn people_read_through_the_read_role_beside_the_deploying_ones() {
+        let prod = "arn:aws:iam::210987654321:role/conveyor-conveyor-prod";
+        assert_eq!(read_role(prod), "arn:aws:iam::210987654321:role/conveyor-conveyor-read");
+        assert_eq!(
+            read_role("arn:aws:iam::2:role/conveyor-my-stack-stage"),
+            "arn:aws:iam::2:role/conveyor-my-stack-read"
+        );
+        assert_eq!(read_role("arn:aws:iam::2:role/deployers"), "arn:aws:iam::2:role/deployers", "not Conveyor's: kept");
     }
 }

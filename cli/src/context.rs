@@ -185,9 +185,9 @@ impl Context {
         Ok(Ledger::from_config(&self.aws()?, table))
     }
 
-    /// ECS where the apps run (other accounts' through their roles).
+    /// ECS where the apps run (other accounts' through their read-only roles).
     pub fn fleet(&self) -> Result<Fleet, CliError> {
-        Ok(Fleet::new(&self.aws()?, "conveyor"))
+        Ok(Fleet::new(&self.aws()?, "conveyor").reading())
     }
 
     /// What the functions may call, as they are told (`CONVEYOR_ALLOW_LOCAL_ENDPOINTS`: tests and

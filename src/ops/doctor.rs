@@ -112,12 +112,13 @@ pub async fn target_checks(
     hook: &HookNames,
 ) -> Vec<Check> {
     let scope = scope_of(app, env, target);
+    let role = target.role_arn.as_deref().map(|arn| fleet.role_for(arn));
     let reach = fleet.target(app, target).await;
     let mut checks = Vec::new();
     let setup = match reach.ecs.setup(&target.cluster, &target.service).await {
         Ok(setup) => setup,
         Err(error) if error.code == "ServiceNotFound" || error.code == "ClusterNotFoundException" => {
-            if let Some(role) = &target.role_arn {
+            if let Some(role) = &role {
                 checks.push(Check::pass(&scope, CheckName::Role, format!("assumed {role}")));
             }
             let fix = format!(
@@ -129,18 +130,19 @@ pub async fn target_checks(
             return checks;
         }
         Err(error) => {
-            match &target.role_arn {
+            match &role {
                 Some(role) if answered(&error) => {
                     checks.push(Check::pass(&scope, CheckName::Role, format!("assumed {role}")));
                     checks.push(Check::fail(&scope, CheckName::Service, error.to_string(), "see the error"));
                 }
-                // Only Conveyor's functions may assume a target's role (infra/target-account.yaml).
+                // People read through the read-only role, which exists once the target-account
+                // stack names them (the deploying roles trust only Conveyor's functions).
                 Some(role) => checks.push(Check::warn(
                     &scope,
                     CheckName::Role,
                     format!("{role} could not be assumed with these credentials: {}", error.message),
                     format!(
-                        "the target-account stack lets only Conveyor's functions assume it: run the check with a role it trusts, or check that the stack (infra/target-account.yaml) is deployed in account {}",
+                        "name your role in OperatorPrincipalArns of the target-account stack (infra/target-account.yaml) in account {}: it creates this read-only role",
                         target.account.as_deref().unwrap_or("?")
                     ),
                 )),
@@ -149,7 +151,7 @@ pub async fn target_checks(
             return checks;
         }
     };
-    if let Some(role) = &target.role_arn {
+    if let Some(role) = &role {
         checks.push(Check::pass(&scope, CheckName::Role, format!("assumed {role}")));
     }
     match reach.revision(&setup.task_definition).await {

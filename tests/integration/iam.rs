@@ -32,9 +32,9 @@ use serde_json::{json, Value};
 const DENIED_BY_DESIGN: &[(&str, &str, &str)] = &[(
     OPERATOR,
     "sts:AssumeRole",
-    "a target account's stage and prod roles trust only Conveyor's functions (issue 20, finding 5): the CLI \
-     cannot read a service in another account, says so and goes on (the demo story's cross-account promote \
-     with --wait passes); a read-only role there for operators is left to the adoption work",
+    "a target account's stage and prod roles trust only Conveyor's functions (issue 20, finding 5): people \
+     read the services there through the read-only role (conveyor-{stack}-read) the target-account stack \
+     creates for the identities in OperatorPrincipalArns",
 )];
 
 #[tokio::test]
@@ -227,6 +227,9 @@ async fn the_templates_refuse_what_no_function_needs() {
         ),
         ("deploy-monitor", "iam:PassRole", role, ecs_tasks, "allowed"),
         (OPERATOR, "sts:AssumeRole", target_role(PROD_ACCOUNT), json!({}), "denied"),
+        // The read role trusts the operators named (the operator's own policy is not modelled:
+        // the trust admitting them leaves the verdict to it).
+        (OPERATOR, "sts:AssumeRole", conveyor::fleet::read_role(&target_role(PROD_ACCOUNT)), json!({}), "unknown"),
         ("promote", "sts:AssumeRole", target_role(PROD_ACCOUNT), json!({}), "allowed"),
     ];
     let mut wrong = Vec::new();

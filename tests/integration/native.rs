@@ -153,7 +153,10 @@ async fn blue_green_with_a_bad_image_fails_on_test_traffic_and_production_never_
     // announced once, with no second rollback by Conveyor.
     let execution = native.hook_calls()[0]["executionId"].as_str().unwrap().to_owned();
     let failure = native.world.item("APP#shop-api", &format!("HOOK#{execution}")).await.unwrap();
-    assert!(failure["reason"].as_str().unwrap().contains("HTTP 503"), "{failure}");
+    // Its probes got 503 (or, on a machine loaded enough, no answer in time: a failure too).
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(reason.starts_with("test_health_url failed on test traffic"), "{failure}");
+    assert!(reason.contains("HTTP 503") || reason.contains("timed out"), "{failure}");
     let before = native.world.service(&native.service.cluster, &native.service.service).await.deployments().len();
     for event in state["events"].as_array().unwrap() {
         native.monitor.invoke(event.clone()).await.response();

@@ -89,6 +89,12 @@ impl World {
                 "StageClusterNames": "",
                 "ProdClusterNames": self.name("prod-b"),
                 "TaskRoleArns": execution_role(PROD_ACCOUNT),
+                // The people the tests run the CLI as read the services there through the read role.
+                "OperatorPrincipalArns": crate::principals::PEOPLE
+                    .iter()
+                    .map(|person| format!("arn:aws:iam::{ACCOUNT}:role/{person}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             },
         })
     }
