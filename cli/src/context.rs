@@ -119,6 +119,11 @@ impl Context {
         }
     }
 
+    /// The stack `--stack` (or `CONVEYOR_STACK`) names, if any.
+    pub fn stack(&self) -> Option<&str> {
+        self.stack.as_deref()
+    }
+
     /// The SDK settings, which must name a region.
     /// The SDK settings as loaded (credentials and region).
     pub fn sdk(&self) -> Result<&SdkConfig, CliError> {

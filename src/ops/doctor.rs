@@ -40,6 +40,8 @@ pub enum CheckName {
     Names,
     StateTable,
     Function,
+    /// The stack's EventBridge rules (with `--stack`).
+    Rules,
     /// The app's config in SSM is valid.
     Config,
     /// The target's role can be assumed (a target in another account).

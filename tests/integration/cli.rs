@@ -713,7 +713,12 @@ async fn names_are_read_from_the_stacks_outputs() {
     let stack = world.name("conveyor");
     let template = json!({
         "Parameters": { "SsmPrefix": { "Type": "String", "Default": "/conveyor" } },
-        "Resources": { "Handle": { "Type": "AWS::CloudFormation::WaitConditionHandle" } },
+        "Resources": {
+            "Handle": { "Type": "AWS::CloudFormation::WaitConditionHandle" },
+            "EcrPushRule": { "Type": "AWS::Events::Rule", "Properties": {
+                "Name": format!("{}-push", world.name("conveyor")),
+                "EventPattern": { "source": ["aws.ecr"] }, "State": "ENABLED" } },
+        },
         "Outputs": {
             "StateTableName": { "Value": world.table },
             "PromoteFunctionName": { "Value": "promote" },
@@ -744,6 +749,15 @@ async fn names_are_read_from_the_stacks_outputs() {
     let mut via_env = env.clone();
     via_env.push(("CONVEYOR_STACK".into(), stack.clone()));
     run(&via_env, &["history", "shop-api"]).await.ok();
+    // doctor checks the stack's rules: this one has the push rule only.
+    let doctor = run(&env, &["--stack", &stack, "doctor", "shop-api", "--json"]).await.exits(4).json();
+    let rules: Vec<&Value> = doctor["checks"].as_array().unwrap().iter().filter(|c| c["check"] == "rules").collect();
+    assert_eq!(rules.len(), 5, "{doctor:#}");
+    assert_eq!(rules[0]["verdict"], "pass", "{rules:#?}");
+    assert!(rules[0]["detail"].as_str().unwrap().starts_with("EcrPushRule: "), "{rules:#?}");
+    let fails = |c: &&&Value| c["verdict"] == "fail" && c["fix"].as_str().unwrap().contains("sam deploy");
+    assert!(rules[1..].iter().all(|c| fails(&c)), "{rules:#?}");
+    assert!(rules[1]["detail"].as_str().unwrap().ends_with("has no EcsDeploymentRule"), "{rules:#?}");
     let missing = run(&env, &["--stack", "no-such-stack", "status"]).await.exits(4);
     assert!(missing.stderr.contains("no stack no-such-stack in this account and region"), "{missing:?}");
     assert!(!missing.stderr.contains('{'), "a debug struct, not a message: {missing:?}");

@@ -16,6 +16,7 @@ const INSTALL: &str = "install";
 pub async fn run(ctx: &Context, app: Option<&str>) -> Result<Report, CliError> {
     let names = ctx.names().await?;
     let mut checks = install(ctx).await;
+    checks.extend(rules(ctx).await);
     let set = configs(ctx).await?;
     let apps = match app {
         Some(name) => vec![find_app(&set, name, &names.prefix)?],
@@ -115,6 +116,49 @@ async fn install(ctx: &Context) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// The rules that bring Conveyor its events, by their names in `infra/template.yaml`.
+const RULES: [&str; 5] = ["EcrPushRule", "EcsDeploymentRule", "AlarmStateRule", "SweepRule", "SoakTimerRule"];
+
+/// With `--stack`: the stack's EventBridge rules exist (created or updated, not failed or
+/// deleted). Without a stack, the rules are not known here: no row.
+async fn rules(ctx: &Context) -> Vec<Check> {
+    let (Some(stack), Ok(sdk)) = (ctx.stack(), ctx.sdk()) else { return Vec::new() };
+    let described = aws_sdk_cloudformation::Client::new(sdk).describe_stack_resources().stack_name(stack).send().await;
+    let resources = match described {
+        Ok(output) => output.stack_resources.unwrap_or_default(),
+        Err(error) => {
+            let error = conveyor::aws::AwsError::from_sdk("DescribeStackResources", error);
+            let fix = "let this identity describe the stack (cloudformation:DescribeStackResources)";
+            return vec![Check::fail(INSTALL, CheckName::Rules, error.to_string(), fix)];
+        }
+    };
+    RULES
+        .iter()
+        .map(|rule| {
+            let found = resources.iter().find(|r| r.logical_resource_id() == Some(*rule));
+            let status = found.and_then(|r| r.resource_status()).map_or("", |s| s.as_str());
+            match found {
+                Some(resource) if status.ends_with("_COMPLETE") && !status.starts_with("DELETE") => {
+                    let name = resource.physical_resource_id().unwrap_or(rule);
+                    Check::pass(INSTALL, CheckName::Rules, format!("{rule}: {name} ({status})"))
+                }
+                Some(_) => Check::fail(
+                    INSTALL,
+                    CheckName::Rules,
+                    format!("{rule} of stack {stack} is {status}"),
+                    "deploy the stack again (sam deploy)",
+                ),
+                None => Check::fail(
+                    INSTALL,
+                    CheckName::Rules,
+                    format!("stack {stack} has no {rule}"),
+                    "update the stack with this version's infra/template.yaml (sam deploy)",
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Conveyor's account and region, as the caller's identity says (a registry defaults to it).
