@@ -62,7 +62,7 @@ pub fn choose(listed: &[Listed], keep: usize, protected: &BTreeSet<&str>, budget
 /// than `keep`), and newer than the last cleanup's. Spares the sweep the lease and the list call
 /// everywhere else: a family is looked at once per rollout.
 pub fn due(state: &EnvState, keep: usize) -> Option<u32> {
-    let newest = state.rollout.as_ref().and_then(|r| crate::taskdef::revision_number(&r.task_definition_arn))?;
+    let (_, newest) = crate::taskdef::family_revision(&state.rollout.as_ref()?.task_definition_arn)?;
     (newest as usize > keep && state.cleaned_through.is_none_or(|done| done < newest)).then_some(newest)
 }
 
@@ -91,7 +91,8 @@ pub async fn clean(here: &mut Leased<'_>, budget: usize) -> Result<usize, Deploy
     if budget == 0 || state.in_progress().is_some() || state.rollback.is_some() {
         return Ok(0);
     }
-    let Some(family) = crate::taskdef::family_of(&state.baseline.arn).map(str::to_owned) else { return Ok(0) };
+    let Some((family, _)) = crate::taskdef::family_revision(&state.baseline.arn) else { return Ok(0) };
+    let family = family.to_owned();
     let arns = here.target.ecs.active_revisions(&family).await?;
     let mut listed = Vec::with_capacity(arns.len());
     for arn in arns {

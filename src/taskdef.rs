@@ -34,14 +34,10 @@ pub fn container_image<'a>(definition: &'a TaskDefinition, container: &str) -> O
         .map(|c| c.image().unwrap_or_default())
 }
 
-/// The family of a task-definition ARN (`…:task-definition/shop-stage:12` → `shop-stage`).
-pub fn family_of(arn: &str) -> Option<&str> {
-    arn.rsplit_once(":task-definition/")?.1.rsplit_once(':').map(|(family, _)| family)
-}
-
-/// The revision number of a task-definition ARN (`…:task-definition/shop-stage:12` → 12).
-pub fn revision_number(arn: &str) -> Option<u32> {
-    arn.rsplit_once(':')?.1.parse().ok()
+/// `…:task-definition/{family}:{revision}` → (family, revision).
+pub fn family_revision(arn: &str) -> Option<(&str, u32)> {
+    let (family, revision) = arn.rsplit_once('/')?.1.rsplit_once(':')?;
+    Some((family, revision.parse().ok()?))
 }
 
 /// Names of the task definition's containers, for error messages.

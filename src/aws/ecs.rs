@@ -453,10 +453,10 @@ impl Ecs {
             .await
             .map_err(|e| AwsError::from_sdk("ListTaskDefinitions", e))?;
         // The prefix also matches longer families (`shop-stage` of `shop-stage-2`).
-        let ours = |arn: &String| crate::taskdef::family_of(arn) == Some(family);
+        let ours = |arn: &String| crate::taskdef::family_revision(arn).is_some_and(|(f, _)| f == family);
         let mut arns: Vec<String> = output.task_definition_arns.unwrap_or_default().into_iter().filter(ours).collect();
         // Newest first by the revision number itself, whatever order the page came in.
-        arns.sort_by_key(|arn| std::cmp::Reverse(crate::taskdef::revision_number(arn)));
+        arns.sort_by_key(|arn| std::cmp::Reverse(crate::taskdef::family_revision(arn).map(|(_, revision)| revision)));
         Ok(arns)
     }
 

@@ -1156,11 +1156,12 @@ async fn clean_revisions(
     // environment's rollback target, or what its service runs, could be among its old revisions.
     let mut families: HashMap<&str, usize> = HashMap::new();
     for (_, _, _, state) in &states {
-        if let Some(family) = crate::taskdef::family_of(&state.baseline.arn) {
+        if let Some((family, _)) = crate::taskdef::family_revision(&state.baseline.arn) {
             *families.entry(family).or_default() += 1;
         }
     }
-    let shared = |state: &EnvState| crate::taskdef::family_of(&state.baseline.arn).is_some_and(|f| families[f] > 1);
+    let shared =
+        |state: &EnvState| crate::taskdef::family_revision(&state.baseline.arn).is_some_and(|(f, _)| families[f] > 1);
     let mut budget = crate::cleanup::PER_SWEEP;
     let mut results = Vec::new();
     for (app, env, index, state) in states {

@@ -225,7 +225,7 @@ impl Rollout {
     /// Whether `arn` is an earlier revision of this rollout's task-definition family: one ECS may
     /// go back to, never one registered for a later rollout (or by Terraform) since.
     pub fn comes_after(&self, arn: &str) -> bool {
-        match (family_revision(arn), family_revision(&self.task_definition_arn)) {
+        match (crate::taskdef::family_revision(arn), crate::taskdef::family_revision(&self.task_definition_arn)) {
             (Some((family, earlier)), Some((ours_family, ours))) => family == ours_family && earlier < ours,
             _ => false,
         }
@@ -256,12 +256,6 @@ impl Rollout {
         };
         (went_back && failed).then_some(primary)
     }
-}
-
-/// `…:task-definition/{family}:{revision}` → (family, revision).
-fn family_revision(arn: &str) -> Option<(&str, u32)> {
-    let (family, revision) = arn.rsplit_once('/')?.1.rsplit_once(':')?;
-    Some((family, revision.parse().ok()?))
 }
 
 /// Where a release of an environment with several targets stands on one of them.
