@@ -74,6 +74,7 @@ pub fn service(deployments: Vec<Deployment>, running: i32) -> ServiceState {
         running,
         deployments,
         native_strategy: None,
+        current_service_deployment: None,
     }
 }
 

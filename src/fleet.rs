@@ -139,6 +139,18 @@ impl Fleet {
     /// Clients for another region, and (with `role_arn`) another account: every call made with
     /// the role's credentials, assumed in a session named `conveyor-{session}`.
     async fn elsewhere(&self, role_arn: Option<&str>, region: Option<&str>, session: &str) -> Reach {
+        Reach::new(&self.config_for(role_arn, region, session).await)
+    }
+
+    /// The SDK settings for another region, and (with `role_arn`) another account, as
+    /// [`Fleet::target`]'s clients have them: for a client of another service there (`conveyor
+    /// doctor`'s look at a target account's forwarding rules).
+    pub async fn config_for(
+        &self,
+        role_arn: Option<&str>,
+        region: Option<&str>,
+        session: &str,
+    ) -> aws_config::SdkConfig {
         let mut config = self.config.to_builder();
         if let Some(region) = region {
             config = config.region(aws_config::Region::new(region.to_owned()));
@@ -156,7 +168,7 @@ impl Fleet {
                 .await;
             config = config.credentials_provider(aws_sdk_ecs::config::SharedCredentialsProvider::new(provider));
         }
-        Reach::new(&config.build())
+        config.build()
     }
 
     /// An ECR client for a region (the registry an image was pushed to).

@@ -72,6 +72,9 @@ pub struct ServiceState {
     /// `BLUE_GREEN`, `LINEAR` or `CANARY`: ECS runs the deployment and rolls it back itself
     /// (`None`: a rolling service).
     pub native_strategy: Option<DeploymentStrategy>,
+    /// The ARN of the service's newest service deployment (`currentServiceDeployment`): what a
+    /// native service is judged by.
+    pub current_service_deployment: Option<String>,
 }
 
 /// How a service is set up to be deployed: what `conveyor doctor` judges.
@@ -118,6 +121,7 @@ impl ServiceState {
             .filter(|strategy| *strategy != DeploymentStrategy::Rolling);
         ServiceState {
             native_strategy,
+            current_service_deployment: service.current_service_deployment,
             arn: service.service_arn.unwrap_or_default(),
             task_definition: service.task_definition.unwrap_or_default(),
             desired: service.desired_count,
@@ -296,12 +300,7 @@ impl Ecs {
                 format!("ECS has no service revision {revision_arn}"),
             )
         })?;
-        Ok(revision
-            .container_images
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|image| Some((image.container_name?, image.image_digest?)))
-            .collect())
+        Ok(super::service_deployments::images_of(&revision))
     }
 
     /// A task definition (ARN, `family:revision` or family) with its tags and raw JSON.

@@ -3,7 +3,7 @@
 //! pause hook holding one, and why ECS rolled one back.
 
 use aws_sdk_ecs::types::{
-    DeploymentLifecycleHookAction, DeploymentLifecycleHookStatus, DeploymentLifecycleHookTargetType, ServiceDeployment,
+    DeploymentLifecycleHookAction, DeploymentLifecycleHookDetail, DeploymentLifecycleHookStatus, DeploymentLifecycleHookTargetType, ServiceDeployment,
     ServiceDeploymentStatus, ServiceRevision, StopServiceDeploymentStopType,
 };
 use chrono::{DateTime, Utc};
@@ -16,6 +16,29 @@ pub struct InFlight {
     pub arn: String,
     /// The task definition it moves away from (blue), when ECS names exactly one source revision.
     pub source_task_definition: Option<String>,
+}
+
+/// One native service deployment as ECS reports it, with the task definitions and images of its
+/// revisions: what deploy-monitor judges a native rollout by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeDeployment {
+    pub arn: String,
+    pub status: ServiceDeploymentStatus,
+    /// Where it is (`None` once it ended, or when ECS does not say).
+    pub lifecycle_stage: Option<String>,
+    /// ECS's words: `rollback.reason`, else `statusReason`.
+    pub reason: Option<String>,
+    /// `alarms.triggeredAlarmNames`.
+    pub triggered_alarms: Vec<String>,
+    /// The task definition it deploys (green) and the one it started from (blue, when ECS names
+    /// exactly one source revision).
+    pub target_task_definition: Option<String>,
+    pub source_task_definition: Option<String>,
+    /// What green runs, as ECS resolved it: `(container, digest)`.
+    pub images: Vec<(String, String)>,
+    /// A `PAUSE` hook holds it, awaiting action (an approval pending: its own `expiresAt` and
+    /// timeout action govern, not Conveyor's rollout timeout).
+    pub paused: bool,
 }
 
 /// A pause hook holding a native deployment in flight (`AWAITING_ACTION`).
@@ -50,10 +73,7 @@ impl Ecs {
         Ok(deployment
             .lifecycle_hook_details()
             .iter()
-            .find(|hook| {
-                hook.target_type() == Some(&DeploymentLifecycleHookTargetType::Pause)
-                    && hook.status() == Some(&DeploymentLifecycleHookStatus::AwaitingAction)
-            })
+            .find(|hook| awaits_action(hook))
             .and_then(|hook| {
                 Some(AwaitingHook {
                     service_deployment_arn: arn.to_owned(),
@@ -79,6 +99,49 @@ impl Ecs {
             .await
             .map_err(|e| AwsError::from_sdk("ContinueServiceDeployment", e))?;
         Ok(())
+    }
+
+    /// The service deployment `arn` with its revisions: two reads (`None`: ECS has no such
+    /// deployment).
+    pub async fn native_deployment(&self, arn: &str) -> Result<Option<NativeDeployment>, AwsError> {
+        let Some(deployment) = self.describe_deployment(arn).await? else { return Ok(None) };
+        let target = deployment.target_service_revision().and_then(|r| r.arn()).map(str::to_owned);
+        let source = match deployment.source_service_revisions() {
+            [one] => one.arn().map(str::to_owned),
+            _ => None,
+        };
+        let wanted: Vec<String> = target.iter().chain(source.iter()).cloned().collect();
+        let revisions = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.client
+                .describe_service_revisions()
+                .set_service_revision_arns(Some(wanted))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("DescribeServiceRevisions", e))?
+                .service_revisions
+                .unwrap_or_default()
+        };
+        let revision = |arn: &Option<String>| {
+            revisions.iter().find(|r| arn.is_some() && r.service_revision_arn() == arn.as_deref())
+        };
+        let images = revision(&target).map(images_of).unwrap_or_default();
+        Ok(Some(NativeDeployment {
+            arn: arn.to_owned(),
+            status: deployment.status().cloned().unwrap_or(ServiceDeploymentStatus::Pending),
+            lifecycle_stage: deployment.lifecycle_stage().map(|stage| stage.as_str().to_owned()),
+            reason: deployment
+                .rollback()
+                .and_then(|r| r.reason())
+                .or(deployment.status_reason())
+                .map(str::to_owned),
+            triggered_alarms: deployment.alarms().map(|a| a.triggered_alarm_names().to_vec()).unwrap_or_default(),
+            target_task_definition: revision(&target).and_then(|r| r.task_definition()).map(str::to_owned),
+            source_task_definition: revision(&source).and_then(|r| r.task_definition()).map(str::to_owned),
+            images,
+            paused: deployment.lifecycle_hook_details().iter().any(awaits_action),
+        }))
     }
 
     /// The service's deployment in flight, described.
@@ -194,4 +257,20 @@ impl Ecs {
             Err(error) => Err(error),
         }
     }
+}
+
+/// What a service revision runs, as ECS resolved it: `(container, digest)` for each container ECS
+/// reports a digest for.
+pub(super) fn images_of(revision: &ServiceRevision) -> Vec<(String, String)> {
+    revision
+        .container_images()
+        .iter()
+        .filter_map(|image| Some((image.container_name()?.to_owned(), image.image_digest()?.to_owned())))
+        .collect()
+}
+
+/// A `PAUSE` hook awaiting `ContinueServiceDeployment`.
+fn awaits_action(hook: &DeploymentLifecycleHookDetail) -> bool {
+    hook.target_type() == Some(&DeploymentLifecycleHookTargetType::Pause)
+        && hook.status() == Some(&DeploymentLifecycleHookStatus::AwaitingAction)
 }

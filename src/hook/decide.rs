@@ -85,18 +85,9 @@ pub fn ownership(rollout: Option<&Rollout>) -> Result<&Rollout, Answer> {
 /// The digest check: the revision ECS deploys must run, in the app's container, exactly the digest
 /// Conveyor is rolling out (`images`: what `DescribeServiceRevisions` reports, container and digest).
 pub fn digest_check(rollout: &Rollout, container: &str, images: &[(String, String)]) -> Option<Answer> {
-    let running = images.iter().find(|(name, _)| name == container).map(|(_, digest)| digest.as_str());
-    match running {
-        Some(digest) if digest == rollout.digest.as_str() => None,
-        Some(digest) => Some(Answer::failed(format!(
-            "digest mismatch: the revision ECS is deploying runs {digest} in container {container}, Conveyor is rolling out {} ({})",
-            rollout.digest, rollout.tag
-        ))),
-        None => Some(Answer::failed(format!(
-            "digest mismatch: the revision ECS is deploying reports no image digest for container {container}; Conveyor is rolling out {} ({})",
-            rollout.digest, rollout.tag
-        ))),
-    }
+    rollout
+        .digest_mismatch(container, images)
+        .map(|mismatch| Answer::failed(format!("digest mismatch: the revision ECS is deploying {mismatch}")))
 }
 
 /// After one probe of `test_health_url`: `needed` 2xx in a row pass; a probe that never got a 2xx

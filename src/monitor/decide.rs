@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::aws::ServiceState;
+use aws_sdk_ecs::types::ServiceDeploymentStatus;
+
+use crate::aws::{NativeDeployment, ServiceState};
 use crate::events::{DeploymentEvent, DeploymentEventName};
 use crate::record::EnvState;
 use crate::rollout::{RollbackWatch, Rollout};
@@ -91,6 +93,81 @@ pub fn verify(rollout: &Rollout, service: &ServiceState) -> Verification {
         ));
     }
     Verification::Healthy
+}
+
+/// What a native (blue/green, linear, canary) rollout's service deployment says: the contract
+/// judges these by ECS's own service deployment, not by the `deployments` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NativeFinding {
+    /// The service's current deployment is not this rollout's (a newer one, or one ECS stopped
+    /// for a newer one): the `deployments` list says what replaced it.
+    NotOurs,
+    /// ECS is still at it (what it is doing): a stage, a hook, the bake time, its own rollback,
+    /// or a pause hook awaiting action (`paused`).
+    InFlight { what: String, paused: bool },
+    /// ECS completed it (bake time included) and green runs the rollout's digest: the health
+    /// check and the alarms gate are next.
+    Completed,
+    /// ECS rolled it back (ECS's reason and alarms), or completed it running another digest.
+    Failed(String),
+}
+
+/// Judges `deployment`, the service's current one, for `rollout` (`container`: the app's).
+pub fn judge_native(rollout: &Rollout, container: &str, deployment: &NativeDeployment) -> NativeFinding {
+    if deployment.target_task_definition.as_deref() != Some(rollout.task_definition_arn.as_str()) {
+        return NativeFinding::NotOurs;
+    }
+    let stage = || deployment.lifecycle_stage.as_deref().unwrap_or("an unnamed stage").to_owned();
+    match &deployment.status {
+        ServiceDeploymentStatus::Successful => match rollout.digest_mismatch(container, &deployment.images) {
+            None => NativeFinding::Completed,
+            Some(mismatch) => NativeFinding::Failed(format!("the revision ECS deployed {mismatch}")),
+        },
+        ServiceDeploymentStatus::RollbackSuccessful | ServiceDeploymentStatus::RollbackFailed => {
+            let reason = deployment.reason.as_deref().unwrap_or("no reason given");
+            let failed = if deployment.status == ServiceDeploymentStatus::RollbackFailed {
+                " (ECS's rollback failed too)"
+            } else {
+                ""
+            };
+            NativeFinding::Failed(match &deployment.triggered_alarms[..] {
+                [] => format!("ECS rolled the deployment back{failed}: {reason}"),
+                alarms => format!(
+                    "ECS rolled the deployment back{failed}: {reason} (alarms in ALARM: {})",
+                    alarms.join(", ")
+                ),
+            })
+        }
+        ServiceDeploymentStatus::RollbackRequested | ServiceDeploymentStatus::RollbackInProgress => {
+            NativeFinding::InFlight { what: format!("ECS is rolling it back ({})", stage()), paused: false }
+        }
+        ServiceDeploymentStatus::Stopped | ServiceDeploymentStatus::StopRequested => NativeFinding::NotOurs,
+        // PENDING, IN_PROGRESS, and statuses newer than this build: ECS has not finished.
+        _ if deployment.paused => NativeFinding::InFlight {
+            what: format!("a pause hook awaits action ({})", stage()),
+            paused: true,
+        },
+        _ => NativeFinding::InFlight { what: format!("ECS is deploying it ({})", stage()), paused: false },
+    }
+}
+
+/// What the sweep does with a native rollout ECS is still deploying: wait, until the rollout
+/// timeout, as for a rolling one (the failure path then stops the deployment in flight); a pause
+/// hook awaiting action is an approval pending, which its own `expiresAt` ends.
+pub fn native_sweep(
+    rollout: &Rollout,
+    (what, paused): (&str, bool),
+    now: DateTime<Utc>,
+    timeout: std::time::Duration,
+) -> SweepAction {
+    match now.signed_duration_since(rollout.started_at).to_std() {
+        Ok(age) if age >= timeout && !paused => SweepAction::Fail(format!(
+            "not completed after {} s (rollout_timeout_seconds {}): {what}",
+            age.as_secs(),
+            timeout.as_secs()
+        )),
+        _ => SweepAction::Wait,
+    }
 }
 
 /// How to get a failed rollout's service back to something good.
@@ -480,6 +557,64 @@ mod tests {
         let mut stopped = failed;
         stopped.rollout_state_reason = Some("stopped by a person".into());
         assert_eq!(later.circuit_breaker_went_back(&service(vec![going_back, stopped], 2), false), None);
+    }
+
+    #[test]
+    fn a_native_rollout_is_judged_by_its_service_deployment() {
+        let rollout = crate::fixtures::rollout();
+        let deployment = |status: ServiceDeploymentStatus, digest: &str| NativeDeployment {
+            arn: "arn:aws:ecs:us-east-1:1:service-deployment/stage/shop/abc".into(),
+            status,
+            lifecycle_stage: Some("BAKE_TIME".into()),
+            reason: Some("lifecycle hook failed at POST_TEST_TRAFFIC_SHIFT".into()),
+            triggered_alarms: vec!["shop-5xx".into()],
+            target_task_definition: Some(TD2.into()),
+            source_task_definition: Some(TD1.into()),
+            images: vec![("web".into(), digest.into())],
+            paused: false,
+        };
+        let ours = rollout.digest.as_str();
+        let judge = |d: &NativeDeployment| judge_native(&rollout, "web", d);
+        assert_eq!(judge(&deployment(ServiceDeploymentStatus::Successful, ours)), NativeFinding::Completed);
+        let other = format!("sha256:{}", "e".repeat(64));
+        let NativeFinding::Failed(mismatch) = judge(&deployment(ServiceDeploymentStatus::Successful, &other)) else {
+            panic!("another digest completed is a failure")
+        };
+        assert!(mismatch.starts_with("the revision ECS deployed runs sha256:eee"), "{mismatch}");
+        let NativeFinding::InFlight { what, paused: false } = judge(&deployment(ServiceDeploymentStatus::InProgress, ours))
+        else {
+            panic!("in progress is in flight")
+        };
+        assert!(what.contains("BAKE_TIME"), "the bake time is part of the rollout: {what}");
+        let rolling_back = judge(&deployment(ServiceDeploymentStatus::RollbackInProgress, ours));
+        assert!(matches!(rolling_back, NativeFinding::InFlight { paused: false, .. }), "{rolling_back:?}");
+        let mut paused = deployment(ServiceDeploymentStatus::InProgress, ours);
+        paused.paused = true;
+        assert!(matches!(judge(&paused), NativeFinding::InFlight { paused: true, .. }));
+
+        // The sweep waits for ECS until the rollout timeout, except for an approval pending.
+        let timeout = Duration::from_secs(600);
+        let started = rollout.started_at;
+        let sweep = |minutes, paused| native_sweep(&rollout, ("ECS is deploying it (BAKE_TIME)", paused), started + chrono::Duration::minutes(minutes), timeout);
+        assert_eq!(sweep(5, false), SweepAction::Wait);
+        assert_eq!(
+            sweep(11, false),
+            SweepAction::Fail(
+                "not completed after 660 s (rollout_timeout_seconds 600): ECS is deploying it (BAKE_TIME)".into()
+            )
+        );
+        assert_eq!(sweep(11, true), SweepAction::Wait, "a pause hook's own expiry ends it");
+        let NativeFinding::Failed(reason) = judge(&deployment(ServiceDeploymentStatus::RollbackSuccessful, ours)) else {
+            panic!("ECS's rollback is a failure")
+        };
+        assert_eq!(
+            reason,
+            "ECS rolled the deployment back: lifecycle hook failed at POST_TEST_TRAFFIC_SHIFT (alarms in ALARM: shop-5xx)"
+        );
+        assert_eq!(judge(&deployment(ServiceDeploymentStatus::Stopped, ours)), NativeFinding::NotOurs);
+        let mut newer = deployment(ServiceDeploymentStatus::Successful, ours);
+        newer.target_task_definition = Some(TD3.into());
+        assert_eq!(judge(&newer), NativeFinding::NotOurs, "another revision's deployment is not the rollout's");
     }
 
     #[test]

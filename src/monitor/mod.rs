@@ -36,7 +36,7 @@ use crate::types::{AppName, Environment, ImageTag};
 use crate::vocabulary::{Action, Outcome, Severity};
 use crate::wave;
 use crate::Invocation;
-use decide::{EventDecision, FailurePlan, Finding, SweepAction, Verification, WatchAction};
+use decide::{EventDecision, FailurePlan, Finding, NativeFinding, SweepAction, Verification, WatchAction};
 
 /// Services the sweep works on at once.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -253,13 +253,17 @@ async fn settle(
     };
     let reason = match finding {
         Finding::Failed(reason) => reason,
-        Finding::Completed => match decide::verify(rollout, &service) {
-            Verification::Replaced(reason) => {
+        Finding::Completed => match verification(here, rollout, &service).await? {
+            None => {
+                let what = format!("{} still in flight", rollout.tag);
+                return Ok(Handled::of(&app.name, env, Action::Waiting, what));
+            }
+            Some(Verification::Replaced(reason)) => {
                 info!(app = %app.name, environment = %env, reason = %reason, "completion of a replaced deployment");
                 return changed_outside(here).await;
             }
-            Verification::Failed(reason) => reason,
-            Verification::Healthy => match health(prober, here, invocation).await {
+            Some(Verification::Failed(reason)) => reason,
+            Some(Verification::Healthy) => match health(prober, here, invocation).await {
                 Ok(()) => {
                     let gate = alarm_gate(here, rollout).await?;
                     match gate.failure() {
@@ -272,6 +276,60 @@ async fn settle(
         },
     };
     Box::pin(roll_back(here, rollout, &service, reason)).await
+}
+
+/// What ECS says of a rollout it reported completed: a native service's by its service
+/// deployment ([`native_finding`]), a rolling one's (or a native one whose current deployment is
+/// not the rollout's) by the `deployments` list. `None`: ECS is still at it.
+async fn verification(
+    here: &Leased<'_>,
+    rollout: &Rollout,
+    service: &ServiceState,
+) -> Result<Option<Verification>, DeployError> {
+    Ok(match native_finding(&here.target, &here.app.container, rollout, service).await? {
+        Some(NativeFinding::InFlight { .. }) => None,
+        Some(NativeFinding::Completed) => Some(Verification::Healthy),
+        Some(NativeFinding::Failed(reason)) => Some(Verification::Failed(reason)),
+        Some(NativeFinding::NotOurs) | None => Some(decide::verify(rollout, service)),
+    })
+}
+
+/// What the sweep does with a rollout in progress: as [`verification`], by the service
+/// deployment for a native service, else by the `deployments` list (with the rollout timeout).
+async fn sweep_action(
+    here: &Target<'_>,
+    app: &AppConfig,
+    rollout: &Rollout,
+    service: &ServiceState,
+    now: chrono::DateTime<Utc>,
+) -> Result<SweepAction, AwsError> {
+    Ok(match native_finding(here, &app.container, rollout, service).await? {
+        Some(NativeFinding::InFlight { what, paused }) => {
+            decide::native_sweep(rollout, (&what, paused), now, app.rollout_timeout)
+        }
+        Some(NativeFinding::Completed) => SweepAction::Verify,
+        Some(NativeFinding::Failed(reason)) => SweepAction::Fail(reason),
+        Some(NativeFinding::NotOurs) | None => decide::reconcile(rollout, service, now, app.rollout_timeout),
+    })
+}
+
+/// A native service's current service deployment, judged for `rollout` (two reads: the
+/// deployment, its revisions). `None`: a rolling service, or ECS names no current deployment.
+async fn native_finding(
+    target: &Target<'_>,
+    container: &str,
+    rollout: &Rollout,
+    service: &ServiceState,
+) -> Result<Option<NativeFinding>, AwsError> {
+    let (Some(_), Some(arn)) = (&service.native_strategy, &service.current_service_deployment) else {
+        return Ok(None);
+    };
+    let Some(deployment) = target.ecs.native_deployment(arn).await? else { return Ok(None) };
+    let finding = decide::judge_native(rollout, container, &deployment);
+    info!(tag = %rollout.tag, digest = %rollout.digest, deployment_id = rollout.deployment_id.as_deref(),
+        service_deployment_arn = %arn, status = deployment.status.as_str(),
+        lifecycle_stage = deployment.lifecycle_stage.as_deref(), finding = ?finding, "native deployment judged");
+    Ok(Some(finding))
 }
 
 /// The health check of the target `here` works on, if it has a `health_url`.
@@ -1271,7 +1329,7 @@ async fn reconcile_item(
     let service = service_of(&reached).await?;
     if let Ok(service) = &service {
         let waiting = match (rollout, watch) {
-            (Some(rollout), _) => (decide::reconcile(rollout, service, now, app.rollout_timeout) == SweepAction::Wait)
+            (Some(rollout), _) => matches!(sweep_action(&reached, app, rollout, service, now).await, Ok(SweepAction::Wait))
                 .then(|| format!("{} still in progress", rollout.tag)),
             (None, Some(watch)) => (decide::reconcile_watch(watch, service, now, app.rollout_timeout)
                 == WatchAction::Wait)
@@ -1352,7 +1410,7 @@ async fn reconcile_leased(
             Ok(service) => service,
             Err(error) => return service_gone(here, rollout, &error).await,
         };
-        return match decide::reconcile(rollout, &service, now, app.rollout_timeout) {
+        return match sweep_action(&here.target, app, rollout, &service, now).await? {
             SweepAction::Wait => {
                 Ok(Handled::of(&app.name, env, Action::Waiting, format!("{} still in progress", rollout.tag)))
             }

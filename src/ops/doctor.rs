@@ -57,6 +57,8 @@ pub enum CheckName {
     Hook,
     /// Native strategies: the load balancer's `advancedConfiguration`.
     LoadBalancer,
+    /// Another account or region: its target-account stack forwards ECS's events to Conveyor.
+    Forwarding,
 }
 
 impl CheckName {
@@ -96,6 +98,81 @@ impl Check {
 pub struct HookNames {
     pub function_arn: Option<String>,
     pub invoke_role_arn: Option<String>,
+}
+
+/// The target-account stack's rule forwarding ECS's deployment and hook events to Conveyor's bus
+/// (`conveyor-{stack}-deployments`), as EventBridge describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingRule {
+    /// `ENABLED`, `DISABLED`…
+    pub state: String,
+    /// Its targets' ARNs.
+    pub targets: Vec<String>,
+}
+
+/// The name of that rule (`infra/target-account.yaml`).
+pub fn forwarding_rule_name(stack: &str) -> String {
+    format!("conveyor-{stack}-deployments")
+}
+
+/// The stack whose roles a target's role is (`conveyor-{stack}-stage` or `-prod`, the names
+/// `infra/target-account.yaml` gives them).
+pub fn stack_of_role(role_arn: &str) -> Option<&str> {
+    let name = role_arn.rsplit_once(":role/")?.1;
+    let stem = name.strip_suffix("-stage").or_else(|| name.strip_suffix("-prod"))?;
+    stem.strip_prefix("conveyor-").filter(|stack| !stack.is_empty())
+}
+
+/// Judges what the target account's region says of its forwarding rule (`Ok(None)`: no such
+/// rule; `Err`: it could not be read) against Conveyor's bus (`home`). Without its events,
+/// rollouts there settle only by the sweep, minutes late, and pause hooks are never asked.
+pub fn judge_forwarding(
+    (account, region): (&str, &str),
+    stack: &str,
+    home: &Home,
+    found: Result<Option<ForwardingRule>, String>,
+) -> Check {
+    let scope = format!("account {account} {region}");
+    let rule = forwarding_rule_name(stack);
+    let (Some(home_account), Some(home_region)) = (home.account.as_deref(), home.region.as_deref()) else {
+        return Check::warn(&scope, CheckName::Forwarding, "Conveyor's account is unknown", "run with credentials of Conveyor's account");
+    };
+    let bus = format!(":events:{home_region}:{home_account}:event-bus/default");
+    let deploy = format!(
+        "deploy infra/target-account.yaml in account {account}, region {region}, with ConveyorStackName={stack}, ConveyorAccountId={home_account} and ConveyorRegion={home_region}"
+    );
+    match found {
+        Ok(Some(found)) if found.state != "ENABLED" => Check::fail(
+            &scope,
+            CheckName::Forwarding,
+            format!("rule {rule} is {}: ECS's events stay in {region}", found.state),
+            format!("enable it: aws events enable-rule --name {rule} --region {region}"),
+        ),
+        Ok(Some(found)) => match found.targets.iter().find(|target| target.ends_with(&bus)) {
+            Some(_) => Check::pass(&scope, CheckName::Forwarding, format!("rule {rule} forwards ECS's events to Conveyor's bus in {home_region}")),
+            None => Check::fail(
+                &scope,
+                CheckName::Forwarding,
+                format!(
+                    "rule {rule} forwards to {}, not to Conveyor's bus in account {home_account}, {home_region}: rollouts there settle only by the sweep",
+                    if found.targets.is_empty() { "nothing".to_owned() } else { found.targets.join(", ") }
+                ),
+                deploy,
+            ),
+        },
+        Ok(None) => Check::fail(
+            &scope,
+            CheckName::Forwarding,
+            format!("no rule {rule}: ECS's events there never reach Conveyor (rollouts settle only by the sweep)"),
+            deploy,
+        ),
+        Err(error) => Check::warn(
+            &scope,
+            CheckName::Forwarding,
+            format!("rule {rule} could not be read: {error}"),
+            "update the target-account stack (its read role may read the rule), or check the rule in that account",
+        ),
+    }
 }
 
 /// The scope of one target's checks.
@@ -490,6 +567,27 @@ mod tests {
             ]
         );
         assert!(healthy(&checks));
+    }
+
+    #[test]
+    fn a_target_accounts_rule_must_forward_to_conveyors_bus() {
+        assert_eq!(stack_of_role("arn:aws:iam::2:role/conveyor-my-stack-prod"), Some("my-stack"));
+        assert_eq!(stack_of_role("arn:aws:iam::2:role/deployers"), None);
+        let home = Home { account: Some("1".into()), region: Some("us-east-1".into()) };
+        let place = ("2", "eu-west-1");
+        let rule = |state: &str, target: &str| Ok(Some(ForwardingRule { state: state.into(), targets: vec![target.into()] }));
+        let judge = |found| judge_forwarding(place, "conveyor", &home, found);
+        let ours = "arn:aws:events:us-east-1:1:event-bus/default";
+        assert_eq!(judge(rule("ENABLED", ours)).verdict, Verdict::Pass);
+        // Deployed without ConveyorRegion: the events go to the bus of the stack's own region.
+        let elsewhere = judge(rule("ENABLED", "arn:aws:events:eu-west-1:1:event-bus/default"));
+        assert_eq!(elsewhere.verdict, Verdict::Fail);
+        assert!(elsewhere.fix.as_deref().unwrap().contains("ConveyorRegion=us-east-1"), "{elsewhere:?}");
+        assert_eq!(judge(rule("DISABLED", ours)).verdict, Verdict::Fail);
+        let missing = judge(Ok(None));
+        assert_eq!((missing.verdict, missing.scope.as_str()), (Verdict::Fail, "account 2 eu-west-1"));
+        assert!(missing.fix.as_deref().unwrap().starts_with("deploy infra/target-account.yaml in account 2"));
+        assert_eq!(judge(Err("AccessDenied".into())).verdict, Verdict::Warn);
     }
 
     #[test]

@@ -147,6 +147,23 @@ impl Rollout {
         self.state == RolloutState::InProgress
     }
 
+    /// Whether a revision ECS deploys (`images`: `(container, digest)` as `DescribeServiceRevisions`
+    /// reports them) runs something else than this rollout's digest in `container`: how it differs,
+    /// in words that follow "the revision ECS deploys".
+    pub fn digest_mismatch(&self, container: &str, images: &[(String, String)]) -> Option<String> {
+        match images.iter().find(|(name, _)| name == container).map(|(_, digest)| digest.as_str()) {
+            Some(digest) if digest == self.digest.as_str() => None,
+            Some(digest) => Some(format!(
+                "runs {digest} in container {container}, Conveyor is rolling out {} ({})",
+                self.digest, self.tag
+            )),
+            None => Some(format!(
+                "reports no image digest for container {container}; Conveyor is rolling out {} ({})",
+                self.digest, self.tag
+            )),
+        }
+    }
+
     /// Settles an in-progress rollout into `to`; a settled one stays as it is (and settling into
     /// [`RolloutState::InProgress`] changes nothing).
     pub fn settle(&mut self, to: RolloutState) -> Result<(), AlreadySettled> {

@@ -143,14 +143,19 @@ fn json_patch(target: &mut Value, patch: Value) {
 }
 
 /// A prod in another account that may not pull the image fails the pull check with the
-/// statement to add; allowed, it passes.
+/// statement to add; allowed, it passes. There, the target-account stack's rule must forward
+/// ECS's events to Conveyor's bus: missing, or sending them to another region's bus (deployed
+/// without `ConveyorRegion`), it fails with the stack to deploy.
 #[tokio::test]
 async fn doctor_names_the_repository_policy_a_cross_account_pull_needs() {
+    use conveyor_testkit::accounts::{target_role, PROD_ACCOUNT};
     let world = World::new().await;
     let (lambda, _) = functions_behind_lambda(&world).await;
     let env = cli_env(&world, &lambda);
-    let account = conveyor_testkit::accounts::PROD_ACCOUNT;
+    let account = PROD_ACCOUNT;
     let app = world.seed_app_across("shop-api", "shop-api", account).await;
+    let role = target_role(account);
+    world.install_forwarding(Some(&role), "us-east-1", "us-east-1").await;
     let ran = run(&env, &["doctor", "shop-api", "--json"]).await.exits(4);
     let found = problems(&ran.json());
     let pull = found.iter().find(|(_, c, _, _, _)| c == "pull").unwrap_or_else(|| panic!("{found:#?}"));
@@ -164,5 +169,34 @@ async fn doctor_names_the_repository_policy_a_cross_account_pull_needs() {
     world.allow_pull(&app.repository, account).await;
     let ran = run(&env, &["doctor", "shop-api", "--json"]).await;
     let found = problems(&ran.json());
-    assert!(found.iter().all(|(_, c, _, _, _)| c != "pull"), "{found:#?}");
+    assert!(found.iter().all(|(_, c, _, _, _)| c != "pull" && c != "forwarding"), "{found:#?}");
+    let forwarding = |doc: &Value| -> Vec<(String, String, String, String, String)> {
+        problems(doc).into_iter().filter(|(_, c, _, _, _)| c == "forwarding").collect()
+    };
+    assert!(
+        ran.json()["checks"].as_array().unwrap().iter().any(|c| c["check"] == "forwarding"
+            && c["scope"] == format!("account {account} us-east-1")
+            && c["verdict"] == "pass"),
+        "{:#}",
+        ran.json()
+    );
+
+    // Prod in a region of that account where the stack was not deployed (no other test uses it).
+    let region = "ap-northeast-1";
+    let target = |s: &ServiceFixture| json!({ "cluster": s.cluster, "service": "shop-api" });
+    let mut prod = target(&app.prod);
+    (prod["role_arn"], prod["region"]) = (json!(role), json!(region));
+    let environments = json!({ "stage": target(&app.stage), "prod": prod });
+    world.put_app("shop-api", &json!({ "repository": app.repository, "container": "api", "environments": environments })).await;
+    let found = forwarding(&run(&env, &["doctor", "shop-api", "--json"]).await.exits(4).json());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let (scope, _, verdict, detail, fix) = &found[0];
+    assert_eq!((scope.as_str(), verdict.as_str()), (format!("account {account} {region}").as_str(), "fail"));
+    assert!(detail.starts_with("no rule conveyor-conveyor-deployments"), "{detail}");
+    assert!(fix.contains(&format!("infra/target-account.yaml in account {account}, region {region}")), "{fix}");
+    // Deployed there without ConveyorRegion: its events go to that region's bus, not Conveyor's.
+    world.install_forwarding(Some(&role), region, region).await;
+    let found = forwarding(&run(&env, &["doctor", "shop-api", "--json"]).await.exits(4).json());
+    assert!(found[0].3.contains("event-bus/default, not to Conveyor's bus"), "{found:#?}");
+    assert!(found[0].4.contains("ConveyorRegion=us-east-1"), "{found:#?}");
 }

@@ -14,7 +14,11 @@
 //! over, but one of its alarms fired and recovered meanwhile, unseen → rolled back) and `alarm`
 //! (deploy-monitor: stage's alarm enters ALARM during the soak → rolled back on its event),
 //! `approval-request` (promote, into a prod with `approval`, with the operator's identity proof →
-//! pending) and `approve` (promote: a second person's approval → the rollout). Each runs clean first; its AWS calls (those
+//! pending), `approve` (promote: a second person's approval → the rollout), `wave-step` and
+//! `wave-rollback` (deploy-monitor: prod on two services, the first verified starts the second, or
+//! the second failing rolls both back) and `native-verify` (deploy-monitor: a blue/green stage
+//! deployment ECS completed, judged by its service deployment and its revision's digest → verified).
+//! Each runs clean first; its AWS calls (those
 //! carrying the world's id, of that invocation only) are its call sites, each named by operation
 //! and occurrence ([`CallSite`]), so that `Fault::on(op).after(occurrence).persistent()` hits that
 //! call, every retry of it and every later call of the operation.
@@ -45,11 +49,11 @@
 //! image stays unpromotable (promote refuses `NotVetted`).
 //!
 //! **Size**: `make test` runs the CI-sized matrix: every call of every flow under one failing
-//! fault (the five rotate over the calls: 141 calls of the 13 flows), `latency` on the first call
-//! under the lease of every other flow, a crash on every third call, and the 13 clean runs — about
-//! 4 minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call under every
-//! fault (705), `latency` on every call under the lease and a crash on every call (141) — about 30
-//! minutes. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each flow's calls;
+//! fault (the five rotate over the calls: 176 calls of the 16 flows), `latency` on the first call
+//! under the lease of every other flow, a crash on every third call, and the 16 clean runs — a few
+//! minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call under every
+//! fault (880), `latency` on every call under the lease and a crash on every call (176) — the
+//! longest part of `make soak`. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each flow's calls;
 //! `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both
 //! tests. A cell failing in a situation a
 //! listed known bug excuses (`conveyor_testkit::known_bugs`: `fault_matrix:{flow}/{call}/{fault}`)
@@ -63,6 +67,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use conveyor::vocabulary::{Action, PromoteStatus};
 use conveyor_testkit::known_bugs::{self, KnownBug};
+use conveyor_testkit::lambda_api::LambdaApi;
 use conveyor_testkit::local_aws::{CallRecord, Fault, FaultMode, Settle};
 use conveyor_testkit::matrix::{bounded_by, CallSite, FaultKind, Job, LeaseSeen, Tally, Transition};
 use conveyor_testkit::runtime_api::{Invocation, DEFAULT_DEADLINE};
@@ -114,10 +119,11 @@ enum Flow {
     Approve,
     WaveStep,
     WaveRollback,
+    NativeVerify,
 }
 
 impl Flow {
-    const ALL: [Flow; 15] = [
+    const ALL: [Flow; 16] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -133,6 +139,7 @@ impl Flow {
         Flow::Approve,
         Flow::WaveStep,
         Flow::WaveRollback,
+        Flow::NativeVerify,
     ];
 
     fn name(self) -> &'static str {
@@ -152,6 +159,7 @@ impl Flow {
             Flow::Approve => "approve",
             Flow::WaveStep => "wave-step",
             Flow::WaveRollback => "wave-rollback",
+            Flow::NativeVerify => "native-verify",
         }
     }
 
@@ -196,6 +204,24 @@ impl Flow {
                 expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
                 expect.notify(&app, "stage", "verified");
                 (events[0].clone(), expect)
+            }
+            Flow::NativeVerify => {
+                // Stage is a blue/green service: ECS deployed v1.0.0 (Conveyor's hook passed it on
+                // test traffic) and reports it COMPLETED; deploy-monitor judges it by its service
+                // deployment and the revision's digest.
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                let lambda = LambdaApi::start().await;
+                let hook = world.name("deploy-hook");
+                lambda.add(&hook, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+                world.aws.native(std::slice::from_ref(&app.stage.cluster), &lambda.url(), &[], None).await;
+                world.use_native_strategy(&app.stage, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook).await;
+                push(&world, &app, "v1.0.0", 1, base).await;
+                let state = world.aws.native_settled(&app.stage.cluster, &app.stage.service).await;
+                assert_eq!(state["deployments"][0]["status"], "SUCCESSFUL", "{state}");
+                let mut expect = Expect::default();
+                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
+                expect.notify(&app, "stage", "verified");
+                (state["events"][0].clone(), expect)
             }
             Flow::VerifyAutoPromote => {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;

@@ -133,8 +133,12 @@ async fn blue_green_with_a_good_image_probes_test_traffic_then_moves_production_
 
     let events = state["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{state}");
-    let report = native.monitor.invoke(events[0].clone()).await.response();
+    // Judged by the service deployment ECS names current (`SUCCESSFUL`) and its revision's digest.
+    let (made, report) = calls_of(&native, &native.monitor, events[0].clone()).await;
     assert_eq!(report["results"][0]["action"], "verified", "{report}");
+    for read in ["DescribeServices", "DescribeServiceDeployments", "DescribeServiceRevisions"] {
+        assert_eq!(made.get(read), Some(&1), "{read}: {made:?}");
+    }
 }
 
 #[tokio::test]
@@ -279,14 +283,14 @@ async fn foreign_deployments_rollbacks_and_malformed_payloads_are_answered_never
     }
 }
 
-/// The AWS calls (by operation) `hook` made for `payload`, and its answer.
+/// The calls `function` makes handling `payload` (by operation), and its answer.
 async fn calls_of(
     native: &Native,
-    hook: &Function,
+    function: &Function,
     payload: Value,
 ) -> (std::collections::BTreeMap<String, u64>, Value) {
     let before = native.world.aws.calls(&native.world.id).await;
-    let answer = hook.invoke(payload).await.response();
+    let answer = function.invoke(payload).await.response();
     let after = native.world.aws.calls(&native.world.id).await;
     let made = after.into_iter().map(|(op, n)| (op.clone(), n - before.get(&op).copied().unwrap_or(0)));
     (made.filter(|(_, n)| *n > 0).collect(), answer)

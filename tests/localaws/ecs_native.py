@@ -163,6 +163,8 @@ def on_update(backend, service, previous: str, target: str, deployment_id: str) 
     arn = (f"arn:aws:ecs:{region}:{account}:service-deployment/{service.cluster_name}/{service.name}/"
            f"{uuid.uuid4().hex[:21]}")
     count = service.desired_count
+    # DescribeServices' `currentServiceDeployment` (moto serialises the attribute by its name).
+    service.current_service_deployment = arn
     DEPLOYMENTS[arn] = {
         "serviceDeploymentArn": arn,
         "serviceArn": service.arn,

@@ -8,7 +8,7 @@ test until someone says what it needs. One call may need several authorisations:
 also passes its roles (``iam:PassRole``) and tags the new revision (``ecs:TagResource``).
 
 Sources: the Service Authorization Reference (actions, resource types, condition keys) of ECS,
-DynamoDB, SSM, SNS, STS, ECR and CloudWatch.
+DynamoDB, SSM, SNS, STS, ECR, CloudWatch and EventBridge.
 """
 
 from __future__ import annotations
@@ -197,6 +197,11 @@ def _ecr_repository(call: Call) -> list[Authorization]:
 # a permission scoped to `*`: Conveyor asks for both kinds, so `*` is what it needs.
 
 
+def _rule(action: str, member: str):
+    """A rule of the default event bus, named by the request's `member`."""
+    return lambda call: [Authorization(action, f"arn:aws:events:{call.region}:{call.account}:rule/{call.request[member]}")]
+
+
 _HANDLERS = {
     ("ecs", "DescribeServices"): _describe_services,
     ("ecs", "DescribeServiceRevisions"): _service_revisions,
@@ -229,6 +234,8 @@ _HANDLERS = {
     ("ecr", "GetRepositoryPolicy"): _ecr_repository,
     ("ecr", "DescribeRegistry"): _star("ecr:DescribeRegistry"),
     ("monitoring", "DescribeAlarms"): _star("cloudwatch:DescribeAlarms"),
+    ("events", "DescribeRule"): _rule("events:DescribeRule", "Name"),
+    ("events", "ListTargetsByRule"): _rule("events:ListTargetsByRule", "Rule"),
     ("monitoring", "DescribeAlarmHistory"): _star("cloudwatch:DescribeAlarmHistory"),
 }
 

@@ -1,9 +1,13 @@
 //! `conveyor doctor [APP]`: checks a live installation and each app's setup (the library's
 //! `ops::doctor` judges), one line per check with what to fix. Reads only.
 
-use conveyor::config::Home;
+use std::collections::BTreeMap;
+
+use conveyor::aws::AwsError;
+use conveyor::config::{AppConfig, Home, ServiceTarget};
+use conveyor::fleet::Fleet;
 use conveyor::ledger::ItemKey;
-use conveyor::ops::doctor::{self, Check, CheckName, HookNames, Verdict};
+use conveyor::ops::doctor::{self, Check, CheckName, ForwardingRule, HookNames, Verdict};
 use serde_json::json;
 
 use super::{configs, find_app};
@@ -36,12 +40,13 @@ pub async fn run(ctx: &Context, app: Option<&str>) -> Result<Report, CliError> {
     let fleet = ctx.fleet()?;
     let hook =
         HookNames { function_arn: names.hook_function_arn.clone(), invoke_role_arn: names.hook_role_arn.clone() };
-    for app in apps {
+    for app in &apps {
         checks.push(Check::pass(app.name.as_str(), CheckName::Config, format!("{} is valid", app.parameter)));
         for (env, _, target) in app.pipeline.targets() {
             checks.extend(doctor::target_checks(&fleet, &home, app, env, target, &hook).await);
         }
     }
+    checks.extend(forwarding(ctx, &fleet, &home, &apps).await);
     let healthy = doctor::healthy(&checks);
     let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
     let (passed, warned, failed) = (count(Verdict::Pass), count(Verdict::Warn), count(Verdict::Fail));
@@ -110,7 +115,7 @@ async fn install(ctx: &Context) -> Vec<Check> {
             Err(error) => Check::fail(
                 INSTALL,
                 CheckName::Function,
-                format!("{role}: {}", conveyor::aws::AwsError::from_sdk("GetFunctionConfiguration", error)),
+                format!("{role}: {}", AwsError::from_sdk("GetFunctionConfiguration", error)),
                 "deploy the stack, or name the function (--stack, or the CONVEYOR_* variables)",
             ),
         });
@@ -129,7 +134,7 @@ async fn rules(ctx: &Context) -> Vec<Check> {
     let resources = match described {
         Ok(output) => output.stack_resources.unwrap_or_default(),
         Err(error) => {
-            let error = conveyor::aws::AwsError::from_sdk("DescribeStackResources", error);
+            let error = AwsError::from_sdk("DescribeStackResources", error);
             let fix = "let this identity describe the stack (cloudformation:DescribeStackResources)";
             return vec![Check::fail(INSTALL, CheckName::Rules, error.to_string(), fix)];
         }
@@ -159,6 +164,66 @@ async fn rules(ctx: &Context) -> Vec<Check> {
             }
         })
         .collect()
+}
+
+/// Every account and region the apps' targets run in other than Conveyor's own: there, the
+/// target-account stack's rule must forward ECS's events to Conveyor's bus (one check each, read
+/// with the first target's role there, as people read: its read-only role). The rule's name
+/// takes the stack's: `--stack`, else the one the targets' roles are named after.
+async fn forwarding(ctx: &Context, fleet: &Fleet, home: &Home, apps: &[&AppConfig]) -> Vec<Check> {
+    let targets: Vec<&ServiceTarget> = apps.iter().flat_map(|app| app.pipeline.targets().map(|(_, _, t)| t)).collect();
+    let mut places: BTreeMap<(String, String), Option<&str>> = BTreeMap::new();
+    for target in &targets {
+        let account = target.account.as_ref().or(home.account.as_ref());
+        let region = target.region.as_ref().or(home.region.as_ref());
+        let (Some(account), Some(region)) = (account, region) else { continue };
+        if home.account.as_ref() == Some(account) && home.region.as_ref() == Some(region) {
+            continue;
+        }
+        places.entry((account.clone(), region.clone())).or_insert(target.role_arn.as_deref());
+    }
+    let stack = ctx.stack().or_else(|| targets.iter().find_map(|t| t.role_arn.as_deref().and_then(doctor::stack_of_role)));
+    let mut checks = Vec::new();
+    for ((account, region), role) in places {
+        let Some(stack) = stack else {
+            checks.push(Check::warn(
+                &format!("account {account} {region}"),
+                CheckName::Forwarding,
+                "the stack's name is unknown, and with it the forwarding rule's",
+                "give --stack NAME",
+            ));
+            continue;
+        };
+        let role = role.map(|role| fleet.role_for(role));
+        let events = aws_sdk_eventbridge::Client::new(&fleet.config_for(role.as_deref(), Some(&region), "doctor").await);
+        let found = forwarding_rule(&events, &doctor::forwarding_rule_name(stack)).await;
+        checks.push(doctor::judge_forwarding((&account, &region), stack, home, found));
+    }
+    checks
+}
+
+/// The rule `name`, its state and targets (`Ok(None)`: no such rule). Two reads.
+async fn forwarding_rule(
+    events: &aws_sdk_eventbridge::Client,
+    name: &str,
+) -> Result<Option<ForwardingRule>, String> {
+    let described = match events.describe_rule().name(name).send().await {
+        Ok(described) => described,
+        Err(error) => {
+            let error = AwsError::from_sdk("DescribeRule", error);
+            return if error.code == "ResourceNotFoundException" { Ok(None) } else { Err(error.to_string()) };
+        }
+    };
+    let listed = events
+        .list_targets_by_rule()
+        .rule(name)
+        .send()
+        .await
+        .map_err(|error| AwsError::from_sdk("ListTargetsByRule", error).to_string())?;
+    Ok(Some(ForwardingRule {
+        state: described.state().map_or("unknown", |state| state.as_str()).to_owned(),
+        targets: listed.targets().iter().map(|target| target.arn().to_owned()).collect(),
+    }))
 }
 
 /// Conveyor's account and region, as the caller's identity says (a registry defaults to it).

@@ -40,6 +40,26 @@ impl World {
             .build()
     }
 
+    /// What `infra/target-account.yaml` (stack `conveyor`) puts in `region` of the account
+    /// `role_arn` acts in (Conveyor's own without one): the rule forwarding ECS's events to
+    /// Conveyor's default bus, as EventBridge describes it to `conveyor doctor`, with `bus_region`
+    /// as its `ConveyorRegion`. (The local AWS puts those events on the local bus itself.)
+    pub async fn install_forwarding(&self, role_arn: Option<&str>, region: &str, bus_region: &str) {
+        use aws_sdk_eventbridge::types::{RuleState, Target};
+        let config = match role_arn {
+            Some(role) => self.config_as(role).await,
+            None => self.config.clone(),
+        };
+        let events = aws_sdk_eventbridge::Client::new(
+            &config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
+        );
+        let rule = "conveyor-conveyor-deployments";
+        let pattern = json!({ "source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change", "ECS Hook State Change"] });
+        events.put_rule().name(rule).event_pattern(pattern.to_string()).state(RuleState::Enabled).send().await.unwrap();
+        let bus = Target::builder().id("conveyor").arn(format!("arn:aws:events:{bus_region}:{ACCOUNT}:event-bus/default"));
+        events.put_targets().rule(rule).targets(bus.build().unwrap()).send().await.unwrap();
+    }
+
     /// An ECS client working in `account` (through its Conveyor role).
     pub async fn ecs_in(&self, account: &str) -> aws_sdk_ecs::Client {
         aws_sdk_ecs::Client::new(&self.config_as(&target_role(account)).await)
