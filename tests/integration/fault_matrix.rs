@@ -16,8 +16,10 @@
 //! `approval-request` (promote, into a prod with `approval`, with the operator's identity proof →
 //! pending), `approve` (promote: a second person's approval → the rollout), `wave-step` and
 //! `wave-rollback` (deploy-monitor: prod on two services, the first verified starts the second, or
-//! the second failing rolls both back) and `native-verify` (deploy-monitor: a blue/green stage
-//! deployment ECS completed, judged by its service deployment and its revision's digest → verified).
+//! the second failing rolls both back), `native-verify` (deploy-monitor: a blue/green stage
+//! deployment ECS completed, judged by its service deployment and its revision's digest → verified)
+//! and `native-rollback` (deploy-monitor: one ECS rolled back when Conveyor's hook failed it on
+//! test traffic → failed, no second rollback, ECS's reason in the alert).
 //! Each runs clean first; its AWS calls (those
 //! carrying the world's id, of that invocation only) are its call sites, each named by operation
 //! and occurrence ([`CallSite`]), so that `Fault::on(op).after(occurrence).persistent()` hits that
@@ -49,10 +51,10 @@
 //! image stays unpromotable (promote refuses `NotVetted`).
 //!
 //! **Size**: `make test` runs the CI-sized matrix: every call of every flow under one failing
-//! fault (the five rotate over the calls: 176 calls of the 16 flows), `latency` on the first call
-//! under the lease of every other flow, a crash on every third call, and the 16 clean runs — a few
+//! fault (the five rotate over the calls: 186 calls of the 17 flows), `latency` on the first call
+//! under the lease of every other flow, a crash on every third call, and the 17 clean runs — a few
 //! minutes on 2 cores. `CONVEYOR_MATRIX=full` (what `make soak` sets) runs every call under every
-//! fault (880), `latency` on every call under the lease and a crash on every call (176) — the
+//! fault (930), `latency` on every call under the lease and a crash on every call (186) — the
 //! longest part of `make soak`. `CONVEYOR_MATRIX=clean` runs only the clean runs and prints each flow's calls;
 //! `CONVEYOR_MATRIX_FLOW=soak-alarm` only that flow's cells. Six worlds run at a time, across both
 //! tests. A cell failing in a situation a
@@ -120,10 +122,11 @@ enum Flow {
     WaveStep,
     WaveRollback,
     NativeVerify,
+    NativeRollback,
 }
 
 impl Flow {
-    const ALL: [Flow; 16] = [
+    const ALL: [Flow; 17] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -140,6 +143,7 @@ impl Flow {
         Flow::WaveStep,
         Flow::WaveRollback,
         Flow::NativeVerify,
+        Flow::NativeRollback,
     ];
 
     fn name(self) -> &'static str {
@@ -160,6 +164,7 @@ impl Flow {
             Flow::WaveStep => "wave-step",
             Flow::WaveRollback => "wave-rollback",
             Flow::NativeVerify => "native-verify",
+            Flow::NativeRollback => "native-rollback",
         }
     }
 
@@ -210,18 +215,31 @@ impl Flow {
                 // test traffic) and reports it COMPLETED; deploy-monitor judges it by its service
                 // deployment and the revision's digest.
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
-                let lambda = LambdaApi::start().await;
-                let hook = world.name("deploy-hook");
-                lambda.add(&hook, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
-                world.aws.native(std::slice::from_ref(&app.stage.cluster), &lambda.url(), &[], None).await;
-                world.use_native_strategy(&app.stage, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook).await;
-                push(&world, &app, "v1.0.0", 1, base).await;
-                let state = world.aws.native_settled(&app.stage.cluster, &app.stage.service).await;
-                assert_eq!(state["deployments"][0]["status"], "SUCCESSFUL", "{state}");
+                let _hook = blue_green_stage(&world, &app, &[]).await;
+                let events = native_push(&world, &app, "v1.0.0", 1, base).await;
                 let mut expect = Expect::default();
                 expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
                 expect.notify(&app, "stage", "verified");
-                (state["events"][0].clone(), expect)
+                (events[0].clone(), expect)
+            }
+            Flow::NativeRollback => {
+                // v1.1.0 fails Conveyor's hook on stage's test traffic: ECS rolled it back before
+                // production traffic moved, and reports it FAILED: the image failed, no second
+                // rollback, ECS's reason in the alert.
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                let _hook = blue_green_stage(&world, &app, &[2]).await;
+                let events = native_push(&world, &app, "v1.0.0", 1, base).await;
+                assert_eq!(monitor(&world, events[0].clone()).await, "verified");
+                let events = native_push(&world, &app, "v1.1.0", 2, at(base, 10)).await;
+                let failed = events.iter().find(|e| e["detail"]["eventName"] == "SERVICE_DEPLOYMENT_FAILED");
+                let mut expect = Expect::default();
+                let stage = expect.env(&world, &app, "stage", 2, "rolled_back");
+                stage.image = pinned(&world, &app.repository, 1);
+                stage.last_verified = Some(digest(1));
+                stage.by = Some("circuit_breaker");
+                expect.notify(&app, "stage", "rolled_back");
+                expect.unpromotable.push((app.app.clone(), "v1.1.0".into()));
+                (failed.unwrap_or_else(|| panic!("no FAILED event: {events:?}")).clone(), expect)
             }
             Flow::VerifyAutoPromote => {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
@@ -524,6 +542,35 @@ async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime
     let event = world.push_event(&app.repository, tag, &digest(n), time);
     let report = conveyor(world).stage(event, &invocation()).await.unwrap();
     assert_eq!(report.apps[0].status, Action::Deploying, "{report:?}");
+}
+
+/// Setup: `app`'s stage as a blue/green service whose hook is Conveyor's (served as Lambda runs
+/// it, by the returned API, for as long as it lives), probing the test listener once, where a
+/// revision running one of `unhealthy` (digest numbers) answers 503.
+async fn blue_green_stage(world: &World, app: &AppFixture, unhealthy: &[u32]) -> LambdaApi {
+    let lambda = LambdaApi::start().await;
+    let hook = world.name("deploy-hook");
+    lambda.add(&hook, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+    let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
+    world.aws.native(std::slice::from_ref(&app.stage.cluster), &lambda.url(), &unhealthy, None).await;
+    world.use_native_strategy(&app.stage, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook).await;
+    let test_url = world.aws.traffic_url("test", &app.stage.cluster, &app.stage.service);
+    let environments = json!({
+        "stage": { "cluster": app.stage.cluster, "service": app.stage.service,
+                   "test_health_url": test_url, "test_probes": 1 },
+        "prod": { "cluster": app.prod.cluster, "service": app.prod.service } });
+    let config = json!({ "repository": app.repository, "container": "api", "environments": environments });
+    world.put_app(&app.app, &config).await;
+    lambda
+}
+
+/// Setup through the library: `tag` pushed to a blue/green stage, and ECS's deployment of it
+/// ended; the events of the service's deployments so far, the newest last.
+async fn native_push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime<Utc>) -> Vec<Value> {
+    push(world, app, tag, n, time).await;
+    let state = world.aws.native_settled(&app.stage.cluster, &app.stage.service).await;
+    let events = state["events"].as_array().cloned().unwrap_or_default();
+    events.into_iter().filter(|e| e["detail"]["deploymentId"].is_string()).collect()
 }
 
 /// Setup: `app`'s prod runs on a second service too (`prod-2`), after the first (config rewritten).

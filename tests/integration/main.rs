@@ -22,6 +22,7 @@ mod localaws_faults;
 mod model;
 mod native;
 mod pipelines;
+mod playground;
 mod promote;
 mod real_taskdefs;
 mod routing;

@@ -1,7 +1,7 @@
 //! `make up`: the local stack left running — the local AWS, the functions behind the template's
 //! EventBridge routing, ECS deployments that settle by themselves, and the demo's apps — so that
 //! `conveyor` (and `aws`) commands work against it as in `docs/cli.md`. It writes the variables to
-//! export into `.local/playground.env` and serves pushes on `POST /push?app=APP&tag=TAG` (what
+//! export into `.local/playground.env` (`$CONVEYOR_PLAYGROUND_DIR/playground.env` if set) and serves pushes on `POST /push?app=APP&tag=TAG` (what
 //! `make push` sends). `make down` stops it (SIGTERM to its process group).
 
 use std::convert::Infallible;
@@ -34,7 +34,8 @@ async fn main() {
     let mut env = stack.cli_env(conveyor_testkit::principals::OPERATOR);
     env.push(("CONVEYOR_PLAYGROUND".into(), format!("http://{addr}")));
     let exports: String = env.iter().map(|(name, value)| format!("export {name}={value}\n")).collect();
-    let dir = root.join(".local");
+    // `CONVEYOR_PLAYGROUND_DIR`: elsewhere than `.local` (the test that runs the README's commands).
+    let dir = std::env::var_os("CONVEYOR_PLAYGROUND_DIR").map_or_else(|| root.join(".local"), Into::into);
     std::fs::create_dir_all(&dir).expect("a .local directory");
     std::fs::write(dir.join("playground.env"), exports).expect("the env file");
     stack.say(MomentKind::Step, format!("playground up: apps shop-api, billing, web; pushes on http://{addr}/push"));
