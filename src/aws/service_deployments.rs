@@ -3,8 +3,9 @@
 //! pause hook holding one, and why ECS rolled one back.
 
 use aws_sdk_ecs::types::{
-    DeploymentLifecycleHookAction, DeploymentLifecycleHookDetail, DeploymentLifecycleHookStatus, DeploymentLifecycleHookTargetType, ServiceDeployment,
-    ServiceDeploymentStatus, ServiceRevision, StopServiceDeploymentStopType,
+    DeploymentLifecycleHookAction, DeploymentLifecycleHookDetail, DeploymentLifecycleHookStatus,
+    DeploymentLifecycleHookTargetType, ServiceDeployment, ServiceDeploymentStatus, ServiceRevision,
+    StopServiceDeploymentStopType,
 };
 use chrono::{DateTime, Utc};
 
@@ -70,17 +71,13 @@ impl Ecs {
     pub async fn awaiting_pause(&self, cluster: &str, service: &str) -> Result<Option<AwaitingHook>, AwsError> {
         let Some(deployment) = self.deployment_in_flight(cluster, service).await? else { return Ok(None) };
         let arn = deployment.service_deployment_arn().unwrap_or_default();
-        Ok(deployment
-            .lifecycle_hook_details()
-            .iter()
-            .find(|hook| awaits_action(hook))
-            .and_then(|hook| {
-                Some(AwaitingHook {
-                    service_deployment_arn: arn.to_owned(),
-                    hook_id: hook.hook_id()?.to_owned(),
-                    expires_at: hook.expires_at().and_then(|at| DateTime::from_timestamp(at.secs(), at.subsec_nanos())),
-                })
-            }))
+        Ok(deployment.lifecycle_hook_details().iter().find(|hook| awaits_action(hook)).and_then(|hook| {
+            Some(AwaitingHook {
+                service_deployment_arn: arn.to_owned(),
+                hook_id: hook.hook_id()?.to_owned(),
+                expires_at: hook.expires_at().and_then(|at| DateTime::from_timestamp(at.secs(), at.subsec_nanos())),
+            })
+        }))
     }
 
     /// Answers the pause hook `hook_id` of deployment `arn`: go on, or roll back.
@@ -131,11 +128,7 @@ impl Ecs {
             arn: arn.to_owned(),
             status: deployment.status().cloned().unwrap_or(ServiceDeploymentStatus::Pending),
             lifecycle_stage: deployment.lifecycle_stage().map(|stage| stage.as_str().to_owned()),
-            reason: deployment
-                .rollback()
-                .and_then(|r| r.reason())
-                .or(deployment.status_reason())
-                .map(str::to_owned),
+            reason: deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).map(str::to_owned),
             triggered_alarms: deployment.alarms().map(|a| a.triggered_alarm_names().to_vec()).unwrap_or_default(),
             target_task_definition: revision(&target).and_then(|r| r.task_definition()).map(str::to_owned),
             source_task_definition: revision(&source).and_then(|r| r.task_definition()).map(str::to_owned),

@@ -132,10 +132,9 @@ pub fn judge_native(rollout: &Rollout, container: &str, deployment: &NativeDeplo
             };
             NativeFinding::Failed(match &deployment.triggered_alarms[..] {
                 [] => format!("ECS rolled the deployment back{failed}: {reason}"),
-                alarms => format!(
-                    "ECS rolled the deployment back{failed}: {reason} (alarms in ALARM: {})",
-                    alarms.join(", ")
-                ),
+                alarms => {
+                    format!("ECS rolled the deployment back{failed}: {reason} (alarms in ALARM: {})", alarms.join(", "))
+                }
             })
         }
         ServiceDeploymentStatus::RollbackRequested | ServiceDeploymentStatus::RollbackInProgress => {
@@ -143,10 +142,9 @@ pub fn judge_native(rollout: &Rollout, container: &str, deployment: &NativeDeplo
         }
         ServiceDeploymentStatus::Stopped | ServiceDeploymentStatus::StopRequested => NativeFinding::NotOurs,
         // PENDING, IN_PROGRESS, and statuses newer than this build: ECS has not finished.
-        _ if deployment.paused => NativeFinding::InFlight {
-            what: format!("a pause hook awaits action ({})", stage()),
-            paused: true,
-        },
+        _ if deployment.paused => {
+            NativeFinding::InFlight { what: format!("a pause hook awaits action ({})", stage()), paused: true }
+        }
         _ => NativeFinding::InFlight { what: format!("ECS is deploying it ({})", stage()), paused: false },
     }
 }
@@ -581,7 +579,8 @@ mod tests {
             panic!("another digest completed is a failure")
         };
         assert!(mismatch.starts_with("the revision ECS deployed runs sha256:eee"), "{mismatch}");
-        let NativeFinding::InFlight { what, paused: false } = judge(&deployment(ServiceDeploymentStatus::InProgress, ours))
+        let NativeFinding::InFlight { what, paused: false } =
+            judge(&deployment(ServiceDeploymentStatus::InProgress, ours))
         else {
             panic!("in progress is in flight")
         };
@@ -595,7 +594,14 @@ mod tests {
         // The sweep waits for ECS until the rollout timeout, except for an approval pending.
         let timeout = Duration::from_secs(600);
         let started = rollout.started_at;
-        let sweep = |minutes, paused| native_sweep(&rollout, ("ECS is deploying it (BAKE_TIME)", paused), started + chrono::Duration::minutes(minutes), timeout);
+        let sweep = |minutes, paused| {
+            native_sweep(
+                &rollout,
+                ("ECS is deploying it (BAKE_TIME)", paused),
+                started + chrono::Duration::minutes(minutes),
+                timeout,
+            )
+        };
         assert_eq!(sweep(5, false), SweepAction::Wait);
         assert_eq!(
             sweep(11, false),
@@ -604,7 +610,8 @@ mod tests {
             )
         );
         assert_eq!(sweep(11, true), SweepAction::Wait, "a pause hook's own expiry ends it");
-        let NativeFinding::Failed(reason) = judge(&deployment(ServiceDeploymentStatus::RollbackSuccessful, ours)) else {
+        let NativeFinding::Failed(reason) = judge(&deployment(ServiceDeploymentStatus::RollbackSuccessful, ours))
+        else {
             panic!("ECS's rollback is a failure")
         };
         assert_eq!(

@@ -1329,8 +1329,10 @@ async fn reconcile_item(
     let service = service_of(&reached).await?;
     if let Ok(service) = &service {
         let waiting = match (rollout, watch) {
-            (Some(rollout), _) => matches!(sweep_action(&reached, app, rollout, service, now).await, Ok(SweepAction::Wait))
-                .then(|| format!("{} still in progress", rollout.tag)),
+            (Some(rollout), _) => {
+                matches!(sweep_action(&reached, app, rollout, service, now).await, Ok(SweepAction::Wait))
+                    .then(|| format!("{} still in progress", rollout.tag))
+            }
             (None, Some(watch)) => (decide::reconcile_watch(watch, service, now, app.rollout_timeout)
                 == WatchAction::Wait)
                 .then(|| format!("rollback to {} in progress", crate::notify::short_arn(&watch.to))),

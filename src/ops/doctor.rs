@@ -135,7 +135,12 @@ pub fn judge_forwarding(
     let scope = format!("account {account} {region}");
     let rule = forwarding_rule_name(stack);
     let (Some(home_account), Some(home_region)) = (home.account.as_deref(), home.region.as_deref()) else {
-        return Check::warn(&scope, CheckName::Forwarding, "Conveyor's account is unknown", "run with credentials of Conveyor's account");
+        return Check::warn(
+            &scope,
+            CheckName::Forwarding,
+            "Conveyor's account is unknown",
+            "run with credentials of Conveyor's account",
+        );
     };
     let bus = format!(":events:{home_region}:{home_account}:event-bus/default");
     let deploy = format!(
@@ -575,7 +580,8 @@ mod tests {
         assert_eq!(stack_of_role("arn:aws:iam::2:role/deployers"), None);
         let home = Home { account: Some("1".into()), region: Some("us-east-1".into()) };
         let place = ("2", "eu-west-1");
-        let rule = |state: &str, target: &str| Ok(Some(ForwardingRule { state: state.into(), targets: vec![target.into()] }));
+        let rule =
+            |state: &str, target: &str| Ok(Some(ForwardingRule { state: state.into(), targets: vec![target.into()] }));
         let judge = |found| judge_forwarding(place, "conveyor", &home, found);
         let ours = "arn:aws:events:us-east-1:1:event-bus/default";
         assert_eq!(judge(rule("ENABLED", ours)).verdict, Verdict::Pass);

@@ -187,7 +187,9 @@ async fn doctor_names_the_repository_policy_a_cross_account_pull_needs() {
     let mut prod = target(&app.prod);
     (prod["role_arn"], prod["region"]) = (json!(role), json!(region));
     let environments = json!({ "stage": target(&app.stage), "prod": prod });
-    world.put_app("shop-api", &json!({ "repository": app.repository, "container": "api", "environments": environments })).await;
+    world
+        .put_app("shop-api", &json!({ "repository": app.repository, "container": "api", "environments": environments }))
+        .await;
     let found = forwarding(&run(&env, &["doctor", "shop-api", "--json"]).await.exits(4).json());
     assert_eq!(found.len(), 1, "{found:#?}");
     let (scope, _, verdict, detail, fix) = &found[0];

@@ -50,7 +50,8 @@ async fn make_ups_stack_answers_the_readmes_commands() {
         assert!(status.stdout.contains(app), "{app}: {}", status.stdout);
     }
     let playground = &env.iter().find(|(name, _)| name == "CONVEYOR_PLAYGROUND").expect("its address").1;
-    let pushed = reqwest::Client::new().post(format!("{playground}/push?app=shop-api&tag=v1.2.3")).send().await.unwrap();
+    let pushed =
+        reqwest::Client::new().post(format!("{playground}/push?app=shop-api&tag=v1.2.3")).send().await.unwrap();
     assert!(pushed.status().is_success(), "{pushed:?}");
     let waited = run(&env, &["wait", "shop-api", "v1.2.3", "--timeout", "60s"]).await.ok();
     assert!(waited.stdout.contains("v1.2.3"), "{}", waited.stdout);

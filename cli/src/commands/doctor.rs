@@ -182,7 +182,8 @@ async fn forwarding(ctx: &Context, fleet: &Fleet, home: &Home, apps: &[&AppConfi
         }
         places.entry((account.clone(), region.clone())).or_insert(target.role_arn.as_deref());
     }
-    let stack = ctx.stack().or_else(|| targets.iter().find_map(|t| t.role_arn.as_deref().and_then(doctor::stack_of_role)));
+    let stack =
+        ctx.stack().or_else(|| targets.iter().find_map(|t| t.role_arn.as_deref().and_then(doctor::stack_of_role)));
     let mut checks = Vec::new();
     for ((account, region), role) in places {
         let Some(stack) = stack else {
@@ -195,7 +196,8 @@ async fn forwarding(ctx: &Context, fleet: &Fleet, home: &Home, apps: &[&AppConfi
             continue;
         };
         let role = role.map(|role| fleet.role_for(role));
-        let events = aws_sdk_eventbridge::Client::new(&fleet.config_for(role.as_deref(), Some(&region), "doctor").await);
+        let events =
+            aws_sdk_eventbridge::Client::new(&fleet.config_for(role.as_deref(), Some(&region), "doctor").await);
         let found = forwarding_rule(&events, &doctor::forwarding_rule_name(stack)).await;
         checks.push(doctor::judge_forwarding((&account, &region), stack, home, found));
     }
@@ -203,10 +205,7 @@ async fn forwarding(ctx: &Context, fleet: &Fleet, home: &Home, apps: &[&AppConfi
 }
 
 /// The rule `name`, its state and targets (`Ok(None)`: no such rule). Two reads.
-async fn forwarding_rule(
-    events: &aws_sdk_eventbridge::Client,
-    name: &str,
-) -> Result<Option<ForwardingRule>, String> {
+async fn forwarding_rule(events: &aws_sdk_eventbridge::Client, name: &str) -> Result<Option<ForwardingRule>, String> {
     let described = match events.describe_rule().name(name).send().await {
         Ok(described) => described,
         Err(error) => {

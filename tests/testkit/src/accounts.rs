@@ -54,9 +54,11 @@ impl World {
             &config.to_builder().region(aws_config::Region::new(region.to_owned())).build(),
         );
         let rule = "conveyor-conveyor-deployments";
-        let pattern = json!({ "source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change", "ECS Hook State Change"] });
+        let pattern =
+            json!({ "source": ["aws.ecs"], "detail-type": ["ECS Deployment State Change", "ECS Hook State Change"] });
         events.put_rule().name(rule).event_pattern(pattern.to_string()).state(RuleState::Enabled).send().await.unwrap();
-        let bus = Target::builder().id("conveyor").arn(format!("arn:aws:events:{bus_region}:{ACCOUNT}:event-bus/default"));
+        let bus =
+            Target::builder().id("conveyor").arn(format!("arn:aws:events:{bus_region}:{ACCOUNT}:event-bus/default"));
         events.put_targets().rule(rule).targets(bus.build().unwrap()).send().await.unwrap();
     }
 

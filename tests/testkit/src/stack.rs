@@ -134,7 +134,9 @@ impl LocalStack {
             .await;
         // Where targets run outside Conveyor's account and region, the target-account stack's
         // forwarding rule (read by `conveyor doctor`).
-        world.install_forwarding(Some(&crate::accounts::target_role(crate::accounts::PROD_ACCOUNT)), REGION, REGION).await;
+        world
+            .install_forwarding(Some(&crate::accounts::target_role(crate::accounts::PROD_ACCOUNT)), REGION, REGION)
+            .await;
         world.install_forwarding(None, crate::accounts::OTHER_REGION, REGION).await;
         // The pipeline's clusters on their own autopilot: a test that replaces the one above (the
         // CLI docs' story) names exactly its three clusters.
