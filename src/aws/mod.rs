@@ -17,7 +17,7 @@ pub use ecs::{
     Unmodeled,
 };
 pub use raw::RawCapture;
-pub use service_deployments::{AwaitingHook, InFlight, NativeDeployment};
+pub use service_deployments::{AwaitingHook, InFlight, NativeDeployment, ECS_ROLLED_BACK};
 pub use sns::Sns;
 pub use ssm::{Parameter, Ssm};
 pub use sts::Callers;

@@ -31,16 +31,46 @@ pub struct NativeDeployment {
     pub reason: Option<String>,
     /// `alarms.triggeredAlarmNames`.
     pub triggered_alarms: Vec<String>,
-    /// The task definition it deploys (green) and the one it started from (blue, when ECS names
-    /// exactly one source revision).
+    /// The task definition it deploys (green; `None`: ECS did not describe its target revision).
     pub target_task_definition: Option<String>,
-    pub source_task_definition: Option<String>,
     /// What green runs, as ECS resolved it: `(container, digest)`.
     pub images: Vec<(String, String)>,
     /// A `PAUSE` hook holds it, awaiting action (an approval pending: its own `expiresAt` and
     /// timeout action govern, not Conveyor's rollout timeout).
     pub paused: bool,
+    /// When ECS last moved it (a new stage, a hook answered).
+    pub updated_at: Option<DateTime<Utc>>,
 }
+
+impl NativeDeployment {
+    /// `deployment` as ECS described it, with its target revision (`None`: not read).
+    fn of(deployment: &ServiceDeployment, target: Option<&ServiceRevision>) -> Self {
+        NativeDeployment {
+            arn: deployment.service_deployment_arn().unwrap_or_default().to_owned(),
+            status: deployment.status().cloned().unwrap_or(ServiceDeploymentStatus::Pending),
+            lifecycle_stage: deployment.lifecycle_stage().map(|stage| stage.as_str().to_owned()),
+            reason: deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).map(str::to_owned),
+            triggered_alarms: deployment.alarms().map(|a| a.triggered_alarm_names().to_vec()).unwrap_or_default(),
+            target_task_definition: target.and_then(|r| r.task_definition()).map(str::to_owned),
+            images: target.map(images_of).unwrap_or_default(),
+            paused: deployment.lifecycle_hook_details().iter().any(awaits_action),
+            updated_at: deployment.updated_at().and_then(|at| DateTime::from_timestamp(at.secs(), at.subsec_nanos())),
+        }
+    }
+
+    /// Why ECS rolled it back, in ECS's words, with the alarms it found in ALARM.
+    pub fn rollback_summary(&self) -> String {
+        let reason = self.reason.as_deref().unwrap_or("no reason given");
+        let failed = if self.status == ServiceDeploymentStatus::RollbackFailed { " (its rollback failed)" } else { "" };
+        match &self.triggered_alarms[..] {
+            [] => format!("{ECS_ROLLED_BACK}{failed}: {reason}"),
+            alarms => format!("{ECS_ROLLED_BACK}{failed}: {reason} (alarms in ALARM: {})", alarms.join(", ")),
+        }
+    }
+}
+
+/// How a reason given by ECS's own rollback begins ([`NativeDeployment::rollback_summary`]).
+pub const ECS_ROLLED_BACK: &str = "ECS rolled the deployment back";
 
 /// A pause hook holding a native deployment in flight (`AWAITING_ACTION`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,43 +128,15 @@ impl Ecs {
         Ok(())
     }
 
-    /// The service deployment `arn` with its revisions: two reads (`None`: ECS has no such
-    /// deployment).
+    /// The service deployment `arn` with what its target revision runs: two reads (`None`: ECS
+    /// has no such deployment).
     pub async fn native_deployment(&self, arn: &str) -> Result<Option<NativeDeployment>, AwsError> {
         let Some(deployment) = self.describe_deployment(arn).await? else { return Ok(None) };
-        let target = deployment.target_service_revision().and_then(|r| r.arn()).map(str::to_owned);
-        let source = match deployment.source_service_revisions() {
-            [one] => one.arn().map(str::to_owned),
-            _ => None,
+        let target = match deployment.target_service_revision().and_then(|r| r.arn()) {
+            Some(revision) => self.service_revision(revision).await?,
+            None => None,
         };
-        let wanted: Vec<String> = target.iter().chain(source.iter()).cloned().collect();
-        let revisions = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            self.client
-                .describe_service_revisions()
-                .set_service_revision_arns(Some(wanted))
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("DescribeServiceRevisions", e))?
-                .service_revisions
-                .unwrap_or_default()
-        };
-        let revision = |arn: &Option<String>| {
-            revisions.iter().find(|r| arn.is_some() && r.service_revision_arn() == arn.as_deref())
-        };
-        let images = revision(&target).map(images_of).unwrap_or_default();
-        Ok(Some(NativeDeployment {
-            arn: arn.to_owned(),
-            status: deployment.status().cloned().unwrap_or(ServiceDeploymentStatus::Pending),
-            lifecycle_stage: deployment.lifecycle_stage().map(|stage| stage.as_str().to_owned()),
-            reason: deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).map(str::to_owned),
-            triggered_alarms: deployment.alarms().map(|a| a.triggered_alarm_names().to_vec()).unwrap_or_default(),
-            target_task_definition: revision(&target).and_then(|r| r.task_definition()).map(str::to_owned),
-            source_task_definition: revision(&source).and_then(|r| r.task_definition()).map(str::to_owned),
-            images,
-            paused: deployment.lifecycle_hook_details().iter().any(awaits_action),
-        }))
+        Ok(Some(NativeDeployment::of(&deployment, target.as_ref())))
     }
 
     /// The service's deployment in flight, described.
@@ -212,16 +214,7 @@ impl Ecs {
             .max_by_key(|d| d.created_at().map(|at| (at.secs(), at.subsec_nanos())));
         let Some(arn) = newest.and_then(|d| d.service_deployment_arn()) else { return Ok(None) };
         let Some(deployment) = self.describe_deployment(arn).await? else { return Ok(None) };
-        let reason =
-            deployment.rollback().and_then(|r| r.reason()).or(deployment.status_reason()).unwrap_or("no reason given");
-        let alarms: Vec<&str> = deployment
-            .alarms()
-            .map(|a| a.triggered_alarm_names().iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        Ok(Some(match alarms[..] {
-            [] => format!("ECS rolled the deployment back: {reason}"),
-            _ => format!("ECS rolled the deployment back: {reason} (alarms in ALARM: {})", alarms.join(", ")),
-        }))
+        Ok(Some(NativeDeployment::of(&deployment, None).rollback_summary()))
     }
 
     /// Stops the native deployment `arn` and rolls it back to its source revision. A refusal

@@ -102,9 +102,11 @@ pub enum NativeFinding {
     /// The service's current deployment is not this rollout's (a newer one, or one ECS stopped
     /// for a newer one): the `deployments` list says what replaced it.
     NotOurs,
-    /// ECS is still at it (what it is doing): a stage, a hook, the bake time, its own rollback,
-    /// or a pause hook awaiting action (`paused`).
-    InFlight { what: String, paused: bool },
+    /// ECS is still at it (`what` it is doing). `timed`: Conveyor's rollout timeout applies, counted
+    /// from when ECS last moved it (each stage, the bake time included: a timeout shorter than the
+    /// bake fails the rollout as it bakes); not while ECS rolls it back or stops it, nor while a
+    /// person holds it (a pause hook awaiting action, whose `expiresAt` ends it).
+    InFlight { what: String, timed: bool },
     /// ECS completed it (bake time included) and green runs the rollout's digest: the health
     /// check and the alarms gate are next.
     Completed,
@@ -114,54 +116,47 @@ pub enum NativeFinding {
 
 /// Judges `deployment`, the service's current one, for `rollout` (`container`: the app's).
 pub fn judge_native(rollout: &Rollout, container: &str, deployment: &NativeDeployment) -> NativeFinding {
-    if deployment.target_task_definition.as_deref() != Some(rollout.task_definition_arn.as_str()) {
-        return NativeFinding::NotOurs;
+    let stage = deployment.lifecycle_stage.as_deref().unwrap_or("an unnamed stage");
+    let in_flight = |what: &str, timed: bool| NativeFinding::InFlight { what: format!("{what} ({stage})"), timed };
+    match deployment.target_task_definition.as_deref() {
+        None => return in_flight("ECS does not describe the revision it deploys yet", true),
+        Some(target) if target != rollout.task_definition_arn => return NativeFinding::NotOurs,
+        Some(_) => {}
     }
-    let stage = || deployment.lifecycle_stage.as_deref().unwrap_or("an unnamed stage").to_owned();
     match &deployment.status {
         ServiceDeploymentStatus::Successful => match rollout.digest_mismatch(container, &deployment.images) {
             None => NativeFinding::Completed,
             Some(mismatch) => NativeFinding::Failed(format!("the revision ECS deployed {mismatch}")),
         },
         ServiceDeploymentStatus::RollbackSuccessful | ServiceDeploymentStatus::RollbackFailed => {
-            let reason = deployment.reason.as_deref().unwrap_or("no reason given");
-            let failed = if deployment.status == ServiceDeploymentStatus::RollbackFailed {
-                " (ECS's rollback failed too)"
-            } else {
-                ""
-            };
-            NativeFinding::Failed(match &deployment.triggered_alarms[..] {
-                [] => format!("ECS rolled the deployment back{failed}: {reason}"),
-                alarms => {
-                    format!("ECS rolled the deployment back{failed}: {reason} (alarms in ALARM: {})", alarms.join(", "))
-                }
-            })
+            NativeFinding::Failed(deployment.rollback_summary())
         }
         ServiceDeploymentStatus::RollbackRequested | ServiceDeploymentStatus::RollbackInProgress => {
-            NativeFinding::InFlight { what: format!("ECS is rolling it back ({})", stage()), paused: false }
+            in_flight("ECS is rolling it back", false)
         }
-        ServiceDeploymentStatus::Stopped | ServiceDeploymentStatus::StopRequested => NativeFinding::NotOurs,
+        ServiceDeploymentStatus::StopRequested => in_flight("ECS is stopping it", false),
+        ServiceDeploymentStatus::Stopped => NativeFinding::NotOurs,
+        _ if deployment.paused => in_flight("a pause hook awaits action", false),
         // PENDING, IN_PROGRESS, and statuses newer than this build: ECS has not finished.
-        _ if deployment.paused => {
-            NativeFinding::InFlight { what: format!("a pause hook awaits action ({})", stage()), paused: true }
-        }
-        _ => NativeFinding::InFlight { what: format!("ECS is deploying it ({})", stage()), paused: false },
+        _ => in_flight("ECS is deploying it", true),
     }
 }
 
 /// What the sweep does with a native rollout ECS is still deploying: wait, until the rollout
-/// timeout, as for a rolling one (the failure path then stops the deployment in flight); a pause
-/// hook awaiting action is an approval pending, which its own `expiresAt` ends.
+/// timeout has passed since ECS last moved the deployment (`moved_at`) when the wait is `timed`
+/// ([`NativeFinding::InFlight`]); the failure path then stops the deployment in flight.
 pub fn native_sweep(
     rollout: &Rollout,
-    (what, paused): (&str, bool),
+    (what, timed): (&str, bool),
+    moved_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     timeout: std::time::Duration,
 ) -> SweepAction {
-    match now.signed_duration_since(rollout.started_at).to_std() {
-        Ok(age) if age >= timeout && !paused => SweepAction::Fail(format!(
-            "not completed after {} s (rollout_timeout_seconds {}): {what}",
-            age.as_secs(),
+    let since = moved_at.map_or(rollout.started_at, |moved| moved.max(rollout.started_at));
+    match now.signed_duration_since(since).to_std() {
+        Ok(stalled) if timed && stalled >= timeout => SweepAction::Fail(format!(
+            "not completed: ECS has not moved it for {} s (rollout_timeout_seconds {}): {what}",
+            stalled.as_secs(),
             timeout.as_secs()
         )),
         _ => SweepAction::Wait,
@@ -175,7 +170,8 @@ pub enum FailurePlan {
     /// attempt of Conveyor's (`by_conveyor`) whose outcome could not be recorded.
     AlreadyRolledBack {
         to: String,
-        deployment_id: String,
+        /// The deployment doing it (`None`: ECS's rollback of a native deployment, already done).
+        deployment_id: Option<String>,
         by_conveyor: bool,
     },
     RollBack {
@@ -190,6 +186,20 @@ pub enum FailurePlan {
 /// `issued`: the revision an earlier attempt was rolling this rollout back to (its intent, written
 /// before its `UpdateService`).
 pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState, issued: Option<&str>) -> FailurePlan {
+    // A native service ECS rolled back runs the revision it went back to, whatever its
+    // `deployments` list shows (in flight, it still runs the rollout's: stopped by the rollback).
+    let back = service.task_definition.as_str();
+    if service.native_strategy.is_some()
+        && back != rollout.task_definition_arn
+        && (back == rollout.previous.arn || state.knows_revision(back) || issued == Some(back))
+    {
+        let deployment_id = service.primary().filter(|p| p.task_definition == back).map(|p| p.id.clone());
+        return FailurePlan::AlreadyRolledBack {
+            to: back.to_owned(),
+            deployment_id,
+            by_conveyor: issued == Some(back),
+        };
+    }
     if let Some(primary) = service.primary() {
         let ours = rollout.deployment_id.as_deref() == Some(primary.id.as_str());
         if !ours && primary.task_definition != rollout.task_definition_arn {
@@ -201,7 +211,7 @@ pub fn failure_plan(state: &EnvState, rollout: &Rollout, service: &ServiceState,
             {
                 return FailurePlan::AlreadyRolledBack {
                     to: primary.task_definition.clone(),
-                    deployment_id: primary.id.clone(),
+                    deployment_id: Some(primary.id.clone()),
                     by_conveyor,
                 };
             }
@@ -471,12 +481,20 @@ mod tests {
         );
         assert_eq!(
             failure_plan(&state, &ours, &rolled_back, None),
-            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into(), by_conveyor: false }
+            FailurePlan::AlreadyRolledBack {
+                to: TD1.into(),
+                deployment_id: Some("ecs-svc/9".into()),
+                by_conveyor: false
+            }
         );
         // The same, after an attempt of Conveyor's issued that rollback but could not record it.
         assert_eq!(
             failure_plan(&state, &ours, &rolled_back, Some(TD1)),
-            FailurePlan::AlreadyRolledBack { to: TD1.into(), deployment_id: "ecs-svc/9".into(), by_conveyor: true }
+            FailurePlan::AlreadyRolledBack {
+                to: TD1.into(),
+                deployment_id: Some("ecs-svc/9".into()),
+                by_conveyor: true
+            }
         );
         // Conveyor's, to a revision it registered again (the target was deregistered).
         let registered_again = service(
@@ -490,7 +508,7 @@ mod tests {
             failure_plan(&state, &ours, &registered_again, Some(TERRAFORM)),
             FailurePlan::AlreadyRolledBack {
                 to: TERRAFORM.into(),
-                deployment_id: "ecs-svc/9".into(),
+                deployment_id: Some("ecs-svc/9".into()),
                 by_conveyor: true
             }
         );
@@ -512,7 +530,11 @@ mod tests {
         let breaker = service(vec![deployment("ecs-svc/8", Primary, InProgress, TD3, 0), failed.clone()], 2);
         assert_eq!(
             failure_plan(&state, &later, &breaker, None),
-            FailurePlan::AlreadyRolledBack { to: TD3.into(), deployment_id: "ecs-svc/8".into(), by_conveyor: false }
+            FailurePlan::AlreadyRolledBack {
+                to: TD3.into(),
+                deployment_id: Some("ecs-svc/8".into()),
+                by_conveyor: false
+            }
         );
         // A newer revision is someone else's, whatever the failed deployment's reason says.
         let newer = service(vec![deployment("ecs-svc/8", Primary, InProgress, TERRAFORM, 0), failed], 2);
@@ -543,7 +565,11 @@ mod tests {
         assert_eq!(later.circuit_breaker_went_back(&completed, true), Some(&back));
         assert_eq!(
             failure_plan(&state, &later, &completed, None),
-            FailurePlan::AlreadyRolledBack { to: TD3.into(), deployment_id: "ecs-svc/8".into(), by_conveyor: false }
+            FailurePlan::AlreadyRolledBack {
+                to: TD3.into(),
+                deployment_id: Some("ecs-svc/8".into()),
+                by_conveyor: false
+            }
         );
         // Not the breaker: a newer revision (Terraform), a deployment that failed and stayed
         // primary, or one failed for another reason.
@@ -560,68 +586,72 @@ mod tests {
     #[test]
     fn a_native_rollout_is_judged_by_its_service_deployment() {
         let rollout = crate::fixtures::rollout();
-        let deployment = |status: ServiceDeploymentStatus, digest: &str| NativeDeployment {
+        let deployment = |status: ServiceDeploymentStatus, stage: &str, digest: &str| NativeDeployment {
             arn: "arn:aws:ecs:us-east-1:1:service-deployment/stage/shop/abc".into(),
             status,
-            lifecycle_stage: Some("BAKE_TIME".into()),
+            lifecycle_stage: Some(stage.into()),
             reason: Some("lifecycle hook failed at POST_TEST_TRAFFIC_SHIFT".into()),
             triggered_alarms: vec!["shop-5xx".into()],
             target_task_definition: Some(TD2.into()),
-            source_task_definition: Some(TD1.into()),
             images: vec![("web".into(), digest.into())],
             paused: false,
+            updated_at: None,
         };
         let ours = rollout.digest.as_str();
         let judge = |d: &NativeDeployment| judge_native(&rollout, "web", d);
-        assert_eq!(judge(&deployment(ServiceDeploymentStatus::Successful, ours)), NativeFinding::Completed);
+        let ended = |status| deployment(status, "BAKE_TIME", ours);
+        assert_eq!(judge(&ended(ServiceDeploymentStatus::Successful)), NativeFinding::Completed);
         let other = format!("sha256:{}", "e".repeat(64));
-        let NativeFinding::Failed(mismatch) = judge(&deployment(ServiceDeploymentStatus::Successful, &other)) else {
+        let NativeFinding::Failed(mismatch) =
+            judge(&deployment(ServiceDeploymentStatus::Successful, "BAKE_TIME", &other))
+        else {
             panic!("another digest completed is a failure")
         };
         assert!(mismatch.starts_with("the revision ECS deployed runs sha256:eee"), "{mismatch}");
-        let NativeFinding::InFlight { what, paused: false } =
-            judge(&deployment(ServiceDeploymentStatus::InProgress, ours))
-        else {
-            panic!("in progress is in flight")
-        };
-        assert!(what.contains("BAKE_TIME"), "the bake time is part of the rollout: {what}");
-        let rolling_back = judge(&deployment(ServiceDeploymentStatus::RollbackInProgress, ours));
-        assert!(matches!(rolling_back, NativeFinding::InFlight { paused: false, .. }), "{rolling_back:?}");
-        let mut paused = deployment(ServiceDeploymentStatus::InProgress, ours);
-        paused.paused = true;
-        assert!(matches!(judge(&paused), NativeFinding::InFlight { paused: true, .. }));
-
-        // The sweep waits for ECS until the rollout timeout, except for an approval pending.
-        let timeout = Duration::from_secs(600);
-        let started = rollout.started_at;
-        let sweep = |minutes, paused| {
-            native_sweep(
-                &rollout,
-                ("ECS is deploying it (BAKE_TIME)", paused),
-                started + chrono::Duration::minutes(minutes),
-                timeout,
-            )
-        };
-        assert_eq!(sweep(5, false), SweepAction::Wait);
         assert_eq!(
-            sweep(11, false),
-            SweepAction::Fail(
-                "not completed after 660 s (rollout_timeout_seconds 600): ECS is deploying it (BAKE_TIME)".into()
+            judge(&ended(ServiceDeploymentStatus::RollbackSuccessful)),
+            NativeFinding::Failed(
+                "ECS rolled the deployment back: lifecycle hook failed at POST_TEST_TRAFFIC_SHIFT (alarms in ALARM: shop-5xx)"
+                    .into()
             )
         );
-        assert_eq!(sweep(11, true), SweepAction::Wait, "a pause hook's own expiry ends it");
-        let NativeFinding::Failed(reason) = judge(&deployment(ServiceDeploymentStatus::RollbackSuccessful, ours))
-        else {
-            panic!("ECS's rollback is a failure")
-        };
-        assert_eq!(
-            reason,
-            "ECS rolled the deployment back: lifecycle hook failed at POST_TEST_TRAFFIC_SHIFT (alarms in ALARM: shop-5xx)"
-        );
-        assert_eq!(judge(&deployment(ServiceDeploymentStatus::Stopped, ours)), NativeFinding::NotOurs);
-        let mut newer = deployment(ServiceDeploymentStatus::Successful, ours);
+        assert_eq!(judge(&ended(ServiceDeploymentStatus::Stopped)), NativeFinding::NotOurs);
+        let mut newer = ended(ServiceDeploymentStatus::Successful);
         newer.target_task_definition = Some(TD3.into());
         assert_eq!(judge(&newer), NativeFinding::NotOurs, "another revision's deployment is not the rollout's");
+
+        // In flight: timed, except while ECS rolls it back or a person holds it.
+        let timed = |d: &NativeDeployment| match judge(d) {
+            NativeFinding::InFlight { timed, .. } => timed,
+            other => panic!("in flight, not {other:?}"),
+        };
+        assert!(timed(&deployment(ServiceDeploymentStatus::InProgress, "SCALE_UP", ours)));
+        assert!(timed(&deployment(ServiceDeploymentStatus::InProgress, "BAKE_TIME", ours)), "from the bake's start");
+        assert!(!timed(&deployment(ServiceDeploymentStatus::RollbackInProgress, "SCALE_UP", ours)), "ECS's rollback");
+        let mut paused = deployment(ServiceDeploymentStatus::InProgress, "POST_TEST_TRAFFIC_SHIFT", ours);
+        paused.paused = true;
+        assert!(!timed(&paused), "an approval pending");
+        let mut undescribed = deployment(ServiceDeploymentStatus::Successful, "BAKE_TIME", ours);
+        undescribed.target_task_definition = None;
+        assert!(timed(&undescribed), "a revision ECS does not describe is waited for, not taken as another's");
+
+        // The sweep: the timeout counts from when ECS last moved the deployment.
+        let timeout = Duration::from_secs(600);
+        let started = rollout.started_at;
+        let minutes = |m| started + chrono::Duration::minutes(m);
+        let sweep = |moved, now, timed| {
+            native_sweep(&rollout, ("ECS is deploying it (SCALE_UP)", timed), moved, minutes(now), timeout)
+        };
+        assert_eq!(sweep(None, 5, true), SweepAction::Wait);
+        assert_eq!(
+            sweep(None, 11, true),
+            SweepAction::Fail(
+                "not completed: ECS has not moved it for 660 s (rollout_timeout_seconds 600): ECS is deploying it (SCALE_UP)"
+                    .into()
+            )
+        );
+        assert_eq!(sweep(Some(minutes(60)), 65, true), SweepAction::Wait, "an approval an hour in, then moving");
+        assert_eq!(sweep(None, 120, false), SweepAction::Wait, "a pause, ECS's rollback");
     }
 
     #[test]

@@ -287,10 +287,10 @@ async fn verification(
     service: &ServiceState,
 ) -> Result<Option<Verification>, DeployError> {
     Ok(match native_finding(&here.target, &here.app.container, rollout, service).await? {
-        Some(NativeFinding::InFlight { .. }) => None,
-        Some(NativeFinding::Completed) => Some(Verification::Healthy),
-        Some(NativeFinding::Failed(reason)) => Some(Verification::Failed(reason)),
-        Some(NativeFinding::NotOurs) | None => Some(decide::verify(rollout, service)),
+        Some((NativeFinding::InFlight { .. }, _)) => None,
+        Some((NativeFinding::Completed, _)) => Some(Verification::Healthy),
+        Some((NativeFinding::Failed(reason), _)) => Some(Verification::Failed(reason)),
+        Some((NativeFinding::NotOurs, _)) | None => Some(decide::verify(rollout, service)),
     })
 }
 
@@ -304,32 +304,40 @@ async fn sweep_action(
     now: chrono::DateTime<Utc>,
 ) -> Result<SweepAction, AwsError> {
     Ok(match native_finding(here, &app.container, rollout, service).await? {
-        Some(NativeFinding::InFlight { what, paused }) => {
-            decide::native_sweep(rollout, (&what, paused), now, app.rollout_timeout)
+        Some((NativeFinding::InFlight { what, timed }, moved_at)) => {
+            decide::native_sweep(rollout, (&what, timed), moved_at, now, app.rollout_timeout)
         }
-        Some(NativeFinding::Completed) => SweepAction::Verify,
-        Some(NativeFinding::Failed(reason)) => SweepAction::Fail(reason),
-        Some(NativeFinding::NotOurs) | None => decide::reconcile(rollout, service, now, app.rollout_timeout),
+        Some((NativeFinding::Completed, _)) => SweepAction::Verify,
+        Some((NativeFinding::Failed(reason), _)) => SweepAction::Fail(reason),
+        Some((NativeFinding::NotOurs, _)) | None => decide::reconcile(rollout, service, now, app.rollout_timeout),
     })
 }
 
-/// A native service's current service deployment, judged for `rollout` (two reads: the
-/// deployment, its revisions). `None`: a rolling service, or ECS names no current deployment.
+/// A native service's current service deployment, judged for `rollout`, with when ECS last moved
+/// it (two reads: the deployment, its target revision). `None`: a rolling service, or ECS names
+/// no current deployment (then the `deployments` list judges, as for a rolling service).
 async fn native_finding(
     target: &Target<'_>,
     container: &str,
     rollout: &Rollout,
     service: &ServiceState,
-) -> Result<Option<NativeFinding>, AwsError> {
-    let (Some(_), Some(arn)) = (&service.native_strategy, &service.current_service_deployment) else {
+) -> Result<Option<(NativeFinding, Option<chrono::DateTime<Utc>>)>, AwsError> {
+    let Some(strategy) = &service.native_strategy else { return Ok(None) };
+    let Some(arn) = &service.current_service_deployment else {
+        warn!(tag = %rollout.tag, digest = %rollout.digest, strategy = strategy.as_str(),
+            "a native service without a current service deployment: judged by its deployments list");
         return Ok(None);
     };
-    let Some(deployment) = target.ecs.native_deployment(arn).await? else { return Ok(None) };
+    let Some(deployment) = target.ecs.native_deployment(arn).await? else {
+        warn!(tag = %rollout.tag, digest = %rollout.digest, service_deployment_arn = %arn,
+            "ECS does not describe the service's current deployment: judged by its deployments list");
+        return Ok(None);
+    };
     let finding = decide::judge_native(rollout, container, &deployment);
     info!(tag = %rollout.tag, digest = %rollout.digest, deployment_id = rollout.deployment_id.as_deref(),
         service_deployment_arn = %arn, status = deployment.status.as_str(),
         lifecycle_stage = deployment.lifecycle_stage.as_deref(), finding = ?finding, "native deployment judged");
-    Ok(Some(finding))
+    Ok(Some((finding, deployment.updated_at)))
 }
 
 /// The health check of the target `here` works on, if it has a `health_url`.
@@ -686,7 +694,7 @@ async fn undo(
             };
             let settlement =
                 RolloutState::RolledBack { at: now, reason: format!("{reason} ({how})"), to: to.clone(), by };
-            Undone { settlement, rollback: Some((to, Some(deployment_id), by)) }
+            Undone { settlement, rollback: Some((to, deployment_id, by)) }
         }
         FailurePlan::RollBack { to } => match issue_rollback(here, rollout, service, &to).await {
             Ok((to, deployment_id)) => Undone {
@@ -735,7 +743,8 @@ fn native_rollback(strategy: &aws_sdk_ecs::types::DeploymentStrategy) -> &'stati
 /// What ECS says about a failed deployment (stopped tasks) and, for a native one, why ECS rolled
 /// it back (its service deployment's `rollback.reason` and alarms) and why Conveyor's lifecycle
 /// hook failed it: best effort and bounded, the alert is worth more on time than complete.
-async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceState) -> Vec<String> {
+/// `reason`: the failure's, which may already be ECS's (the service deployment read to judge it).
+async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceState, reason: &str) -> Vec<String> {
     let Some(id) = &rollout.deployment_id else { return Vec::new() };
     let stopped = here.target.ecs.stopped_tasks(&here.target.service.cluster, id, 3);
     let mut lines = tokio::time::timeout(std::time::Duration::from_secs(5), stopped)
@@ -743,13 +752,16 @@ async fn diagnostics(here: &Leased<'_>, rollout: &Rollout, service: &ServiceStat
         .unwrap_or_else(|_| Ok(vec!["(stopped tasks: ECS did not answer in time)".into()]))
         .unwrap_or_else(|e| vec![format!("(stopped tasks unavailable: {e})")]);
     if service.native_strategy.is_some() {
-        let target = here.target.service;
-        let why = here.target.ecs.rollback_reason(&target.cluster, &target.service);
-        match tokio::time::timeout(std::time::Duration::from_secs(5), why).await {
-            Ok(Ok(Some(why))) => lines.push(why),
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => lines.push(format!("(ECS's service deployment unavailable: {error})")),
-            Err(_) => lines.push("(ECS's service deployment: ECS did not answer in time)".into()),
+        // ECS's reason, unless the failure's is it already (read when the rollout was judged).
+        if !reason.contains(crate::aws::ECS_ROLLED_BACK) {
+            let target = here.target.service;
+            let why = here.target.ecs.rollback_reason(&target.cluster, &target.service);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), why).await {
+                Ok(Ok(Some(why))) => lines.push(why),
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => lines.push(format!("(ECS's service deployment unavailable: {error})")),
+                Err(_) => lines.push("(ECS's service deployment: ECS did not answer in time)".into()),
+            }
         }
         match here.ledger().hook_failures(&here.app.name, here.env, rollout.started_at).await {
             Ok(failures) => lines.extend(
@@ -788,7 +800,7 @@ async fn roll_back(
     let Some(undone) = undo(here, rollout, service, &reason, true, now).await? else {
         return changed_outside(here).await;
     };
-    let diagnostics = diagnostics(here, rollout, service).await;
+    let diagnostics = diagnostics(here, rollout, service, &reason).await;
     let state = here.state()?.clone();
     let mut rollout = rollout.clone();
     if rollout.fail(undone.settlement.clone(), state.soaking(&rollout.id)).is_err() {
@@ -841,7 +853,7 @@ async fn roll_back_release(
         let why =
             if index == failing { reason.clone() } else { format!("the release failed on {failing_label}: {reason}") };
         if index == failing {
-            diagnostics = self::diagnostics(&there, &moved, &service).await;
+            diagnostics = self::diagnostics(&there, &moved, &service, &reason).await;
         }
         let settled =
             undo(&mut there, &moved, &service, &why, index == failing, now).await?.unwrap_or_else(|| Undone {

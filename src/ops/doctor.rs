@@ -118,7 +118,8 @@ pub fn forwarding_rule_name(stack: &str) -> String {
 /// The stack whose roles a target's role is (`conveyor-{stack}-stage` or `-prod`, the names
 /// `infra/target-account.yaml` gives them).
 pub fn stack_of_role(role_arn: &str) -> Option<&str> {
-    let name = role_arn.rsplit_once(":role/")?.1;
+    // A role's path comes before its name: `role/{path/}conveyor-{stack}-prod`.
+    let name = role_arn.rsplit_once(":role/")?.1.rsplit('/').next()?;
     let stem = name.strip_suffix("-stage").or_else(|| name.strip_suffix("-prod"))?;
     stem.strip_prefix("conveyor-").filter(|stack| !stack.is_empty())
 }
@@ -147,7 +148,8 @@ pub fn judge_forwarding(
         "deploy infra/target-account.yaml in account {account}, region {region}, with ConveyorStackName={stack}, ConveyorAccountId={home_account} and ConveyorRegion={home_region}"
     );
     match found {
-        Ok(Some(found)) if found.state != "ENABLED" => Check::fail(
+        // `ENABLED`, or `ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS`: it forwards.
+        Ok(Some(found)) if !found.state.starts_with("ENABLED") => Check::fail(
             &scope,
             CheckName::Forwarding,
             format!("rule {rule} is {}: ECS's events stay in {region}", found.state),
@@ -577,6 +579,7 @@ mod tests {
     #[test]
     fn a_target_accounts_rule_must_forward_to_conveyors_bus() {
         assert_eq!(stack_of_role("arn:aws:iam::2:role/conveyor-my-stack-prod"), Some("my-stack"));
+        assert_eq!(stack_of_role("arn:aws:iam::2:role/platform/conveyor-conveyor-stage"), Some("conveyor"));
         assert_eq!(stack_of_role("arn:aws:iam::2:role/deployers"), None);
         let home = Home { account: Some("1".into()), region: Some("us-east-1".into()) };
         let place = ("2", "eu-west-1");
@@ -590,6 +593,7 @@ mod tests {
         assert_eq!(elsewhere.verdict, Verdict::Fail);
         assert!(elsewhere.fix.as_deref().unwrap().contains("ConveyorRegion=us-east-1"), "{elsewhere:?}");
         assert_eq!(judge(rule("DISABLED", ours)).verdict, Verdict::Fail);
+        assert_eq!(judge(rule("ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS", ours)).verdict, Verdict::Pass);
         let missing = judge(Ok(None));
         assert_eq!((missing.verdict, missing.scope.as_str()), (Verdict::Fail, "account 2 eu-west-1"));
         assert!(missing.fix.as_deref().unwrap().starts_with("deploy infra/target-account.yaml in account 2"));

@@ -18,8 +18,10 @@
 //! `wave-rollback` (deploy-monitor: prod on two services, the first verified starts the second, or
 //! the second failing rolls both back), `native-verify` (deploy-monitor: a blue/green stage
 //! deployment ECS completed, judged by its service deployment and its revision's digest → verified)
-//! and `native-rollback` (deploy-monitor: one ECS rolled back when Conveyor's hook failed it on
-//! test traffic → failed, no second rollback, ECS's reason in the alert).
+//! `native-rollback` (deploy-monitor: one ECS rolled back when Conveyor's hook failed it on
+//! test traffic → failed, no second rollback, ECS's reason in the alert) and `hook` (deploy-hook,
+//! asked at `POST_TEST_TRAFFIC_SHIFT` about a blue/green deployment of Conveyor's rollout: it must
+//! answer, never error, whatever fails under it; the sweep then verifies the rollout).
 //! Each runs clean first; its AWS calls (those
 //! carrying the world's id, of that invocation only) are its call sites, each named by operation
 //! and occurrence ([`CallSite`]), so that `Fault::on(op).after(occurrence).persistent()` hits that
@@ -123,10 +125,11 @@ enum Flow {
     WaveRollback,
     NativeVerify,
     NativeRollback,
+    Hook,
 }
 
 impl Flow {
-    const ALL: [Flow; 17] = [
+    const ALL: [Flow; 18] = [
         Flow::Push,
         Flow::PushTwoApps,
         Flow::Verify,
@@ -144,6 +147,7 @@ impl Flow {
         Flow::WaveRollback,
         Flow::NativeVerify,
         Flow::NativeRollback,
+        Flow::Hook,
     ];
 
     fn name(self) -> &'static str {
@@ -165,6 +169,7 @@ impl Flow {
             Flow::WaveRollback => "wave-rollback",
             Flow::NativeVerify => "native-verify",
             Flow::NativeRollback => "native-rollback",
+            Flow::Hook => "hook",
         }
     }
 
@@ -173,6 +178,7 @@ impl Flow {
         match self {
             Flow::Push | Flow::PushTwoApps => "stage-deploy",
             Flow::Promote | Flow::ApprovalRequest | Flow::Approve => "promote",
+            Flow::Hook => "deploy-hook",
             _ => "deploy-monitor",
         }
     }
@@ -221,6 +227,30 @@ impl Flow {
                 expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
                 expect.notify(&app, "stage", "verified");
                 (events[0].clone(), expect)
+            }
+            Flow::Hook => {
+                // ECS asks Conveyor's hook about stage's blue/green deployment of v1.0.0 on test
+                // traffic (the deployment ran here already; Conveyor's rollout is still in
+                // flight): the revision's digest and one probe. The sweep then verifies it.
+                let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
+                let _hook = blue_green_stage(&world, &app, &[]).await;
+                push(&world, &app, "v1.0.0", 1, base).await;
+                let state = world.aws.native_settled(&app.stage.cluster, &app.stage.service).await;
+                let deployment = &state["deployments"][0];
+                let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap_or_default();
+                let payload = json!({
+                    "executionId": "matrix-execution",
+                    "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
+                    "resourceArn": deployment["serviceDeploymentArn"],
+                    "executionDetails": {
+                        "serviceArn": deployment["serviceArn"],
+                        "targetServiceRevisionArn": green,
+                        "testTrafficWeights": { green: 100 },
+                        "productionTrafficWeights": { green: 0 } } });
+                let mut expect = Expect::default();
+                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
+                expect.notify(&app, "stage", "verified");
+                (payload, expect)
             }
             Flow::NativeRollback => {
                 // v1.1.0 fails Conveyor's hook on stage's test traffic: ECS rolled it back before
@@ -787,6 +817,12 @@ async fn run_cell(
     let calls = world.calls_since(mark).await;
     world.aws.clear_faults(&world.id).await;
     notes.push(format!("first: {}", brief(&first)));
+    // ECS rolls back on a hook's error: whatever fails under it, the hook answers (`IN_PROGRESS`
+    // while it cannot check). Only a process killed mid-call errors (Lambda reports it).
+    let answered = matches!(&first, Ok(Invocation::Response(answer)) if answer["hookStatus"].is_string());
+    if scene.function == "deploy-hook" && kind != Some(FaultKind::Crash) && !answered {
+        problems.push(format!("the hook did not answer: {}", brief(&first)));
+    }
     let faulted = calls.iter().filter(|c| c.fault.is_some()).count();
     if kind.is_some() && faulted == 0 {
         problems.push(format!(

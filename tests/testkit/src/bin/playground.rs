@@ -37,7 +37,9 @@ async fn main() {
     // `CONVEYOR_PLAYGROUND_DIR`: elsewhere than `.local` (the test that runs the README's commands).
     let dir = std::env::var_os("CONVEYOR_PLAYGROUND_DIR").map_or_else(|| root.join(".local"), Into::into);
     std::fs::create_dir_all(&dir).expect("a .local directory");
-    std::fs::write(dir.join("playground.env"), exports).expect("the env file");
+    // Whole or not at all: `make up` (and the test) read it as soon as it exists.
+    std::fs::write(dir.join("playground.env.partial"), exports).expect("the env file");
+    std::fs::rename(dir.join("playground.env.partial"), dir.join("playground.env")).expect("the env file");
     stack.say(MomentKind::Step, format!("playground up: apps shop-api, billing, web; pushes on http://{addr}/push"));
 
     // Until `make down` stops its process group (the local AWS and the functions with it).
