@@ -212,10 +212,7 @@ impl Flow {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
                 push(&world, &app, "v1.0.0", 1, base).await;
                 let events = world.aws.settle(&app.stage.cluster, &app.stage.service, Settle::Complete).await;
-                let mut expect = Expect::default();
-                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
-                expect.notify(&app, "stage", "verified");
-                (events[0].clone(), expect)
+                (events[0].clone(), Expect::verified_in_stage(&world, &app))
             }
             Flow::NativeVerify => {
                 // Stage is a blue/green service: ECS deployed v1.0.0 (Conveyor's hook passed it on
@@ -224,10 +221,7 @@ impl Flow {
                 let app = world.seed_app("shop-api", "shop-api", false, json!({})).await;
                 let _hook = blue_green_stage(&world, &app, &[]).await;
                 let events = native_push(&world, &app, "v1.0.0", 1, base).await;
-                let mut expect = Expect::default();
-                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
-                expect.notify(&app, "stage", "verified");
-                (events[0].clone(), expect)
+                (events[0].clone(), Expect::verified_in_stage(&world, &app))
             }
             Flow::Hook => {
                 // ECS asks Conveyor's hook about stage's blue/green deployment of v1.0.0 on test
@@ -239,19 +233,8 @@ impl Flow {
                 let state = world.aws.native_settled(&app.stage.cluster, &app.stage.service).await;
                 let deployment = &state["deployments"][0];
                 let green = deployment["targetServiceRevision"]["arn"].as_str().unwrap_or_default();
-                let payload = json!({
-                    "executionId": "matrix-execution",
-                    "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
-                    "resourceArn": deployment["serviceDeploymentArn"],
-                    "executionDetails": {
-                        "serviceArn": deployment["serviceArn"],
-                        "targetServiceRevisionArn": green,
-                        "testTrafficWeights": { green: 100 },
-                        "productionTrafficWeights": { green: 0 } } });
-                let mut expect = Expect::default();
-                expect.env(&world, &app, "stage", 1, "verified").last_verified = Some(digest(1));
-                expect.notify(&app, "stage", "verified");
-                (payload, expect)
+                let payload = crate::native::hook_payload(deployment, green, "matrix-execution");
+                (payload, Expect::verified_in_stage(&world, &app))
             }
             Flow::NativeRollback => {
                 // v1.1.0 fails Conveyor's hook on stage's test traffic: ECS rolled it back before
@@ -548,6 +531,14 @@ impl Expect {
         expected
     }
 
+    /// `app`'s stage ends verified on `digest(1)`, announced once.
+    fn verified_in_stage(world: &World, app: &AppFixture) -> Expect {
+        let mut expect = Expect::default();
+        expect.env(world, app, "stage", 1, "verified").last_verified = Some(digest(1));
+        expect.notify(app, "stage", "verified");
+        expect
+    }
+
     fn notify(&mut self, app: &AppFixture, env: &str, outcome: &str) {
         self.notifications.push((app.app.clone(), env.to_owned(), outcome.to_owned()));
     }
@@ -579,12 +570,8 @@ async fn push(world: &World, app: &AppFixture, tag: &str, n: u32, time: DateTime
 /// it, by the returned API, for as long as it lives), probing the test listener once, where a
 /// revision running one of `unhealthy` (digest numbers) answers 503.
 async fn blue_green_stage(world: &World, app: &AppFixture, unhealthy: &[u32]) -> LambdaApi {
-    let lambda = LambdaApi::start().await;
-    let hook = world.name("deploy-hook");
-    lambda.add(&hook, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
-    let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
-    world.aws.native(std::slice::from_ref(&app.stage.cluster), &lambda.url(), &unhealthy, None).await;
-    world.use_native_strategy(&app.stage, "BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT", &hook).await;
+    let (lambda, _) =
+        crate::native::serve_hook(world, &app.stage, ("BLUE_GREEN", "POST_TEST_TRAFFIC_SHIFT"), unhealthy).await;
     let test_url = world.aws.traffic_url("test", &app.stage.cluster, &app.stage.service);
     let environments = json!({
         "stage": { "cluster": app.stage.cluster, "service": app.stage.service,

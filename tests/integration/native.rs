@@ -45,12 +45,7 @@ impl Native {
         let config = json!({ "test_health_url": test_url, "test_probes": 2 });
         let [service]: [ServiceFixture; 1] =
             world.seed_pipeline("shop-api", &[("dev", config)]).await.try_into().unwrap();
-        let lambda = LambdaApi::start().await;
-        let hook_name = world.name("deploy-hook");
-        lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
-        let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
-        world.aws.native(std::slice::from_ref(&service.cluster), &lambda.url(), &unhealthy, None).await;
-        world.use_native_strategy(&service, strategy, hook_stage, &hook_name).await;
+        let (lambda, hook_name) = serve_hook(&world, &service, (strategy, hook_stage), unhealthy).await;
         let (pushes, monitor) =
             (stage_deploy(&world).await, functions::deploy_monitor(&world, std::time::Duration::from_secs(2)).await);
         Native { world, service, lambda, hook_name, pushes, monitor }
@@ -87,20 +82,40 @@ impl Native {
         let hook = Function::spawn("deploy-hook", &self.world.function_env()).await;
         hook.invoke(payload).await.response()
     }
+}
 
-    fn payload(&self, deployment: &Value, revision: &str, execution_id: &str) -> Value {
-        json!({
-            "executionId": execution_id,
-            "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
-            "resourceArn": deployment["serviceDeploymentArn"],
-            "executionDetails": {
-                "serviceArn": deployment["serviceArn"],
-                "targetServiceRevisionArn": revision,
-                "testTrafficWeights": { revision: 100 },
-                "productionTrafficWeights": { revision: 0 }
-            }
-        })
-    }
+/// Makes `service` a native service (`strategy`) whose hook at `hook_stage` is Conveyor's,
+/// served as Lambda runs it by the returned API (for as long as it lives) under the returned
+/// name; test traffic to a revision running one of `unhealthy` (digest numbers) answers 503.
+pub async fn serve_hook(
+    world: &World,
+    service: &ServiceFixture,
+    (strategy, hook_stage): (&str, &str),
+    unhealthy: &[u32],
+) -> (LambdaApi, String) {
+    let lambda = LambdaApi::start().await;
+    let hook_name = world.name("deploy-hook");
+    lambda.add(&hook_name, Arc::new(Function::spawn("deploy-hook", &world.function_env()).await));
+    let unhealthy: Vec<String> = unhealthy.iter().map(|n| digest(*n)).collect();
+    world.aws.native(std::slice::from_ref(&service.cluster), &lambda.url(), &unhealthy, None).await;
+    world.use_native_strategy(service, strategy, hook_stage, &hook_name).await;
+    (lambda, hook_name)
+}
+
+/// What ECS sends Conveyor's hook at `POST_TEST_TRAFFIC_SHIFT` of service deployment
+/// `deployment` (as the local AWS reports it), green being `revision` with all test traffic.
+pub fn hook_payload(deployment: &Value, revision: &str, execution_id: &str) -> Value {
+    json!({
+        "executionId": execution_id,
+        "lifecycleStage": "POST_TEST_TRAFFIC_SHIFT",
+        "resourceArn": deployment["serviceDeploymentArn"],
+        "executionDetails": {
+            "serviceArn": deployment["serviceArn"],
+            "targetServiceRevisionArn": revision,
+            "testTrafficWeights": { revision: 100 },
+            "productionTrafficWeights": { revision: 0 }
+        }
+    })
 }
 
 /// A good image through blue/green, then a bad one the hook refuses (the IAM test runs it too).
@@ -239,17 +254,17 @@ async fn a_digest_mismatch_fails_and_an_execution_answered_failed_stays_failed()
     let Rolled { deployment, blue, green } = native.rolled_out().await;
     let (deployment, blue, green) = (&deployment, blue.as_str(), green.as_str());
 
-    let answer = native.hook(native.payload(deployment, blue, "e-mismatch")).await;
+    let answer = native.hook(hook_payload(deployment, blue, "e-mismatch")).await;
     assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
     let reason = answer["hookDetails"]["conveyor"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("digest mismatch"), "{reason}");
 
     // The same execution again, now naming the right revision: still FAILED, for the same reason.
-    let again = native.hook(native.payload(deployment, green, "e-mismatch")).await;
+    let again = native.hook(hook_payload(deployment, green, "e-mismatch")).await;
     assert_eq!(again["hookStatus"], "FAILED", "{again}");
     assert_eq!(again["hookDetails"]["conveyor"]["reason"], reason);
     // Another execution on the right revision passes its first probe.
-    let fresh = native.hook(native.payload(deployment, green, "e-fresh")).await;
+    let fresh = native.hook(hook_payload(deployment, green, "e-fresh")).await;
     assert_eq!(fresh["hookStatus"], "IN_PROGRESS", "{fresh}");
     assert_eq!(fresh["callBackDelay"], 10);
 }
@@ -261,16 +276,16 @@ async fn foreign_deployments_rollbacks_and_malformed_payloads_are_answered_never
         "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/other/web/x",
         "serviceArn": "arn:aws:ecs:us-east-1:123456789012:service/other/web"
     });
-    let foreign = native.hook(native.payload(&deployment, "arn:rev", "e1")).await;
+    let foreign = native.hook(hook_payload(&deployment, "arn:rev", "e1")).await;
     assert_eq!(foreign["hookStatus"], "SUCCEEDED", "{foreign}");
 
     let ours = json!({
         "serviceDeploymentArn": "arn:aws:ecs:us-east-1:123456789012:service-deployment/x/shop-api/y",
         "serviceArn": format!("arn:aws:ecs:us-east-1:123456789012:service/{}/shop-api", native.service.cluster)
     });
-    let idle = native.hook(native.payload(&ours, "arn:rev", "e2")).await;
+    let idle = native.hook(hook_payload(&ours, "arn:rev", "e2")).await;
     assert_eq!(idle["hookStatus"], "SUCCEEDED", "no rollout of Conveyor's in flight: {idle}");
-    let mut rollback = native.payload(&ours, "arn:rev", "e3");
+    let mut rollback = hook_payload(&ours, "arn:rev", "e3");
     rollback["executionDetails"]["testTrafficWeights"] = json!({ "arn:rev": 0 });
     let rolled = native.hook(rollback).await;
     assert_eq!(rolled["hookStatus"], "SUCCEEDED", "{rolled}");
@@ -302,21 +317,21 @@ async fn a_hook_call_costs_one_read_of_the_state_and_one_of_the_revision() {
     let Rolled { deployment, blue, green } = native.rolled_out().await;
     let (deployment, blue, green) = (&deployment, blue.as_str(), green.as_str());
     let hook = Function::spawn("deploy-hook", &native.world.function_env()).await;
-    hook.invoke(native.payload(deployment, green, "warm-up")).await.response();
+    hook.invoke(hook_payload(deployment, green, "warm-up")).await.response();
 
     let expect = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
         pairs.iter().map(|(op, n)| ((*op).to_owned(), *n)).collect()
     };
-    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, green, "e-probe")).await;
+    let (made, answer) = calls_of(&native, &hook, hook_payload(deployment, green, "e-probe")).await;
     assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{answer}");
     assert_eq!(made, expect(&[("BatchGetItem", 1), ("DescribeServiceRevisions", 1)]), "a probing call");
-    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, blue, "e-wrong")).await;
+    let (made, answer) = calls_of(&native, &hook, hook_payload(deployment, blue, "e-wrong")).await;
     assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
     assert_eq!(made, expect(&[("BatchGetItem", 1), ("DescribeServiceRevisions", 1), ("PutItem", 1)]), "a failing call");
-    let (made, answer) = calls_of(&native, &hook, native.payload(deployment, green, "e-wrong")).await;
+    let (made, answer) = calls_of(&native, &hook, hook_payload(deployment, green, "e-wrong")).await;
     assert_eq!(answer["hookStatus"], "FAILED", "{answer}");
     assert_eq!(made, expect(&[("BatchGetItem", 1)]), "a failed execution asked again");
-    let mut rollback = native.payload(deployment, green, "e-rollback");
+    let mut rollback = hook_payload(deployment, green, "e-rollback");
     rollback["executionDetails"]["testTrafficWeights"] = json!({ green: 0 });
     let (made, answer) = calls_of(&native, &hook, rollback).await;
     assert_eq!(answer["hookStatus"], "SUCCEEDED", "{answer}");
@@ -340,8 +355,7 @@ async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once(
     {
         let fault = Fault::on(operation).matching(&native.world.id).mode(mode.clone()).persistent();
         aws.fault(&fault).await;
-        let answer =
-            hook.invoke(native.payload(deployment, green, &format!("e-{operation}-{mode:?}"))).await.response();
+        let answer = hook.invoke(hook_payload(deployment, green, &format!("e-{operation}-{mode:?}"))).await.response();
         aws.clear_faults(&native.world.id).await;
         assert_eq!(answer["hookStatus"], "IN_PROGRESS", "{operation} {mode:?}: {answer}");
         assert_eq!(answer["hookDetails"]["conveyor"]["unchecked"], 1, "{answer}");
@@ -350,9 +364,9 @@ async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once(
     // asked again, the execution fails for the same reason.
     let lost = Fault::on("PutItem").matching(&native.world.id).mode(FaultMode::ApplyThenFail).count(1);
     aws.fault(&lost).await;
-    let failed = hook.invoke(native.payload(deployment, blue, "e-lost")).await.response();
+    let failed = hook.invoke(hook_payload(deployment, blue, "e-lost")).await.response();
     assert_eq!(failed["hookStatus"], "FAILED", "{failed}");
-    let again = hook.invoke(native.payload(deployment, green, "e-lost")).await.response();
+    let again = hook.invoke(hook_payload(deployment, green, "e-lost")).await.response();
     assert_eq!(again["hookDetails"]["conveyor"]["reason"], failed["hookDetails"]["conveyor"]["reason"]);
     // Killed in the middle of a call: Lambda reports the error to ECS, which rolls back.
     let mut doomed = Function::spawn("deploy-hook", &native.world.function_env()).await;
@@ -361,7 +375,7 @@ async fn the_hooks_calls_failing_leave_it_answering_and_a_failure_recorded_once(
         .mode(FaultMode::Kill { pid: doomed.pid().unwrap() });
     aws.fault(&kill.count(1)).await;
     let outcome =
-        doomed.try_invoke(native.payload(deployment, green, "e-killed"), std::time::Duration::from_secs(10)).await;
+        doomed.try_invoke(hook_payload(deployment, green, "e-killed"), std::time::Duration::from_secs(10)).await;
     assert!(outcome.is_err(), "a killed hook answered: {outcome:?}");
     aws.clear_faults(&native.world.id).await;
 }
